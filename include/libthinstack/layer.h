@@ -1,0 +1,200 @@
+/* libthinstack: the interface for writing a layer type.
+ *
+ * A layer type is one static `ts_layer_type` table with designated
+ * initializers, built in or loaded from a shared object that exports
+ * `ts_layer_types` (a NULL-terminated array of pointers to its types).
+ *
+ * What the core guarantees to a layer before calling `submit`:
+ *  - the op is one the layer's limits declare (never TS_CAP_NONE; an emulated
+ *    WRITE_ZEROES arrives as WRITEs of zero buffers, an emulated FUA as a
+ *    WRITE followed by a FLUSH);
+ *  - offset and length are multiples of logical_block_size, length > 0
+ *    (except FLUSH, where both are 0), offset + length <= size;
+ *  - length <= the op's max_*_bytes, and the request does not cross a
+ *    boundary returned by `next_boundary`;
+ *  - flags contain only the flags that make sense for the op, FUA only when
+ *    limits.fua is set, and no write-type op reaches a read-only layer.
+ * Layers assert these; they never re-check them with error returns.
+ */
+#ifndef LIBTHINSTACK_LAYER_H
+#define LIBTHINSTACK_LAYER_H
+
+#include <libthinstack/thinstack.h>
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ts_node ts_layer;
+
+/* ------------------------------------------------------------------------ */
+/* Parameter schema                                                          */
+
+typedef enum ts_param_kind {
+  TS_PARAM_STRING = 1,  /* JSON string */
+  TS_PARAM_PATH,        /* JSON string, a path relative to the config file */
+  TS_PARAM_SIZE,        /* JSON integer or string with K/M/G/T suffix */
+  TS_PARAM_UINT,        /* JSON non-negative integer */
+  TS_PARAM_BOOL,        /* JSON true/false */
+  TS_PARAM_ENUM,        /* JSON string, one of `choices` ("error|queue") */
+  TS_PARAM_CHILD,       /* JSON string naming another layer of the stack */
+  TS_PARAM_ARRAY,       /* JSON array of objects, each checked against `fields` */
+  TS_PARAM_OBJECT,      /* JSON object checked against `fields` */
+  TS_PARAM_ANY,         /* anything; the layer checks it in open */
+} ts_param_kind;
+
+#define TS_PARAM_REQUIRED (1u << 0)  /* the key must be present */
+#define TS_PARAM_SHARED   (1u << 1)  /* CHILD: several parents may use the child
+                                        (thin volumes share their pool); without
+                                        it a child has one parent */
+
+/* One accepted key of a layer's JSON object. Arrays of these end with an
+ * entry whose key is NULL. The core checks every layer's object against its
+ * schema before opening anything: unknown keys, wrong JSON types, bad sizes,
+ * unknown enum values and missing required keys are reported with their JSON
+ * path, and CHILD references are checked for existence, cycles and sharing. */
+typedef struct ts_param {
+  const char *key;
+  ts_param_kind kind;
+  uint32_t flags;                 /* TS_PARAM_* */
+  const char *choices;            /* ENUM: '|'-separated values */
+  const struct ts_param *fields;  /* ARRAY/OBJECT: schema of the elements */
+  const char *doc;                /* one line, shown by `thinstack types` */
+} ts_param;
+
+/* Typed getters for validated parameters: return `dflt` when the key is
+ * absent. Only for keys the schema declared with the matching kind. */
+TS_EXTERN const char *ts_param_string(const json_t *params, const char *key, const char *dflt);
+TS_EXTERN uint64_t ts_param_size(const json_t *params, const char *key, uint64_t dflt);
+TS_EXTERN uint64_t ts_param_uint(const json_t *params, const char *key, uint64_t dflt);
+TS_EXTERN bool ts_param_bool(const json_t *params, const char *key, bool dflt);
+
+/* ------------------------------------------------------------------------ */
+/* The ops table                                                             */
+
+#define TS_LAYER_ABI_VERSION 1
+
+typedef enum ts_thread_model {
+  TS_THREAD_PARALLEL = 0,   /* submit/block_status may run concurrently */
+  TS_THREAD_SERIALIZE = 1,  /* the core holds a per-node lock around each call */
+} ts_thread_model;
+
+typedef struct ts_layer_type {
+  /* Filled by TS_LAYER_TYPE_INIT: lets the core load types built against an
+   * older header. New slots are only ever added at the end. */
+  uint32_t abi_version;
+  uint32_t struct_size;
+
+  const char *name;                /* "thin", "crypt", ...: the JSON "type" */
+  const char *summary;             /* one line for `thinstack types` */
+  const ts_param *params;          /* schema of the JSON object; NULL = no keys */
+  ts_thread_model thread_model;
+
+  /* Open the layer. Children named by CHILD parameters are already open
+   * (ts_layer_child). Validate semantics the schema cannot express and report
+   * them with ts_layer_error(), before creating or changing anything.
+   * Required. */
+  int (*open)(ts_layer *l, const json_t *params, ts_error *err);
+
+  /* Release everything. On a normal close the core has already sent FLUSH;
+   * when ts_layer_aborting() is true (the stack failed to open) the layer
+   * must not commit anything. Optional. */
+  void (*close)(ts_layer *l);
+
+  /* Describe the layer: `lim` arrives holding the children's limits folded
+   * with ts_limits_stack() (or the defaults of a leaf: 512-byte blocks, no
+   * op supported), and the layer sets `size` and adjusts what it implements.
+   * Called once after open. Required. */
+  int (*limits)(ts_layer *l, ts_limits *lim, ts_error *err);
+
+  /* Run one request (see the guarantees above). Returns 0 or -errno.
+   * Required. */
+  int (*submit)(ts_layer *l, const ts_io *io);
+
+  /* Append extents describing [offset, offset+len) to `out`: at least one
+   * extent, starting at `offset`; the core asks again for whatever is left.
+   * Optional: absent means "all allocated data". */
+  int (*block_status)(ts_layer *l, uint64_t offset, uint64_t len, ts_extent_list *out);
+
+  /* Add the layer's own counters and state to the JSON object `out`. Never
+   * secrets. Optional. */
+  int (*status)(ts_layer *l, json_t *out);
+
+  /* The first split boundary after `offset` (exclusive), or UINT64_MAX: the
+   * core never sends a request that crosses one (linear segment edges).
+   * Optional. */
+  uint64_t (*next_boundary)(ts_layer *l, uint64_t offset);
+
+  /* The equivalent dmsetup table line(s) of this layer, malloc'd, for
+   * `thinstack dm-table`; NULL when the layer has no kernel twin. Optional. */
+  char *(*dm_table)(ts_layer *l);
+} ts_layer_type;
+
+#define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)
+
+/* Register a layer type process-wide (built-ins are registered already).
+ * -EEXIST if a type of that name exists, -EINVAL if the table is unusable. */
+TS_EXTERN int ts_register_layer_type(const ts_layer_type *type);
+/* Look a type up by name; NULL if none. */
+TS_EXTERN const ts_layer_type *ts_find_layer_type(const char *name);
+/* Load the shared object at `path` and register every type in its
+ * `ts_layer_types` array. */
+TS_EXTERN int ts_load_layer_module(const char *path, ts_error *err);
+/* Iterate registered types: the i-th, or NULL past the end. */
+TS_EXTERN const ts_layer_type *ts_layer_type_at(size_t i);
+
+/* ------------------------------------------------------------------------ */
+/* Services for layer code                                                   */
+
+/* The node's private state, set in open. */
+TS_EXTERN void ts_layer_set_priv(ts_layer *l, void *priv);
+TS_EXTERN void *ts_layer_priv(const ts_layer *l);
+
+/* An already-open child by its layer name (as written in the parameters);
+ * NULL if the stack has no such node. */
+TS_EXTERN ts_layer *ts_layer_child(ts_layer *l, const char *name);
+
+/* A path parameter resolved against the config file's folder; malloc'd. */
+TS_EXTERN char *ts_layer_path(ts_layer *l, const char *path);
+
+/* Record an error about parameter `key` of this layer (NULL: the layer as a
+ * whole): the message reads "layers.<name>.<key>: <text>". Returns `code`. */
+TS_EXTERN int ts_layer_error(ts_layer *l, ts_error *err, int code, const char *key,
+                             const char *fmt, ...) TS_PRINTF(5, 6);
+
+/* Note a file this open created, so a failed stack open removes it again. */
+TS_EXTERN void ts_layer_note_created(ts_layer *l, const char *path);
+/* True while the stack is being torn down after a failed open. */
+TS_EXTERN bool ts_layer_aborting(const ts_layer *l);
+/* True when the stack was opened with TS_OPEN_READ_ONLY. */
+TS_EXTERN bool ts_layer_force_read_only(const ts_layer *l);
+
+/* Raise an event through the stack's ts_event_fn (if any). */
+TS_EXTERN void ts_layer_event(ts_layer *l, const char *event, const char *fmt, ...)
+    TS_PRINTF(3, 4);
+
+/* Convenience requests to a child (through the core: checked and split). */
+TS_EXTERN int ts_layer_io(ts_layer *child, uint32_t op, uint32_t flags, uint64_t offset,
+                          uint64_t len);
+
+/* A zero-filled, read-only buffer of TS_ZERO_BUF_SIZE bytes, for writing zeroes. */
+#define TS_ZERO_BUF_SIZE (1u << 20)
+TS_EXTERN const void *ts_zero_buffer(void);
+
+/* Copy `len` bytes starting `skip` bytes into the iovec to/from a flat buffer. */
+TS_EXTERN void ts_iov_to_buf(const struct iovec *iov, int iovcnt, size_t skip, void *buf,
+                             size_t len);
+TS_EXTERN void ts_iov_from_buf(const struct iovec *iov, int iovcnt, size_t skip,
+                               const void *buf, size_t len);
+/* Fill `len` bytes of the iovec from `skip` with zeroes. */
+TS_EXTERN void ts_iov_zero(const struct iovec *iov, int iovcnt, size_t skip, size_t len);
+/* Describe bytes [skip, skip+len) of an iovec as a new iovec in `out`
+ * (capacity `outmax`); returns the count or -ENOBUFS if it needs more. */
+TS_EXTERN int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
+                           struct iovec *out, int outmax);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,15 @@
+/* libthinstack: virtual block devices in user space out of stacked layers
+ * (thin pool and volumes, snapshot, crypt, linear, file, kernel passthrough)
+ * behind one request API: read, write, flush, discard, write-zeroes and
+ * provision.
+ *
+ * This umbrella header is the one to include. Layer authors also include
+ * <libthinstack/layer.h>.
+ */
+#ifndef LIBTHINSTACK_THINSTACK_H
+#define LIBTHINSTACK_THINSTACK_H
+
+#include <libthinstack/version.h>
+#include <libthinstack/io.h>
+
+#endif
