@@ -1,0 +1,385 @@
+/* file: a regular file as a block device (the loop-file layer).
+ *
+ *   { "type": "file", "path": "disk.img", "size": "10G", "create": true,
+ *     "read_only": false, "direct": false, "block_size": 512 }
+ *
+ * Kernel equivalent: a loop device over the file (losetup). PROVISION is
+ * fallocate(KEEP_SIZE), as loop did in the REQ_OP_PROVISION series; DISCARD
+ * punches a hole (keeping the size); WRITE_ZEROES zeroes the range as unwritten
+ * extents, or punches with MAY_UNMAP; FLUSH is fdatasync; BLOCK_STATUS reads
+ * the file's extent map (FIEMAP), so provisioned-but-unwritten ranges show as
+ * allocated zeroes, falling back to SEEK_DATA/SEEK_HOLE.
+ */
+#include <libthinstack/layer.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct file_layer {
+  int fd;
+  uint64_t size;
+  uint32_t block_size;     /* logical block size we accept */
+  uint32_t fs_block;       /* the file system's allocation unit */
+  bool read_only;
+  bool direct;
+  _Atomic bool fiemap;     /* FIEMAP works on this file system */
+  char *path;
+};
+
+static const ts_param file_params[] = {
+  { "path", TS_PARAM_PATH, TS_PARAM_REQUIRED, NULL, NULL, "the backing file" },
+  { "size", TS_PARAM_SIZE, 0, NULL, NULL, "device size; required to create, checked when opening" },
+  { "create", TS_PARAM_BOOL, 0, NULL, NULL, "create the file (sparse) when it does not exist" },
+  { "read_only", TS_PARAM_BOOL, 0, NULL, NULL, "open read-only" },
+  { "direct", TS_PARAM_BOOL, 0, NULL, NULL, "bypass the page cache (O_DIRECT)" },
+  { "block_size", TS_PARAM_SIZE, 0, NULL, NULL, "logical block size (512, or 4096 with direct)" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static int file_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  bool create = ts_param_bool(params, "create", false);
+  bool ro = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
+  bool direct = ts_param_bool(params, "direct", false);
+  bool has_size = json_object_get(params, "size") != NULL;
+  uint64_t size = ts_param_size(params, "size", 0);
+  uint64_t bs = ts_param_size(params, "block_size", direct ? 4096 : 512);
+
+  if (bs < 512 || bs > 65536 || (bs & (bs - 1)))
+    return ts_layer_error(l, err, -EINVAL, "block_size", "must be a power of two from 512 to 64K");
+  if (has_size && (size == 0 || size % bs))
+    return ts_layer_error(l, err, -EINVAL, "size", "must be a non-zero multiple of %llu bytes",
+                          (unsigned long long)bs);
+  if (create && ro)
+    return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only file");
+
+  char *path = ts_layer_path(l, ts_param_string(params, "path", ""));
+  if (!path)
+    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+  int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
+  int fd = open(path, flags);
+  int r;
+  if (fd < 0 && errno == ENOENT && create) {
+    if (!has_size) {
+      r = ts_layer_error(l, err, -EINVAL, "size", "required to create %s", path);
+      goto fail;
+    }
+    fd = open(path, flags | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+      r = ts_layer_error(l, err, -errno, "path", "cannot create %s: %s", path, strerror(errno));
+      goto fail;
+    }
+    ts_layer_note_created(l, path);
+    if (ftruncate(fd, (off_t)size) != 0) {
+      r = ts_layer_error(l, err, -errno, "size", "cannot size %s to %llu bytes: %s", path,
+                         (unsigned long long)size, strerror(errno));
+      close(fd);
+      goto fail;
+    }
+  } else if (fd < 0) {
+    int e = errno;
+    if (e == ENOENT)
+      r = ts_layer_error(l, err, -e, "path", "%s does not exist (set \"create\": true to make it)",
+                         path);
+    else
+      r = ts_layer_error(l, err, -e, "path", "cannot open %s%s: %s", path,
+                         ro ? "" : " for writing", strerror(e));
+    goto fail;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    r = ts_layer_error(l, err, -EINVAL, "path",
+                       "%s is not a regular file (the kernel layer takes block devices)", path);
+    close(fd);
+    goto fail;
+  }
+  if (has_size && (uint64_t)st.st_size != size) {
+    r = ts_layer_error(l, err, -EINVAL, "size", "%s is %llu bytes, the configuration says %llu",
+                       path, (unsigned long long)st.st_size, (unsigned long long)size);
+    close(fd);
+    goto fail;
+  }
+  if (!has_size && (st.st_size == 0 || (uint64_t)st.st_size % bs)) {
+    r = ts_layer_error(l, err, -EINVAL, "path", "%s is %llu bytes, not a non-zero multiple of %llu",
+                       path, (unsigned long long)st.st_size, (unsigned long long)bs);
+    close(fd);
+    goto fail;
+  }
+  struct file_layer *f = calloc(1, sizeof *f);
+  if (!f) {
+    close(fd);
+    r = ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+    goto fail;
+  }
+  f->fd = fd;
+  f->size = (uint64_t)st.st_size;
+  f->block_size = (uint32_t)bs;
+  f->fs_block = st.st_blksize > 0 ? (uint32_t)st.st_blksize : 4096;
+  f->read_only = ro;
+  f->direct = direct;
+  f->fiemap = true;
+  f->path = path;
+  ts_layer_set_priv(l, f);
+  return 0;
+fail:
+  free(path);
+  return r;
+}
+
+static void file_close(ts_layer *l)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  if (!f)
+    return;
+  close(f->fd);
+  free(f->path);
+  free(f);
+}
+
+static int file_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  lim->size = f->size;
+  lim->logical_block_size = f->block_size;
+  lim->physical_block_size = f->fs_block > f->block_size ? f->fs_block : f->block_size;
+  lim->io_min = f->block_size;
+  lim->io_opt = f->fs_block;
+  lim->max_io_bytes = 0;
+  lim->max_discard_bytes = UINT64_MAX;
+  lim->discard_granularity = f->fs_block;
+  lim->discard_zeroes = true; /* a punched hole reads as zeroes */
+  lim->max_write_zeroes_bytes = UINT64_MAX;
+  lim->write_zeroes_unmap = true;
+  lim->max_provision_bytes = UINT64_MAX;
+  lim->provision_granularity = f->fs_block;
+  lim->fua = true;
+  lim->read_only = f->read_only;
+  return 0;
+}
+
+/* O_DIRECT needs aligned memory: copy through an aligned buffer when the
+ * caller's iovec is not. */
+static bool iov_aligned(const ts_io *io, uint32_t a)
+{
+  for (int i = 0; i < io->iovcnt; i++)
+    if (((uintptr_t)io->iov[i].iov_base | io->iov[i].iov_len) & (a - 1))
+      return false;
+  return true;
+}
+
+static int rw_loop(struct file_layer *f, bool write, const struct iovec *iov, int iovcnt,
+                   uint64_t off, uint64_t len)
+{
+  struct iovec local[64];
+  uint64_t done = 0;
+  while (done < len) {
+    int cnt = ts_iov_slice(iov, iovcnt, done, len - done, local, 64);
+    if (cnt < 0)
+      cnt = 64; /* the first 64 pieces; the rest on the next pass */
+    ssize_t n = write ? pwritev(f->fd, local, cnt, (off_t)(off + done))
+                      : preadv(f->fd, local, cnt, (off_t)(off + done));
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0) {
+      if (write)
+        return -EIO;
+      /* Past the end of a file that shrank under us: reads see zeroes. */
+      ts_iov_zero(iov, iovcnt, done, len - done);
+      return 0;
+    }
+    done += (uint64_t)n;
+  }
+  return 0;
+}
+
+static int file_rw(struct file_layer *f, const ts_io *io)
+{
+  bool write = io->op == TS_OP_WRITE;
+  if (!f->direct || iov_aligned(io, f->block_size))
+    return rw_loop(f, write, io->iov, io->iovcnt, io->offset, io->length);
+  void *bounce;
+  if (posix_memalign(&bounce, 4096, io->length))
+    return -ENOMEM;
+  struct iovec v = { bounce, io->length };
+  if (write)
+    ts_iov_to_buf(io->iov, io->iovcnt, 0, bounce, io->length);
+  int r = rw_loop(f, write, &v, 1, io->offset, io->length);
+  if (!r && !write)
+    ts_iov_from_buf(io->iov, io->iovcnt, 0, bounce, io->length);
+  free(bounce);
+  return r;
+}
+
+static int do_fallocate(struct file_layer *f, int mode, uint64_t off, uint64_t len)
+{
+  while (fallocate(f->fd, mode, (off_t)off, (off_t)len) != 0) {
+    if (errno == EINTR)
+      continue;
+    /* A file system without this fallocate mode answers EOPNOTSUPP (or
+     * ENOSYS on very old kernels): the operation is unsupported, not failed. */
+    if (errno == ENOSYS || errno == ENOTSUP)
+      return -EOPNOTSUPP;
+    return -errno;
+  }
+  return 0;
+}
+
+static int sync_file(struct file_layer *f)
+{
+  while (fdatasync(f->fd) != 0)
+    if (errno != EINTR)
+      return -errno;
+  return 0;
+}
+
+static int file_submit(ts_layer *l, const ts_io *io)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  int r;
+  switch (io->op) {
+  case TS_OP_READ:
+    return file_rw(f, io);
+  case TS_OP_WRITE:
+    r = file_rw(f, io);
+    break;
+  case TS_OP_FLUSH:
+    return sync_file(f);
+  case TS_OP_DISCARD:
+    return do_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+  case TS_OP_WRITE_ZEROES:
+    if (io->flags & TS_IO_MAY_UNMAP)
+      r = do_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+    else
+      r = do_fallocate(f, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+    break;
+  case TS_OP_PROVISION:
+    return do_fallocate(f, FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+  default:
+    return -EOPNOTSUPP;
+  }
+  if (!r && (io->flags & TS_IO_FUA))
+    r = sync_file(f);
+  return r;
+}
+
+/* Extents from FIEMAP: allocated extents are data, unwritten ones are
+ * allocated zeroes (provisioned), gaps are holes. */
+static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  enum { N = 64 };
+  struct {
+    struct fiemap fm;
+    struct fiemap_extent ext[N];
+  } req;
+  uint64_t end = off + len, pos = off;
+  memset(&req, 0, sizeof req);
+  req.fm.fm_start = off;
+  req.fm.fm_length = len;
+  req.fm.fm_extent_count = N;
+  if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0)
+    return -errno;
+  for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
+    const struct fiemap_extent *e = &req.ext[i];
+    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
+    if (ee <= pos)
+      continue;
+    if (es > pos) {
+      uint64_t gap_end = es < end ? es : end;
+      if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+        return -ENOMEM;
+      pos = gap_end;
+    }
+    if (pos >= end)
+      break;
+    uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
+    uint32_t flags = (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? TS_EXTENT_ZERO : 0;
+    if (ts_extent_list_add(out, s, e2 - s, flags))
+      return -ENOMEM;
+    pos = e2;
+    if (e->fe_flags & FIEMAP_EXTENT_LAST)
+      break;
+  }
+  /* Either a hole to the end, or more extents than one call returns: in the
+   * second case report what we have and the core asks again. */
+  if (pos < end && (req.fm.fm_mapped_extents < N || pos == off))
+    if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+      return -ENOMEM;
+  return 0;
+}
+
+static int status_seek(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  uint64_t end = off + len;
+  off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
+  if (data < 0 && errno == ENXIO)
+    return ts_extent_list_add(out, off, len, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  if (data < 0)
+    return ts_extent_list_add(out, off, len, 0); /* no sparse information: all data */
+  if ((uint64_t)data > off) {
+    uint64_t e = (uint64_t)data < end ? (uint64_t)data : end;
+    return ts_extent_list_add(out, off, e - off, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  }
+  off_t hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+  uint64_t e = hole < 0 || (uint64_t)hole > end ? end : (uint64_t)hole;
+  if (e <= off)
+    e = end;
+  return ts_extent_list_add(out, off, e - off, 0);
+}
+
+static int file_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  if (f->fiemap) {
+    size_t before = out->n;
+    int r = status_fiemap(f, off, len, out);
+    if (r == 0 && out->n > before)
+      return 0;
+    if (r == -ENOMEM)
+      return r;
+    /* FIEMAP unsupported here (tmpfs, some FUSE file systems). */
+    if (r == -EOPNOTSUPP || r == -ENOTTY)
+      f->fiemap = false;
+    out->n = before;
+  }
+  return status_seek(f, off, len, out);
+}
+
+static int file_status(ts_layer *l, json_t *out)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  struct stat st;
+  json_object_set_new(out, "path", json_string(f->path));
+  if (fstat(f->fd, &st) == 0)
+    json_object_set_new(out, "allocated_bytes", json_integer((json_int_t)st.st_blocks * 512));
+  json_object_set_new(out, "direct", json_boolean(f->direct));
+  json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
+  json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
+  json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));
+  return 0;
+}
+
+const ts_layer_type ts__file_layer_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "file",
+  .summary = "a regular file (loop-file): provision = fallocate, discard = punch hole",
+  .params = file_params,
+  .thread_model = TS_THREAD_PARALLEL,
+  .open = file_open,
+  .close = file_close,
+  .limits = file_limits,
+  .submit = file_submit,
+  .block_status = file_block_status,
+  .status = file_status,
+};

@@ -1,0 +1,50 @@
+/* thinstack CLI: shared helpers and the command table. */
+#ifndef TS_CLI_H
+#define TS_CLI_H
+
+#include <libthinstack/thinstack.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+/* A command: argv[0] is the command name. Returns the exit status:
+ * 0 success, 1 the operation failed or found a problem, 2 usage error. */
+typedef int (*ts_cli_fn)(int argc, char **argv);
+
+struct ts_cli_command {
+  const char *name;
+  ts_cli_fn fn;
+  const char *usage;    /* argument synopsis */
+  const char *summary;  /* one line */
+};
+
+/* Print "thinstack: <message>" on stderr. */
+void ts_cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* True when argv has -h or --help; prints the command's usage. */
+bool ts_cli_help(int argc, char **argv);
+/* Print the usage line of a command to `f`. */
+void ts_cli_usage(FILE *f, const char *name);
+/* Parse a size argument; on error prints which argument is wrong. */
+bool ts_cli_size(const char *what, const char *s, uint64_t *out);
+/* Open a stack from a config file, printing the error on failure. */
+ts_stack *ts_cli_open(const char *config, unsigned flags);
+/* Open a stack and find an exported device (or any node) by name. */
+ts_dev *ts_cli_open_dev(const char *config, const char *name, ts_stack **stack);
+/* Close a stack, printing any error; returns the exit status to use. */
+int ts_cli_close(ts_stack *s, int status);
+/* Monotonic seconds. */
+double ts_cli_now(void);
+
+/* Commands implemented in src/cli/cmd_*.c */
+int ts_cli_validate(int argc, char **argv);
+int ts_cli_info(int argc, char **argv);
+int ts_cli_types(int argc, char **argv);
+int ts_cli_status(int argc, char **argv);
+int ts_cli_read(int argc, char **argv);
+int ts_cli_write(int argc, char **argv);
+int ts_cli_range(int argc, char **argv); /* provision, discard, zero */
+int ts_cli_flush(int argc, char **argv);
+int ts_cli_map(int argc, char **argv);
+int ts_cli_demo(int argc, char **argv);
+int ts_cli_dm_table(int argc, char **argv);
+
+#endif

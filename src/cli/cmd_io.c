@@ -1,0 +1,237 @@
+/* Range commands on one device: read, write, provision, discard, zero,
+ * flush, map. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHUNK (4u << 20)
+
+/* Positionals and "-o FILE"-style options with a value. */
+struct args {
+  char *pos[4];
+  int npos;
+  const char *in, *out;
+  bool json, fua, may_unmap, no_fallback;
+};
+
+static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
+{
+  memset(a, 0, sizeof *a);
+  for (int i = 1; i < argc; i++) {
+    const char *s = argv[i];
+    if ((strcmp(s, "-o") == 0 || strcmp(s, "-i") == 0) && i + 1 < argc) {
+      if (s[1] == 'o') a->out = argv[++i]; else a->in = argv[++i];
+    } else if (strcmp(s, "--json") == 0) a->json = true;
+    else if (strcmp(s, "--fua") == 0) a->fua = true;
+    else if (strcmp(s, "--may-unmap") == 0) a->may_unmap = true;
+    else if (strcmp(s, "--no-fallback") == 0) a->no_fallback = true;
+    else if (s[0] == '-' && s[1]) {
+      ts_cli_err("%s: unknown option %s", argv[0], s);
+      return false;
+    } else if (a->npos == maxpos) {
+      ts_cli_err("%s: unexpected argument \"%s\"", argv[0], s);
+      return false;
+    } else {
+      a->pos[a->npos++] = argv[i];
+    }
+  }
+  if (a->npos < minpos) {
+    ts_cli_usage(stderr, argv[0]);
+    return false;
+  }
+  return true;
+}
+
+static int report(const char *what, ts_dev *d, int r)
+{
+  if (r)
+    ts_cli_err("%s on %s failed: %s (%s)", what, ts_dev_name(d), ts_strerror(r), ts_err_name(r));
+  return r ? 1 : 0;
+}
+
+int ts_cli_read(int argc, char **argv)
+{
+  struct args a;
+  uint64_t off, len;
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (!parse(argc, argv, &a, 4, 4) || !ts_cli_size("OFFSET", a.pos[2], &off) ||
+      !ts_cli_size("LENGTH", a.pos[3], &len))
+    return 2;
+  int fd = STDOUT_FILENO;
+  if (a.out && (fd = open(a.out, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+    ts_cli_err("%s: cannot write: %s", a.out, strerror(errno));
+    return 1;
+  }
+  ts_stack *s;
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  if (!d) {
+    if (a.out) close(fd);
+    return 1;
+  }
+  char *buf = malloc(CHUNK);
+  int r = buf ? 0 : -ENOMEM;
+  for (uint64_t done = 0; !r && done < len;) {
+    size_t n = len - done < CHUNK ? (size_t)(len - done) : CHUNK;
+    r = ts_pread(d, buf, n, off + done);
+    for (size_t w = 0; !r && w < n;) {
+      ssize_t k = write(fd, buf + w, n - w);
+      if (k < 0) r = -errno; else w += (size_t)k;
+    }
+    done += n;
+  }
+  free(buf);
+  if (a.out) close(fd);
+  return ts_cli_close(s, report("read", d, r));
+}
+
+int ts_cli_write(int argc, char **argv)
+{
+  struct args a;
+  uint64_t off;
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (!parse(argc, argv, &a, 3, 3) || !ts_cli_size("OFFSET", a.pos[2], &off))
+    return 2;
+  if (!a.in) {
+    ts_cli_err("write: -i FILE is required (\"-\" for stdin)");
+    return 2;
+  }
+  int fd = strcmp(a.in, "-") == 0 ? STDIN_FILENO : open(a.in, O_RDONLY);
+  if (fd < 0) {
+    ts_cli_err("%s: cannot read: %s", a.in, strerror(errno));
+    return 1;
+  }
+  ts_stack *s;
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  if (!d) {
+    close(fd);
+    return 1;
+  }
+  char *buf = malloc(CHUNK);
+  int r = buf ? 0 : -ENOMEM;
+  uint64_t lbs = ts_dev_limits(d)->logical_block_size, total = 0;
+  while (!r) {
+    size_t n = 0;
+    while (n < CHUNK) {
+      ssize_t k = read(fd, buf + n, CHUNK - n);
+      if (k < 0) { r = -errno; break; }
+      if (k == 0) break;
+      n += (size_t)k;
+    }
+    if (r || n == 0)
+      break;
+    if (n % lbs) {
+      ts_cli_err("write: the input's length is not a multiple of the block size %llu",
+                 (unsigned long long)lbs);
+      r = -EINVAL;
+      break;
+    }
+    r = ts_pwrite(d, buf, n, off + total, a.fua ? TS_IO_FUA : 0);
+    total += n;
+  }
+  free(buf);
+  if (fd != STDIN_FILENO) close(fd);
+  return ts_cli_close(s, report("write", d, r));
+}
+
+int ts_cli_range(int argc, char **argv)
+{
+  struct args a;
+  uint64_t off, len;
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (!parse(argc, argv, &a, 4, 4) || !ts_cli_size("OFFSET", a.pos[2], &off) ||
+      !ts_cli_size("LENGTH", a.pos[3], &len))
+    return 2;
+  bool zero = strcmp(argv[0], "zero") == 0;
+  if (!zero && (a.may_unmap || a.no_fallback)) {
+    ts_cli_err("%s: --may-unmap and --no-fallback go with zero", argv[0]);
+    return 2;
+  }
+  ts_stack *s;
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  if (!d)
+    return 1;
+  double t0 = ts_cli_now();
+  int r;
+  if (strcmp(argv[0], "provision") == 0)
+    r = ts_provision(d, off, len);
+  else if (strcmp(argv[0], "discard") == 0)
+    r = ts_discard(d, off, len);
+  else
+    r = ts_write_zeroes(d, off, len, (a.may_unmap ? TS_IO_MAY_UNMAP : 0) |
+                                     (a.no_fallback ? TS_IO_NOFALLBACK : 0));
+  if (!r)
+    r = ts_flush(d);
+  double t = ts_cli_now() - t0;
+  if (!r) {
+    char sz[32];
+    ts_format_size(len, sz, sizeof sz);
+    fprintf(stderr, "%s %s at %llu on %s: %.3f s\n", argv[0], sz, (unsigned long long)off,
+            ts_dev_name(d), t);
+  }
+  return ts_cli_close(s, report(argv[0], d, r));
+}
+
+int ts_cli_flush(int argc, char **argv)
+{
+  struct args a;
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (!parse(argc, argv, &a, 2, 2))
+    return 2;
+  ts_stack *s;
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  if (!d)
+    return 1;
+  return ts_cli_close(s, report("flush", d, ts_flush(d)));
+}
+
+static const char *extent_kind(uint32_t f)
+{
+  if ((f & TS_EXTENT_HOLE) && (f & TS_EXTENT_ZERO)) return "hole";
+  if (f & TS_EXTENT_HOLE) return "unmapped";
+  if (f & TS_EXTENT_ZERO) return "zero";
+  return "data";
+}
+
+int ts_cli_map(int argc, char **argv)
+{
+  struct args a;
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (!parse(argc, argv, &a, 2, 4) || a.npos == 3) {
+    if (a.npos == 3) ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_stack *s;
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  if (!d)
+    return 1;
+  uint64_t off = 0, len = ts_dev_size(d);
+  if (a.npos == 4 && (!ts_cli_size("OFFSET", a.pos[2], &off) || !ts_cli_size("LENGTH", a.pos[3], &len)))
+    return ts_cli_close(s, 2);
+  ts_extent_list l = { 0 };
+  int r = ts_block_status(d, off, len, &l);
+  if (!r && a.json) {
+    printf("[");
+    for (size_t i = 0; i < l.n; i++)
+      printf("%s\n  {\"offset\": %llu, \"length\": %llu, \"type\": \"%s\", \"hole\": %s, \"zero\": %s}",
+             i ? "," : "", (unsigned long long)l.v[i].offset, (unsigned long long)l.v[i].length,
+             extent_kind(l.v[i].flags), (l.v[i].flags & TS_EXTENT_HOLE) ? "true" : "false",
+             (l.v[i].flags & TS_EXTENT_ZERO) ? "true" : "false");
+    printf("\n]\n");
+  } else if (!r) {
+    printf("%16s %16s  %s\n", "offset", "length", "type");
+    for (size_t i = 0; i < l.n; i++)
+      printf("%16llu %16llu  %s\n", (unsigned long long)l.v[i].offset,
+             (unsigned long long)l.v[i].length, extent_kind(l.v[i].flags));
+  }
+  ts_extent_list_free(&l);
+  return ts_cli_close(s, report("map", d, r));
+}

@@ -1,0 +1,213 @@
+/* Commands about a whole stack: validate, info, status, types, dm-table. */
+#include "cli/cli.h"
+
+#include <libthinstack/layer.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Split argv into positionals and a known flag set; false on an unknown flag. */
+static bool take_flag(int argc, char **argv, const char *flag)
+{
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], flag) == 0)
+      return true;
+  return false;
+}
+
+static int positionals(int argc, char **argv, char **pos, int max, const char *const *flags)
+{
+  int n = 0;
+  for (int i = 1; i < argc; i++) {
+    if (argv[i][0] == '-' && argv[i][1]) {
+      bool known = false;
+      for (const char *const *f = flags; f && *f; f++)
+        known |= strcmp(*f, argv[i]) == 0;
+      if (!known) {
+        ts_cli_err("%s: unknown option %s", argv[0], argv[i]);
+        return -1;
+      }
+      continue;
+    }
+    if (n == max) {
+      ts_cli_err("%s: unexpected argument \"%s\"", argv[0], argv[i]);
+      return -1;
+    }
+    pos[n++] = argv[i];
+  }
+  return n;
+}
+
+int ts_cli_validate(int argc, char **argv)
+{
+  char *pos[1];
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (positionals(argc, argv, pos, 1, NULL) != 1) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_error err = { 0 };
+  ts_open_opts o = { .struct_size = sizeof o, .flags = TS_OPEN_VALIDATE_ONLY };
+  ts_stack *st = NULL;
+  int r = ts_stack_open_file(pos[0], &o, &st, &err);
+  if (r) {
+    ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    return 1;
+  }
+  printf("%s: valid\n", pos[0]);
+  return 0;
+}
+
+static void print_limits_table(ts_stack *s)
+{
+  printf("%-12s %-10s %14s %6s %9s %9s %9s %9s %9s %s\n", "node", "type", "size", "lbs",
+         "max_io", "discard", "w_zeroes", "provision", "prov_gran", "flags");
+  for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
+    ts_dev *d = ts_stack_node_at(s, i);
+    const ts_limits *l = ts_dev_limits(d);
+    char sz[32], mio[32], disc[32], wz[32], prov[32], pg[32];
+    ts_format_size(l->size, sz, sizeof sz);
+    if (l->max_io_bytes) ts_format_size(l->max_io_bytes, mio, sizeof mio); else strcpy(mio, "-");
+#define CAPSTR(buf, v, op)                                                                   \
+    if (ts_limits_cap(l, op) == TS_CAP_NONE) strcpy(buf, "no");                              \
+    else if (ts_limits_cap(l, op) == TS_CAP_EMULATE) strcpy(buf, "emulate");                 \
+    else if ((v) == UINT64_MAX) strcpy(buf, "yes");                                          \
+    else ts_format_size(v, buf, sizeof buf);
+    CAPSTR(disc, l->max_discard_bytes, TS_OP_DISCARD)
+    CAPSTR(wz, l->max_write_zeroes_bytes, TS_OP_WRITE_ZEROES)
+    CAPSTR(prov, l->max_provision_bytes, TS_OP_PROVISION)
+#undef CAPSTR
+    ts_format_size(l->provision_granularity, pg, sizeof pg);
+    printf("%-12s %-10s %14s %6u %9s %9s %9s %9s %9s %s%s%s%s%s\n", ts_dev_name(d), ts_dev_type(d),
+           sz, l->logical_block_size, mio, disc, wz, prov, l->provision_granularity ? pg : "-",
+           l->read_only ? "ro " : "", l->fua ? "fua " : "", l->discard_zeroes ? "discard_zeroes " : "",
+           l->write_zeroes_unmap ? "unmap " : "", ts_stack_dev(s, ts_dev_name(d)) ? "exported" : "");
+  }
+}
+
+int ts_cli_info(int argc, char **argv)
+{
+  static const char *const flags[] = { "--json", NULL };
+  char *pos[1];
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (positionals(argc, argv, pos, 1, flags) != 1) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_stack *s = ts_cli_open(pos[0], 0);
+  if (!s)
+    return 1;
+  if (take_flag(argc, argv, "--json")) {
+    printf("{\"nodes\": [");
+    for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
+      ts_dev *d = ts_stack_node_at(s, i);
+      char *lim = ts_dev_limits_json(d);
+      printf("%s\n{\"name\": \"%s\", \"type\": \"%s\", \"exported\": %s, \"limits\": %s}",
+             i ? "," : "", ts_dev_name(d), ts_dev_type(d),
+             ts_stack_dev(s, ts_dev_name(d)) ? "true" : "false", lim ? lim : "null");
+      free(lim);
+    }
+    printf("]}\n");
+  } else {
+    print_limits_table(s);
+  }
+  return ts_cli_close(s, 0);
+}
+
+int ts_cli_status(int argc, char **argv)
+{
+  char *pos[2];
+  if (ts_cli_help(argc, argv))
+    return 0;
+  int n = positionals(argc, argv, pos, 2, NULL);
+  if (n < 1) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_stack *s = ts_cli_open(pos[0], 0);
+  if (!s)
+    return 1;
+  int status = 0;
+  printf("[");
+  for (size_t i = 0, k = 0; i < ts_stack_nnodes(s); i++) {
+    ts_dev *d = ts_stack_node_at(s, i);
+    if (n == 2 && strcmp(ts_dev_name(d), pos[1]) != 0)
+      continue;
+    char *j = ts_dev_status_json(d);
+    printf("%s%s", k++ ? ",\n" : "\n", j ? j : "null");
+    free(j);
+  }
+  printf("\n]\n");
+  if (n == 2 && !ts_stack_node(s, pos[1])) {
+    ts_cli_err("%s: no layer named \"%s\"", pos[0], pos[1]);
+    status = 1;
+  }
+  return ts_cli_close(s, status);
+}
+
+static const char *kind_name(ts_param_kind k)
+{
+  switch (k) {
+  case TS_PARAM_STRING: return "string";
+  case TS_PARAM_PATH: return "path";
+  case TS_PARAM_SIZE: return "size";
+  case TS_PARAM_UINT: return "integer";
+  case TS_PARAM_BOOL: return "bool";
+  case TS_PARAM_ENUM: return "enum";
+  case TS_PARAM_CHILD: return "layer";
+  case TS_PARAM_ARRAY: return "array";
+  case TS_PARAM_OBJECT: return "object";
+  default: return "any";
+  }
+}
+
+static void print_params(const ts_param *p, int indent)
+{
+  for (; p && p->key; p++) {
+    printf("%*s%-22s %-8s%s %s%s%s\n", indent, "", p->key, kind_name(p->kind),
+           (p->flags & TS_PARAM_REQUIRED) ? " (required)" : "", p->doc ? p->doc : "",
+           p->choices ? ": " : "", p->choices ? p->choices : "");
+    if (p->fields)
+      print_params(p->fields, indent + 4);
+  }
+}
+
+int ts_cli_types(int argc, char **argv)
+{
+  if (ts_cli_help(argc, argv))
+    return 0;
+  for (size_t i = 0; ts_layer_type_at(i); i++) {
+    const ts_layer_type *t = ts_layer_type_at(i);
+    printf("%s: %s\n", t->name, t->summary ? t->summary : "");
+    print_params(t->params, 4);
+  }
+  return 0;
+}
+
+int ts_cli_dm_table(int argc, char **argv)
+{
+  char *pos[1];
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (positionals(argc, argv, pos, 1, NULL) != 1) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_stack *s = ts_cli_open(pos[0], 0);
+  if (!s)
+    return 1;
+  printf("# dmsetup tables, one device per node; <name> stands for /dev/mapper/<name>\n"
+         "# or the block device behind a file layer (losetup).\n");
+  for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
+    ts_dev *d = ts_stack_node_at(s, i);
+    const ts_layer_type *t = ts_find_layer_type(ts_dev_type(d));
+    char *line = t && t->dm_table ? t->dm_table(d) : NULL;
+    if (line)
+      printf("%s: %s\n", ts_dev_name(d), line);
+    else
+      printf("# %s (%s): no kernel device-mapper equivalent\n", ts_dev_name(d), ts_dev_type(d));
+    free(line);
+  }
+  return ts_cli_close(s, 0);
+}

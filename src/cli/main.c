@@ -1,0 +1,143 @@
+/* thinstack: the command-line tool. One table of commands; each command
+ * parses its own options and prints one clear line on error. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const struct ts_cli_command commands[] = {
+  { "demo", ts_cli_demo, "[--dir DIR] [--size SIZE] [--keep]",
+    "build a stack on sparse files in a temp dir and compare provision with writing zeroes" },
+  { "validate", ts_cli_validate, "CONFIG", "check a stack configuration without opening it" },
+  { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
+  { "status", ts_cli_status, "CONFIG [NODE]", "print counters and layer state as JSON" },
+  { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
+  { "dm-table", ts_cli_dm_table, "CONFIG", "print the equivalent dmsetup table of each node" },
+  { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE]", "read a range (to stdout or FILE)" },
+  { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua]", "write FILE's bytes at OFFSET" },
+  { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH", "reserve space for a range without writing" },
+  { "discard", ts_cli_range, "CONFIG DEV OFFSET LENGTH", "release a range" },
+  { "zero", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-unmap] [--no-fallback]",
+    "make a range read as zeroes" },
+  { "flush", ts_cli_flush, "CONFIG DEV", "make completed writes durable" },
+  { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
+};
+
+static const struct ts_cli_command *find(const char *name)
+{
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+void ts_cli_usage(FILE *f, const char *name)
+{
+  const struct ts_cli_command *c = find(name);
+  if (c)
+    fprintf(f, "usage: thinstack %s %s\n  %s\n", c->name, c->usage, c->summary);
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f, "usage: thinstack COMMAND [ARGS]   (thinstack COMMAND --help for details)\n\n"
+             "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+void ts_cli_err(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("thinstack: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+bool ts_cli_help(int argc, char **argv)
+{
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      ts_cli_usage(stdout, argv[0]);
+      return true;
+    }
+  return false;
+}
+
+bool ts_cli_size(const char *what, const char *s, uint64_t *out)
+{
+  if (ts_parse_size(s, out) == 0)
+    return true;
+  ts_cli_err("%s: \"%s\" is not a size (bytes, or a number with K, M, G or T)", what, s);
+  return false;
+}
+
+ts_stack *ts_cli_open(const char *config, unsigned flags)
+{
+  ts_stack *s = NULL;
+  ts_error err = { 0 };
+  ts_open_opts o = { .struct_size = sizeof o, .flags = flags };
+  int r = ts_stack_open_file(config, &o, &s, &err);
+  if (r) {
+    ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    return NULL;
+  }
+  return s;
+}
+
+ts_dev *ts_cli_open_dev(const char *config, const char *name, ts_stack **stack)
+{
+  ts_stack *s = ts_cli_open(config, 0);
+  if (!s)
+    return NULL;
+  ts_dev *d = ts_stack_dev(s, name);
+  if (!d)
+    d = ts_stack_node(s, name);
+  if (!d) {
+    ts_cli_err("%s: no device or layer named \"%s\"", config, name);
+    ts_stack_close(s, NULL);
+    return NULL;
+  }
+  *stack = s;
+  return d;
+}
+
+int ts_cli_close(ts_stack *s, int status)
+{
+  ts_error err = { 0 };
+  if (ts_stack_close(s, &err)) {
+    ts_cli_err("%s", err.msg);
+    return status ? status : 1;
+  }
+  return status;
+}
+
+double ts_cli_now(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("thinstack %s\n", ts_version());
+    return 0;
+  }
+  const struct ts_cli_command *c = find(argv[1]);
+  if (!c) {
+    ts_cli_err("unknown command \"%s\" (thinstack --help lists them)", argv[1]);
+    return 2;
+  }
+  return c->fn(argc - 1, argv + 1);
+}

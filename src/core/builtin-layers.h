@@ -1,0 +1,8 @@
+/* The built-in layer types: one X(ident) line each, defined in src/backends/
+ * as `const ts_layer_type ts__<ident>_layer_type`. Keep alphabetical. */
+X(error)
+X(fault)
+X(file)
+X(linear)
+X(memory)
+X(zero)

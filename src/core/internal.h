@@ -1,0 +1,59 @@
+/* libthinstack core internals shared by the files of src/core. Not installed. */
+#ifndef TS_CORE_INTERNAL_H
+#define TS_CORE_INTERNAL_H
+
+#include <libthinstack/thinstack.h>
+#include <libthinstack/layer.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct ts_node {
+  struct ts_stack *stack;
+  char *name;
+  const ts_layer_type *type;
+  json_t *params;          /* borrowed reference into stack->config */
+  void *priv;
+  ts_limits limits;
+  bool opened;
+  bool exported;
+  pthread_mutex_t serial;  /* held around calls when TS_THREAD_SERIALIZE */
+  /* Children in the order the schema names them, for limits folding. */
+  struct ts_node **children;
+  size_t nchildren;
+  /* Request counters by op: requests accepted and bytes. */
+  _Atomic uint64_t nr_req[TS_OP_COUNT];
+  _Atomic uint64_t nr_bytes[TS_OP_COUNT];
+  _Atomic uint64_t nr_err[TS_OP_COUNT];
+};
+
+struct ts_stack {
+  json_t *config;
+  char *base_dir;
+  ts_open_opts opts;
+  struct ts_node **nodes;  /* bottom-up order */
+  size_t nnodes;
+  struct ts_node **exports;
+  size_t nexports;
+  char **created;          /* files created while opening */
+  size_t ncreated;
+  bool aborting;
+};
+
+/* config.c: schema validation and graph ordering of a parsed config. Fills
+ * stack->nodes (bottom-up order, nothing opened) and stack->exports. */
+int ts__config_load(struct ts_stack *s, ts_error *err);
+
+/* limits.c */
+void ts__limits_leaf_default(ts_limits *lim);
+void ts__limits_fold_start(ts_limits *lim);
+json_t *ts__limits_to_json(const ts_limits *lim);
+
+/* registry.c */
+void ts__registry_init(void);
+int ts__load_plugin_dir(const char *dir, ts_error *err);
+
+/* io.c */
+int ts__node_flush_all(struct ts_node *n);
+
+#endif

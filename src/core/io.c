@@ -1,0 +1,346 @@
+/* The request path: every request, from a user or from a layer to its child,
+ * passes here. The core checks it, splits it to the layer's limits and
+ * declared boundaries, and emulates what the layer lacks (zero writes for
+ * WRITE_ZEROES, a FLUSH after a FUA write), so layers trust what they get. */
+#include "core/internal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Flags that mean something for each op. */
+static const uint32_t op_flags[TS_OP_COUNT] = {
+  [TS_OP_READ] = 0,
+  [TS_OP_WRITE] = TS_IO_FUA,
+  [TS_OP_FLUSH] = 0,
+  [TS_OP_DISCARD] = 0,
+  [TS_OP_WRITE_ZEROES] = TS_IO_FUA | TS_IO_MAY_UNMAP | TS_IO_NOFALLBACK,
+  [TS_OP_PROVISION] = 0,
+};
+
+#define SLICE_INLINE 16
+
+static int call_layer(struct ts_node *n, const ts_io *io)
+{
+  int r;
+  if (n->type->thread_model == TS_THREAD_SERIALIZE) {
+    pthread_mutex_lock(&n->serial);
+    r = n->type->submit(n, io);
+    pthread_mutex_unlock(&n->serial);
+  } else {
+    r = n->type->submit(n, io);
+  }
+  /* A layer that fails without an errno is a bug; report it as an I/O error
+   * rather than pretend success. */
+  if (r > 0)
+    r = -EIO;
+  return r;
+}
+
+static uint64_t op_max(const ts_limits *lim, uint32_t op)
+{
+  switch (op) {
+  case TS_OP_DISCARD: return lim->max_discard_bytes;
+  case TS_OP_WRITE_ZEROES: return lim->max_write_zeroes_bytes;
+  case TS_OP_PROVISION: return lim->max_provision_bytes;
+  default: return lim->max_io_bytes;
+  }
+}
+
+static uint32_t op_granularity(const ts_limits *lim, uint32_t op)
+{
+  switch (op) {
+  case TS_OP_DISCARD: return lim->discard_granularity;
+  case TS_OP_PROVISION: return lim->provision_granularity;
+  default: return 0;
+  }
+}
+
+/* Length of the next piece of [off, end) that the layer accepts in one call. */
+static uint64_t piece_len(struct ts_node *n, uint32_t op, uint64_t off, uint64_t end)
+{
+  uint64_t len = end - off;
+  uint64_t max = op_max(&n->limits, op);
+  if (max && len > max) {
+    len = max - max % n->limits.logical_block_size;
+    /* Prefer pieces that end on the op's granularity, so a layer that
+     * allocates in blocks is not asked for the same block twice. */
+    uint32_t g = op_granularity(&n->limits, op);
+    if (g && len > g) {
+      uint64_t e = (off + len) / g * g;
+      if (e > off)
+        len = e - off;
+    }
+  }
+  if (n->type->next_boundary) {
+    uint64_t b = n->type->next_boundary(n, off);
+    if (b > off && b - off < len)
+      len = b - off;
+  }
+  return len;
+}
+
+/* Run a non-data op (DISCARD, WRITE_ZEROES, PROVISION) piece by piece. */
+static int run_ranged(struct ts_node *n, uint32_t op, uint32_t flags, uint64_t off, uint64_t len,
+                      uint64_t *done)
+{
+  uint64_t end = off + len;
+  *done = 0;
+  while (off < end) {
+    uint64_t l = piece_len(n, op, off, end);
+    ts_io sub = { .op = op, .flags = flags, .offset = off, .length = l };
+    int r = call_layer(n, &sub);
+    if (r)
+      return r;
+    off += l;
+    *done += l;
+  }
+  return 0;
+}
+
+static int run_rw(struct ts_node *n, const ts_io *io, uint32_t flags)
+{
+  uint64_t end = io->offset + io->length;
+  uint64_t first = piece_len(n, io->op, io->offset, end);
+  if (first == io->length) {
+    ts_io sub = *io;
+    sub.flags = flags;
+    return call_layer(n, &sub);
+  }
+  struct iovec inl[SLICE_INLINE];
+  struct iovec *slice = inl;
+  int cap = SLICE_INLINE;
+  if (io->iovcnt > SLICE_INLINE) {
+    cap = io->iovcnt;
+    slice = malloc((size_t)cap * sizeof *slice);
+    if (!slice)
+      return -ENOMEM;
+  }
+  int r = 0;
+  for (uint64_t off = io->offset; off < end && !r;) {
+    uint64_t l = piece_len(n, io->op, off, end);
+    int cnt = ts_iov_slice(io->iov, io->iovcnt, off - io->offset, l, slice, cap);
+    assert(cnt > 0);
+    ts_io sub = { .op = io->op, .flags = flags, .offset = off, .length = l, .iov = slice,
+                  .iovcnt = cnt };
+    r = call_layer(n, &sub);
+    off += l;
+  }
+  if (slice != inl)
+    free(slice);
+  return r;
+}
+
+/* WRITE_ZEROES as writes of the shared zero buffer. */
+static int emulate_zeroes(struct ts_node *n, uint64_t off, uint64_t len)
+{
+  uint64_t end = off + len;
+  while (off < end) {
+    uint64_t l = end - off;
+    if (l > TS_ZERO_BUF_SIZE)
+      l = TS_ZERO_BUF_SIZE;
+    struct iovec v = { (void *)ts_zero_buffer(), (size_t)l };
+    ts_io w = { .op = TS_OP_WRITE, .offset = off, .length = l, .iov = &v, .iovcnt = 1 };
+    int r = run_rw(n, &w, 0);
+    if (r)
+      return r;
+    off += l;
+  }
+  return 0;
+}
+
+static int flush_node(struct ts_node *n)
+{
+  ts_io f = { .op = TS_OP_FLUSH };
+  return call_layer(n, &f);
+}
+
+int ts__node_flush_all(struct ts_node *n) { return flush_node(n); }
+
+static size_t iov_total(const struct iovec *iov, int iovcnt, bool *overflow)
+{
+  size_t t = 0;
+  *overflow = false;
+  for (int i = 0; i < iovcnt; i++) {
+    if (iov[i].iov_len > SIZE_MAX - t)
+      *overflow = true;
+    t += iov[i].iov_len;
+  }
+  return t;
+}
+
+static int check_io(struct ts_node *n, const ts_io *io)
+{
+  const ts_limits *lim = &n->limits;
+  if (io->op >= TS_OP_COUNT || (io->flags & ~op_flags[io->op]))
+    return -EINVAL;
+  if (io->op == TS_OP_FLUSH)
+    return 0;
+  if ((io->op == TS_OP_WRITE || io->op == TS_OP_DISCARD || io->op == TS_OP_WRITE_ZEROES ||
+       io->op == TS_OP_PROVISION) && lim->read_only)
+    return -EROFS;
+  if (ts_limits_cap(lim, (int)io->op) == TS_CAP_NONE)
+    return -EOPNOTSUPP;
+  if (io->length == 0 || io->offset % lim->logical_block_size ||
+      io->length % lim->logical_block_size)
+    return -EINVAL;
+  if (io->offset + io->length < io->offset || io->offset + io->length > lim->size)
+    return -EINVAL;
+  if (io->op == TS_OP_READ || io->op == TS_OP_WRITE) {
+    bool over;
+    if (!io->iov || io->iovcnt <= 0 || iov_total(io->iov, io->iovcnt, &over) != io->length || over)
+      return -EINVAL;
+  }
+  return 0;
+}
+
+int ts_submit(ts_dev *n, const ts_io *io)
+{
+  int r = check_io(n, io);
+  if (r)
+    goto out;
+  atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
+  const ts_limits *lim = &n->limits;
+  /* FUA the layer lacks becomes a FLUSH after the request. */
+  bool fua_after = (io->flags & TS_IO_FUA) && !lim->fua;
+  uint32_t flags = fua_after ? io->flags & ~TS_IO_FUA : io->flags;
+  uint64_t done;
+
+  switch (io->op) {
+  case TS_OP_FLUSH:
+    r = call_layer(n, io);
+    break;
+  case TS_OP_READ:
+  case TS_OP_WRITE:
+    r = run_rw(n, io, flags);
+    break;
+  case TS_OP_WRITE_ZEROES:
+    if (ts_limits_cap(lim, TS_OP_WRITE_ZEROES) == TS_CAP_NATIVE) {
+      r = run_ranged(n, io->op, flags & ~TS_IO_NOFALLBACK, io->offset, io->length, &done);
+      if (r != -EOPNOTSUPP || (io->flags & TS_IO_NOFALLBACK))
+        break;
+    } else if (io->flags & TS_IO_NOFALLBACK) {
+      r = -EOPNOTSUPP;
+      break;
+    } else {
+      done = 0;
+    }
+    r = emulate_zeroes(n, io->offset + done, io->length - done);
+    break;
+  default:
+    r = run_ranged(n, io->op, flags, io->offset, io->length, &done);
+    break;
+  }
+  if (!r && fua_after)
+    r = flush_node(n);
+out:
+  if (r && io->op < TS_OP_COUNT)
+    atomic_fetch_add_explicit(&n->nr_err[io->op], 1, memory_order_relaxed);
+  return r;
+}
+
+int ts_preadv(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset)
+{
+  bool over;
+  size_t len = iov_total(iov, iovcnt, &over);
+  if (over)
+    return -EINVAL;
+  ts_io io = { .op = TS_OP_READ, .offset = offset, .length = len, .iov = iov, .iovcnt = iovcnt };
+  return ts_submit(dev, &io);
+}
+
+int ts_pread(ts_dev *dev, void *buf, size_t len, uint64_t offset)
+{
+  struct iovec v = { buf, len };
+  return ts_preadv(dev, &v, 1, offset);
+}
+
+int ts_pwritev(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset, uint32_t flags)
+{
+  bool over;
+  size_t len = iov_total(iov, iovcnt, &over);
+  if (over)
+    return -EINVAL;
+  ts_io io = { .op = TS_OP_WRITE, .flags = flags, .offset = offset, .length = len, .iov = iov,
+               .iovcnt = iovcnt };
+  return ts_submit(dev, &io);
+}
+
+int ts_pwrite(ts_dev *dev, const void *buf, size_t len, uint64_t offset, uint32_t flags)
+{
+  struct iovec v = { (void *)buf, len };
+  return ts_pwritev(dev, &v, 1, offset, flags);
+}
+
+int ts_flush(ts_dev *dev)
+{
+  ts_io io = { .op = TS_OP_FLUSH };
+  return ts_submit(dev, &io);
+}
+
+int ts_layer_io(ts_layer *child, uint32_t op, uint32_t flags, uint64_t offset, uint64_t len)
+{
+  ts_io io = { .op = op, .flags = flags, .offset = offset, .length = len };
+  return ts_submit(child, &io);
+}
+
+int ts_discard(ts_dev *dev, uint64_t offset, uint64_t len)
+{
+  return ts_layer_io(dev, TS_OP_DISCARD, 0, offset, len);
+}
+
+int ts_write_zeroes(ts_dev *dev, uint64_t offset, uint64_t len, uint32_t flags)
+{
+  return ts_layer_io(dev, TS_OP_WRITE_ZEROES, flags, offset, len);
+}
+
+int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len)
+{
+  return ts_layer_io(dev, TS_OP_PROVISION, 0, offset, len);
+}
+
+int ts_block_status(ts_dev *n, uint64_t offset, uint64_t len, ts_extent_list *out)
+{
+  const ts_limits *lim = &n->limits;
+  if (len == 0 || offset % lim->logical_block_size || len % lim->logical_block_size ||
+      offset + len < offset || offset + len > lim->size)
+    return -EINVAL;
+  uint64_t end = offset + len;
+  if (!n->type->block_status)
+    return ts_extent_list_add(out, offset, len, 0);
+  while (offset < end) {
+    uint64_t l = end - offset;
+    if (n->type->next_boundary) {
+      uint64_t b = n->type->next_boundary(n, offset);
+      if (b > offset && b - offset < l)
+        l = b - offset;
+    }
+    size_t before = out->n;
+    uint64_t covered_before = before ? out->v[before - 1].offset + out->v[before - 1].length : offset;
+    int r;
+    if (n->type->thread_model == TS_THREAD_SERIALIZE) {
+      pthread_mutex_lock(&n->serial);
+      r = n->type->block_status(n, offset, l, out);
+      pthread_mutex_unlock(&n->serial);
+    } else {
+      r = n->type->block_status(n, offset, l, out);
+    }
+    if (r)
+      return r;
+    if (out->n == 0)
+      return -EIO;
+    ts_extent *last = &out->v[out->n - 1];
+    uint64_t reached = last->offset + last->length;
+    /* A layer may describe more than asked (whole blocks); trim to the request. */
+    if (reached > offset + l) {
+      last->length -= reached - (offset + l);
+      reached = offset + l;
+    }
+    if (reached <= offset || (out->n == before && reached == covered_before))
+      return -EIO; /* no progress: a layer bug, never loop forever */
+    offset = reached;
+  }
+  return 0;
+}

@@ -1,0 +1,317 @@
+/* Stacks: open a checked configuration bottom-up, compute limits, close
+ * top-down; and the services the core offers to layer code. */
+#include "core/internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void free_stack(struct ts_stack *s)
+{
+  for (size_t i = 0; i < s->nnodes; i++) {
+    struct ts_node *n = s->nodes[i];
+    pthread_mutex_destroy(&n->serial);
+    free(n->children);
+    free(n->name);
+    free(n);
+  }
+  for (size_t i = 0; i < s->ncreated; i++)
+    free(s->created[i]);
+  free(s->created);
+  free(s->nodes);
+  free(s->exports);
+  free(s->base_dir);
+  json_decref(s->config);
+  free(s);
+}
+
+/* Close opened nodes top-down. On an aborted open, also remove the files the
+ * open created, so a failed open leaves the disk as it found it. */
+static void close_nodes(struct ts_stack *s)
+{
+  for (size_t i = s->nnodes; i-- > 0;) {
+    struct ts_node *n = s->nodes[i];
+    if (n->opened && n->type->close)
+      n->type->close(n);
+    n->opened = false;
+  }
+  if (s->aborting)
+    for (size_t i = s->ncreated; i-- > 0;)
+      unlink(s->created[i]);
+}
+
+static int compute_limits(struct ts_node *n, ts_error *err)
+{
+  ts_limits lim;
+  if (n->nchildren == 0) {
+    ts__limits_leaf_default(&lim);
+  } else {
+    ts__limits_fold_start(&lim);
+    for (size_t i = 0; i < n->nchildren; i++)
+      ts_limits_stack(&lim, &n->children[i]->limits);
+  }
+  int r = n->type->limits(n, &lim, err);
+  if (r)
+    return r;
+  if (lim.logical_block_size < 512 || (lim.logical_block_size & (lim.logical_block_size - 1)))
+    return ts_layer_error(n, err, -EINVAL, NULL, "logical block size %u is not a power of two >= 512",
+                          lim.logical_block_size);
+  if (lim.size % lim.logical_block_size)
+    return ts_layer_error(n, err, -EINVAL, NULL,
+                          "size %llu is not a multiple of the logical block size %u",
+                          (unsigned long long)lim.size, lim.logical_block_size);
+  if (ts_layer_force_read_only(n))
+    lim.read_only = true;
+  n->limits = lim;
+  return 0;
+}
+
+static int open_stack(json_t *config, const char *base_dir, const ts_open_opts *opts,
+                      ts_stack **out, ts_error *err)
+{
+  *out = NULL;
+  struct ts_stack *s = calloc(1, sizeof *s);
+  if (!s) {
+    json_decref(config);
+    return ts_error_set(err, -ENOMEM, "out of memory");
+  }
+  s->config = config;
+  if (opts) {
+    size_t n = opts->struct_size && opts->struct_size < sizeof s->opts ? opts->struct_size
+                                                                       : sizeof s->opts;
+    memcpy(&s->opts, opts, n);
+  }
+  char cwd[PATH_MAX];
+  if (!base_dir && getcwd(cwd, sizeof cwd))
+    base_dir = cwd;
+  s->base_dir = base_dir ? strdup(base_dir) : NULL;
+
+  const char *pdir = s->opts.plugin_dir ? s->opts.plugin_dir : getenv("TS_PLUGIN_DIR");
+  int r = ts__load_plugin_dir(pdir ? pdir : TS_PLUGIN_DIR, err);
+  if (!r)
+    r = ts__config_load(s, err);
+  if (r || (s->opts.flags & TS_OPEN_VALIDATE_ONLY)) {
+    free_stack(s);
+    return r;
+  }
+  for (size_t i = 0; i < s->nnodes && !r; i++) {
+    struct ts_node *n = s->nodes[i];
+    r = n->type->open(n, n->params, err);
+    if (r) {
+      if (!err || !err->msg[0])
+        ts_layer_error(n, err, r, NULL, "cannot open: %s", ts_strerror(r));
+      break;
+    }
+    n->opened = true;
+    r = compute_limits(n, err);
+  }
+  if (r) {
+    s->aborting = true;
+    close_nodes(s);
+    free_stack(s);
+    return r;
+  }
+  *out = s;
+  return 0;
+}
+
+int ts_stack_open_string(const char *json, const char *base_dir, const ts_open_opts *opts,
+                         ts_stack **out, ts_error *err)
+{
+  json_error_t je;
+  ts_error_clear(err);
+  json_t *config = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+  if (!config)
+    return ts_error_set(err, -EINVAL, "line %d, column %d: invalid JSON: %s", je.line, je.column,
+                        je.text);
+  return open_stack(config, base_dir, opts, out, err);
+}
+
+int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **out,
+                       ts_error *err)
+{
+  json_error_t je;
+  ts_error_clear(err);
+  *out = NULL;
+  json_t *config = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  if (!config) {
+    if (access(path, R_OK) != 0)
+      return ts_error_set(err, -errno, "%s: cannot read the configuration: %s", path,
+                          strerror(errno));
+    return ts_error_set(err, -EINVAL, "%s:%d:%d: invalid JSON: %s", path, je.line, je.column,
+                        je.text);
+  }
+  char *dup = strdup(path);
+  if (!dup) {
+    json_decref(config);
+    return ts_error_set(err, -ENOMEM, "out of memory");
+  }
+  char *slash = strrchr(dup, '/');
+  const char *dir = ".";
+  if (slash) {
+    *slash = '\0';
+    dir = slash == dup ? "/" : dup;
+  }
+  char abs[PATH_MAX];
+  if (!realpath(dir, abs))
+    snprintf(abs, sizeof abs, "%s", dir);
+  free(dup);
+  int r = open_stack(config, abs, opts, out, err);
+  if (r && err && err->msg[0]) {
+    /* Prefix the file name so the message stands on its own. */
+    char tmp[sizeof err->msg];
+    snprintf(tmp, sizeof tmp, "%s: %s", path, err->msg);
+    memcpy(err->msg, tmp, sizeof tmp);
+  }
+  return r;
+}
+
+int ts_stack_close(ts_stack *s, ts_error *err)
+{
+  if (!s)
+    return 0;
+  int first = 0;
+  /* Top-down, so each layer's flush reaches children not yet flushed. */
+  for (size_t i = s->nnodes; i-- > 0;) {
+    struct ts_node *n = s->nodes[i];
+    if (!n->opened || n->limits.read_only)
+      continue;
+    int r = ts__node_flush_all(n);
+    if (r && !first) {
+      first = r;
+      ts_error_set(err, r, "layers.%s: flush on close failed: %s", n->name, ts_strerror(r));
+    }
+  }
+  close_nodes(s);
+  free_stack(s);
+  return first;
+}
+
+ts_dev *ts_stack_dev(ts_stack *s, const char *name)
+{
+  for (size_t i = 0; i < s->nexports; i++)
+    if (strcmp(s->exports[i]->name, name) == 0)
+      return s->exports[i];
+  return NULL;
+}
+
+ts_dev *ts_stack_node(ts_stack *s, const char *name)
+{
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (strcmp(s->nodes[i]->name, name) == 0)
+      return s->nodes[i];
+  return NULL;
+}
+
+size_t ts_stack_ndevs(const ts_stack *s) { return s->nexports; }
+ts_dev *ts_stack_dev_at(ts_stack *s, size_t i) { return i < s->nexports ? s->exports[i] : NULL; }
+size_t ts_stack_nnodes(const ts_stack *s) { return s->nnodes; }
+ts_dev *ts_stack_node_at(ts_stack *s, size_t i) { return i < s->nnodes ? s->nodes[i] : NULL; }
+
+const char *ts_dev_name(const ts_dev *d) { return d->name; }
+const char *ts_dev_type(const ts_dev *d) { return d->type->name; }
+uint64_t ts_dev_size(const ts_dev *d) { return d->limits.size; }
+const ts_limits *ts_dev_limits(const ts_dev *d) { return &d->limits; }
+ts_stack *ts_dev_stack(const ts_dev *d) { return d->stack; }
+
+char *ts_dev_status_json(ts_dev *d)
+{
+  json_t *o = json_object();
+  json_object_set_new(o, "name", json_string(d->name));
+  json_object_set_new(o, "type", json_string(d->type->name));
+  json_object_set_new(o, "size", json_integer((json_int_t)d->limits.size));
+  json_t *req = json_object();
+  for (int op = 0; op < TS_OP_COUNT; op++) {
+    json_t *c = json_object();
+    json_object_set_new(c, "requests", json_integer((json_int_t)atomic_load(&d->nr_req[op])));
+    json_object_set_new(c, "bytes", json_integer((json_int_t)atomic_load(&d->nr_bytes[op])));
+    json_object_set_new(c, "errors", json_integer((json_int_t)atomic_load(&d->nr_err[op])));
+    json_object_set_new(req, ts_op_name(op), c);
+  }
+  json_object_set_new(o, "requests", req);
+  if (d->type->status) {
+    json_t *ls = json_object();
+    if (d->type->thread_model == TS_THREAD_SERIALIZE)
+      pthread_mutex_lock(&d->serial);
+    int r = d->type->status(d, ls);
+    if (d->type->thread_model == TS_THREAD_SERIALIZE)
+      pthread_mutex_unlock(&d->serial);
+    if (r == 0)
+      json_object_set_new(o, "layer", ls);
+    else
+      json_decref(ls);
+  }
+  char *s = json_dumps(o, JSON_INDENT(2));
+  json_decref(o);
+  return s;
+}
+
+/* Services for layers. */
+
+void ts_layer_set_priv(ts_layer *l, void *priv) { l->priv = priv; }
+void *ts_layer_priv(const ts_layer *l) { return l->priv; }
+bool ts_layer_aborting(const ts_layer *l) { return l->stack->aborting; }
+bool ts_layer_force_read_only(const ts_layer *l)
+{
+  return l->stack->opts.flags & TS_OPEN_READ_ONLY;
+}
+
+ts_layer *ts_layer_child(ts_layer *l, const char *name)
+{
+  for (size_t i = 0; i < l->nchildren; i++)
+    if (strcmp(l->children[i]->name, name) == 0)
+      return l->children[i];
+  return NULL;
+}
+
+char *ts_layer_path(ts_layer *l, const char *path)
+{
+  if (path[0] == '/' || !l->stack->base_dir)
+    return strdup(path);
+  size_t n = strlen(l->stack->base_dir) + strlen(path) + 2;
+  char *p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s/%s", l->stack->base_dir, path);
+  return p;
+}
+
+int ts_layer_error(ts_layer *l, ts_error *err, int code, const char *key, const char *fmt, ...)
+{
+  if (!err)
+    return code;
+  char text[sizeof err->msg];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  return ts_error_set(err, code, "layers.%s%s%s: %s", l->name, key ? "." : "", key ? key : "",
+                      text);
+}
+
+void ts_layer_note_created(ts_layer *l, const char *path)
+{
+  struct ts_stack *s = l->stack;
+  char **v = realloc(s->created, (s->ncreated + 1) * sizeof *v);
+  if (!v)
+    return;
+  s->created = v;
+  if ((v[s->ncreated] = strdup(path)))
+    s->ncreated++;
+}
+
+void ts_layer_event(ts_layer *l, const char *event, const char *fmt, ...)
+{
+  struct ts_stack *s = l->stack;
+  if (!s->opts.event)
+    return;
+  char detail[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  s->opts.event(s, l->name, event, detail, s->opts.event_arg);
+}

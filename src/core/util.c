@@ -1,0 +1,254 @@
+/* Errors, sizes, extents, iovecs and the shared zero buffer. */
+#include "core/internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *ts_version(void) { return TS_VERSION_STRING; }
+
+int ts_error_set(ts_error *err, int code, const char *fmt, ...)
+{
+  if (err) {
+    va_list ap;
+    va_start(ap, fmt);
+    err->code = code;
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+void ts_error_clear(ts_error *err)
+{
+  if (err) {
+    err->code = 0;
+    err->msg[0] = '\0';
+  }
+}
+
+const char *ts_strerror(int code)
+{
+  if (code < 0)
+    code = -code;
+  /* strerror() may share a buffer for unknown values; strerrordesc_np() never does. */
+  const char *s = strerrordesc_np(code);
+  return s ? s : "Unknown error";
+}
+
+#define E(x) { x, #x }
+static const struct { int code; const char *name; } err_names[] = {
+  E(EPERM), E(ENOENT), E(EIO), E(ENXIO), E(E2BIG), E(EBADF), E(EAGAIN), E(ENOMEM),
+  E(EACCES), E(EFAULT), E(EBUSY), E(EEXIST), E(EXDEV), E(ENODEV), E(ENOTDIR), E(EISDIR),
+  E(EINVAL), E(ENFILE), E(EMFILE), E(ENOTTY), E(EFBIG), E(ENOSPC), E(ESPIPE), E(EROFS),
+  E(ERANGE), E(ENAMETOOLONG), E(ENOSYS), E(ENODATA), E(ETIMEDOUT), E(EOPNOTSUPP),
+  E(EOVERFLOW), E(EILSEQ), E(ECANCELED), E(ESTALE), E(EDQUOT), E(ENOTBLK), E(EUCLEAN),
+  E(ELOOP), E(ENOBUFS), E(EINTR), E(EPROTO), E(EBADMSG), E(ENOTSUP),
+};
+#undef E
+
+const char *ts_err_name(int code)
+{
+  if (code < 0)
+    code = -code;
+  for (size_t i = 0; i < sizeof err_names / sizeof err_names[0]; i++)
+    if (err_names[i].code == code)
+      return err_names[i].name;
+  return "E?";
+}
+
+int ts_err_from_name(const char *name)
+{
+  for (size_t i = 0; i < sizeof err_names / sizeof err_names[0]; i++)
+    if (strcmp(err_names[i].name, name) == 0)
+      return -err_names[i].code;
+  return 0;
+}
+
+static const char *const op_names[TS_OP_COUNT] = {
+  "read", "write", "flush", "discard", "write_zeroes", "provision",
+};
+
+const char *ts_op_name(ts_op op)
+{
+  return (unsigned)op < TS_OP_COUNT ? op_names[op] : NULL;
+}
+
+int ts_op_from_name(const char *name)
+{
+  for (int i = 0; i < TS_OP_COUNT; i++)
+    if (strcmp(op_names[i], name) == 0)
+      return i;
+  return -1;
+}
+
+int ts_parse_size(const char *s, uint64_t *out)
+{
+  if (!s || !isdigit((unsigned char)*s))
+    return -EINVAL;
+  uint64_t v = 0;
+  const char *p = s;
+  for (; isdigit((unsigned char)*p); p++) {
+    unsigned d = (unsigned)(*p - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return -EINVAL;
+    v = v * 10 + d;
+  }
+  unsigned shift = 0;
+  switch (toupper((unsigned char)*p)) {
+  case '\0': break;
+  case 'K': shift = 10; break;
+  case 'M': shift = 20; break;
+  case 'G': shift = 30; break;
+  case 'T': shift = 40; break;
+  case 'P': shift = 50; break;
+  case 'B': if (p[1] == '\0') { p++; break; } return -EINVAL;
+  default: return -EINVAL;
+  }
+  if (shift) {
+    p++;
+    if (strcmp(p, "iB") == 0 || strcmp(p, "B") == 0)
+      p += strlen(p);
+    if (*p != '\0')
+      return -EINVAL;
+    if (v > (UINT64_MAX >> shift))
+      return -EINVAL;
+    v <<= shift;
+  } else if (*p != '\0') {
+    return -EINVAL;
+  }
+  *out = v;
+  return 0;
+}
+
+void ts_format_size(uint64_t bytes, char *buf, size_t buflen)
+{
+  static const char units[] = "KMGTP";
+  int u = -1;
+  uint64_t v = bytes;
+  while (v && (v & 1023) == 0 && u < 4) {
+    v >>= 10;
+    u++;
+  }
+  if (u < 0)
+    snprintf(buf, buflen, "%llu", (unsigned long long)bytes);
+  else
+    snprintf(buf, buflen, "%llu%c", (unsigned long long)v, units[u]);
+}
+
+int ts_extent_list_add(ts_extent_list *l, uint64_t offset, uint64_t length, uint32_t flags)
+{
+  if (length == 0)
+    return 0;
+  if (l->n) {
+    ts_extent *last = &l->v[l->n - 1];
+    if (last->flags == flags && last->offset + last->length == offset) {
+      last->length += length;
+      return 0;
+    }
+  }
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 16;
+    ts_extent *v = realloc(l->v, cap * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    l->v = v;
+    l->cap = cap;
+  }
+  l->v[l->n++] = (ts_extent){ offset, length, flags };
+  return 0;
+}
+
+void ts_extent_list_reset(ts_extent_list *l) { l->n = 0; }
+
+void ts_extent_list_free(ts_extent_list *l)
+{
+  free(l->v);
+  l->v = NULL;
+  l->n = l->cap = 0;
+}
+
+/* One shared zero page for zero writes: large enough that a 1 MiB request is
+ * one write, allocated once, never written. */
+static const unsigned char zero_buf[TS_ZERO_BUF_SIZE];
+
+const void *ts_zero_buffer(void) { return zero_buf; }
+
+/* Walk the iovec from byte `skip` for `len` bytes, calling fn on each piece. */
+static void iov_walk(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
+                     void (*fn)(void *seg, size_t n, size_t done, void *arg), void *arg)
+{
+  size_t done = 0;
+  for (int i = 0; i < iovcnt && done < len; i++) {
+    size_t sl = iov[i].iov_len;
+    if (skip >= sl) {
+      skip -= sl;
+      continue;
+    }
+    size_t n = sl - skip;
+    if (n > len - done)
+      n = len - done;
+    fn((char *)iov[i].iov_base + skip, n, done, arg);
+    done += n;
+    skip = 0;
+  }
+}
+
+static void to_buf_fn(void *seg, size_t n, size_t done, void *arg)
+{
+  memcpy((char *)arg + done, seg, n);
+}
+
+static void from_buf_fn(void *seg, size_t n, size_t done, void *arg)
+{
+  memcpy(seg, (const char *)arg + done, n);
+}
+
+static void zero_fn(void *seg, size_t n, size_t done, void *arg)
+{
+  memset(seg, 0, n);
+}
+
+void ts_iov_to_buf(const struct iovec *iov, int iovcnt, size_t skip, void *buf, size_t len)
+{
+  iov_walk(iov, iovcnt, skip, len, to_buf_fn, buf);
+}
+
+void ts_iov_from_buf(const struct iovec *iov, int iovcnt, size_t skip, const void *buf,
+                     size_t len)
+{
+  iov_walk(iov, iovcnt, skip, len, from_buf_fn, (void *)buf);
+}
+
+void ts_iov_zero(const struct iovec *iov, int iovcnt, size_t skip, size_t len)
+{
+  iov_walk(iov, iovcnt, skip, len, zero_fn, NULL);
+}
+
+int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
+                 struct iovec *out, int outmax)
+{
+  int n = 0;
+  size_t done = 0;
+  for (int i = 0; i < iovcnt && done < len; i++) {
+    size_t sl = iov[i].iov_len;
+    if (skip >= sl) {
+      skip -= sl;
+      continue;
+    }
+    size_t take = sl - skip;
+    if (take > len - done)
+      take = len - done;
+    if (n == outmax)
+      return -ENOBUFS;
+    out[n].iov_base = (char *)iov[i].iov_base + skip;
+    out[n].iov_len = take;
+    n++;
+    done += take;
+    skip = 0;
+  }
+  return n;
+}

@@ -1,0 +1,16 @@
+# Shared helpers for shell integration tests: source this file.
+# requires TOOL...  skip (exit 77) when a tool is missing; fail under CI=true.
+set -euo pipefail
+THINSTACK=${THINSTACK:-${TS_BUILD_DIR:-build}/thinstack}
+
+skip_or_fail() {
+  if [ "${CI:-}" = true ]; then echo "FAIL: required under CI=true: $*" >&2; exit 1; fi
+  echo "SKIP: $*" >&2; exit 77
+}
+requires() { for t in "$@"; do command -v "$t" >/dev/null 2>&1 || skip_or_fail "needs $t"; done; }
+requires_root() { [ "$(id -u)" = 0 ] || skip_or_fail "needs root"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ts-it-XXXXXX")
+cleanup_fns=()
+cleanup() { for f in "${cleanup_fns[@]}"; do eval "$f" || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT

@@ -1,0 +1,174 @@
+#include "testutil.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *ts_test_mkdtemp(void)
+{
+  const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  char *d = ts_test_fmt("%s/ts-test-XXXXXX", base);
+  ck_assert_ptr_nonnull(mkdtemp(d));
+  return d;
+}
+
+static int rm_fn(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+  return remove(p);
+}
+
+void ts_test_rmdir(const char *dir)
+{
+  if (dir)
+    nftw(dir, rm_fn, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *ts_test_path(const char *dir, const char *name) { return ts_test_fmt("%s/%s", dir, name); }
+
+char *ts_test_fmt(const char *fmt, ...)
+{
+  va_list ap;
+  char *s = NULL;
+  va_start(ap, fmt);
+  ck_assert_int_ge(vasprintf(&s, fmt, ap), 0);
+  va_end(ap);
+  return s;
+}
+
+int ts_test_try_open(const char *dir, const char *json, ts_stack **out, ts_error *err)
+{
+  return ts_stack_open_string(json, dir, NULL, out, err);
+}
+
+ts_stack *ts_test_open(const char *dir, const char *json)
+{
+  ts_stack *s = NULL;
+  ts_error err = { 0 };
+  int r = ts_stack_open_string(json, dir, NULL, &s, &err);
+  ck_assert_msg(r == 0, "stack did not open: %s (%s)", err.msg, ts_strerror(r));
+  return s;
+}
+
+bool ts_test_require(bool met, const char *reason)
+{
+  if (met)
+    return true;
+  const char *ci = getenv("CI");
+  if (ci && strcmp(ci, "true") == 0) {
+    fprintf(stderr, "FAIL: required under CI=true: %s\n", reason);
+    exit(1);
+  }
+  fprintf(stderr, "SKIP: %s\n", reason);
+  exit(77);
+}
+
+void ts_test_require_tool(const char *tool)
+{
+  char *cmd = ts_test_fmt("command -v %s >/dev/null 2>&1", tool);
+  bool ok = system(cmd) == 0;
+  free(cmd);
+  char *why = ts_test_fmt("needs the program %s on PATH", tool);
+  ts_test_require(ok, why);
+  free(why);
+}
+
+void ts_test_require_root(void) { ts_test_require(geteuid() == 0, "needs root"); }
+
+int ts_test_run(char **output, const char *fmt, ...)
+{
+  va_list ap;
+  char *cmd = NULL;
+  va_start(ap, fmt);
+  if (vasprintf(&cmd, fmt, ap) < 0)
+    cmd = NULL;
+  va_end(ap);
+  if (!cmd)
+    return -1;
+  char *full = ts_test_fmt("(%s) 2>&1", cmd);
+  free(cmd);
+  FILE *p = popen(full, "r");
+  free(full);
+  if (!p)
+    return -1;
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  char tmp[4096];
+  size_t n;
+  while ((n = fread(tmp, 1, sizeof tmp, p)) > 0) {
+    if (len + n + 1 > cap) {
+      cap = (len + n + 1) * 2;
+      buf = realloc(buf, cap);
+    }
+    memcpy(buf + len, tmp, n);
+    len += n;
+  }
+  if (buf)
+    buf[len] = '\0';
+  int st = pclose(p);
+  if (output)
+    *output = buf ? buf : strdup("");
+  else
+    free(buf);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+bool ts_test_read_file(const char *path, void **data, size_t *len)
+{
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return false;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  *data = malloc(n > 0 ? (size_t)n : 1);
+  *len = fread(*data, 1, (size_t)n, f);
+  fclose(f);
+  return *len == (size_t)n;
+}
+
+bool ts_test_files_equal(const char *a, const char *b)
+{
+  void *da, *db;
+  size_t la, lb;
+  if (!ts_test_read_file(a, &da, &la))
+    return false;
+  if (!ts_test_read_file(b, &db, &lb)) {
+    free(da);
+    return false;
+  }
+  bool eq = la == lb && memcmp(da, db, la) == 0;
+  free(da);
+  free(db);
+  return eq;
+}
+
+uint64_t ts_test_allocated(const char *path)
+{
+  struct stat st;
+  return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+void ts_test_pattern(void *buf, size_t len, uint64_t seed)
+{
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  unsigned char *p = buf;
+  for (size_t i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    p[i] = (unsigned char)x;
+  }
+}
+
+int ts_test_main(Suite *s)
+{
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
