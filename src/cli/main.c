@@ -23,6 +23,7 @@ static const struct ts_cli_command commands[] = {
   { "zero", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-unmap] [--no-fallback]",
     "make a range read as zeroes" },
   { "flush", ts_cli_flush, "CONFIG DEV", "make completed writes durable" },
+  { "bench", ts_cli_bench, "NAME [ARGS]", "run a benchmark (thinstack bench --help lists them)" },
   { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
 };
 

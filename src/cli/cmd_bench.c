@@ -1,0 +1,26 @@
+/* bench: the benchmark programs. Each prints a table whose ratios compare
+ * with a baseline measured in the same run. */
+#include "cli/cli.h"
+
+#include <string.h>
+
+static const struct ts_cli_command benches[] = {
+  /* { "NAME", ts_cli_bench_NAME, "ARGS", "summary" }, one line per benchmark */
+  { NULL, NULL, NULL, NULL },
+};
+
+int ts_cli_bench(int argc, char **argv)
+{
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    FILE *f = argc < 2 ? stderr : stdout;
+    fprintf(f, "usage: thinstack bench NAME [ARGS]\n\nbenchmarks:\n");
+    for (const struct ts_cli_command *b = benches; b->name; b++)
+      fprintf(f, "  %-10s %s %s\n             %s\n", b->name, b->name, b->usage, b->summary);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const struct ts_cli_command *b = benches; b->name; b++)
+    if (strcmp(b->name, argv[1]) == 0)
+      return b->fn(argc - 1, argv + 1);
+  ts_cli_err("bench: unknown benchmark \"%s\" (thinstack bench --help lists them)", argv[1]);
+  return 2;
+}
