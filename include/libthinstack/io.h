@@ -217,6 +217,16 @@ TS_EXTERN const ts_limits *ts_dev_limits(const ts_dev *dev);
 /* The stack a device belongs to. */
 TS_EXTERN ts_stack *ts_dev_stack(const ts_dev *dev);
 
+/* Grow a device to `new_size` bytes, keeping its contents (a file layer
+ * extends its file). Parents are not resized: this serves layers that manage
+ * a child's size, such as a thin pool extending its data device
+ * (ts_pool_extend). The caller must make sure no request to `dev` runs
+ * concurrently. Equal size is a no-op. Errors (with a message in `err`):
+ * -EINVAL smaller than now or not a multiple of the logical block size,
+ * -EROFS read-only, -EOPNOTSUPP the layer cannot grow, or the layer's own
+ * error (-ENOSPC, -EIO). */
+TS_EXTERN int ts_dev_grow(ts_dev *dev, uint64_t new_size, ts_error *err);
+
 /* The device's status as a JSON object text: request counters, and whatever
  * the layer reports (usage, mode, which kernel path each op takes). The
  * caller frees the string with free(). NULL on allocation failure. */

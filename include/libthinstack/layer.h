@@ -129,6 +129,12 @@ typedef struct ts_layer_type {
   /* The equivalent dmsetup table line(s) of this layer, malloc'd, for
    * `thinstack dm-table`; NULL when the layer has no kernel twin. Optional. */
   char *(*dm_table)(ts_layer *l);
+
+  /* Grow the device to `new_size` bytes (larger than now, a multiple of
+   * logical_block_size), keeping its contents. Called by ts_dev_grow(),
+   * which guarantees that no request to this node runs meanwhile and then
+   * records the new size. Optional: absent means the layer cannot grow. */
+  int (*grow)(ts_layer *l, uint64_t new_size, ts_error *err);
 } ts_layer_type;
 
 #define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)

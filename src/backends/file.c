@@ -370,6 +370,20 @@ static int file_status(ts_layer *l, json_t *out)
   return 0;
 }
 
+/* Extend the file; the new tail is a hole, so it reads as zeroes. */
+static int file_grow(ts_layer *l, uint64_t new_size, ts_error *err)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  if (new_size % f->block_size)
+    return ts_layer_error(l, err, -EINVAL, "size", "%llu is not a multiple of %u",
+                          (unsigned long long)new_size, f->block_size);
+  if (ftruncate(f->fd, (off_t)new_size) != 0)
+    return ts_layer_error(l, err, -errno, "size", "cannot grow %s to %llu bytes: %s", f->path,
+                          (unsigned long long)new_size, strerror(errno));
+  f->size = new_size;
+  return 0;
+}
+
 const ts_layer_type ts__file_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "file",
@@ -382,4 +396,5 @@ const ts_layer_type ts__file_layer_type = {
   .submit = file_submit,
   .block_status = file_block_status,
   .status = file_status,
+  .grow = file_grow,
 };

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,6 +218,31 @@ const char *ts_dev_type(const ts_dev *d) { return d->type->name; }
 uint64_t ts_dev_size(const ts_dev *d) { return d->limits.size; }
 const ts_limits *ts_dev_limits(const ts_dev *d) { return &d->limits; }
 ts_stack *ts_dev_stack(const ts_dev *d) { return d->stack; }
+
+int ts_dev_grow(ts_dev *d, uint64_t new_size, ts_error *err)
+{
+  const ts_layer_type *t = d->type;
+  if (new_size == d->limits.size)
+    return 0;
+  if (new_size < d->limits.size || new_size % d->limits.logical_block_size)
+    return ts_layer_error(d, err, -EINVAL, NULL,
+                          "cannot grow from %llu to %llu bytes (must be larger and a multiple of %u)",
+                          (unsigned long long)d->limits.size, (unsigned long long)new_size,
+                          d->limits.logical_block_size);
+  if (d->limits.read_only)
+    return ts_layer_error(d, err, -EROFS, NULL, "read-only: cannot grow");
+  /* Types built against an older header have no grow slot. */
+  if (t->struct_size < offsetof(ts_layer_type, grow) + sizeof t->grow || !t->grow)
+    return ts_layer_error(d, err, -EOPNOTSUPP, NULL, "a %s layer cannot grow", t->name);
+  int r = t->grow(d, new_size, err);
+  if (r) {
+    if (err && !err->msg[0])
+      ts_layer_error(d, err, r, NULL, "cannot grow: %s", ts_strerror(r));
+    return r;
+  }
+  d->limits.size = new_size;
+  return 0;
+}
 
 char *ts_dev_status_json(ts_dev *d)
 {
