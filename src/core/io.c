@@ -218,7 +218,10 @@ int ts_submit(ts_dev *n, const ts_io *io)
     break;
   case TS_OP_WRITE_ZEROES:
     if (ts_limits_cap(lim, TS_OP_WRITE_ZEROES) == TS_CAP_NATIVE) {
-      r = run_ranged(n, io->op, flags & ~TS_IO_NOFALLBACK, io->offset, io->length, &done);
+      /* NOFALLBACK reaches the layer: one whose only way to zero is writing
+       * data (crypt) refuses it with -EOPNOTSUPP, and a layer that passes the
+       * request down keeps the caller's promise for its children. */
+      r = run_ranged(n, io->op, flags, io->offset, io->length, &done);
       if (r != -EOPNOTSUPP || (io->flags & TS_IO_NOFALLBACK))
         break;
     } else if (io->flags & TS_IO_NOFALLBACK) {
