@@ -170,7 +170,7 @@ static size_t iov_total(const struct iovec *iov, int iovcnt, bool *overflow)
   return t;
 }
 
-static int check_io(struct ts_node *n, const ts_io *io)
+int ts__io_check(struct ts_node *n, const ts_io *io)
 {
   const ts_limits *lim = &n->limits;
   if (io->op >= TS_OP_COUNT || (io->flags & ~op_flags[io->op]))
@@ -197,7 +197,7 @@ static int check_io(struct ts_node *n, const ts_io *io)
 
 int ts_submit(ts_dev *n, const ts_io *io)
 {
-  int r = check_io(n, io);
+  int r = ts__io_check(n, io);
   if (r)
     goto out;
   atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
