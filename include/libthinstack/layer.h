@@ -13,7 +13,10 @@
  *  - length <= the op's max_*_bytes, and the request does not cross a
  *    boundary returned by `next_boundary`;
  *  - flags contain only the flags that make sense for the op, FUA only when
- *    limits.fua is set, and no write-type op reaches a read-only layer.
+ *    limits.fua is set, and no write-type op reaches a read-only layer;
+ *    WRITE_ZEROES keeps TS_IO_NOFALLBACK, so a layer that could only zero by
+ *    writing data returns -EOPNOTSUPP for it (the core then fails the request
+ *    rather than fall back).
  * Layers assert these; they never re-check them with error returns.
  */
 #ifndef LIBTHINSTACK_LAYER_H

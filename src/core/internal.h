@@ -55,5 +55,9 @@ int ts__load_plugin_dir(const char *dir, ts_error *err);
 
 /* io.c */
 int ts__node_flush_all(struct ts_node *n);
+/* The checks ts_submit makes before a request reaches a layer (op, flags,
+ * read-only, support, alignment, range, iovec total): 0 or -EINVAL, -EROFS,
+ * -EOPNOTSUPP. Shared with the async API, which rejects at submit time. */
+int ts__io_check(struct ts_node *n, const ts_io *io);
 
 #endif

@@ -170,7 +170,7 @@ static size_t iov_total(const struct iovec *iov, int iovcnt, bool *overflow)
   return t;
 }
 
-static int check_io(struct ts_node *n, const ts_io *io)
+int ts__io_check(struct ts_node *n, const ts_io *io)
 {
   const ts_limits *lim = &n->limits;
   if (io->op >= TS_OP_COUNT || (io->flags & ~op_flags[io->op]))
@@ -197,7 +197,7 @@ static int check_io(struct ts_node *n, const ts_io *io)
 
 int ts_submit(ts_dev *n, const ts_io *io)
 {
-  int r = check_io(n, io);
+  int r = ts__io_check(n, io);
   if (r)
     goto out;
   atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
@@ -218,7 +218,10 @@ int ts_submit(ts_dev *n, const ts_io *io)
     break;
   case TS_OP_WRITE_ZEROES:
     if (ts_limits_cap(lim, TS_OP_WRITE_ZEROES) == TS_CAP_NATIVE) {
-      r = run_ranged(n, io->op, flags & ~TS_IO_NOFALLBACK, io->offset, io->length, &done);
+      /* NOFALLBACK reaches the layer: one whose only way to zero is writing
+       * data (crypt) refuses it with -EOPNOTSUPP, and a layer that passes the
+       * request down keeps the caller's promise for its children. */
+      r = run_ranged(n, io->op, flags, io->offset, io->length, &done);
       if (r != -EOPNOTSUPP || (io->flags & TS_IO_NOFALLBACK))
         break;
     } else if (io->flags & TS_IO_NOFALLBACK) {

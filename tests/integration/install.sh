@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install into a temporary prefix, then build an example against the
+# installed library twice: with pkg-config and with find_package(thinstack).
+source "$TS_SOURCE_DIR/tests/common/requires.sh"
+requires cc cmake pkg-config
+prefix="$TMP/prefix"
+cmake --install "$TS_BUILD_DIR" --prefix "$prefix" > install.log 2>&1 || { cat install.log; fail "install"; }
+libdir=$(ls -d "$prefix"/lib*/ | head -n1)
+test -f "$prefix/include/libthinstack/thinstack.h" || fail "headers not installed"
+test -x "$prefix/bin/thinstack" || fail "CLI not installed"
+export PKG_CONFIG_PATH="$libdir/pkgconfig" LD_LIBRARY_PATH="$libdir"
+cc -std=c11 -Wall -Werror "$TS_SOURCE_DIR/examples/ex-provision.c" -o "$TMP/ex-pc" \
+   $(pkg-config --cflags --libs thinstack) || fail "pkg-config build"
+"$TMP/ex-pc" | grep -q "after provisioning" || fail "pkg-config example did not run"
+
+mkdir "$TMP/proj"
+cat > "$TMP/proj/CMakeLists.txt" <<CM
+cmake_minimum_required(VERSION 3.18)
+project(uses_thinstack C)
+find_package(thinstack REQUIRED)
+add_executable(ex "$TS_SOURCE_DIR/examples/ex-provision.c")
+target_link_libraries(ex PRIVATE thinstack::thinstack)
+CM
+cmake -S "$TMP/proj" -B "$TMP/proj/build" -DCMAKE_PREFIX_PATH="$prefix" > cm.log 2>&1 || { cat cm.log; fail "find_package configure"; }
+cmake --build "$TMP/proj/build" > cm.log 2>&1 || { cat cm.log; fail "find_package build"; }
+"$TMP/proj/build/ex" | grep -q "after provisioning" || fail "find_package example did not run"
+# Only the public API is exported from the shared library.
+if nm -D --defined-only "$libdir/libthinstack.so" | awk '{print $3}' | grep -v '^ts_' | grep -q .; then
+  nm -D --defined-only "$libdir/libthinstack.so" | awk '{print $3}' | grep -v '^ts_' | head
+  fail "non-ts_ symbols exported"
+fi
+echo "install: ok"

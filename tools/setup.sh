@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages libthinstack needs (only those missing), then
+# configure and build. Idempotent. Environment:
+#   BUILD_DIR    build folder (default: build)
+#   TS_SANITIZE  e.g. address,undefined or thread (default: none)
+#   CMAKE_ARGS   extra arguments for cmake
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake pkg-config git
+  libuv1-dev libjansson-dev libxxhash-dev libssl-dev check libfuse3-dev fuse3
+  thin-provisioning-tools
+  python3 python3-cryptography python3-pytest
+  fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+build=${BUILD_DIR:-build}
+cmake -S . -B "$build" -DTS_WERROR=ON ${TS_SANITIZE:+-DTS_SANITIZE=$TS_SANITIZE} ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j"$(nproc)"
