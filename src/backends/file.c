@@ -274,6 +274,32 @@ static int file_submit(ts_layer *l, const ts_io *io)
   return r;
 }
 
+/* An unwritten (preallocated) extent reads as zeroes only where no newer
+ * data sits in the page cache: file systems such as ext4 keep the extent
+ * unwritten until writeback, so FIEMAP alone would call freshly written data
+ * zeroes. SEEK_DATA does look at the page cache (and may call clean cached
+ * zero pages data, which is merely conservative). */
+static int add_unwritten(struct file_layer *f, uint64_t s, uint64_t e, ts_extent_list *out)
+{
+  uint64_t pos = s;
+  while (pos < e) {
+    off_t d = lseek(f->fd, (off_t)pos, SEEK_DATA);
+    if (d < 0 && errno != ENXIO)
+      return ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0; /* unknown: data */
+    if (d < 0 || (uint64_t)d >= e)
+      return ts_extent_list_add(out, pos, e - pos, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+    uint64_t ds = (uint64_t)d > pos ? (uint64_t)d : pos;
+    if (ds > pos && ts_extent_list_add(out, pos, ds - pos, TS_EXTENT_ZERO))
+      return -ENOMEM;
+    off_t h = lseek(f->fd, (off_t)ds, SEEK_HOLE);
+    uint64_t he = h < 0 || (uint64_t)h > e || (uint64_t)h <= ds ? e : (uint64_t)h;
+    if (ts_extent_list_add(out, ds, he - ds, 0))
+      return -ENOMEM;
+    pos = he;
+  }
+  return 0;
+}
+
 /* Extents from FIEMAP: allocated extents are data, unwritten ones are
  * allocated zeroes (provisioned), gaps are holes. */
 static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out)
@@ -304,9 +330,10 @@ static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_ex
     if (pos >= end)
       break;
     uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
-    uint32_t flags = (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? TS_EXTENT_ZERO : 0;
-    if (ts_extent_list_add(out, s, e2 - s, flags))
-      return -ENOMEM;
+    int r = (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? add_unwritten(f, s, e2, out)
+                                                    : ts_extent_list_add(out, s, e2 - s, 0);
+    if (r)
+      return r;
     pos = e2;
     if (e->fe_flags & FIEMAP_EXTENT_LAST)
       break;
