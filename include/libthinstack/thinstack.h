@@ -11,5 +11,6 @@
 
 #include <libthinstack/version.h>
 #include <libthinstack/io.h>
+#include <libthinstack/thin.h>
 
 #endif

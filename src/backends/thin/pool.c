@@ -1,0 +1,1100 @@
+/* thin-pool: a pool of data blocks shared by thin volumes (dm-thin's
+ * thin-pool target), with the kernel's on-disk metadata format.
+ *
+ *   { "type": "thin-pool", "metadata": "meta", "data": "data",
+ *     "block_size": "64K", "low_water_mark": "1G",
+ *     "out_of_space": "error" | "queue", "queue_timeout": 60,
+ *     "discard_passdown": true, "zero_new_blocks": true,
+ *     "commit_interval": 1, "create": true, "read_only": false }
+ *
+ * The pool node is not a data device: its size is 0 and its only request is
+ * FLUSH, which commits the metadata. Volumes are `thin` layers naming the
+ * pool (thin.c, where the data path lives); the management calls of
+ * <libthinstack/thin.h> are at the end of this file.
+ *
+ * Commit = flush the data device, then commit the metadata (shadowed btrees,
+ * superblock last), then discard on the data device the blocks that commit
+ * freed. It runs on FLUSH (and FUA, which the core turns into a FLUSH), every
+ * commit_interval seconds from a timer thread when something changed, after
+ * each management call, and on close (not after a failed open).
+ *
+ * Kernel equivalent: `thin-pool <meta> <data> <block sectors> <low water
+ * blocks> [skip_block_zeroing] [no_discard_passdown] [read_only]
+ * [error_if_no_space]`.
+ */
+#include "backends/thin/thin-internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN_BLOCK (64u * 1024)
+#define MAX_BLOCK (1024u * 1024 * 1024)
+
+static const ts_param pool_params[] = {
+  { "metadata", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the pool metadata" },
+  { "data", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the data blocks" },
+  { "block_size", TS_PARAM_SIZE, 0, NULL, NULL, "data block size: 64K..1G, a multiple of 64K (default 64K)" },
+  { "low_water_mark", TS_PARAM_SIZE, 0, NULL, NULL,
+    "raise a \"low-water-mark\" event when free data space falls below this (default 0: never)" },
+  { "out_of_space", TS_PARAM_ENUM, 0, "error|queue", NULL,
+    "when data space runs out: fail with ENOSPC (default) or wait for ts_pool_extend" },
+  { "queue_timeout", TS_PARAM_ANY, 0, NULL, NULL,
+    "seconds a queued request waits for space before ENOSPC (default 60; 0 = forever)" },
+  { "discard_passdown", TS_PARAM_BOOL, 0, NULL, NULL,
+    "discard freed blocks on the data layer (default true)" },
+  { "zero_new_blocks", TS_PARAM_BOOL, 0, NULL, NULL,
+    "zero the unwritten part of a newly allocated block (default true)" },
+  { "commit_interval", TS_PARAM_ANY, 0, NULL, NULL,
+    "seconds between periodic metadata commits (default 1; 0 = only on flush and close)" },
+  { "create", TS_PARAM_BOOL, 0, NULL, NULL, "format a blank metadata device as a new pool" },
+  { "read_only", TS_PARAM_BOOL, 0, NULL, NULL, "open the pool read-only" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                             */
+
+int tp_druns_add(struct tp_druns *r, uint64_t d, uint64_t n)
+{
+  if (!n)
+    return 0;
+  if (r->n && r->v[r->n - 1].d + r->v[r->n - 1].n == d) {
+    r->v[r->n - 1].n += n;
+    return 0;
+  }
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 8;
+    struct tp_drun *v = realloc(r->v, cap * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    r->v = v;
+    r->cap = cap;
+  }
+  r->v[r->n++] = (struct tp_drun){ d, n };
+  return 0;
+}
+
+void tp_druns_free(struct tp_druns *r)
+{
+  free(r->v);
+  memset(r, 0, sizeof *r);
+}
+
+static void rwlock_init_writer_pref(pthread_rwlock_t *l)
+{
+  pthread_rwlockattr_t a;
+  pthread_rwlockattr_init(&a);
+  pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(l, &a);
+  pthread_rwlockattr_destroy(&a);
+}
+
+static void deadline_after(struct timespec *ts, double seconds)
+{
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  double whole = floor(seconds);
+  ts->tv_sec += (time_t)whole;
+  ts->tv_nsec += (long)((seconds - whole) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(c, &a);
+  pthread_condattr_destroy(&a);
+}
+
+struct tp_pool *tp_pool_of(ts_layer *node)
+{
+  if (!node || strcmp(ts_dev_type(node), "thin-pool") != 0)
+    return NULL;
+  return ts_layer_priv(node);
+}
+
+int tp_data_err(struct tp_pool *p, int r)
+{
+  if (r == -EROFS && atomic_load(&p->failed))
+    return -EIO;
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cells                                                                     */
+
+static bool cell_busy(struct tp_pool *p, uint32_t dev, uint64_t b, uint64_t e)
+{
+  for (struct tp_cell *c = p->cells; c; c = c->next)
+    if (c->dev == dev && c->b < e && b < c->e)
+      return true;
+  return false;
+}
+
+void tp_cell_lock(struct tp_pool *p, struct tp_cell *c, uint32_t dev, uint64_t b, uint64_t e)
+{
+  c->dev = dev;
+  c->b = b;
+  c->e = e;
+  pthread_mutex_lock(&p->cell_mu);
+  while (cell_busy(p, dev, b, e))
+    pthread_cond_wait(&p->cell_cv, &p->cell_mu);
+  c->next = p->cells;
+  p->cells = c;
+  pthread_mutex_unlock(&p->cell_mu);
+}
+
+void tp_cell_unlock(struct tp_pool *p, struct tp_cell *c)
+{
+  pthread_mutex_lock(&p->cell_mu);
+  for (struct tp_cell **pp = &p->cells; *pp; pp = &(*pp)->next)
+    if (*pp == c) {
+      *pp = c->next;
+      break;
+    }
+  pthread_cond_broadcast(&p->cell_cv);
+  pthread_mutex_unlock(&p->cell_mu);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Space: allocation, low water mark, out-of-space queueing                  */
+
+/* Under lock: edge-triggered low water detection; the event itself is raised
+ * by tp_fire_events once the lock is dropped. */
+static void check_low_water(struct tp_pool *p)
+{
+  if (!p->low_water)
+    return;
+  uint64_t free_bytes = tmd_data_nr_free(p->md) * p->bs;
+  if (free_bytes < p->low_water) {
+    if (!atomic_exchange(&p->low_water_hit, true))
+      atomic_store(&p->low_water_event, true);
+  } else {
+    atomic_store(&p->low_water_hit, false);
+  }
+}
+
+static uint64_t space_gen(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->space_mu);
+  uint64_t g = p->space_gen;
+  pthread_mutex_unlock(&p->space_mu);
+  return g;
+}
+
+static void space_appeared(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->space_mu);
+  p->space_gen++;
+  pthread_cond_broadcast(&p->space_cv);
+  pthread_mutex_unlock(&p->space_mu);
+}
+
+int tp_alloc(struct tp_pool *p, uint64_t want, struct tp_druns *out, uint64_t *gen)
+{
+  while (want) {
+    uint64_t d, n;
+    int r = tmd_alloc_data_run(p->md, want, &d, &n);
+    if (r == -ENOSPC) {
+      *gen = space_gen(p);
+      if (!atomic_exchange(&p->out_of_space, true))
+        atomic_store(&p->oos_event, true);
+      check_low_water(p);
+      return -ENOSPC;
+    }
+    if (r)
+      return tp_data_err(p, r);
+    if ((r = tp_druns_add(out, d, n))) {
+      tmd_data_dec_run(p->md, d, n);
+      return r;
+    }
+    atomic_fetch_add(&p->n_alloc, n);
+    tp_changed(p);
+    want -= n;
+  }
+  check_low_water(p);
+  return 0;
+}
+
+void tp_release(struct tp_pool *p, const struct tp_druns *runs)
+{
+  for (size_t i = 0; i < runs->n; i++)
+    tmd_data_dec_run(p->md, runs->v[i].d, runs->v[i].n);
+  if (runs->n)
+    p->freed = true;
+}
+
+void tp_note_unref(struct tp_pool *p, uint64_t d)
+{
+  uint32_t c;
+  if (tmd_data_ref_count(p->md, d, &c) == 0 && c == 0) {
+    p->freed = true;
+    if (p->passdown && p->data_discard)
+      tp_druns_add(&p->pending, d, 1); /* on ENOMEM the block just stays undiscarded */
+  }
+}
+
+void tp_changed(struct tp_pool *p) { atomic_store(&p->dirty, true); }
+
+void tp_fire_events(struct tp_pool *p)
+{
+  if (atomic_exchange(&p->oos_event, false))
+    ts_layer_event(p->layer, "out-of-data-space", "no free data block (%s)",
+                   p->queue ? "requests wait for ts_pool_extend" : "requests fail with ENOSPC");
+  if (atomic_exchange(&p->low_water_event, false))
+    ts_layer_event(p->layer, "low-water-mark", "free data space fell below %llu bytes",
+                   (unsigned long long)p->low_water);
+}
+
+int tp_wait_space(struct tp_pool *p, uint64_t gen, struct timespec *deadline)
+{
+  tp_fire_events(p);
+  if (!p->queue)
+    return -ENOSPC;
+  int r = 0;
+  atomic_fetch_add(&p->n_queue_waits, 1);
+  pthread_mutex_lock(&p->space_mu);
+  if (!deadline->tv_sec && !deadline->tv_nsec && p->queue_timeout > 0)
+    deadline_after(deadline, p->queue_timeout);
+  while (p->space_gen == gen && !p->stopping) {
+    if (p->queue_timeout > 0) {
+      if (pthread_cond_timedwait(&p->space_cv, &p->space_mu, deadline) == ETIMEDOUT) {
+        r = p->space_gen == gen ? -ENOSPC : 0;
+        break;
+      }
+    } else {
+      pthread_cond_wait(&p->space_cv, &p->space_mu);
+    }
+  }
+  if (p->stopping)
+    r = -ENOSPC;
+  pthread_mutex_unlock(&p->space_mu);
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commit                                                                    */
+
+/* Under txn exclusive and lock exclusive, right after a successful metadata
+ * commit: the blocks this transaction freed may now be handed out again, so
+ * discard them before anyone can (they are free in the committed state, so
+ * no volume loses data even if we crash here). Errors are ignored, as the
+ * kernel ignores passdown errors: a block that still holds data is zeroed
+ * when it is allocated again (see thin.c). */
+static void after_commit_locked(struct tp_pool *p, bool *freed)
+{
+  atomic_store(&p->dirty, false);
+  atomic_fetch_add(&p->n_commits, 1);
+  for (size_t i = 0; i < p->pending.n; i++) {
+    struct tp_drun *r = &p->pending.v[i];
+    if (ts_discard(p->data, r->d * p->bs, r->n * p->bs) == 0)
+      atomic_fetch_add(&p->n_passdown_discard, r->n);
+  }
+  p->pending.n = 0;
+  *freed = p->freed;
+  p->freed = false;
+  if (*freed) {
+    atomic_store(&p->out_of_space, false);
+    check_low_water(p);
+  }
+}
+
+static int commit_failed(struct tp_pool *p, int r)
+{
+  if (!atomic_exchange(&p->failed, r))
+    ts_layer_event(p->layer, "commit-failed", "metadata commit failed: %s; the pool refuses changes",
+                   ts_strerror(r));
+  return r == -EROFS ? -EIO : r;
+}
+
+/* With txn held exclusive. */
+static int commit_txn_locked(struct tp_pool *p, bool *freed)
+{
+  *freed = false;
+  int r = ts_flush(p->data);
+  if (r || !atomic_load(&p->dirty))
+    return r;
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_commit(p->md);
+  if (r == 0)
+    after_commit_locked(p, freed);
+  pthread_rwlock_unlock(&p->lock);
+  return r ? commit_failed(p, r) : 0;
+}
+
+int tp_commit(struct tp_pool *p)
+{
+  if (p->read_only)
+    return 0;
+  bool freed;
+  pthread_rwlock_wrlock(&p->txn);
+  int r = commit_txn_locked(p, &freed);
+  pthread_rwlock_unlock(&p->txn);
+  if (freed)
+    space_appeared(p);
+  return r;
+}
+
+static void *committer_main(void *arg)
+{
+  struct tp_pool *p = arg;
+  pthread_mutex_lock(&p->ct_mu);
+  while (!p->ct_stop) {
+    struct timespec ts;
+    deadline_after(&ts, p->commit_interval);
+    while (!p->ct_stop && pthread_cond_timedwait(&p->ct_cv, &p->ct_mu, &ts) != ETIMEDOUT)
+      ;
+    if (p->ct_stop)
+      break;
+    pthread_mutex_unlock(&p->ct_mu);
+    if (atomic_load(&p->dirty) && !atomic_load(&p->failed))
+      tp_commit(p);
+    pthread_mutex_lock(&p->ct_mu);
+  }
+  pthread_mutex_unlock(&p->ct_mu);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Volumes                                                                   */
+
+static struct tp_vol *vol_find(struct tp_pool *p, uint32_t id)
+{
+  for (struct tp_vol *v = p->vols; v; v = v->next)
+    if (v->id == id)
+      return v;
+  return NULL;
+}
+
+int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bool create,
+                  struct tp_vol **out, ts_error *err)
+{
+  int r = 0;
+  pthread_mutex_lock(&p->vol_mu);
+  struct tp_vol *other = vol_find(p, id);
+  if (other) {
+    r = ts_layer_error(l, err, -EBUSY, "id", "volume %u of pool \"%s\" is already open as layer \"%s\"",
+                       id, ts_dev_name(p->layer), ts_dev_name(other->layer));
+    goto out;
+  }
+  pthread_rwlock_rdlock(&p->lock);
+  bool exists = tmd_dev_exists(p->md, id);
+  pthread_rwlock_unlock(&p->lock);
+  if (!exists) {
+    if (!create) {
+      r = ts_layer_error(l, err, -ENOENT, "id",
+                         "pool \"%s\" has no volume %u (set \"create\": true to create it)",
+                         ts_dev_name(p->layer), id);
+      goto out;
+    }
+    if (p->read_only) {
+      r = ts_layer_error(l, err, -EROFS, "create", "pool \"%s\" is read-only: cannot create volume %u",
+                         ts_dev_name(p->layer), id);
+      goto out;
+    }
+    /* Not committed here: if the stack fails to open, the pool is closed
+     * without a commit and the volume never existed. */
+    pthread_rwlock_rdlock(&p->txn);
+    pthread_rwlock_wrlock(&p->lock);
+    r = tmd_create_thin(p->md, id);
+    if (!r)
+      tp_changed(p);
+    pthread_rwlock_unlock(&p->lock);
+    pthread_rwlock_unlock(&p->txn);
+    if (r) {
+      r = ts_layer_error(l, err, r, "id", "cannot create volume %u in pool \"%s\": %s", id,
+                         ts_dev_name(p->layer), ts_strerror(r));
+      goto out;
+    }
+  }
+  struct tp_vol *v = calloc(1, sizeof *v);
+  if (!v) {
+    r = ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+    goto out;
+  }
+  v->pool = p;
+  v->layer = l;
+  v->id = id;
+  v->size = size;
+  v->next = p->vols;
+  p->vols = v;
+  *out = v;
+out:
+  pthread_mutex_unlock(&p->vol_mu);
+  return r;
+}
+
+void tp_vol_detach(struct tp_vol *v)
+{
+  struct tp_pool *p = v->pool;
+  pthread_mutex_lock(&p->vol_mu);
+  for (struct tp_vol **pp = &p->vols; *pp; pp = &(*pp)->next)
+    if (*pp == v) {
+      *pp = v->next;
+      break;
+    }
+  pthread_mutex_unlock(&p->vol_mu);
+  free(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The layer                                                                 */
+
+static int seconds_param(ts_layer *l, const json_t *params, const char *key, double dflt,
+                         double *out, ts_error *err)
+{
+  const json_t *v = json_object_get(params, key);
+  if (!v) {
+    *out = dflt;
+    return 0;
+  }
+  if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 86400.0 * 365)
+    return ts_layer_error(l, err, -EINVAL, key, "expected a number of seconds (0 or more)");
+  *out = json_number_value(v);
+  return 0;
+}
+
+static void pool_free(struct tp_pool *p)
+{
+  if (p->md)
+    tmd_close(p->md);
+  pd_bdev_close(&p->bdev);
+  tp_druns_free(&p->pending);
+  pthread_rwlock_destroy(&p->txn);
+  pthread_rwlock_destroy(&p->lock);
+  pthread_mutex_destroy(&p->cell_mu);
+  pthread_cond_destroy(&p->cell_cv);
+  pthread_mutex_destroy(&p->space_mu);
+  pthread_cond_destroy(&p->space_cv);
+  pthread_mutex_destroy(&p->ct_mu);
+  pthread_cond_destroy(&p->ct_cv);
+  pthread_mutex_destroy(&p->vol_mu);
+  free(p);
+}
+
+/* A pdata message, prefixed with the layer's JSON path. */
+static int md_error(ts_layer *l, ts_error *err, int r, const char *key, const char *what)
+{
+  char msg[sizeof err->msg];
+  snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
+  return ts_layer_error(l, err, r, key, "%s: %s", what, msg);
+}
+
+static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  ts_layer *meta = ts_layer_child(l, ts_param_string(params, "metadata", ""));
+  ts_layer *data = ts_layer_child(l, ts_param_string(params, "data", ""));
+  uint64_t bs = ts_param_size(params, "block_size", MIN_BLOCK);
+  bool create = ts_param_bool(params, "create", false);
+  bool ro = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
+  double qt, ci;
+  int r;
+
+  if (meta == data)
+    return ts_layer_error(l, err, -EINVAL, "data", "metadata and data must be different layers");
+  if (bs < MIN_BLOCK || bs > MAX_BLOCK || bs % MIN_BLOCK)
+    return ts_layer_error(l, err, -EINVAL, "block_size", "must be a multiple of 64K from 64K to 1G");
+  if ((r = seconds_param(l, params, "queue_timeout", 60, &qt, err)) ||
+      (r = seconds_param(l, params, "commit_interval", 1, &ci, err)))
+    return r;
+  const ts_limits *dl = ts_dev_limits(data), *ml = ts_dev_limits(meta);
+  if (dl->size < bs)
+    return ts_layer_error(l, err, -EINVAL, "data", "layer \"%s\" (%llu bytes) is smaller than one block (%llu)",
+                          ts_dev_name(data), (unsigned long long)dl->size, (unsigned long long)bs);
+  if (bs % dl->logical_block_size)
+    return ts_layer_error(l, err, -EINVAL, "block_size", "must be a multiple of the data layer's block size %u",
+                          dl->logical_block_size);
+  if (ml->logical_block_size > PD_BLOCK_SIZE)
+    return ts_layer_error(l, err, -EINVAL, "metadata", "layer \"%s\" has %u-byte blocks; metadata needs 4K or less",
+                          ts_dev_name(meta), ml->logical_block_size);
+  if (create && ro)
+    return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only pool");
+  ro = ro || dl->read_only || ml->read_only;
+
+  struct tp_pool *p = calloc(1, sizeof *p);
+  if (!p)
+    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+  p->layer = l;
+  p->meta = meta;
+  p->data = data;
+  p->bs = bs;
+  p->low_water = ts_param_size(params, "low_water_mark", 0);
+  p->queue = strcmp(ts_param_string(params, "out_of_space", "error"), "queue") == 0;
+  p->queue_timeout = qt;
+  p->commit_interval = ci;
+  p->passdown = ts_param_bool(params, "discard_passdown", true);
+  p->zero_new = ts_param_bool(params, "zero_new_blocks", true);
+  p->read_only = ro;
+  p->data_discard = ts_limits_cap(dl, TS_OP_DISCARD) != TS_CAP_NONE;
+  p->data_provision = ts_limits_cap(dl, TS_OP_PROVISION) != TS_CAP_NONE;
+  rwlock_init_writer_pref(&p->txn);
+  rwlock_init_writer_pref(&p->lock);
+  pthread_mutex_init(&p->cell_mu, NULL);
+  pthread_cond_init(&p->cell_cv, NULL);
+  pthread_mutex_init(&p->space_mu, NULL);
+  cond_init_monotonic(&p->space_cv);
+  pthread_mutex_init(&p->ct_mu, NULL);
+  cond_init_monotonic(&p->ct_cv);
+  pthread_mutex_init(&p->vol_mu, NULL);
+
+  uint64_t nblocks = dl->size / bs;
+  struct tmd_config cfg = { .read_only = ro };
+  if ((r = pd_bdev_from_ts_dev(&p->bdev, meta, ro, err))) {
+    r = md_error(l, err, r, "metadata", "unusable metadata layer");
+    goto fail;
+  }
+  r = tmd_open(&p->bdev, &cfg, &p->md, err);
+  if (r == -ENODATA) {
+    if (!create) {
+      r = ts_layer_error(l, err, -ENODATA, "metadata",
+                         "layer \"%s\" holds no pool (set \"create\": true to format one)",
+                         ts_dev_name(meta));
+      goto fail;
+    }
+    ts_error_clear(err);
+    r = tmd_format(&p->bdev, (uint32_t)(bs / 512), nblocks, &cfg, &p->md, err);
+    if (r) {
+      r = md_error(l, err, r, "metadata", "cannot format the pool metadata");
+      goto fail;
+    }
+  } else if (r) {
+    r = md_error(l, err, r, "metadata", "cannot open the pool metadata");
+    goto fail;
+  } else {
+    uint64_t have = (uint64_t)tmd_data_block_size(p->md) * 512;
+    uint64_t nr = tmd_data_nr_blocks(p->md);
+    char a[32], b[32];
+    ts_format_size(have, a, sizeof a);
+    ts_format_size(bs, b, sizeof b);
+    if (have != bs) {
+      r = ts_layer_error(l, err, -EINVAL, "block_size", "the pool on \"%s\" has %s blocks, not %s",
+                         ts_dev_name(meta), a, b);
+      goto fail;
+    }
+    if (!ro && tmd_needs_check(p->md)) {
+      r = ts_layer_error(l, err, -EUCLEAN, "metadata",
+                         "the pool metadata is flagged for checking: run thin_check (open read-only to inspect it)");
+      goto fail;
+    }
+    if (nblocks < nr) {
+      r = ts_layer_error(l, err, -EINVAL, "data",
+                         "layer \"%s\" holds %llu blocks but the pool has %llu: the data device shrank",
+                         ts_dev_name(data), (unsigned long long)nblocks, (unsigned long long)nr);
+      goto fail;
+    }
+    /* The data device grew while the pool was closed: take the space, as
+     * the kernel does when a pool is resumed (committed with the next
+     * commit, so a failed stack open changes nothing). */
+    if (nblocks > nr && !ro) {
+      if ((r = tmd_resize_data(p->md, nblocks))) {
+        r = ts_layer_error(l, err, r, "data", "cannot grow the data space to %llu blocks: %s",
+                           (unsigned long long)nblocks, ts_strerror(r));
+        goto fail;
+      }
+      tp_changed(p);
+    }
+  }
+  if (!ro && ci > 0) {
+    if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
+      r = ts_layer_error(l, err, -EAGAIN, "commit_interval", "cannot start the commit thread");
+      goto fail;
+    }
+    p->committer_running = true;
+  }
+  ts_layer_set_priv(l, p);
+  return 0;
+fail:
+  pool_free(p);
+  return r;
+}
+
+static void pool_close(ts_layer *l)
+{
+  struct tp_pool *p = ts_layer_priv(l);
+  if (!p)
+    return;
+  if (p->committer_running) {
+    pthread_mutex_lock(&p->ct_mu);
+    p->ct_stop = true;
+    pthread_cond_broadcast(&p->ct_cv);
+    pthread_mutex_unlock(&p->ct_mu);
+    pthread_join(p->committer, NULL);
+  }
+  pthread_mutex_lock(&p->space_mu);
+  p->stopping = true;
+  pthread_cond_broadcast(&p->space_cv);
+  pthread_mutex_unlock(&p->space_mu);
+  /* After a failed stack open nothing is committed: the pool stays as the
+   * last commit left it. */
+  if (!ts_layer_aborting(l) && !p->read_only && !atomic_load(&p->failed))
+    tp_commit(p);
+  pool_free(p);
+}
+
+static int pool_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  struct tp_pool *p = ts_layer_priv(l);
+  /* Not a data device: nothing to read or write, FLUSH commits. */
+  lim->size = 0;
+  lim->io_opt = 0;
+  lim->max_io_bytes = 0;
+  lim->max_discard_bytes = 0;
+  lim->discard_granularity = 0;
+  lim->max_write_zeroes_bytes = 0;
+  lim->max_provision_bytes = 0;
+  lim->provision_granularity = 0;
+  lim->discard_zeroes = false;
+  lim->write_zeroes_unmap = false;
+  lim->fua = false;
+  lim->read_only = p->read_only;
+  return 0;
+}
+
+static int pool_submit(ts_layer *l, const ts_io *io)
+{
+  struct tp_pool *p = ts_layer_priv(l);
+  if (io->op != TS_OP_FLUSH)
+    return -EOPNOTSUPP; /* unreachable: the pool's size is 0 */
+  return tp_commit(p);
+}
+
+static int pool_status(ts_layer *l, json_t *out)
+{
+  ts_pool_status st;
+  int r = ts_pool_get_status(l, &st, NULL);
+  if (r)
+    return r;
+  json_object_set_new(out, "block_size", json_integer((json_int_t)st.block_size));
+  json_object_set_new(out, "transaction_id", json_integer((json_int_t)st.transaction_id));
+  json_t *d = json_object();
+  json_object_set_new(d, "blocks", json_integer((json_int_t)st.data_blocks));
+  json_object_set_new(d, "used", json_integer((json_int_t)st.data_used_blocks));
+  json_object_set_new(d, "free", json_integer((json_int_t)st.data_free_blocks));
+  json_object_set_new(out, "data", d);
+  json_t *m = json_object();
+  json_object_set_new(m, "blocks", json_integer((json_int_t)st.metadata_blocks));
+  json_object_set_new(m, "used", json_integer((json_int_t)st.metadata_used_blocks));
+  json_object_set_new(out, "metadata", m);
+  json_object_set_new(out, "mode", json_string(st.failed ? "failed"
+                                               : st.read_only ? "ro"
+                                               : st.out_of_data_space ? "out_of_data_space"
+                                                                      : "rw"));
+  json_object_set_new(out, "low_water_mark", json_integer((json_int_t)st.low_water_mark));
+  json_object_set_new(out, "low_water", json_boolean(st.low_water));
+  json_object_set_new(out, "out_of_space", json_string(st.queue_if_no_space ? "queue" : "error"));
+  json_object_set_new(out, "discard_passdown", json_boolean(st.discard_passdown));
+  json_object_set_new(out, "zero_new_blocks", json_boolean(st.zero_new_blocks));
+  json_object_set_new(out, "needs_check", json_boolean(st.needs_check));
+  json_object_set_new(out, "held_metadata_root", json_integer((json_int_t)st.held_metadata_root));
+  json_object_set_new(out, "commits", json_integer((json_int_t)st.commits));
+  struct tp_pool *p = ts_layer_priv(l);
+  json_object_set_new(out, "allocated_blocks", json_integer((json_int_t)atomic_load(&p->n_alloc)));
+  json_object_set_new(out, "zeroed_bytes", json_integer((json_int_t)atomic_load(&p->n_zeroed_bytes)));
+  json_object_set_new(out, "copied_blocks", json_integer((json_int_t)atomic_load(&p->n_copied_blocks)));
+  json_object_set_new(out, "passdown_discard_blocks",
+                      json_integer((json_int_t)atomic_load(&p->n_passdown_discard)));
+  json_object_set_new(out, "passdown_provision_blocks",
+                      json_integer((json_int_t)atomic_load(&p->n_passdown_provision)));
+  json_object_set_new(out, "queue_waits", json_integer((json_int_t)atomic_load(&p->n_queue_waits)));
+  json_object_set_new(out, "provision_passdown", json_boolean(p->data_provision));
+
+  size_t n = 0;
+  ts_pool_list_thins(l, NULL, 0, &n, NULL);
+  ts_thin_info *v = n ? calloc(n, sizeof *v) : NULL;
+  json_t *vols = json_array();
+  if (v && ts_pool_list_thins(l, v, n, &n, NULL) == 0) {
+    for (size_t i = 0; i < n; i++) {
+      json_t *o = json_object();
+      json_object_set_new(o, "id", json_integer(v[i].id));
+      json_object_set_new(o, "mapped_blocks", json_integer((json_int_t)v[i].mapped_blocks));
+      json_object_set_new(o, "open", json_boolean(v[i].open));
+      json_array_append_new(vols, o);
+    }
+  }
+  free(v);
+  json_object_set_new(out, "volumes", vols);
+  return 0;
+}
+
+static char *pool_dm_table(ts_layer *l)
+{
+  struct tp_pool *p = ts_layer_priv(l);
+  const char *feat[4];
+  int nf = 0;
+  if (!p->zero_new)
+    feat[nf++] = "skip_block_zeroing";
+  if (!p->passdown)
+    feat[nf++] = "no_discard_passdown";
+  if (p->read_only)
+    feat[nf++] = "read_only";
+  if (!p->queue)
+    feat[nf++] = "error_if_no_space";
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f)
+    return NULL;
+  fprintf(f, "0 %llu thin-pool <%s> <%s> %llu %llu %d",
+          (unsigned long long)(ts_dev_size(p->data) / p->bs * p->bs / 512), ts_dev_name(p->meta),
+          ts_dev_name(p->data), (unsigned long long)(p->bs / 512),
+          (unsigned long long)((p->low_water + p->bs - 1) / p->bs), nf);
+  for (int i = 0; i < nf; i++)
+    fprintf(f, " %s", feat[i]);
+  fclose(f);
+  return buf;
+}
+
+const ts_layer_type ts__thin_pool_layer_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "thin-pool",
+  .summary = "a pool of data blocks for thin volumes (dm-thin metadata); FLUSH commits",
+  .params = pool_params,
+  .thread_model = TS_THREAD_PARALLEL,
+  .open = pool_open,
+  .close = pool_close,
+  .limits = pool_limits,
+  .submit = pool_submit,
+  .status = pool_status,
+  .dm_table = pool_dm_table,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Management API (<libthinstack/thin.h>)                                    */
+
+static struct tp_pool *mgmt_pool(ts_dev *dev, ts_error *err)
+{
+  struct tp_pool *p = dev ? tp_pool_of(dev) : NULL;
+  if (!p && dev)
+    ts_error_set(err, -EINVAL, "layers.%s: a %s layer, not a thin-pool", ts_dev_name(dev),
+                 ts_dev_type(dev));
+  else if (!p)
+    ts_error_set(err, -EINVAL, "no pool device given");
+  return p;
+}
+
+static int mgmt_writable(struct tp_pool *p, ts_error *err)
+{
+  if (p->read_only)
+    return ts_layer_error(p->layer, err, -EROFS, NULL, "the pool is read-only");
+  int f = atomic_load(&p->failed);
+  if (f)
+    return ts_layer_error(p->layer, err, -EIO, NULL, "a metadata commit failed (%s): the pool refuses changes",
+                          ts_strerror(f));
+  return 0;
+}
+
+static int mgmt_commit(struct tp_pool *p, ts_error *err, const char *what)
+{
+  int r = tp_commit(p);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "%s, but the commit failed: %s", what, ts_strerror(r));
+  return 0;
+}
+
+static int check_id(struct tp_pool *p, uint32_t id, ts_error *err)
+{
+  if (id > TS_THIN_MAX_ID)
+    return ts_layer_error(p->layer, err, -EINVAL, NULL, "volume id %u is out of range (0..%u)", id,
+                          TS_THIN_MAX_ID);
+  return 0;
+}
+
+int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = check_id(p, id, err)) || (r = mgmt_writable(p, err)))
+    return r;
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_create_thin(p->md, id);
+  if (!r)
+    tp_changed(p);
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r == -EEXIST)
+    return ts_layer_error(p->layer, err, r, NULL, "volume %u already exists", id);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot create volume %u: %s", id, ts_strerror(r));
+  return mgmt_commit(p, err, "volume created");
+}
+
+int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = check_id(p, id, err)) || (r = check_id(p, origin_id, err)) || (r = mgmt_writable(p, err)))
+    return r;
+  /* Quiesce: txn exclusive waits for every allocation, discard and
+   * provision in flight, lock exclusive for every read and write. */
+  pthread_rwlock_wrlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_create_snap(p->md, id, origin_id);
+  if (!r)
+    tp_changed(p);
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r == -ENODEV)
+    return ts_layer_error(p->layer, err, r, NULL, "no volume %u to snapshot", origin_id);
+  if (r == -EEXIST)
+    return ts_layer_error(p->layer, err, r, NULL, "volume %u already exists", id);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot snapshot volume %u as %u: %s", origin_id, id,
+                          ts_strerror(r));
+  return mgmt_commit(p, err, "snapshot created");
+}
+
+static int delete_freed(void *arg, uint64_t d, uint64_t n)
+{
+  struct tp_pool *p = arg;
+  p->freed = true;
+  if (p->passdown && p->data_discard)
+    tp_druns_add(&p->pending, d, n);
+  return 0;
+}
+
+int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = check_id(p, id, err)) || (r = mgmt_writable(p, err)))
+    return r;
+  pthread_mutex_lock(&p->vol_mu);
+  struct tp_vol *v = vol_find(p, id);
+  if (v) {
+    r = ts_layer_error(p->layer, err, -EBUSY, NULL, "volume %u is open as layer \"%s\"", id,
+                       ts_dev_name(v->layer));
+    pthread_mutex_unlock(&p->vol_mu);
+    return r;
+  }
+  /* Holding vol_mu keeps the volume from being opened meanwhile. */
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  if (!tmd_dev_exists(p->md, id)) {
+    r = -ENODEV;
+  } else {
+    /* Unmapping first reports the blocks that become free, so they can be
+     * discarded after the commit; tmd_delete alone would not say. */
+    uint64_t hi;
+    r = 0;
+    if (p->passdown && p->data_discard && tmd_highest_mapped(p->md, id, &hi) == 0)
+      r = tmd_remove_range(p->md, id, 0, hi + 1, 0, delete_freed, p, NULL);
+    if (!r)
+      r = tmd_delete(p->md, id);
+    if (!r)
+      p->freed = true;
+    tp_changed(p);
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  pthread_mutex_unlock(&p->vol_mu);
+  if (r == -ENODEV)
+    return ts_layer_error(p->layer, err, r, NULL, "no volume %u", id);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot delete volume %u: %s", id, ts_strerror(r));
+  return mgmt_commit(p, err, "volume deleted");
+}
+
+int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *count, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  if (!p)
+    return -EINVAL;
+  pthread_mutex_lock(&p->vol_mu);
+  pthread_rwlock_rdlock(&p->lock);
+  size_t n = tmd_list_devices(p->md, NULL, 0);
+  uint32_t *ids = n ? calloc(n, sizeof *ids) : NULL;
+  int r = 0;
+  if (n && !ids) {
+    r = -ENOMEM;
+  } else {
+    n = tmd_list_devices(p->md, ids, n);
+    for (size_t i = 0; i < n && i < max; i++) {
+      struct tmd_dev_info di;
+      memset(&out[i], 0, sizeof out[i]);
+      out[i].id = ids[i];
+      if (tmd_dev_info(p->md, ids[i], &di) == 0) {
+        out[i].mapped_blocks = di.mapped_blocks;
+        out[i].mapped_bytes = di.mapped_blocks * p->bs;
+        out[i].transaction_id = di.transaction_id;
+        out[i].creation_time = di.creation_time;
+        out[i].snapshotted_time = di.snapshotted_time;
+      }
+      struct tp_vol *v = vol_find(p, ids[i]);
+      out[i].open = v != NULL;
+      out[i].size = v ? v->size : 0;
+    }
+    *count = n;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_mutex_unlock(&p->vol_mu);
+  free(ids);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "out of memory");
+  return 0;
+}
+
+int ts_pool_get_status(ts_dev *pool, ts_pool_status *st, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  if (!p)
+    return -EINVAL;
+  memset(st, 0, sizeof *st);
+  pthread_rwlock_rdlock(&p->lock);
+  st->block_size = p->bs;
+  st->data_blocks = tmd_data_nr_blocks(p->md);
+  st->data_free_blocks = tmd_data_nr_free(p->md);
+  st->data_used_blocks = st->data_blocks - st->data_free_blocks;
+  st->metadata_blocks = tmd_metadata_nr_blocks(p->md);
+  st->metadata_used_blocks = tmd_metadata_nr_used(p->md);
+  st->transaction_id = tmd_transaction_id(p->md);
+  st->held_metadata_root = tmd_metadata_snap(p->md);
+  st->needs_check = tmd_needs_check(p->md);
+  st->nr_thins = (uint32_t)tmd_list_devices(p->md, NULL, 0);
+  pthread_rwlock_unlock(&p->lock);
+  st->low_water_mark = p->low_water;
+  st->low_water = p->low_water && st->data_free_blocks * p->bs < p->low_water;
+  st->out_of_data_space = atomic_load(&p->out_of_space);
+  st->queue_if_no_space = p->queue;
+  st->discard_passdown = p->passdown;
+  st->zero_new_blocks = p->zero_new;
+  st->read_only = p->read_only;
+  st->failed = atomic_load(&p->failed) != 0;
+  st->commits = atomic_load(&p->n_commits);
+  return 0;
+}
+
+int ts_pool_extend(ts_dev *pool, uint64_t new_size, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = mgmt_writable(p, err)))
+    return r;
+  char sz[32];
+  ts_format_size(p->bs, sz, sizeof sz);
+  if (new_size % p->bs)
+    return ts_layer_error(p->layer, err, -EINVAL, NULL, "new data size %llu is not a multiple of the block size %s",
+                          (unsigned long long)new_size, sz);
+  uint64_t nb = new_size / p->bs;
+  /* Quiesced: no request touches the data layer while it grows. */
+  pthread_rwlock_wrlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  uint64_t cur = tmd_data_nr_blocks(p->md);
+  if (nb < cur) {
+    r = ts_layer_error(p->layer, err, -EINVAL, NULL,
+                       "the pool has %llu bytes of data space; it cannot shrink to %llu",
+                       (unsigned long long)(cur * p->bs), (unsigned long long)new_size);
+  } else if (nb > cur) {
+    if (ts_dev_size(p->data) < new_size && (r = ts_dev_grow(p->data, new_size, err))) {
+      char msg[sizeof err->msg];
+      snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
+      r = ts_layer_error(p->layer, err, r, "data", "cannot grow the data layer: %s", msg);
+    } else if ((r = tmd_resize_data(p->md, nb))) {
+      r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the data space map to %llu blocks: %s%s",
+                         (unsigned long long)nb, ts_strerror(r),
+                         r == -ENOSPC ? " (the metadata device is too small)" : "");
+    } else {
+      tp_changed(p);
+      atomic_store(&p->out_of_space, false);
+      check_low_water(p);
+    }
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r || nb == cur)
+    return r;
+  r = mgmt_commit(p, err, "data space grown");
+  space_appeared(p);
+  return r;
+}
+
+int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_id, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = mgmt_writable(p, err)))
+    return r;
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  uint64_t have = tmd_transaction_id(p->md);
+  r = tmd_set_transaction_id(p->md, current_id, new_id);
+  if (!r)
+    tp_changed(p);
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r == -EINVAL)
+    return ts_layer_error(p->layer, err, r, NULL, "mismatched transaction id: the pool's is %llu, not %llu",
+                          (unsigned long long)have, (unsigned long long)current_id);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot set the transaction id: %s", ts_strerror(r));
+  return mgmt_commit(p, err, "transaction id set");
+}
+
+int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = mgmt_writable(p, err)))
+    return r;
+  bool freed = false;
+  pthread_rwlock_wrlock(&p->txn);
+  /* The reservation commits the metadata itself: flush the data first, as
+   * every commit does. */
+  r = ts_flush(p->data);
+  if (!r) {
+    pthread_rwlock_wrlock(&p->lock);
+    r = tmd_reserve_metadata_snap(p->md);
+    if (!r)
+      after_commit_locked(p, &freed);
+    pthread_rwlock_unlock(&p->lock);
+  }
+  pthread_rwlock_unlock(&p->txn);
+  if (freed)
+    space_appeared(p);
+  if (r == -EBUSY)
+    return ts_layer_error(p->layer, err, r, NULL, "a metadata snapshot is already held");
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot reserve a metadata snapshot: %s", ts_strerror(r));
+  return 0;
+}
+
+int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = mgmt_writable(p, err)))
+    return r;
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_release_metadata_snap(p->md);
+  if (!r)
+    tp_changed(p);
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r == -EINVAL)
+    return ts_layer_error(p->layer, err, r, NULL, "no metadata snapshot is held");
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "cannot release the metadata snapshot: %s", ts_strerror(r));
+  return mgmt_commit(p, err, "metadata snapshot released");
+}

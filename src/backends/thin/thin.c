@@ -1,0 +1,834 @@
+/* thin: a thinly provisioned volume of a thin-pool (dm-thin's thin target).
+ *
+ *   { "type": "thin", "pool": "pool", "id": 0, "size": "20G", "create": true }
+ *
+ * Virtual block b of the volume maps to a data block of the pool (same size)
+ * through the pool's metadata; unmapped blocks read as zeroes. Writes to an
+ * unmapped block allocate one; writes to a block shared with a snapshot copy
+ * it first (break sharing). DISCARD unmaps whole blocks; PROVISION allocates
+ * without writing; WRITE_ZEROES is PROVISION with a zero guarantee (or an
+ * unmap with MAY_UNMAP). FLUSH commits the pool (FUA: the core turns it into
+ * a FLUSH after the write).
+ *
+ * Zeroes without writing zeroes. A data block is mapped into a volume only
+ * after it reads as zeroes on the data layer (or its unwritten part does,
+ * for a partial write): the pool asks the data layer's BLOCK_STATUS which
+ * parts already read as zeroes (a hole or unwritten extent of a sparse
+ * file, a block discarded after it was freed) and zeroes only the rest,
+ * with WRITE_ZEROES on the data layer (fallocate ZERO_RANGE on a file). The
+ * rule keeps no state of its own, so it holds after a crash too: a freed
+ * block whose discard was lost still holds data and is zeroed when it is
+ * allocated again, before its new mapping can be committed (zeroing, then
+ * the data flush of the commit, then the metadata). Freed blocks are
+ * discarded after the commit that frees them (never before: until then the
+ * committed metadata may still map them), or right away for DISCARD, like
+ * the kernel's passdown. A provisioned block that was never written reads
+ * as zeroes from the data layer itself, and BLOCK_STATUS reports it as
+ * allocated zeroes (TS_EXTENT_ZERO) from the same data layer status.
+ *
+ * Kernel equivalent: `thin <pool> <id>`.
+ */
+#include "backends/thin/thin-internal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Virtual bytes provisioned per locked step, so a huge PROVISION does not
+ * hold off commits for long. */
+#define PROVISION_STEP (1ull << 30)
+/* Bounce buffer for copying shared blocks. */
+#define COPY_CHUNK (1u << 20)
+
+static const ts_param thin_params[] = {
+  { "pool", TS_PARAM_CHILD, TS_PARAM_REQUIRED | TS_PARAM_SHARED, NULL, NULL, "the thin-pool layer" },
+  { "id", TS_PARAM_UINT, TS_PARAM_REQUIRED, NULL, NULL, "the volume's id in the pool (0..16777215)" },
+  { "size", TS_PARAM_SIZE, TS_PARAM_REQUIRED, NULL, NULL, "the volume's size (dm-thin does not store it)" },
+  { "create", TS_PARAM_BOOL, 0, NULL, NULL, "create the volume in the pool when it does not exist" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+/* ------------------------------------------------------------------------ */
+/* Mapping look-ups                                                          */
+
+struct runs {
+  struct tmd_run *v;
+  size_t n, cap;
+  struct tmd_run inl[8];
+};
+
+static void runs_init(struct runs *r)
+{
+  r->v = r->inl;
+  r->n = 0;
+  r->cap = sizeof r->inl / sizeof r->inl[0];
+}
+
+static void runs_free(struct runs *r)
+{
+  if (r->v != r->inl)
+    free(r->v);
+  runs_init(r);
+}
+
+static int runs_add(void *arg, const struct tmd_run *run)
+{
+  struct runs *r = arg;
+  if (r->n == r->cap) {
+    size_t cap = r->cap * 2;
+    struct tmd_run *v = malloc(cap * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    memcpy(v, r->v, r->n * sizeof *v);
+    if (r->v != r->inl)
+      free(r->v);
+    r->v = v;
+    r->cap = cap;
+  }
+  r->v[r->n++] = *run;
+  return 0;
+}
+
+/* Mapped runs of blocks [b, e); under lock (either mode). */
+static int lookup(struct tp_pool *p, uint32_t id, uint64_t b, uint64_t e, struct runs *out)
+{
+  out->n = 0;
+  return tp_data_err(p, tmd_lookup_range(p->md, id, b, e, runs_add, out));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Data layer helpers                                                        */
+
+/* Make data bytes [doff, doff+len) read as zeroes, writing only where the
+ * data layer does not already say they do. */
+static int make_zero(struct tp_pool *p, uint64_t doff, uint64_t len)
+{
+  ts_extent_list l = { 0 };
+  int r = ts_block_status(p->data, doff, len, &l);
+  if (r) {
+    ts_extent_list_free(&l);
+    r = ts_write_zeroes(p->data, doff, len, 0);
+    if (!r)
+      atomic_fetch_add(&p->n_zeroed_bytes, len);
+    return r;
+  }
+  uint64_t zs = 0, zl = 0;
+  for (size_t i = 0; i <= l.n && !r; i++) {
+    const ts_extent *e = i < l.n ? &l.v[i] : NULL;
+    if (e && (e->flags & TS_EXTENT_ZERO))
+      continue;
+    if (e && zl && zs + zl == e->offset) {
+      zl += e->length;
+      continue;
+    }
+    if (zl) {
+      r = ts_write_zeroes(p->data, zs, zl, 0);
+      if (!r)
+        atomic_fetch_add(&p->n_zeroed_bytes, zl);
+    }
+    if (e) {
+      zs = e->offset;
+      zl = e->length;
+    }
+  }
+  ts_extent_list_free(&l);
+  return r;
+}
+
+/* Copy data bytes [from, from+len) to [to, to+len), skipping what reads as
+ * zeroes at the source (the destination is made zero there instead). */
+static int copy_data(struct tp_pool *p, uint64_t from, uint64_t to, uint64_t len)
+{
+  ts_extent_list l = { 0 };
+  if (ts_block_status(p->data, from, len, &l) != 0) {
+    l.n = 0;
+    if (ts_extent_list_add(&l, from, len, 0))
+      return -ENOMEM;
+  }
+  void *buf = NULL;
+  int r = 0;
+  for (size_t i = 0; i < l.n && !r; i++) {
+    uint64_t s = l.v[i].offset, n = l.v[i].length;
+    if (l.v[i].flags & TS_EXTENT_ZERO) {
+      r = make_zero(p, to + (s - from), n);
+      continue;
+    }
+    if (!buf && posix_memalign(&buf, 4096, COPY_CHUNK)) {
+      buf = NULL;
+      r = -ENOMEM;
+      break;
+    }
+    for (uint64_t o = 0; o < n && !r; o += COPY_CHUNK) {
+      size_t c = n - o < COPY_CHUNK ? (size_t)(n - o) : COPY_CHUNK;
+      r = ts_pread(p->data, buf, c, s + o);
+      if (!r)
+        r = ts_pwrite(p->data, buf, c, to + (s - from) + o, 0);
+    }
+  }
+  free(buf);
+  ts_extent_list_free(&l);
+  return r;
+}
+
+/* Where a write's bytes come from: an iovec, or zeroes (iov == NULL). */
+struct src {
+  const struct iovec *iov;
+  int iovcnt;
+  uint64_t off; /* virtual offset of the first byte */
+};
+
+/* Write the source's bytes for virtual [voff, voff+len) at data offset doff. */
+static int put(struct tp_pool *p, const struct src *s, uint64_t voff, uint64_t doff, uint64_t len)
+{
+  if (!len)
+    return 0;
+  if (!s->iov)
+    return make_zero(p, doff, len);
+  struct iovec inl[16], *v = inl;
+  int cap = 16;
+  if (s->iovcnt > cap) {
+    cap = s->iovcnt;
+    if (!(v = malloc((size_t)cap * sizeof *v)))
+      return -ENOMEM;
+  }
+  int cnt = ts_iov_slice(s->iov, s->iovcnt, (size_t)(voff - s->off), (size_t)len, v, cap);
+  assert(cnt > 0);
+  ts_io io = { .op = TS_OP_WRITE, .offset = doff, .length = len, .iov = v, .iovcnt = cnt };
+  int r = ts_submit(p->data, &io);
+  if (v != inl)
+    free(v);
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* READ                                                                      */
+
+static int thin_read(struct tp_vol *vol, const ts_io *io)
+{
+  struct tp_pool *p = vol->pool;
+  uint64_t bs = p->bs, off = io->offset, end = io->offset + io->length;
+  struct runs runs;
+  runs_init(&runs);
+  struct iovec inl[16], *v = inl;
+  int cap = 16;
+  if (io->iovcnt > cap) {
+    cap = io->iovcnt;
+    if (!(v = malloc((size_t)cap * sizeof *v)))
+      return -ENOMEM;
+  }
+  /* The shared lock stays held across the data reads: a mapping cannot
+   * change (and its block be reused) while we read it. */
+  pthread_rwlock_rdlock(&p->lock);
+  int r = lookup(p, vol->id, off / bs, (end + bs - 1) / bs, &runs);
+  uint64_t pos = off;
+  for (size_t i = 0; i < runs.n && !r; i++) {
+    uint64_t rs = runs.v[i].vbegin * bs, re = (runs.v[i].vbegin + runs.v[i].len) * bs;
+    rs = rs > off ? rs : off;
+    re = re < end ? re : end;
+    if (rs > pos)
+      ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(rs - pos));
+    int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)(rs - off), (size_t)(re - rs), v, cap);
+    assert(cnt > 0);
+    uint64_t doff = runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs);
+    r = ts_preadv(p->data, v, cnt, doff);
+    pos = re;
+  }
+  if (!r && pos < end)
+    ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(end - pos));
+  pthread_rwlock_unlock(&p->lock);
+  runs_free(&runs);
+  if (v != inl)
+    free(v);
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* WRITE (and the zero-writing parts of WRITE_ZEROES)                        */
+
+enum kind {
+  K_SKIP,    /* unmapped and left so (zeroing) */
+  K_PRIVATE, /* mapped to this volume alone: write in place */
+  K_NEW,     /* unmapped: new block, zero what the write leaves */
+  K_BREAK,   /* shared: new block, copy what the write leaves */
+  K_DONE,    /* new block already complete (zeroed whole): only map it */
+};
+
+static bool is_new(enum kind k) { return k == K_NEW || k == K_BREAK || k == K_DONE; }
+static bool to_put(enum kind k) { return k == K_PRIVATE || k == K_NEW || k == K_BREAK; }
+
+struct plan {
+  enum kind kind;
+  uint64_t d;    /* target data block */
+  uint64_t old;  /* K_BREAK: the shared block */
+};
+
+/* The slow path for blocks [sb, se) that were unmapped or shared: lock the
+ * blocks, look again (another request may have got there first), allocate,
+ * fill the new blocks outside the metadata lock, then map them. */
+static int write_slow(struct tp_vol *vol, const struct src *s, uint64_t off, uint64_t end,
+                      uint64_t sb, uint64_t se, bool skip_unmapped)
+{
+  struct tp_pool *p = vol->pool;
+  uint64_t bs = p->bs, nb = se - sb;
+  struct plan *pl = calloc(nb, sizeof *pl);
+  if (!pl)
+    return -ENOMEM;
+  struct runs runs;
+  runs_init(&runs);
+  struct tp_druns alloc = { 0 };
+  struct timespec deadline = { 0, 0 };
+  struct tp_cell cell;
+  int r;
+
+again:
+  tp_cell_lock(p, &cell, vol->id, sb, se);
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = lookup(p, vol->id, sb, se, &runs);
+  if (r)
+    goto unlock;
+  uint64_t need = 0;
+  for (uint64_t i = 0; i < nb; i++)
+    pl[i] = (struct plan){ skip_unmapped ? K_SKIP : K_NEW, 0, 0 };
+  for (size_t k = 0; k < runs.n; k++)
+    for (uint64_t j = 0; j < runs.v[k].len; j++) {
+      struct plan *x = &pl[runs.v[k].vbegin + j - sb];
+      x->kind = runs.v[k].shared ? K_BREAK : K_PRIVATE;
+      x->d = x->old = runs.v[k].dbegin + j;
+    }
+  for (uint64_t i = 0; i < nb; i++)
+    need += is_new(pl[i].kind);
+  alloc.n = 0;
+  uint64_t gen = 0;
+  r = tp_alloc(p, need, &alloc, &gen);
+  if (r) {
+    tp_release(p, &alloc);
+    pthread_rwlock_unlock(&p->lock);
+    pthread_rwlock_unlock(&p->txn);
+    tp_cell_unlock(p, &cell);
+    if (r == -ENOSPC && (r = tp_wait_space(p, gen, &deadline)) == 0)
+      goto again;
+    goto out;
+  }
+  /* Hand the allocated runs out to the blocks in order. */
+  size_t ai = 0;
+  uint64_t aoff = 0;
+  for (uint64_t i = 0; i < nb; i++) {
+    if (!is_new(pl[i].kind))
+      continue;
+    pl[i].d = alloc.v[ai].d + aoff;
+    if (++aoff == alloc.v[ai].n) {
+      ai++;
+      aoff = 0;
+    }
+  }
+  pthread_rwlock_unlock(&p->lock);
+
+  /* Data I/O, with the blocks' cell and txn shared held: nobody else maps
+   * these virtual blocks, and the new data blocks belong to us alone. */
+  for (uint64_t i = 0; i < nb && !r; i++) {
+    uint64_t vs = (sb + i) * bs;
+    uint64_t cs = off > vs ? off - vs : 0, ce = end < vs + bs ? end - vs : bs;
+    uint64_t nd = pl[i].d * bs;
+    if (pl[i].kind == K_NEW) {
+      if (!s->iov && p->zero_new) {
+        r = make_zero(p, nd, bs); /* the whole block, covered part included */
+        pl[i].kind = K_DONE;
+        continue;
+      }
+      if (p->zero_new && cs)
+        r = make_zero(p, nd, cs);
+      if (!r && p->zero_new && ce < bs)
+        r = make_zero(p, nd + ce, bs - ce);
+    } else if (pl[i].kind == K_BREAK) {
+      atomic_fetch_add(&p->n_copied_blocks, 1);
+      if (cs)
+        r = copy_data(p, pl[i].old * bs, nd, cs);
+      if (!r && ce < bs)
+        r = copy_data(p, pl[i].old * bs + ce, nd + ce, bs - ce);
+    }
+  }
+  /* The covered bytes, one data write per run of consecutive data blocks. */
+  for (uint64_t i = 0; i < nb && !r;) {
+    if (!to_put(pl[i].kind)) {
+      i++;
+      continue;
+    }
+    uint64_t j = i + 1;
+    while (j < nb && to_put(pl[j].kind) && pl[j].d == pl[j - 1].d + 1)
+      j++;
+    uint64_t vs = (sb + i) * bs, ve = (sb + j) * bs;
+    uint64_t ws = off > vs ? off : vs, we = end < ve ? end : ve;
+    r = put(p, s, ws, pl[i].d * bs + (ws - vs), we - ws);
+    i = j;
+  }
+
+  pthread_rwlock_wrlock(&p->lock);
+  if (r) {
+    tp_release(p, &alloc);
+    goto unlock;
+  }
+  /* Map the new blocks: runs of consecutive virtual and data blocks. */
+  for (uint64_t i = 0; i < nb;) {
+    if (!is_new(pl[i].kind)) {
+      i++;
+      continue;
+    }
+    uint64_t j = i + 1;
+    while (j < nb && is_new(pl[j].kind) && pl[j].d == pl[j - 1].d + 1)
+      j++;
+    uint64_t done = 0;
+    int e = tmd_insert_run(p->md, vol->id, sb + i, j - i, pl[i].d, &done);
+    tp_changed(p);
+    for (uint64_t x = i; x < i + done; x++)
+      if (pl[x].kind == K_BREAK)
+        tp_note_unref(p, pl[x].old);
+    if (e) {
+      /* Give back the references of every block not mapped. */
+      for (uint64_t x = i + done; x < nb; x++)
+        if (is_new(pl[x].kind))
+          tmd_data_dec(p->md, pl[x].d);
+      r = tp_data_err(p, e);
+      break;
+    }
+    i = j;
+  }
+unlock:
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  tp_cell_unlock(p, &cell);
+out:
+  tp_fire_events(p);
+  tp_druns_free(&alloc);
+  runs_free(&runs);
+  free(pl);
+  return r;
+}
+
+/* Write [off, off+len) from `s`. Blocks mapped to this volume alone are
+ * written in place under the shared lock; the rest take the slow path. With
+ * skip_unmapped (zeroing), unmapped blocks are left alone: they read as
+ * zeroes already. */
+static int write_range(struct tp_vol *vol, const struct src *s, uint64_t off, uint64_t len,
+                       bool skip_unmapped)
+{
+  struct tp_pool *p = vol->pool;
+  uint64_t bs = p->bs, end = off + len, b0 = off / bs, b1 = (end + bs - 1) / bs;
+  struct runs runs;
+  runs_init(&runs);
+  struct tp_druns slow = { 0 }; /* virtual block ranges for the slow path */
+
+  pthread_rwlock_rdlock(&p->lock);
+  int r = lookup(p, vol->id, b0, b1, &runs);
+  uint64_t next = b0; /* first block not yet classified */
+  for (size_t i = 0; i <= runs.n && !r; i++) {
+    uint64_t rb = i < runs.n ? runs.v[i].vbegin : b1;
+    if (rb > next && !skip_unmapped)
+      r = tp_druns_add(&slow, next, rb - next);
+    if (i == runs.n || r)
+      break;
+    const struct tmd_run *run = &runs.v[i];
+    if (run->shared) {
+      r = tp_druns_add(&slow, run->vbegin, run->len);
+    } else {
+      uint64_t vs = run->vbegin * bs, ve = (run->vbegin + run->len) * bs;
+      uint64_t ws = off > vs ? off : vs, we = end < ve ? end : ve;
+      r = put(p, s, ws, run->dbegin * bs + (ws - vs), we - ws);
+    }
+    next = run->vbegin + run->len;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  for (size_t i = 0; i < slow.n && !r; i++)
+    r = write_slow(vol, s, off, end, slow.v[i].d, slow.v[i].d + slow.v[i].n, skip_unmapped);
+  tp_druns_free(&slow);
+  runs_free(&runs);
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* PROVISION (and WRITE_ZEROES without MAY_UNMAP)                            */
+
+struct newrun {
+  uint64_t v, d, n;
+  uint64_t old;  /* shared: first old data block; else UINT64_MAX */
+};
+
+struct newruns {
+  struct newrun *v;
+  size_t n, cap;
+};
+
+static int newruns_add(struct newruns *r, struct newrun x)
+{
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 8;
+    struct newrun *v = realloc(r->v, cap * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    r->v = v;
+    r->cap = cap;
+  }
+  r->v[r->n++] = x;
+  return 0;
+}
+
+/* Allocate for virtual [v, v+n) (old: the shared data blocks, or
+ * UINT64_MAX), recording the runs; -ENOSPC after a partial allocation. */
+static int alloc_for(struct tp_pool *p, uint64_t v, uint64_t n, uint64_t old, struct newruns *nr,
+                     uint64_t *gen)
+{
+  while (n) {
+    struct tp_druns a = { 0 };
+    int r = tp_alloc(p, n, &a, gen);
+    for (size_t i = 0; i < a.n && r != -ENOMEM; i++) {
+      int e = newruns_add(nr, (struct newrun){ v, a.v[i].d, a.v[i].n, old });
+      if (e) {
+        struct tp_druns rest = { a.v + i, a.n - i, 0 };
+        tp_release(p, &rest);
+        r = e;
+        break;
+      }
+      v += a.v[i].n;
+      n -= a.v[i].n;
+      if (old != UINT64_MAX)
+        old += a.v[i].n;
+    }
+    tp_druns_free(&a);
+    if (r)
+      return r;
+  }
+  return 0;
+}
+
+/* Provision whole blocks [vb, ve): allocate the unmapped ones, break the
+ * sharing of shared ones (copying, or with `zeroes` just taking fresh zeroed
+ * blocks), and with `zeroes` zero the blocks already mapped to this volume.
+ * New blocks read as zeroes before they are mapped (make_zero). Space is
+ * reserved below with PROVISION for every block left mapped in the range.
+ * On ENOSPC what was done stays done (block status tells). */
+static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool zeroes)
+{
+  struct tp_pool *p = vol->pool;
+  uint64_t bs = p->bs, step = PROVISION_STEP / bs ? PROVISION_STEP / bs : 1;
+  struct runs runs;
+  runs_init(&runs);
+  struct newruns nr = { 0 };
+  struct tp_druns below = { 0 }, priv = { 0 };
+  struct timespec deadline = { 0, 0 };
+  int r = 0;
+
+  for (uint64_t pos = vb; pos < ve && !r;) {
+    uint64_t cend = ve - pos < step ? ve : pos + step;
+    struct tp_cell cell;
+    uint64_t gen = 0;
+    nr.n = below.n = priv.n = 0;
+    tp_cell_lock(p, &cell, vol->id, pos, cend);
+    pthread_rwlock_rdlock(&p->txn);
+    pthread_rwlock_wrlock(&p->lock);
+    r = lookup(p, vol->id, pos, cend, &runs);
+    int space = 0;
+    uint64_t next = pos;
+    for (size_t i = 0; i <= runs.n && !r && !space; i++) {
+      uint64_t rb = i < runs.n ? runs.v[i].vbegin : cend;
+      if (rb > next)
+        space = alloc_for(p, next, rb - next, UINT64_MAX, &nr, &gen);
+      if (i == runs.n || space)
+        break;
+      const struct tmd_run *run = &runs.v[i];
+      if (run->shared)
+        space = alloc_for(p, run->vbegin, run->len, run->dbegin, &nr, &gen);
+      else
+        r = tp_druns_add(&priv, run->dbegin, run->len);
+      next = run->vbegin + run->len;
+    }
+    if (space && space != -ENOSPC)
+      r = space;
+    pthread_rwlock_unlock(&p->lock);
+
+    /* Data I/O outside the metadata lock: fill the new blocks, zero the
+     * private ones for WRITE_ZEROES, reserve space below. */
+    for (size_t i = 0; i < nr.n && !r; i++) {
+      struct newrun *x = &nr.v[i];
+      if (x->old == UINT64_MAX || zeroes) {
+        if (p->zero_new || zeroes)
+          r = make_zero(p, x->d * bs, x->n * bs);
+      } else {
+        atomic_fetch_add(&p->n_copied_blocks, x->n);
+        r = copy_data(p, x->old * bs, x->d * bs, x->n * bs);
+      }
+      if (!r)
+        r = tp_druns_add(&below, x->d, x->n);
+    }
+    for (size_t i = 0; i < priv.n && !r; i++) {
+      if (zeroes)
+        r = make_zero(p, priv.v[i].d * bs, priv.v[i].n * bs);
+      if (!r)
+        r = tp_druns_add(&below, priv.v[i].d, priv.v[i].n);
+    }
+    if (p->data_provision)
+      for (size_t i = 0; i < below.n && !r; i++) {
+        r = ts_provision(p->data, below.v[i].d * bs, below.v[i].n * bs);
+        if (!r)
+          atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
+      }
+
+    pthread_rwlock_wrlock(&p->lock);
+    size_t i = 0;
+    for (; i < nr.n && !r; i++) {
+      struct newrun *x = &nr.v[i];
+      uint64_t done = 0;
+      int e = tmd_insert_run(p->md, vol->id, x->v, x->n, x->d, &done);
+      tp_changed(p);
+      if (x->old != UINT64_MAX)
+        for (uint64_t j = 0; j < done; j++)
+          tp_note_unref(p, x->old + j);
+      if (e) {
+        tmd_data_dec_run(p->md, x->d + done, x->n - done);
+        r = tp_data_err(p, e);
+      }
+    }
+    /* After an error, the blocks not mapped go back. */
+    for (size_t j = i; j < nr.n; j++)
+      tmd_data_dec_run(p->md, nr.v[j].d, nr.v[j].n);
+    pthread_rwlock_unlock(&p->lock);
+    pthread_rwlock_unlock(&p->txn);
+    tp_cell_unlock(p, &cell);
+    tp_fire_events(p);
+    if (!r && space == -ENOSPC) {
+      /* Redo the same step: what was provisioned is now mapped. */
+      r = tp_wait_space(p, gen, &deadline);
+      continue;
+    }
+    pos = cend;
+  }
+  free(nr.v);
+  tp_druns_free(&below);
+  tp_druns_free(&priv);
+  runs_free(&runs);
+  return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* DISCARD                                                                   */
+
+static int collect_freed(void *arg, uint64_t d, uint64_t n)
+{
+  return tp_druns_add(arg, d, n);
+}
+
+/* Unmap the whole blocks [vb, ve). Blocks that no volume maps any more are
+ * discarded on the data layer (discard_passdown) while a temporary
+ * reference keeps them from being allocated again, then freed. */
+static int discard_blocks(struct tp_vol *vol, uint64_t vb, uint64_t ve)
+{
+  struct tp_pool *p = vol->pool;
+  if (vb >= ve)
+    return 0;
+  bool hold = p->passdown && p->data_discard;
+  struct tp_druns held = { 0 };
+  struct tp_cell cell;
+  uint64_t removed = 0;
+  tp_cell_lock(p, &cell, vol->id, vb, ve);
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  int r = tmd_remove_range(p->md, vol->id, vb, ve, hold ? TMD_REMOVE_HOLD : 0,
+                           hold ? collect_freed : NULL, &held, &removed);
+  if (removed || held.n) {
+    tp_changed(p);
+    p->freed = true;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  if (held.n) {
+    for (size_t i = 0; i < held.n; i++)
+      if (ts_discard(p->data, held.v[i].d * p->bs, held.v[i].n * p->bs) == 0)
+        atomic_fetch_add(&p->n_passdown_discard, held.v[i].n);
+    pthread_rwlock_wrlock(&p->lock);
+    tp_release(p, &held);
+    pthread_rwlock_unlock(&p->lock);
+  }
+  pthread_rwlock_unlock(&p->txn);
+  tp_cell_unlock(p, &cell);
+  tp_druns_free(&held);
+  return tp_data_err(p, r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The layer                                                                 */
+
+static int thin_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  const char *pname = ts_param_string(params, "pool", "");
+  ts_layer *pool = ts_layer_child(l, pname);
+  struct tp_pool *p = tp_pool_of(pool);
+  uint64_t id = ts_param_uint(params, "id", 0);
+  uint64_t size = ts_param_size(params, "size", 0);
+  if (!p)
+    return ts_layer_error(l, err, -EINVAL, "pool", "\"%s\" is a %s layer, not a thin-pool", pname,
+                          pool ? ts_dev_type(pool) : "missing");
+  if (id > TS_THIN_MAX_ID)
+    return ts_layer_error(l, err, -EINVAL, "id", "%llu is out of range (0..%u)",
+                          (unsigned long long)id, TS_THIN_MAX_ID);
+  uint32_t lbs = ts_dev_limits(p->data)->logical_block_size;
+  if (size == 0 || size % lbs)
+    return ts_layer_error(l, err, -EINVAL, "size", "must be a non-zero multiple of %u bytes", lbs);
+  struct tp_vol *v;
+  int r = tp_vol_attach(p, l, (uint32_t)id, size, ts_param_bool(params, "create", false), &v, err);
+  if (r)
+    return r;
+  ts_layer_set_priv(l, v);
+  return 0;
+}
+
+static void thin_close(ts_layer *l)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  if (v)
+    tp_vol_detach(v);
+}
+
+static int thin_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  struct tp_pool *p = v->pool;
+  const ts_limits *dl = ts_dev_limits(p->data);
+  lim->size = v->size;
+  lim->logical_block_size = dl->logical_block_size;
+  lim->physical_block_size = dl->physical_block_size;
+  lim->io_min = dl->io_min;
+  lim->io_opt = (uint32_t)p->bs;
+  lim->max_io_bytes = 0;
+  lim->max_discard_bytes = UINT64_MAX;
+  lim->discard_granularity = (uint32_t)p->bs;
+  lim->discard_zeroes = true;               /* unmapped blocks read as zeroes */
+  lim->max_write_zeroes_bytes = UINT64_MAX;
+  lim->write_zeroes_unmap = true;
+  lim->max_provision_bytes = UINT64_MAX;
+  lim->provision_granularity = (uint32_t)p->bs;
+  lim->fua = false;                         /* FUA = write, then FLUSH (commit) */
+  lim->read_only = p->read_only;
+  return 0;
+}
+
+static int thin_submit(ts_layer *l, const ts_io *io)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  struct tp_pool *p = v->pool;
+  uint64_t bs = p->bs, off = io->offset, end = io->offset + io->length;
+  uint64_t fb = (off + bs - 1) / bs, fe = end / bs; /* whole blocks inside */
+  struct src zero = { NULL, 0, off };
+  int r = 0;
+  switch (io->op) {
+  case TS_OP_READ:
+    return thin_read(v, io);
+  case TS_OP_WRITE: {
+    struct src s = { io->iov, io->iovcnt, off };
+    return write_range(v, &s, off, io->length, false);
+  }
+  case TS_OP_FLUSH:
+    return tp_commit(p);
+  case TS_OP_DISCARD:
+    /* Whole blocks only; the partial ends keep their data, as in dm-thin. */
+    return discard_blocks(v, fb, fe);
+  case TS_OP_PROVISION:
+    return provision_range(v, off / bs, (end + bs - 1) / bs, false);
+  case TS_OP_WRITE_ZEROES: {
+    bool unmap = io->flags & TS_IO_MAY_UNMAP;
+    if (fb >= fe)
+      return write_range(v, &zero, off, io->length, unmap);
+    if (off < fb * bs)
+      r = write_range(v, &zero, off, fb * bs - off, unmap);
+    if (!r)
+      r = unmap ? discard_blocks(v, fb, fe) : provision_range(v, fb, fe, true);
+    if (!r && fe * bs < end)
+      r = write_range(v, &zero, fe * bs, end - fe * bs, unmap);
+    return r;
+  }
+  default:
+    return -EOPNOTSUPP;
+  }
+}
+
+/* Mapped blocks are allocated; whether they read as zeroes (provisioned,
+ * never written) is what the data layer says of their data blocks. */
+static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  struct tp_pool *p = v->pool;
+  uint64_t bs = p->bs, end = off + len;
+  struct runs runs;
+  runs_init(&runs);
+  pthread_rwlock_rdlock(&p->lock);
+  int r = lookup(p, v->id, off / bs, (end + bs - 1) / bs, &runs);
+  uint64_t pos = off;
+  for (size_t i = 0; i < runs.n && !r; i++) {
+    uint64_t rs = runs.v[i].vbegin * bs, re = (runs.v[i].vbegin + runs.v[i].len) * bs;
+    rs = rs > off ? rs : off;
+    re = re < end ? re : end;
+    if (rs > pos && (r = ts_extent_list_add(out, pos, rs - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO)))
+      break;
+    uint64_t doff = runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs);
+    ts_extent_list dl = { 0 };
+    if (ts_block_status(p->data, doff, re - rs, &dl) != 0) {
+      r = ts_extent_list_add(out, rs, re - rs, 0);
+    } else {
+      for (size_t k = 0; k < dl.n && !r; k++)
+        r = ts_extent_list_add(out, rs + (dl.v[k].offset - doff), dl.v[k].length,
+                               (dl.v[k].flags & TS_EXTENT_ZERO) ? TS_EXTENT_ZERO : 0);
+    }
+    ts_extent_list_free(&dl);
+    pos = re;
+  }
+  if (!r && pos < end)
+    r = ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  pthread_rwlock_unlock(&p->lock);
+  runs_free(&runs);
+  return r;
+}
+
+static int thin_status(ts_layer *l, json_t *out)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  struct tp_pool *p = v->pool;
+  struct tmd_dev_info di = { 0 };
+  uint64_t hi = 0;
+  pthread_rwlock_rdlock(&p->lock);
+  int r = tmd_dev_info(p->md, v->id, &di);
+  int h = tmd_highest_mapped(p->md, v->id, &hi);
+  pthread_rwlock_unlock(&p->lock);
+  if (r)
+    return r;
+  json_object_set_new(out, "pool", json_string(ts_dev_name(p->layer)));
+  json_object_set_new(out, "id", json_integer(v->id));
+  json_object_set_new(out, "block_size", json_integer((json_int_t)p->bs));
+  json_object_set_new(out, "mapped_blocks", json_integer((json_int_t)di.mapped_blocks));
+  json_object_set_new(out, "mapped_bytes", json_integer((json_int_t)(di.mapped_blocks * p->bs)));
+  json_object_set_new(out, "highest_mapped_block", h == 0 ? json_integer((json_int_t)hi) : json_null());
+  return 0;
+}
+
+static char *thin_dm_table(ts_layer *l)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  char *s = NULL;
+  if (asprintf(&s, "0 %llu thin <%s> %u", (unsigned long long)(v->size / 512),
+               ts_dev_name(v->pool->layer), v->id) < 0)
+    return NULL;
+  return s;
+}
+
+const ts_layer_type ts__thin_layer_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "thin",
+  .summary = "a thin volume of a thin-pool: allocate on write, O(1) snapshots, provision",
+  .params = thin_params,
+  .thread_model = TS_THREAD_PARALLEL,
+  .open = thin_open,
+  .close = thin_close,
+  .limits = thin_limits,
+  .submit = thin_submit,
+  .block_status = thin_block_status,
+  .status = thin_status,
+  .dm_table = thin_dm_table,
+};
