@@ -274,35 +274,39 @@ static int file_submit(ts_layer *l, const ts_io *io)
   return r;
 }
 
+/* Extents from FIEMAP: allocated extents are data, unwritten ones are
+ * allocated zeroes (provisioned), gaps are holes. */
+static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out,
+                         bool exact);
+
 /* An unwritten (preallocated) extent reads as zeroes only where no newer
  * data sits in the page cache: file systems such as ext4 keep the extent
- * unwritten until writeback, so FIEMAP alone would call freshly written data
- * zeroes. SEEK_DATA does look at the page cache (and may call clean cached
- * zero pages data, which is merely conservative). */
+ * unwritten until writeback, so FIEMAP alone would call freshly written
+ * data zeroes. When SEEK_DATA sees cached pages in the extent (dirty, or
+ * merely read), write the range back and map it again: the extent states
+ * are then exact. Without cached pages this costs one lseek. */
 static int add_unwritten(struct file_layer *f, uint64_t s, uint64_t e, ts_extent_list *out)
 {
-  uint64_t pos = s;
-  while (pos < e) {
-    off_t d = lseek(f->fd, (off_t)pos, SEEK_DATA);
-    if (d < 0 && errno != ENXIO)
-      return ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0; /* unknown: data */
-    if (d < 0 || (uint64_t)d >= e)
-      return ts_extent_list_add(out, pos, e - pos, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-    uint64_t ds = (uint64_t)d > pos ? (uint64_t)d : pos;
-    if (ds > pos && ts_extent_list_add(out, pos, ds - pos, TS_EXTENT_ZERO))
-      return -ENOMEM;
-    off_t h = lseek(f->fd, (off_t)ds, SEEK_HOLE);
-    uint64_t he = h < 0 || (uint64_t)h > e || (uint64_t)h <= ds ? e : (uint64_t)h;
-    if (ts_extent_list_add(out, ds, he - ds, 0))
-      return -ENOMEM;
-    pos = he;
+  off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
+  if ((d < 0 && errno == ENXIO) || (d >= 0 && (uint64_t)d >= e))
+    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+  if (d < 0 || sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
+                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                   SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+  for (uint64_t pos = s; pos < e;) {
+    size_t before = out->n;
+    int r = status_fiemap(f, pos, e - pos, out, true);
+    if (r || out->n == before)
+      return r ? r : (ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0);
+    pos = out->v[out->n - 1].offset + out->v[out->n - 1].length;
   }
   return 0;
 }
 
-/* Extents from FIEMAP: allocated extents are data, unwritten ones are
- * allocated zeroes (provisioned), gaps are holes. */
-static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out)
+/* `exact`: the range was just written back, so unwritten extents are zeroes. */
+static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out,
+                         bool exact)
 {
   enum { N = 64 };
   struct {
@@ -330,8 +334,13 @@ static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_ex
     if (pos >= end)
       break;
     uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
-    int r = (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? add_unwritten(f, s, e2, out)
-                                                    : ts_extent_list_add(out, s, e2 - s, 0);
+    int r;
+    if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+      r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
+    else if (exact)
+      r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+    else
+      r = add_unwritten(f, s, e2, out);
     if (r)
       return r;
     pos = e2;
@@ -370,7 +379,7 @@ static int file_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_
   struct file_layer *f = ts_layer_priv(l);
   if (f->fiemap) {
     size_t before = out->n;
-    int r = status_fiemap(f, off, len, out);
+    int r = status_fiemap(f, off, len, out, false);
     if (r == 0 && out->n > before)
       return 0;
     if (r == -ENOMEM)
