@@ -255,6 +255,13 @@ void tp_fire_events(struct tp_pool *p)
 
 int tp_wait_space(struct tp_pool *p, uint64_t gen, struct timespec *deadline)
 {
+  /* Blocks freed in this transaction become free at the commit: commit
+   * and retry before calling it out of space, as the kernel does. */
+  pthread_rwlock_rdlock(&p->lock);
+  bool freed = p->freed;
+  pthread_rwlock_unlock(&p->lock);
+  if (freed && !atomic_load(&p->failed) && tp_commit(p) == 0)
+    return 0;
   tp_fire_events(p);
   if (!p->queue)
     return -ENOSPC;
