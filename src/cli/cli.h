@@ -47,5 +47,7 @@ int ts_cli_map(int argc, char **argv);
 int ts_cli_demo(int argc, char **argv);
 int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
+int ts_cli_pool(int argc, char **argv); /* pool create|status|extend */
+int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|list */
 
 #endif

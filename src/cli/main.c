@@ -25,6 +25,8 @@ static const struct ts_cli_command commands[] = {
   { "flush", ts_cli_flush, "CONFIG DEV", "make completed writes durable" },
   { "bench", ts_cli_bench, "NAME [ARGS]", "run a benchmark (thinstack bench --help lists them)" },
   { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
+  { "pool", ts_cli_pool, "create|status|extend CONFIG POOL ...", "format a thin pool, show its state, grow its data space" },
+  { "thin", ts_cli_thin, "create|snap|delete|list CONFIG POOL ...", "create, snapshot, delete and list thin volumes" },
 };
 
 static const struct ts_cli_command *find(const char *name)

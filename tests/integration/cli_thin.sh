@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The pool and thin commands on a pool over sparse files: format, create,
+# snapshot, list, status (text and JSON), extend (the data file and the
+# configuration grow), delete; every error is one line with a non-zero exit;
+# Debian's thin_check agrees with the result.
+source "$TS_SOURCE_DIR/tests/common/requires.sh"
+requires thin_check python3
+cd "$TMP"
+cat > stack.json <<'JSON'
+{ "version": 1,
+  "layers": {
+    "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
+    "data": { "type": "file", "path": "pool.data", "size": "256M", "create": true },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "128K" },
+    "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": "1G" } },
+  "exports": ["vm0"] }
+JSON
+one_line_error() { # status file
+  [ "$1" -ne 0 ] || fail "expected a failure"
+  [ "$(wc -l < "$2")" -eq 1 ] || fail "expected one line of error, got: $(cat "$2")"
+  grep -q '^thinstack: ' "$2" || fail "error line: $(cat "$2")"
+}
+
+set +e
+"$THINSTACK" pool status stack.json pool 2> err.txt; one_line_error $? err.txt
+grep -q 'holds no pool' err.txt || fail "blank metadata: $(cat err.txt)"
+set -e
+"$THINSTACK" pool create stack.json pool | grep -q 'pool pool created: 2048 data blocks of 128K'
+set +e
+"$THINSTACK" pool create stack.json pool 2> err.txt; one_line_error $? err.txt
+grep -q 'already exists' err.txt || fail "second create: $(cat err.txt)"
+set -e
+"$THINSTACK" thin create stack.json pool 0 | grep -q 'volume 0 created'
+"$THINSTACK" provision stack.json vm0 0 64M > /dev/null
+"$THINSTACK" thin snap stack.json pool 7 0 | grep -q 'volume 7 created .* snapshot of volume 0'
+set +e
+"$THINSTACK" thin create stack.json pool 0 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin snap stack.json pool 8 99 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin delete stack.json pool 99 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin create stack.json pool 16777216 2> err.txt; [ $? -eq 2 ] || fail "bad id"
+"$THINSTACK" thin create stack.json nosuch 1 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin create stack.json data 1 2> err.txt; one_line_error $? err.txt
+grep -q 'not a thin-pool' err.txt || fail "$(cat err.txt)"
+"$THINSTACK" pool extend stack.json pool 100M 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin frob stack.json pool 2> err.txt; [ $? -eq 2 ] || fail "unknown subcommand"
+set -e
+
+"$THINSTACK" thin list stack.json pool > list.txt
+grep -Eq '^ +0 +512 ' list.txt || fail "list: $(cat list.txt)"
+grep -Eq '^ +7 +512 ' list.txt || fail "list: $(cat list.txt)"
+"$THINSTACK" thin list stack.json pool --json | python3 -c '
+import json,sys
+v = json.load(sys.stdin)
+assert [x["id"] for x in v] == [0, 7], v
+assert all(x["mapped_bytes"] == 64 << 20 for x in v), v
+'
+"$THINSTACK" pool status stack.json pool | grep -q '512 of 2048 blocks used'
+"$THINSTACK" pool extend stack.json pool 512M | grep -q 'data space is now 512M'
+[ "$(stat -c %s pool.data)" -eq $((512 << 20)) ] || fail "data file not grown"
+grep -q '"size": "512M"' stack.json || fail "configuration not updated"
+"$THINSTACK" pool status stack.json pool --json | python3 -c '
+import json,sys
+s = json.load(sys.stdin)
+assert s["block_size"] == 128 << 10 and s["data"]["blocks"] == 4096, s
+assert s["data"]["used"] == 512 and s["mode"] == "rw", s
+assert sorted(v["id"] for v in s["volumes"]) == [0, 7], s
+'
+"$THINSTACK" thin delete stack.json pool 0 | grep -q 'volume 0 deleted'
+"$THINSTACK" pool status stack.json pool --json | python3 -c '
+import json,sys
+s = json.load(sys.stdin)
+assert s["data"]["used"] == 512, s   # the snapshot still holds them
+'
+thin_check pool.meta > /dev/null 2> check.err || fail "thin_check: $(cat check.err)"
+echo "cli_thin: ok"
