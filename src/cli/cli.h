@@ -49,5 +49,6 @@ int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
 int ts_cli_pool(int argc, char **argv); /* pool create|status|extend */
 int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|list */
+int ts_cli_bench_provision(int argc, char **argv); /* bench provision */
 
 #endif

@@ -6,6 +6,8 @@
 
 static const struct ts_cli_command benches[] = {
   /* { "NAME", ts_cli_bench_NAME, "ARGS", "summary" }, one line per benchmark */
+  { "provision", ts_cli_bench_provision, "[--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N] [--json]",
+    "thin PROVISION and WRITE_ZEROES vs writing zeroes vs fallocate; snapshot cost" },
   { NULL, NULL, NULL, NULL },
 };
 
