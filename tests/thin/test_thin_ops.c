@@ -71,6 +71,7 @@ START_TEST(limits)
   ck_assert_int_eq(ts_flush(node(s, "pool")), 0);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -118,6 +119,7 @@ START_TEST(unmapped_and_mapped)
   read_zero(v, 9 * K64 + 512, K64 - 512);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -166,6 +168,7 @@ START_TEST(unaligned_spans)
   free(buf);
   free(got);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -206,6 +209,7 @@ START_TEST(provision_basics)
   close_and_check(s, dir);
   free(data);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -270,6 +274,7 @@ START_TEST(discard_and_zeroes)
   close_and_check(s, dir);
   free(buf);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -344,6 +349,7 @@ START_TEST(snapshots_and_sharing)
   free(a);
   free(b);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -394,6 +400,7 @@ START_TEST(provision_after_snapshot)
   ck_assert_uint_eq(extent_flags_at(node(s, "s1"), 0, 2 * K64), TS_EXTENT_ZERO);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -433,6 +440,7 @@ START_TEST(out_of_space_error)
   ck_assert_int_eq(ts_pwrite(v, buf, 512, 30 * K64, 0), 0);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -497,6 +505,7 @@ START_TEST(out_of_space_queue)
   ck_assert_int_eq(ts_provision(v, 40 * K64, K64), -ENOSPC);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -554,6 +563,7 @@ static void stale_promise(bool passdown, bool by_delete)
   free(secret);
   free(got);
   ts_test_rmdir(dir);
+  free(dir);
 }
 
 START_TEST(stale_data_delete_passdown) { stale_promise(true, true); }
@@ -671,6 +681,7 @@ START_TEST(management)
   close_and_check(s, dir);
   free(meta);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -722,6 +733,7 @@ START_TEST(low_water_mark)
   ck_assert_int_eq(ev.oos, 1);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -756,6 +768,7 @@ START_TEST(fua_is_durable)
   free(copy);
   free(copy2);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -773,6 +786,7 @@ START_TEST(periodic_commit)
   ck_assert_uint_gt(pool_status(pool).commits, c0);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -811,6 +825,7 @@ START_TEST(read_only_pool)
   free(meta);
   free(copy);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 

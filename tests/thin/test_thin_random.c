@@ -199,6 +199,7 @@ START_TEST(randomized_with_snapshots)
     free(vols);
   }
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -352,6 +353,7 @@ START_TEST(concurrent_writers)
   free(snap);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
@@ -403,6 +405,7 @@ START_TEST(provision_sparse_gib)
   close_and_check(s, dir);
   free(dataf);
   ts_test_rmdir(dir);
+  free(dir);
 }
 END_TEST
 
