@@ -1,0 +1,3 @@
+# The randomized suite has the concurrent-writer tests: run it in the TSan
+# build too (CI runs the "threads" label there).
+set_tests_properties(thin/test_thin_random PROPERTIES LABELS "thin;threads")
