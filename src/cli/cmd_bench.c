@@ -6,6 +6,7 @@
 
 static const struct ts_cli_command benches[] = {
   /* { "NAME", ts_cli_bench_NAME, "ARGS", "summary" }, one line per benchmark */
+  { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]", "origin writes with and without a snapshot (copy-out cost)" },
   { NULL, NULL, NULL, NULL },
 };
 

@@ -396,6 +396,19 @@ int ts__snap_store_alloc(struct ts__snap_store *st, uint64_t *new_chunk)
   return 0;
 }
 
+/* Write the blocks of the current area that hold records [from, to): the
+ * kernel rewrites the whole area chunk, but the blocks before `from` hold
+ * the same bytes on disk already, so the result is identical and a large
+ * chunk does not cost a large write per commit. */
+static int write_area_records(struct ts__snap_store *st, uint32_t from, uint32_t to)
+{
+  uint32_t lbs = ts_dev_limits(st->cow)->logical_block_size;
+  uint64_t start = (uint64_t)from * 16 / lbs * lbs;
+  uint64_t end = ((uint64_t)to * 16 + lbs - 1) / lbs * lbs;
+  return ts_pwrite(st->cow, st->area_buf + start, end - start,
+                   area_location(st, st->area) * st->chunk + start, TS_IO_FUA);
+}
+
 int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *v, size_t n)
 {
   if (!st->persistent || n == 0)
@@ -406,14 +419,14 @@ int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *
   int r = ts_flush(st->cow);
   size_t i = 0;
   while (!r && i < n) {
+    uint32_t from = st->committed;
     for (; i < n && st->committed < st->per_area; i++) {
       unsigned char *rec = st->area_buf + (size_t)st->committed++ * 16;
       put_le64(rec, v[i].old);
       put_le64(rec + 8, v[i].new_chunk);
     }
-    uint64_t loc = area_location(st, st->area);
     if (st->committed < st->per_area) {
-      r = write_chunk(st, st->area_buf, loc, TS_IO_FUA);
+      r = write_area_records(st, from, st->committed);
       break;
     }
     /* Full: zero the next area first, so its first record ends the list
@@ -422,7 +435,7 @@ int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *
     if (!r)
       r = ts_flush(st->cow);
     if (!r)
-      r = write_chunk(st, st->area_buf, loc, TS_IO_FUA);
+      r = write_area_records(st, from, st->committed);
     if (!r) {
       st->area++;
       st->committed = 0;
