@@ -538,6 +538,14 @@ START_TEST(bad_stores)
       "\"cow1\":{\"type\":\"file\",\"path\":\"cow1.img\"},"
       "\"snap1\":{\"type\":\"snapshot\",\"origin\":\"base\",\"cow\":\"cow1\"}}}");
   expect_open_error(dir, noorigin, -EINVAL, "snapshot-origin");
+  /* A read-only COW under a writable origin. */
+  char *rocow = ts_test_fmt(
+      "{\"version\":1,\"layers\":{\"base\":{\"type\":\"file\",\"path\":\"base.img\"},"
+      "\"cow1\":{\"type\":\"file\",\"path\":\"cow1.img\",\"read_only\":true},"
+      "\"origin\":{\"type\":\"snapshot-origin\",\"child\":\"base\"},"
+      "\"snap1\":{\"type\":\"snapshot\",\"origin\":\"origin\",\"cow\":\"cow1\"}}}");
+  expect_open_error(dir, rocow, -EROFS, "read-only");
+  free(rocow);
   free(noorigin);
   free(bad);
   free(json16);
@@ -692,6 +700,44 @@ START_TEST(dm_table_and_status)
 }
 END_TEST
 
+/* An origin whose size is not a multiple of the chunk size: the last chunk
+ * is partial, on both sides. */
+START_TEST(partial_last_chunk)
+{
+  char *dir = ts_test_mkdtemp();
+  uint64_t size = SIZE + 1536;
+  prefill(dir, "base.img", size, 1);
+  unsigned char *snap = malloc(size), *orig = malloc(size);
+  ts_test_pattern(snap, size, 1);
+  memcpy(orig, snap, size);
+  char *json = ts_test_fmt(
+      "{\"version\":1,\"layers\":{\"base\":{\"type\":\"file\",\"path\":\"base.img\"},"
+      "\"cow1\":{\"type\":\"file\",\"path\":\"cow1.img\",\"size\":\"2M\",\"create\":true},"
+      "\"origin\":{\"type\":\"snapshot-origin\",\"child\":\"base\"},"
+      "\"snap1\":{\"type\":\"snapshot\",\"origin\":\"origin\",\"cow\":\"cow1\","
+      "\"chunk_size\":\"4K\",\"create\":true}}}");
+  ts_stack *s = snap_open(dir, json, NULL, NULL);
+  ck_assert_uint_eq(ts_dev_size(node(s, "snap1")), size);
+  write_pattern(node(s, "origin"), size - 1024, 512, 110, orig);
+  write_pattern(node(s, "snap1"), size - 512, 512, 111, snap);
+  write_pattern(node(s, "snap1"), size - 1536 - CH, CH, 112, snap);
+  ck_assert_int_eq(ts_provision(node(s, "snap1"), 0, size), 0);
+  assert_contents(s, "origin", orig);
+  assert_contents(s, "snap1", snap);
+  ck_assert_int_eq(ts_stack_close(s, NULL), 0);
+  s = snap_open(dir, json, NULL, NULL);
+  assert_contents(s, "origin", orig);
+  assert_contents(s, "snap1", snap);
+  ck_assert_int_eq(status_int(s, "snap1", "exceptions"), (long long)(SIZE / CH + 1));
+  ck_assert_int_eq(ts_stack_close(s, NULL), 0);
+  free(json);
+  free(snap);
+  free(orig);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("snapshot");
@@ -709,6 +755,7 @@ int main(void)
   tcase_add_test(tc, concurrent_copy_out);
   tcase_add_test(tc, transient_store);
   tcase_add_test(tc, dm_table_and_status);
+  tcase_add_test(tc, partial_last_chunk);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
 }

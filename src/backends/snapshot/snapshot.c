@@ -479,6 +479,13 @@ static int snapshot_open(ts_layer *l, const json_t *params, ts_error *err)
                           "writes to the origin copy chunks out first",
                           oname, ts_dev_type(on), oname);
   struct origin *o = ts_layer_priv(on);
+  /* Origin writes must be able to record their copies, or the snapshot
+   * would silently change under them. */
+  if (ts_dev_limits(cow)->read_only && !ts_dev_limits(on)->read_only)
+    return ts_layer_error(l, err, -EROFS, "cow",
+                          "\"%s\" is read-only but the origin \"%s\" is writable: origin writes "
+                          "could not copy their chunks out",
+                          ts_dev_name(cow), oname);
   bool has_chunk = json_object_get(params, "chunk_size") != NULL;
   uint64_t chunk = ts_param_size(params, "chunk_size", 0);
   uint32_t lbs = ts_dev_limits(o->child)->logical_block_size;
