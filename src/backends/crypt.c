@@ -44,7 +44,8 @@
 #define CRYPT_MAX_KEY 64u
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* smallest slice one thread takes */
-#define CRYPT_WINDOW (4u << 20)           /* WRITE bounce buffer: encrypted, then written */
+#define CRYPT_WINDOW (1u << 20)           /* bytes moved to/from the child per step, so the
+                                             data is still in cache when transformed */
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
@@ -742,25 +743,46 @@ static int write_encrypted(struct crypt_layer *c, const ts_io *io, enum crypt_mo
   return r;
 }
 
+/* Read ciphertext into the caller's buffer and decrypt it there, a window at
+ * a time. */
+static int read_decrypted(struct crypt_layer *c, const ts_io *io)
+{
+  struct iovec inl[16], *slice = inl;
+  int cap = 16;
+  if (io->iovcnt > cap) {
+    cap = io->iovcnt;
+    slice = malloc((size_t)cap * sizeof *slice);
+    if (!slice)
+      return -ENOMEM;
+  }
+  struct crypt_ctx *x = ctx_get(c);
+  int r = x ? 0 : -ENOMEM;
+  for (uint64_t done = 0; !r && done < io->length;) {
+    uint64_t n = io->length - done < CRYPT_WINDOW ? io->length - done : CRYPT_WINDOW;
+    int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)done, (size_t)n, slice, cap);
+    ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + done, .length = n,
+                  .iov = slice, .iovcnt = cnt };
+    r = cnt > 0 ? ts_submit(c->child, &sub) : -EIO;
+    if (!r) {
+      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset + done, .iov = slice,
+                             .iovcnt = cnt };
+      r = run_job(c, x, &j, n);
+    }
+    done += n;
+  }
+  if (x)
+    ctx_put(c, x);
+  if (slice != inl)
+    free(slice);
+  return r;
+}
+
 static int crypt_submit(ts_layer *l, const ts_io *io)
 {
   struct crypt_layer *c = ts_layer_priv(l);
   switch (io->op) {
-  case TS_OP_READ: {
-    ts_io sub = *io;
-    sub.offset += c->offset;
-    int r = ts_submit(c->child, &sub);
-    if (r)
-      return r;
-    struct crypt_ctx *x = ctx_get(c);
-    if (!x)
-      return -ENOMEM;
-    struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset, .iov = io->iov,
-                           .iovcnt = io->iovcnt };
-    r = run_job(c, x, &j, io->length);
-    ctx_put(c, x);
-    return r;
-  }
+  case TS_OP_READ:
+    return read_decrypted(c, io);
   case TS_OP_WRITE:
     return write_encrypted(c, io, MODE_ENCRYPT, io->flags & TS_IO_FUA);
   case TS_OP_WRITE_ZEROES:
