@@ -380,10 +380,12 @@ START_TEST(discard_needs_allow_discards)
   close_ok(s);
 
   char *extra = ts_test_fmt("%s, \"allow_discards\": true", KEY512);
-  s = ts_test_open(dir, ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                                    " \"d\": { \"type\": \"file\", \"path\": \"disk.img\" },"
-                                    " \"c\": { \"type\": \"crypt\", \"child\": \"d\", %s } },"
-                                    " \"exports\": [\"c\"] }", extra));
+  char *json = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                           " \"d\": { \"type\": \"file\", \"path\": \"disk.img\" },"
+                           " \"c\": { \"type\": \"crypt\", \"child\": \"d\", %s } },"
+                           " \"exports\": [\"c\"] }", extra);
+  s = ts_test_open(dir, json);
+  free(json);
   free(extra);
   c = ts_stack_dev(s, "c");
   ck_assert_uint_gt(ts_dev_limits(c)->max_discard_bytes, 0);
@@ -508,12 +510,14 @@ START_TEST(limits_and_flush)
   close_ok(s);
 
   /* A child with a larger block size wins. */
-  s = ts_test_open(NULL, ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                                     " \"d\": { \"type\": \"memory\", \"size\": \"1M\" },"
-                                     " \"f\": { \"type\": \"fault\", \"child\": \"d\","
-                                     "          \"limits\": { \"logical_block_size\": 4096 } },"
-                                     " \"c\": { \"type\": \"crypt\", \"child\": \"f\", %s } },"
-                                     " \"exports\": [\"c\"] }", KEY512));
+  char *json = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                           " \"d\": { \"type\": \"memory\", \"size\": \"1M\" },"
+                           " \"f\": { \"type\": \"fault\", \"child\": \"d\","
+                           "          \"limits\": { \"logical_block_size\": 4096 } },"
+                           " \"c\": { \"type\": \"crypt\", \"child\": \"f\", %s } },"
+                           " \"exports\": [\"c\"] }", KEY512);
+  s = ts_test_open(NULL, json);
+  free(json);
   ck_assert_uint_eq(ts_dev_limits(ts_stack_dev(s, "c"))->logical_block_size, 4096);
   close_ok(s);
 }
