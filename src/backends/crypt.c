@@ -590,12 +590,14 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
                           "%llu must be a multiple of %llu (the block size of \"%s\") below its "
                           "size %llu", (unsigned long long)offset, (unsigned long long)align,
                           ts_dev_name(child), (unsigned long long)cl->size);
-  uint64_t size = ts_param_size(params, "size", (cl->size - offset) / ss * ss);
-  if (size == 0 || size % ss || size > cl->size - offset)
+  /* Whole blocks of this device: sector_size or the child's block, the larger. */
+  uint64_t unit = ss > cl->logical_block_size ? ss : cl->logical_block_size;
+  uint64_t size = ts_param_size(params, "size", (cl->size - offset) / unit * unit);
+  if (size == 0 || size % unit || size > cl->size - offset)
     return ts_layer_error(l, err, -EINVAL, "size",
-                          "%llu must be a non-zero multiple of sector_size %llu that fits in "
+                          "%llu must be a non-zero multiple of %llu (the block size) that fits in "
                           "\"%s\" after offset %llu (%llu bytes left)", (unsigned long long)size,
-                          (unsigned long long)ss, ts_dev_name(child), (unsigned long long)offset,
+                          (unsigned long long)unit, ts_dev_name(child), (unsigned long long)offset,
                           (unsigned long long)(cl->size - offset));
   uint64_t threads = ts_param_uint(params, "threads", 0);
   if (threads > CRYPT_MAX_THREADS)

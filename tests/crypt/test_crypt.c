@@ -538,6 +538,33 @@ START_TEST(read_only)
 }
 END_TEST
 
+/* Child errors come back unchanged, for inline and shared requests alike. */
+START_TEST(child_errors_pass_up)
+{
+  char *json = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                           " \"d\": { \"type\": \"memory\", \"size\": \"4M\" },"
+                           " \"f\": { \"type\": \"fault\", \"child\": \"d\", \"rules\": ["
+                           "   { \"op\": \"write\", \"errno\": \"ENOSPC\", \"offset\": \"2M\" },"
+                           "   { \"op\": \"read\", \"errno\": \"EIO\", \"offset\": \"3M\" } ] },"
+                           " \"c\": { \"type\": \"crypt\", \"child\": \"f\", \"threads\": 2, %s } },"
+                           " \"exports\": [\"c\"] }", KEY512);
+  ts_stack *s = ts_test_open(NULL, json);
+  free(json);
+  ts_dev *c = ts_stack_dev(s, "c");
+  const size_t n = 1 << 20;
+  unsigned char *buf = calloc(1, n);
+  ck_assert_int_eq(ts_pwrite(c, buf, 4096, 0, 0), 0);
+  ck_assert_int_eq(ts_pwrite(c, buf, 4096, 2 << 20, 0), -ENOSPC);
+  ck_assert_int_eq(ts_pwrite(c, buf, n, (2 << 20) - 4096, 0), -ENOSPC);
+  ck_assert_int_eq(ts_write_zeroes(c, 2 << 20, n, 0), -ENOSPC);
+  ck_assert_int_eq(ts_pread(c, buf, 4096, 3 << 20), -EIO);
+  ck_assert_int_eq(ts_pread(c, buf, n, (3 << 20) - n / 2), -EIO);
+  ck_assert_int_eq(ts_pread(c, buf, n, 0), 0);
+  free(buf);
+  close_ok(s);
+}
+END_TEST
+
 /* Neither status nor the dm table ever shows the key. */
 START_TEST(key_never_shown)
 {
@@ -735,6 +762,7 @@ int main(void)
   tcase_add_test(ops, block_status_never_zero);
   tcase_add_test(ops, limits_and_flush);
   tcase_add_test(ops, read_only);
+  tcase_add_test(ops, child_errors_pass_up);
   tcase_add_test(ops, key_never_shown);
   suite_add_tcase(s, ops);
   TCase *cfg = tcase_create("config");
