@@ -5,12 +5,12 @@
  * layer wrote is read back from the child node directly (the ciphertext) and
  * compared with the IEEE 1619 vectors; the cross-check against an XTS
  * implementation we did not write (Python's cryptography) lives in
- * tests/crypt/xts_oracle.py, run by tests/integration/crypt_python.sh.
+ * tests/crypt/xts_oracle.py, run by tests/integration/crypt_python.sh; the
+ * worker pool and concurrent requests are in tests/threads/test_crypt_pool.c.
  */
 #include "testutil.h"
 
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -295,38 +295,6 @@ START_TEST(iovec_and_caller_buffer)
   free(copy);
   free(flat);
   free(got);
-}
-END_TEST
-
-/* A large request takes the worker pool and gives exactly the ciphertext the
- * inline path gives. */
-START_TEST(parallel_matches_inline)
-{
-  const size_t n = (4u << 20) + 8192; /* more than one bounce window */
-  unsigned char *buf = malloc(n), *a = malloc(n), *b = malloc(n);
-  ts_test_pattern(buf, n, 3);
-  for (int threads = 1; threads <= 3; threads += 2) {
-    char *extra = ts_test_fmt("%s, \"threads\": %d", KEY512, threads);
-    ts_dev *c, *d;
-    ts_stack *s = open_mem("8M", extra, &c, &d);
-    free(extra);
-    ck_assert_int_eq(ts_pwrite(c, buf, n, 512, 0), 0);
-    ck_assert_int_eq(ts_pread(d, threads == 1 ? a : b, n, 512), 0);
-    unsigned char *back = malloc(n);
-    ck_assert_int_eq(ts_pread(c, back, n, 512), 0);
-    ck_assert(memcmp(back, buf, n) == 0);
-    free(back);
-    char *st = ts_dev_status_json(c);
-    ck_assert_ptr_nonnull(st);
-    bool parallel = strstr(st, "\"parallel_requests\": 0") == NULL;
-    ck_assert_msg(parallel == (threads > 1), "threads %d: %s", threads, st);
-    free(st);
-    close_ok(s);
-  }
-  ck_assert(memcmp(a, b, n) == 0);
-  free(buf);
-  free(a);
-  free(b);
 }
 END_TEST
 
@@ -690,61 +658,6 @@ START_TEST(bad_configs)
 }
 END_TEST
 
-/* ------------------------------------------------------------------------ */
-/* Concurrency: threads writing and verifying their own ranges, small         */
-/* requests inline and large ones through the worker pool.                    */
-
-struct worker_arg {
-  ts_dev *dev;
-  unsigned id;
-  uint64_t base, span;
-  int failures;
-};
-
-static void *hammer(void *p)
-{
-  struct worker_arg *a = p;
-  const size_t max = 512 * 1024;
-  unsigned char *w = malloc(max), *r = malloc(max);
-  uint64_t x = a->id * 7919 + 1;
-  for (int round = 0; round < 24; round++) {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    size_t len = (round % 3 == 0) ? max : (size_t)(((x >> 33) % 16) + 1) * 4096;
-    uint64_t off = a->base + ((x >> 17) % ((a->span - len) / 4096 + 1)) * 4096;
-    ts_test_pattern(w, len, x);
-    if (ts_pwrite(a->dev, w, len, off, 0) != 0 || ts_pread(a->dev, r, len, off) != 0 ||
-        memcmp(w, r, len) != 0)
-      a->failures++;
-  }
-  free(w);
-  free(r);
-  return NULL;
-}
-
-START_TEST(concurrent_threads)
-{
-  char *dir = ts_test_mkdtemp();
-  char *extra = ts_test_fmt("%s, \"threads\": 3, \"sector_size\": 4096", KEY512);
-  ts_dev *c, *d;
-  ts_stack *s = open_file(dir, "16M", extra, &c, &d);
-  free(extra);
-  enum { N = 4 };
-  pthread_t t[N];
-  struct worker_arg a[N];
-  for (unsigned i = 0; i < N; i++) {
-    a[i] = (struct worker_arg){ c, i, (uint64_t)i * (4 << 20), 4 << 20, 0 };
-    ck_assert_int_eq(pthread_create(&t[i], NULL, hammer, &a[i]), 0);
-  }
-  for (unsigned i = 0; i < N; i++) {
-    pthread_join(t[i], NULL);
-    ck_assert_msg(a[i].failures == 0, "thread %u saw %d bad round trips", i, a[i].failures);
-  }
-  close_ok(s);
-  ts_test_rmdir(dir);
-  free(dir);
-}
-END_TEST
-
 int main(void)
 {
   Suite *s = suite_create("crypt");
@@ -753,7 +666,6 @@ int main(void)
   tcase_add_test(kat, plain64_iv_numbering);
   tcase_add_test(kat, key_file_equals_hex);
   tcase_add_test(kat, iovec_and_caller_buffer);
-  tcase_add_test(kat, parallel_matches_inline);
   suite_add_tcase(s, kat);
   TCase *ops = tcase_create("ops");
   tcase_add_test(ops, provision_passes_down);
@@ -768,8 +680,5 @@ int main(void)
   TCase *cfg = tcase_create("config");
   tcase_add_test(cfg, bad_configs);
   suite_add_tcase(s, cfg);
-  TCase *thr = tcase_create("threads");
-  tcase_add_test(thr, concurrent_threads);
-  suite_add_tcase(s, thr);
   return ts_test_main(s);
 }
