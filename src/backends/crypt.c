@@ -44,8 +44,9 @@
 #define CRYPT_MAX_KEY 64u
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* smallest slice one thread takes */
-#define CRYPT_WINDOW (1u << 20)           /* bytes moved to/from the child per step, so the
-                                             data is still in cache when transformed */
+#define CRYPT_WINDOW_MIN (256u * 1024)    /* bytes moved to/from the child per step: */
+#define CRYPT_WINDOW_PER_THREAD (128u * 1024) /* small enough to be transformed while still
+                                                 in cache, large enough for every thread */
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
@@ -93,6 +94,7 @@ struct crypt_layer {
   unsigned iv_shift;           /* log2(sector_size / 512) with iv_large_sectors, else 0 */
   bool iv_large, allow_discards, read_only;
   unsigned threads;            /* threads that share a large request, the caller included */
+  uint64_t window;             /* bytes per child request of a READ or WRITE */
 
   _Atomic(struct crypt_ctx *) slot[CRYPT_CTX_SLOTS];
 
@@ -623,6 +625,9 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
   c->allow_discards = ts_param_bool(params, "allow_discards", false);
   c->read_only = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
   c->threads = (unsigned)threads;
+  c->window = threads * CRYPT_WINDOW_PER_THREAD;
+  if (c->window < CRYPT_WINDOW_MIN)
+    c->window = CRYPT_WINDOW_MIN;
   pthread_mutex_init(&c->qlock, NULL);
   pthread_cond_init(&c->qcond, NULL);
   ts_layer_set_priv(l, c);
@@ -727,7 +732,7 @@ static int write_encrypted(struct crypt_layer *c, const ts_io *io, enum crypt_mo
   struct crypt_ctx *x = ctx_get(c);
   if (!x)
     return -ENOMEM;
-  uint64_t window = io->length < CRYPT_WINDOW ? io->length : CRYPT_WINDOW;
+  uint64_t window = io->length < c->window ? io->length : c->window;
   int r = ctx_bounce(x, (size_t)window);
   for (uint64_t done = 0; !r && done < io->length; done += window) {
     uint64_t n = io->length - done < window ? io->length - done : window;
@@ -760,7 +765,7 @@ static int read_decrypted(struct crypt_layer *c, const ts_io *io)
   struct crypt_ctx *x = ctx_get(c);
   int r = x ? 0 : -ENOMEM;
   for (uint64_t done = 0; !r && done < io->length;) {
-    uint64_t n = io->length - done < CRYPT_WINDOW ? io->length - done : CRYPT_WINDOW;
+    uint64_t n = io->length - done < c->window ? io->length - done : c->window;
     int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)done, (size_t)n, slice, cap);
     ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + done, .length = n,
                   .iov = slice, .iovcnt = cnt };
