@@ -754,6 +754,21 @@ static int write_encrypted(struct crypt_layer *c, const ts_io *io, enum crypt_mo
  * a time. */
 static int read_decrypted(struct crypt_layer *c, const ts_io *io)
 {
+  if (io->length <= c->window) {
+    ts_io sub = *io;
+    sub.offset += c->offset;
+    int r = ts_submit(c->child, &sub);
+    struct crypt_ctx *x = r ? NULL : ctx_get(c);
+    if (!r && !x)
+      r = -ENOMEM;
+    if (!r) {
+      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset, .iov = io->iov,
+                             .iovcnt = io->iovcnt };
+      r = run_job(c, x, &j, io->length);
+      ctx_put(c, x);
+    }
+    return r;
+  }
   struct iovec inl[16], *slice = inl;
   int cap = 16;
   if (io->iovcnt > cap) {
