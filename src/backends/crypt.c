@@ -110,7 +110,9 @@ struct crypt_layer {
 
 static const ts_param crypt_params[] = {
   { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the ciphertext" },
-  { "cipher", TS_PARAM_STRING, 0, NULL, NULL, "cipher spec; only aes-xts-plain64 (the default)" },
+  /* An enum, so `thinstack validate` already names what is supported. */
+  { "cipher", TS_PARAM_ENUM, 0, "aes-xts-plain64|capi:xts(aes)-plain64", NULL,
+    "cipher spec (default aes-xts-plain64)" },
   { "key_file", TS_PARAM_PATH, 0, NULL, NULL,
     "file holding the raw key: 32 bytes (AES-128-XTS) or 64 bytes (AES-256-XTS)" },
   { "key", TS_PARAM_STRING, 0, NULL, NULL, "the key as 64 or 128 hex digits (instead of key_file)" },

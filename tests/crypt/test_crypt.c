@@ -192,7 +192,8 @@ START_TEST(plain64_iv_numbering)
     uint64_t off;
     const char *first16;
   } cases[] = {
-    { "\"sector_size\": 512", 5 * 512, "41047df5c636cd4fcb4cae528f91daa1" },
+    { "\"sector_size\": 512, \"cipher\": \"capi:xts(aes)-plain64\"", 5 * 512,
+      "41047df5c636cd4fcb4cae528f91daa1" },
     { "\"sector_size\": 512, \"iv_offset\": 3", 5 * 512, "32557c9efcea00dfdf521bbc053d1a7b" },
     { "\"sector_size\": 4096", 4096, "32557c9efcea00dfdf521bbc053d1a7b" },
     { "\"sector_size\": 4096, \"iv_large_sectors\": true", 4096, "0c22ed7e2168a8500b30154c2ec00d26" },
@@ -611,7 +612,7 @@ START_TEST(bad_configs)
     { "\"key_file\": \"hex.key\"", "it looks like hex text" },
     { same, "layers.c.key: the two halves of the XTS key are equal" },
     { "\"cipher\": \"aes-cbc-essiv:sha256\", \"key\": \"00\"",
-      "layers.c.cipher: \"aes-cbc-essiv:sha256\" is not supported; supported: aes-xts-plain64" },
+      "layers.c.cipher: expected one of aes-xts-plain64|capi:xts(aes)-plain64, got \"aes-cbc-essiv:sha256\"" },
     { "\"sector_size\": 8192, \"key_file\": \"k33.key\"", "layers.c.sector_size: 8192 is not a valid sector size" },
     { "\"sector_size\": 1000, \"key_file\": \"k33.key\"", "layers.c.sector_size:" },
     { "\"sector_size\": 4096, \"iv_offset\": 3, \"key_file\": \"k33.key\"",
