@@ -48,5 +48,6 @@ int ts_cli_demo(int argc, char **argv);
 int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
+int ts_cli_bench_crypt(int argc, char **argv);
 
 #endif

@@ -7,6 +7,7 @@
 static const struct ts_cli_command benches[] = {
   /* { "NAME", ts_cli_bench_NAME, "ARGS", "summary" }, one line per benchmark */
   { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]", "origin writes with and without a snapshot (copy-out cost)" },
+  { "crypt", ts_cli_bench_crypt, "[--json] [--threads N] [--seconds S] [--sector-size N] [--span SIZE]", "crypt layer MB/s next to raw OpenSSL AES-XTS" },
   { NULL, NULL, NULL, NULL },
 };
 

@@ -1,5 +1,6 @@
 /* The built-in layer types: one X(ident) line each, defined in src/backends/
  * as `const ts_layer_type ts__<ident>_layer_type`. Keep alphabetical. */
+X(crypt)
 X(error)
 X(fault)
 X(file)
