@@ -1,0 +1,60 @@
+/* Metadata device I/O for the thin-pool metadata library.
+ *
+ * Everything in src/pdata/ reads and writes its 4 KiB metadata blocks through
+ * a struct pd_bdev, so the same code runs on a plain file (tests, CLI tools)
+ * and on any libthinstack device (the thin-pool layer).
+ */
+#ifndef PDATA_BDEV_H
+#define PDATA_BDEV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libthinstack/thinstack.h>
+
+#define PD_BLOCK_SIZE 4096u
+
+/* Callbacks of a metadata device. Blocks are 4 KiB; `block + count` never
+ * exceeds nr_blocks. Each returns 0 or a negative errno (short transfers are
+ * the callback's job to retry or turn into -EIO). `write` may be NULL for a
+ * read-only device; `flush` makes every completed write durable. Calls may
+ * come from several threads at once for reads, never for writes (the library
+ * writes only under its exclusive writer role). */
+struct pd_bdev_ops {
+  int (*read)(void *ctx, uint64_t block, uint32_t count, void *buf);
+  int (*write)(void *ctx, uint64_t block, uint32_t count, const void *buf);
+  int (*flush)(void *ctx);
+  /* Release ctx (close the fd, free the wrapper); may be NULL. */
+  void (*close)(void *ctx);
+};
+
+struct pd_bdev {
+  const struct pd_bdev_ops *ops;
+  void *ctx;
+  uint64_t nr_blocks; /* size in 4 KiB blocks */
+  bool read_only;     /* true: never write (ops->write may still be set) */
+};
+
+/* Wrap an open file descriptor (regular file or block device). The size is
+ * taken from fstat / BLKGETSIZE64 and rounded down to 4 KiB. With own_fd the
+ * fd is closed by pd_bdev_close(). Returns 0, or -errno with a message in
+ * err (may be NULL). */
+int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts_error *err);
+
+/* Open `path` (O_RDWR, or O_RDONLY when read_only) and wrap it as above. */
+int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err);
+
+/* Wrap a libthinstack device (for instance a stack's "file" node) through the
+ * public request API: ts_pread / ts_pwrite / ts_flush / ts_dev_size. The
+ * device must stay open while the bdev is used. */
+int pd_bdev_from_ts_dev(struct pd_bdev *out, ts_dev *dev, bool read_only, ts_error *err);
+
+/* Call ops->close and clear *bdev. Safe on a zeroed struct. */
+void pd_bdev_close(struct pd_bdev *bdev);
+
+/* Convenience wrappers that check ranges. */
+int pd_bdev_read(const struct pd_bdev *bdev, uint64_t block, uint32_t count, void *buf);
+int pd_bdev_write(const struct pd_bdev *bdev, uint64_t block, uint32_t count, const void *buf);
+int pd_bdev_flush(const struct pd_bdev *bdev);
+
+#endif
