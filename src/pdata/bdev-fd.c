@@ -1,0 +1,149 @@
+/* Metadata device over a file descriptor (regular file or block device). */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pdata/bdev.h"
+
+struct fd_ctx {
+  int fd;
+  bool own;
+};
+
+static void fill_err(ts_error *err, int code, const char *fmt, const char *a, int e)
+{
+  if (!err)
+    return;
+  err->code = code;
+  snprintf(err->msg, sizeof(err->msg), fmt, a, strerror(e));
+}
+
+static int fd_rw(int fd, bool wr, uint64_t block, uint32_t count, void *buf)
+{
+  size_t len = (size_t)count * PD_BLOCK_SIZE;
+  off_t off = (off_t)(block * PD_BLOCK_SIZE);
+  uint8_t *p = buf;
+  while (len) {
+    ssize_t n = wr ? pwrite(fd, p, len, off) : pread(fd, p, len, off);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0)
+      return -EIO; /* short file: treat as an I/O error */
+    p += n;
+    len -= (size_t)n;
+    off += n;
+  }
+  return 0;
+}
+
+static int fd_read(void *ctx, uint64_t block, uint32_t count, void *buf)
+{
+  return fd_rw(((struct fd_ctx *)ctx)->fd, false, block, count, buf);
+}
+
+static int fd_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
+{
+  return fd_rw(((struct fd_ctx *)ctx)->fd, true, block, count, (void *)buf);
+}
+
+static int fd_flush(void *ctx)
+{
+  return fdatasync(((struct fd_ctx *)ctx)->fd) ? -errno : 0;
+}
+
+static void fd_close(void *ctx)
+{
+  struct fd_ctx *c = ctx;
+  if (c->own)
+    close(c->fd);
+  free(c);
+}
+
+static const struct pd_bdev_ops fd_ops = {fd_read, fd_write, fd_flush, fd_close};
+
+int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts_error *err)
+{
+  struct stat st;
+  uint64_t size;
+  if (fstat(fd, &st)) {
+    fill_err(err, -errno, "%sfstat: %s", "", errno);
+    return -errno;
+  }
+  if (S_ISBLK(st.st_mode)) {
+    if (ioctl(fd, BLKGETSIZE64, &size)) {
+      int e = errno;
+      fill_err(err, -e, "%sBLKGETSIZE64: %s", "", e);
+      return -e;
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    size = (uint64_t)st.st_size;
+  } else {
+    fill_err(err, -EINVAL, "%snot a regular file or block device%s", "", 0);
+    if (err)
+      snprintf(err->msg, sizeof(err->msg), "not a regular file or block device");
+    return -EINVAL;
+  }
+  struct fd_ctx *c = malloc(sizeof(*c));
+  if (!c)
+    return -ENOMEM;
+  c->fd = fd;
+  c->own = own_fd;
+  out->ops = &fd_ops;
+  out->ctx = c;
+  out->nr_blocks = size / PD_BLOCK_SIZE;
+  out->read_only = read_only;
+  return 0;
+}
+
+int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err)
+{
+  int fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    fill_err(err, -e, "%s: %s", path, e);
+    return -e;
+  }
+  int r = pd_bdev_from_fd(out, fd, read_only, true, err);
+  if (r)
+    close(fd);
+  return r;
+}
+
+void pd_bdev_close(struct pd_bdev *bdev)
+{
+  if (bdev->ops && bdev->ops->close)
+    bdev->ops->close(bdev->ctx);
+  memset(bdev, 0, sizeof(*bdev));
+}
+
+int pd_bdev_read(const struct pd_bdev *bdev, uint64_t block, uint32_t count, void *buf)
+{
+  if (block > bdev->nr_blocks || count > bdev->nr_blocks - block)
+    return -EIO;
+  return bdev->ops->read(bdev->ctx, block, count, buf);
+}
+
+int pd_bdev_write(const struct pd_bdev *bdev, uint64_t block, uint32_t count, const void *buf)
+{
+  if (bdev->read_only || !bdev->ops->write)
+    return -EROFS;
+  if (block > bdev->nr_blocks || count > bdev->nr_blocks - block)
+    return -EIO;
+  return bdev->ops->write(bdev->ctx, block, count, buf);
+}
+
+int pd_bdev_flush(const struct pd_bdev *bdev)
+{
+  if (bdev->read_only || !bdev->ops->flush)
+    return 0;
+  return bdev->ops->flush(bdev->ctx);
+}

@@ -1,0 +1,368 @@
+/* Block manager: a bounded LRU cache of 4 KiB metadata blocks with per-type
+ * validation on read and checksum stamping on write.
+ *
+ * Concurrency: the cache structure is guarded by one mutex, so any number of
+ * readers may look blocks up at once. Block contents follow the library's
+ * readers-XOR-writer rule (the caller's pool lock): a write lock is only
+ * taken by the single writer, when no reader runs, so the per-block
+ * reader/writer counts below are bookkeeping that lets eviction skip blocks
+ * in use and lets debug builds catch a broken contract. */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "pdata/pdata-internal.h"
+
+uint32_t pd_btype_salt(enum pd_btype t)
+{
+  switch (t) {
+  case PD_BT_SUPER: return PD_SALT_SUPER;
+  case PD_BT_NODE: return PD_SALT_NODE;
+  case PD_BT_BITMAP: return PD_SALT_BITMAP;
+  case PD_BT_INDEX: return PD_SALT_INDEX;
+  default: return 0;
+  }
+}
+
+static const char *btype_name(enum pd_btype t)
+{
+  switch (t) {
+  case PD_BT_SUPER: return "superblock";
+  case PD_BT_NODE: return "btree node";
+  case PD_BT_BITMAP: return "space map bitmap";
+  case PD_BT_INDEX: return "space map index";
+  default: return "block";
+  }
+}
+
+int pd_block_validate(const uint8_t *data, uint64_t nr, enum pd_btype t, char *why, size_t whylen)
+{
+  if (t == PD_BT_RAW)
+    return 0;
+  uint32_t want = pd_block_csum(data, pd_btype_salt(t));
+  if (pd_le32(data) != want) {
+    if (why)
+      snprintf(why, whylen, "%s %" PRIu64 ": checksum mismatch (stored %08x, computed %08x)",
+               btype_name(t), nr, pd_le32(data), want);
+    return -EILSEQ;
+  }
+  if (pd_le64(data + 8) != nr) {
+    if (why)
+      snprintf(why, whylen, "%s %" PRIu64 ": stored block number is %" PRIu64, btype_name(t), nr,
+               pd_le64(data + 8));
+    return -EILSEQ;
+  }
+  if (t == PD_BT_NODE) {
+    uint32_t flags = pd_le32(data + NODE_FLAGS), nr_e = pd_le32(data + NODE_NR);
+    uint32_t maxe = pd_le32(data + NODE_MAX), vs = pd_le32(data + NODE_VSIZE);
+    if (!(flags & (PD_NODE_INTERNAL | PD_NODE_LEAF)) || vs == 0 || maxe == 0 ||
+        32 + (uint64_t)(8 + vs) * maxe > PD_BLOCK_SIZE || nr_e > maxe) {
+      if (why)
+        snprintf(why, whylen, "btree node %" PRIu64 ": bad header (flags %u, nr %u, max %u, value size %u)",
+                 nr, flags, nr_e, maxe, vs);
+      return -EILSEQ;
+    }
+  }
+  return 0;
+}
+
+void pd_block_prepare(uint8_t *data, uint64_t nr, enum pd_btype t)
+{
+  if (t == PD_BT_RAW)
+    return;
+  pd_put64(data + 8, nr);
+  pd_put32(data, pd_block_csum(data, pd_btype_salt(t)));
+}
+
+static size_t hash_of(const struct pd_bm *bm, uint64_t nr)
+{
+  return (size_t)((nr * 0x9E3779B97F4A7C15ull) >> 20) & bm->hash_mask;
+}
+
+int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blocks,
+                 uint32_t cache_blocks)
+{
+  struct pd_bm *bm = calloc(1, sizeof(*bm));
+  if (!bm)
+    return -ENOMEM;
+  bm->bdev = *bdev;
+  bm->nr_blocks = nr_blocks;
+  bm->max_cached = cache_blocks ? cache_blocks : 4096;
+  if (bm->max_cached < 16)
+    bm->max_cached = 16;
+  size_t hs = 64;
+  while (hs < bm->max_cached * 2)
+    hs <<= 1;
+  bm->hash = calloc(hs, sizeof(*bm->hash));
+  if (!bm->hash) {
+    free(bm);
+    return -ENOMEM;
+  }
+  bm->hash_mask = hs - 1;
+  bm->lru.prev = bm->lru.next = &bm->lru;
+  pthread_mutex_init(&bm->lock, NULL);
+  *out = bm;
+  return 0;
+}
+
+static void lru_unlink(struct pd_block *b)
+{
+  b->prev->next = b->next;
+  b->next->prev = b->prev;
+}
+
+static void lru_push(struct pd_bm *bm, struct pd_block *b)
+{
+  b->next = bm->lru.next;
+  b->prev = &bm->lru;
+  bm->lru.next->prev = b;
+  bm->lru.next = b;
+}
+
+static void hash_remove(struct pd_bm *bm, struct pd_block *b)
+{
+  struct pd_block **pp = &bm->hash[hash_of(bm, b->nr)];
+  while (*pp != b)
+    pp = &(*pp)->hnext;
+  *pp = b->hnext;
+}
+
+static void block_free(struct pd_bm *bm, struct pd_block *b)
+{
+  hash_remove(bm, b);
+  lru_unlink(b);
+  bm->nr_cached--;
+  free(b->data);
+  free(b);
+}
+
+static int write_out(struct pd_bm *bm, struct pd_block *b)
+{
+  pd_block_prepare(b->data, b->nr, (enum pd_btype)b->type);
+  int r = pd_bdev_write(&bm->bdev, b->nr, 1, b->data);
+  if (r)
+    return r;
+  bm->writes++;
+  b->dirty = false;
+  return 0;
+}
+
+/* Make room for one more block: evict least recently used unlocked blocks.
+ * Dirty ones are written first; they belong to the open transaction and sit
+ * at locations free in the last commit, so writing them early is safe. */
+static void evict(struct pd_bm *bm)
+{
+  struct pd_block *b = bm->lru.prev;
+  while (bm->nr_cached >= bm->max_cached && b != &bm->lru) {
+    struct pd_block *prev = b->prev;
+    if (!b->readers && !b->writer) {
+      if (b->dirty) {
+        int r = write_out(bm, b);
+        if (r) {
+          if (!bm->io_error)
+            bm->io_error = r;
+          b = prev;
+          continue;
+        }
+      }
+      block_free(bm, b);
+    }
+    b = prev;
+  }
+}
+
+static struct pd_block *find(struct pd_bm *bm, uint64_t nr)
+{
+  for (struct pd_block *b = bm->hash[hash_of(bm, nr)]; b; b = b->hnext)
+    if (b->nr == nr)
+      return b;
+  return NULL;
+}
+
+static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool zero,
+               struct pd_block **out)
+{
+  if (nr >= bm->nr_blocks)
+    return -EIO;
+  pthread_mutex_lock(&bm->lock);
+  struct pd_block *b = find(bm, nr);
+  if (b) {
+    if (b->writer || (write && b->readers)) {
+      /* Only possible when the readers-XOR-writer contract is broken. */
+      pthread_mutex_unlock(&bm->lock);
+      assert(!"metadata block locked in conflicting modes");
+      return -EBUSY;
+    }
+    lru_unlink(b);
+    lru_push(bm, b);
+    if (zero) {
+      memset(b->data, 0, PD_BLOCK_SIZE);
+      b->type = (uint8_t)t;
+    }
+  } else {
+    evict(bm);
+    b = calloc(1, sizeof(*b));
+    if (!b || posix_memalign((void **)&b->data, PD_BLOCK_SIZE, PD_BLOCK_SIZE)) {
+      free(b);
+      pthread_mutex_unlock(&bm->lock);
+      return -ENOMEM;
+    }
+    b->nr = nr;
+    b->type = (uint8_t)t;
+    if (zero) {
+      memset(b->data, 0, PD_BLOCK_SIZE);
+    } else {
+      int r = pd_bdev_read(&bm->bdev, nr, 1, b->data);
+      if (!r)
+        r = pd_block_validate(b->data, nr, t, NULL, 0);
+      if (r) {
+        free(b->data);
+        free(b);
+        pthread_mutex_unlock(&bm->lock);
+        return r;
+      }
+      bm->reads++;
+    }
+    size_t h = hash_of(bm, nr);
+    b->hnext = bm->hash[h];
+    bm->hash[h] = b;
+    lru_push(bm, b);
+    bm->nr_cached++;
+  }
+  if (write) {
+    b->writer = true;
+    b->type = (uint8_t)t;
+  } else {
+    b->readers++;
+  }
+  pthread_mutex_unlock(&bm->lock);
+  *out = b;
+  return 0;
+}
+
+int pd_bm_read(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
+{
+  return get(bm, nr, t, false, false, out);
+}
+
+int pd_bm_write(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
+{
+  return get(bm, nr, t, true, false, out);
+}
+
+int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
+{
+  return get(bm, nr, t, true, true, out);
+}
+
+void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
+{
+  pthread_mutex_lock(&bm->lock);
+  if (b->writer) {
+    b->writer = false;
+    b->dirty = true;
+  } else {
+    assert(b->readers > 0);
+    b->readers--;
+  }
+  pthread_mutex_unlock(&bm->lock);
+}
+
+static int cmp_block(const void *a, const void *b)
+{
+  uint64_t x = (*(struct pd_block *const *)a)->nr, y = (*(struct pd_block *const *)b)->nr;
+  return x < y ? -1 : x > y;
+}
+
+int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
+{
+  pthread_mutex_lock(&bm->lock);
+  int r = bm->io_error;
+  bm->io_error = 0;
+  size_t n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    if (b->dirty && b->nr != skip)
+      n++;
+  struct pd_block **v = n ? malloc(n * sizeof(*v)) : NULL;
+  if (n && !v) {
+    pthread_mutex_unlock(&bm->lock);
+    return -ENOMEM;
+  }
+  n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    if (b->dirty && b->nr != skip)
+      v[n++] = b;
+  /* Ascending order, contiguous runs in one request. */
+  qsort(v, n, sizeof(*v), cmp_block);
+  uint8_t *buf = NULL;
+  size_t i = 0;
+  while (!r && i < n) {
+    size_t j = i + 1;
+    while (j < n && j - i < 64 && v[j]->nr == v[j - 1]->nr + 1)
+      j++;
+    for (size_t k = i; k < j; k++)
+      pd_block_prepare(v[k]->data, v[k]->nr, (enum pd_btype)v[k]->type);
+    if (j - i == 1) {
+      r = pd_bdev_write(&bm->bdev, v[i]->nr, 1, v[i]->data);
+    } else {
+      if (!buf && !(buf = malloc(64 * (size_t)PD_BLOCK_SIZE))) {
+        r = -ENOMEM;
+        break;
+      }
+      for (size_t k = i; k < j; k++)
+        memcpy(buf + (k - i) * PD_BLOCK_SIZE, v[k]->data, PD_BLOCK_SIZE);
+      r = pd_bdev_write(&bm->bdev, v[i]->nr, (uint32_t)(j - i), buf);
+    }
+    if (!r) {
+      for (size_t k = i; k < j; k++)
+        v[k]->dirty = false;
+      bm->writes += j - i;
+    }
+    i = j;
+  }
+  free(buf);
+  free(v);
+  pthread_mutex_unlock(&bm->lock);
+  return r;
+}
+
+int pd_bm_write_block(struct pd_bm *bm, uint64_t nr)
+{
+  pthread_mutex_lock(&bm->lock);
+  struct pd_block *b = find(bm, nr);
+  int r = (b && b->dirty) ? write_out(bm, b) : 0;
+  pthread_mutex_unlock(&bm->lock);
+  return r;
+}
+
+void pd_bm_drop_all(struct pd_bm *bm)
+{
+  pthread_mutex_lock(&bm->lock);
+  while (bm->lru.next != &bm->lru) {
+    assert(!bm->lru.next->readers && !bm->lru.next->writer);
+    block_free(bm, bm->lru.next);
+  }
+  bm->io_error = 0;
+  pthread_mutex_unlock(&bm->lock);
+}
+
+void pd_bm_forget(struct pd_bm *bm, uint64_t nr)
+{
+  pthread_mutex_lock(&bm->lock);
+  struct pd_block *b = find(bm, nr);
+  if (b && !b->readers && !b->writer)
+    block_free(bm, b);
+  pthread_mutex_unlock(&bm->lock);
+}
+
+void pd_bm_destroy(struct pd_bm *bm)
+{
+  if (!bm)
+    return;
+  pd_bm_drop_all(bm);
+  pthread_mutex_destroy(&bm->lock);
+  free(bm->hash);
+  free(bm);
+}
