@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +17,17 @@ struct fd_ctx {
   bool own;
 };
 
-static void fill_err(ts_error *err, int code, const char *fmt, const char *a, int e)
+static int fill_err(ts_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fill_err(ts_error *err, int code, const char *fmt, ...)
 {
-  if (!err)
-    return;
-  err->code = code;
-  snprintf(err->msg, sizeof(err->msg), fmt, a, strerror(e));
+  if (err) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    va_end(ap);
+    err->code = code;
+  }
+  return code;
 }
 
 static int fd_rw(int fd, bool wr, uint64_t block, uint32_t count, void *buf)
@@ -74,23 +80,15 @@ int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts
 {
   struct stat st;
   uint64_t size;
-  if (fstat(fd, &st)) {
-    fill_err(err, -errno, "%sfstat: %s", "", errno);
-    return -errno;
-  }
+  if (fstat(fd, &st))
+    return fill_err(err, -errno, "fstat: %s", strerror(errno));
   if (S_ISBLK(st.st_mode)) {
-    if (ioctl(fd, BLKGETSIZE64, &size)) {
-      int e = errno;
-      fill_err(err, -e, "%sBLKGETSIZE64: %s", "", e);
-      return -e;
-    }
+    if (ioctl(fd, BLKGETSIZE64, &size))
+      return fill_err(err, -errno, "BLKGETSIZE64: %s", strerror(errno));
   } else if (S_ISREG(st.st_mode)) {
     size = (uint64_t)st.st_size;
   } else {
-    fill_err(err, -EINVAL, "%snot a regular file or block device%s", "", 0);
-    if (err)
-      snprintf(err->msg, sizeof(err->msg), "not a regular file or block device");
-    return -EINVAL;
+    return fill_err(err, -EINVAL, "not a regular file or block device");
   }
   struct fd_ctx *c = malloc(sizeof(*c));
   if (!c)
@@ -107,11 +105,8 @@ int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts
 int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err)
 {
   int fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (fd < 0) {
-    int e = errno;
-    fill_err(err, -e, "%s: %s", path, e);
-    return -e;
-  }
+  if (fd < 0)
+    return fill_err(err, -errno, "%s: %s", path, strerror(errno));
   int r = pd_bdev_from_fd(out, fd, read_only, true, err);
   if (r)
     close(fd);
