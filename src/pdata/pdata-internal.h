@@ -258,4 +258,14 @@ int pd_sm_commit_place(struct pd_tm *tm, struct pd_sm *data, struct pd_sm *meta)
 int pd_sm_commit_write(struct pd_tm *tm, struct pd_sm *data, struct pd_sm *meta);
 void pd_sm_root_encode(const struct pd_sm *sm, uint8_t *root32);
 
+/* ---- pool internals shared by check.c and xml.c (thin-metadata.c) ---- */
+struct tmd;
+struct tmd_dev_info;
+/* Validate superblock fields; 0 or -errno with a reason. */
+int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size_t whylen);
+int pd_tmd_insert_run_time(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_t count,
+                           uint64_t dbegin, uint32_t time, uint64_t *done);
+int pd_tmd_set_details(struct tmd *md, uint32_t id, const struct tmd_dev_info *info);
+void pd_tmd_set_sb_fields(struct tmd *md, uint32_t time, uint64_t trans_id, uint32_t flags);
+
 #endif

@@ -255,7 +255,7 @@ static int load_details(void *arg, const uint8_t *n, uint32_t first, uint32_t cn
 }
 
 /* Validate superblock fields; 0 or -errno with why. */
-static int check_sb(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size_t whylen)
+int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size_t whylen)
 {
   if (pd_le64(sb + SB_MAGIC) != PD_SB_MAGIC) {
     snprintf(why, whylen, "superblock: bad magic %" PRIu64 " (expected %llu): not thin-pool metadata",
@@ -406,7 +406,7 @@ int tmd_open(const struct pd_bdev *bdev, const struct tmd_config *cfg, struct tm
   }
   char why[400] = "";
   bool rw = !(cfg && cfg->read_only) && !bdev->read_only;
-  if ((r = check_sb(sb, bdev->nr_blocks, rw, why, sizeof(why)))) {
+  if ((r = pd_sb_check(sb, bdev->nr_blocks, rw, why, sizeof(why)))) {
     free(sb);
     return fail(err, r, "%s", why);
   }
@@ -836,8 +836,6 @@ int tmd_insert(struct tmd *md, uint32_t id, uint64_t vblock, uint64_t dblock)
 
 /* Insert with an explicit mapping time (restore). */
 int pd_tmd_insert_run_time(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_t count, uint64_t dbegin,
-                           uint32_t time, uint64_t *done);
-int pd_tmd_insert_run_time(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_t count, uint64_t dbegin,
                            uint32_t time, uint64_t *done)
 {
   if (done)
@@ -1045,4 +1043,25 @@ int tmd_release_metadata_snap(struct tmd *md)
     return r;
   md->held_root = 0;
   return 0;
+}
+
+/* ---- restore helpers ---- */
+
+int pd_tmd_set_details(struct tmd *md, uint32_t id, const struct tmd_dev_info *info)
+{
+  struct tmd_dev *d = dev_find(md, id);
+  if (!d)
+    return -ENODEV;
+  d->info = *info;
+  d->info_dirty = true;
+  md->changed = true;
+  return 0;
+}
+
+void pd_tmd_set_sb_fields(struct tmd *md, uint32_t time, uint64_t trans_id, uint32_t flags)
+{
+  md->time = time;
+  md->trans_id = trans_id;
+  md->flags = flags;
+  md->changed = true;
 }

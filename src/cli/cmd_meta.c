@@ -1,0 +1,193 @@
+/* thinstack check / dump / restore: offline tools for dm-thin pool metadata
+ * (the format thin_check, thin_dump and thin_restore use).
+ * Exit status: 0 clean, 1 damaged metadata, 2 usage or I/O error. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "pdata/thin-metadata.h"
+
+int ts_cli_check(int argc, char **argv);
+int ts_cli_dump(int argc, char **argv);
+int ts_cli_restore(int argc, char **argv);
+
+static bool want_help(int argc, char **argv, const char *usage, const char *text)
+{
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      printf("usage: thinstack %s %s\n%s", argv[0], usage, text);
+      return true;
+    }
+  return false;
+}
+
+struct check_out {
+  json_t *msgs; /* --json: collected findings */
+  unsigned shown;
+};
+
+static void check_report(void *arg, enum pd_check_level lvl, const char *msg)
+{
+  struct check_out *o = arg;
+  const char *l = lvl == PD_CHECK_ERROR ? "error" : "warning";
+  if (o->msgs) {
+    json_array_append_new(o->msgs, json_pack("{s:s,s:s}", "level", l, "message", msg));
+    return;
+  }
+  if (o->shown++ < 200)
+    fprintf(stderr, "%s: %s\n", l, msg);
+}
+
+int ts_cli_check(int argc, char **argv)
+{
+  if (want_help(argc, argv, "METADATA_FILE [--json]",
+                "  Check thin-pool metadata (dm-thin format, version 2) without writing to it:\n"
+                "  superblock, checksums, btree structure, device trees, and every metadata\n"
+                "  and data reference count recomputed from the trees.\n"
+                "  Exit status: 0 clean, 1 damaged, 2 usage or I/O error.\n"))
+    return 0;
+  const char *path = NULL;
+  bool json = false;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--json"))
+      json = true;
+    else if (argv[i][0] == '-' || path) {
+      ts_cli_err("check: unexpected argument '%s' (usage: thinstack check METADATA_FILE [--json])", argv[i]);
+      return 2;
+    } else
+      path = argv[i];
+  }
+  if (!path) {
+    ts_cli_err("check: missing METADATA_FILE (usage: thinstack check METADATA_FILE [--json])");
+    return 2;
+  }
+  struct pd_bdev bdev;
+  ts_error err = {0};
+  if (pd_bdev_open_file(&bdev, path, true, &err)) {
+    ts_cli_err("check: %s", err.msg);
+    return 2;
+  }
+  struct check_out o = {json ? json_array() : NULL, 0};
+  struct pd_check_result res;
+  int r = pd_check(&bdev, check_report, &o, &res);
+  pd_bdev_close(&bdev);
+  if (r) {
+    ts_cli_err("check: %s: %s", path, strerror(-r));
+    json_decref(o.msgs);
+    return 2;
+  }
+  if (json) {
+    json_t *j = json_pack("{s:s,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o}", "file", path, "clean", res.errors == 0,
+                          "errors", (json_int_t)res.errors, "warnings", (json_int_t)res.warnings, "devices",
+                          (json_int_t)res.nr_devices, "mappings", (json_int_t)res.nr_mappings,
+                          "metadata_blocks_used", (json_int_t)res.metadata_blocks_used, "data_blocks_used",
+                          (json_int_t)res.data_blocks_used, "transaction_id", (json_int_t)res.transaction_id,
+                          "findings", o.msgs);
+    char *s = json_dumps(j, JSON_INDENT(2));
+    if (s)
+      puts(s);
+    free(s);
+    json_decref(j);
+  } else {
+    if (o.shown > 200)
+      fprintf(stderr, "(%u more findings not shown)\n", o.shown - 200);
+    printf("%s: %s: %llu devices, %llu mappings, %llu metadata blocks and %llu data blocks in use, "
+           "transaction %llu, %llu errors, %llu warnings\n",
+           path, res.errors ? "DAMAGED" : "clean", (unsigned long long)res.nr_devices,
+           (unsigned long long)res.nr_mappings, (unsigned long long)res.metadata_blocks_used,
+           (unsigned long long)res.data_blocks_used, (unsigned long long)res.transaction_id,
+           (unsigned long long)res.errors, (unsigned long long)res.warnings);
+  }
+  return res.errors ? 1 : 0;
+}
+
+int ts_cli_dump(int argc, char **argv)
+{
+  if (want_help(argc, argv, "METADATA_FILE [-m|--metadata-snap] [-o FILE]",
+                "  Print thin-pool metadata as thin_dump (0.9.0) XML, to stdout or FILE.\n"
+                "  -m, --metadata-snap  dump the held metadata snapshot instead of the live pool\n"
+                "  -o FILE              write to FILE\n"))
+    return 0;
+  static const struct option opts[] = {{"metadata-snap", no_argument, NULL, 'm'},
+                                       {"output", required_argument, NULL, 'o'},
+                                       {NULL, 0, NULL, 0}};
+  bool snap = false;
+  const char *outpath = NULL;
+  int ch;
+  optind = 1;
+  opterr = 0;
+  while ((ch = getopt_long(argc, argv, "mo:", opts, NULL)) != -1) {
+    if (ch == 'm')
+      snap = true;
+    else if (ch == 'o')
+      outpath = optarg;
+    else {
+      ts_cli_err("dump: bad option '%s' (usage: thinstack dump METADATA_FILE [-m] [-o FILE])", argv[optind - 1]);
+      return 2;
+    }
+  }
+  if (optind != argc - 1) {
+    ts_cli_err("dump: expected exactly one METADATA_FILE (usage: thinstack dump METADATA_FILE [-m] [-o FILE])");
+    return 2;
+  }
+  const char *path = argv[optind];
+  struct pd_bdev bdev;
+  ts_error err = {0};
+  if (pd_bdev_open_file(&bdev, path, true, &err)) {
+    ts_cli_err("dump: %s", err.msg);
+    return 2;
+  }
+  FILE *out = outpath ? fopen(outpath, "w") : stdout;
+  if (!out) {
+    ts_cli_err("dump: %s: %s", outpath, strerror(errno));
+    pd_bdev_close(&bdev);
+    return 2;
+  }
+  int r = pd_dump_xml(&bdev, snap, out, &err);
+  pd_bdev_close(&bdev);
+  if (outpath && fclose(out) && !r) {
+    ts_cli_err("dump: %s: %s", outpath, strerror(errno));
+    return 2;
+  }
+  if (r) {
+    ts_cli_err("dump: %s: %s", path, err.msg);
+    return r == -EIO || r == -ENOMEM ? 2 : 1;
+  }
+  return 0;
+}
+
+int ts_cli_restore(int argc, char **argv)
+{
+  if (want_help(argc, argv, "XML METADATA_FILE",
+                "  Build fresh thin-pool metadata (version 2) on METADATA_FILE, which must\n"
+                "  exist (its size is the metadata size), from thin_dump-format XML.\n"))
+    return 0;
+  if (argc != 3 || argv[1][0] == '-' || argv[2][0] == '-') {
+    ts_cli_err("restore: usage: thinstack restore XML METADATA_FILE");
+    return 2;
+  }
+  FILE *in = fopen(argv[1], "r");
+  if (!in) {
+    ts_cli_err("restore: %s: %s", argv[1], strerror(errno));
+    return 2;
+  }
+  struct pd_bdev bdev;
+  ts_error err = {0};
+  if (pd_bdev_open_file(&bdev, argv[2], false, &err)) {
+    fclose(in);
+    ts_cli_err("restore: %s", err.msg);
+    return 2;
+  }
+  int r = pd_restore_xml(&bdev, in, &err);
+  fclose(in);
+  pd_bdev_close(&bdev);
+  if (r) {
+    ts_cli_err("restore: %s: %s", argv[1], err.msg);
+    return r == -EINVAL ? 1 : 2;
+  }
+  return 0;
+}
