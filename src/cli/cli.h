@@ -47,6 +47,9 @@ int ts_cli_map(int argc, char **argv);
 int ts_cli_demo(int argc, char **argv);
 int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
+int ts_cli_check(int argc, char **argv);
+int ts_cli_dump(int argc, char **argv);
+int ts_cli_restore(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
 int ts_cli_bench_crypt(int argc, char **argv);
 
