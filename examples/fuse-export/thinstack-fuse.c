@@ -19,7 +19,13 @@
  * write back. Unmounting (fusermount3 -u, or SIGTERM/SIGINT to the daemon)
  * flushes and closes the stack. docs/exports.md has the details.
  */
+/* libfuse 3.12 replaced the loop configuration struct with an opaque object;
+ * older versions (3.8 for lseek) keep the 3.5 interface. */
+#ifdef TS_FUSE_LOOP_CFG
+#define FUSE_USE_VERSION 312
+#else
 #define FUSE_USE_VERSION 35
+#endif
 
 #include "bytedev.h"
 
@@ -586,12 +592,24 @@ int main(int argc, char **argv)
   if (co.singlethread) {
     r = fuse_loop(f);
   } else {
+#ifdef TS_FUSE_LOOP_CFG
+    struct fuse_loop_config *lc = fuse_loop_cfg_create();
+    if (!lc)
+      goto out_signals;
+    fuse_loop_cfg_set_clone_fd(lc, (unsigned)co.clone_fd);
+    fuse_loop_cfg_set_max_threads(lc, co.max_threads);
+    fuse_loop_cfg_set_idle_threads(lc, co.max_idle_threads);
+    r = fuse_loop_mt(f, lc);
+    fuse_loop_cfg_destroy(lc);
+#else
     struct fuse_loop_config lc = { .clone_fd = co.clone_fd,
                                    .max_idle_threads = co.max_idle_threads };
     r = fuse_loop_mt(f, &lc);
+#endif
   }
   /* The loop reports the signal that ended it: a clean exit too. */
   status = r >= 0 ? 0 : 1;
+out_signals:
   fuse_remove_signal_handlers(fuse_get_session(f));
 out_unmount:
   fuse_unmount(f);
