@@ -31,6 +31,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <linux/falloc.h>
@@ -598,7 +599,9 @@ int main(int argc, char **argv)
       goto out_signals;
     fuse_loop_cfg_set_clone_fd(lc, (unsigned)co.clone_fd);
     fuse_loop_cfg_set_max_threads(lc, co.max_threads);
-    fuse_loop_cfg_set_idle_threads(lc, co.max_idle_threads);
+    /* UINT_MAX means "not given" (libfuse then keeps its default). */
+    if (co.max_idle_threads != UINT_MAX)
+      fuse_loop_cfg_set_idle_threads(lc, co.max_idle_threads);
     r = fuse_loop_mt(f, lc);
     fuse_loop_cfg_destroy(lc);
 #else

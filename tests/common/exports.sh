@@ -141,3 +141,10 @@ for r in rows:
 for r in out:
     print(r[0], r[1], "data" if r[2] else "hole", "zero" if r[3] else "-")
 '
+
+# True when a normalised map (file) has one extent of KIND ("hole zero",
+# "data zero", "data -") covering [OFF, OFF+LEN).
+map_has() {
+  awk -v o="$2" -v l="$3" -v k="$4" \
+    '$1 <= o && $1 + $2 >= o + l && ($3 " " $4) == k { found = 1 } END { exit !found }' "$1"
+}

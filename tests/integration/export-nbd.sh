@@ -1,0 +1,88 @@
+# The nbdkit plugin seen by NBD clients we did not write: qemu-img map and
+# nbdinfo --map report the allocation the library reports; qemu-img compare
+# agrees with a raw image written with the same data; zeroing with and
+# without permission to punch leaves holes and allocated zeroes; nbdcopy of
+# a sparse image into the export keeps the export sparse.
+. "$TS_SOURCE_DIR/tests/common/requires.sh"
+. "$TS_SOURCE_DIR/tests/common/exports.sh"
+requires_nbdkit
+requires qemu-img qemu-io nbdinfo nbdcopy python3 numfmt
+
+M=1048576
+SIZE=$((64 * M))
+CONFIG=$(write_stack "$TMP" 64M)
+REF=$TMP/ref.raw
+truncate -s $SIZE "$REF"
+URI=$(nbd_uri vm0)
+
+# Data at a few places, written through the library and into the reference.
+put() { # OFFSET LENGTH
+  head -c "$2" /dev/urandom >"$TMP/chunk"
+  "$THINSTACK" write "$CONFIG" vm0 "$1" -i "$TMP/chunk" || fail "thinstack write at $1 failed"
+  dd if="$TMP/chunk" of="$REF" bs=4096 seek=$(($1 / 4096)) conv=notrunc status=none
+}
+put $((1 * M)) $((256 * 1024))
+put $((10 * M)) $((1 * M))
+put $((33 * M)) 4096
+"$THINSTACK" provision "$CONFIG" vm0 20M 8M || fail "thinstack provision failed"
+"$THINSTACK" map --json "$CONFIG" vm0 | norm_map thinstack >"$TMP/lib.map"
+map_has "$TMP/lib.map" $((20 * M)) $((8 * M)) "data zero" ||
+  fail "the provisioned range is not in the library's map: $(cat "$TMP/lib.map")"
+
+nbd_start config="$CONFIG" export=vm0
+
+nbdinfo --json "$URI" >"$TMP/info.json" || fail "nbdinfo failed"
+python3 - "$TMP/info.json" $SIZE <<'EOF' || fail "nbdinfo reports the wrong export: $(cat "$TMP/info.json")"
+import json, sys
+e = json.load(open(sys.argv[1]))["exports"][0]
+assert e["export-size"] == int(sys.argv[2])
+assert e["can_trim"] and e["can_zero"] and e["can_fast_zero"] and e["can_fua"] and e["can_flush"]
+assert e["can_multi_conn"] and not e["is_read_only"]
+assert e["block_size_minimum"] == 512 and e["block_size_preferred"] == 4096
+EOF
+
+qemu-img map -f raw --output=json "$URI" | norm_map qemu >"$TMP/qemu.map"
+diff -u "$TMP/lib.map" "$TMP/qemu.map" || fail "qemu-img map disagrees with the library"
+nbdinfo --map --json "$URI" | norm_map nbdinfo >"$TMP/nbdinfo.map"
+diff -u "$TMP/lib.map" "$TMP/nbdinfo.map" || fail "nbdinfo --map disagrees with the library"
+qemu-img compare -f raw -F raw "$REF" "$URI" || fail "qemu-img compare: the export differs from the reference"
+
+# Zeroing: without MAY_TRIM (NBD's NO_HOLE) space stays allocated, with it
+# the range becomes a hole; an unaligned write goes through too.
+qemu-io -f raw -c "write -z 40M 4M" -c "write -z -u 10M 1M" -c "write -P 0x5a 12345 1000" "$URI" \
+  >"$TMP/qemu-io.log" || { cat "$TMP/qemu-io.log"; fail "qemu-io failed"; }
+dd if=/dev/zero of="$REF" bs=1M seek=10 count=1 conv=notrunc status=none
+printf '\x5a%.0s' $(seq 1000) | dd of="$REF" bs=1 seek=12345 conv=notrunc status=none
+qemu-img compare -f raw -F raw "$REF" "$URI" || fail "the export differs from the reference after zeroing"
+nbdinfo --map --json "$URI" | norm_map nbdinfo >"$TMP/nbdinfo.map"
+map_has "$TMP/nbdinfo.map" $((40 * M)) $((4 * M)) "data zero" ||
+  fail "zeroing without trim did not leave allocated zeroes: $(cat "$TMP/nbdinfo.map")"
+map_has "$TMP/nbdinfo.map" $((10 * M)) $M "hole zero" ||
+  fail "zeroing with trim did not leave a hole: $(cat "$TMP/nbdinfo.map")"
+
+# Fill the whole export, then nbdcopy a sparse image over it: the holes of
+# the image must become holes of the export again, not written zeroes.
+qemu-io -f raw -c "write -P 0xa5 0 64M" "$URI" >/dev/null || fail "filling the export failed"
+full=$(allocated "$TMP/data.img")
+[ "$full" -ge $SIZE ] || fail "the filled export takes only $full bytes"
+SPARSE=$TMP/sparse.raw
+truncate -s $SIZE "$SPARSE"
+head -c $M /dev/urandom | dd of="$SPARSE" bs=1M seek=5 conv=notrunc status=none
+head -c 4096 /dev/urandom | dd of="$SPARSE" bs=4096 seek=$((50 * M / 4096)) conv=notrunc status=none
+nbdcopy "$SPARSE" "$URI" || fail "nbdcopy into the export failed"
+qemu-img compare -f raw -F raw "$SPARSE" "$URI" || fail "the export differs from the copied image"
+sparse=$(allocated "$TMP/data.img")
+[ "$sparse" -le $((2 * M)) ] || fail "after nbdcopy of a sparse image the export takes $sparse bytes"
+nbd_stop
+
+"$THINSTACK" map --json "$CONFIG" vm0 | norm_map thinstack >"$TMP/final.map"
+expected="0 $((5 * M)) hole zero
+$((5 * M)) $M data -
+$((6 * M)) $((44 * M)) hole zero
+$((50 * M)) 4096 data -
+$((50 * M + 4096)) $((14 * M - 4096)) hole zero"
+[ "$(cat "$TMP/final.map")" = "$expected" ] || fail "map after nbdcopy:
+$(cat "$TMP/final.map")
+expected:
+$expected"
+echo "PASS"
