@@ -101,8 +101,11 @@ static struct export *find_export(const char *path)
   return NULL;
 }
 
+/* The export of an open file (fh is set by open) or of a path. */
 static struct export *file_export(const char *path, const struct fuse_file_info *fi)
 {
+  if (path && strcmp(path, "/") == 0)
+    return NULL;
   return fi ? &g.ex[fi->fh] : find_export(path);
 }
 
@@ -162,7 +165,7 @@ static int tsf_getattr(const char *path, struct stat *st, struct fuse_file_info 
   memset(st, 0, sizeof *st);
   st->st_uid = g.uid;
   st->st_gid = g.gid;
-  if (!fi && strcmp(path, "/") == 0) {
+  if (path && strcmp(path, "/") == 0) {
     st->st_mode = S_IFDIR | 0755;
     st->st_nlink = 2;
     set_time(&st->st_mtim, g.start_ns);
