@@ -33,19 +33,32 @@ wait_for() {
 
 # The stack every export test uses: a device "vm0" of SIZE on sparse files in
 # DIR, plus extra layer definitions (JSON members) and exports. Echoes the
-# path of the configuration. The backing file is DIR/data.img: the space the
-# device takes shows up there.
+# path of the configuration. The device is a thin volume of a pool whose data
+# lives in DIR/data.img (64K blocks) when the library has the thin layers,
+# else a linear mapping onto DIR/data.img: either way the space the device
+# takes shows up in data.img.
 #   write_stack DIR SIZE [EXTRA_LAYERS_JSON [EXTRA_EXPORTS_JSON]]
 write_stack() {
   local dir=$1 size=$2 extra=${3:-} exports=${4:-}
-  local bytes
+  local bytes layers
   bytes=$(numfmt --from=iec "$size")
+  if "$THINSTACK" types | grep -q "^thin-pool:"; then
+    echo "stack: thin volume vm0 ($size) in a pool on $dir/meta.img + data.img" >&2
+    layers='"meta": { "type": "file", "path": "meta.img", "size": "16M", "create": true },
+    "data": { "type": "file", "path": "data.img", "size": '$((bytes + 8 * 1048576))', "create": true },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K",
+              "create": true },
+    "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": '$bytes', "create": true }'
+  else
+    echo "stack: linear vm0 ($size) on $dir/data.img (no thin layers in this build)" >&2
+    layers='"data": { "type": "file", "path": "data.img", "size": '$((bytes + 8 * 1048576))', "create": true },
+    "vm0":  { "type": "linear",
+              "segments": [ { "child": "data", "offset": "8M", "length": '$bytes' } ] }'
+  fi
   cat >"$dir/stack.json" <<EOF
 { "version": 1,
   "layers": {
-    "data": { "type": "file", "path": "data.img", "size": $((bytes + 8 * 1048576)), "create": true },
-    "vm0":  { "type": "linear",
-              "segments": [ { "child": "data", "offset": "8M", "length": $bytes } ] }${extra:+,
+    $layers${extra:+,
     $extra}
   },
   "exports": ["vm0"${exports:+, $exports}] }
@@ -101,7 +114,8 @@ nbd_start() {
   "${env[@]}" nbdkit -U "$NBD_SOCK" -P "$TMP/nbd.pid" "$NBD_PLUGIN" "$@" \
     || fail "nbdkit did not start"
   on_exit "nbd_stop"
-  [ -s "$TMP/nbd.pid" ] || fail "nbdkit wrote no pid file"
+  # The served process writes the pid file after the parent has returned.
+  wait_for "[ -s '$TMP/nbd.pid' ] && [ -S '$NBD_SOCK' ]"
 }
 
 # Stop nbdkit and wait until it has closed (and so flushed) the stack.
