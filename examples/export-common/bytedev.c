@@ -180,18 +180,29 @@ static int zero_edges(bd_dev *b, uint64_t off, uint64_t end, uint32_t flags)
   return r;
 }
 
+/* Zero [off, end): whole blocks with WRITE_ZEROES and `flags`, partial
+ * edges by read-modify-write; the caller holds the lock on the range. */
+static int zero_range(bd_dev *b, uint64_t off, uint64_t end, uint32_t flags)
+{
+  if (off >= end)
+    return 0;
+  uint64_t mlo = up(b, off), mhi = down(b, end);
+  int r = 0;
+  if (mlo < mhi)
+    r = ts_write_zeroes(b->dev, mlo, mhi - mlo, flags);
+  if (!r)
+    r = zero_edges(b, off, end, flags);
+  return r;
+}
+
 int bd_zero(bd_dev *b, uint64_t off, uint64_t len, uint32_t flags)
 {
   int r = check_range(b, off, len);
   if (r || len == 0)
     return r;
-  uint64_t end = off + len, mlo = up(b, off), mhi = down(b, end);
   struct bd_range held;
-  lock_range(b, &held, down(b, off), up(b, end));
-  if (mlo < mhi)
-    r = ts_write_zeroes(b->dev, mlo, mhi - mlo, flags);
-  if (!r)
-    r = zero_edges(b, off, end, flags);
+  lock_range(b, &held, down(b, off), up(b, off + len));
+  r = zero_range(b, off, off + len, flags);
   unlock_range(b, &held);
   return r;
 }
@@ -206,19 +217,25 @@ int bd_punch(bd_dev *b, uint64_t off, uint64_t len)
     return r;
   if (!discard && !zero)
     return -EOPNOTSUPP;
-  uint64_t end = off + len, mlo = up(b, off), mhi = down(b, end);
+  uint64_t end = off + len, dlo = 0, dhi = 0;
+  if (discard && lim->discard_zeroes) {
+    /* Only whole discard units are sure to read back as zeroes (a thin
+     * volume leaves the rest of a partly discarded block as it was). */
+    uint64_t g = lim->discard_granularity > b->lbs ? lim->discard_granularity : b->lbs;
+    dlo = (off + g - 1) / g * g;
+    dhi = end / g * g;
+  }
   struct bd_range held;
   lock_range(b, &held, down(b, off), up(b, end));
-  if (mlo < mhi) {
-    /* A punched range must read as zeroes: a discard only promises that
-     * where the device says discard_zeroes. */
-    if (discard && lim->discard_zeroes)
-      r = ts_discard(b->dev, mlo, mhi - mlo);
-    else
-      r = ts_write_zeroes(b->dev, mlo, mhi - mlo, TS_IO_MAY_UNMAP);
+  if (dlo < dhi) {
+    r = ts_discard(b->dev, dlo, dhi - dlo);
+    if (!r)
+      r = zero_range(b, off, dlo, TS_IO_MAY_UNMAP);
+    if (!r)
+      r = zero_range(b, dhi, end, TS_IO_MAY_UNMAP);
+  } else {
+    r = zero_range(b, off, end, TS_IO_MAY_UNMAP);
   }
-  if (!r)
-    r = zero_edges(b, off, end, 0);
   unlock_range(b, &held);
   return r;
 }

@@ -47,10 +47,12 @@ int bd_write(bd_dev *b, const void *buf, size_t len, uint64_t off, uint32_t flag
  * (TS_IO_MAY_UNMAP, TS_IO_NOFALLBACK, TS_IO_FUA), partial edge blocks by
  * read-modify-write. */
 int bd_zero(bd_dev *b, uint64_t off, uint64_t len, uint32_t flags);
-/* Punch a hole: the range reads as zeroes afterwards and whole blocks inside
- * it are released where the device can: DISCARD when discards read back as
- * zeroes, else WRITE_ZEROES with MAY_UNMAP. -EOPNOTSUPP when the device can
- * neither discard nor zero natively. */
+/* Punch a hole: the range reads as zeroes afterwards and space inside it is
+ * released where the device can. Where discards read back as zeroes, the
+ * whole discard_granularity units inside the range are DISCARDed (only those
+ * are sure to read as zeroes) and the rest is zeroed with WRITE_ZEROES and
+ * MAY_UNMAP; otherwise all of it is. Partial edge blocks by read-modify-write.
+ * -EOPNOTSUPP when the device can neither discard nor zero natively. */
 int bd_punch(bd_dev *b, uint64_t off, uint64_t len);
 /* Advisory discard of the whole blocks inside the range (NBD trim): partial
  * edge blocks are left as they are. */

@@ -46,8 +46,8 @@ write_stack() {
     echo "stack: thin volume vm0 ($size) in a pool on $dir/meta.img + data.img" >&2
     layers='"meta": { "type": "file", "path": "meta.img", "size": "16M", "create": true },
     "data": { "type": "file", "path": "data.img", "size": '$((bytes + 8 * 1048576))', "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K",
-              "create": true },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data",
+              "block_size": "64K", "create": true },
     "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": '$bytes', "create": true }'
   else
     echo "stack: linear vm0 ($size) on $dir/data.img (no thin layers in this build)" >&2

@@ -132,6 +132,93 @@ START_TEST(zero_and_punch)
 }
 END_TEST
 
+/* A layer with dm-thin's discard semantics: DISCARD releases the whole 64K
+ * units inside the range and leaves partial units as they were, although
+ * discarded units read back as zeroes (discard_zeroes). */
+#define UNIT 65536u
+
+static const ts_param granular_params[] = {
+  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static int granular_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  ts_layer_set_priv(l, ts_layer_child(l, ts_param_string(params, "child", "")));
+  return 0;
+}
+
+static int granular_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  lim->size = ts_dev_size(ts_layer_priv(l));
+  lim->discard_granularity = UNIT;
+  lim->discard_zeroes = true;
+  return 0;
+}
+
+static int granular_submit(ts_layer *l, const ts_io *io)
+{
+  ts_layer *child = ts_layer_priv(l);
+  if (io->op != TS_OP_DISCARD)
+    return ts_submit(child, io);
+  uint64_t lo = (io->offset + UNIT - 1) / UNIT * UNIT, hi = (io->offset + io->length) / UNIT * UNIT;
+  return lo < hi ? ts_discard(child, lo, hi - lo) : 0;
+}
+
+static int granular_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  return ts_block_status(ts_layer_priv(l), off, len, out);
+}
+
+static const ts_layer_type granular_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "test-granular-discard",
+  .summary = "discards whole 64K units only",
+  .params = granular_params,
+  .open = granular_open,
+  .limits = granular_limits,
+  .submit = granular_submit,
+  .block_status = granular_block_status,
+};
+
+/* Punching a range that is not made of whole discard units still leaves it
+ * reading as zeroes, and the whole units inside are released. */
+START_TEST(punch_partial_units)
+{
+  int r = ts_register_layer_type(&granular_type);
+  ck_assert(r == 0 || r == -EEXIST);
+  ts_stack *s = ts_test_open(NULL,
+      "{ \"version\": 1, \"layers\": {"
+      " \"mem\": { \"type\": \"memory\", \"size\": 1048576 },"
+      " \"dev\": { \"type\": \"test-granular-discard\", \"child\": \"mem\" } },"
+      " \"exports\": [\"dev\"] }");
+  bd_dev b;
+  ck_assert_int_eq(bd_init(&b, ts_stack_dev(s, "dev")), 0);
+  unsigned char *ref = malloc(DEV_SIZE);
+  ts_test_pattern(ref, DEV_SIZE, 11);
+  ck_assert_int_eq(bd_write(&b, ref, DEV_SIZE, 0, 0), 0);
+  struct { uint64_t off, len; } cases[] = {
+    { 4096, 65536 },                  /* no whole unit: all zeroed */
+    { 3 * UNIT - 1000, 2 * UNIT + 5000 }, /* partial, two units, partial */
+    { 8 * UNIT, UNIT },               /* exactly one unit */
+    { 10 * UNIT + 7, 100 },           /* inside one block */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ck_assert_int_eq(bd_punch(&b, cases[i].off, cases[i].len), 0);
+    memset(ref + cases[i].off, 0, cases[i].len);
+  }
+  check_equal(&b, ref);
+  ts_extent_list l = { 0 };
+  ck_assert_int_eq(bd_extents(&b, 3 * UNIT, 2 * UNIT, &l), 0);
+  ck_assert_uint_eq(l.n, 1);
+  ck_assert_uint_eq(l.v[0].flags, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  ts_extent_list_free(&l);
+  bd_fini(&b);
+  free(ref);
+  ck_assert_int_eq(ts_stack_close(s, NULL), 0);
+}
+END_TEST
+
 /* Several threads write interleaved slices of the same blocks: thread t owns
  * the bytes whose (offset / SLICE) % NTHREADS == t. Every slice is an
  * unaligned write, so each one is a read-modify-write of shared blocks; the
@@ -207,6 +294,7 @@ static Suite *suite(void)
   TCase *tc = tcase_create("bytedev");
   tcase_add_loop_test(tc, unaligned_rw, 0, 2);
   tcase_add_test(tc, zero_and_punch);
+  tcase_add_test(tc, punch_partial_units);
   tcase_add_test(tc, concurrent_rmw);
   suite_add_tcase(s, tc);
   return s;

@@ -51,8 +51,9 @@ mountpoint -q "$MNT" && fail "still mounted after SIGTERM"
 "$THINSTACK" read "$CONFIG" vm0 $((4 * M)) $M -o "$TMP/back" && cmp "$TMP/chunk" "$TMP/back" ||
   fail "data written before SIGTERM is not in the stack"
 
-# --- read-only ---
-fuse_mount "$CONFIG" "$MNT" -o ro
+# --- read-only: the existing stack, opened without creating anything ---
+sed 's/, *"create": *true//' "$CONFIG" >"$TMP/ro.json"
+fuse_mount "$TMP/ro.json" "$MNT" -o ro
 [ "$(stat -c %a "$MNT/vm0")" = 444 ] || fail "vm0 is not read-only under -o ro"
 cmp -i $M:0 -n $M "$MNT/vm0" "$TMP/chunk" || fail "reading under -o ro failed"
 if dd if=/dev/zero of="$MNT/vm0" bs=4k count=1 conv=notrunc status=none 2>"$TMP/err.log"; then

@@ -32,13 +32,19 @@ map_has "$TMP/lib.map" $((20 * M)) $((8 * M)) "data zero" ||
 nbd_start config="$CONFIG" export=vm0
 
 nbdinfo --json "$URI" >"$TMP/info.json" || fail "nbdinfo failed"
-python3 - "$TMP/info.json" $SIZE <<'EOF' || fail "nbdinfo reports the wrong export: $(cat "$TMP/info.json")"
+"$THINSTACK" info --json "$CONFIG" >"$TMP/limits.json" || fail "thinstack info failed"
+python3 - "$TMP/info.json" "$TMP/limits.json" <<'EOF' || fail "nbdinfo reports the wrong export: $(cat "$TMP/info.json")"
 import json, sys
 e = json.load(open(sys.argv[1]))["exports"][0]
-assert e["export-size"] == int(sys.argv[2])
+lim = [n for n in json.load(open(sys.argv[2]))["nodes"] if n["name"] == "vm0"][0]["limits"]
+assert e["export-size"] == lim["size"]
 assert e["can_trim"] and e["can_zero"] and e["can_fast_zero"] and e["can_fua"] and e["can_flush"]
 assert e["can_multi_conn"] and not e["is_read_only"]
-assert e["block_size_minimum"] == 512 and e["block_size_preferred"] == 4096
+# Block size constraints from the stacked limits.
+opt = lim["io_opt"]
+assert e["block_size_minimum"] == lim["logical_block_size"]
+assert e["block_size_preferred"] == (opt if opt >= 512 and opt & (opt - 1) == 0 else 4096)
+assert e["block_size_maximum"] == (lim["max_io_bytes"] or 32 << 20)
 EOF
 
 qemu-img map -f raw --output=json "$URI" | norm_map qemu >"$TMP/qemu.map"
