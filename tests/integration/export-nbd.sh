@@ -10,7 +10,11 @@ requires qemu-img qemu-io nbdinfo nbdcopy python3 numfmt
 
 M=1048576
 SIZE=$((64 * M))
-CONFIG=$(write_stack "$TMP" 64M)
+# A second export, "slow", has no native WRITE_ZEROES (the library would
+# write zero buffers), for fast zero.
+CONFIG=$(write_stack "$TMP" 64M '
+    "d2": { "type": "file", "path": "d2.img", "size": "4M", "create": true },
+    "slow": { "type": "fault", "child": "d2", "limits": { "max_write_zeroes_bytes": 0 } }' '"slow"')
 REF=$TMP/ref.raw
 truncate -s $SIZE "$REF"
 URI=$(nbd_uri vm0)
@@ -29,7 +33,7 @@ put $((33 * M)) 4096
 map_has "$TMP/lib.map" $((20 * M)) $((8 * M)) "data zero" ||
   fail "the provisioned range is not in the library's map: $(cat "$TMP/lib.map")"
 
-nbd_start config="$CONFIG" export=vm0
+nbd_start config="$CONFIG"
 
 nbdinfo --json "$URI" >"$TMP/info.json" || fail "nbdinfo failed"
 "$THINSTACK" info --json "$CONFIG" >"$TMP/limits.json" || fail "thinstack info failed"
@@ -65,6 +69,26 @@ map_has "$TMP/nbdinfo.map" $((40 * M)) $((4 * M)) "data zero" ||
   fail "zeroing without trim did not leave allocated zeroes: $(cat "$TMP/nbdinfo.map")"
 map_has "$TMP/nbdinfo.map" $((10 * M)) $M "hole zero" ||
   fail "zeroing with trim did not leave a hole: $(cat "$TMP/nbdinfo.map")"
+
+# Fast zero (NBD_CMD_FLAG_FAST_ZERO → NOFALLBACK): refused at once with
+# ENOTSUP where zeroing would mean writing zeroes, leaving the data alone;
+# done where the device zeroes natively. Without the flag both zero.
+zero() { python3 "$TS_SOURCE_DIR/tests/common/nbd_zero.py" "$NBD_SOCK" "$@"; }
+ok_io() { qemu-io -f raw -c "$2" "$(nbd_uri "$1")" >"$TMP/qemu-io.log" || { cat "$TMP/qemu-io.log"; fail "qemu-io $2 on $1"; }; }
+ok_io slow "write -P 0x77 0 1M"
+[ "$(zero slow 0 65536 fast)" = 95 ] || fail "fast zero on a device without native zeroing did not fail with ENOTSUP"
+ok_io slow "read -P 0x77 0 1M"
+[ "$(zero slow 0 65536)" = 0 ] || fail "zero (not fast) on the slow export failed"
+ok_io slow "read -P 0 0 64k"
+ok_io slow "read -P 0x77 64k 960k"
+[ "$(zero vm0 $((12 * M)) $((2 * M)) fast)" = 0 ] || fail "fast zero on vm0 failed"
+[ "$(zero vm0 $((14 * M)) $((2 * M)) fast nohole)" = 0 ] || fail "fast zero without holes on vm0 failed"
+ok_io vm0 "read -P 0 12M 4M"
+nbdinfo --map --json "$URI" | norm_map nbdinfo >"$TMP/nbdinfo.map"
+map_has "$TMP/nbdinfo.map" $((12 * M)) $((2 * M)) "hole zero" ||
+  fail "fast zero with trim did not leave a hole: $(cat "$TMP/nbdinfo.map")"
+map_has "$TMP/nbdinfo.map" $((14 * M)) $((2 * M)) "data zero" ||
+  fail "fast zero without trim did not leave allocated zeroes: $(cat "$TMP/nbdinfo.map")"
 
 # Fill the whole export, then nbdcopy a sparse image over it: the holes of
 # the image must become holes of the export again, not written zeroes.
