@@ -478,8 +478,14 @@ static int open_stack(void)
     e->name = ts_dev_name(e->dev);
     e->read_only = ts_dev_limits(e->dev)->read_only;
     e->mtime_ns = g.start_ns;
-    if (strchr(e->name, '/') || bd_init(&e->bd, e->dev)) {
-      fprintf(stderr, "thinstack-fuse: cannot export \"%s\"\n", e->name);
+    if (strchr(e->name, '/')) {
+      fprintf(stderr, "thinstack-fuse: export \"%s\": a file name cannot contain '/'\n", e->name);
+      g.nex = i;
+      return -1;
+    }
+    r = bd_init(&e->bd, e->dev);
+    if (r) {
+      fprintf(stderr, "thinstack-fuse: export \"%s\": %s\n", e->name, ts_strerror(r));
       g.nex = i;
       return -1;
     }

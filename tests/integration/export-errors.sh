@@ -11,7 +11,7 @@ requires dd fallocate qemu-io nbdinfo python3 numfmt
 
 M=1048576
 truncate -s 4M "$TMP/ro.img"
-CONFIG=$(write_stack "$TMP" 16M '
+LAYERS='
     "d1": { "type": "file", "path": "d1.img", "size": "4M", "create": true },
     "eio": { "type": "fault", "child": "d1", "rules": [
       { "op": "write", "errno": "EIO", "offset": "1M", "length": "1M" },
@@ -21,8 +21,22 @@ CONFIG=$(write_stack "$TMP" 16M '
       { "op": "write", "errno": "ENOSPC", "offset": "1M", "length": "1M" },
       { "op": "write_zeroes", "errno": "ENOSPC", "offset": "1M", "length": "1M" },
       { "op": "provision", "errno": "ENOSPC" } ] },
-    "ro": { "type": "file", "path": "ro.img", "read_only": true }' \
-  '"eio", "enospc", "ro"')
+    "ro": { "type": "file", "path": "ro.img", "read_only": true }'
+EXPORTS='"eio", "enospc", "ro"'
+# With the thin layers built, also a real out-of-space: a 16M thin volume
+# "full" in a pool with 2M of data space.
+THIN=
+if "$THINSTACK" types | grep -q "^thin-pool:"; then
+  THIN=1
+  LAYERS+=',
+    "smeta": { "type": "file", "path": "smeta.img", "size": "4M", "create": true },
+    "sdata": { "type": "file", "path": "sdata.img", "size": "2M", "create": true },
+    "spool": { "type": "thin-pool", "metadata": "smeta", "data": "sdata", "create": true,
+               "out_of_space": "error" },
+    "full": { "type": "thin", "pool": "spool", "id": 0, "size": "16M", "create": true }'
+  EXPORTS+=', "full"'
+fi
+CONFIG=$(write_stack "$TMP" 16M "$LAYERS" "$EXPORTS")
 
 # expect_error WHAT MESSAGE COMMAND...: the command fails and says MESSAGE.
 expect_error() {
@@ -52,6 +66,10 @@ expect_error "insert range" "Operation not supported" fallocate -i -o 0 -l 64K "
 expect_error "write past the end" "File too large" wr vm0 $((16 * M / 4096))
 expect_error "growing the file" "File too large" fallocate -o $((15 * M)) -l 2M "$MNT/vm0"
 expect_error "truncating the file" "Invalid argument" truncate -s 1M "$MNT/vm0"
+if [ -n "$THIN" ]; then
+  expect_error "filling a pool" "No space left on device" \
+    dd if=/dev/urandom of="$MNT/full" bs=1M count=4 conv=notrunc,fsync status=none
+fi
 ok fallocate -n -o $((15 * M)) -l 2M "$MNT/vm0"   # KEEP_SIZE: the part inside is provisioned
 fuse_umount "$MNT"
 
@@ -68,6 +86,10 @@ ok qio eio "read -P 0x11 2M 4k"
 nbdinfo --json "$(nbd_uri ro)" >"$TMP/ro.json" || fail "nbdinfo on the read-only export failed"
 python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["exports"][0]["is_read_only"]' \
   "$TMP/ro.json" || fail "the read-only device is served writable"
+if [ -n "$THIN" ]; then
+  expect_error "NBD write to a full pool" "write failed: No space left on device" \
+    qio full "write -P 0x22 8M 4M"
+fi
 expect_error "NBD open of an unknown export" "No such file or directory" nbdinfo "$(nbd_uri nosuch)"
 nbd_stop
 echo "PASS"
