@@ -111,21 +111,27 @@ nbd_start() {
   asan=$(ldd "$NBD_PLUGIN" | awk '/lib(asan|tsan|ubsan)\.so/ {print $3; exit}')
   [ -n "$asan" ] && env=(env "LD_PRELOAD=$asan" "ASAN_OPTIONS=detect_leaks=0")
   rm -f "$NBD_SOCK" "$TMP/nbd.pid"
+  NBD_STARTED=1
+  on_exit "nbd_stop"
   "${env[@]}" nbdkit -U "$NBD_SOCK" -P "$TMP/nbd.pid" "$NBD_PLUGIN" "$@" \
     || fail "nbdkit did not start"
-  on_exit "nbd_stop"
   # The served process writes the pid file after the parent has returned.
   wait_for "[ -s '$TMP/nbd.pid' ] && [ -S '$NBD_SOCK' ]"
 }
 
-# Stop nbdkit and wait until it has closed (and so flushed) the stack.
+# Stop nbdkit and wait until it has closed (and so flushed) the stack. The
+# served process may write its pid file only after nbdkit returned: give it
+# time, so a test failing early still stops the server it started.
 nbd_stop() {
+  [ -n "${NBD_STARTED:-}" ] || return 0
+  local i pid
+  for i in $(seq 100); do [ -s "$TMP/nbd.pid" ] && break; sleep 0.1; done
   [ -s "$TMP/nbd.pid" ] || return 0
-  local pid
   pid=$(cat "$TMP/nbd.pid")
   kill "$pid" 2>/dev/null || true
   wait_for "! kill -0 $pid 2>/dev/null"
   rm -f "$TMP/nbd.pid"
+  NBD_STARTED=
 }
 
 nbd_uri() { echo "nbd+unix:///$1?socket=$NBD_SOCK"; }
