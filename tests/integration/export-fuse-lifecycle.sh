@@ -6,7 +6,7 @@
 . "$TS_SOURCE_DIR/tests/common/requires.sh"
 . "$TS_SOURCE_DIR/tests/common/exports.sh"
 requires_fuse
-requires python3 numfmt pgrep
+requires python3 numfmt
 
 M=1048576
 CONFIG=$(write_stack "$TMP" 16M)
@@ -32,8 +32,17 @@ on_exit "mountpoint -q '$MNT' && fusermount3 -u '$MNT'"
 mountpoint -q "$MNT" || fail "the daemon returned before the mount was ready"
 head -c $M /dev/urandom >"$TMP/chunk"
 dd if="$TMP/chunk" of="$MNT/vm0" bs=64k seek=16 conv=notrunc status=none
+# The daemon is not our child: wait until no process serves $MNT any more.
+serving() {
+  local c
+  for c in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' <"$c" 2>/dev/null | grep -qF -- "$FUSE_BIN $CONFIG $MNT" && return 0
+  done
+  return 1
+}
+serving || fail "no thinstack-fuse process found for $MNT"
 fusermount3 -u "$MNT"
-wait_for "! pgrep -f -- '$FUSE_BIN $CONFIG $MNT' >/dev/null"
+wait_for "! serving"
 "$THINSTACK" read "$CONFIG" vm0 $M $M -o "$TMP/back" && cmp "$TMP/chunk" "$TMP/back" ||
   fail "data written through the daemon's mount is not in the stack"
 
