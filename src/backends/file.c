@@ -48,7 +48,8 @@ static const ts_param file_params[] = {
 static int file_open(ts_layer *l, const json_t *params, ts_error *err)
 {
   bool create = ts_param_bool(params, "create", false);
-  bool ro = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
+  bool ro_param = ts_param_bool(params, "read_only", false);
+  bool ro = ro_param || ts_layer_force_read_only(l);
   bool direct = ts_param_bool(params, "direct", false);
   bool has_size = json_object_get(params, "size") != NULL;
   uint64_t size = ts_param_size(params, "size", 0);
@@ -59,7 +60,9 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   if (has_size && (size == 0 || size % bs))
     return ts_layer_error(l, err, -EINVAL, "size", "must be a non-zero multiple of %llu bytes",
                           (unsigned long long)bs);
-  if (create && ro)
+  /* A stack opened read-only still opens files its config may create:
+   * "create" then only means nothing, and a missing file is an error. */
+  if (create && ro_param)
     return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only file");
 
   char *path = ts_layer_path(l, ts_param_string(params, "path", ""));
@@ -68,7 +71,7 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
   int fd = open(path, flags);
   int r;
-  if (fd < 0 && errno == ENOENT && create) {
+  if (fd < 0 && errno == ENOENT && create && !ro) {
     if (!has_size) {
       r = ts_layer_error(l, err, -EINVAL, "size", "required to create %s", path);
       goto fail;

@@ -11,9 +11,6 @@
 #include "cli/cli.h"
 #include "pdata/thin-metadata.h"
 
-int ts_cli_check(int argc, char **argv);
-int ts_cli_dump(int argc, char **argv);
-int ts_cli_restore(int argc, char **argv);
 
 static bool want_help(int argc, char **argv, const char *usage, const char *text)
 {

@@ -237,8 +237,10 @@ int tmd_insert_run(struct tmd *md, uint32_t dev_id, uint64_t vbegin, uint64_t co
                    uint64_t dbegin, uint64_t *done);
 
 /* Callback for tmd_remove_range: data blocks [dbegin, dbegin+len) just lost
- * their last mapping reference (see TMD_REMOVE_HOLD). Return 0 to continue;
- * an error stops the removal (mappings removed so far stay removed). */
+ * their last mapping reference (see TMD_REMOVE_HOLD). Return 0 to continue.
+ * A non-zero return stops further reports, but the removal itself always
+ * completes (a half-removed leaf would leave counts wrong); tmd_remove_range
+ * then returns that value. */
 typedef int (*tmd_freed_fn)(void *arg, uint64_t dbegin, uint64_t len);
 
 /* Keep one temporary reference on each data block whose count would drop to

@@ -393,6 +393,8 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
       break;
     }
   }
+  if (r == 1)
+    r = 0; /* stopped at </superblock> */
   if (!r && !done_sb)
     r = fail(err, -EINVAL, "line %d: %s", p.line, md ? "missing </superblock>" : "no <superblock> found");
   if (!r) {

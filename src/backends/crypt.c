@@ -1,0 +1,919 @@
+/* crypt: transparent sector encryption of a child, compatible with dm-crypt's
+ * aes-xts-plain64 in plain mode (no LUKS header).
+ *
+ *   { "type": "crypt", "child": "vm0", "cipher": "aes-xts-plain64",
+ *     "key_file": "vm0.key" | "key": "<hex>", "sector_size": 512,
+ *     "iv_offset": 0, "iv_large_sectors": false, "offset": 0, "size": "...",
+ *     "allow_discards": false, "read_only": false, "threads": 0 }
+ *
+ * Each sector_size unit of this device is one IEEE 1619 XTS data unit, stored
+ * at the same place (+ offset) in the child. Its tweak is the plain64 IV: the
+ * unit's 512-byte sector number plus iv_offset, as a 16-byte little-endian
+ * integer; with iv_large_sectors that sum is divided by sector_size / 512.
+ * Kernel equivalent:
+ *   <0> <size/512> crypt aes-xts-plain64 <key> <iv_offset> <child> <offset/512>
+ *       [<#opts> allow_discards sector_size:<n> iv_large_sectors]
+ *
+ * READ reads ciphertext into the caller's buffer and decrypts it there; WRITE
+ * encrypts into a bounce buffer (the caller's buffer is never changed);
+ * WRITE_ZEROES writes encrypted zero sectors (zero ciphertext is not zero
+ * plaintext); PROVISION passes down; DISCARD only with allow_discards.
+ * Requests of CRYPT_PARALLEL_MIN bytes or more are transformed by a small
+ * per-layer worker pool together with the calling thread; smaller ones run
+ * inline. Cipher contexts come from a lock-free per-layer cache, so the data
+ * path takes no lock except the pool's queue for large requests.
+ */
+#include <libthinstack/layer.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CRYPT_MAX_SECTOR 4096u
+#define CRYPT_MAX_KEY 64u
+#define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
+#define CRYPT_PART_MIN (64u * 1024)       /* smallest slice one thread takes */
+#define CRYPT_WINDOW_MIN (256u * 1024)    /* bytes moved to/from the child per step: */
+#define CRYPT_WINDOW_PER_THREAD (128u * 1024) /* small enough to be transformed while still
+                                                 in cache, large enough for every thread */
+#define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
+#define CRYPT_MAX_THREADS 64
+#define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
+
+static const char *const supported_ciphers = "aes-xts-plain64 (also written capi:xts(aes)-plain64)";
+
+/* One thread's cipher state: XTS needs separate contexts per direction (the
+ * AES decryption key schedule differs), plus the WRITE bounce buffer. */
+struct crypt_ctx {
+  EVP_CIPHER_CTX *enc, *dec;
+  unsigned char *bounce;
+  size_t bounce_cap;
+};
+
+enum crypt_mode { MODE_ENCRYPT, MODE_ZERO, MODE_DECRYPT };
+
+/* The data transform of one request (or one WRITE window). */
+struct crypt_job {
+  enum crypt_mode mode;
+  uint64_t offset;             /* device offset of byte 0 of the job */
+  const struct iovec *iov;     /* plaintext in (ENCRYPT) or ciphertext in place (DECRYPT) */
+  int iovcnt;
+  size_t iov_skip;             /* iovec position of byte 0 of the job */
+  unsigned char *out;          /* ENCRYPT, ZERO: ciphertext out */
+  atomic_int pending;          /* queued slices not yet done */
+  atomic_int err;
+  sem_t done;                  /* posted when pending reaches 0 */
+};
+
+struct crypt_task {
+  struct crypt_job *job;
+  uint64_t skip, len;          /* slice of the job, bytes */
+  struct crypt_task *next;
+};
+
+struct crypt_layer {
+  ts_layer *child;
+  const EVP_CIPHER *cipher;
+  unsigned char *key;          /* one mlock'ed page, wiped on close */
+  size_t key_len;
+  size_t page;
+  char *key_file;              /* path, for status (never the key) */
+  uint64_t offset, size, iv_offset;
+  uint32_t sector_size;
+  unsigned iv_shift;           /* log2(sector_size / 512) with iv_large_sectors, else 0 */
+  bool iv_large, allow_discards, read_only;
+  unsigned threads;            /* threads that share a large request, the caller included */
+  uint64_t window;             /* bytes per child request of a READ or WRITE */
+
+  _Atomic(struct crypt_ctx *) slot[CRYPT_CTX_SLOTS];
+
+  pthread_t *workers;
+  unsigned nworkers;
+  pthread_mutex_t qlock;
+  pthread_cond_t qcond;
+  struct crypt_task *head, *tail;
+  bool stop;
+
+  _Atomic uint64_t nr_parallel, nr_ctx_created;
+};
+
+static const ts_param crypt_params[] = {
+  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the ciphertext" },
+  /* An enum, so `thinstack validate` already names what is supported. */
+  { "cipher", TS_PARAM_ENUM, 0, "aes-xts-plain64|capi:xts(aes)-plain64", NULL,
+    "cipher spec (default aes-xts-plain64)" },
+  { "key_file", TS_PARAM_PATH, 0, NULL, NULL,
+    "file holding the raw key: 32 bytes (AES-128-XTS) or 64 bytes (AES-256-XTS)" },
+  { "key", TS_PARAM_STRING, 0, NULL, NULL, "the key as 64 or 128 hex digits (instead of key_file)" },
+  { "sector_size", TS_PARAM_SIZE, 0, NULL, NULL, "encryption unit: 512 (default), 1024, 2048 or 4096" },
+  { "iv_offset", TS_PARAM_UINT, 0, NULL, NULL, "added to the 512-byte sector number of the IV" },
+  { "iv_large_sectors", TS_PARAM_BOOL, 0, NULL, NULL,
+    "IVs count sector_size units instead of 512-byte sectors" },
+  { "offset", TS_PARAM_SIZE, 0, NULL, NULL, "where the ciphertext starts in the child (bytes)" },
+  { "size", TS_PARAM_SIZE, 0, NULL, NULL, "device size (default: the rest of the child)" },
+  { "allow_discards", TS_PARAM_BOOL, 0, NULL, NULL,
+    "pass discards down (reveals which sectors are unused)" },
+  { "read_only", TS_PARAM_BOOL, 0, NULL, NULL, "refuse writes" },
+  { "threads", TS_PARAM_UINT, 0, NULL, NULL,
+    "threads sharing a large request, the caller included (0 = CPUs, at most 8)" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+/* ------------------------------------------------------------------------ */
+/* Keys                                                                      */
+
+/* A page that is never swapped, dumped or inherited by a forked child. */
+static unsigned char *key_page_alloc(size_t page, int *err)
+{
+  void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    *err = -errno;
+    return NULL;
+  }
+  if (mlock(p, page) != 0) {
+    *err = -errno;
+    munmap(p, page);
+    return NULL;
+  }
+#ifdef MADV_DONTDUMP
+  (void)madvise(p, page, MADV_DONTDUMP);
+#endif
+#ifdef MADV_WIPEONFORK
+  (void)madvise(p, page, MADV_WIPEONFORK);
+#endif
+  return p;
+}
+
+static void key_page_free(unsigned char *p, size_t page)
+{
+  if (!p)
+    return;
+  OPENSSL_cleanse(p, page);
+  munlock(p, page);
+  munmap(p, page);
+}
+
+static int hex_digit(char ch)
+{
+  if (ch >= '0' && ch <= '9')
+    return ch - '0';
+  if (ch >= 'a' && ch <= 'f')
+    return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F')
+    return ch - 'A' + 10;
+  return -1;
+}
+
+/* Decode the hex key into locked memory. Messages never quote the key. */
+static int key_from_hex(ts_layer *l, struct crypt_layer *c, const char *hex, ts_error *err)
+{
+  size_t n = strlen(hex);
+  for (size_t i = 0; i < n; i++)
+    if (hex_digit(hex[i]) < 0)
+      return ts_layer_error(l, err, -EINVAL, "key",
+                            "character %zu is not a hex digit (the key is 64 or 128 hex digits)",
+                            i + 1);
+  if (n != 2 * 32 && n != 2 * 64)
+    return ts_layer_error(l, err, -EINVAL, "key",
+                          "has %zu hex digits; aes-xts-plain64 takes 64 (AES-128-XTS) or 128 "
+                          "(AES-256-XTS)", n);
+  for (size_t i = 0; i < n / 2; i++)
+    c->key[i] = (unsigned char)(hex_digit(hex[2 * i]) << 4 | hex_digit(hex[2 * i + 1]));
+  c->key_len = n / 2;
+  return 0;
+}
+
+/* Read the raw key file into locked memory, without an intermediate copy. */
+static int key_from_file(ts_layer *l, struct crypt_layer *c, const char *path, ts_error *err)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    return ts_layer_error(l, err, -e, "key_file", "cannot open %s: %s", path, strerror(e));
+  }
+  /* Read one byte more than the largest key so an oversized file shows. */
+  size_t got = 0;
+  while (got < CRYPT_MAX_KEY + 1) {
+    ssize_t k = read(fd, c->key + got, CRYPT_MAX_KEY + 1 - got);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k < 0) {
+      int e = errno;
+      close(fd);
+      return ts_layer_error(l, err, -e, "key_file", "cannot read %s: %s", path, strerror(e));
+    }
+    if (k == 0)
+      break;
+    got += (size_t)k;
+  }
+  struct stat st;
+  bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  close(fd);
+  if (got == 32 || got == 64) {
+    c->key_len = got;
+    return 0;
+  }
+  bool hexlike = got > 0;
+  for (size_t i = 0; i < got; i++)
+    hexlike &= hex_digit((char)c->key[i]) >= 0 || c->key[i] == '\n' || c->key[i] == '\r';
+  OPENSSL_cleanse(c->key, CRYPT_MAX_KEY + 1);
+  char held[48];
+  if (got <= CRYPT_MAX_KEY || regular)
+    snprintf(held, sizeof held, "%llu bytes",
+             (unsigned long long)(got <= CRYPT_MAX_KEY ? got : (uint64_t)st.st_size));
+  else
+    snprintf(held, sizeof held, "more than %u bytes", CRYPT_MAX_KEY);
+  return ts_layer_error(l, err, -EINVAL, "key_file",
+                        "%s holds %s; aes-xts-plain64 takes exactly 32 (AES-128-XTS) or 64 "
+                        "(AES-256-XTS) raw bytes%s", path, held,
+                        hexlike ? " (it looks like hex text: put hex digits in \"key\", or write "
+                                  "the raw bytes to the file)" : "");
+}
+
+static int load_key(ts_layer *l, struct crypt_layer *c, const json_t *params, ts_error *err)
+{
+  const char *hex = ts_param_string(params, "key", NULL);
+  const char *file = ts_param_string(params, "key_file", NULL);
+  if (hex && file)
+    return ts_layer_error(l, err, -EINVAL, "key", "give either \"key\" or \"key_file\", not both");
+  if (!hex && !file)
+    return ts_layer_error(l, err, -EINVAL, NULL,
+                          "needs a key: \"key_file\" (raw bytes) or \"key\" (hex digits)");
+  int r = 0;
+  c->key = key_page_alloc(c->page, &r);
+  if (!c->key)
+    return ts_layer_error(l, err, r, NULL,
+                          "cannot lock memory for the key: %s (raise RLIMIT_MEMLOCK, ulimit -l)",
+                          strerror(-r));
+  if (hex) {
+    r = key_from_hex(l, c, hex, err);
+  } else {
+    c->key_file = ts_layer_path(l, file);
+    if (!c->key_file)
+      return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+    r = key_from_file(l, c, c->key_file, err);
+  }
+  if (r)
+    return r;
+  size_t half = c->key_len / 2;
+  /* OpenSSL refuses XTS keys whose halves are equal (IEEE 1619 wants two
+   * independent keys); say so here rather than fail on first use. */
+  if (CRYPTO_memcmp(c->key, c->key + half, half) == 0)
+    return ts_layer_error(l, err, -EINVAL, hex ? "key" : "key_file",
+                          "the two halves of the XTS key are equal; XTS needs two different keys");
+  c->cipher = c->key_len == 32 ? EVP_aes_128_xts() : EVP_aes_256_xts();
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cipher contexts                                                           */
+
+static void ctx_free(struct crypt_ctx *x)
+{
+  if (!x)
+    return;
+  EVP_CIPHER_CTX_free(x->enc); /* clears the key schedule */
+  EVP_CIPHER_CTX_free(x->dec);
+  free(x->bounce);
+  free(x);
+}
+
+static struct crypt_ctx *ctx_new(struct crypt_layer *c)
+{
+  struct crypt_ctx *x = calloc(1, sizeof *x);
+  if (!x)
+    return NULL;
+  x->enc = EVP_CIPHER_CTX_new();
+  x->dec = EVP_CIPHER_CTX_new();
+  if (!x->enc || !x->dec || !EVP_EncryptInit_ex(x->enc, c->cipher, NULL, c->key, NULL) ||
+      !EVP_DecryptInit_ex(x->dec, c->cipher, NULL, c->key, NULL)) {
+    ctx_free(x);
+    return NULL;
+  }
+  atomic_fetch_add_explicit(&c->nr_ctx_created, 1, memory_order_relaxed);
+  return x;
+}
+
+/* Where a thread starts scanning the slots, so threads rarely collide. */
+static unsigned slot_hint(void)
+{
+  static _Thread_local unsigned hint = UINT32_MAX;
+  if (hint == UINT32_MAX)
+    hint = (unsigned)(((uintptr_t)&hint >> 12) % CRYPT_CTX_SLOTS);
+  return hint;
+}
+
+static struct crypt_ctx *ctx_get(struct crypt_layer *c)
+{
+  unsigned h = slot_hint();
+  for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++) {
+    struct crypt_ctx *x = atomic_exchange_explicit(&c->slot[(h + i) % CRYPT_CTX_SLOTS], NULL,
+                                                   memory_order_acquire);
+    if (x)
+      return x;
+  }
+  return ctx_new(c);
+}
+
+static void ctx_put(struct crypt_layer *c, struct crypt_ctx *x)
+{
+  unsigned h = slot_hint();
+  for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++) {
+    struct crypt_ctx *expect = NULL;
+    if (atomic_compare_exchange_strong_explicit(&c->slot[(h + i) % CRYPT_CTX_SLOTS], &expect, x,
+                                                memory_order_release, memory_order_relaxed))
+      return;
+  }
+  ctx_free(x);
+}
+
+static int ctx_bounce(struct crypt_ctx *x, size_t need)
+{
+  if (x->bounce_cap >= need)
+    return 0;
+  size_t cap = need < 64 * 1024 ? 64 * 1024 : need;
+  void *p;
+  /* Page-aligned so an O_DIRECT child needs no second copy. */
+  if (posix_memalign(&p, 4096, cap))
+    return -ENOMEM;
+  free(x->bounce);
+  x->bounce = p;
+  x->bounce_cap = cap;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The transform                                                             */
+
+static uint64_t iv_sector(const struct crypt_layer *c, uint64_t dev_off)
+{
+  return (dev_off / 512 + c->iv_offset) >> c->iv_shift;
+}
+
+/* One XTS data unit. The EVP context keeps its key; only the tweak changes. */
+static int xts_unit(EVP_CIPHER_CTX *ctx, uint64_t sector, const unsigned char *in,
+                    unsigned char *out, uint32_t len)
+{
+  unsigned char iv[16] = { 0 };
+  for (int i = 0; i < 8; i++)
+    iv[i] = (unsigned char)(sector >> (8 * i));
+  int n = 0;
+  if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1 ||
+      EVP_CipherUpdate(ctx, out, &n, in, (int)len) != 1 || n != (int)len)
+    return -EIO;
+  return 0;
+}
+
+/* The address of the next `n` bytes of an iovec if they are contiguous. */
+struct iov_cursor {
+  const struct iovec *iov;
+  int cnt, i;
+  size_t off;
+};
+
+static void cursor_seek(struct iov_cursor *k, const struct iovec *iov, int cnt, size_t skip)
+{
+  k->iov = iov;
+  k->cnt = cnt;
+  k->i = 0;
+  while (k->i < cnt && skip >= iov[k->i].iov_len) {
+    skip -= iov[k->i].iov_len;
+    k->i++;
+  }
+  k->off = skip;
+}
+
+static unsigned char *cursor_span(const struct iov_cursor *k, size_t n)
+{
+  if (k->i < k->cnt && k->iov[k->i].iov_len - k->off >= n)
+    return (unsigned char *)k->iov[k->i].iov_base + k->off;
+  return NULL;
+}
+
+static void cursor_advance(struct iov_cursor *k, size_t n)
+{
+  while (k->i < k->cnt) {
+    size_t left = k->iov[k->i].iov_len - k->off;
+    if (n < left) {
+      k->off += n;
+      return;
+    }
+    n -= left;
+    k->i++;
+    k->off = 0;
+    if (n == 0)
+      break;
+  }
+  /* Land on the next non-empty element. */
+  while (k->i < k->cnt && k->iov[k->i].iov_len == 0)
+    k->i++;
+}
+
+/* Transform bytes [skip, skip+len) of a job, sector by sector. */
+static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const struct crypt_job *j,
+                     uint64_t skip, uint64_t len)
+{
+  const uint32_t ss = c->sector_size;
+  alignas(64) unsigned char tmp[CRYPT_MAX_SECTOR];
+  const unsigned char *zero = ts_zero_buffer();
+  bool used_tmp = false;
+  struct iov_cursor k = { 0 };
+  EVP_CIPHER_CTX *ctx = j->mode == MODE_DECRYPT ? x->dec : x->enc;
+  if (j->mode != MODE_ZERO)
+    cursor_seek(&k, j->iov, j->iovcnt, j->iov_skip + skip);
+  int r = 0;
+  for (uint64_t p = skip; p < skip + len; p += ss) {
+    uint64_t sector = iv_sector(c, j->offset + p);
+    if (j->mode == MODE_ZERO) {
+      r = xts_unit(ctx, sector, zero, j->out + p, ss);
+    } else {
+      unsigned char *span = cursor_span(&k, ss);
+      size_t at = j->iov_skip + p;
+      used_tmp |= !span;
+      if (j->mode == MODE_ENCRYPT) {
+        if (!span)
+          ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
+        r = xts_unit(ctx, sector, span ? span : tmp, j->out + p, ss);
+      } else if (span) {
+        r = xts_unit(ctx, sector, span, span, ss);
+      } else {
+        /* A sector split across iovec elements: gather, decrypt, scatter. */
+        ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
+        r = xts_unit(ctx, sector, tmp, tmp, ss);
+        ts_iov_from_buf(j->iov, j->iovcnt, at, tmp, ss);
+      }
+      cursor_advance(&k, ss);
+    }
+    if (r)
+      break;
+  }
+  if (used_tmp)
+    OPENSSL_cleanse(tmp, sizeof tmp); /* it held plaintext */
+  return r;
+}
+
+static void task_run(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_task *t)
+{
+  struct crypt_job *j = t->job;
+  int r = x ? transform(c, x, j, t->skip, t->len) : -ENOMEM;
+  if (r) {
+    int none = 0;
+    atomic_compare_exchange_strong(&j->err, &none, r);
+  }
+  if (atomic_fetch_sub_explicit(&j->pending, 1, memory_order_acq_rel) == 1)
+    sem_post(&j->done);
+}
+
+static struct crypt_task *queue_pop(struct crypt_layer *c)
+{
+  struct crypt_task *t = c->head;
+  if (t) {
+    c->head = t->next;
+    if (!c->head)
+      c->tail = NULL;
+  }
+  return t;
+}
+
+static void *worker_main(void *arg)
+{
+  struct crypt_layer *c = arg;
+  struct crypt_ctx *x = NULL;
+  pthread_mutex_lock(&c->qlock);
+  for (;;) {
+    while (!c->head && !c->stop)
+      pthread_cond_wait(&c->qcond, &c->qlock);
+    if (c->stop && !c->head)
+      break;
+    struct crypt_task *t = queue_pop(c);
+    pthread_mutex_unlock(&c->qlock);
+    if (!x)
+      x = ctx_get(c);
+    task_run(c, x, t);
+    pthread_mutex_lock(&c->qlock);
+  }
+  pthread_mutex_unlock(&c->qlock);
+  if (x)
+    ctx_put(c, x);
+  return NULL;
+}
+
+/* Run a job: inline when small, otherwise in slices shared by the workers
+ * and the calling thread (which also runs queued slices while it waits). */
+static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j, uint64_t len)
+{
+  const uint32_t ss = c->sector_size;
+  unsigned parts = c->nworkers ? c->threads : 1;
+  if (len < CRYPT_PARALLEL_MIN)
+    parts = 1;
+  if (parts > len / CRYPT_PART_MIN)
+    parts = (unsigned)(len / CRYPT_PART_MIN);
+  if (parts <= 1)
+    return transform(c, x, j, 0, len);
+
+  struct crypt_task task[CRYPT_MAX_THREADS];
+  uint64_t per = (len / parts + ss - 1) / ss * ss, at = 0;
+  unsigned n = 0;
+  for (; n < parts && at < len; n++) {
+    task[n] = (struct crypt_task){ j, at, per < len - at ? per : len - at, NULL };
+    at += task[n].len;
+  }
+  if (sem_init(&j->done, 0, 0) != 0)
+    return transform(c, x, j, 0, len);
+  atomic_init(&j->err, 0);
+  atomic_init(&j->pending, (int)(n - 1));
+  atomic_fetch_add_explicit(&c->nr_parallel, 1, memory_order_relaxed);
+  pthread_mutex_lock(&c->qlock);
+  for (unsigned i = 1; i < n; i++) {
+    if (c->tail)
+      c->tail->next = &task[i];
+    else
+      c->head = &task[i];
+    c->tail = &task[i];
+  }
+  pthread_cond_broadcast(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+
+  int r = transform(c, x, j, task[0].skip, task[0].len);
+  /* Help rather than sleep while slices are queued (ours or another request's). */
+  for (;;) {
+    pthread_mutex_lock(&c->qlock);
+    struct crypt_task *t = queue_pop(c);
+    pthread_mutex_unlock(&c->qlock);
+    if (!t)
+      break;
+    task_run(c, x, t);
+  }
+  while (sem_wait(&j->done) != 0 && errno == EINTR)
+    ;
+  sem_destroy(&j->done);
+  int e = atomic_load(&j->err);
+  return r ? r : e;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Layer callbacks                                                           */
+
+static void crypt_close(ts_layer *l);
+
+static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  const char *cipher = ts_param_string(params, "cipher", "aes-xts-plain64");
+  if (strcmp(cipher, "aes-xts-plain64") != 0 && strcmp(cipher, "capi:xts(aes)-plain64") != 0)
+    return ts_layer_error(l, err, -EINVAL, "cipher", "\"%s\" is not supported; supported: %s",
+                          cipher, supported_ciphers);
+
+  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
+  const ts_limits *cl = ts_dev_limits(child);
+  uint64_t ss = ts_param_size(params, "sector_size", 512);
+  if (ss != 512 && ss != 1024 && ss != 2048 && ss != 4096)
+    return ts_layer_error(l, err, -EINVAL, "sector_size",
+                          "%llu is not a valid sector size: use 512, 1024, 2048 or 4096",
+                          (unsigned long long)ss);
+  uint64_t iv_offset = ts_param_uint(params, "iv_offset", 0);
+  if (iv_offset % (ss / 512))
+    return ts_layer_error(l, err, -EINVAL, "iv_offset",
+                          "%llu must be a multiple of %llu (sector_size %llu in 512-byte sectors), "
+                          "as dm-crypt requires", (unsigned long long)iv_offset,
+                          (unsigned long long)(ss / 512), (unsigned long long)ss);
+  uint64_t offset = ts_param_size(params, "offset", 0);
+  uint64_t align = cl->logical_block_size > 512 ? cl->logical_block_size : 512;
+  if (offset % align || offset >= cl->size)
+    return ts_layer_error(l, err, -EINVAL, "offset",
+                          "%llu must be a multiple of %llu (the block size of \"%s\") below its "
+                          "size %llu", (unsigned long long)offset, (unsigned long long)align,
+                          ts_dev_name(child), (unsigned long long)cl->size);
+  /* Whole blocks of this device: sector_size or the child's block, the larger. */
+  uint64_t unit = ss > cl->logical_block_size ? ss : cl->logical_block_size;
+  uint64_t size = ts_param_size(params, "size", (cl->size - offset) / unit * unit);
+  if (size == 0 || size % unit || size > cl->size - offset)
+    return ts_layer_error(l, err, -EINVAL, "size",
+                          "%llu must be a non-zero multiple of %llu (the block size) that fits in "
+                          "\"%s\" after offset %llu (%llu bytes left)", (unsigned long long)size,
+                          (unsigned long long)unit, ts_dev_name(child), (unsigned long long)offset,
+                          (unsigned long long)(cl->size - offset));
+  uint64_t threads = ts_param_uint(params, "threads", 0);
+  if (threads > CRYPT_MAX_THREADS)
+    return ts_layer_error(l, err, -EINVAL, "threads", "%llu is more than %u",
+                          (unsigned long long)threads, CRYPT_MAX_THREADS);
+  if (threads == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = cpus < 1 ? 1 : cpus > CRYPT_AUTO_THREADS ? CRYPT_AUTO_THREADS : (uint64_t)cpus;
+  }
+
+  struct crypt_layer *c = calloc(1, sizeof *c);
+  if (!c)
+    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+  c->child = child;
+  c->page = (size_t)sysconf(_SC_PAGESIZE);
+  c->offset = offset;
+  c->size = size;
+  c->iv_offset = iv_offset;
+  c->sector_size = (uint32_t)ss;
+  c->iv_large = ts_param_bool(params, "iv_large_sectors", false);
+  for (uint64_t u = ss / 512; c->iv_large && u > 1; u >>= 1)
+    c->iv_shift++;
+  c->allow_discards = ts_param_bool(params, "allow_discards", false);
+  c->read_only = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
+  c->threads = (unsigned)threads;
+  c->window = threads * CRYPT_WINDOW_PER_THREAD;
+  if (c->window < CRYPT_WINDOW_MIN)
+    c->window = CRYPT_WINDOW_MIN;
+  pthread_mutex_init(&c->qlock, NULL);
+  pthread_cond_init(&c->qcond, NULL);
+  ts_layer_set_priv(l, c);
+
+  int r = load_key(l, c, params, err);
+  if (r)
+    goto fail;
+  /* Prove the key works now, so the data path never meets a setup error. */
+  struct crypt_ctx *x = ctx_new(c);
+  if (!x) {
+    r = ts_layer_error(l, err, -EIO, NULL, "OpenSSL refused the %zu-bit AES-XTS key",
+                       c->key_len * 8);
+    goto fail;
+  }
+  ctx_put(c, x);
+  if (c->threads > 1) {
+    c->workers = calloc(c->threads - 1, sizeof *c->workers);
+    if (!c->workers) {
+      r = ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+      goto fail;
+    }
+    for (unsigned i = 0; i + 1 < c->threads; i++) {
+      int e = pthread_create(&c->workers[i], NULL, worker_main, c);
+      if (e) {
+        r = ts_layer_error(l, err, -e, "threads", "cannot start worker thread: %s", strerror(e));
+        goto fail;
+      }
+      c->nworkers++;
+    }
+  }
+  return 0;
+fail:
+  crypt_close(l);
+  ts_layer_set_priv(l, NULL);
+  return r;
+}
+
+static void crypt_close(ts_layer *l)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  if (!c)
+    return;
+  pthread_mutex_lock(&c->qlock);
+  c->stop = true;
+  pthread_cond_broadcast(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+  for (unsigned i = 0; i < c->nworkers; i++)
+    pthread_join(c->workers[i], NULL);
+  free(c->workers);
+  for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++)
+    ctx_free(atomic_exchange(&c->slot[i], NULL));
+  key_page_free(c->key, c->page);
+  pthread_mutex_destroy(&c->qlock);
+  pthread_cond_destroy(&c->qcond);
+  free(c->key_file);
+  free(c);
+}
+
+static uint64_t lcm64(uint64_t a, uint64_t b)
+{
+  if (!a || !b)
+    return a ? a : b;
+  uint64_t x = a, y = b;
+  while (y) {
+    uint64_t t = x % y;
+    x = y;
+    y = t;
+  }
+  return a / x * b;
+}
+
+static int crypt_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  uint32_t lbs = lim->logical_block_size > c->sector_size ? lim->logical_block_size : c->sector_size;
+  lim->size = c->size;
+  lim->logical_block_size = lbs;
+  if (lim->physical_block_size < lbs)
+    lim->physical_block_size = lbs;
+  if (lim->io_min < lbs)
+    lim->io_min = lbs;
+  if (c->allow_discards) {
+    lim->discard_granularity = (uint32_t)lcm64(lim->discard_granularity, lbs);
+  } else {
+    lim->max_discard_bytes = 0;
+    lim->discard_granularity = 0;
+  }
+  /* Discarded ciphertext decrypts to noise, never to zeroes. */
+  lim->discard_zeroes = false;
+  lim->max_write_zeroes_bytes = UINT64_MAX;
+  lim->write_zeroes_unmap = false;
+  if (lim->max_provision_bytes)
+    lim->provision_granularity = (uint32_t)lcm64(lim->provision_granularity, lbs);
+  lim->read_only = lim->read_only || c->read_only;
+  return 0;
+}
+
+/* Encrypt (or encrypt zeroes) and write, one bounce window at a time. */
+static int write_encrypted(struct crypt_layer *c, const ts_io *io, enum crypt_mode mode,
+                           uint32_t flags)
+{
+  struct crypt_ctx *x = ctx_get(c);
+  if (!x)
+    return -ENOMEM;
+  uint64_t window = io->length < c->window ? io->length : c->window;
+  int r = ctx_bounce(x, (size_t)window);
+  for (uint64_t done = 0; !r && done < io->length; done += window) {
+    uint64_t n = io->length - done < window ? io->length - done : window;
+    struct crypt_job j = { .mode = mode, .offset = io->offset + done, .iov = io->iov,
+                           .iovcnt = io->iovcnt, .iov_skip = (size_t)done, .out = x->bounce };
+    r = run_job(c, x, &j, n);
+    if (!r) {
+      struct iovec v = { x->bounce, (size_t)n };
+      ts_io w = { .op = TS_OP_WRITE, .flags = flags, .offset = c->offset + io->offset + done,
+                  .length = n, .iov = &v, .iovcnt = 1 };
+      r = ts_submit(c->child, &w);
+    }
+  }
+  ctx_put(c, x);
+  return r;
+}
+
+/* Read ciphertext into the caller's buffer and decrypt it there, a window at
+ * a time. */
+static int read_decrypted(struct crypt_layer *c, const ts_io *io)
+{
+  if (io->length <= c->window) {
+    ts_io sub = *io;
+    sub.offset += c->offset;
+    int r = ts_submit(c->child, &sub);
+    struct crypt_ctx *x = r ? NULL : ctx_get(c);
+    if (!r && !x)
+      r = -ENOMEM;
+    if (!r) {
+      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset, .iov = io->iov,
+                             .iovcnt = io->iovcnt };
+      r = run_job(c, x, &j, io->length);
+      ctx_put(c, x);
+    }
+    return r;
+  }
+  struct iovec inl[16], *slice = inl;
+  int cap = 16;
+  if (io->iovcnt > cap) {
+    cap = io->iovcnt;
+    slice = malloc((size_t)cap * sizeof *slice);
+    if (!slice)
+      return -ENOMEM;
+  }
+  struct crypt_ctx *x = ctx_get(c);
+  int r = x ? 0 : -ENOMEM;
+  for (uint64_t done = 0; !r && done < io->length;) {
+    uint64_t n = io->length - done < c->window ? io->length - done : c->window;
+    int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)done, (size_t)n, slice, cap);
+    ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + done, .length = n,
+                  .iov = slice, .iovcnt = cnt };
+    r = cnt > 0 ? ts_submit(c->child, &sub) : -EIO;
+    if (!r) {
+      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset + done, .iov = slice,
+                             .iovcnt = cnt };
+      r = run_job(c, x, &j, n);
+    }
+    done += n;
+  }
+  if (x)
+    ctx_put(c, x);
+  if (slice != inl)
+    free(slice);
+  return r;
+}
+
+static int crypt_submit(ts_layer *l, const ts_io *io)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  switch (io->op) {
+  case TS_OP_READ:
+    return read_decrypted(c, io);
+  case TS_OP_WRITE:
+    return write_encrypted(c, io, MODE_ENCRYPT, io->flags & TS_IO_FUA);
+  case TS_OP_WRITE_ZEROES:
+    /* Zeroing costs a full encrypted write here: a caller that asked for no
+     * fallback wanted something cheaper than that. */
+    if (io->flags & TS_IO_NOFALLBACK)
+      return -EOPNOTSUPP;
+    return write_encrypted(c, io, MODE_ZERO, io->flags & TS_IO_FUA);
+  case TS_OP_FLUSH:
+    return ts_flush(c->child);
+  case TS_OP_DISCARD:
+  case TS_OP_PROVISION:
+    return ts_layer_io(c->child, io->op, 0, c->offset + io->offset, io->length);
+  default:
+    return -EOPNOTSUPP;
+  }
+}
+
+/* The child's map, in this device's blocks. ZERO never survives: allocated
+ * ciphertext decrypts to data, and an unallocated range that reads as zero
+ * ciphertext decrypts to noise, so it is a HOLE whose contents are undefined.
+ * Edges inside one of our blocks round so that the block counts as data. */
+static int crypt_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  const uint64_t bs = ts_dev_limits(l)->logical_block_size, end = off + len;
+  ts_extent_list child = { 0 };
+  int r = ts_block_status(c->child, c->offset + off, len, &child);
+  uint64_t pos = off;
+  for (size_t i = 0; !r && i < child.n && pos < end; i++) {
+    uint64_t e = child.v[i].offset + child.v[i].length - c->offset;
+    bool data = !(child.v[i].flags & TS_EXTENT_HOLE);
+    e = data ? (e + bs - 1) / bs * bs : e / bs * bs;
+    if (e > end)
+      e = end;
+    if (e > pos) {
+      r = ts_extent_list_add(out, pos, e - pos, data ? 0 : TS_EXTENT_HOLE);
+      pos = e;
+    }
+  }
+  ts_extent_list_free(&child);
+  if (!r && pos == off)
+    r = ts_extent_list_add(out, off, bs, 0);
+  return r;
+}
+
+static int crypt_status(ts_layer *l, json_t *out)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  json_object_set_new(out, "cipher", json_string("aes-xts-plain64"));
+  json_object_set_new(out, "key_bits", json_integer((json_int_t)c->key_len * 8));
+  json_object_set_new(out, "key_source", json_string(c->key_file ? c->key_file : "config"));
+  json_object_set_new(out, "key_locked", json_true());
+  json_object_set_new(out, "sector_size", json_integer(c->sector_size));
+  json_object_set_new(out, "iv_offset", json_integer((json_int_t)c->iv_offset));
+  json_object_set_new(out, "iv_large_sectors", json_boolean(c->iv_large));
+  json_object_set_new(out, "offset", json_integer((json_int_t)c->offset));
+  json_object_set_new(out, "allow_discards", json_boolean(c->allow_discards));
+  json_object_set_new(out, "threads", json_integer(c->threads));
+  json_object_set_new(out, "parallel_requests",
+                      json_integer((json_int_t)atomic_load(&c->nr_parallel)));
+  json_object_set_new(out, "cipher_contexts",
+                      json_integer((json_int_t)atomic_load(&c->nr_ctx_created)));
+  json_object_set_new(out, "write_zeroes", json_string("encrypted zero sectors"));
+  json_object_set_new(out, "discard", json_string(c->allow_discards ? "passed down" : "refused"));
+  return 0;
+}
+
+/* The key is never printed: the table names a kernel keyring key instead
+ * (load it with `keyctl padd logon thinstack:<name> @u < KEYFILE`). */
+static char *crypt_dm_table(ts_layer *l)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f)
+    return NULL;
+  int nopt = c->allow_discards + (c->sector_size != 512) + c->iv_large;
+  fprintf(f, "0 %llu crypt aes-xts-plain64 :%zu:logon:thinstack:%s %llu <%s> %llu",
+          (unsigned long long)(c->size / 512), c->key_len, ts_dev_name(l),
+          (unsigned long long)c->iv_offset, ts_dev_name(c->child),
+          (unsigned long long)(c->offset / 512));
+  if (nopt) {
+    fprintf(f, " %d", nopt);
+    if (c->allow_discards)
+      fprintf(f, " allow_discards");
+    if (c->sector_size != 512)
+      fprintf(f, " sector_size:%u", c->sector_size);
+    if (c->iv_large)
+      fprintf(f, " iv_large_sectors");
+  }
+  fclose(f);
+  return buf;
+}
+
+const ts_layer_type ts__crypt_layer_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "crypt",
+  .summary = "sector encryption, dm-crypt aes-xts-plain64 compatible (OpenSSL)",
+  .params = crypt_params,
+  .thread_model = TS_THREAD_PARALLEL,
+  .open = crypt_open,
+  .close = crypt_close,
+  .limits = crypt_limits,
+  .submit = crypt_submit,
+  .block_status = crypt_block_status,
+  .status = crypt_status,
+  .dm_table = crypt_dm_table,
+};
