@@ -353,6 +353,50 @@ START_TEST(snapshots_and_sharing)
 }
 END_TEST
 
+/* WRITE_ZEROES (both kinds), PROVISION and BLOCK_STATUS on blocks shared
+ * with a snapshot: the snapshot never changes. */
+START_TEST(shared_block_ops)
+{
+  char *dir = ts_test_mkdtemp();
+  struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
+  ts_stack *s = pool_open(dir, &o);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  size_t n = 8 * K64;
+  unsigned char *a = malloc(n);
+  fill(a, n, 70);
+  ck_assert_int_eq(ts_pwrite(v, a, n, 0, 0), 0);
+  ts_error e = { 0 };
+  ck_assert_msg(ts_pool_create_snap(pool, 1, 0, &e) == 0, "%s", e.msg);
+  ck_assert_uint_eq(extent_flags_at(v, 0, n), 0); /* shared blocks are data */
+  /* Zero two whole shared blocks and a partial one, without unmap. */
+  ck_assert_int_eq(ts_write_zeroes(v, 0, 2 * K64 + 4096, 0), 0);
+  read_zero(v, 0, 2 * K64 + 4096);
+  read_expect(v, 2 * K64 + 4096, a + 2 * K64 + 4096, K64 - 4096);
+  ck_assert_uint_eq(mapped_blocks(pool, 0), 8);
+  ck_assert_uint_eq(extent_flags_at(v, 0, 2 * K64), TS_EXTENT_ZERO);
+  /* With MAY_UNMAP: block 4 unmapped, the partial ends zeroed in copies. */
+  ck_assert_int_eq(ts_write_zeroes(v, 3 * K64 + 512, 2 * K64, TS_IO_MAY_UNMAP), 0);
+  read_expect(v, 3 * K64, a + 3 * K64, 512);
+  read_zero(v, 3 * K64 + 512, 2 * K64);
+  read_expect(v, 5 * K64 + 512, a + 5 * K64 + 512, K64 - 512);
+  ck_assert_uint_eq(extent_flags_at(v, 4 * K64, K64), TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  /* PROVISION of the still-shared blocks copies them. */
+  uint64_t used = pool_status(pool).data_used_blocks;
+  ck_assert_int_eq(ts_provision(v, 6 * K64, 2 * K64), 0);
+  ck_assert_uint_eq(pool_status(pool).data_used_blocks, used + 2);
+  read_expect(v, 6 * K64, a + 6 * K64, 2 * K64);
+  close_and_check(s, dir);
+  const char *vols = "\"s1\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"64M\" }";
+  struct pool_opts o2 = { .vols = vols, .exports = "\"s1\"" };
+  s = pool_open(dir, &o2);
+  read_expect(node(s, "s1"), 0, a, n);
+  close_and_check(s, dir);
+  free(a);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 /* PROVISION on a volume whose blocks are shared with a snapshot breaks the
  * sharing, so later writes cannot fail for lack of space; provisioned
  * blocks shared by a later snapshot keep reading as zeroes in both. */
@@ -841,6 +885,7 @@ int main(void)
   tcase_add_test(t, provision_basics);
   tcase_add_test(t, discard_and_zeroes);
   tcase_add_test(t, snapshots_and_sharing);
+  tcase_add_test(t, shared_block_ops);
   tcase_add_test(t, provision_after_snapshot);
   tcase_add_test(t, out_of_space_error);
   tcase_add_test(t, out_of_space_queue);
