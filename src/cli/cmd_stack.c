@@ -60,7 +60,7 @@ int ts_cli_validate(int argc, char **argv)
 
 static void print_limits_table(ts_stack *s)
 {
-  printf("%-12s %-10s %14s %6s %9s %9s %9s %9s %9s %s\n", "node", "type", "size", "lbs",
+  printf("%-12s %-16s %10s %6s %9s %9s %9s %9s %9s %s\n", "node", "type", "size", "lbs",
          "max_io", "discard", "w_zeroes", "provision", "prov_gran", "flags");
   for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
     ts_dev *d = ts_stack_node_at(s, i);
@@ -78,7 +78,7 @@ static void print_limits_table(ts_stack *s)
     CAPSTR(prov, l->max_provision_bytes, TS_OP_PROVISION)
 #undef CAPSTR
     ts_format_size(l->provision_granularity, pg, sizeof pg);
-    printf("%-12s %-10s %14s %6u %9s %9s %9s %9s %9s %s%s%s%s%s\n", ts_dev_name(d), ts_dev_type(d),
+    printf("%-12s %-16s %10s %6u %9s %9s %9s %9s %9s %s%s%s%s%s\n", ts_dev_name(d), ts_dev_type(d),
            sz, l->logical_block_size, mio, disc, wz, prov, l->provision_granularity ? pg : "-",
            l->read_only ? "ro " : "", l->fua ? "fua " : "", l->discard_zeroes ? "discard_zeroes " : "",
            l->write_zeroes_unmap ? "unmap " : "", ts_stack_dev(s, ts_dev_name(d)) ? "exported" : "");

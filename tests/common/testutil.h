@@ -38,6 +38,12 @@ void ts_test_require_root(void);
  * be NULL); returns the exit status (or -1). */
 int ts_test_run(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Run Debian's thin_check on a metadata file. Returns its exit status;
+ * *complaints (malloc'd, may be NULL) receives every output line that is not
+ * one of its progress or summary lines ("examining ...", "checking space map
+ * counts", "TRANSACTION_ID=", "METADATA_FREE_BLOCKS="), so "" means clean. */
+int ts_test_thin_check(const char *meta, char **complaints);
+
 /* Whole-file helpers. */
 bool ts_test_read_file(const char *path, void **data, size_t *len);
 bool ts_test_files_equal(const char *a, const char *b);
