@@ -17,19 +17,6 @@ struct fd_ctx {
   bool own;
 };
 
-static int fill_err(ts_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fill_err(ts_error *err, int code, const char *fmt, ...)
-{
-  if (err) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    err->code = code;
-  }
-  return code;
-}
-
 static int fd_rw(int fd, bool wr, uint64_t block, uint32_t count, void *buf)
 {
   size_t len = (size_t)count * PD_BLOCK_SIZE;
@@ -81,14 +68,14 @@ int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts
   struct stat st;
   uint64_t size;
   if (fstat(fd, &st))
-    return fill_err(err, -errno, "fstat: %s", strerror(errno));
+    return ts_error_set(err, -errno, "fstat: %s", strerror(errno));
   if (S_ISBLK(st.st_mode)) {
     if (ioctl(fd, BLKGETSIZE64, &size))
-      return fill_err(err, -errno, "BLKGETSIZE64: %s", strerror(errno));
+      return ts_error_set(err, -errno, "BLKGETSIZE64: %s", strerror(errno));
   } else if (S_ISREG(st.st_mode)) {
     size = (uint64_t)st.st_size;
   } else {
-    return fill_err(err, -EINVAL, "not a regular file or block device");
+    return ts_error_set(err, -EINVAL, "not a regular file or block device");
   }
   struct fd_ctx *c = malloc(sizeof(*c));
   if (!c)
@@ -106,7 +93,7 @@ int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_
 {
   int fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0)
-    return fill_err(err, -errno, "%s: %s", path, strerror(errno));
+    return ts_error_set(err, -errno, "%s: %s", path, strerror(errno));
   int r = pd_bdev_from_fd(out, fd, read_only, true, err);
   if (r)
     close(fd);

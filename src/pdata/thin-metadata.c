@@ -49,19 +49,6 @@ struct tmd {
   struct freed_run *fr; /* set during tmd_remove_range */
 };
 
-static int fail(ts_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(ts_error *err, int code, const char *fmt, ...)
-{
-  if (err) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    err->code = code;
-  }
-  return code;
-}
-
 /* ---- value types ---- */
 
 static int map_inc(void *ctx, const uint8_t *v, uint32_t n)
@@ -387,39 +374,39 @@ int tmd_open(const struct pd_bdev *bdev, const struct tmd_config *cfg, struct tm
 {
   uint8_t *sb = malloc(PD_BLOCK_SIZE);
   if (!sb)
-    return fail(err, -ENOMEM, "out of memory");
+    return ts_error_set(err, -ENOMEM, "out of memory");
   if (bdev->nr_blocks < 1) {
     free(sb);
-    return fail(err, -EINVAL, "metadata device is empty (truncated)");
+    return ts_error_set(err, -EINVAL, "metadata device is empty (truncated)");
   }
   int r = pd_bdev_read(bdev, 0, 1, sb);
   if (r) {
     free(sb);
-    return fail(err, r, "reading the superblock: %s", strerror(-r));
+    return ts_error_set(err, r, "reading the superblock: %s", strerror(-r));
   }
   bool zero = true;
   for (size_t i = 0; i < PD_BLOCK_SIZE && zero; i++)
     zero = sb[i] == 0;
   if (zero) {
     free(sb);
-    return fail(err, -ENODATA, "metadata device is unformatted (block 0 is all zeroes)");
+    return ts_error_set(err, -ENODATA, "metadata device is unformatted (block 0 is all zeroes)");
   }
   char why[400] = "";
   bool rw = !(cfg && cfg->read_only) && !bdev->read_only;
   if ((r = pd_sb_check(sb, bdev->nr_blocks, rw, why, sizeof(why)))) {
     free(sb);
-    return fail(err, r, "%s", why);
+    return ts_error_set(err, r, "%s", why);
   }
   struct tmd *md;
   if ((r = create_handle(bdev, cfg, pd_le64(sb + SB_META_NR_BLOCKS), &md))) {
     free(sb);
-    return fail(err, r, "out of memory");
+    return ts_error_set(err, r, "out of memory");
   }
   memcpy(md->sb, sb, PD_BLOCK_SIZE);
   free(sb);
   if ((r = load_state(md, why, sizeof(why)))) {
     tmd_close(md);
-    return fail(err, r, "%s", why[0] ? why : strerror(-r));
+    return ts_error_set(err, r, "%s", why[0] ? why : strerror(-r));
   }
   *out = md;
   return 0;
@@ -546,20 +533,20 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
 {
   if (data_block_size < TMD_MIN_DATA_BLOCK_SIZE || data_block_size > TMD_MAX_DATA_BLOCK_SIZE ||
       data_block_size % 128)
-    return fail(err, -EINVAL, "data block size %u sectors: must be 128..2097152 and a multiple of 128",
+    return ts_error_set(err, -EINVAL, "data block size %u sectors: must be 128..2097152 and a multiple of 128",
                 data_block_size);
   if (nr_data_blocks > TMD_MAX_DATA_BLOCKS)
-    return fail(err, -EINVAL, "%" PRIu64 " data blocks: more than the format's 2^40", nr_data_blocks);
+    return ts_error_set(err, -EINVAL, "%" PRIu64 " data blocks: more than the format's 2^40", nr_data_blocks);
   if (bdev->nr_blocks < 64)
-    return fail(err, -EINVAL, "metadata device of %" PRIu64 " blocks is too small (at least 64 x 4 KiB)",
+    return ts_error_set(err, -EINVAL, "metadata device of %" PRIu64 " blocks is too small (at least 64 x 4 KiB)",
                 bdev->nr_blocks);
   if (bdev->read_only || !bdev->ops->write || (cfg && cfg->read_only))
-    return fail(err, -EROFS, "cannot format a read-only metadata device");
+    return ts_error_set(err, -EROFS, "cannot format a read-only metadata device");
   uint64_t mnr = bdev->nr_blocks < TMD_MAX_METADATA_BLOCKS ? bdev->nr_blocks : TMD_MAX_METADATA_BLOCKS;
   struct tmd *md;
   int r = create_handle(bdev, cfg, mnr, &md);
   if (r)
-    return fail(err, r, "out of memory");
+    return ts_error_set(err, r, "out of memory");
   md->data_block_size = data_block_size;
   md->meta_nr_blocks = mnr;
   /* An interrupted format must not look like the old pool. */
@@ -590,7 +577,7 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
     r = do_commit(md);
   if (r) {
     tmd_close(md);
-    return fail(err, r, "formatting the metadata device: %s", strerror(-r));
+    return ts_error_set(err, r, "formatting the metadata device: %s", strerror(-r));
   }
   *out = md;
   return 0;

@@ -11,19 +11,6 @@
 #include "pdata/pdata-internal.h"
 #include "pdata/thin-metadata.h"
 
-static int fail(ts_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(ts_error *err, int code, const char *fmt, ...)
-{
-  if (err) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-    va_end(ap);
-    err->code = code;
-  }
-  return code;
-}
-
 /* ---- dump ---- */
 
 struct dump_dev { uint64_t id; uint8_t details[24]; uint64_t root; bool have_root; };
@@ -97,32 +84,32 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
 {
   uint8_t *sb = malloc(PD_BLOCK_SIZE);
   if (!sb)
-    return fail(err, -ENOMEM, "out of memory");
+    return ts_error_set(err, -ENOMEM, "out of memory");
   char why[400];
   int r = bdev->nr_blocks ? pd_bdev_read(bdev, 0, 1, sb) : -EIO;
   if (r) {
     free(sb);
-    return fail(err, r, "reading the superblock: %s", strerror(-r));
+    return ts_error_set(err, r, "reading the superblock: %s", strerror(-r));
   }
   if ((r = pd_sb_check(sb, bdev->nr_blocks, false, why, sizeof(why)))) {
     free(sb);
-    return fail(err, r, "%s", why);
+    return ts_error_set(err, r, "%s", why);
   }
   struct pd_bm *bm;
   if ((r = pd_bm_create(&bm, bdev, pd_le64(sb + SB_META_NR_BLOCKS), 1024))) {
     free(sb);
-    return fail(err, r, "out of memory");
+    return ts_error_set(err, r, "out of memory");
   }
   struct pd_tm tm = {bm, NULL};
   if (use_metadata_snap) {
     uint64_t held = pd_le64(sb + SB_HELD_ROOT);
     struct pd_block *b;
     if (!held) {
-      r = fail(err, -EINVAL, "no metadata snapshot is held");
+      r = ts_error_set(err, -EINVAL, "no metadata snapshot is held");
       goto out;
     }
     if ((r = pd_bm_read(bm, held, PD_BT_SUPER, &b))) {
-      fail(err, r, "metadata snapshot superblock %" PRIu64 ": %s", held,
+      ts_error_set(err, r, "metadata snapshot superblock %" PRIu64 ": %s", held,
            r == -EILSEQ ? "checksum or block number mismatch" : strerror(-r));
       goto out;
     }
@@ -132,7 +119,7 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
   struct pd_btree top = {&tm, {8, NULL, NULL, NULL}}, det = {&tm, {24, NULL, NULL, NULL}};
   struct dump_ctx c = {.out = out};
   if ((r = pd_btree_walk(&det, pd_le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, dump_details, &c))) {
-    fail(err, r, "reading the device details tree: %s", r == -EILSEQ ? "invalid node" : strerror(-r));
+    ts_error_set(err, r, "reading the device details tree: %s", r == -EILSEQ ? "invalid node" : strerror(-r));
     goto out_c;
   }
   fprintf(out, "<superblock uuid=\"\" time=\"%u\" transaction=\"%" PRIu64 "\" flags=\"%u\" version=\"%u\" "
@@ -150,7 +137,7 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
     c.run_len = 0;
     struct pd_btree map = {&tm, {8, NULL, NULL, NULL}};
     if ((r = pd_btree_walk(&map, pd_le64(v), 0, UINT64_MAX, dump_leaf, &c))) {
-      fail(err, r, "reading the mappings of device %" PRIu64 ": %s", d->id,
+      ts_error_set(err, r, "reading the mappings of device %" PRIu64 ": %s", d->id,
            r == -EILSEQ ? "invalid node" : strerror(-r));
       goto out_c;
     }
@@ -158,7 +145,7 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
     fprintf(out, "  </device>\n");
   }
   fprintf(out, "</superblock>\n");
-  r = ferror(out) ? fail(err, -EIO, "writing the XML failed") : 0;
+  r = ferror(out) ? ts_error_set(err, -EIO, "writing the XML failed") : 0;
 out_c:
   free(c.devs);
 out:
@@ -227,13 +214,13 @@ static int next_tag(struct parser *p, char *name, size_t namelen, struct attr *a
       *empty = true;
       ch = next_char(p);
       if (ch != '>')
-        return fail(err, -EINVAL, "line %d: expected '>' after '/'", p->line);
+        return ts_error_set(err, -EINVAL, "line %d: expected '>' after '/'", p->line);
       return 1;
     }
     if (ch == EOF)
-      return fail(err, -EINVAL, "line %d: unexpected end of input inside <%s>", p->line, name);
+      return ts_error_set(err, -EINVAL, "line %d: unexpected end of input inside <%s>", p->line, name);
     if (*nattrs >= 16)
-      return fail(err, -EINVAL, "line %d: too many attributes in <%s>", p->line, name);
+      return ts_error_set(err, -EINVAL, "line %d: too many attributes in <%s>", p->line, name);
     struct attr *a = &attrs[(*nattrs)++];
     n = 0;
     while (ch != EOF && ch != '=' && !isspace(ch)) {
@@ -245,12 +232,12 @@ static int next_tag(struct parser *p, char *name, size_t namelen, struct attr *a
     while (ch != EOF && isspace(ch))
       ch = next_char(p);
     if (ch != '=')
-      return fail(err, -EINVAL, "line %d: attribute %s of <%s> has no value", p->line, a->name, name);
+      return ts_error_set(err, -EINVAL, "line %d: attribute %s of <%s> has no value", p->line, a->name, name);
     ch = next_char(p);
     while (ch != EOF && isspace(ch))
       ch = next_char(p);
     if (ch != '"' && ch != '\'')
-      return fail(err, -EINVAL, "line %d: attribute %s of <%s> is not quoted", p->line, a->name, name);
+      return ts_error_set(err, -EINVAL, "line %d: attribute %s of <%s> is not quoted", p->line, a->name, name);
     int q = ch;
     n = 0;
     while ((ch = next_char(p)) != EOF && ch != q) {
@@ -259,7 +246,7 @@ static int next_tag(struct parser *p, char *name, size_t namelen, struct attr *a
     }
     a->value[n] = 0;
     if (ch == EOF)
-      return fail(err, -EINVAL, "line %d: unterminated attribute value", p->line);
+      return ts_error_set(err, -EINVAL, "line %d: unterminated attribute value", p->line);
     ch = next_char(p);
   }
 }
@@ -275,7 +262,7 @@ static int get_u64(struct parser *p, const char *tag, struct attr *a, int na, co
     errno = 0;
     unsigned long long v = strtoull(a[i].value, &end, 10);
     if (!a[i].value[0] || *end || errno || a[i].value[0] == '-')
-      return fail(err, -EINVAL, "line %d: <%s %s=\"%s\">: not an unsigned number", p->line, tag, key, a[i].value);
+      return ts_error_set(err, -EINVAL, "line %d: <%s %s=\"%s\">: not an unsigned number", p->line, tag, key, a[i].value);
     *out = v;
     return 0;
   }
@@ -283,7 +270,7 @@ static int get_u64(struct parser *p, const char *tag, struct attr *a, int na, co
     *out = *def;
     return 0;
   }
-  return fail(err, -EINVAL, "line %d: <%s> lacks the %s attribute", p->line, tag, key);
+  return ts_error_set(err, -EINVAL, "line %d: <%s> lacks the %s attribute", p->line, tag, key);
 }
 
 int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
@@ -305,7 +292,7 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
         break;
       }
       if (md) {
-        r = fail(err, -EINVAL, "line %d: nested <superblock>", p.line);
+        r = ts_error_set(err, -EINVAL, "line %d: nested <superblock>", p.line);
         break;
       }
       uint64_t version, dbs, ndb, two = 2;
@@ -317,11 +304,11 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
           (r = get_u64(&p, name, a, na, "nr_data_blocks", NULL, &ndb, err)))
         break;
       if (version != 2 && version != 1) {
-        r = fail(err, -EINVAL, "line %d: metadata version %" PRIu64 " is not supported", p.line, version);
+        r = ts_error_set(err, -EINVAL, "line %d: metadata version %" PRIu64 " is not supported", p.line, version);
         break;
       }
       if (sb_time > 0xFFFFFF || dbs > UINT32_MAX || sb_flags > UINT32_MAX) {
-        r = fail(err, -EINVAL, "line %d: superblock value out of range", p.line);
+        r = ts_error_set(err, -EINVAL, "line %d: superblock value out of range", p.line);
         break;
       }
       /* always written as version 2, the version the kernel writes */
@@ -331,7 +318,7 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
         done_sb = true;
     } else if (!strcmp(name, "device")) {
       if (!md) {
-        r = fail(err, -EINVAL, "line %d: <device> outside <superblock>", p.line);
+        r = ts_error_set(err, -EINVAL, "line %d: <device> outside <superblock>", p.line);
         break;
       }
       if (closing) {
@@ -346,11 +333,11 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
           (r = get_u64(&p, name, a, na, "snap_time", NULL, &st, err)))
         break;
       if (id > TMD_MAX_DEV_ID || ct > UINT32_MAX || st > UINT32_MAX) {
-        r = fail(err, -EINVAL, "line %d: device id or time out of range", p.line);
+        r = ts_error_set(err, -EINVAL, "line %d: device id or time out of range", p.line);
         break;
       }
       if ((r = tmd_create_thin(md, (uint32_t)id))) {
-        fail(err, r, "line %d: device %" PRIu64 ": %s", p.line, id,
+        ts_error_set(err, r, "line %d: device %" PRIu64 ": %s", p.line, id,
              r == -EEXIST ? "defined twice" : strerror(-r));
         break;
       }
@@ -360,7 +347,7 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
       in_dev = !empty;
     } else if (!strcmp(name, "range_mapping") || !strcmp(name, "single_mapping")) {
       if (!in_dev) {
-        r = fail(err, -EINVAL, "line %d: <%s> outside <device>", p.line, name);
+        r = ts_error_set(err, -EINVAL, "line %d: <%s> outside <device>", p.line, name);
         break;
       }
       if (closing)
@@ -374,35 +361,35 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err)
         break;
       uint64_t ndb = tmd_data_nr_blocks(md);
       if (db >= ndb || len > ndb - db || t > 0xFFFFFF || ob + len < ob) {
-        r = fail(err, -EINVAL, "line %d: mapping beyond end of data device (%" PRIu64 "+%" PRIu64 " > %" PRIu64 ")",
+        r = ts_error_set(err, -EINVAL, "line %d: mapping beyond end of data device (%" PRIu64 "+%" PRIu64 " > %" PRIu64 ")",
                  p.line, db, len, ndb);
         break;
       }
       /* each mapping holds one reference on its data block */
       if ((r = tmd_data_inc_run(md, db, len))) {
-        fail(err, r, "line %d: %s", p.line, strerror(-r));
+        ts_error_set(err, r, "line %d: %s", p.line, strerror(-r));
         break;
       }
       uint64_t done = 0;
       if ((r = pd_tmd_insert_run_time(md, (uint32_t)cur_dev, ob, len, db, (uint32_t)t, &done))) {
-        fail(err, r, "line %d: inserting mappings: %s", p.line, strerror(-r));
+        ts_error_set(err, r, "line %d: inserting mappings: %s", p.line, strerror(-r));
         break;
       }
     } else {
-      r = fail(err, -EINVAL, "line %d: unknown tag <%s%s>", p.line, closing ? "/" : "", name);
+      r = ts_error_set(err, -EINVAL, "line %d: unknown tag <%s%s>", p.line, closing ? "/" : "", name);
       break;
     }
   }
   if (r == 1)
     r = 0; /* stopped at </superblock> */
   if (!r && !done_sb)
-    r = fail(err, -EINVAL, "line %d: %s", p.line, md ? "missing </superblock>" : "no <superblock> found");
+    r = ts_error_set(err, -EINVAL, "line %d: %s", p.line, md ? "missing </superblock>" : "no <superblock> found");
   if (!r) {
     /* mapped_blocks are recomputed from the mappings, the rest as given */
     pd_tmd_set_sb_fields(md, (uint32_t)sb_time, sb_trans, (uint32_t)sb_flags);
     r = tmd_commit(md);
     if (r)
-      fail(err, r, "writing the metadata: %s", strerror(-r));
+      ts_error_set(err, r, "writing the metadata: %s", strerror(-r));
   }
   tmd_close(md);
   return r;
