@@ -164,10 +164,7 @@ static const ts_param kernel_params[] = {
  *  - ENOSYS: a kernel without the fallocate system call;
  *  - ENOTTY (ioctls only): blkdev_ioctl() answers ENOTTY when neither the
  *    block layer nor the driver knows the command.
- * EINVAL is passed on: from BLKDISCARD, BLKZEROOUT and blkdev_fallocate() it
- * means a range that is misaligned or past the end (block/ioctl.c,
- * block/fops.c), which the core has ruled out, so it reports a device that
- * changed under us, not a missing feature. */
+ * EINVAL is ambiguous and handled in einval_means_unsupported(). */
 static int norm_err(int e, bool ioctl_call)
 {
   if (e == EOPNOTSUPP || e == ENOTSUP || e == ENOSYS || (ioctl_call && e == ENOTTY))
@@ -403,6 +400,24 @@ static int run_path(struct kernel_layer *k, int path, uint64_t off, uint64_t len
   }
 }
 
+/* EINVAL from BLKDISCARD, BLKZEROOUT or fallocate on a block device. The
+ * block layer's own EINVALs there (block/ioctl.c blk_ioctl_discard/zeroout,
+ * block/fops.c blkdev_fallocate) all mean a range that is misaligned to the
+ * logical block size or past the end. When the device confirms the range is
+ * neither, the EINVAL came from below: the loop driver hands its backing file
+ * system's fallocate() EINVAL back unchanged, treating it like EOPNOTSUPP
+ * (drivers/block/loop.c lo_fallocate), and a file system answers EINVAL for
+ * some modes it lacks. Then it means "unsupported". Files are not judged:
+ * their fallocate EINVALs are documented as argument errors. */
+static bool einval_means_unsupported(struct kernel_layer *k, uint64_t off, uint64_t len)
+{
+  uint64_t size = 0;
+  int lbs = 0;
+  if (!k->bdev || ioctl(k->fd, BLKGETSIZE64, &size) != 0 || ioctl(k->fd, BLKSSZGET, &lbs) != 0)
+    return false;
+  return lbs > 0 && (off | len) % (uint64_t)lbs == 0 && off + len <= size;
+}
+
 /* Run a request down its ladder: an -EOPNOTSUPP drops that rung for good and
  * the same request tries the next one; the bottom rung answers -EOPNOTSUPP
  * without a call. */
@@ -414,11 +429,13 @@ static int run_ladder(struct kernel_layer *k, struct ladder *ld, uint64_t off, u
     if (path == KP_NONE)
       return -EOPNOTSUPP;
     atomic_fetch_add_explicit(&k->calls[path], 1, memory_order_relaxed);
-    int r = run_path(k, path, off, len);
-    if (r != -EOPNOTSUPP)
+    int r = run_path(k, path, off, len), answer = r;
+    if (r == -EINVAL && path != KP_ZERO_WRITE && einval_means_unsupported(k, off, len))
+      r = -EOPNOTSUPP;
+    else if (r != -EOPNOTSUPP)
       return r;
     atomic_fetch_add_explicit(&k->unsupported[path], 1, memory_order_relaxed);
-    idx = ladder_drop(k, ld, idx, r);
+    idx = ladder_drop(k, ld, idx, answer); /* the log shows what the kernel said */
   }
 }
 
