@@ -439,6 +439,22 @@ static int run_ladder(struct kernel_layer *k, struct ladder *ld, uint64_t off, u
   }
 }
 
+/* BLKZEROOUT (like fallocate ZERO_RANGE on a block device) writes zero pages
+ * when the queue has no write-zeroes at the time of the call; there is no
+ * user interface for "zero without unmapping, never fall back". So for a
+ * NOFALLBACK request look at the queue again: the limit may have dropped to 0
+ * since open (an admin, or a SCSI disk that turned WRITE SAME off after a
+ * failure). Files never fall back: their file systems answer EOPNOTSUPP. */
+static bool still_zeroes_natively(struct kernel_layer *k)
+{
+  char buf[64];
+  if (!k->bdev)
+    return true;
+  if (!read_attr(k->queue_dir, "write_zeroes_max_bytes", buf, sizeof buf))
+    return false;
+  return strtoull(buf, NULL, 10) > 0;
+}
+
 static int kernel_submit(ts_layer *l, const ts_io *io)
 {
   struct kernel_layer *k = ts_layer_priv(l);
@@ -454,11 +470,14 @@ static int kernel_submit(ts_layer *l, const ts_io *io)
   case TS_OP_DISCARD:
     return run_ladder(k, &k->ld[LD_DISCARD], io->offset, io->length);
   case TS_OP_WRITE_ZEROES:
-    /* The core strips NOFALLBACK and writes zero buffers itself when we
-     * answer -EOPNOTSUPP and the caller allows it, so no path here may fall
-     * back to writing zeroes on its own (see docs/layers/kernel.md). */
-    r = run_ladder(k, &k->ld[(io->flags & TS_IO_MAY_UNMAP) ? LD_ZERO_UNMAP : LD_ZERO_KEEP],
-                   io->offset, io->length);
+    if (io->flags & TS_IO_MAY_UNMAP)
+      /* fallocate(PUNCH_HOLE) never writes zero pages: blkdev_fallocate()
+       * asks for it with BLKDEV_ZERO_NOFALLBACK, file systems punch. */
+      r = run_ladder(k, &k->ld[LD_ZERO_UNMAP], io->offset, io->length);
+    else if ((io->flags & TS_IO_NOFALLBACK) && !still_zeroes_natively(k))
+      r = -EOPNOTSUPP;
+    else
+      r = run_ladder(k, &k->ld[LD_ZERO_KEEP], io->offset, io->length);
     if (!r && (io->flags & TS_IO_FUA))
       r = sync_dev(k);
     return r;

@@ -445,6 +445,41 @@ START_TEST(write_zeroes_path_chosen)
 }
 END_TEST
 
+/* NOFALLBACK without MAY_UNMAP: BLKZEROOUT would write zero pages if the
+ * queue lost its write-zeroes after open, so the layer looks again and
+ * refuses; without NOFALLBACK the kernel's fallback is allowed. The fake
+ * tree stands in for a queue whose limit an admin set to 0. */
+START_TEST(nofallback_rechecks_queue)
+{
+  struct loopdev l = attach("j.img", false);
+  ck_assert_int_gt(real_attr(&l, "write_zeroes_max_bytes"), 0);
+  char *root = fake_sysfs(&l, "sys-nowz", NULL);
+  char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
+  ts_stack *s = kt_open(dir, l.dev, extra);
+  ts_dev *d = ts_stack_dev(s, "k");
+  ck_assert_int_eq(ts_write_zeroes(d, 0, MIB, TS_IO_NOFALLBACK), 0);
+
+  char *p = ts_test_fmt("%s/dev/block/%u:%u/queue/write_zeroes_max_bytes", root, l.maj, l.min);
+  FILE *f = fopen(p, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("0\n", f);
+  fclose(f);
+  free(p);
+  ck_assert_int_eq(ts_write_zeroes(d, 0, MIB, TS_IO_NOFALLBACK), -EOPNOTSUPP);
+  json_t *st = kt_status(d);
+  ck_assert_uint_eq(kt_calls(st, "ioctl(BLKZEROOUT)", "calls"), 1);
+  json_decref(st);
+  ck_assert_int_eq(ts_write_zeroes(d, 0, MIB, 0), 0);
+  st = kt_status(d);
+  ck_assert_uint_eq(kt_calls(st, "ioctl(BLKZEROOUT)", "calls"), 2);
+  json_decref(st);
+  ck_assert_int_eq(ts_stack_close(s, NULL), 0);
+  free(extra);
+  free(root);
+  release(&l);
+}
+END_TEST
+
 struct racer {
   ts_dev *d;
   int bad;
@@ -565,6 +600,7 @@ static Suite *suite(void)
   tcase_add_test(tc, patched_kernel_path_downgrades);
   tcase_add_test(tc, write_zeroes_path_chosen);
   tcase_add_test(tc, downgrade_is_thread_safe);
+  tcase_add_test(tc, nofallback_rechecks_queue);
   tcase_add_test(tc, read_only_device);
   tcase_add_test(tc, bad_inputs);
   suite_add_tcase(s, tc);
