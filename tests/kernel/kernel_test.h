@@ -6,6 +6,8 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/sysmacros.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -94,6 +96,96 @@ static inline void kt_sparse(const char *path, uint64_t size)
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
   close(fd);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loop devices (root). Each test program keeps its loop devices over files
+ * in one folder whose fixture runs in the parent process (an unchecked
+ * fixture), so kt_loop_detach_all() runs even when a test fails or crashes. */
+
+struct kt_loop {
+  char *img;   /* backing sparse file */
+  char *dev;   /* /dev/loopN */
+  unsigned maj, min;
+};
+
+/* Detach every loop device whose backing file lives in `dir`. */
+static inline void kt_loop_detach_all(const char *dir)
+{
+  char *out = NULL;
+  ts_test_run(&out, "losetup -n -l -O NAME,BACK-FILE");
+  size_t dl = strlen(dir);
+  char *save = NULL;
+  for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    char name[64], back[4096];
+    if (sscanf(line, "%63s %4095s", name, back) == 2 && strncmp(back, dir, dl) == 0 &&
+        back[dl] == '/') {
+      char *o = NULL;
+      if (ts_test_run(&o, "losetup -d %s", name) != 0)
+        fprintf(stderr, "warning: losetup -d %s: %s\n", name, o);
+      free(o);
+    }
+  }
+  free(out);
+}
+
+/* A sparse file `name` of `size` bytes in `dir`, attached to a loop device. */
+static inline struct kt_loop kt_loop_attach(const char *dir, const char *name, uint64_t size,
+                                            bool ro)
+{
+  struct kt_loop l;
+  l.img = ts_test_path(dir, name);
+  kt_sparse(l.img, size);
+  char *out = NULL;
+  int rc = ts_test_run(&out, "losetup -f --show %s %s", ro ? "-r" : "", l.img);
+  ck_assert_msg(rc == 0, "losetup failed: %s", out);
+  out[strcspn(out, "\n")] = '\0';
+  l.dev = out;
+  struct stat st;
+  ck_assert_int_eq(stat(l.dev, &st), 0);
+  l.maj = major(st.st_rdev);
+  l.min = minor(st.st_rdev);
+  return l;
+}
+
+static inline void kt_loop_release(struct kt_loop *l)
+{
+  char *o = NULL;
+  ts_test_run(&o, "losetup -d %s", l->dev);
+  free(o);
+  free(l->img);
+  free(l->dev);
+}
+
+/* For main(): root, losetup, and a loop device that attaches; otherwise skip
+ * (or fail under CI=true). Plain C: Check helpers only work inside tests. */
+static inline void kt_loop_require(void)
+{
+  ts_test_require_root();
+  ts_test_require_tool("losetup");
+  char probe_dir[] = "/tmp/ts-kernel-probe-XXXXXX", img[64], cmd[256], out[256] = "";
+  bool ok = mkdtemp(probe_dir) != NULL;
+  snprintf(img, sizeof img, "%s/probe.img", probe_dir);
+  FILE *f = ok ? fopen(img, "w") : NULL;
+  ok = f && ftruncate(fileno(f), 1 << 20) == 0;
+  if (f)
+    fclose(f);
+  if (ok) {
+    snprintf(cmd, sizeof cmd, "losetup -f --show %s 2>&1", img);
+    FILE *p = popen(cmd, "r");
+    ok = p && fgets(out, sizeof out, p) != NULL;
+    ok = p && pclose(p) == 0 && ok;
+    out[strcspn(out, "\n")] = '\0';
+    if (ok) {
+      snprintf(cmd, sizeof cmd, "losetup -d %s", out);
+      ok = system(cmd) == 0;
+    }
+  }
+  unlink(img);
+  rmdir(probe_dir);
+  char why[512];
+  snprintf(why, sizeof why, "needs loop devices (losetup -f --show said: %s)", out);
+  ts_test_require(ok, why);
 }
 
 #endif

@@ -24,69 +24,25 @@
 
 static char *dir;
 
-/* Detach every loop device whose backing file lives in `dir`. */
-static void detach_all(void)
-{
-  char *out = NULL;
-  ts_test_run(&out, "losetup -n -l -O NAME,BACK-FILE");
-  size_t dl = strlen(dir);
-  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
-    char name[64], back[4096];
-    if (sscanf(line, "%63s %4095s", name, back) == 2 && strncmp(back, dir, dl) == 0 &&
-        back[dl] == '/') {
-      char *o = NULL;
-      if (ts_test_run(&o, "losetup -d %s", name) != 0)
-        fprintf(stderr, "warning: losetup -d %s: %s\n", name, o);
-      free(o);
-    }
-  }
-  free(out);
-}
-
 static void setup(void) { dir = ts_test_mkdtemp(); }
 
 static void teardown(void)
 {
-  detach_all();
+  kt_loop_detach_all(dir);
   ts_test_rmdir(dir);
   free(dir);
   dir = NULL;
 }
 
-struct loopdev {
-  char *img;   /* backing sparse file */
-  char *dev;   /* /dev/loopN */
-  unsigned maj, min;
-};
-
-static struct loopdev attach(const char *name, bool ro)
+static struct kt_loop attach(const char *name, bool ro)
 {
-  struct loopdev l;
-  l.img = ts_test_path(dir, name);
-  kt_sparse(l.img, DEV_SIZE);
-  char *out = NULL;
-  int rc = ts_test_run(&out, "losetup -f --show %s %s", ro ? "-r" : "", l.img);
-  ck_assert_msg(rc == 0, "losetup failed: %s", out);
-  out[strcspn(out, "\n")] = '\0';
-  l.dev = out;
-  struct stat st;
-  ck_assert_int_eq(stat(l.dev, &st), 0);
-  l.maj = major(st.st_rdev);
-  l.min = minor(st.st_rdev);
-  return l;
+  return kt_loop_attach(dir, name, DEV_SIZE, ro);
 }
 
-static void release(struct loopdev *l)
-{
-  char *o = NULL;
-  ts_test_run(&o, "losetup -d %s", l->dev);
-  free(o);
-  free(l->img);
-  free(l->dev);
-}
+static void release(struct kt_loop *l) { kt_loop_release(l); }
 
 /* A queue attribute of the real device; -1 when the kernel lacks it. */
-static long long real_attr(const struct loopdev *l, const char *name)
+static long long real_attr(const struct kt_loop *l, const char *name)
 {
   char *p = ts_test_fmt("/sys/dev/block/%u:%u/queue/%s", l->maj, l->min, name);
   FILE *f = fopen(p, "r");
@@ -102,7 +58,7 @@ static long long real_attr(const struct loopdev *l, const char *name)
 
 /* A fake sysfs root for `l`: the real queue attributes, then `overrides`
  * ("name=value" pairs, NULL-terminated) on top. Returns the root. */
-static char *fake_sysfs(const struct loopdev *l, const char *tag, const char *const *overrides)
+static char *fake_sysfs(const struct kt_loop *l, const char *tag, const char *const *overrides)
 {
   char *root = ts_test_path(dir, tag);
   char *q = ts_test_fmt("%s/dev/block/%u:%u/queue", root, l->maj, l->min);
@@ -126,7 +82,7 @@ static char *fake_sysfs(const struct loopdev *l, const char *tag, const char *co
   return root;
 }
 
-static const char *expected_provision_path(const struct loopdev *l, bool emulate)
+static const char *expected_provision_path(const struct kt_loop *l, bool emulate)
 {
   if (real_attr(l, "provision_max_bytes") > 0)
     return "fallocate(0)";
@@ -140,7 +96,7 @@ static const char *expected_provision_path(const struct loopdev *l, bool emulate
 /* The limits and the ladder follow the device's sysfs queue. */
 START_TEST(limits_follow_sysfs)
 {
-  struct loopdev l = attach("a.img", false);
+  struct kt_loop l = attach("a.img", false);
   ts_stack *s = kt_open(dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   const ts_limits *lim = ts_dev_limits(d);
@@ -188,7 +144,7 @@ END_TEST
 /* Every op through the layer, checked on the device and on its backing file. */
 START_TEST(ops_on_loop)
 {
-  struct loopdev l = attach("b.img", false);
+  struct kt_loop l = attach("b.img", false);
   ts_stack *s = kt_open(dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   char *buf = malloc(4 * MIB), *back = malloc(4 * MIB);
@@ -279,7 +235,7 @@ END_TEST
 /* direct: O_DIRECT on the loop device, unaligned caller buffers bounced. */
 START_TEST(direct_on_loop)
 {
-  struct loopdev l = attach("c.img", false);
+  struct kt_loop l = attach("c.img", false);
   ts_stack *s = kt_open(dir, l.dev, "\"direct\": true");
   ts_dev *d = ts_stack_dev(s, "k");
   size_t len = 2 * MIB + 4096;
@@ -308,7 +264,7 @@ END_TEST
  * emulating with zeroes). */
 START_TEST(provision_emulate_reaches_backing_file)
 {
-  struct loopdev l = attach("d.img", false);
+  struct kt_loop l = attach("d.img", false);
   ts_stack *s = kt_open(dir, l.dev, "\"provision\": \"emulate\"");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_str_eq(expected_provision_path(&l, true), "ioctl(BLKZEROOUT)");
@@ -354,7 +310,7 @@ END_TEST
  * the rung is dropped once and the status shows it. */
 START_TEST(patched_kernel_path_downgrades)
 {
-  struct loopdev l = attach("e.img", false);
+  struct kt_loop l = attach("e.img", false);
   static const char *const ov[] = { "provision_max_bytes=1073741824",
                                     "write_zeroes_unmap_max_bytes=0", NULL };
   char *root = fake_sysfs(&l, "sys-patched", ov);
@@ -414,7 +370,7 @@ END_TEST
  * has no unmapping write-zeroes, so blkdev_fallocate() refuses it. */
 START_TEST(write_zeroes_path_chosen)
 {
-  struct loopdev l = attach("f.img", false);
+  struct kt_loop l = attach("f.img", false);
   static const char *const ov[] = { "write_zeroes_unmap_max_bytes=268435456", NULL };
   char *root = fake_sysfs(&l, "sys-617", ov);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
@@ -451,7 +407,7 @@ END_TEST
  * tree stands in for a queue whose limit an admin set to 0. */
 START_TEST(nofallback_rechecks_queue)
 {
-  struct loopdev l = attach("j.img", false);
+  struct kt_loop l = attach("j.img", false);
   ck_assert_int_gt(real_attr(&l, "write_zeroes_max_bytes"), 0);
   char *root = fake_sysfs(&l, "sys-nowz", NULL);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
@@ -498,7 +454,7 @@ static void *race(void *arg)
  * -EOPNOTSUPP, the ladder moves exactly one step. */
 START_TEST(downgrade_is_thread_safe)
 {
-  struct loopdev l = attach("g.img", false);
+  struct kt_loop l = attach("g.img", false);
   static const char *const ov[] = { "provision_max_bytes=1048576", NULL };
   char *root = fake_sysfs(&l, "sys-race", ov);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
@@ -531,7 +487,7 @@ END_TEST
 
 START_TEST(read_only_device)
 {
-  struct loopdev l = attach("h.img", true);
+  struct kt_loop l = attach("h.img", true);
   ts_stack *s = kt_open(dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert(ts_dev_limits(d)->read_only);
@@ -551,7 +507,7 @@ END_TEST
 
 START_TEST(bad_inputs)
 {
-  struct loopdev l = attach("i.img", false);
+  struct kt_loop l = attach("i.img", false);
   ts_stack *s = NULL, *s2 = NULL;
   ts_error err = { 0 };
 
@@ -609,32 +565,6 @@ static Suite *suite(void)
 
 int main(void)
 {
-  ts_test_require_root();
-  ts_test_require_tool("losetup");
-  /* Probe: can this machine attach a loop device at all? (Plain C here: the
-   * Check helpers only work inside tests.) */
-  char probe_dir[] = "/tmp/ts-kernel-probe-XXXXXX", img[64], cmd[256], out[256] = "";
-  bool ok = mkdtemp(probe_dir) != NULL;
-  snprintf(img, sizeof img, "%s/probe.img", probe_dir);
-  FILE *f = ok ? fopen(img, "w") : NULL;
-  ok = f && ftruncate(fileno(f), MIB) == 0;
-  if (f)
-    fclose(f);
-  if (ok) {
-    snprintf(cmd, sizeof cmd, "losetup -f --show %s 2>&1", img);
-    FILE *p = popen(cmd, "r");
-    ok = p && fgets(out, sizeof out, p) != NULL;
-    ok = p && pclose(p) == 0 && ok;
-    out[strcspn(out, "\n")] = '\0';
-    if (ok) {
-      snprintf(cmd, sizeof cmd, "losetup -d %s", out);
-      ok = system(cmd) == 0;
-    }
-  }
-  unlink(img);
-  rmdir(probe_dir);
-  char why[512];
-  snprintf(why, sizeof why, "needs loop devices (losetup -f --show said: %s)", out);
-  ts_test_require(ok, why);
+  kt_loop_require();
   return ts_test_main(suite());
 }
