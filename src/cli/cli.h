@@ -55,5 +55,6 @@ int ts_cli_dump(int argc, char **argv);
 int ts_cli_restore(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
 int ts_cli_bench_crypt(int argc, char **argv);
+int ts_cli_bench_kernel(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@ static const struct ts_cli_command benches[] = {
     "thin PROVISION and WRITE_ZEROES vs writing zeroes vs fallocate; snapshot cost" },
   { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]", "origin writes with and without a snapshot (copy-out cost)" },
   { "crypt", ts_cli_bench_crypt, "[--json] [--threads N] [--seconds S] [--sector-size N] [--span SIZE]", "crypt layer MB/s next to raw OpenSSL AES-XTS" },
+  { "kernel", ts_cli_bench_kernel, "[--device DEV] [--size SIZE] [--dir DIR]", "kernel layer paths on a loop device against writing zeroes" },
   { NULL, NULL, NULL, NULL },
 };
 
