@@ -179,24 +179,38 @@ START_TEST(thin_over_crypt_over_file)
 }
 END_TEST
 
+/* Attached by main() in the parent process, so it is detached even when the
+ * test (in its forked child) fails. */
+static char loopdev[64];
+static char loopimg[256];
+
 START_TEST(thin_over_crypt_over_loop)
 {
-  char *img = ts_test_path(dir, "loop.img");
-  char *out = NULL;
-  ck_assert_int_eq(ts_test_run(NULL, "truncate -s 128M '%s'", img), 0);
-  int st = ts_test_run(&out, "losetup -f --show '%s'", img);
-  ck_assert_msg(st == 0, "losetup -f failed: %s", out);
-  out[strcspn(out, "\n")] = '\0';
-  char *layer = ts_test_fmt("\"raw\": { \"type\": \"kernel\", \"path\": \"%s\", \"provision\": \"emulate\" },", out);
+  char *layer = ts_test_fmt("\"raw\": { \"type\": \"kernel\", \"path\": \"%s\", \"provision\": \"emulate\" },", loopdev);
   /* Loop on this kernel takes no REQ_OP_PROVISION: the kernel layer emulates
    * it with BLKZEROOUT, which loop turns into fallocate on its backing file. */
-  thin_over_crypt(layer, img);
-  ck_assert_int_eq(ts_test_run(NULL, "losetup -d '%s'", out), 0);
+  thin_over_crypt(layer, loopimg);
   free(layer);
-  free(out);
-  free(img);
 }
 END_TEST
+
+static bool attach_loop(void)
+{
+  snprintf(loopimg, sizeof loopimg, "%s/ts-stacks-loop-%d.img", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+           (int)getpid());
+  char *out = NULL;
+  if (ts_test_run(NULL, "truncate -s 128M '%s'", loopimg) != 0 ||
+      ts_test_run(&out, "losetup -f --show '%s'", loopimg) != 0) {
+    fprintf(stderr, "losetup failed: %s\n", out ? out : "");
+    free(out);
+    unlink(loopimg);
+    return false;
+  }
+  out[strcspn(out, "\n")] = '\0';
+  snprintf(loopdev, sizeof loopdev, "%s", out);
+  free(out);
+  return true;
+}
 
 int main(void)
 {
@@ -208,11 +222,15 @@ int main(void)
   tcase_add_test(tc, crypt_over_thin_over_file);
   tcase_add_test(tc, thin_over_crypt_over_file);
   /* The loop-device stack needs root; the rest runs anywhere. */
-  bool loop_ok = geteuid() == 0 && ts_find_layer_type("kernel");
+  bool loop_ok = geteuid() == 0 && ts_find_layer_type("kernel") && attach_loop();
   if (loop_ok)
     tcase_add_test(tc, thin_over_crypt_over_loop);
   suite_add_tcase(s, tc);
   int r = ts_test_main(s);
+  if (loop_ok) {
+    ts_test_run(NULL, "losetup -d '%s'", loopdev);
+    unlink(loopimg);
+  }
   if (r == 0 && !loop_ok)
     ts_test_require(false, "thin over crypt over a loop device needs root and the kernel layer");
   return r;

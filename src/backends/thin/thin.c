@@ -547,8 +547,22 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
       r = space;
     pthread_rwlock_unlock(&p->lock);
 
-    /* Data I/O outside the metadata lock: fill the new blocks, zero the
-     * private ones for WRITE_ZEROES, reserve space below. */
+    /* Data I/O outside the metadata lock. Space is reserved below first and
+     * filled after: a data layer may implement PROVISION by zeroing (a kernel
+     * device with provision "emulate" uses BLKZEROOUT), and under crypt zero
+     * ciphertext is not zero plaintext, so zeroing must come last. */
+    for (size_t i = 0; i < nr.n && !r; i++)
+      r = tp_druns_add(&below, nr.v[i].d, nr.v[i].n);
+    for (size_t i = 0; i < priv.n && !r; i++)
+      r = tp_druns_add(&below, priv.v[i].d, priv.v[i].n);
+    if (p->data_provision)
+      for (size_t i = 0; i < below.n && !r; i++) {
+        r = ts_provision(p->data, below.v[i].d * bs, below.v[i].n * bs);
+        if (!r)
+          atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
+      }
+    /* Fill the new blocks (copies for broken sharing), and zero the private
+     * ones for WRITE_ZEROES. */
     for (size_t i = 0; i < nr.n && !r; i++) {
       struct newrun *x = &nr.v[i];
       if (x->old == UINT64_MAX || zeroes) {
@@ -558,21 +572,9 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
         atomic_fetch_add(&p->n_copied_blocks, x->n);
         r = copy_data(p, x->old * bs, x->d * bs, x->n * bs);
       }
-      if (!r)
-        r = tp_druns_add(&below, x->d, x->n);
     }
-    for (size_t i = 0; i < priv.n && !r; i++) {
-      if (zeroes)
-        r = make_zero(p, priv.v[i].d * bs, priv.v[i].n * bs);
-      if (!r)
-        r = tp_druns_add(&below, priv.v[i].d, priv.v[i].n);
-    }
-    if (p->data_provision)
-      for (size_t i = 0; i < below.n && !r; i++) {
-        r = ts_provision(p->data, below.v[i].d * bs, below.v[i].n * bs);
-        if (!r)
-          atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
-      }
+    for (size_t i = 0; i < priv.n && !r && zeroes; i++)
+      r = make_zero(p, priv.v[i].d * bs, priv.v[i].n * bs);
 
     pthread_rwlock_wrlock(&p->lock);
     size_t i = 0;
