@@ -3,7 +3,9 @@
  * behind one request API: read, write, flush, discard, write-zeroes and
  * provision.
  *
- * This umbrella header is the one to include. Layer authors also include
+ * This umbrella header is the one to include (it brings the synchronous API
+ * of io.h, thin pool management of thin.h and the asynchronous API of
+ * async.h). Layer authors also include
  * <libthinstack/layer.h>.
  */
 #ifndef LIBTHINSTACK_THINSTACK_H
@@ -12,5 +14,6 @@
 #include <libthinstack/version.h>
 #include <libthinstack/io.h>
 #include <libthinstack/thin.h>
+#include <libthinstack/async.h>
 
 #endif

@@ -1,0 +1,420 @@
+/* The async API: a worker pool per context running requests through
+ * ts_submit(), with completions handed back on a libuv loop or through an
+ * eventfd-signalled queue.
+ *
+ * Why a pool of our own (uv_thread_create, uv_mutex, uv_cond) rather than
+ * uv_queue_work(): libuv's pool is process-wide and shared with its file and
+ * DNS work (4 threads unless UV_THREADPOOL_SIZE says otherwise, fixed at first
+ * use), so the caller could choose neither the worker count nor keep slow
+ * storage from starving the rest of its program; and uv_queue_work needs a
+ * loop, which EVENTFD mode does not have. One pool serves both modes; only
+ * the last step (waking the completer) differs.
+ *
+ * Locking: one mutex per context guards the work queue, the done queue and
+ * the counters. Workers take it twice per request (pop, push); callbacks run
+ * without it, so they may submit again.
+ */
+#include "core/internal.h"
+
+#include <libthinstack/async.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MAX_WORKERS 1024
+
+struct ts_aio_ctx {
+  uint32_t mode;
+  uint32_t flags;
+  uint32_t depth;
+  uv_loop_t *loop;
+
+  uv_mutex_t lock;
+  uv_cond_t work_cond;      /* workers wait here for work or stop */
+  uv_cond_t space_cond;     /* TS_AIO_BLOCK submitters wait here for a slot */
+  ts_aio_req *q_head, *q_tail;        /* accepted, not started */
+  ts_aio_req *done_head, *done_tail;  /* finished or cancelled, callback not run */
+  uint32_t inflight;        /* queued + running: what depth limits */
+  bool stopping;            /* workers exit once the queue is empty */
+
+  _Atomic uint64_t pending; /* accepted, callback not yet run */
+  bool closing;             /* ts_aio_ctx_close has begun */
+  int in_poll;              /* EVENTFD: ts_aio_poll is on the stack */
+  bool free_after_poll;     /* EVENTFD: closed from a callback run by poll */
+
+  uv_thread_t *threads;
+  uint32_t nthreads;
+
+  uv_async_t async;         /* LOOP mode */
+  int efd;                  /* EVENTFD mode */
+};
+
+/* Worker side ------------------------------------------------------------ */
+
+static void wake_completer(ts_aio_ctx *ctx)
+{
+  if (ctx->mode == TS_AIO_MODE_LOOP) {
+    uv_async_send(&ctx->async);
+  } else {
+    uint64_t one = 1;
+    /* EAGAIN means the counter is saturated: it is readable anyway. */
+    while (write(ctx->efd, &one, sizeof one) < 0 && errno == EINTR)
+      ;
+  }
+}
+
+/* Append to the done queue; true if the queue was empty, i.e. the completer
+ * may be idle and must be woken. Called with the lock held. */
+static bool push_done(ts_aio_ctx *ctx, ts_aio_req *req)
+{
+  bool was_empty = ctx->done_head == NULL;
+  req->priv.next = NULL;
+  if (ctx->done_tail)
+    ctx->done_tail->priv.next = req;
+  else
+    ctx->done_head = req;
+  ctx->done_tail = req;
+  return was_empty;
+}
+
+static void worker_main(void *arg)
+{
+  ts_aio_ctx *ctx = arg;
+  uv_mutex_lock(&ctx->lock);
+  for (;;) {
+    while (!ctx->q_head && !ctx->stopping)
+      uv_cond_wait(&ctx->work_cond, &ctx->lock);
+    ts_aio_req *req = ctx->q_head;
+    if (!req)
+      break; /* stopping and nothing left */
+    ctx->q_head = req->priv.next;
+    if (!ctx->q_head)
+      ctx->q_tail = NULL;
+    uv_mutex_unlock(&ctx->lock);
+
+    int r = ts_submit(req->priv.dev, &req->priv.io);
+
+    uv_mutex_lock(&ctx->lock);
+    req->result = r;
+    ctx->inflight--;
+    if (ctx->flags & TS_AIO_BLOCK)
+      uv_cond_signal(&ctx->space_cond);
+    /* Only the first finished request wakes the completer: it drains the
+     * queue until empty, and the next one to find it empty wakes it again.
+     * The context outlives this wake: close joins the workers first. */
+    if (push_done(ctx, req)) {
+      uv_mutex_unlock(&ctx->lock);
+      wake_completer(ctx);
+      uv_mutex_lock(&ctx->lock);
+    }
+  }
+  uv_mutex_unlock(&ctx->lock);
+}
+
+/* Completer side --------------------------------------------------------- */
+
+/* Run the callbacks of everything on the done queue, one request at a time
+ * so that a callback may close the context (which drains the rest itself).
+ * Returns the number of callbacks run. */
+static int deliver(ts_aio_ctx *ctx)
+{
+  int n = 0;
+  for (;;) {
+    uv_mutex_lock(&ctx->lock);
+    ts_aio_req *req = ctx->done_head;
+    if (req) {
+      ctx->done_head = req->priv.next;
+      if (!ctx->done_head)
+        ctx->done_tail = NULL;
+    }
+    uv_mutex_unlock(&ctx->lock);
+    if (!req)
+      break;
+    /* Hand the struct back clean: nothing left for the caller to release. */
+    if (req->priv.iov && req->priv.iov != req->priv.iov_inline)
+      free(req->priv.iov);
+    req->priv.iov = NULL;
+    req->priv.io.iov = NULL;
+    req->priv.next = NULL;
+    req->priv.ctx = NULL;
+    req->priv.dev = NULL;
+    uint64_t before = atomic_fetch_sub(&ctx->pending, 1);
+    if (ctx->mode == TS_AIO_MODE_LOOP && before == 1 && !ctx->closing)
+      uv_unref((uv_handle_t *)&ctx->async);
+    n++;
+    req->cb(req);
+  }
+  return n;
+}
+
+static void on_async(uv_async_t *h)
+{
+  ts_aio_ctx *ctx = h->data;
+  deliver(ctx);
+}
+
+static void destroy(ts_aio_ctx *ctx)
+{
+  uv_cond_destroy(&ctx->space_cond);
+  uv_cond_destroy(&ctx->work_cond);
+  uv_mutex_destroy(&ctx->lock);
+  free(ctx->threads);
+  free(ctx);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+  destroy(h->data);
+}
+
+/* Stop and join the workers; they finish what they are running first. */
+static void stop_workers(ts_aio_ctx *ctx)
+{
+  uv_mutex_lock(&ctx->lock);
+  ctx->stopping = true;
+  uv_cond_broadcast(&ctx->work_cond);
+  uv_mutex_unlock(&ctx->lock);
+  for (uint32_t i = 0; i < ctx->nthreads; i++)
+    uv_thread_join(&ctx->threads[i]);
+  ctx->nthreads = 0;
+}
+
+/* Public API ------------------------------------------------------------- */
+
+int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
+{
+  if (!out)
+    return ts_error_set(err, -EINVAL, "aio: no place to store the context");
+  *out = NULL;
+  if (!opts)
+    return ts_error_set(err, -EINVAL, "aio: options are required (mode, and the loop in LOOP mode)");
+  ts_aio_opts o;
+  memset(&o, 0, sizeof o);
+  if (opts->struct_size < offsetof(ts_aio_opts, loop) + sizeof o.loop)
+    return ts_error_set(err, -EINVAL, "aio: opts.struct_size %u is smaller than any known layout",
+                        opts->struct_size);
+  memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
+
+  if (o.mode != TS_AIO_MODE_LOOP && o.mode != TS_AIO_MODE_EVENTFD)
+    return ts_error_set(err, -EINVAL, "aio: unknown mode %u", o.mode);
+  if (o.flags & ~TS_AIO_BLOCK)
+    return ts_error_set(err, -EINVAL, "aio: unknown flags 0x%x", o.flags & ~TS_AIO_BLOCK);
+  if (o.mode == TS_AIO_MODE_LOOP && !o.loop)
+    return ts_error_set(err, -EINVAL, "aio: LOOP mode needs opts.loop");
+  if (o.mode == TS_AIO_MODE_EVENTFD && o.loop)
+    return ts_error_set(err, -EINVAL, "aio: opts.loop is only for LOOP mode");
+  if (o.workers > MAX_WORKERS)
+    return ts_error_set(err, -EINVAL, "aio: %u workers is more than the maximum %u", o.workers,
+                        MAX_WORKERS);
+  if (o.workers == 0)
+    o.workers = uv_available_parallelism();
+  if (o.depth == 0)
+    o.depth = TS_AIO_DEFAULT_DEPTH;
+
+  ts_aio_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx)
+    return ts_error_set(err, -ENOMEM, "aio: out of memory");
+  ctx->threads = calloc(o.workers, sizeof *ctx->threads);
+  if (!ctx->threads) {
+    free(ctx);
+    return ts_error_set(err, -ENOMEM, "aio: out of memory");
+  }
+  ctx->mode = o.mode;
+  ctx->flags = o.flags;
+  ctx->depth = o.depth;
+  ctx->loop = o.loop;
+  ctx->efd = -1;
+  int r = uv_mutex_init(&ctx->lock);
+  if (r) {
+    free(ctx->threads);
+    free(ctx);
+    return ts_error_set(err, r, "aio: cannot create a mutex: %s", uv_strerror(r));
+  }
+  if ((r = uv_cond_init(&ctx->work_cond)) != 0) {
+    uv_mutex_destroy(&ctx->lock);
+    free(ctx->threads);
+    free(ctx);
+    return ts_error_set(err, r, "aio: cannot create a condition variable: %s", uv_strerror(r));
+  }
+  if ((r = uv_cond_init(&ctx->space_cond)) != 0) {
+    uv_cond_destroy(&ctx->work_cond);
+    uv_mutex_destroy(&ctx->lock);
+    free(ctx->threads);
+    free(ctx);
+    return ts_error_set(err, r, "aio: cannot create a condition variable: %s", uv_strerror(r));
+  }
+
+  if (o.mode == TS_AIO_MODE_EVENTFD) {
+    ctx->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ctx->efd < 0) {
+      r = -errno;
+      destroy(ctx);
+      return ts_error_set(err, r, "aio: cannot create an eventfd: %s", ts_strerror(r));
+    }
+  }
+  for (uint32_t i = 0; i < o.workers; i++) {
+    r = uv_thread_create(&ctx->threads[i], worker_main, ctx);
+    if (r) {
+      stop_workers(ctx);
+      if (ctx->efd >= 0)
+        close(ctx->efd);
+      destroy(ctx);
+      return ts_error_set(err, r, "aio: cannot start worker thread %u: %s", i, uv_strerror(r));
+    }
+    ctx->nthreads = i + 1;
+  }
+  if (o.mode == TS_AIO_MODE_LOOP) {
+    /* Last, so no failure path has to wait for a handle to close. */
+    r = uv_async_init(o.loop, &ctx->async, on_async);
+    if (r) {
+      stop_workers(ctx);
+      destroy(ctx);
+      return ts_error_set(err, r, "aio: cannot register with the loop: %s", uv_strerror(r));
+    }
+    ctx->async.data = ctx;
+    /* Referenced only while requests are pending, so an idle context does not
+     * keep uv_run from returning. */
+    uv_unref((uv_handle_t *)&ctx->async);
+  }
+  *out = ctx;
+  return 0;
+}
+
+int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
+{
+  if (!ctx || !dev || !req || !req->cb)
+    return -EINVAL;
+  int r = ts__io_check(dev, &req->io);
+  if (r) {
+    if (req->io.op < TS_OP_COUNT)
+      atomic_fetch_add_explicit(&dev->nr_err[req->io.op], 1, memory_order_relaxed);
+    return r;
+  }
+  struct iovec *iov = NULL;
+  if (req->io.op == TS_OP_READ || req->io.op == TS_OP_WRITE) {
+    size_t bytes = (size_t)req->io.iovcnt * sizeof *iov;
+    iov = req->io.iovcnt <= TS_AIO_IOV_INLINE ? req->priv.iov_inline : malloc(bytes);
+    if (!iov)
+      return -ENOMEM;
+    memcpy(iov, req->io.iov, bytes);
+  }
+  req->priv.iov = iov;
+  req->priv.io = req->io;
+  req->priv.io.iov = iov;
+  req->priv.ctx = ctx;
+  req->priv.dev = dev;
+  req->priv.next = NULL;
+  req->result = 0;
+
+  uv_mutex_lock(&ctx->lock);
+  for (;;) {
+    if (ctx->closing) {
+      r = -ESHUTDOWN;
+      break;
+    }
+    if (ctx->inflight < ctx->depth)
+      break;
+    if (!(ctx->flags & TS_AIO_BLOCK)) {
+      r = -EAGAIN;
+      break;
+    }
+    uv_cond_wait(&ctx->space_cond, &ctx->lock);
+  }
+  if (r) {
+    uv_mutex_unlock(&ctx->lock);
+    if (iov != req->priv.iov_inline)
+      free(iov);
+    req->priv.iov = NULL;
+    req->priv.ctx = NULL;
+    req->priv.dev = NULL;
+    return r;
+  }
+  ctx->inflight++;
+  if (ctx->q_tail)
+    ctx->q_tail->priv.next = req;
+  else
+    ctx->q_head = req;
+  ctx->q_tail = req;
+  uint64_t before = atomic_fetch_add(&ctx->pending, 1);
+  uv_cond_signal(&ctx->work_cond);
+  uv_mutex_unlock(&ctx->lock);
+  /* LOOP mode submits on the loop thread, as deliver() runs, so the
+   * reference follows `pending` without a race. */
+  if (ctx->mode == TS_AIO_MODE_LOOP && before == 0)
+    uv_ref((uv_handle_t *)&ctx->async);
+  return 0;
+}
+
+int ts_aio_fd(const ts_aio_ctx *ctx)
+{
+  if (!ctx || ctx->mode != TS_AIO_MODE_EVENTFD)
+    return -EINVAL;
+  return ctx->efd;
+}
+
+int ts_aio_poll(ts_aio_ctx *ctx)
+{
+  if (!ctx || ctx->mode != TS_AIO_MODE_EVENTFD)
+    return -EINVAL;
+  uint64_t v;
+  /* Clear readiness first, then drain: a request finishing after the drain
+   * finds the done queue empty and signals the eventfd again. */
+  while (read(ctx->efd, &v, sizeof v) < 0 && errno == EINTR)
+    ;
+  ctx->in_poll++;
+  int n = deliver(ctx);
+  ctx->in_poll--;
+  if (ctx->free_after_poll && ctx->in_poll == 0)
+    destroy(ctx);
+  return n;
+}
+
+uint64_t ts_aio_pending(const ts_aio_ctx *ctx)
+{
+  return ctx ? atomic_load(&((ts_aio_ctx *)ctx)->pending) : 0;
+}
+
+int ts_aio_ctx_close(ts_aio_ctx *ctx)
+{
+  /* `closing` is written under the lock but only ever by this thread, the
+   * one that delivers completions, so reading it here needs no lock. */
+  if (!ctx || ctx->closing)
+    return 0;
+
+  /* Cancel what has not started; wake anyone waiting for a slot. */
+  uv_mutex_lock(&ctx->lock);
+  ctx->closing = true;
+  ts_aio_req *q = ctx->q_head;
+  ctx->q_head = ctx->q_tail = NULL;
+  while (q) {
+    ts_aio_req *next = q->priv.next;
+    q->result = -ECANCELED;
+    ctx->inflight--;
+    push_done(ctx, q);
+    q = next;
+  }
+  uv_cond_broadcast(&ctx->space_cond);
+  uv_mutex_unlock(&ctx->lock);
+
+  /* Cancelled requests complete before running ones are waited for, so a
+   * callback can release whatever a running request waits on. */
+  deliver(ctx);
+  stop_workers(ctx);
+  deliver(ctx);
+
+  if (ctx->mode == TS_AIO_MODE_LOOP) {
+    uv_close((uv_handle_t *)&ctx->async, on_handle_closed);
+  } else {
+    close(ctx->efd);
+    ctx->efd = -1;
+    if (ctx->in_poll)
+      ctx->free_after_poll = true;
+    else
+      destroy(ctx);
+  }
+  return 0;
+}
