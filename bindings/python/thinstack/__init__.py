@@ -1,0 +1,573 @@
+"""Python bindings for libthinstack (ctypes; nothing to compile).
+
+A stack of virtual block device layers is opened from a JSON configuration;
+its exported devices answer read, write, flush, discard, write_zeroes and
+provision requests and describe themselves (size, limits, block status,
+status counters)::
+
+    import thinstack
+    with thinstack.open("stack.json") as stack:
+        disk = stack.device("disk")
+        disk.provision(0, 1 << 20)
+        disk.write(0, b"x" * 4096)
+        print(disk.block_status(0, 1 << 20))
+
+Every failure raises ThinstackError, an OSError whose ``errno`` is the
+library's (positive) errno and whose message says what failed and why.
+
+The shared library is found, in order, at: the path in $THINSTACK_LIB; in the
+build folder of the source tree these bindings sit in ($TS_BUILD_DIR, else
+<tree>/build); the system's libthinstack.so.0.
+"""
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import json as _json
+import os
+import threading
+from dataclasses import dataclass
+from typing import List, Optional
+
+__all__ = [
+    "ThinstackError", "Stack", "Device", "Limits", "Extent",
+    "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
+    "layer_types", "has_layer_type",
+    "EXTENT_HOLE", "EXTENT_ZERO",
+]
+
+EXTENT_HOLE = 1 << 0   # no space allocated
+EXTENT_ZERO = 1 << 1   # reads as zeroes
+
+_IO_FUA = 1 << 0
+_IO_MAY_UNMAP = 1 << 1
+_IO_NOFALLBACK = 1 << 2
+_OPEN_READ_ONLY = 1 << 1
+_OPS = ("read", "write", "flush", "discard", "write_zeroes", "provision")
+_CAPS = ("none", "emulate", "native")
+
+
+class ThinstackError(OSError):
+    """An error from libthinstack: ``errno`` (positive), ``strerror``, and a
+    message naming the operation, device or JSON path concerned."""
+
+    def __init__(self, code, message=None):
+        code = abs(int(code))
+        super().__init__(code, message or os.strerror(code))
+
+    def __str__(self):
+        return "%s [%s]" % (self.strerror, _errno.errorcode.get(self.errno, self.errno))
+
+
+# --------------------------------------------------------------------------
+# Loading the library
+
+
+def _candidates():
+    env = os.environ.get("THINSTACK_LIB")
+    if env:
+        return [env]
+    paths = []
+    tree = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    if os.path.exists(os.path.join(tree, "include", "libthinstack", "thinstack.h")):
+        build = os.environ.get("TS_BUILD_DIR") or os.path.join(tree, "build")
+        paths.append(os.path.join(build, "libthinstack.so"))
+    found = ctypes.util.find_library("thinstack")
+    paths.append(found or "libthinstack.so.0")
+    return paths
+
+
+def _load():
+    tried = []
+    cands = _candidates()
+    for p in cands:
+        if os.sep in p and not os.path.exists(p) and len(cands) > 1:
+            tried.append("%s (absent)" % p)
+            continue
+        try:
+            return ctypes.CDLL(p)
+        except OSError as e:
+            tried.append("%s (%s)" % (p, e))
+    raise ImportError("thinstack: cannot load libthinstack: tried " + "; ".join(tried))
+
+
+_lib = _load()
+_libc = ctypes.CDLL(None)
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.free.restype = None
+
+
+class _Error(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int), ("msg", ctypes.c_char * 512)]
+
+
+class _OpenOpts(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("plugin_dir", ctypes.c_char_p), ("event", ctypes.c_void_p),
+                ("event_arg", ctypes.c_void_p)]
+
+
+class _Limits(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint64),
+                ("logical_block_size", ctypes.c_uint32),
+                ("physical_block_size", ctypes.c_uint32),
+                ("io_min", ctypes.c_uint32),
+                ("io_opt", ctypes.c_uint32),
+                ("max_io_bytes", ctypes.c_uint64),
+                ("max_discard_bytes", ctypes.c_uint64),
+                ("discard_granularity", ctypes.c_uint32),
+                ("max_write_zeroes_bytes", ctypes.c_uint64),
+                ("max_provision_bytes", ctypes.c_uint64),
+                ("provision_granularity", ctypes.c_uint32),
+                ("discard_zeroes", ctypes.c_bool),
+                ("write_zeroes_unmap", ctypes.c_bool),
+                ("fua", ctypes.c_bool),
+                ("read_only", ctypes.c_bool)]
+
+
+class _Extent(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_uint64), ("length", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32)]
+
+
+class _ExtentList(ctypes.Structure):
+    _fields_ = [("v", ctypes.POINTER(_Extent)), ("n", ctypes.c_size_t),
+                ("cap", ctypes.c_size_t)]
+
+
+class _LayerTypeHead(ctypes.Structure):
+    # The leading, stable part of ts_layer_type.
+    _fields_ = [("abi_version", ctypes.c_uint32), ("struct_size", ctypes.c_uint32),
+                ("name", ctypes.c_char_p), ("summary", ctypes.c_char_p)]
+
+
+_P = ctypes.c_void_p
+_u64 = ctypes.c_uint64
+_c_int = ctypes.c_int
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(_lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+_version = _fn("ts_version", ctypes.c_char_p)
+_strerror = _fn("ts_strerror", ctypes.c_char_p, _c_int)
+_err_name = _fn("ts_err_name", ctypes.c_char_p, _c_int)
+_parse_size = _fn("ts_parse_size", _c_int, ctypes.c_char_p, ctypes.POINTER(_u64))
+_format_size = _fn("ts_format_size", None, _u64, ctypes.c_char_p, ctypes.c_size_t)
+_find_type = _fn("ts_find_layer_type", ctypes.POINTER(_LayerTypeHead), ctypes.c_char_p)
+_type_at = _fn("ts_layer_type_at", ctypes.POINTER(_LayerTypeHead), ctypes.c_size_t)
+_open_file = _fn("ts_stack_open_file", _c_int, ctypes.c_char_p, ctypes.POINTER(_OpenOpts),
+                 ctypes.POINTER(_P), ctypes.POINTER(_Error))
+_open_string = _fn("ts_stack_open_string", _c_int, ctypes.c_char_p, ctypes.c_char_p,
+                   ctypes.POINTER(_OpenOpts), ctypes.POINTER(_P), ctypes.POINTER(_Error))
+_stack_close = _fn("ts_stack_close", _c_int, _P, ctypes.POINTER(_Error))
+_stack_dev = _fn("ts_stack_dev", _P, _P, ctypes.c_char_p)
+_stack_node = _fn("ts_stack_node", _P, _P, ctypes.c_char_p)
+_stack_ndevs = _fn("ts_stack_ndevs", ctypes.c_size_t, _P)
+_stack_dev_at = _fn("ts_stack_dev_at", _P, _P, ctypes.c_size_t)
+_stack_nnodes = _fn("ts_stack_nnodes", ctypes.c_size_t, _P)
+_stack_node_at = _fn("ts_stack_node_at", _P, _P, ctypes.c_size_t)
+_dev_name = _fn("ts_dev_name", ctypes.c_char_p, _P)
+_dev_type = _fn("ts_dev_type", ctypes.c_char_p, _P)
+_dev_size = _fn("ts_dev_size", _u64, _P)
+_dev_limits = _fn("ts_dev_limits", ctypes.POINTER(_Limits), _P)
+_dev_status_json = _fn("ts_dev_status_json", _P, _P)
+_limits_cap = _fn("ts_limits_cap", _c_int, ctypes.POINTER(_Limits), _c_int)
+_pread = _fn("ts_pread", _c_int, _P, _P, ctypes.c_size_t, _u64)
+_pwrite = _fn("ts_pwrite", _c_int, _P, _P, ctypes.c_size_t, _u64, ctypes.c_uint32)
+_flush = _fn("ts_flush", _c_int, _P)
+_discard = _fn("ts_discard", _c_int, _P, _u64, _u64)
+_write_zeroes = _fn("ts_write_zeroes", _c_int, _P, _u64, _u64, ctypes.c_uint32)
+_provision = _fn("ts_provision", _c_int, _P, _u64, _u64)
+_block_status = _fn("ts_block_status", _c_int, _P, _u64, _u64, ctypes.POINTER(_ExtentList))
+_extent_list_free = _fn("ts_extent_list_free", None, ctypes.POINTER(_ExtentList))
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+
+def version() -> str:
+    """The library's version, "MAJOR.MINOR.PATCH"."""
+    return _version().decode()
+
+
+def strerror(code: int) -> str:
+    """The message for an errno (either sign)."""
+    return _strerror(int(code)).decode()
+
+
+def err_name(code: int) -> str:
+    """The symbolic name of an errno (either sign), e.g. "ENOSPC"."""
+    return _err_name(int(code)).decode()
+
+
+def parse_size(text: str) -> int:
+    """Parse "64K", "1G", "512" (powers of 1024) into bytes."""
+    v = _u64()
+    r = _parse_size(str(text).encode(), ctypes.byref(v))
+    if r:
+        raise ThinstackError(r, "%r is not a size (bytes, or a number with K, M, G or T)" % text)
+    return v.value
+
+
+def format_size(n: int) -> str:
+    """Format bytes as the largest exact unit ("64K", "1G", "12345")."""
+    _check_uint("size", n)
+    buf = ctypes.create_string_buffer(32)
+    _format_size(n, buf, len(buf))
+    return buf.value.decode()
+
+
+def layer_types() -> List[tuple]:
+    """The registered layer types as (name, summary) pairs."""
+    out = []
+    i = 0
+    while True:
+        t = _type_at(i)
+        if not t:
+            return out
+        out.append((t.contents.name.decode(), (t.contents.summary or b"").decode()))
+        i += 1
+
+
+def has_layer_type(name: str) -> bool:
+    """True if a layer type of that name is registered ("thin", "crypt", ...)."""
+    return bool(_find_type(name.encode()))
+
+
+def _check_uint(what, v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ThinstackError(_errno.EINVAL, "%s must be an integer, not %s" % (what, type(v).__name__))
+    if v < 0 or v >= 1 << 64:
+        raise ThinstackError(_errno.EINVAL, "%s %d is out of range" % (what, v))
+
+
+def _opts(read_only, plugin_dir):
+    o = _OpenOpts()
+    o.struct_size = ctypes.sizeof(_OpenOpts)
+    o.flags = _OPEN_READ_ONLY if read_only else 0
+    o.plugin_dir = os.fsencode(plugin_dir) if plugin_dir is not None else None
+    return o
+
+
+# --------------------------------------------------------------------------
+# Stacks
+
+
+def open(path, read_only: bool = False, plugin_dir=None) -> "Stack":  # noqa: A001
+    """Open the stack described by the JSON file at `path` (relative paths in
+    it resolve against its folder). read_only opens every layer read-only;
+    plugin_dir is where external layer types are looked up."""
+    err = _Error()
+    h = _P()
+    r = _open_file(os.fsencode(path), ctypes.byref(_opts(read_only, plugin_dir)),
+                   ctypes.byref(h), ctypes.byref(err))
+    if r:
+        raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+    return Stack(h)
+
+
+def open_string(config, base_dir=None, read_only: bool = False, plugin_dir=None) -> "Stack":
+    """Open a stack from JSON text, or from a dict that is serialised to JSON;
+    relative paths resolve against base_dir (default: the current folder)."""
+    if not isinstance(config, (str, bytes)):
+        config = _json.dumps(config)
+    if isinstance(config, str):
+        config = config.encode()
+    err = _Error()
+    h = _P()
+    r = _open_string(config, os.fsencode(base_dir) if base_dir is not None else None,
+                     ctypes.byref(_opts(read_only, plugin_dir)), ctypes.byref(h),
+                     ctypes.byref(err))
+    if r:
+        raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+    return Stack(h)
+
+
+class Stack:
+    """An open stack. Use it as a context manager, or call close(); devices
+    obtained from it raise EBADF once it is closed. Requests may come from
+    several threads, but none may still be running when close() is called."""
+
+    def __init__(self, handle):
+        self._h = handle
+        self._lock = threading.Lock()
+        self._devs = {}
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise ThinstackError(_errno.EBADF, "the stack is closed")
+        return h
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def close(self) -> None:
+        """Flush every layer (committing thin metadata) and close the stack.
+        Raises ThinstackError if a flush failed; the stack is closed anyway.
+        Closing a closed stack does nothing."""
+        with self._lock:
+            h, self._h = self._h, None
+        if h is None:
+            return
+        err = _Error()
+        r = _stack_close(h, ctypes.byref(err))
+        if r:
+            raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _wrap(self, dh):
+        d = self._devs.get(dh)
+        if d is None:
+            d = self._devs[dh] = Device(self, dh)
+        return d
+
+    def device(self, name: str) -> "Device":
+        """The exported device `name`; ThinstackError(ENOENT) if none."""
+        dh = _stack_dev(self._handle(), name.encode())
+        if not dh:
+            raise ThinstackError(_errno.ENOENT, "the stack exports no device named %r" % name)
+        return self._wrap(dh)
+
+    def node(self, name: str) -> "Device":
+        """Any node of the stack by name (exported or not); ENOENT if none."""
+        dh = _stack_node(self._handle(), name.encode())
+        if not dh:
+            raise ThinstackError(_errno.ENOENT, "the stack has no node named %r" % name)
+        return self._wrap(dh)
+
+    @property
+    def devices(self) -> List["Device"]:
+        """The exported devices, in "exports" order."""
+        h = self._handle()
+        return [self._wrap(_stack_dev_at(h, i)) for i in range(_stack_ndevs(h))]
+
+    @property
+    def nodes(self) -> List["Device"]:
+        """Every node, children before parents."""
+        h = self._handle()
+        return [self._wrap(_stack_node_at(h, i)) for i in range(_stack_nnodes(h))]
+
+
+# --------------------------------------------------------------------------
+# Devices
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a device accepts (see ts_limits in io.h); 0 maxima mean the op is
+    unsupported (discard, provision) or not native (write_zeroes)."""
+    size: int
+    logical_block_size: int
+    physical_block_size: int
+    io_min: int
+    io_opt: int
+    max_io_bytes: int
+    max_discard_bytes: int
+    discard_granularity: int
+    max_write_zeroes_bytes: int
+    max_provision_bytes: int
+    provision_granularity: int
+    discard_zeroes: bool
+    write_zeroes_unmap: bool
+    fua: bool
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A range of block status: flags 0 = allocated data; ZERO = allocated,
+    reads zeroes; HOLE|ZERO = unallocated, reads zeroes; HOLE = unallocated."""
+    offset: int
+    length: int
+    flags: int
+
+    @property
+    def hole(self) -> bool:
+        return bool(self.flags & EXTENT_HOLE)
+
+    @property
+    def zero(self) -> bool:
+        return bool(self.flags & EXTENT_ZERO)
+
+
+def _buffer(data, writable):
+    """A ctypes pointer to a bytes-like object's memory, plus what keeps it alive."""
+    if not writable and isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), _P), data, len(data)
+    mv = memoryview(data)
+    if not mv.contiguous:
+        raise ThinstackError(_errno.EINVAL, "buffer must be contiguous")
+    mv = mv.cast("B")
+    n = mv.nbytes
+    if mv.readonly:
+        if writable:
+            raise ThinstackError(_errno.EINVAL, "buffer is read-only")
+        b = bytes(mv)
+        return ctypes.cast(ctypes.c_char_p(b), _P), b, n
+    if n == 0:
+        return None, None, 0
+    arr = (ctypes.c_char * n).from_buffer(mv)
+    return ctypes.cast(arr, _P), arr, n
+
+
+class Device:
+    """A node of an open stack. Offsets and lengths are bytes, multiples of
+    limits.logical_block_size. Methods release the GIL while the library
+    works, so threads may use a device concurrently."""
+
+    def __init__(self, stack: Stack, handle):
+        self._stack = stack
+        self._dh = handle
+
+    def _h(self):
+        self._stack._handle()
+        return self._dh
+
+    def _fail(self, r, what):
+        if r:
+            raise ThinstackError(r, "%s on %s: %s" % (what, self.name, strerror(r)))
+
+    def __repr__(self):
+        if self._stack.closed:
+            return "<thinstack.Device (stack closed)>"
+        return "<thinstack.Device %s type=%s size=%d>" % (self.name, self.type, self.size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """Leaving a `with device:` block flushes the device."""
+        if not self._stack.closed:
+            self.flush()
+        return False
+
+    @property
+    def name(self) -> str:
+        return _dev_name(self._h()).decode()
+
+    @property
+    def type(self) -> str:
+        """The layer type ("file", "thin", ...)."""
+        return _dev_type(self._h()).decode()
+
+    @property
+    def size(self) -> int:
+        return _dev_size(self._h())
+
+    @property
+    def limits(self) -> Limits:
+        lim = _dev_limits(self._h()).contents
+        return Limits(**{f: getattr(lim, f) for f, _ in _Limits._fields_})
+
+    def capability(self, op: str) -> str:
+        """How the device handles `op` ("read", ..., "provision", or "fua"):
+        "none", "emulate" (the library emulates it) or "native"."""
+        if op == "fua":
+            idx = len(_OPS)
+        elif op in _OPS:
+            idx = _OPS.index(op)
+        else:
+            raise ThinstackError(_errno.EINVAL, "unknown operation %r" % (op,))
+        return _CAPS[_limits_cap(_dev_limits(self._h()), idx)]
+
+    def status(self) -> dict:
+        """Request counters and the layer's own state."""
+        p = _dev_status_json(self._h())
+        if not p:
+            raise ThinstackError(_errno.ENOMEM, "status of %s: out of memory" % self.name)
+        try:
+            return _json.loads(ctypes.string_at(p).decode())
+        finally:
+            _libc.free(p)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read `length` bytes at `offset`."""
+        _check_uint("offset", offset)
+        _check_uint("length", length)
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def readinto(self, offset: int, buffer) -> int:
+        """Read len(buffer) bytes at `offset` into a writable buffer; returns
+        the number of bytes read (all of them)."""
+        _check_uint("offset", offset)
+        ptr, keep, n = _buffer(buffer, True)
+        self._fail(_pread(self._h(), ptr, n, offset), "read %d bytes at %d" % (n, offset))
+        del keep
+        return n
+
+    def write(self, offset: int, data, fua: bool = False) -> int:
+        """Write a bytes-like object at `offset`; fua makes it durable on
+        return. Returns the number of bytes written."""
+        _check_uint("offset", offset)
+        ptr, keep, n = _buffer(data, False)
+        self._fail(_pwrite(self._h(), ptr, n, offset, _IO_FUA if fua else 0),
+                   "write %d bytes at %d" % (n, offset))
+        del keep
+        return n
+
+    def flush(self) -> None:
+        """Make every completed write durable (thin: commit metadata)."""
+        self._fail(_flush(self._h()), "flush")
+
+    def discard(self, offset: int, length: int) -> None:
+        """Release a range; it reads as zeroes afterwards where
+        limits.discard_zeroes. EOPNOTSUPP where discards are not taken."""
+        _check_uint("offset", offset)
+        _check_uint("length", length)
+        self._fail(_discard(self._h(), offset, length), "discard %d at %d" % (length, offset))
+
+    def write_zeroes(self, offset: int, length: int, may_unmap: bool = False,
+                     no_fallback: bool = False, fua: bool = False) -> None:
+        """Make a range read as zeroes. may_unmap lets the device free space;
+        no_fallback fails with EOPNOTSUPP rather than writing zero buffers."""
+        _check_uint("offset", offset)
+        _check_uint("length", length)
+        flags = ((_IO_MAY_UNMAP if may_unmap else 0) | (_IO_NOFALLBACK if no_fallback else 0)
+                 | (_IO_FUA if fua else 0))
+        self._fail(_write_zeroes(self._h(), offset, length, flags),
+                   "write_zeroes %d at %d" % (length, offset))
+
+    def provision(self, offset: int, length: int) -> None:
+        """Reserve space for a range in this device and every layer below,
+        without writing data; never-written parts read as zeroes."""
+        _check_uint("offset", offset)
+        _check_uint("length", length)
+        self._fail(_provision(self._h(), offset, length), "provision %d at %d" % (length, offset))
+
+    def block_status(self, offset: int = 0, length: Optional[int] = None) -> List[Extent]:
+        """Extents describing [offset, offset+length) (default: to the end)."""
+        _check_uint("offset", offset)
+        if length is None:
+            length = max(self.size - offset, 0)
+        _check_uint("length", length)
+        lst = _ExtentList()
+        try:
+            self._fail(_block_status(self._h(), offset, length, ctypes.byref(lst)),
+                       "block_status %d at %d" % (length, offset))
+            return [Extent(lst.v[i].offset, lst.v[i].length, lst.v[i].flags)
+                    for i in range(lst.n)]
+        finally:
+            _extent_list_free(ctypes.byref(lst))
