@@ -38,6 +38,7 @@ struct ts_aio_ctx {
   uv_cond_t space_cond;     /* TS_AIO_BLOCK submitters wait here for a slot */
   ts_aio_req *q_head, *q_tail;        /* accepted, not started */
   ts_aio_req *done_head, *done_tail;  /* finished or cancelled, callback not run */
+  ts_aio_req *batch;        /* taken from the done queue, being delivered */
   uint32_t inflight;        /* queued + running: what depth limits */
   bool stopping;            /* workers exit once the queue is empty */
 
@@ -117,23 +118,24 @@ static void worker_main(void *arg)
 
 /* Completer side --------------------------------------------------------- */
 
-/* Run the callbacks of everything on the done queue, one request at a time
- * so that a callback may close the context (which drains the rest itself).
- * Returns the number of callbacks run. */
+/* Run the callbacks of everything on the done queue. The queue is taken in
+ * one lock as a batch kept in the context (touched only by the completing
+ * thread), so that a callback may close the context: the close delivers the
+ * rest of the batch itself. Returns the number of callbacks run. */
 static int deliver(ts_aio_ctx *ctx)
 {
   int n = 0;
   for (;;) {
-    uv_mutex_lock(&ctx->lock);
-    ts_aio_req *req = ctx->done_head;
-    if (req) {
-      ctx->done_head = req->priv.next;
-      if (!ctx->done_head)
-        ctx->done_tail = NULL;
+    if (!ctx->batch) {
+      uv_mutex_lock(&ctx->lock);
+      ctx->batch = ctx->done_head;
+      ctx->done_head = ctx->done_tail = NULL;
+      uv_mutex_unlock(&ctx->lock);
+      if (!ctx->batch)
+        break;
     }
-    uv_mutex_unlock(&ctx->lock);
-    if (!req)
-      break;
+    ts_aio_req *req = ctx->batch;
+    ctx->batch = req->priv.next;
     /* Hand the struct back clean: nothing left for the caller to release. */
     if (req->priv.iov && req->priv.iov != req->priv.iov_inline)
       free(req->priv.iov);
