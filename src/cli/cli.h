@@ -56,5 +56,6 @@ int ts_cli_restore(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
 int ts_cli_bench_crypt(int argc, char **argv);
 int ts_cli_bench_kernel(int argc, char **argv);
+int ts_cli_bench_io(int argc, char **argv);
 
 #endif

@@ -1,0 +1,34 @@
+# thinstack bench io runs end to end (tiny and short: this checks that it
+# works and reports every cell, not how fast anything is).
+source "$(dirname "$0")/../common/requires.sh"
+requires python3
+
+out=$("$THINSTACK" bench io --cached --seconds 0.05 --size 8M --workers 4 --dir "$TMP" --json)
+types=$("$THINSTACK" types | grep -Eo '^(thin|crypt):' | tr -d : | sort | tr '\n' ' ')
+python3 - "$out" "$types" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+registered = sys.argv[2].split()
+assert r["direct"] is False and r["size"] == 8 << 20 and r["workers"] == 4
+rows = r["results"]
+targets = {x["target"] for x in rows}
+assert {"pread/pwrite", "file"} <= targets, targets
+# thin and crypt columns appear exactly when those layer types exist
+assert ("thin" in targets) == ("thin" in registered), (targets, registered)
+assert ("crypt/thin" in targets) == ("crypt" in registered and "thin" in registered), targets
+for t in targets:
+    cells = {(x["test"], x["depth"]) for x in rows if x["target"] == t}
+    assert cells == {(n, d) for n in ("seqwrite", "randwrite", "randread", "seqread") for d in (1, 32)}, (t, cells)
+for x in rows:
+    assert x["ops"] > 0 and x["seconds"] > 0, x
+    assert ("iops" in x) == (x["block_size"] == 4096), x
+    if x["target"] == "pread/pwrite":
+        assert x["ratio"] == 1.0
+print("targets:", sorted(targets))
+PY
+# Everything it created is gone again.
+[ -z "$(ls -A "$TMP")" ] || fail "bench io left files behind: $(ls "$TMP")"
+"$THINSTACK" bench io --seconds 0 && fail "--seconds 0 accepted"
+"$THINSTACK" bench io --workers 0 && fail "--workers 0 accepted"
+"$THINSTACK" bench io --help | grep -q -- --cached || fail "help does not mention --cached"
+echo ok
