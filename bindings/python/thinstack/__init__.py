@@ -12,6 +12,10 @@ status counters)::
         disk.write(0, b"x" * 4096)
         print(disk.block_status(0, 1 << 20))
 
+A `thin-pool` node comes back as a Pool, which adds dm-thin's management
+calls (create_thin, create_snap, delete_thin, thins, pool_status, extend,
+set_transaction_id, metadata snapshots).
+
 Every failure raises ThinstackError, an OSError whose ``errno`` is the
 library's (positive) errno and whose message says what failed and why.
 
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 __all__ = [
-    "ThinstackError", "Stack", "Device", "Limits", "Extent",
+    "ThinstackError", "Stack", "Device", "Limits", "Extent", "Pool", "ThinInfo", "PoolStatus",
     "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
     "layer_types", "has_layer_type",
     "EXTENT_HOLE", "EXTENT_ZERO",
@@ -187,6 +191,44 @@ _provision = _fn("ts_provision", _c_int, _P, _u64, _u64)
 _block_status = _fn("ts_block_status", _c_int, _P, _u64, _u64, ctypes.POINTER(_ExtentList))
 _extent_list_free = _fn("ts_extent_list_free", None, ctypes.POINTER(_ExtentList))
 
+# ts_event_fn: (stack, node, event, detail, arg)
+_EVENT_FN = ctypes.CFUNCTYPE(None, _P, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, _P)
+
+
+class _ThinInfo(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("mapped_blocks", ctypes.c_uint64),
+                ("mapped_bytes", ctypes.c_uint64), ("transaction_id", ctypes.c_uint64),
+                ("creation_time", ctypes.c_uint32), ("snapshotted_time", ctypes.c_uint32),
+                ("open", ctypes.c_bool), ("size", ctypes.c_uint64)]
+
+
+class _PoolStatus(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_uint64) for f in (
+                    "block_size", "data_blocks", "data_used_blocks", "data_free_blocks",
+                    "metadata_blocks", "metadata_used_blocks", "transaction_id",
+                    "held_metadata_root", "low_water_mark")]
+    _fields_ += [(f, ctypes.c_bool) for f in (
+                    "low_water", "out_of_data_space", "queue_if_no_space", "discard_passdown",
+                    "zero_new_blocks", "read_only", "needs_check", "failed")]
+    _fields_ += [("nr_thins", ctypes.c_uint32), ("commits", ctypes.c_uint64)]
+
+
+# Pool management exists in libraries built with the thin layers.
+_HAVE_THIN = hasattr(_lib, "ts_pool_create_thin")
+if _HAVE_THIN:
+    _ERRP = ctypes.POINTER(_Error)
+    _pool_create_thin = _fn("ts_pool_create_thin", _c_int, _P, ctypes.c_uint32, _ERRP)
+    _pool_create_snap = _fn("ts_pool_create_snap", _c_int, _P, ctypes.c_uint32, ctypes.c_uint32,
+                            _ERRP)
+    _pool_delete_thin = _fn("ts_pool_delete_thin", _c_int, _P, ctypes.c_uint32, _ERRP)
+    _pool_list_thins = _fn("ts_pool_list_thins", _c_int, _P, ctypes.POINTER(_ThinInfo),
+                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), _ERRP)
+    _pool_get_status = _fn("ts_pool_get_status", _c_int, _P, ctypes.POINTER(_PoolStatus), _ERRP)
+    _pool_extend = _fn("ts_pool_extend", _c_int, _P, _u64, _ERRP)
+    _pool_set_transaction_id = _fn("ts_pool_set_transaction_id", _c_int, _P, _u64, _u64, _ERRP)
+    _pool_reserve_metadata_snap = _fn("ts_pool_reserve_metadata_snap", _c_int, _P, _ERRP)
+    _pool_release_metadata_snap = _fn("ts_pool_release_metadata_snap", _c_int, _P, _ERRP)
+
 
 # --------------------------------------------------------------------------
 # Small helpers
@@ -248,46 +290,62 @@ def _check_uint(what, v):
         raise ThinstackError(_errno.EINVAL, "%s %d is out of range" % (what, v))
 
 
-def _opts(read_only, plugin_dir):
+def _opts(read_only, plugin_dir, events):
+    """The open options, and the C callback that must live as long as the stack."""
     o = _OpenOpts()
     o.struct_size = ctypes.sizeof(_OpenOpts)
     o.flags = _OPEN_READ_ONLY if read_only else 0
     o.plugin_dir = os.fsencode(plugin_dir) if plugin_dir is not None else None
-    return o
+    cb = None
+    if events is not None:
+        if not callable(events):
+            raise ThinstackError(_errno.EINVAL, "events must be callable(node, event, detail)")
+
+        def trampoline(stack, node, event, detail, arg):
+            events((node or b"").decode(errors="replace"), (event or b"").decode(errors="replace"),
+                   (detail or b"").decode(errors="replace"))
+        cb = _EVENT_FN(trampoline)
+        o.event = ctypes.cast(cb, _P)
+    return o, cb
 
 
 # --------------------------------------------------------------------------
 # Stacks
 
 
-def open(path, read_only: bool = False, plugin_dir=None) -> "Stack":  # noqa: A001
+def open(path, read_only: bool = False, plugin_dir=None, events=None) -> "Stack":  # noqa: A001
     """Open the stack described by the JSON file at `path` (relative paths in
     it resolve against its folder). read_only opens every layer read-only;
-    plugin_dir is where external layer types are looked up."""
+    plugin_dir is where external layer types are looked up; events, if given,
+    is called as events(node, event, detail) for the stack's asynchronous
+    events (a thin pool crossing its low water mark, ...), from whichever
+    thread noticed them: do little and return."""
+    opts, cb = _opts(read_only, plugin_dir, events)
     err = _Error()
     h = _P()
-    r = _open_file(os.fsencode(path), ctypes.byref(_opts(read_only, plugin_dir)),
-                   ctypes.byref(h), ctypes.byref(err))
+    r = _open_file(os.fsencode(path), ctypes.byref(opts), ctypes.byref(h), ctypes.byref(err))
     if r:
         raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
-    return Stack(h)
+    return Stack(h, cb)
 
 
-def open_string(config, base_dir=None, read_only: bool = False, plugin_dir=None) -> "Stack":
+def open_string(config, base_dir=None, read_only: bool = False, plugin_dir=None,
+                events=None) -> "Stack":
     """Open a stack from JSON text, or from a dict that is serialised to JSON;
-    relative paths resolve against base_dir (default: the current folder)."""
+    relative paths resolve against base_dir (default: the current folder).
+    The other arguments are open()'s."""
     if not isinstance(config, (str, bytes)):
         config = _json.dumps(config)
     if isinstance(config, str):
         config = config.encode()
+    opts, cb = _opts(read_only, plugin_dir, events)
     err = _Error()
     h = _P()
     r = _open_string(config, os.fsencode(base_dir) if base_dir is not None else None,
-                     ctypes.byref(_opts(read_only, plugin_dir)), ctypes.byref(h),
-                     ctypes.byref(err))
+                     ctypes.byref(opts), ctypes.byref(h), ctypes.byref(err))
     if r:
         raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
-    return Stack(h)
+    return Stack(h, cb)
 
 
 class Stack:
@@ -295,8 +353,9 @@ class Stack:
     obtained from it raise EBADF once it is closed. Requests may come from
     several threads, but none may still be running when close() is called."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, event_cb=None):
         self._h = handle
+        self._event_cb = event_cb  # the C callback must outlive the stack
         self._lock = threading.Lock()
         self._devs = {}
 
@@ -339,7 +398,8 @@ class Stack:
     def _wrap(self, dh):
         d = self._devs.get(dh)
         if d is None:
-            d = self._devs[dh] = Device(self, dh)
+            cls = Pool if _HAVE_THIN and _dev_type(dh) == b"thin-pool" else Device
+            d = self._devs[dh] = cls(self, dh)
         return d
 
     def device(self, name: str) -> "Device":
@@ -571,3 +631,122 @@ class Device:
                     for i in range(lst.n)]
         finally:
             _extent_list_free(ctypes.byref(lst))
+
+
+# --------------------------------------------------------------------------
+# Thin pools
+
+
+@dataclass(frozen=True)
+class ThinInfo:
+    """One volume of a pool (ts_thin_info)."""
+    id: int
+    mapped_blocks: int
+    mapped_bytes: int
+    transaction_id: int
+    creation_time: int
+    snapshotted_time: int
+    open: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """A pool's state, as dm-thin's status line reports it (ts_pool_status)."""
+    block_size: int
+    data_blocks: int
+    data_used_blocks: int
+    data_free_blocks: int
+    metadata_blocks: int
+    metadata_used_blocks: int
+    transaction_id: int
+    held_metadata_root: int
+    low_water_mark: int
+    low_water: bool
+    out_of_data_space: bool
+    queue_if_no_space: bool
+    discard_passdown: bool
+    zero_new_blocks: bool
+    read_only: bool
+    needs_check: bool
+    failed: bool
+    nr_thins: int
+    commits: int
+
+
+class Pool(Device):
+    """A `thin-pool` node: dm-thin's pool messages. Every call commits before
+    it returns; a failed call changes nothing. Volume ids are 0..2**24-1."""
+
+    def _call(self, fn, *args):
+        err = _Error()
+        r = fn(self._h(), *args, ctypes.byref(err))
+        if r:
+            raise ThinstackError(r, err.msg.decode(errors="replace") or
+                                 "%s: %s" % (self.name, strerror(r)))
+
+    def create_thin(self, id: int) -> None:
+        """Create an empty volume. EEXIST id in use, EINVAL id out of range,
+        ENOSPC metadata full, EROFS read-only pool."""
+        _check_uint("id", id)
+        if id >= 1 << 32:
+            raise ThinstackError(_errno.EINVAL, "id %d is out of range" % id)
+        self._call(_pool_create_thin, id)
+
+    def create_snap(self, id: int, origin_id: int) -> None:
+        """Create volume `id` as a snapshot of `origin_id` (O(1), shares every
+        block). ENODEV no origin, EEXIST id in use."""
+        _check_uint("id", id)
+        _check_uint("origin_id", origin_id)
+        if id >= 1 << 32 or origin_id >= 1 << 32:
+            raise ThinstackError(_errno.EINVAL, "id out of range")
+        self._call(_pool_create_snap, id, origin_id)
+
+    def delete_thin(self, id: int) -> None:
+        """Delete a volume, freeing the blocks it does not share. ENODEV no
+        such volume, EBUSY it is open in this stack."""
+        _check_uint("id", id)
+        if id >= 1 << 32:
+            raise ThinstackError(_errno.EINVAL, "id %d is out of range" % id)
+        self._call(_pool_delete_thin, id)
+
+    def thins(self) -> List[ThinInfo]:
+        """The pool's volumes in ascending id order."""
+        count = ctypes.c_size_t(0)
+        while True:
+            cap = count.value
+            arr = (_ThinInfo * max(cap, 1))()
+            self._call(_pool_list_thins, arr, cap, ctypes.byref(count))
+            if count.value <= cap:
+                return [ThinInfo(**{f: getattr(arr[i], f) for f, _ in _ThinInfo._fields_})
+                        for i in range(count.value)]
+
+    def pool_status(self) -> PoolStatus:
+        """Space, transaction id, mode flags and commit count."""
+        st = _PoolStatus()
+        self._call(_pool_get_status, ctypes.byref(st))
+        return PoolStatus(**{f: getattr(st, f) for f, _ in _PoolStatus._fields_})
+
+    def extend(self, new_data_size: int) -> None:
+        """Grow the data space to new_data_size bytes (a multiple of the block
+        size), growing a `file` data layer's file first. EINVAL smaller or
+        misaligned. A config that states the data file's size must be updated
+        before the stack is opened again."""
+        _check_uint("new_data_size", new_data_size)
+        self._call(_pool_extend, new_data_size)
+
+    def set_transaction_id(self, current_id: int, new_id: int) -> None:
+        """Compare-and-swap the pool's transaction id (EINVAL when the stored
+        id is not current_id)."""
+        _check_uint("current_id", current_id)
+        _check_uint("new_id", new_id)
+        self._call(_pool_set_transaction_id, current_id, new_id)
+
+    def reserve_metadata_snap(self) -> None:
+        """Keep a read-only copy of the metadata (for thin_dump -m). EBUSY one
+        is already held."""
+        self._call(_pool_reserve_metadata_snap)
+
+    def release_metadata_snap(self) -> None:
+        """Drop the held metadata copy. EINVAL none is held."""
+        self._call(_pool_release_metadata_snap)
