@@ -488,6 +488,33 @@ START_TEST(out_of_space_error)
 }
 END_TEST
 
+/* One write that needs more blocks than are free: it takes what is free,
+ * fails, gives those back and reports -ENOSPC -- once, not in a loop of
+ * commit-and-retry -- and the blocks it gave back serve smaller requests. */
+START_TEST(out_of_space_partial_allocation)
+{
+  char *dir = ts_test_mkdtemp();
+  struct pool_opts o = { .data_size = "4M", .vols = VOL0, .exports = "\"v0\"" };
+  ts_stack *s = pool_open(dir, &o);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  unsigned char *buf = malloc(16 * K64);
+  fill(buf, 16 * K64, 41);
+  for (int i = 0; i < 56; i += 8)
+    ck_assert_int_eq(ts_pwrite(v, buf, 8 * K64, (uint64_t)i * K64, 0), 0);
+  ck_assert_uint_eq(pool_status(pool).data_free_blocks, 8);
+  ck_assert_int_eq(ts_pwrite(v, buf, 16 * K64, 64 * K64, 0), -ENOSPC);
+  ck_assert_int_eq(ts_provision(v, 64 * K64, 16 * K64), -ENOSPC);
+  ck_assert_uint_eq(mapped_blocks(pool, 0), 56 + 8); /* the provision kept what it got */
+  ck_assert_int_eq(ts_discard(v, 64 * K64, 16 * K64), 0);
+  ck_assert_int_eq(ts_pwrite(v, buf, 8 * K64, 100 * K64, 0), 0);
+  read_expect(v, 100 * K64, buf, 8 * K64);
+  free(buf);
+  close_and_check(s, dir);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 struct bg_write {
   ts_dev *v;
   uint64_t off;
@@ -865,6 +892,13 @@ START_TEST(read_only_pool)
   ck_assert_int_eq(ts_provision(v, 0, K64), -EROFS);
   ck_assert_int_eq(ts_pool_create_thin(node(x, "pool"), 4, &e), -EROFS);
   ck_assert_int_eq(ts_stack_close(x, NULL), 0);
+  /* The stack's own config (create: true everywhere) opens read-only too:
+   * nothing is missing, so nothing needs creating. */
+  j = pool_json(&o);
+  ck_assert_msg(ts_stack_open_string(j, dir, &oo, &x, &e) == 0, "%s", e.msg);
+  free(j);
+  read_expect(node(x, "v0"), 0, buf, sizeof buf);
+  ck_assert_int_eq(ts_stack_close(x, NULL), 0);
   ck_assert(ts_test_files_equal(meta, copy));
   free(meta);
   free(copy);
@@ -888,6 +922,7 @@ int main(void)
   tcase_add_test(t, shared_block_ops);
   tcase_add_test(t, provision_after_snapshot);
   tcase_add_test(t, out_of_space_error);
+  tcase_add_test(t, out_of_space_partial_allocation);
   tcase_add_test(t, out_of_space_queue);
   tcase_add_test(t, stale_data_delete_passdown);
   tcase_add_test(t, stale_data_delete_no_passdown);

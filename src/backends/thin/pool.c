@@ -223,12 +223,14 @@ int tp_alloc(struct tp_pool *p, uint64_t want, struct tp_druns *out, uint64_t *g
   return 0;
 }
 
+/* Blocks handed out in this transaction and given back unused are free again
+ * at once (their committed count is 0), so they are not "freed" space that a
+ * commit would make usable: counting them so made a request too large for
+ * the pool commit and retry forever. */
 void tp_release(struct tp_pool *p, const struct tp_druns *runs)
 {
   for (size_t i = 0; i < runs->n; i++)
     tmd_data_dec_run(p->md, runs->v[i].d, runs->v[i].n);
-  if (runs->n)
-    p->freed = true;
 }
 
 void tp_note_unref(struct tp_pool *p, uint64_t d)
@@ -521,7 +523,9 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
   if (ml->logical_block_size > PD_BLOCK_SIZE)
     return ts_layer_error(l, err, -EINVAL, "metadata", "layer \"%s\" has %u-byte blocks; metadata needs 4K or less",
                           ts_dev_name(meta), ml->logical_block_size);
-  if (create && ro)
+  /* A stack opened read-only still opens an existing pool whose config says
+   * create; only formatting (below) needs to write. */
+  if (create && ts_param_bool(params, "read_only", false))
     return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only pool");
   ro = ro || dl->read_only || ml->read_only;
 
