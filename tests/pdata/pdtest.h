@@ -186,26 +186,7 @@ static inline void pdt_require_tools(void)
  * output lines other than its progress and summary lines (malloc'd). */
 static inline int pdt_thin_check(const char *path, char **noise)
 {
-  char *out = NULL;
-  int st = ts_test_run(&out, "thin_check '%s'", path);
-  static const char *const ok[] = {"examining ", "checking space map", "TRANSACTION_ID=", "METADATA_FREE_BLOCKS="};
-  char *res = calloc(1, strlen(out) + 1);
-  char *save = NULL;
-  for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-    bool progress = false;
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-      progress = progress || strncmp(line, ok[i], strlen(ok[i])) == 0;
-    if (!progress) {
-      strcat(res, line);
-      strcat(res, "\n");
-    }
-  }
-  free(out);
-  if (noise)
-    *noise = res;
-  else
-    free(res);
-  return st;
+  return ts_test_thin_check(path, noise);
 }
 
 /* xorshift PRNG */

@@ -48,33 +48,11 @@ static inline ts_stack *pool_open(const char *dir, const struct pool_opts *o)
  * stderr but its progress lines. */
 static inline void thin_check_clean(const char *dir)
 {
-  char *meta = ts_test_path(dir, "pool.meta");
-  char *errf = ts_test_path(dir, "thin_check.err");
-  char *out = NULL;
-  int st = ts_test_run(&out, "thin_check %s >/dev/null 2>%s", meta, errf);
-  char *err = NULL;
-  size_t len = 0;
-  void *data = NULL;
-  if (ts_test_read_file(errf, &data, &len)) {
-    err = calloc(1, len + 1);
-    memcpy(err, data, len);
-    free(data);
-  }
-  /* Keep only lines that are not progress reports. */
-  char *rest = calloc(1, len + 1);
-  for (char *line = err ? strtok(err, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-    if (strncmp(line, "examining ", 10) == 0 || strcmp(line, "checking space map counts") == 0)
-      continue;
-    strcat(rest, line);
-    strcat(rest, "\n");
-  }
-  ck_assert_msg(st == 0, "thin_check failed (%d): %s%s", st, rest, out ? out : "");
-  ck_assert_msg(rest[0] == '\0', "thin_check complained: %s", rest);
-  free(rest);
-  free(err);
-  free(out);
-  unlink(errf);
-  free(errf);
+  char *meta = ts_test_path(dir, "pool.meta"), *complaints = NULL;
+  int st = ts_test_thin_check(meta, &complaints);
+  ck_assert_msg(st == 0, "thin_check failed (%d): %s", st, complaints);
+  ck_assert_msg(complaints[0] == '\0', "thin_check complained: %s", complaints);
+  free(complaints);
   free(meta);
 }
 
