@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every benchmark runs end to end on a tiny configuration and prints what it
+# promises (so none of them rots); figures are not judged here.
+source "$TS_SOURCE_DIR/tests/common/requires.sh"
+cd "$TMP"
+"$THINSTACK" bench provision --sizes 16M,32M --runs 1 --dir "$TMP" --json > prov.json
+python3 - <<'PY'
+import json
+d = json.load(open("prov.json"))
+assert [s["size"] for s in d["sizes"]] == ["16M", "32M"], d
+for s in d["sizes"]:
+    for k in ("write_zero_buffers", "provision", "write_zeroes", "fallocate"):
+        assert s[k]["flush_s"] >= s[k]["op_s"] > 0, (k, s)
+assert d["snapshot"]["empty_s"] > 0, d
+PY
+"$THINSTACK" bench crypt --seconds 0.05 --sector-size 4096 --json > crypt.json
+python3 -c '
+import json
+d = json.load(open("crypt.json"))
+assert d["child"] == "zero" and len(d["rows"]) == 4, d
+assert all(r["openssl_mbps"] > 0 and r["crypt_1t_mbps"] > 0 for r in d["rows"]), d'
+"$THINSTACK" bench crypt --seconds 0.05 --sector-size 512 --child memory > crypt.txt
+grep -q "memory child" crypt.txt || fail "bench crypt --child memory"
+"$THINSTACK" bench snapshot --size 4M --dir "$TMP" > snap.txt || fail "bench snapshot"
+grep -q "1.00x" snap.txt || fail "bench snapshot: no baseline row: $(cat snap.txt)"
+"$THINSTACK" bench nope 2> err.txt && fail "unknown benchmark accepted"
+grep -q 'unknown benchmark "nope"' err.txt || fail "unclear error: $(cat err.txt)"
+[ -z "$(ls "$TMP" | grep -E 'thinstack-bench|ts-bench')" ] || fail "a benchmark left files behind: $(ls "$TMP")"
+echo "benches: ok"
