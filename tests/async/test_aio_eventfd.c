@@ -11,15 +11,6 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
-static int total_calls;
-
-static void count_cb(ts_aio_req *req)
-{
-  struct treq *t = req->data;
-  t->calls++;
-  t->result = req->result;
-  total_calls++;
-}
 
 static char *dir;
 static ts_stack *stack;
