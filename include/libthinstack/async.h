@@ -13,6 +13,13 @@
  *  - TS_AIO_MODE_EVENTFD: completed requests wait in a queue and an eventfd
  *    (ts_aio_fd) becomes readable; the host's own event loop calls
  *    ts_aio_poll(), which runs the callbacks on the calling thread.
+ *  - TS_AIO_MODE_WORKER: the callback runs on the worker thread that ran the
+ *    request, as soon as it finishes; callbacks run concurrently, so they
+ *    must synchronise what they share. The first request a callback submits
+ *    becomes that worker's next request, with no queue, lock or wake-up in
+ *    between: a callback that resubmits keeps its worker as busy as a thread
+ *    calling pread in a loop. For hosts with I/O threads of their own, and
+ *    for the lowest cost per request.
  *
  * The contract, in the manner of libuv:
  *  - The caller owns the ts_aio_req (on its stack, embedded in its own
@@ -55,9 +62,11 @@ struct uv_loop_s;
 typedef struct ts_aio_ctx ts_aio_ctx;
 typedef struct ts_aio_req ts_aio_req;
 
-/* A completion callback. It runs on the loop's thread (LOOP mode) or on the
- * thread calling ts_aio_poll() or ts_aio_ctx_close() (EVENTFD mode). It may
- * submit new requests, resubmit `req`, or close the context. */
+/* A completion callback. It runs on the loop's thread (LOOP mode), on the
+ * thread calling ts_aio_poll() or ts_aio_ctx_close() (EVENTFD mode), or on a
+ * worker (WORKER mode; requests cancelled by a close complete on the closing
+ * thread). It may submit new requests and resubmit `req`; it may close the
+ * context except in WORKER mode. */
 typedef void (*ts_aio_cb)(ts_aio_req *req);
 
 /* iovec entries copied into the request itself; longer arrays are copied to
@@ -86,11 +95,15 @@ struct ts_aio_req {
 typedef enum ts_aio_mode {
   TS_AIO_MODE_LOOP = 0,     /* callbacks on a caller-owned uv_loop_t */
   TS_AIO_MODE_EVENTFD = 1,  /* completion queue + eventfd, drained by ts_aio_poll */
+  TS_AIO_MODE_WORKER = 2,   /* callbacks on the worker that ran the request */
 } ts_aio_mode;
 
 /* When the context is at its depth: wait for a slot instead of failing with
  * -EAGAIN. Slots free up as workers finish requests, independently of when
- * completions are delivered, so blocking on the loop's own thread is safe. */
+ * completions are delivered, so blocking on the loop's own thread is safe.
+ * In WORKER mode a worker keeps its slot until the callback returns, so a
+ * callback never waits: its first submit takes the slot over, and any other
+ * fails with -EAGAIN when the context is full. */
 #define TS_AIO_BLOCK (1u << 0)
 
 /* Defaults for ts_aio_opts fields left 0. */
@@ -102,7 +115,8 @@ typedef struct ts_aio_opts {
   uint32_t flags;           /* TS_AIO_BLOCK */
   uint32_t workers;         /* worker threads; 0 = the number of CPUs available */
   uint32_t depth;           /* requests submitted but not yet finished by a worker
-                               (queued or running); 0 = TS_AIO_DEFAULT_DEPTH */
+                               (queued or running; in WORKER mode until the
+                               callback returns); 0 = TS_AIO_DEFAULT_DEPTH */
   struct uv_loop_s *loop;   /* LOOP mode: the caller's loop; must be NULL otherwise */
 } ts_aio_opts;
 
@@ -119,20 +133,21 @@ TS_EXTERN int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_er
  *   -EAGAIN      the context is at its depth (contexts without TS_AIO_BLOCK)
  *   -ESHUTDOWN   the context is being closed (a callback run by the close)
  *   -ENOMEM      copying an iovec array longer than TS_AIO_IOV_INLINE failed
- * LOOP mode: call it on the loop's thread. EVENTFD mode: any thread may
- * submit; no submit may run concurrently with ts_aio_ctx_close(). */
+ * LOOP mode: call it on the loop's thread. EVENTFD and WORKER modes: any
+ * thread may submit; no submit may run concurrently with ts_aio_ctx_close()
+ * except from a callback. */
 TS_EXTERN int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req);
 
 /* EVENTFD mode: the file descriptor that becomes readable when completions
  * are waiting. Poll it for POLLIN and then call ts_aio_poll(); never read it
  * yourself. Owned by the context (closed by ts_aio_ctx_close). -EINVAL in
- * LOOP mode. */
+ * the other modes. */
 TS_EXTERN int ts_aio_fd(const ts_aio_ctx *ctx);
 
 /* EVENTFD mode: run the callbacks of every request that has finished, on
  * the calling thread, and clear the eventfd's readiness. Returns the number
- * of callbacks run (0 when none was waiting), or -EINVAL in LOOP mode. Call
- * it from one thread at a time. */
+ * of callbacks run (0 when none was waiting), or -EINVAL in the other modes.
+ * Call it from one thread at a time. */
 TS_EXTERN int ts_aio_poll(ts_aio_ctx *ctx);
 
 /* Number of requests accepted and not yet completed (queued, running, or
@@ -147,8 +162,10 @@ TS_EXTERN uint64_t ts_aio_pending(const ts_aio_ctx *ctx);
  * handle is released in the loop's next iteration, so run the loop once more
  * (uv_run returns at once if nothing else is active) before uv_loop_close().
  * EVENTFD mode: everything is freed on return (or, when called from a
- * callback run by ts_aio_poll, when that poll returns). NULL is a no-op.
- * Returns 0. */
+ * callback run by ts_aio_poll, when that poll returns). WORKER mode: call it
+ * from a thread that is not one of the context's workers; from a callback it
+ * returns -EDEADLK and does nothing. Everything is freed on return. NULL is
+ * a no-op. Returns 0. */
 TS_EXTERN int ts_aio_ctx_close(ts_aio_ctx *ctx);
 
 #ifdef __cplusplus

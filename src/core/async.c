@@ -13,6 +13,17 @@
  * Locking: one mutex per context guards the work queue, the done queue and
  * the counters. Workers take it twice per request (pop, push); callbacks run
  * without it, so they may submit again.
+ *
+ * The depth count is atomic, so that a slot is taken and given back without
+ * the lock; TS_AIO_BLOCK submitters register as waiters under the lock and
+ * the releasing side takes it only when there are some.
+ *
+ * WORKER mode skips both hand-offs. The callback runs on the worker that ran
+ * the request, which keeps the request's depth slot until it returns; the
+ * first submit the callback makes takes the slot over and becomes the
+ * worker's next request, with no lock, no queue and no wake-up. A callback that
+ * resubmits thus keeps its worker running exactly like a thread calling
+ * pread in a loop, which is what a VMM's I/O thread competes with.
  */
 #include "core/internal.h"
 
@@ -39,11 +50,13 @@ struct ts_aio_ctx {
   ts_aio_req *q_head, *q_tail;        /* accepted, not started */
   ts_aio_req *done_head, *done_tail;  /* finished or cancelled, callback not run */
   ts_aio_req *batch;        /* taken from the done queue, being delivered */
-  uint32_t inflight;        /* queued + running: what depth limits */
+  _Atomic uint32_t inflight;      /* queued + running: what depth limits */
+  _Atomic uint32_t space_waiters; /* TS_AIO_BLOCK submitters waiting; under lock */
   bool stopping;            /* workers exit once the queue is empty */
 
   _Atomic uint64_t pending; /* accepted, callback not yet run */
-  bool closing;             /* ts_aio_ctx_close has begun */
+  _Atomic bool closing;     /* ts_aio_ctx_close has begun; read unlocked by
+                               WORKER-mode callbacks handing their worker work */
   int in_poll;              /* EVENTFD: ts_aio_poll is on the stack */
   bool free_after_poll;     /* EVENTFD: closed from a callback run by poll */
 
@@ -55,6 +68,18 @@ struct ts_aio_ctx {
 };
 
 /* Worker side ------------------------------------------------------------ */
+
+/* The worker a WORKER-mode callback runs on: while `in_cb`, the callback's
+ * first submit is left in `next` for this worker to run. */
+struct worker {
+  ts_aio_ctx *ctx;
+  ts_aio_req *next;
+  bool in_cb;
+};
+
+static _Thread_local struct worker *this_worker;
+
+static void deliver_one(ts_aio_ctx *ctx, ts_aio_req *req);
 
 static void wake_completer(ts_aio_ctx *ctx)
 {
@@ -82,9 +107,51 @@ static bool push_done(ts_aio_ctx *ctx, ts_aio_req *req)
   return was_empty;
 }
 
+/* Take a depth slot if one is free. */
+static bool reserve_slot(ts_aio_ctx *ctx)
+{
+  uint32_t cur = atomic_load(&ctx->inflight);
+  while (cur < ctx->depth)
+    if (atomic_compare_exchange_weak(&ctx->inflight, &cur, cur + 1))
+      return true;
+  return false;
+}
+
+/* Give back `n` depth slots. A waiter registers (under the lock) before it
+ * last tries reserve_slot, so either that try sees the slot or this sees
+ * the waiter, and the lock orders the signal after its wait began. */
+static void release_slots(ts_aio_ctx *ctx, uint32_t n)
+{
+  atomic_fetch_sub(&ctx->inflight, n);
+  if (atomic_load(&ctx->space_waiters)) {
+    uv_mutex_lock(&ctx->lock);
+    uv_cond_broadcast(&ctx->space_cond);
+    uv_mutex_unlock(&ctx->lock);
+  }
+}
+
+/* WORKER mode: run `req` and its callback, then whatever the callback
+ * handed this worker, until a callback hands it nothing. The depth slot is
+ * held throughout, so a resubmitting callback can never be refused for
+ * want of one that another thread took in between. */
+static void run_chain(ts_aio_ctx *ctx, struct worker *w, ts_aio_req *req)
+{
+  while (req) {
+    req->result = ts_submit(req->priv.dev, &req->priv.io);
+    w->next = NULL;
+    w->in_cb = true;
+    deliver_one(ctx, req);
+    w->in_cb = false;
+    req = w->next;
+  }
+  release_slots(ctx, 1);
+}
+
 static void worker_main(void *arg)
 {
   ts_aio_ctx *ctx = arg;
+  struct worker w = { .ctx = ctx };
+  this_worker = &w;
   uv_mutex_lock(&ctx->lock);
   for (;;) {
     while (!ctx->q_head && !ctx->stopping)
@@ -97,13 +164,16 @@ static void worker_main(void *arg)
       ctx->q_tail = NULL;
     uv_mutex_unlock(&ctx->lock);
 
-    int r = ts_submit(req->priv.dev, &req->priv.io);
+    if (ctx->mode == TS_AIO_MODE_WORKER) {
+      run_chain(ctx, &w, req);
+      uv_mutex_lock(&ctx->lock);
+      continue;
+    }
+
+    req->result = ts_submit(req->priv.dev, &req->priv.io);
+    release_slots(ctx, 1);
 
     uv_mutex_lock(&ctx->lock);
-    req->result = r;
-    ctx->inflight--;
-    if (ctx->flags & TS_AIO_BLOCK)
-      uv_cond_signal(&ctx->space_cond);
     /* Only the first finished request wakes the completer: it drains the
      * queue until empty, and the next one to find it empty wakes it again.
      * The context outlives this wake: close joins the workers first. */
@@ -114,9 +184,27 @@ static void worker_main(void *arg)
     }
   }
   uv_mutex_unlock(&ctx->lock);
+  this_worker = NULL;
 }
 
 /* Completer side --------------------------------------------------------- */
+
+/* Hand the struct back clean, with nothing left for the caller to release,
+ * and run its callback. */
+static void deliver_one(ts_aio_ctx *ctx, ts_aio_req *req)
+{
+  if (req->priv.iov && req->priv.iov != req->priv.iov_inline)
+    free(req->priv.iov);
+  req->priv.iov = NULL;
+  req->priv.io.iov = NULL;
+  req->priv.next = NULL;
+  req->priv.ctx = NULL;
+  req->priv.dev = NULL;
+  uint64_t before = atomic_fetch_sub(&ctx->pending, 1);
+  if (ctx->mode == TS_AIO_MODE_LOOP && before == 1 && !atomic_load(&ctx->closing))
+    uv_unref((uv_handle_t *)&ctx->async);
+  req->cb(req);
+}
 
 /* Run the callbacks of everything on the done queue. The queue is taken in
  * one lock as a batch kept in the context (touched only by the completing
@@ -136,19 +224,8 @@ static int deliver(ts_aio_ctx *ctx)
     }
     ts_aio_req *req = ctx->batch;
     ctx->batch = req->priv.next;
-    /* Hand the struct back clean: nothing left for the caller to release. */
-    if (req->priv.iov && req->priv.iov != req->priv.iov_inline)
-      free(req->priv.iov);
-    req->priv.iov = NULL;
-    req->priv.io.iov = NULL;
-    req->priv.next = NULL;
-    req->priv.ctx = NULL;
-    req->priv.dev = NULL;
-    uint64_t before = atomic_fetch_sub(&ctx->pending, 1);
-    if (ctx->mode == TS_AIO_MODE_LOOP && before == 1 && !ctx->closing)
-      uv_unref((uv_handle_t *)&ctx->async);
     n++;
-    req->cb(req);
+    deliver_one(ctx, req);
   }
   return n;
 }
@@ -201,13 +278,14 @@ int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
                         opts->struct_size);
   memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
 
-  if (o.mode != TS_AIO_MODE_LOOP && o.mode != TS_AIO_MODE_EVENTFD)
+  if (o.mode != TS_AIO_MODE_LOOP && o.mode != TS_AIO_MODE_EVENTFD &&
+      o.mode != TS_AIO_MODE_WORKER)
     return ts_error_set(err, -EINVAL, "aio: unknown mode %u", o.mode);
   if (o.flags & ~TS_AIO_BLOCK)
     return ts_error_set(err, -EINVAL, "aio: unknown flags 0x%x", o.flags & ~TS_AIO_BLOCK);
   if (o.mode == TS_AIO_MODE_LOOP && !o.loop)
     return ts_error_set(err, -EINVAL, "aio: LOOP mode needs opts.loop");
-  if (o.mode == TS_AIO_MODE_EVENTFD && o.loop)
+  if (o.mode != TS_AIO_MODE_LOOP && o.loop)
     return ts_error_set(err, -EINVAL, "aio: opts.loop is only for LOOP mode");
   if (o.workers > MAX_WORKERS)
     return ts_error_set(err, -EINVAL, "aio: %u workers is more than the maximum %u", o.workers,
@@ -312,19 +390,38 @@ int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
   req->priv.next = NULL;
   req->result = 0;
 
+  /* A WORKER-mode callback's first submit becomes its worker's next request,
+   * in the slot the worker still holds. Its other submits never wait for a
+   * slot: the requests they would wait for may all be queued behind workers
+   * that are waiting too. */
+  struct worker *w = this_worker;
+  bool on_worker = w && w->ctx == ctx;
+  if (on_worker && w->in_cb && !w->next && !atomic_load(&ctx->closing)) {
+    w->next = req;
+    atomic_fetch_add(&ctx->pending, 1);
+    return 0;
+  }
+  bool may_block = (ctx->flags & TS_AIO_BLOCK) && !on_worker;
+
   uv_mutex_lock(&ctx->lock);
   for (;;) {
     if (ctx->closing) {
       r = -ESHUTDOWN;
       break;
     }
-    if (ctx->inflight < ctx->depth)
+    if (reserve_slot(ctx))
       break;
-    if (!(ctx->flags & TS_AIO_BLOCK)) {
+    if (!may_block) {
       r = -EAGAIN;
       break;
     }
-    uv_cond_wait(&ctx->space_cond, &ctx->lock);
+    atomic_fetch_add(&ctx->space_waiters, 1);
+    bool got = reserve_slot(ctx);
+    if (!got)
+      uv_cond_wait(&ctx->space_cond, &ctx->lock);
+    atomic_fetch_sub(&ctx->space_waiters, 1);
+    if (got)
+      break;
   }
   if (r) {
     uv_mutex_unlock(&ctx->lock);
@@ -335,7 +432,6 @@ int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
     req->priv.dev = NULL;
     return r;
   }
-  ctx->inflight++;
   if (ctx->q_tail)
     ctx->q_tail->priv.next = req;
   else
@@ -382,10 +478,13 @@ uint64_t ts_aio_pending(const ts_aio_ctx *ctx)
 
 int ts_aio_ctx_close(ts_aio_ctx *ctx)
 {
-  /* `closing` is written under the lock but only ever by this thread, the
-   * one that delivers completions, so reading it here needs no lock. */
-  if (!ctx || ctx->closing)
+  /* `closing` is written only by the thread that delivers completions (or,
+   * in WORKER mode, the one thread allowed to close), so this is no race. */
+  if (!ctx || atomic_load(&ctx->closing))
     return 0;
+  /* Closing waits for the workers, so a worker cannot do it. */
+  if (this_worker && this_worker->ctx == ctx)
+    return -EDEADLK;
 
   /* Cancel what has not started; wake anyone waiting for a slot. */
   uv_mutex_lock(&ctx->lock);
@@ -395,7 +494,7 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
   while (q) {
     ts_aio_req *next = q->priv.next;
     q->result = -ECANCELED;
-    ctx->inflight--;
+    atomic_fetch_sub(&ctx->inflight, 1);
     push_done(ctx, q);
     q = next;
   }
@@ -411,7 +510,8 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
   if (ctx->mode == TS_AIO_MODE_LOOP) {
     uv_close((uv_handle_t *)&ctx->async, on_handle_closed);
   } else {
-    close(ctx->efd);
+    if (ctx->efd >= 0)
+      close(ctx->efd);
     ctx->efd = -1;
     if (ctx->in_poll)
       ctx->free_after_poll = true;
