@@ -71,6 +71,7 @@ struct bench {
   uint64_t size;
   double seconds;
   uint32_t workers;
+  uint32_t mode;   /* ts_aio_mode: where completions run */
   bool json;
   bool direct;
   bool have[NTARGETS];
@@ -183,6 +184,7 @@ struct slot {
   ts_aio_req req;  /* first: the callback gets the slot back from it */
   struct iovec iov;
   struct aio_run *run;
+  uint64_t rng, ops; /* per slot: WORKER-mode callbacks run concurrently */
 };
 
 struct aio_run {
@@ -191,22 +193,31 @@ struct aio_run {
   const struct test *t;
   uint64_t size;
   double deadline;
-  uint64_t ops, rng;
+  bool on_workers;          /* callbacks on workers: wait on `done` */
+  uv_sem_t done;            /* posted when the last slot stops */
+  _Atomic unsigned active;  /* slots still submitting */
   _Atomic uint64_t cursor;
-  int err;
-  bool stop;
+  _Atomic int err;
+  _Atomic bool stop;
 };
+
+static void slot_stopped(struct aio_run *run)
+{
+  if (atomic_fetch_sub(&run->active, 1) == 1 && run->on_workers)
+    uv_sem_post(&run->done);
+}
 
 static void slot_submit(struct slot *s)
 {
   struct aio_run *run = s->run;
   s->req.io = (ts_io){ .op = run->t->write ? TS_OP_WRITE : TS_OP_READ,
-                       .offset = pick_offset(run->t, run->size, &run->rng, &run->cursor),
+                       .offset = pick_offset(run->t, run->size, &s->rng, &run->cursor),
                        .length = run->t->bs, .iov = &s->iov, .iovcnt = 1 };
   int r = ts_aio_submit(run->ctx, run->dev, &s->req);
   if (r) {
-    run->err = r;
-    run->stop = true;
+    atomic_store(&run->err, r);
+    atomic_store(&run->stop, true);
+    slot_stopped(run);
   }
 }
 
@@ -215,14 +226,16 @@ static void slot_done(ts_aio_req *req)
   struct slot *s = (struct slot *)req;
   struct aio_run *run = s->run;
   if (req->result) {
-    run->err = req->result;
-    run->stop = true;
+    atomic_store(&run->err, req->result);
+    atomic_store(&run->stop, true);
   } else {
-    run->ops++;
+    s->ops++;
   }
-  if (!run->stop && ts_cli_now() >= run->deadline)
-    run->stop = true;
-  if (!run->stop)
+  if (!atomic_load_explicit(&run->stop, memory_order_relaxed) && ts_cli_now() >= run->deadline)
+    atomic_store(&run->stop, true);
+  if (atomic_load_explicit(&run->stop, memory_order_relaxed))
+    slot_stopped(run);
+  else
     slot_submit(s);
 }
 
@@ -230,7 +243,7 @@ static int aio_cell(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx, ts_dev *d
                     const struct test *t, unsigned depth, struct result *res)
 {
   struct aio_run run = { .ctx = ctx, .dev = dev, .t = t, .size = b->size,
-                         .rng = 0x2545F4914F6CDD1Dull };
+                         .on_workers = b->mode == TS_AIO_MODE_WORKER };
   struct slot slots[DEPTH_MAX];
   memset(slots, 0, sizeof slots);
   int r = 0;
@@ -239,21 +252,38 @@ static int aio_cell(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx, ts_dev *d
     slots[i].iov.iov_len = t->bs;
     slots[i].run = &run;
     slots[i].req.cb = slot_done;
+    slots[i].rng = 0x2545F4914F6CDD1Dull * (i + 1);
     if (!slots[i].iov.iov_base)
       r = -ENOMEM;
   }
+  if (!r && run.on_workers && uv_sem_init(&run.done, 0) != 0)
+    r = -ENOMEM;
   double t0 = ts_cli_now();
   run.deadline = t0 + b->seconds;
-  for (unsigned i = 0; i < depth && !r && !run.stop; i++)
-    slot_submit(&slots[i]);
-  uv_run(loop, UV_RUN_DEFAULT); /* returns when the last request completed */
+  if (!r) {
+    atomic_store(&run.active, depth);
+    for (unsigned i = 0; i < depth; i++) {
+      if (atomic_load(&run.stop))
+        slot_stopped(&run); /* never submitted */
+      else
+        slot_submit(&slots[i]);
+    }
+    if (run.on_workers) {
+      uv_sem_wait(&run.done);
+      uv_sem_destroy(&run.done);
+    } else {
+      uv_run(loop, UV_RUN_DEFAULT); /* returns when the last request completed */
+    }
+  }
   res->secs = ts_cli_now() - t0;
-  res->ops = run.ops;
+  res->ops = 0;
+  for (unsigned i = 0; i < depth; i++)
+    res->ops += slots[i].ops;
   res->done = true;
   for (unsigned i = 0; i < depth; i++)
     free(slots[i].iov.iov_base);
   if (!r)
-    r = run.err;
+    r = atomic_load(&run.err);
   if (!r && t->write)
     r = ts_flush(dev);
   return r;
@@ -456,9 +486,10 @@ static void print_table(struct bench *b)
 {
   char sz[32];
   ts_format_size(b->size, sz, sizeof sz);
-  printf("bench io: %s files in %s (%s), %.1f s per cell, %u async workers; ratios against "
-         "pread/pwrite (depth 32 = %u threads)\n\n",
-         sz, b->base, b->direct ? "O_DIRECT" : "page cache", b->seconds, b->workers, DEPTH_MAX);
+  printf("bench io: %s files in %s (%s), %.1f s per cell, %u async workers, completions on %s;\n"
+         "ratios against pread/pwrite (depth 32 = %u threads)\n\n",
+         sz, b->base, b->direct ? "O_DIRECT" : "page cache", b->seconds, b->workers,
+         b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop", DEPTH_MAX);
   printf("%-20s %5s", "test", "depth");
   for (int k = 0; k < NTARGETS; k++)
     if (b->have[k])
@@ -495,6 +526,7 @@ static void print_json(struct bench *b)
   json_object_set_new(o, "seconds_per_cell", json_real(b->seconds));
   json_object_set_new(o, "workers", json_integer(b->workers));
   json_object_set_new(o, "direct", json_boolean(b->direct));
+  json_object_set_new(o, "mode", json_string(b->mode == TS_AIO_MODE_WORKER ? "worker" : "loop"));
   json_object_set_new(o, "baseline", json_string(target_names[T_BASE]));
   json_t *rows = json_array();
   for (int k = 0; k < NTARGETS; k++)
@@ -534,20 +566,32 @@ int ts_cli_bench_io(int argc, char **argv)
   b->seconds = 1.2;
   b->workers = DEPTH_MAX;
   b->direct = true;
+  b->mode = TS_AIO_MODE_WORKER;
   int status = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE]\n"
-             "                          [--cached] [--workers N]\n"
+             "                          [--cached] [--workers N] [--mode worker|loop]\n"
              "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
              "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file.\n"
              "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
              "  --cached: through the page cache instead of O_DIRECT (measures the software\n"
-             "  path); --workers: async worker threads (default 32, the baseline's)\n");
+             "  path); --workers: async worker threads (default 32, the baseline's);\n"
+             "  --mode: completions on the workers (default) or on a libuv loop\n");
       free(b);
       return 0;
     } else if (strcmp(argv[i], "--json") == 0) {
       b->json = true;
+    } else if (strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
+      i++;
+      if (strcmp(argv[i], "loop") == 0)
+        b->mode = TS_AIO_MODE_LOOP;
+      else if (strcmp(argv[i], "worker") == 0)
+        b->mode = TS_AIO_MODE_WORKER;
+      else {
+        ts_cli_err("bench io: --mode: \"%s\" is not loop or worker", argv[i]);
+        goto out;
+      }
     } else if (strcmp(argv[i], "--cached") == 0) {
       b->direct = false;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
@@ -595,7 +639,10 @@ int ts_cli_bench_io(int argc, char **argv)
     rmdir(b->dir);
     goto out;
   }
-  ts_aio_opts opts = { .struct_size = sizeof opts, .mode = TS_AIO_MODE_LOOP, .loop = &loop,
+  /* Blocking: in WORKER mode a slot comes back only once its callback has
+   * returned, which may be just after the cell saw its last completion. */
+  ts_aio_opts opts = { .struct_size = sizeof opts, .mode = b->mode, .flags = TS_AIO_BLOCK,
+                       .loop = b->mode == TS_AIO_MODE_LOOP ? &loop : NULL,
                        .workers = b->workers, .depth = DEPTH_MAX };
   ts_aio_ctx *ctx = NULL;
   ts_error err = { 0 };

@@ -3,13 +3,18 @@
 source "$(dirname "$0")/../common/requires.sh"
 requires python3
 
-out=$("$THINSTACK" bench io --cached --seconds 0.05 --size 8M --workers 4 --dir "$TMP" --json)
 types=$("$THINSTACK" types | grep -Eo '^(thin|crypt):' | tr -d : | sort | tr '\n' ' ')
-python3 - "$out" "$types" <<'PY'
+# Both completion modes: on the workers (the default) and on a libuv loop.
+for mode in default loop; do
+args=()
+[ "$mode" = default ] || args=(--mode "$mode")
+out=$("$THINSTACK" bench io --cached --seconds 0.05 --size 8M --workers 4 --dir "$TMP" --json "${args[@]}")
+python3 - "$out" "$types" "$mode" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 registered = sys.argv[2].split()
 assert r["direct"] is False and r["size"] == 8 << 20 and r["workers"] == 4
+assert r["mode"] == {"default": "worker", "loop": "loop"}[sys.argv[3]], r["mode"]
 rows = r["results"]
 targets = {x["target"] for x in rows}
 assert {"pread/pwrite", "file"} <= targets, targets
@@ -24,11 +29,13 @@ for x in rows:
     assert ("iops" in x) == (x["block_size"] == 4096), x
     if x["target"] == "pread/pwrite":
         assert x["ratio"] == 1.0
-print("targets:", sorted(targets))
+print(sys.argv[3], "targets:", sorted(targets))
 PY
+done
 # Everything it created is gone again.
 [ -z "$(ls -A "$TMP")" ] || fail "bench io left files behind: $(ls "$TMP")"
 "$THINSTACK" bench io --seconds 0 && fail "--seconds 0 accepted"
 "$THINSTACK" bench io --workers 0 && fail "--workers 0 accepted"
+"$THINSTACK" bench io --mode eventfd && fail "--mode eventfd accepted"
 "$THINSTACK" bench io --help | grep -q -- --cached || fail "help does not mention --cached"
 echo ok
