@@ -13,7 +13,11 @@
  *   crypt/thin    a `crypt` layer (aes-xts-plain64, 4 KiB sectors) over
  *                 another such volume of the same pool
  * thin and crypt columns appear only when those layer types are registered.
- * Ratios are against pread/pwrite. By default every file is opened with
+ * Every cell runs the baseline and then each column back to back, and ratios
+ * are against that baseline. Completions run on the async workers (--mode
+ * worker, the default: a resubmitting callback keeps its worker, as a thread
+ * calling pwrite in a loop does) or on a libuv loop (--mode loop: two thread
+ * hand-offs per request, which small requests feel). By default every file is opened with
  * O_DIRECT and written in full first (so reads reach the disk rather than
  * unwritten extents): the disk as a VMM with cache=none sees it. --cached
  * goes through the page cache instead, which measures the software path (a
@@ -289,20 +293,6 @@ static int aio_cell(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx, ts_dev *d
   return r;
 }
 
-static int aio_target(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx, ts_dev *dev, int target)
-{
-  for (int ti = 0; ti < NTESTS; ti++)
-    for (int di = 0; di < NDEPTHS; di++) {
-      int r = aio_cell(b, loop, ctx, dev, &tests[ti], depths[di], &b->res[target][ti][di]);
-      if (r) {
-        ts_cli_err("bench io: %s %s at depth %u: %s", target_names[target], tests[ti].name,
-                   depths[di], ts_strerror(r));
-        return r;
-      }
-    }
-  return 0;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Targets                                                                    */
 
@@ -357,9 +347,18 @@ static int prefill_dev(ts_dev *dev, uint64_t size)
   return r ? r : ts_flush(dev);
 }
 
-/* The baseline and the file layer, on the same file: written in full, or
- * with --cached preallocated. */
-static int run_file_targets(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
+/* Everything measured, open at once, so that each cell runs the baseline
+ * and every target back to back: the disk's speed drifts over a run (host
+ * caches, writeback), and ratios of neighbours are what stay comparable. */
+struct targets {
+  int fd;              /* the baseline's file */
+  ts_stack *file, *thin;
+  ts_dev *dev[NTARGETS];
+};
+
+/* The baseline's file and a `file` layer on it: written in full, or with
+ * --cached preallocated. */
+static int open_file_targets(struct bench *b, struct targets *tg)
 {
   char path[4200];
   snprintf(path, sizeof path, "%s/raw.img", b->dir);
@@ -380,41 +379,25 @@ static int run_file_targets(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
                r == -EINVAL && b->direct ? " (no O_DIRECT on this file system? try --cached)" : "");
     if (fd >= 0)
       close(fd);
-    unlink(path);
     return r;
   }
-  for (int ti = 0; ti < NTESTS && !r; ti++)
-    for (int di = 0; di < NDEPTHS && !r; di++) {
-      r = base_cell(b, fd, &tests[ti], depths[di], &b->res[T_BASE][ti][di]);
-      if (r)
-        ts_cli_err("bench io: pread/pwrite %s at depth %u: %s", tests[ti].name, depths[di],
-                   ts_strerror(r));
-    }
-  close(fd);
-  if (!r) {
-    char *json = NULL;
-    if (asprintf(&json, "{ \"version\": 1, \"layers\": { \"raw\": { \"type\": \"file\","
-                        " \"path\": \"raw.img\", \"direct\": %s } }, \"exports\": [\"raw\"] }",
-                 b->direct ? "true" : "false") < 0)
-      json = NULL;
-    ts_stack *s = json ? open_json(b, json) : NULL;
-    free(json);
-    if (!s)
-      r = -EINVAL;
-    else {
-      r = aio_target(b, loop, ctx, ts_stack_dev(s, "raw"), T_FILE);
-      int c = ts_stack_close(s, NULL);
-      if (!r)
-        r = c;
-    }
-  }
-  unlink(path);
-  return r;
+  tg->fd = fd;
+  char *json = NULL;
+  if (asprintf(&json, "{ \"version\": 1, \"layers\": { \"raw\": { \"type\": \"file\","
+                      " \"path\": \"raw.img\", \"direct\": %s } }, \"exports\": [\"raw\"] }",
+               b->direct ? "true" : "false") < 0)
+    return -ENOMEM;
+  tg->file = open_json(b, json);
+  free(json);
+  if (!tg->file)
+    return -EINVAL;
+  tg->dev[T_FILE] = ts_stack_dev(tg->file, "raw");
+  return 0;
 }
 
 /* A pool with two fully mapped volumes (written in full, or with --cached
  * provisioned): one read and written as is, one under a crypt layer. */
-static int run_thin_targets(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
+static int open_thin_targets(struct bench *b, struct targets *tg)
 {
   char sz[32], data_sz[32];
   ts_format_size(b->size, sz, sizeof sz);
@@ -442,33 +425,64 @@ static int run_thin_targets(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
     b->have[T_CRYPT] ? ", \"enc\"" : "");
   if (n < 0)
     return -ENOMEM;
-  ts_stack *s = open_json(b, json);
+  tg->thin = open_json(b, json);
   free(json);
-  if (!s) {
-    remove_file(b, "pool.meta");
-    remove_file(b, "pool.data");
+  if (!tg->thin)
     return -EINVAL;
-  }
-  int r = 0;
   const char *vols[] = { "vol", "vol2" };
-  for (int i = 0; i < (b->have[T_CRYPT] ? 2 : 1) && !r; i++) {
-    ts_dev *v = ts_stack_node(s, vols[i]);
-    r = b->direct ? prefill_dev(v, b->size) : ts_provision(v, 0, b->size);
+  for (int i = 0; i < (b->have[T_CRYPT] ? 2 : 1); i++) {
+    ts_dev *v = ts_stack_node(tg->thin, vols[i]);
+    int r = b->direct ? prefill_dev(v, b->size) : ts_provision(v, 0, b->size);
     if (!r)
       r = ts_flush(v);
-    if (r)
+    if (r) {
       ts_cli_err("bench io: provisioning thin volume %s: %s", vols[i], ts_strerror(r));
+      return r;
+    }
   }
-  if (!r)
-    r = aio_target(b, loop, ctx, ts_stack_dev(s, "vol"), T_THIN);
-  if (!r && b->have[T_CRYPT])
-    r = aio_target(b, loop, ctx, ts_stack_dev(s, "enc"), T_CRYPT);
-  int c = ts_stack_close(s, NULL);
-  if (!r)
-    r = c;
+  tg->dev[T_THIN] = ts_stack_dev(tg->thin, "vol");
+  if (b->have[T_CRYPT])
+    tg->dev[T_CRYPT] = ts_stack_dev(tg->thin, "enc");
+  return 0;
+}
+
+static int close_targets(struct bench *b, struct targets *tg)
+{
+  int r = 0;
+  if (tg->fd >= 0)
+    close(tg->fd);
+  ts_stack *stacks[] = { tg->file, tg->thin };
+  for (int i = 0; i < 2; i++) {
+    int c = stacks[i] ? ts_stack_close(stacks[i], NULL) : 0;
+    if (!r)
+      r = c;
+  }
+  remove_file(b, "raw.img");
   remove_file(b, "pool.meta");
   remove_file(b, "pool.data");
   return r;
+}
+
+static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
+{
+  struct targets tg = { .fd = -1 };
+  int r = open_file_targets(b, &tg);
+  if (!r && b->have[T_THIN])
+    r = open_thin_targets(b, &tg);
+  for (int ti = 0; ti < NTESTS && !r; ti++)
+    for (int di = 0; di < NDEPTHS && !r; di++)
+      for (int k = 0; k < NTARGETS && !r; k++) {
+        if (!b->have[k])
+          continue;
+        struct result *res = &b->res[k][ti][di];
+        r = k == T_BASE ? base_cell(b, tg.fd, &tests[ti], depths[di], res)
+                        : aio_cell(b, loop, ctx, tg.dev[k], &tests[ti], depths[di], res);
+        if (r)
+          ts_cli_err("bench io: %s %s at depth %u: %s", target_names[k], tests[ti].name,
+                     depths[di], ts_strerror(r));
+      }
+  int c = close_targets(b, &tg);
+  return r ? r : c;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -487,7 +501,7 @@ static void print_table(struct bench *b)
   char sz[32];
   ts_format_size(b->size, sz, sizeof sz);
   printf("bench io: %s files in %s (%s), %.1f s per cell, %u async workers, completions on %s;\n"
-         "ratios against pread/pwrite (depth 32 = %u threads)\n\n",
+         "ratios against pread/pwrite run just before (depth 32 = %u threads)\n\n",
          sz, b->base, b->direct ? "O_DIRECT" : "page cache", b->seconds, b->workers,
          b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop", DEPTH_MAX);
   printf("%-20s %5s", "test", "depth");
@@ -650,9 +664,7 @@ int ts_cli_bench_io(int argc, char **argv)
   if (r)
     ts_cli_err("bench io: %s", err.msg);
   if (!r)
-    r = run_file_targets(b, &loop, ctx);
-  if (!r && b->have[T_THIN])
-    r = run_thin_targets(b, &loop, ctx);
+    r = run_cells(b, &loop, ctx);
   ts_aio_ctx_close(ctx);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
