@@ -80,7 +80,13 @@ TS_EXTERN int ts_op_from_name(const char *name);
 #define TS_IO_FUA        (1u << 0)  /* WRITE, WRITE_ZEROES: durable on return */
 #define TS_IO_MAY_UNMAP  (1u << 1)  /* WRITE_ZEROES: the layer may free space */
 #define TS_IO_NOFALLBACK (1u << 2)  /* WRITE_ZEROES: fail -EOPNOTSUPP rather than write zero buffers */
-#define TS_IO_ALL_FLAGS  (TS_IO_FUA | TS_IO_MAY_UNMAP | TS_IO_NOFALLBACK)
+/* PROVISION: nothing in the range matters to the caller, so a layer may
+ * reserve it by writing zeroes (a kernel device whose only way to reserve is
+ * write-zeroes). Without it such a layer answers -EOPNOTSUPP: a PROVISION
+ * never changes data the caller can read. A thin pool sets it for the blocks
+ * it has just allocated. */
+#define TS_IO_MAY_ZERO   (1u << 3)
+#define TS_IO_ALL_FLAGS  (TS_IO_FUA | TS_IO_MAY_UNMAP | TS_IO_NOFALLBACK | TS_IO_MAY_ZERO)
 
 /* ------------------------------------------------------------------------ */
 /* Limits                                                                    */
@@ -262,10 +268,11 @@ TS_EXTERN int ts_write_zeroes(ts_dev *dev, uint64_t offset, uint64_t len, uint32
 /* Reserve space for the range in this device and every layer below, without
  * writing data: afterwards a write to the range does not fail with -ENOSPC
  * (until the range is discarded or shared by a later thin snapshot), and
- * never-written parts read as zeroes. Costs metadata work, not data writes.
- * -EOPNOTSUPP when some layer cannot provision; -ENOSPC when space runs out,
- * in which case part of the range may be provisioned: ts_block_status says
- * which. */
+ * never-written parts read as zeroes; data already in the range stays.
+ * Costs metadata work, not data writes. -EOPNOTSUPP when some layer cannot
+ * provision without zeroing (see TS_IO_MAY_ZERO, which ts_submit takes);
+ * -ENOSPC when space runs out, in which case part of the range may be
+ * provisioned: ts_block_status says which. */
 TS_EXTERN int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len);
 /* Describe [offset, offset+len) as extents (TS_EXTENT_*), appended to `out`
  * (which the caller zero-initialises and frees). The extents cover the whole

@@ -819,7 +819,10 @@ static int crypt_submit(ts_layer *l, const ts_io *io)
     return ts_flush(c->child);
   case TS_OP_DISCARD:
   case TS_OP_PROVISION:
-    return ts_layer_io(c->child, io->op, 0, c->offset + io->offset, io->length);
+    /* Zeroes below read as noise here, but a caller that holds nothing in
+     * the range does not mind. */
+    return ts_layer_io(c->child, io->op, io->flags & TS_IO_MAY_ZERO, c->offset + io->offset,
+                       io->length);
   default:
     return -EOPNOTSUPP;
   }

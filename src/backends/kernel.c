@@ -21,7 +21,9 @@
  *      unmapping;
  *   4. provision "emulate": BLKZEROOUT (files: zero writes); otherwise
  *      unsupported.
- * Rungs 3 and 4 zero the range: data already in it is lost.
+ * Rungs 3 and 4 zero the range, so they take only PROVISIONs flagged
+ * TS_IO_MAY_ZERO (the caller holds nothing there: a thin pool's new blocks);
+ * any other PROVISION answers -EOPNOTSUPP rather than lose data.
  */
 #include <libthinstack/layer.h>
 
@@ -133,6 +135,7 @@ struct kernel_layer {
   struct ladder ld[LD_COUNT];
   _Atomic uint64_t calls[KP_COUNT];
   _Atomic uint64_t unsupported[KP_COUNT];
+  _Atomic uint64_t refused_zeroing; /* PROVISIONs without TS_IO_MAY_ZERO on a zeroing rung */
   pthread_mutex_t lock;  /* ladder logs */
 };
 
@@ -418,16 +421,27 @@ static bool einval_means_unsupported(struct kernel_layer *k, uint64_t off, uint6
   return lbs > 0 && (off | len) % (uint64_t)lbs == 0 && off + len <= size;
 }
 
+static bool path_zeroes(int path)
+{
+  return path == KP_WRITE_ZEROES || path == KP_ZEROOUT || path == KP_ZERO_WRITE;
+}
+
 /* Run a request down its ladder: an -EOPNOTSUPP drops that rung for good and
  * the same request tries the next one; the bottom rung answers -EOPNOTSUPP
- * without a call. */
-static int run_ladder(struct kernel_layer *k, struct ladder *ld, uint64_t off, uint64_t len)
+ * without a call. With `keep_data` a rung that zeroes the range answers
+ * -EOPNOTSUPP instead, and stays for requests that allow it. */
+static int run_ladder(struct kernel_layer *k, struct ladder *ld, uint64_t off, uint64_t len,
+                      bool keep_data)
 {
   int idx = atomic_load(&ld->cur);
   for (;;) {
     int path = ld->rung[idx];
     if (path == KP_NONE)
       return -EOPNOTSUPP;
+    if (keep_data && path_zeroes(path)) {
+      atomic_fetch_add_explicit(&k->refused_zeroing, 1, memory_order_relaxed);
+      return -EOPNOTSUPP;
+    }
     atomic_fetch_add_explicit(&k->calls[path], 1, memory_order_relaxed);
     int r = run_path(k, path, off, len), answer = r;
     if (r == -EINVAL && path != KP_ZERO_WRITE && einval_means_unsupported(k, off, len))
@@ -468,21 +482,24 @@ static int kernel_submit(ts_layer *l, const ts_io *io)
   case TS_OP_FLUSH:
     return sync_dev(k);
   case TS_OP_DISCARD:
-    return run_ladder(k, &k->ld[LD_DISCARD], io->offset, io->length);
+    return run_ladder(k, &k->ld[LD_DISCARD], io->offset, io->length, false);
   case TS_OP_WRITE_ZEROES:
     if (io->flags & TS_IO_MAY_UNMAP)
       /* fallocate(PUNCH_HOLE) never writes zero pages: blkdev_fallocate()
        * asks for it with BLKDEV_ZERO_NOFALLBACK, file systems punch. */
-      r = run_ladder(k, &k->ld[LD_ZERO_UNMAP], io->offset, io->length);
+      r = run_ladder(k, &k->ld[LD_ZERO_UNMAP], io->offset, io->length, false);
     else if ((io->flags & TS_IO_NOFALLBACK) && !still_zeroes_natively(k))
       r = -EOPNOTSUPP;
     else
-      r = run_ladder(k, &k->ld[LD_ZERO_KEEP], io->offset, io->length);
+      r = run_ladder(k, &k->ld[LD_ZERO_KEEP], io->offset, io->length, false);
     if (!r && (io->flags & TS_IO_FUA))
       r = sync_dev(k);
     return r;
   case TS_OP_PROVISION:
-    return run_ladder(k, &k->ld[LD_PROVISION], io->offset, io->length);
+    /* Rungs 3 and 4 reserve by zeroing: only for a caller that holds
+     * nothing in the range (a thin pool's new blocks). */
+    return run_ladder(k, &k->ld[LD_PROVISION], io->offset, io->length,
+                      !(io->flags & TS_IO_MAY_ZERO));
   default:
     return -EOPNOTSUPP;
   }
@@ -892,6 +909,8 @@ static int kernel_status(ts_layer *l, json_t *out)
     json_object_set_new(calls, kpath_name[p], o);
   }
   json_object_set_new(out, "kernel_calls", calls);
+  json_object_set_new(out, "provision_refused_would_zero",
+                      json_integer((json_int_t)atomic_load(&k->refused_zeroing)));
   return 0;
 }
 

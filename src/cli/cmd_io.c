@@ -15,7 +15,7 @@ struct args {
   char *pos[4];
   int npos;
   const char *in, *out;
-  bool json, fua, may_unmap, no_fallback;
+  bool json, fua, may_unmap, no_fallback, may_zero;
 };
 
 static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
@@ -29,6 +29,7 @@ static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
     else if (strcmp(s, "--fua") == 0) a->fua = true;
     else if (strcmp(s, "--may-unmap") == 0) a->may_unmap = true;
     else if (strcmp(s, "--no-fallback") == 0) a->no_fallback = true;
+    else if (strcmp(s, "--may-zero") == 0) a->may_zero = true;
     else if (s[0] == '-' && s[1]) {
       ts_cli_err("%s: unknown option %s", argv[0], s);
       return false;
@@ -148,9 +149,13 @@ int ts_cli_range(int argc, char **argv)
   if (!parse(argc, argv, &a, 4, 4) || !ts_cli_size("OFFSET", a.pos[2], &off) ||
       !ts_cli_size("LENGTH", a.pos[3], &len))
     return 2;
-  bool zero = strcmp(argv[0], "zero") == 0;
+  bool zero = strcmp(argv[0], "zero") == 0, prov = strcmp(argv[0], "provision") == 0;
   if (!zero && (a.may_unmap || a.no_fallback)) {
     ts_cli_err("%s: --may-unmap and --no-fallback go with zero", argv[0]);
+    return 2;
+  }
+  if (!prov && a.may_zero) {
+    ts_cli_err("%s: --may-zero goes with provision", argv[0]);
     return 2;
   }
   ts_stack *s;
@@ -159,8 +164,11 @@ int ts_cli_range(int argc, char **argv)
     return 1;
   double t0 = ts_cli_now();
   int r;
-  if (strcmp(argv[0], "provision") == 0)
-    r = ts_provision(d, off, len);
+  if (prov) {
+    ts_io io = { .op = TS_OP_PROVISION, .flags = a.may_zero ? TS_IO_MAY_ZERO : 0, .offset = off,
+                 .length = len };
+    r = ts_submit(d, &io);
+  }
   else if (strcmp(argv[0], "discard") == 0)
     r = ts_discard(d, off, len);
   else
@@ -175,6 +183,9 @@ int ts_cli_range(int argc, char **argv)
     fprintf(stderr, "%s %s at %llu on %s: %.3f s\n", argv[0], sz, (unsigned long long)off,
             ts_dev_name(d), t);
   }
+  if (prov && r == -EOPNOTSUPP && !a.may_zero)
+    fprintf(stderr, "thinstack: a layer may only be able to reserve this range by zeroing it;"
+                    " --may-zero allows that (data in the range is lost)\n");
   return ts_cli_close(s, report(argv[0], d, r));
 }
 

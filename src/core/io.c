@@ -16,7 +16,7 @@ static const uint32_t op_flags[TS_OP_COUNT] = {
   [TS_OP_FLUSH] = 0,
   [TS_OP_DISCARD] = 0,
   [TS_OP_WRITE_ZEROES] = TS_IO_FUA | TS_IO_MAY_UNMAP | TS_IO_NOFALLBACK,
-  [TS_OP_PROVISION] = 0,
+  [TS_OP_PROVISION] = TS_IO_MAY_ZERO,
 };
 
 #define SLICE_INLINE 16

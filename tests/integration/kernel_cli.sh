@@ -47,8 +47,15 @@ assert k["limits"]["ops"]["provision"] == "none", k
   [ "$(stat -c %b disk.img)" = "$before" ] || fail "refused provision changed the file"
 fi
 
+# emulate reserves by zeroing, so it takes only a provision that allows it.
+head -c 4096 /dev/urandom > data.bin
 before=$(( $(stat -c %b disk.img) * 512 ))
-"$THINSTACK" provision emulate.json k 8M 16M
+"$THINSTACK" write emulate.json k 8M -i data.bin
+if "$THINSTACK" provision emulate.json k 8M 16M 2> err.txt; then fail "zeroing provision without --may-zero"; fi
+grep -q -- "--may-zero" err.txt || fail "no hint at --may-zero: $(cat err.txt)"
+"$THINSTACK" read emulate.json k 8M 4K -o back.bin
+cmp -s data.bin back.bin || fail "a refused provision changed the data"
+"$THINSTACK" provision emulate.json k 8M 16M --may-zero
 after=$(( $(stat -c %b disk.img) * 512 ))
 [ $(( after - before )) -ge $((16 << 20)) ] || fail "emulated provision grew disk.img by $(( after - before ))"
 

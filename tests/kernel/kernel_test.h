@@ -80,6 +80,21 @@ static inline void kt_pread_file(const char *path, void *buf, size_t len, off_t 
   close(fd);
 }
 
+/* PROVISION from a caller that holds nothing in the range. */
+static inline int kt_provision_may_zero(ts_dev *d, uint64_t off, uint64_t len)
+{
+  ts_io io = { .op = TS_OP_PROVISION, .flags = TS_IO_MAY_ZERO, .offset = off, .length = len };
+  return ts_submit(d, &io);
+}
+
+static inline uint64_t kt_refused(ts_dev *d)
+{
+  json_t *st = kt_status(d);
+  uint64_t n = (uint64_t)json_integer_value(json_object_get(st, "provision_refused_would_zero"));
+  json_decref(st);
+  return n;
+}
+
 static inline bool kt_is_zero(const void *buf, size_t len)
 {
   const unsigned char *p = buf;

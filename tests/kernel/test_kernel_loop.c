@@ -261,7 +261,8 @@ END_TEST
  * fallocate(ZERO_RANGE|KEEP_SIZE) on the backing file. So the space is
  * reserved in the sparse file (its st_blocks grow by the range, as unwritten
  * extents) and the range reads zeroes -- also where data was (the price of
- * emulating with zeroes). */
+ * emulating with zeroes), which is why only a PROVISION flagged
+ * TS_IO_MAY_ZERO takes that path: any other is refused and changes nothing. */
 START_TEST(provision_emulate_reaches_backing_file)
 {
   struct kt_loop l = attach("d.img", false);
@@ -271,7 +272,10 @@ START_TEST(provision_emulate_reaches_backing_file)
   ck_assert_uint_eq(ts_dev_limits(d)->max_provision_bytes, UINT64_MAX);
 
   uint64_t a = ts_test_allocated(l.img);
-  ck_assert_int_eq(ts_provision(d, 16 * MIB, 8 * MIB), 0);
+  ck_assert_int_eq(ts_provision(d, 16 * MIB, 8 * MIB), -EOPNOTSUPP);
+  ck_assert_uint_eq(ts_test_allocated(l.img), a);
+  ck_assert_uint_eq(kt_refused(d), 1);
+  ck_assert_int_eq(kt_provision_may_zero(d, 16 * MIB, 8 * MIB), 0);
   ck_assert_uint_ge(ts_test_allocated(l.img), a + 8 * MIB);
   char *back = malloc(8 * MIB);
   memset(back, 0xee, 8 * MIB);
@@ -281,7 +285,11 @@ START_TEST(provision_emulate_reaches_backing_file)
   char *buf = malloc(MIB);
   ts_test_pattern(buf, MIB, 3);
   ck_assert_int_eq(ts_pwrite(d, buf, MIB, 30 * MIB, 0), 0);
-  ck_assert_int_eq(ts_provision(d, 30 * MIB, MIB), 0);
+  /* The data stays under a plain PROVISION, and goes under MAY_ZERO. */
+  ck_assert_int_eq(ts_provision(d, 30 * MIB, MIB), -EOPNOTSUPP);
+  ck_assert_int_eq(ts_pread(d, back, MIB, 30 * MIB), 0);
+  ck_assert_mem_eq(back, buf, MIB);
+  ck_assert_int_eq(kt_provision_may_zero(d, 30 * MIB, MIB), 0);
   ck_assert_int_eq(ts_pread(d, back, MIB, 30 * MIB), 0);
   ck_assert(kt_is_zero(back, MIB));
 
@@ -289,6 +297,7 @@ START_TEST(provision_emulate_reaches_backing_file)
   ck_assert_str_eq(kt_ladder(st, "provision", "path"), "ioctl(BLKZEROOUT)");
   ck_assert_uint_eq(kt_calls(st, "ioctl(BLKZEROOUT)", "calls"), 2);
   json_decref(st);
+  ck_assert_uint_eq(kt_refused(d), 2);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
 
   /* With the default policy the same device cannot provision, and the
@@ -351,7 +360,7 @@ START_TEST(patched_kernel_path_downgrades)
   extra = ts_test_fmt("\"sysfs_root\": \"%s\", \"provision\": \"emulate\"", root);
   s = kt_open(dir, l.dev, extra);
   d = ts_stack_dev(s, "k");
-  ck_assert_int_eq(ts_provision(d, 0, MIB), 0);
+  ck_assert_int_eq(kt_provision_may_zero(d, 0, MIB), 0);
   ck_assert_uint_ge(ts_test_allocated(l.img), a + MIB);
   st = kt_status(d);
   ck_assert_str_eq(kt_ladder(st, "provision", "path"), "ioctl(BLKZEROOUT)");
@@ -383,7 +392,10 @@ START_TEST(write_zeroes_path_chosen)
   ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(st, "provision_decision")),
                                "write_zeroes_unmap_max_bytes = 268435456"));
   json_decref(st);
-  int r = ts_provision(d, 0, MIB);
+  /* Rung 3 zeroes, so a plain PROVISION is refused without a call. */
+  ck_assert_int_eq(ts_provision(d, 0, MIB), -EOPNOTSUPP);
+  ck_assert_uint_eq(kt_refused(d), 1);
+  int r = kt_provision_may_zero(d, 0, MIB);
   st = kt_status(d);
   ck_assert_uint_eq(kt_calls(st, "fallocate(WRITE_ZEROES)", "calls"), 1);
   if (real_attr(&l, "write_zeroes_unmap_max_bytes") > 0) {

@@ -123,6 +123,14 @@ START_TEST(provision_through_thin)
   ck_assert_int_eq(ts_pread(vol, back, MIB, 9 * MIB), 0);
   ck_assert_mem_eq(back, buf, MIB);
   ck_assert_int_eq(pool_field(pool, "allocated_blocks"), 64);
+
+  /* Provisioning it again, and a range around it, keeps the data: the
+   * zeroing paths below reserve only blocks that hold nothing yet. */
+  ck_assert_int_eq(ts_provision(vol, 8 * MIB, 4 * MIB), 0);
+  ck_assert_int_eq(ts_provision(vol, 6 * MIB, 8 * MIB), 0);
+  ck_assert_int_eq(ts_pread(vol, back, MIB, 9 * MIB), 0);
+  ck_assert_mem_eq(back, buf, MIB);
+  ck_assert_int_eq(pool_field(pool, "allocated_blocks"), 128);
   free(back);
   free(buf);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);

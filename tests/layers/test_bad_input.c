@@ -111,6 +111,8 @@ static const struct req_case {
   { "unknown flag", "bare", TS_OP_WRITE, 1u << 10, 0, 512, -EINVAL },
   { "MAY_UNMAP on a write", "bare", TS_OP_WRITE, TS_IO_MAY_UNMAP, 0, 512, -EINVAL },
   { "FUA on a read", "bare", TS_OP_READ, TS_IO_FUA, 0, 512, -EINVAL },
+  { "MAY_ZERO on write_zeroes", "bare", TS_OP_WRITE_ZEROES, TS_IO_MAY_ZERO, 0, 4096, -EINVAL },
+  { "MAY_ZERO on a read-only provision", "ro", TS_OP_PROVISION, TS_IO_MAY_ZERO, 0, 4096, -EROFS },
   { "flags on provision", "ro", TS_OP_PROVISION, TS_IO_NOFALLBACK, 0, 512, -EINVAL },
   { "unknown op", "bare", 99, 0, 0, 512, -EINVAL },
   { "write to a read-only device", "ro", TS_OP_WRITE, 0, 0, 512, -EROFS },

@@ -551,17 +551,27 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
     /* Data I/O outside the metadata lock. Space is reserved below first and
      * filled after: a data layer may implement PROVISION by zeroing (a kernel
      * device with provision "emulate" uses BLKZEROOUT), and under crypt zero
-     * ciphertext is not zero plaintext, so zeroing must come last. */
+     * ciphertext is not zero plaintext, so zeroing must come last. New blocks
+     * hold nothing, so the layer below may zero them (TS_IO_MAY_ZERO). */
     for (size_t i = 0; i < nr.n && !r; i++)
       r = tp_druns_add(&below, nr.v[i].d, nr.v[i].n);
-    for (size_t i = 0; i < priv.n && !r; i++)
-      r = tp_druns_add(&below, priv.v[i].d, priv.v[i].n);
-    if (p->data_provision)
-      for (size_t i = 0; i < below.n && !r; i++) {
-        r = ts_provision(p->data, below.v[i].d * bs, below.v[i].n * bs);
-        if (!r)
-          atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
-      }
+    for (size_t i = 0; i < below.n && !r && p->data_provision; i++) {
+      r = ts_layer_io(p->data, TS_OP_PROVISION, TS_IO_MAY_ZERO, below.v[i].d * bs,
+                      below.v[i].n * bs);
+      if (!r)
+        atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
+    }
+    /* Blocks already mapped hold the volume's data and were reserved below
+     * when they were mapped; ask again (a data file may have lost its
+     * allocation) only where that keeps the data: a layer that could only
+     * zero them answers -EOPNOTSUPP, which leaves them as they are. */
+    for (size_t i = 0; i < priv.n && !r && p->data_provision; i++) {
+      int e = ts_layer_io(p->data, TS_OP_PROVISION, 0, priv.v[i].d * bs, priv.v[i].n * bs);
+      if (!e)
+        atomic_fetch_add(&p->n_passdown_provision, priv.v[i].n);
+      else if (e != -EOPNOTSUPP)
+        r = e;
+    }
     /* Fill the new blocks (copies for broken sharing), and zero the private
      * ones for WRITE_ZEROES. */
     for (size_t i = 0; i < nr.n && !r; i++) {
