@@ -167,14 +167,15 @@ int ts_cli_bench_kernel(int argc, char **argv)
     { "write zero buffers (baseline)", "pwritev2", 0, 0, 0 },
     { "write_zeroes", kb_path(d, "write_zeroes", p1, sizeof p1), 0, 0, 0 },
     { "write_zeroes may_unmap", kb_path(d, "write_zeroes_may_unmap", p2, sizeof p2), 0, 0, 0 },
-    { "provision (\"emulate\")", kb_path(d, "provision", p3, sizeof p3), 0, 0, 0 },
+    { "provision (\"emulate\") may_zero", kb_path(d, "provision", p3, sizeof p3), 0, 0, 0 },
     { "discard", "ioctl(BLKDISCARD)", 0, 0, 0 },
     { "provision (\"auto\")", "unsupported", 0, 0, 0 },
   };
   kb_run(&rows[0], d, backing, TS_OP_WRITE, 0, 0, len);
   kb_run(&rows[1], d, backing, TS_OP_WRITE_ZEROES, 0, len, len);
   kb_run(&rows[2], d, backing, TS_OP_WRITE_ZEROES, TS_IO_MAY_UNMAP, len, len);
-  kb_run(&rows[3], d, backing, TS_OP_PROVISION, 0, 2 * len, len);
+  /* The emulated rung zeroes, so it takes only a caller holding nothing. */
+  kb_run(&rows[3], d, backing, TS_OP_PROVISION, TS_IO_MAY_ZERO, 2 * len, len);
   kb_run(&rows[4], d, backing, TS_OP_DISCARD, 0, 0, len);
   ts_stack_close(s, NULL);
   s = kb_open(device, "auto");
