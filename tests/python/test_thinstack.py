@@ -314,7 +314,11 @@ def test_provision_and_block_status(stack):
     assert not data[0].hole and not data[0].zero
     tail = d.block_status(3 * M)
     assert sum(x.length for x in tail) == 1 * M
+    # may_zero only permits zeroing; a file reserves with fallocate and keeps data.
+    d.provision(2 * M, 64 * K, may_zero=True)
+    assert d.read(2 * M, 4096) == b"\5" * 4096
     raises_errno(errno.EOPNOTSUPP, stack.device("nodisc").provision, 0, 64 * K)
+    raises_errno(errno.EOPNOTSUPP, stack.device("nodisc").provision, 0, 64 * K, may_zero=True)
 
 
 def test_threads(stack):

@@ -46,8 +46,10 @@ EXTENT_ZERO = 1 << 1   # reads as zeroes
 _IO_FUA = 1 << 0
 _IO_MAY_UNMAP = 1 << 1
 _IO_NOFALLBACK = 1 << 2
+_IO_MAY_ZERO = 1 << 3
 _OPEN_READ_ONLY = 1 << 1
-_OPS = ("read", "write", "flush", "discard", "write_zeroes", "provision")
+_OPS = ("read", "write", "flush", "discard", "write_zeroes", "provision")  # ts_op order
+_OP_PROVISION = _OPS.index("provision")
 _CAPS = ("none", "emulate", "native")
 
 
@@ -130,6 +132,12 @@ class _Limits(ctypes.Structure):
                 ("read_only", ctypes.c_bool)]
 
 
+class _Io(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("offset", ctypes.c_uint64), ("length", ctypes.c_uint64),
+                ("iov", ctypes.c_void_p), ("iovcnt", ctypes.c_int)]
+
+
 class _Extent(ctypes.Structure):
     _fields_ = [("offset", ctypes.c_uint64), ("length", ctypes.c_uint64),
                 ("flags", ctypes.c_uint32)]
@@ -187,7 +195,7 @@ _pwrite = _fn("ts_pwrite", _c_int, _P, _P, ctypes.c_size_t, _u64, ctypes.c_uint3
 _flush = _fn("ts_flush", _c_int, _P)
 _discard = _fn("ts_discard", _c_int, _P, _u64, _u64)
 _write_zeroes = _fn("ts_write_zeroes", _c_int, _P, _u64, _u64, ctypes.c_uint32)
-_provision = _fn("ts_provision", _c_int, _P, _u64, _u64)
+_submit = _fn("ts_submit", _c_int, _P, ctypes.POINTER(_Io))
 _block_status = _fn("ts_block_status", _c_int, _P, _u64, _u64, ctypes.POINTER(_ExtentList))
 _extent_list_free = _fn("ts_extent_list_free", None, ctypes.POINTER(_ExtentList))
 
@@ -610,12 +618,17 @@ class Device:
         self._fail(_write_zeroes(self._h(), offset, length, flags),
                    "write_zeroes %d at %d" % (length, offset))
 
-    def provision(self, offset: int, length: int) -> None:
+    def provision(self, offset: int, length: int, may_zero: bool = False) -> None:
         """Reserve space for a range in this device and every layer below,
-        without writing data; never-written parts read as zeroes."""
+        without writing data; never-written parts read as zeroes and data
+        already there stays. may_zero says nothing in the range matters, so
+        a layer that can reserve only by zeroing (a kernel device on its
+        write-zeroes or "emulate" rung) may; without it such a layer fails
+        with EOPNOTSUPP."""
         _check_uint("offset", offset)
         _check_uint("length", length)
-        self._fail(_provision(self._h(), offset, length), "provision %d at %d" % (length, offset))
+        io = _Io(_OP_PROVISION, _IO_MAY_ZERO if may_zero else 0, offset, length, None, 0)
+        self._fail(_submit(self._h(), ctypes.byref(io)), "provision %d at %d" % (length, offset))
 
     def block_status(self, offset: int = 0, length: Optional[int] = None) -> List[Extent]:
         """Extents describing [offset, offset+length) (default: to the end)."""
