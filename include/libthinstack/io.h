@@ -198,6 +198,17 @@ TS_EXTERN int ts_stack_open_file(const char *path, const ts_open_opts *opts,
  * `base_dir` (NULL: the current directory). */
 TS_EXTERN int ts_stack_open_string(const char *json, const char *base_dir,
                                    const ts_open_opts *opts, ts_stack **out, ts_error *err);
+/* ts_stack_config_json flags. */
+#define TS_CONFIG_SECRETS (1u << 0)  /* include keys (crypt "key") instead of masking them */
+
+/* The JSON document that re-opens this stack as it is now: the one it was
+ * opened with, with every relative path made absolute and each layer's
+ * parameters brought up to date (a file grown by ts_pool_extend or
+ * ts_dev_grow has its new size). Parameters marked secret (crypt's inline
+ * "key") read "(hidden)" unless `flags` has TS_CONFIG_SECRETS. Returns a
+ * string to free(), or NULL when out of memory. */
+TS_EXTERN char *ts_stack_config_json(ts_stack *stack, uint32_t flags);
+
 /* Flush every layer (committing thin metadata), close it and free the stack.
  * Returns the first error met while flushing; the stack is freed regardless.
  * NULL is a no-op. */

@@ -51,6 +51,8 @@ typedef enum ts_param_kind {
 #define TS_PARAM_SHARED   (1u << 1)  /* CHILD: several parents may use the child
                                         (thin volumes share their pool); without
                                         it a child has one parent */
+#define TS_PARAM_SECRET   (1u << 2)  /* a key: masked in dumped configurations
+                                        unless the caller asks for secrets */
 
 /* One accepted key of a layer's JSON object. Arrays of these end with an
  * entry whose key is NULL. The core checks every layer's object against its
@@ -138,6 +140,13 @@ typedef struct ts_layer_type {
    * which guarantees that no request to this node runs meanwhile and then
    * records the new size. Optional: absent means the layer cannot grow. */
   int (*grow)(ts_layer *l, uint64_t new_size, ts_error *err);
+
+  /* Bring `params`, a copy of the object this layer was opened with, up to
+   * date with what has changed since (a size that grew), so that it
+   * re-creates the layer as it is now; for ts_stack_config_json(). Paths are
+   * already absolute. Returns 0 or -ENOMEM. Optional: absent means the
+   * parameters never go stale. */
+  int (*config)(ts_layer *l, json_t *params);
 } ts_layer_type;
 
 #define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)

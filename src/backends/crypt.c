@@ -115,7 +115,7 @@ static const ts_param crypt_params[] = {
     "cipher spec (default aes-xts-plain64)" },
   { "key_file", TS_PARAM_PATH, 0, NULL, NULL,
     "file holding the raw key: 32 bytes (AES-128-XTS) or 64 bytes (AES-256-XTS)" },
-  { "key", TS_PARAM_STRING, 0, NULL, NULL, "the key as 64 or 128 hex digits (instead of key_file)" },
+  { "key", TS_PARAM_STRING, TS_PARAM_SECRET, NULL, NULL, "the key as 64 or 128 hex digits (instead of key_file)" },
   { "sector_size", TS_PARAM_SIZE, 0, NULL, NULL, "encryption unit: 512 (default), 1024, 2048 or 4096" },
   { "iv_offset", TS_PARAM_UINT, 0, NULL, NULL, "added to the 512-byte sector number of the IV" },
   { "iv_large_sectors", TS_PARAM_BOOL, 0, NULL, NULL,

@@ -423,6 +423,16 @@ static int file_grow(ts_layer *l, uint64_t new_size, ts_error *err)
   return 0;
 }
 
+/* A file grown since open (ts_dev_grow) no longer matches a "size" it was
+ * opened with; without one, the size comes from the file anyway. */
+static int file_config(ts_layer *l, json_t *params)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  if (!json_object_get(params, "size") || ts_param_size(params, "size", 0) == f->size)
+    return 0;
+  return json_object_set_new(params, "size", json_integer((json_int_t)f->size)) ? -ENOMEM : 0;
+}
+
 const ts_layer_type ts__file_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "file",
@@ -436,4 +446,5 @@ const ts_layer_type ts__file_layer_type = {
   .block_status = file_block_status,
   .status = file_status,
   .grow = file_grow,
+  .config = file_config,
 };

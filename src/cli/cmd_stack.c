@@ -1,4 +1,5 @@
-/* Commands about a whole stack: validate, info, status, types, dm-table. */
+/* Commands about a whole stack: validate, dump-config, info, status, types,
+ * dm-table. */
 #include "cli/cli.h"
 
 #include <libthinstack/layer.h>
@@ -56,6 +57,37 @@ int ts_cli_validate(int argc, char **argv)
   }
   printf("%s: valid\n", pos[0]);
   return 0;
+}
+
+/* Opened read-only: dumping must not create or format anything. */
+int ts_cli_dump_config(int argc, char **argv)
+{
+  static const char *const flags[] = { "--show-keys", NULL };
+  char *pos[1];
+  if (ts_cli_help(argc, argv))
+    return 0;
+  if (positionals(argc, argv, pos, 1, flags) != 1) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  ts_stack *s = ts_cli_open(pos[0], TS_OPEN_READ_ONLY);
+  if (!s)
+    return 1;
+  char *json = ts_stack_config_json(s, take_flag(argc, argv, "--show-keys") ? TS_CONFIG_SECRETS : 0);
+  int status = 0;
+  if (!json) {
+    ts_cli_err("dump-config: out of memory");
+    status = 1;
+  } else {
+    printf("%s\n", json);
+  }
+  free(json);
+  ts_error err = { 0 };
+  if (ts_stack_close(s, &err) != 0) {
+    ts_cli_err("%s", err.msg);
+    status = 1;
+  }
+  return status;
 }
 
 static void print_limits_table(ts_stack *s)

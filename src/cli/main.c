@@ -12,6 +12,8 @@ static const struct ts_cli_command commands[] = {
   { "demo", ts_cli_demo, "[--dir DIR] [--size SIZE] [--keep]",
     "build a stack on sparse files in a temp dir and compare provision with writing zeroes" },
   { "validate", ts_cli_validate, "CONFIG", "check a stack configuration without opening it" },
+  { "dump-config", ts_cli_dump_config, "CONFIG [--show-keys]",
+    "print the configuration that re-opens the stack as it is now (absolute paths, grown sizes)" },
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
   { "status", ts_cli_status, "CONFIG [NODE]", "print counters and layer state as JSON" },
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },

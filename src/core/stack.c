@@ -86,9 +86,17 @@ static int open_stack(json_t *config, const char *base_dir, const ts_open_opts *
                                                                        : sizeof s->opts;
     memcpy(&s->opts, opts, n);
   }
-  char cwd[PATH_MAX];
-  if (!base_dir && getcwd(cwd, sizeof cwd))
-    base_dir = cwd;
+  /* Absolute, so that paths resolved later (a dumped configuration) do not
+   * depend on the directory the process is in by then. */
+  char cwd[PATH_MAX], abs_base[2 * PATH_MAX + 2];
+  if (getcwd(cwd, sizeof cwd)) {
+    if (!base_dir)
+      base_dir = cwd;
+    else if (base_dir[0] != '/') {
+      snprintf(abs_base, sizeof abs_base, "%s/%s", cwd, base_dir);
+      base_dir = abs_base;
+    }
+  }
   s->base_dir = base_dir ? strdup(base_dir) : NULL;
 
   const char *pdir = s->opts.plugin_dir ? s->opts.plugin_dir : getenv("TS_PLUGIN_DIR");
