@@ -197,11 +197,49 @@ static void space_appeared(struct tp_pool *p)
   pthread_mutex_unlock(&p->space_mu);
 }
 
+/* Metadata space kept back for commits, as the kernel keeps it
+ * (dm-thin-metadata.c: a tenth of the device, at most 16 MiB; here at least
+ * 16 blocks too, for tiny devices): a commit shadows the top-level trees and
+ * writes the space maps, so it needs free blocks of its own. Allocations
+ * stop before they eat into it, which keeps every flush possible: running
+ * out of metadata is an ENOSPC for the write, never a pool that can no
+ * longer commit what it acknowledged. */
+#define MD_RESERVE_MIN 16
+#define MD_RESERVE_MAX 4096
+/* Per request: shadowed paths in both levels of the mapping tree, splits
+ * and space-map bitmaps. */
+#define MD_SLACK 16
+/* Mappings per metadata block, counting leaves only half full. */
+#define MD_MAPPINGS_PER_BLOCK 126
+
+/* How many more mappings the metadata may take. Under lock. */
+static uint64_t md_room(struct tp_pool *p)
+{
+  uint64_t total = tmd_metadata_nr_blocks(p->md), used = tmd_metadata_nr_used(p->md);
+  uint64_t reserve = total / 10;
+  if (reserve > MD_RESERVE_MAX)
+    reserve = MD_RESERVE_MAX;
+  if (reserve < MD_RESERVE_MIN)
+    reserve = MD_RESERVE_MIN;
+  if (used + reserve + MD_SLACK >= total)
+    return 0;
+  return (total - used - reserve - MD_SLACK) * MD_MAPPINGS_PER_BLOCK;
+}
+
 int tp_alloc(struct tp_pool *p, uint64_t want, struct tp_druns *out, uint64_t *gen)
 {
+  uint64_t room = md_room(p);
+  if (room)
+    atomic_store(&p->md_short, false);
   while (want) {
     uint64_t d, n;
-    int r = tmd_alloc_data_run(p->md, want, &d, &n);
+    if (!room) {
+      *gen = space_gen(p);
+      if (!atomic_exchange(&p->md_short, true))
+        atomic_store(&p->md_event, true);
+      return -ENOSPC;
+    }
+    int r = tmd_alloc_data_run(p->md, want < room ? want : room, &d, &n);
     if (r == -ENOSPC) {
       *gen = space_gen(p);
       if (!atomic_exchange(&p->out_of_space, true))
@@ -218,6 +256,7 @@ int tp_alloc(struct tp_pool *p, uint64_t want, struct tp_druns *out, uint64_t *g
     atomic_fetch_add(&p->n_alloc, n);
     tp_changed(p);
     want -= n;
+    room -= n;
   }
   check_low_water(p);
   return 0;
@@ -250,6 +289,10 @@ void tp_fire_events(struct tp_pool *p)
   if (atomic_exchange(&p->oos_event, false))
     ts_layer_event(p->layer, "out-of-data-space", "no free data block (%s)",
                    p->queue ? "requests wait for ts_pool_extend" : "requests fail with ENOSPC");
+  if (atomic_exchange(&p->md_event, false))
+    ts_layer_event(p->layer, "out-of-metadata-space",
+                   "metadata is down to its commit reserve: writes needing new blocks fail with"
+                   " ENOSPC; reads, overwrites, discards and flushes go on");
   if (atomic_exchange(&p->low_water_event, false))
     ts_layer_event(p->layer, "low-water-mark", "free data space fell below %llu bytes",
                    (unsigned long long)p->low_water);
@@ -258,14 +301,17 @@ void tp_fire_events(struct tp_pool *p)
 int tp_wait_space(struct tp_pool *p, uint64_t gen, struct timespec *deadline)
 {
   /* Blocks freed in this transaction become free at the commit: commit
-   * and retry before calling it out of space, as the kernel does. */
+   * and retry before calling it out of space, as the kernel does. So do the
+   * metadata blocks this transaction shadowed. */
   pthread_rwlock_rdlock(&p->lock);
   bool freed = p->freed;
+  bool md = atomic_load(&p->md_short) && atomic_load(&p->dirty);
   pthread_rwlock_unlock(&p->lock);
-  if (freed && !atomic_load(&p->failed) && tp_commit(p) == 0)
+  if ((freed || md) && !atomic_load(&p->failed) && tp_commit(p) == 0)
     return 0;
   tp_fire_events(p);
-  if (!p->queue)
+  /* Nothing grows the metadata while the pool runs: no use waiting. */
+  if (!p->queue || atomic_load(&p->md_short))
     return -ENOSPC;
   int r = 0;
   atomic_fetch_add(&p->n_queue_waits, 1);
@@ -692,9 +738,13 @@ static int pool_status(ts_layer *l, json_t *out)
   json_t *m = json_object();
   json_object_set_new(m, "blocks", json_integer((json_int_t)st.metadata_blocks));
   json_object_set_new(m, "used", json_integer((json_int_t)st.metadata_used_blocks));
+  struct tp_pool *p = ts_layer_priv(l);
+  bool md_short = atomic_load(&p->md_short);
+  json_object_set_new(m, "out_of_space", json_boolean(md_short));
   json_object_set_new(out, "metadata", m);
   json_object_set_new(out, "mode", json_string(st.failed ? "failed"
                                                : st.read_only ? "ro"
+                                               : md_short ? "out_of_metadata_space"
                                                : st.out_of_data_space ? "out_of_data_space"
                                                                       : "rw"));
   json_object_set_new(out, "low_water_mark", json_integer((json_int_t)st.low_water_mark));
@@ -705,7 +755,6 @@ static int pool_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "needs_check", json_boolean(st.needs_check));
   json_object_set_new(out, "held_metadata_root", json_integer((json_int_t)st.held_metadata_root));
   json_object_set_new(out, "commits", json_integer((json_int_t)st.commits));
-  struct tp_pool *p = ts_layer_priv(l);
   json_object_set_new(out, "allocated_blocks", json_integer((json_int_t)atomic_load(&p->n_alloc)));
   json_object_set_new(out, "zeroed_bytes", json_integer((json_int_t)atomic_load(&p->n_zeroed_bytes)));
   json_object_set_new(out, "copied_blocks", json_integer((json_int_t)atomic_load(&p->n_copied_blocks)));

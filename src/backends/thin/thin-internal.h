@@ -81,6 +81,7 @@ struct tp_pool {
   uint64_t space_gen;       /* bumped when space may have appeared */
   bool stopping;
   atomic_bool out_of_space, low_water_hit, low_water_event, oos_event;
+  atomic_bool md_short, md_event; /* out of metadata space (before the reserve) */
 
   pthread_mutex_t ct_mu;    /* periodic commit thread */
   pthread_cond_t ct_cv;
