@@ -96,6 +96,7 @@ typedef struct ts_pool_status {
   bool failed;                 /* a metadata commit failed: the pool refuses changes */
   uint32_t nr_thins;
   uint64_t commits;            /* metadata commits since open */
+  bool out_of_metadata_space;  /* allocations stopped at the metadata reserve */
 } ts_pool_status;
 
 /* Fill *st with the pool's current state. */
@@ -112,6 +113,14 @@ TS_EXTERN int ts_pool_get_status(ts_dev *pool, ts_pool_status *st, ts_error *err
  * multiple of the block size, -ENOSPC the metadata device is too small for
  * the bigger space map, -EROFS read-only pool. Equal size is a no-op. */
 TS_EXTERN int ts_pool_extend(ts_dev *pool, uint64_t new_data_size, ts_error *err);
+/* Grow the pool's metadata space to `new_metadata_size` bytes (a multiple of
+ * 4 KiB, at most 255 x 16320 blocks of 4 KiB, about 15.9 GiB, as dm-thin),
+ * growing the metadata layer first as ts_pool_extend does the data layer.
+ * The change is committed and the pool leaves out-of-metadata-space mode. A
+ * metadata layer found bigger when the pool opens is taken in the same way.
+ * -EINVAL smaller than now, unaligned or too large, -EROFS read-only pool.
+ * Equal size is a no-op. */
+TS_EXTERN int ts_pool_extend_metadata(ts_dev *pool, uint64_t new_metadata_size, ts_error *err);
 
 /* Compare-and-swap the pool's userspace transaction id: -EINVAL (and no
  * change) when the stored id is not `current_id`. */

@@ -168,7 +168,9 @@ static const char pool_usage[] =
     "  create CONFIG POOL            format the pool's blank metadata device\n"
     "  status CONFIG POOL [--json]   data and metadata use, volumes, mode, transaction id\n"
     "  extend CONFIG POOL SIZE       grow the data space to SIZE (a file data layer grows;\n"
-    "                                CONFIG's size of that file is updated)\n";
+    "                                CONFIG's size of that file is updated)\n"
+    "  extend-metadata CONFIG POOL SIZE\n"
+    "                                grow the metadata space to SIZE, likewise\n";
 
 static void print_size(char *buf, size_t n, uint64_t bytes)
 {
@@ -201,14 +203,19 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
     free(v);
     return finish(s, 1);
   }
-  const char *mode = st.failed ? "failed" : st.read_only ? "ro" : st.out_of_data_space ? "out_of_data_space" : "rw";
+  const char *mode = st.failed                  ? "failed"
+                     : st.read_only             ? "ro"
+                     : st.out_of_metadata_space ? "out_of_metadata_space"
+                     : st.out_of_data_space     ? "out_of_data_space"
+                                                : "rw";
   if (json) {
-    json_t *o = json_pack("{s:s,s:I,s:I,s:{s:I,s:I,s:I},s:{s:I,s:I},s:s,s:I,s:b,s:s,s:b,s:b,s:b,s:I}",
+    json_t *o = json_pack("{s:s,s:I,s:I,s:{s:I,s:I,s:I},s:{s:I,s:I,s:b},s:s,s:I,s:b,s:s,s:b,s:b,s:b,s:I}",
                           "pool", name, "block_size", (json_int_t)st.block_size, "transaction_id",
                           (json_int_t)st.transaction_id, "data", "blocks", (json_int_t)st.data_blocks,
                           "used", (json_int_t)st.data_used_blocks, "free", (json_int_t)st.data_free_blocks,
                           "metadata", "blocks", (json_int_t)st.metadata_blocks, "used",
-                          (json_int_t)st.metadata_used_blocks, "mode", mode, "low_water_mark",
+                          (json_int_t)st.metadata_used_blocks, "out_of_space", st.out_of_metadata_space,
+                          "mode", mode, "low_water_mark",
                           (json_int_t)st.low_water_mark, "low_water", st.low_water, "out_of_space",
                           st.queue_if_no_space ? "queue" : "error", "discard_passdown", st.discard_passdown,
                           "zero_new_blocks", st.zero_new_blocks, "needs_check", st.needs_check,
@@ -256,13 +263,16 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
 }
 
 /* After growing a file data layer, make CONFIG say its new size. */
-static void update_config_size(const char *config, const char *poolname, uint64_t size)
+/* Write the new size of the pool's `which` ("data" or "metadata") file
+ * layer into the configuration, so that it opens again. */
+static void update_config_size(const char *config, const char *poolname, const char *which,
+                               uint64_t size)
 {
   json_error_t je;
   json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES | JSON_PRESERVE_ORDER, &je);
   json_t *layers = root ? json_object_get(root, "layers") : NULL;
   json_t *pl = layers ? json_object_get(layers, poolname) : NULL;
-  const char *dname = pl ? json_string_value(json_object_get(pl, "data")) : NULL;
+  const char *dname = pl ? json_string_value(json_object_get(pl, which)) : NULL;
   json_t *dl = dname ? json_object_get(layers, dname) : NULL;
   const char *type = dl ? json_string_value(json_object_get(dl, "type")) : NULL;
   if (type && strcmp(type, "file") == 0 && json_object_get(dl, "size")) {
@@ -336,7 +346,33 @@ int ts_cli_pool(int argc, char **argv)
       ts_format_size(size, a, sizeof a);
       printf("pool %s: data space is now %s (%llu blocks)\n", pos[1], a,
              (unsigned long long)(size / before.block_size));
-      update_config_size(pos[0], pos[1], size);
+      update_config_size(pos[0], pos[1], "data", size);
+    }
+    return r;
+  }
+  if (!strcmp(sub, "extend-metadata")) {
+    uint64_t size;
+    if (!args(argc, argv, 2, pos, 3, NULL))
+      return 2;
+    if (!ts_cli_size("pool extend-metadata: SIZE", pos[2], &size))
+      return 2;
+    ts_dev *pool;
+    ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool);
+    if (!s)
+      return 1;
+    ts_pool_status before;
+    ts_pool_get_status(pool, &before, NULL);
+    if (ts_pool_extend_metadata(pool, size, &err)) {
+      ts_cli_err("%s", err.msg);
+      return finish(s, 1);
+    }
+    int r = finish(s, 0);
+    if (r == 0 && size > before.metadata_blocks * 4096) {
+      char a[32];
+      ts_format_size(size, a, sizeof a);
+      printf("pool %s: metadata space is now %s (%llu blocks)\n", pos[1], a,
+             (unsigned long long)(size / 4096));
+      update_config_size(pos[0], pos[1], "metadata", size);
     }
     return r;
   }

@@ -983,6 +983,28 @@ int tmd_resize_data(struct tmd *md, uint64_t n)
   return r;
 }
 
+int tmd_resize_metadata(struct tmd *md, uint64_t n)
+{
+  int r = writable(md);
+  if (r)
+    return r;
+  if (n < md->meta.nr_blocks || n > TMD_MAX_METADATA_BLOCKS)
+    return -EINVAL;
+  if (n == md->meta.nr_blocks)
+    return 0;
+  /* The block manager refuses blocks past the device it was given. */
+  if (n > md->bm->nr_blocks) {
+    md->bm->nr_blocks = n;
+    md->bm->bdev.nr_blocks = n;
+    md->bdev.nr_blocks = n;
+  }
+  if ((r = pd_sm_extend(&md->meta, n)))
+    return r;
+  md->meta_nr_blocks = n;
+  md->changed = true;
+  return 0;
+}
+
 /* ---- metadata snapshot ---- */
 
 int tmd_reserve_metadata_snap(struct tmd *md)

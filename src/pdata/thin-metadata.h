@@ -293,6 +293,12 @@ uint64_t tmd_data_nr_free(const struct tmd *md);
  * -ENOSPC if the metadata device is too small for the new bitmaps. */
 int tmd_resize_data(struct tmd *md, uint64_t new_nr_blocks);
 
+/* [W] Grow the metadata space map to new_nr_blocks 4 KiB blocks (the
+ * metadata device grew; the caller has made it that large). New bitmaps
+ * are placed at the next commit. -EINVAL when shrinking or beyond
+ * TMD_MAX_METADATA_BLOCKS, 0 when equal. */
+int tmd_resize_metadata(struct tmd *md, uint64_t new_nr_blocks);
+
 /* [R] Metadata space: total 4 KiB blocks and blocks in use (current state). */
 uint64_t tmd_metadata_nr_blocks(const struct tmd *md);
 uint64_t tmd_metadata_nr_used(const struct tmd *md);

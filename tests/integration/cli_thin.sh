@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pool and thin commands on a pool over sparse files: format, create,
-# snapshot, list, status (text and JSON), extend (the data file and the
-# configuration grow), delete; every error is one line with a non-zero exit;
+# snapshot, list, status (text and JSON), extend and extend-metadata (the
+# files and the configuration grow), delete; every error is one line with a non-zero exit;
 # Debian's thin_check agrees with the result.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 requires thin_check python3
@@ -72,4 +72,16 @@ s = json.load(sys.stdin)
 assert s["data"]["used"] == 512, s   # the snapshot still holds them
 '
 thin_check pool.meta > /dev/null 2> check.err || fail "thin_check: $(cat check.err)"
+set +e
+"$THINSTACK" pool extend-metadata stack.json pool 4M 2> err.txt; one_line_error $? err.txt
+set -e
+"$THINSTACK" pool extend-metadata stack.json pool 16M | grep -q 'metadata space is now 16M'
+[ "$(stat -c %s pool.meta)" -eq $((16 << 20)) ] || fail "metadata file not grown"
+grep -q '"size": "16M"' stack.json || fail "configuration not updated for the metadata"
+"$THINSTACK" pool status stack.json pool --json | python3 -c '
+import json,sys
+s = json.load(sys.stdin)
+assert s["metadata"]["blocks"] == 4096 and s["metadata"]["out_of_space"] is False, s
+'
+thin_check pool.meta > /dev/null 2> check.err || fail "thin_check after growing the metadata: $(cat check.err)"
 echo "cli_thin: ok"

@@ -138,6 +138,18 @@ def test_out_of_space_extend_and_events(pstack, events):
     assert vol.read(3 * M + 512 * K, 512 * K) == b"\4" * (512 * K)
 
 
+def test_extend_metadata(pstack):
+    pool = pstack.node("pool")
+    st = pool.pool_status()
+    assert st.metadata_blocks == 64 * M // (4 * K) and not st.out_of_metadata_space
+    raises_errno(errno.EINVAL, pool.extend_metadata, 32 * M)          # smaller
+    raises_errno(errno.EINVAL, pool.extend_metadata, 80 * M + 512)    # not whole 4K blocks
+    pool.extend_metadata(80 * M)
+    assert pool.pool_status().metadata_blocks == 80 * M // (4 * K)
+    pool.extend_metadata(80 * M)                                      # equal: nothing to do
+    pstack.device("vol").write(0, b"\5" * (64 * K))
+
+
 def test_pool_calls_after_close(tmp_path):
     s = thinstack.open_string(pool_config(), base_dir=str(tmp_path))
     pool = s.node("pool")

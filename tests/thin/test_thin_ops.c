@@ -561,18 +561,41 @@ START_TEST(out_of_metadata_space)
   ck_assert_int_eq(ts_discard(v, 14 * K64, K64), 0);
   ck_assert_int_eq(ts_flush(v), 0);
   ck_assert_int_eq(ts_provision(v, blk * K64, K64), -ENOSPC);
+
+  /* Growing the metadata ends it: the refused write now goes through. */
   ts_error e = { 0 };
+  ck_assert_int_eq(ts_pool_extend_metadata(pool, 128 << 10, &e), -EINVAL); /* shrink */
+  ck_assert_int_eq(ts_pool_extend_metadata(pool, (1 << 20) + 512, &e), -EINVAL);
+  ck_assert_msg(ts_pool_extend_metadata(pool, 1 << 20, &e) == 0, "%s", e.msg);
+  ck_assert_uint_eq(pool_status(pool).metadata_blocks, 256);
+  st = ts_dev_status_json(pool);
+  ck_assert_msg(!strstr(st, "\"out_of_metadata_space\""), "%s", st);
+  free(st);
+  fill(back, sizeof back, 424242);
+  ck_assert_int_eq(ts_pwrite(v, back, sizeof back, blk * K64, 0), 0);
   ck_assert_msg(ts_stack_close(s, &e) == 0, "close: %s", e.msg);
   thin_check_clean(dir);
 
+  /* Reopened with the file as it now is: every mapping is there. */
   o.no_create = true;
+  o.meta_size = "1M";
   s = pool_open(dir, &o);
   v = node(s, "v0");
-  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), n - 1);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), n);
   read_expect(v, 7 * K64, buf, sizeof buf);
   read_zero(v, 14 * K64, K64);
+  read_expect(v, blk * K64, back, sizeof back);
   fill(back, sizeof back, n - 1);
   read_expect(v, (n - 1) * 7 % 65536 * K64, back, sizeof back);
+  ck_assert_msg(ts_stack_close(s, &e) == 0, "close: %s", e.msg);
+
+  /* A metadata file grown while the pool was closed is taken in at open. */
+  char *meta = ts_test_path(dir, "pool.meta");
+  ck_assert_int_eq(truncate(meta, 2 << 20), 0);
+  free(meta);
+  o.meta_size = "2M";
+  s = pool_open(dir, &o);
+  ck_assert_uint_eq(pool_status(node(s, "pool")).metadata_blocks, 512);
   close_and_check(s, dir);
   ts_test_rmdir(dir);
   free(dir);

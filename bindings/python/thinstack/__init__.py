@@ -218,7 +218,8 @@ class _PoolStatus(ctypes.Structure):
     _fields_ += [(f, ctypes.c_bool) for f in (
                     "low_water", "out_of_data_space", "queue_if_no_space", "discard_passdown",
                     "zero_new_blocks", "read_only", "needs_check", "failed")]
-    _fields_ += [("nr_thins", ctypes.c_uint32), ("commits", ctypes.c_uint64)]
+    _fields_ += [("nr_thins", ctypes.c_uint32), ("commits", ctypes.c_uint64),
+                 ("out_of_metadata_space", ctypes.c_bool)]
 
 
 # Pool management exists in libraries built with the thin layers.
@@ -233,6 +234,7 @@ if _HAVE_THIN:
                            ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), _ERRP)
     _pool_get_status = _fn("ts_pool_get_status", _c_int, _P, ctypes.POINTER(_PoolStatus), _ERRP)
     _pool_extend = _fn("ts_pool_extend", _c_int, _P, _u64, _ERRP)
+    _pool_extend_metadata = _fn("ts_pool_extend_metadata", _c_int, _P, _u64, _ERRP)
     _pool_set_transaction_id = _fn("ts_pool_set_transaction_id", _c_int, _P, _u64, _u64, _ERRP)
     _pool_reserve_metadata_snap = _fn("ts_pool_reserve_metadata_snap", _c_int, _P, _ERRP)
     _pool_release_metadata_snap = _fn("ts_pool_release_metadata_snap", _c_int, _P, _ERRP)
@@ -685,6 +687,7 @@ class PoolStatus:
     failed: bool
     nr_thins: int
     commits: int
+    out_of_metadata_space: bool
 
 
 class Pool(Device):
@@ -747,6 +750,13 @@ class Pool(Device):
         before the stack is opened again."""
         _check_uint("new_data_size", new_data_size)
         self._call(_pool_extend, new_data_size)
+
+    def extend_metadata(self, new_metadata_size: int) -> None:
+        """Grow the metadata space to new_metadata_size bytes (a multiple of
+        4 KiB), growing a `file` metadata layer's file first; ends
+        out-of-metadata-space mode. EINVAL smaller, misaligned or too large."""
+        _check_uint("new_metadata_size", new_metadata_size)
+        self._call(_pool_extend_metadata, new_metadata_size)
 
     def set_transaction_id(self, current_id: int, new_id: int) -> None:
         """Compare-and-swap the pool's transaction id (EINVAL when the stored

@@ -310,7 +310,8 @@ int tp_wait_space(struct tp_pool *p, uint64_t gen, struct timespec *deadline)
   if ((freed || md) && !atomic_load(&p->failed) && tp_commit(p) == 0)
     return 0;
   tp_fire_events(p);
-  /* Nothing grows the metadata while the pool runs: no use waiting. */
+  /* Short of metadata, requests fail at once rather than queue, as in the
+   * kernel's out-of-metadata-space mode. */
   if (!p->queue || atomic_load(&p->md_short))
     return -ENOSPC;
   int r = 0;
@@ -657,6 +658,18 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
       }
       tp_changed(p);
     }
+    /* Likewise a metadata device that grew. */
+    uint64_t mblocks = ts_dev_size(meta) / 4096;
+    if (mblocks > TMD_MAX_METADATA_BLOCKS)
+      mblocks = TMD_MAX_METADATA_BLOCKS;
+    if (mblocks > tmd_metadata_nr_blocks(p->md) && !ro) {
+      if ((r = tmd_resize_metadata(p->md, mblocks))) {
+        r = ts_layer_error(l, err, r, "metadata", "cannot grow the metadata space to %llu blocks: %s",
+                           (unsigned long long)mblocks, ts_strerror(r));
+        goto fail;
+      }
+      tp_changed(p);
+    }
   }
   if (!ro && ci > 0) {
     if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
@@ -738,8 +751,7 @@ static int pool_status(ts_layer *l, json_t *out)
   json_t *m = json_object();
   json_object_set_new(m, "blocks", json_integer((json_int_t)st.metadata_blocks));
   json_object_set_new(m, "used", json_integer((json_int_t)st.metadata_used_blocks));
-  struct tp_pool *p = ts_layer_priv(l);
-  bool md_short = atomic_load(&p->md_short);
+  bool md_short = st.out_of_metadata_space;
   json_object_set_new(m, "out_of_space", json_boolean(md_short));
   json_object_set_new(out, "metadata", m);
   json_object_set_new(out, "mode", json_string(st.failed ? "failed"
@@ -755,6 +767,7 @@ static int pool_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "needs_check", json_boolean(st.needs_check));
   json_object_set_new(out, "held_metadata_root", json_integer((json_int_t)st.held_metadata_root));
   json_object_set_new(out, "commits", json_integer((json_int_t)st.commits));
+  struct tp_pool *p = ts_layer_priv(l);
   json_object_set_new(out, "allocated_blocks", json_integer((json_int_t)atomic_load(&p->n_alloc)));
   json_object_set_new(out, "zeroed_bytes", json_integer((json_int_t)atomic_load(&p->n_zeroed_bytes)));
   json_object_set_new(out, "copied_blocks", json_integer((json_int_t)atomic_load(&p->n_copied_blocks)));
@@ -1034,6 +1047,7 @@ int ts_pool_get_status(ts_dev *pool, ts_pool_status *st, ts_error *err)
   st->read_only = p->read_only;
   st->failed = atomic_load(&p->failed) != 0;
   st->commits = atomic_load(&p->n_commits);
+  st->out_of_metadata_space = atomic_load(&p->md_short);
   return 0;
 }
 
@@ -1079,6 +1093,49 @@ int ts_pool_extend(ts_dev *pool, uint64_t new_size, ts_error *err)
   if (r || nb == cur)
     return r;
   r = mgmt_commit(p, err, "data space grown");
+  space_appeared(p);
+  return r;
+}
+
+int ts_pool_extend_metadata(ts_dev *pool, uint64_t new_size, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  int r;
+  if (!p)
+    return -EINVAL;
+  if ((r = mgmt_writable(p, err)))
+    return r;
+  if (new_size % 4096 || new_size / 4096 > TMD_MAX_METADATA_BLOCKS)
+    return ts_layer_error(p->layer, err, -EINVAL, NULL,
+                          "new metadata size %llu is not a multiple of 4 KiB up to %llu bytes",
+                          (unsigned long long)new_size,
+                          (unsigned long long)(TMD_MAX_METADATA_BLOCKS * 4096));
+  uint64_t nb = new_size / 4096;
+  pthread_rwlock_wrlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  uint64_t cur = tmd_metadata_nr_blocks(p->md);
+  if (nb < cur) {
+    r = ts_layer_error(p->layer, err, -EINVAL, NULL,
+                       "the pool has %llu bytes of metadata space; it cannot shrink to %llu",
+                       (unsigned long long)(cur * 4096), (unsigned long long)new_size);
+  } else if (nb > cur) {
+    if (ts_dev_size(p->meta) < new_size && (r = ts_dev_grow(p->meta, new_size, err))) {
+      char msg[sizeof err->msg];
+      snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
+      r = ts_layer_error(p->layer, err, r, "metadata", "cannot grow the metadata layer: %s", msg);
+    } else if ((r = tmd_resize_metadata(p->md, nb))) {
+      r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the metadata space map to %llu blocks: %s",
+                         (unsigned long long)nb, ts_strerror(r));
+    } else {
+      tp_changed(p);
+      atomic_store(&p->md_short, false);
+    }
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  if (r || nb == cur)
+    return r;
+  r = mgmt_commit(p, err, "metadata space grown");
   space_appeared(p);
   return r;
 }
