@@ -324,11 +324,13 @@ int ts_cli_pool(int argc, char **argv)
       return 2;
     return pool_status_cmd(pos[0], pos[1], json);
   }
-  if (!strcmp(sub, "extend")) {
+  bool meta = !strcmp(sub, "extend-metadata");
+  if (meta || !strcmp(sub, "extend")) {
+    const char *which = meta ? "metadata" : "data";
     uint64_t size;
     if (!args(argc, argv, 2, pos, 3, NULL))
       return 2;
-    if (!ts_cli_size("pool extend: SIZE", pos[2], &size))
+    if (!ts_cli_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size))
       return 2;
     ts_dev *pool;
     ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool);
@@ -336,43 +338,19 @@ int ts_cli_pool(int argc, char **argv)
       return 1;
     ts_pool_status before;
     ts_pool_get_status(pool, &before, NULL);
-    if (ts_pool_extend(pool, size, &err)) {
+    uint64_t unit = meta ? 4096 : before.block_size;
+    uint64_t had = (meta ? before.metadata_blocks : before.data_blocks) * unit;
+    if ((meta ? ts_pool_extend_metadata : ts_pool_extend)(pool, size, &err)) {
       ts_cli_err("%s", err.msg);
       return finish(s, 1);
     }
     int r = finish(s, 0);
-    if (r == 0 && size > before.data_blocks * before.block_size) {
+    if (r == 0 && size > had) {
       char a[32];
       ts_format_size(size, a, sizeof a);
-      printf("pool %s: data space is now %s (%llu blocks)\n", pos[1], a,
-             (unsigned long long)(size / before.block_size));
-      update_config_size(pos[0], pos[1], "data", size);
-    }
-    return r;
-  }
-  if (!strcmp(sub, "extend-metadata")) {
-    uint64_t size;
-    if (!args(argc, argv, 2, pos, 3, NULL))
-      return 2;
-    if (!ts_cli_size("pool extend-metadata: SIZE", pos[2], &size))
-      return 2;
-    ts_dev *pool;
-    ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool);
-    if (!s)
-      return 1;
-    ts_pool_status before;
-    ts_pool_get_status(pool, &before, NULL);
-    if (ts_pool_extend_metadata(pool, size, &err)) {
-      ts_cli_err("%s", err.msg);
-      return finish(s, 1);
-    }
-    int r = finish(s, 0);
-    if (r == 0 && size > before.metadata_blocks * 4096) {
-      char a[32];
-      ts_format_size(size, a, sizeof a);
-      printf("pool %s: metadata space is now %s (%llu blocks)\n", pos[1], a,
-             (unsigned long long)(size / 4096));
-      update_config_size(pos[0], pos[1], "metadata", size);
+      printf("pool %s: %s space is now %s (%llu blocks)\n", pos[1], which, a,
+             (unsigned long long)(size / unit));
+      update_config_size(pos[0], pos[1], which, size);
     }
     return r;
   }

@@ -1051,40 +1051,50 @@ int ts_pool_get_status(ts_dev *pool, ts_pool_status *st, ts_error *err)
   return 0;
 }
 
-int ts_pool_extend(ts_dev *pool, uint64_t new_size, ts_error *err)
+/* One of the pool's two spaces, for growing them alike. */
+struct space {
+  const char *name;     /* "data" or "metadata": the parameter naming its layer */
+  ts_layer *layer;
+  uint64_t unit;        /* bytes per block */
+  uint64_t max_blocks;
+  uint64_t (*nr_blocks)(const struct tmd *);
+  int (*resize)(struct tmd *, uint64_t);
+  atomic_bool *short_of; /* the out-of-space state growing it ends */
+};
+
+/* Grow a space to new_size bytes: the layer first (when smaller), then its
+ * space map, then commit. Quiesced: no request runs meanwhile. */
+static int grow_space(struct tp_pool *p, const struct space *sp, uint64_t new_size, ts_error *err)
 {
-  struct tp_pool *p = mgmt_pool(pool, err);
-  int r;
-  if (!p)
-    return -EINVAL;
-  if ((r = mgmt_writable(p, err)))
+  int r = mgmt_writable(p, err);
+  if (r)
     return r;
-  char sz[32];
-  ts_format_size(p->bs, sz, sizeof sz);
-  if (new_size % p->bs)
-    return ts_layer_error(p->layer, err, -EINVAL, NULL, "new data size %llu is not a multiple of the block size %s",
-                          (unsigned long long)new_size, sz);
-  uint64_t nb = new_size / p->bs;
-  /* Quiesced: no request touches the data layer while it grows. */
+  char unit[32];
+  ts_format_size(sp->unit, unit, sizeof unit);
+  if (new_size % sp->unit || new_size / sp->unit > sp->max_blocks)
+    return ts_layer_error(p->layer, err, -EINVAL, NULL,
+                          "new %s size %llu is not a multiple of %s up to %llu blocks", sp->name,
+                          (unsigned long long)new_size, unit, (unsigned long long)sp->max_blocks);
+  uint64_t nb = new_size / sp->unit;
   pthread_rwlock_wrlock(&p->txn);
   pthread_rwlock_wrlock(&p->lock);
-  uint64_t cur = tmd_data_nr_blocks(p->md);
+  uint64_t cur = sp->nr_blocks(p->md);
   if (nb < cur) {
     r = ts_layer_error(p->layer, err, -EINVAL, NULL,
-                       "the pool has %llu bytes of data space; it cannot shrink to %llu",
-                       (unsigned long long)(cur * p->bs), (unsigned long long)new_size);
+                       "the pool has %llu bytes of %s space; it cannot shrink to %llu",
+                       (unsigned long long)(cur * sp->unit), sp->name, (unsigned long long)new_size);
   } else if (nb > cur) {
-    if (ts_dev_size(p->data) < new_size && (r = ts_dev_grow(p->data, new_size, err))) {
+    if (ts_dev_size(sp->layer) < new_size && (r = ts_dev_grow(sp->layer, new_size, err))) {
       char msg[sizeof err->msg];
       snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
-      r = ts_layer_error(p->layer, err, r, "data", "cannot grow the data layer: %s", msg);
-    } else if ((r = tmd_resize_data(p->md, nb))) {
-      r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the data space map to %llu blocks: %s%s",
-                         (unsigned long long)nb, ts_strerror(r),
+      r = ts_layer_error(p->layer, err, r, sp->name, "cannot grow the %s layer: %s", sp->name, msg);
+    } else if ((r = sp->resize(p->md, nb))) {
+      r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the %s space map to %llu blocks: %s%s",
+                         sp->name, (unsigned long long)nb, ts_strerror(r),
                          r == -ENOSPC ? " (the metadata device is too small)" : "");
     } else {
       tp_changed(p);
-      atomic_store(&p->out_of_space, false);
+      atomic_store(sp->short_of, false);
       check_low_water(p);
     }
   }
@@ -1092,52 +1102,31 @@ int ts_pool_extend(ts_dev *pool, uint64_t new_size, ts_error *err)
   pthread_rwlock_unlock(&p->txn);
   if (r || nb == cur)
     return r;
-  r = mgmt_commit(p, err, "data space grown");
+  char what[64];
+  snprintf(what, sizeof what, "%s space grown", sp->name);
+  r = mgmt_commit(p, err, what);
   space_appeared(p);
   return r;
+}
+
+int ts_pool_extend(ts_dev *pool, uint64_t new_size, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  if (!p)
+    return -EINVAL;
+  const struct space sp = { "data", p->data, p->bs, TMD_MAX_DATA_BLOCKS, tmd_data_nr_blocks,
+                            tmd_resize_data, &p->out_of_space };
+  return grow_space(p, &sp, new_size, err);
 }
 
 int ts_pool_extend_metadata(ts_dev *pool, uint64_t new_size, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
-  int r;
   if (!p)
     return -EINVAL;
-  if ((r = mgmt_writable(p, err)))
-    return r;
-  if (new_size % 4096 || new_size / 4096 > TMD_MAX_METADATA_BLOCKS)
-    return ts_layer_error(p->layer, err, -EINVAL, NULL,
-                          "new metadata size %llu is not a multiple of 4 KiB up to %llu bytes",
-                          (unsigned long long)new_size,
-                          (unsigned long long)(TMD_MAX_METADATA_BLOCKS * 4096));
-  uint64_t nb = new_size / 4096;
-  pthread_rwlock_wrlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  uint64_t cur = tmd_metadata_nr_blocks(p->md);
-  if (nb < cur) {
-    r = ts_layer_error(p->layer, err, -EINVAL, NULL,
-                       "the pool has %llu bytes of metadata space; it cannot shrink to %llu",
-                       (unsigned long long)(cur * 4096), (unsigned long long)new_size);
-  } else if (nb > cur) {
-    if (ts_dev_size(p->meta) < new_size && (r = ts_dev_grow(p->meta, new_size, err))) {
-      char msg[sizeof err->msg];
-      snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
-      r = ts_layer_error(p->layer, err, r, "metadata", "cannot grow the metadata layer: %s", msg);
-    } else if ((r = tmd_resize_metadata(p->md, nb))) {
-      r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the metadata space map to %llu blocks: %s",
-                         (unsigned long long)nb, ts_strerror(r));
-    } else {
-      tp_changed(p);
-      atomic_store(&p->md_short, false);
-    }
-  }
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
-  if (r || nb == cur)
-    return r;
-  r = mgmt_commit(p, err, "metadata space grown");
-  space_appeared(p);
-  return r;
+  const struct space sp = { "metadata", p->meta, 4096, TMD_MAX_METADATA_BLOCKS,
+                            tmd_metadata_nr_blocks, tmd_resize_metadata, &p->md_short };
+  return grow_space(p, &sp, new_size, err);
 }
 
 int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_id, ts_error *err)
