@@ -37,6 +37,7 @@ double ts_cli_now(void);
 /* Commands implemented in src/cli/cmd_*.c */
 int ts_cli_validate(int argc, char **argv);
 int ts_cli_dump_config(int argc, char **argv);
+int ts_cli_replay_log(int argc, char **argv);
 int ts_cli_info(int argc, char **argv);
 int ts_cli_types(int argc, char **argv);
 int ts_cli_status(int argc, char **argv);

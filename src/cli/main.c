@@ -17,6 +17,8 @@ static const struct ts_cli_command commands[] = {
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
   { "status", ts_cli_status, "CONFIG [NODE]", "print counters and layer state as JSON" },
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
+  { "replay-log", ts_cli_replay_log, "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
+    "rebuild a device from a dm-log-writes log (the log-writes layer's) up to an entry or mark" },
   { "dm-table", ts_cli_dm_table, "CONFIG", "print the equivalent dmsetup table of each node" },
   { "check", ts_cli_check, "METADATA_FILE [--json]",
     "verify thin-pool metadata (structure, checksums, reference counts)" },

@@ -1,0 +1,286 @@
+/* log-writes: pass every request to a child and record each write, discard
+ * and flush, in the order they completed, on a log device in the format of
+ * the kernel's dm-log-writes, so that `thinstack replay-log` (or xfstests'
+ * replay-log) can rebuild the child as it was at any point of the log.
+ *
+ *   { "type": "log-writes", "child": "meta", "log": "metalog" }
+ *
+ * The log (facts from drivers/md/dm-log-writes.c): blocks of `sectorsize`
+ * bytes, the child's logical block size. Block 0 is the super block (magic,
+ * version 1, number of entries, sectorsize; little-endian). Entries follow
+ * from block 1: one block holding {sector, nr_sectors, flags, data_len} (in
+ * sectorsize units; a mark's text after the entry in the same block), then
+ * for a write its nr_sectors blocks of data. Flags: FLUSH 1, FUA 2,
+ * DISCARD 4, MARK 8.
+ *
+ * As the kernel: a write is logged once it completed, a flush once the child
+ * flushed (after the writes that completed before it), closing logs the mark
+ * "dm-log-writes-end"; the super block is rewritten after each FUA write,
+ * flush and mark, which makes those entries count. A log that fills up, or
+ * fails, stops logging (an event says so) while requests go on. Unlike the
+ * kernel the log starts empty at open and is flushed with every flush entry,
+ * so it survives a crash as far as the child's data does. PROVISION passes
+ * through unlogged (it changes no data); WRITE_ZEROES is left to the core,
+ * which turns it into logged zero writes.
+ */
+#include <libthinstack/layer.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LW_MAGIC 0x6a736677736872ull
+#define LW_VERSION 1
+#define LW_FLUSH (1u << 0)
+#define LW_FUA (1u << 1)
+#define LW_DISCARD (1u << 2)
+#define LW_MARK (1u << 3)
+#define LW_END_MARK "dm-log-writes-end"
+
+struct lw_layer {
+  ts_layer *child, *log;
+  uint32_t ss;             /* the log's block size: the child's logical block size */
+  uint64_t log_size;
+  pthread_mutex_t mu;      /* orders appends: the log is in completion order */
+  uint64_t next;           /* byte offset of the next entry */
+  uint64_t entries;
+  bool enabled;
+  int stop_reason;         /* why logging stopped: -ENOSPC (full) or an I/O error */
+  unsigned char *block;    /* one entry block */
+};
+
+static const ts_param lw_params[] = {
+  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device whose writes are logged" },
+  { "log", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the log device (rewritten from its start)" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static void put64(unsigned char *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Under mu. */
+static int write_super(struct lw_layer *w)
+{
+  memset(w->block, 0, w->ss);
+  put64(w->block, LW_MAGIC);
+  put64(w->block + 8, LW_VERSION);
+  put64(w->block + 16, w->entries);
+  uint32_t ss = w->ss;
+  for (int i = 0; i < 4; i++)
+    w->block[24 + i] = (unsigned char)(ss >> (8 * i));
+  return ts_pwrite(w->log, w->block, w->ss, 0, 0);
+}
+
+/* Under mu: stop logging for good, once, saying why. */
+static void stop_logging(ts_layer *l, struct lw_layer *w, int why)
+{
+  if (!w->enabled)
+    return;
+  w->enabled = false;
+  w->stop_reason = why;
+  /* The log device itself still works: make what fitted count. */
+  if (why == -ENOSPC && write_super(w) == 0)
+    (void)ts_flush(w->log);
+  if (why == -ENOSPC)
+    ts_layer_event(l, "log-full", "the log device is full after %llu entries: logging stopped",
+                   (unsigned long long)w->entries);
+  else
+    ts_layer_event(l, "log-failed", "writing the log failed (%s): logging stopped",
+                   ts_strerror(why));
+}
+
+/* Append one entry: `nr` blocks at child block `sector`, with the data in
+ * `iov` (writes) or none (discard, flush), or a mark's text. A log error
+ * stops logging rather than failing the request, as the kernel does. */
+static void append(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sector, uint64_t nr,
+                   const struct iovec *iov, int iovcnt, const char *mark)
+{
+  pthread_mutex_lock(&w->mu);
+  if (!w->enabled) {
+    pthread_mutex_unlock(&w->mu);
+    return;
+  }
+  uint64_t data = iov ? nr * w->ss : 0;
+  if (w->next + w->ss + data > w->log_size) {
+    stop_logging(l, w, -ENOSPC);
+    pthread_mutex_unlock(&w->mu);
+    return;
+  }
+  size_t mlen = mark ? strlen(mark) : 0;
+  memset(w->block, 0, w->ss);
+  put64(w->block, sector);
+  put64(w->block + 8, nr);
+  put64(w->block + 16, flags);
+  put64(w->block + 24, mlen);
+  if (mlen)
+    memcpy(w->block + 32, mark, mlen);
+  int r = ts_pwrite(w->log, w->block, w->ss, w->next, 0);
+  if (!r && iov) {
+    ts_io io = { .op = TS_OP_WRITE, .offset = w->next + w->ss, .length = data, .iov = iov,
+                 .iovcnt = iovcnt };
+    r = ts_submit(w->log, &io);
+  }
+  if (!r) {
+    w->next += w->ss + data;
+    w->entries++;
+    /* These entries count once the super block says so; make them last as
+     * long as what they describe. */
+    if (flags & (LW_FUA | LW_FLUSH | LW_MARK)) {
+      r = write_super(w);
+      if (!r && (flags & (LW_FUA | LW_FLUSH)))
+        r = ts_flush(w->log);
+    }
+  }
+  if (r)
+    stop_logging(l, w, r);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static int lw_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
+  ts_layer *log = ts_layer_child(l, ts_param_string(params, "log", ""));
+  if (!child || !log)
+    return ts_layer_error(l, err, -EINVAL, child ? "log" : "child", "no such layer");
+  if (child == log)
+    return ts_layer_error(l, err, -EINVAL, "log", "the log cannot be the child itself");
+  const ts_limits *cl = ts_dev_limits(child), *ll = ts_dev_limits(log);
+  uint32_t ss = cl->logical_block_size;
+  if (ss < 512 || ss % ll->logical_block_size)
+    return ts_layer_error(l, err, -EINVAL, "log",
+                          "the log's %u-byte blocks do not divide the child's %u-byte blocks",
+                          ll->logical_block_size, ss);
+  if (ll->read_only && !ts_layer_force_read_only(l))
+    return ts_layer_error(l, err, -EROFS, "log", "layer \"%s\" is read-only", ts_dev_name(log));
+  if (ll->size < 2ull * ss)
+    return ts_layer_error(l, err, -EINVAL, "log", "layer \"%s\" is smaller than two %u-byte blocks",
+                          ts_dev_name(log), ss);
+  struct lw_layer *w = calloc(1, sizeof *w);
+  if (!w || posix_memalign((void **)&w->block, 4096, ss)) {
+    free(w);
+    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+  }
+  w->child = child;
+  w->log = log;
+  w->ss = ss;
+  w->log_size = ll->size / ss * ss;
+  w->next = ss;
+  w->enabled = !ll->read_only;
+  pthread_mutex_init(&w->mu, NULL);
+  /* A new, empty log: no entry of an older one can be mistaken for ours. */
+  int r = w->enabled ? write_super(w) : 0;
+  if (!r && w->enabled)
+    r = ts_flush(log);
+  if (r) {
+    pthread_mutex_destroy(&w->mu);
+    free(w->block);
+    free(w);
+    return ts_layer_error(l, err, r, "log", "cannot start the log on \"%s\": %s", ts_dev_name(log),
+                          ts_strerror(r));
+  }
+  ts_layer_set_priv(l, w);
+  return 0;
+}
+
+static void lw_close(ts_layer *l)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  if (!w)
+    return;
+  if (!ts_layer_aborting(l))
+    append(l, w, LW_MARK, 0, 0, NULL, 0, LW_END_MARK);
+  pthread_mutex_lock(&w->mu);
+  if (w->enabled && ts_flush(w->log) != 0)
+    stop_logging(l, w, -EIO);
+  pthread_mutex_unlock(&w->mu);
+  pthread_mutex_destroy(&w->mu);
+  free(w->block);
+  free(w);
+}
+
+static int lw_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  (void)err;
+  struct lw_layer *w = ts_layer_priv(l);
+  /* The child's limits alone: the log's size or speed is no concern of the
+   * requests. */
+  *lim = *ts_dev_limits(w->child);
+  lim->max_write_zeroes_bytes = 0;
+  lim->write_zeroes_unmap = false;
+  return 0;
+}
+
+static int lw_submit(ts_layer *l, const ts_io *io)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  int r = ts_submit(w->child, io);
+  if (r)
+    return r;
+  switch (io->op) {
+  case TS_OP_WRITE:
+    append(l, w, (io->flags & TS_IO_FUA) ? LW_FUA : 0, io->offset / w->ss, io->length / w->ss,
+           io->iov, io->iovcnt, NULL);
+    break;
+  case TS_OP_DISCARD:
+    append(l, w, LW_DISCARD, io->offset / w->ss, io->length / w->ss, NULL, 0, NULL);
+    break;
+  case TS_OP_FLUSH:
+    append(l, w, LW_FLUSH, 0, 0, NULL, 0, NULL);
+    break;
+  default:
+    break;
+  }
+  return 0;
+}
+
+static int lw_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  return ts_block_status(w->child, off, len, out);
+}
+
+static int lw_status(ts_layer *l, json_t *out)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  pthread_mutex_lock(&w->mu);
+  json_object_set_new(out, "logging", json_boolean(w->enabled));
+  json_object_set_new(out, "entries", json_integer((json_int_t)w->entries));
+  json_object_set_new(out, "log_bytes_used", json_integer((json_int_t)w->next));
+  json_object_set_new(out, "log_bytes", json_integer((json_int_t)w->log_size));
+  json_object_set_new(out, "sector_size", json_integer(w->ss));
+  if (w->stop_reason)
+    json_object_set_new(out, "stopped", json_string(w->stop_reason == -ENOSPC ? "log full"
+                                                                              : ts_strerror(w->stop_reason)));
+  pthread_mutex_unlock(&w->mu);
+  return 0;
+}
+
+static char *lw_dm_table(ts_layer *l)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  char *s = NULL;
+  if (asprintf(&s, "0 %llu log-writes <%s> <%s>",
+               (unsigned long long)(ts_dev_size(w->child) / 512), ts_dev_name(w->child),
+               ts_dev_name(w->log)) < 0)
+    return NULL;
+  return s;
+}
+
+const ts_layer_type ts__log_writes_layer_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "log-writes",
+  .summary = "record writes, discards and flushes in dm-log-writes format for replay",
+  .params = lw_params,
+  .thread_model = TS_THREAD_PARALLEL,
+  .open = lw_open,
+  .close = lw_close,
+  .limits = lw_limits,
+  .submit = lw_submit,
+  .block_status = lw_block_status,
+  .status = lw_status,
+  .dm_table = lw_dm_table,
+};

@@ -1,0 +1,231 @@
+/* thinstack replay-log: read a dm-log-writes log (as the log-writes layer or
+ * the kernel's target writes it) and list its entries or replay them onto a
+ * file or block device, up to an entry or a mark: the device as it was at
+ * that point, for checking what a crash there would have left. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libthinstack/layer.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LW_MAGIC 0x6a736677736872ull
+#define LW_FLUSH (1u << 0)
+#define LW_FUA (1u << 1)
+#define LW_DISCARD (1u << 2)
+#define LW_MARK (1u << 3)
+#define LW_METADATA (1u << 4)
+
+static uint64_t get64(const unsigned char *p)
+{
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+
+static int read_at(int fd, void *buf, size_t len, uint64_t off)
+{
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : -ENODATA;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static int write_at(int fd, const void *buf, size_t len, uint64_t off)
+{
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : -EIO;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static void flag_names(uint64_t f, char *buf, size_t n)
+{
+  snprintf(buf, n, "%s%s%s%s%s", f & LW_FLUSH ? "flush " : "", f & LW_FUA ? "fua " : "",
+           f & LW_DISCARD ? "discard " : "", f & LW_MARK ? "mark " : "",
+           f & LW_METADATA ? "metadata " : "");
+  size_t len = strlen(buf);
+  if (len)
+    buf[len - 1] = '\0';
+  else
+    snprintf(buf, n, "write");
+}
+
+/* A discard on the replay target: a hole where it can, zeroes otherwise. */
+static int discard_range(int fd, uint64_t off, uint64_t len)
+{
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+    return 0;
+  if (errno != EOPNOTSUPP)
+    return -errno;
+  for (uint64_t done = 0; done < len;) {
+    size_t n = len - done < TS_ZERO_BUF_SIZE ? (size_t)(len - done) : TS_ZERO_BUF_SIZE;
+    int r = write_at(fd, ts_zero_buffer(), n, off + done);
+    if (r)
+      return r;
+    done += n;
+  }
+  return 0;
+}
+
+int ts_cli_replay_log(int argc, char **argv)
+{
+  if (ts_cli_help(argc, argv))
+    return 0;
+  const char *pos[2] = { NULL, NULL };
+  int npos = 0;
+  bool list = false, json = false;
+  const char *end_mark = NULL;
+  uint64_t limit = UINT64_MAX;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--list"))
+      list = true;
+    else if (!strcmp(argv[i], "--json"))
+      json = true;
+    else if (!strcmp(argv[i], "--end-mark") && i + 1 < argc)
+      end_mark = argv[++i];
+    else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+      char *end;
+      limit = strtoull(argv[++i], &end, 10);
+      if (*end || argv[i][0] == '-') {
+        ts_cli_err("replay-log: --limit: \"%s\" is not a number of entries", argv[i]);
+        return 2;
+      }
+    } else if (argv[i][0] == '-' || npos == 2) {
+      ts_cli_usage(stderr, argv[0]);
+      return 2;
+    } else {
+      pos[npos++] = argv[i];
+    }
+  }
+  if (npos != (list ? 1 : 2)) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  int lfd = open(pos[0], O_RDONLY | O_CLOEXEC);
+  if (lfd < 0) {
+    ts_cli_err("replay-log: cannot open %s: %s", pos[0], strerror(errno));
+    return 1;
+  }
+  int tfd = -1, status = 1;
+  unsigned char *block = NULL, *data = NULL;
+  json_t *arr = json ? json_array() : NULL;
+  unsigned char sb[512];
+  int r = read_at(lfd, sb, sizeof sb, 0);
+  uint64_t nr = get64(sb + 16), ss = (uint64_t)sb[24] | (uint64_t)sb[25] << 8 |
+                                      (uint64_t)sb[26] << 16 | (uint64_t)sb[27] << 24;
+  if (r || get64(sb) != LW_MAGIC || get64(sb + 8) != 1 || ss < 512 || ss > 65536 ||
+      (ss & (ss - 1))) {
+    ts_cli_err("replay-log: %s is not a dm-log-writes log (%s)", pos[0],
+               r ? ts_strerror(r) : "bad magic, version or sector size");
+    goto out;
+  }
+  if (!list) {
+    tfd = open(pos[1], O_WRONLY | O_CLOEXEC);
+    if (tfd < 0) {
+      ts_cli_err("replay-log: cannot open %s for writing: %s", pos[1], strerror(errno));
+      goto out;
+    }
+  }
+  block = malloc(ss);
+  if (!block)
+    goto out;
+  uint64_t at = ss, replayed = 0;
+  bool found_mark = false;
+  for (uint64_t i = 0; i < nr && i < limit && !found_mark; i++) {
+    if ((r = read_at(lfd, block, ss, at)) != 0) {
+      ts_cli_err("replay-log: entry %llu at byte %llu: %s (the log says it has %llu)",
+                 (unsigned long long)i, (unsigned long long)at, ts_strerror(r),
+                 (unsigned long long)nr);
+      goto out;
+    }
+    uint64_t sector = get64(block), n = get64(block + 8), flags = get64(block + 16),
+             dlen = get64(block + 24);
+    char mark[256] = "";
+    if (flags & LW_MARK) {
+      size_t m = dlen < ss - 32 ? (size_t)dlen : (size_t)(ss - 32);
+      if (m >= sizeof mark)
+        m = sizeof mark - 1;
+      memcpy(mark, block + 32, m);
+      mark[m] = '\0';
+    }
+    uint64_t bytes = (flags & LW_DISCARD) ? 0 : n * ss;
+    if (list) {
+      char fl[64];
+      flag_names(flags, fl, sizeof fl);
+      if (json) {
+        json_t *e = json_pack("{s:I,s:s,s:I,s:I}", "index", (json_int_t)i, "flags", fl, "sector",
+                              (json_int_t)sector, "nr_sectors", (json_int_t)n);
+        if (mark[0])
+          json_object_set_new(e, "mark", json_string(mark));
+        json_array_append_new(arr, e);
+      } else {
+        printf("%6llu %-14s sector %-10llu nr %-8llu%s%s\n", (unsigned long long)i, fl,
+               (unsigned long long)sector, (unsigned long long)n, mark[0] ? " mark " : "", mark);
+      }
+    } else if (flags & LW_DISCARD) {
+      if ((r = discard_range(tfd, sector * ss, n * ss)) != 0) {
+        ts_cli_err("replay-log: discard of entry %llu on %s: %s", (unsigned long long)i, pos[1],
+                   ts_strerror(r));
+        goto out;
+      }
+    } else if (bytes) {
+      unsigned char *p = realloc(data, (size_t)bytes);
+      if (!p)
+        goto out;
+      data = p;
+      if ((r = read_at(lfd, data, (size_t)bytes, at + ss)) != 0 ||
+          (r = write_at(tfd, data, (size_t)bytes, sector * ss)) != 0) {
+        ts_cli_err("replay-log: data of entry %llu: %s", (unsigned long long)i, ts_strerror(r));
+        goto out;
+      }
+    }
+    replayed++;
+    at += ss + bytes;
+    found_mark = end_mark && (flags & LW_MARK) && !strcmp(mark, end_mark);
+  }
+  if (end_mark && !found_mark) {
+    ts_cli_err("replay-log: no mark \"%s\" among the %llu entries read", end_mark,
+               (unsigned long long)replayed);
+    goto out;
+  }
+  if (tfd >= 0 && fsync(tfd) != 0 && errno != EINVAL) {
+    ts_cli_err("replay-log: %s: %s", pos[1], strerror(errno));
+    goto out;
+  }
+  if (json) {
+    char *s = json_dumps(arr, JSON_INDENT(2));
+    if (s)
+      puts(s);
+    free(s);
+  } else if (!list) {
+    fprintf(stderr, "replayed %llu of %llu entries onto %s\n", (unsigned long long)replayed,
+            (unsigned long long)nr, pos[1]);
+  }
+  status = 0;
+out:
+  json_decref(arr);
+  free(block);
+  free(data);
+  if (tfd >= 0)
+    close(tfd);
+  close(lfd);
+  return status;
+}
