@@ -244,6 +244,11 @@ TS_EXTERN ts_stack *ts_dev_stack(const ts_dev *dev);
  * error (-ENOSPC, -EIO). */
 TS_EXTERN int ts_dev_grow(ts_dev *dev, uint64_t new_size, ts_error *err);
 
+/* Send a layer a message, as `dmsetup message` does a target: the layer's
+ * own verbs, such as "mark NAME" for log-writes. -EOPNOTSUPP (with a
+ * message) when the layer takes none, -EINVAL for one it does not know. */
+TS_EXTERN int ts_dev_message(ts_dev *dev, const char *message, ts_error *err);
+
 /* The device's status as a JSON object text: request counters, and whatever
  * the layer reports (usage, mode, which kernel path each op takes). The
  * caller frees the string with free(). NULL on allocation failure. */

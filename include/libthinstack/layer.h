@@ -147,6 +147,11 @@ typedef struct ts_layer_type {
    * already absolute. Returns 0 or -ENOMEM. Optional: absent means the
    * parameters never go stale. */
   int (*config)(ts_layer *l, json_t *params);
+
+  /* A message from ts_dev_message(): the layer's own verbs (log-writes:
+   * "mark NAME"). May run concurrently with requests. Returns 0 or -errno
+   * with a message in `err`. Optional: absent means no messages. */
+  int (*message)(ts_layer *l, const char *message, ts_error *err);
 } ts_layer_type;
 
 #define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)

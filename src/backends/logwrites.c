@@ -237,6 +237,31 @@ static int lw_submit(ts_layer *l, const ts_io *io)
   return 0;
 }
 
+/* "mark NAME": an entry replay can stop at (replay-log --end-mark NAME),
+ * logged after every write that completed before it. The kernel keeps a
+ * mark's text to one block less the entry; so do we. */
+static int lw_message(ts_layer *l, const char *msg, ts_error *err)
+{
+  struct lw_layer *w = ts_layer_priv(l);
+  if (strncmp(msg, "mark ", 5) != 0 || !msg[5])
+    return ts_layer_error(l, err, -EINVAL, NULL, "unknown message \"%s\" (log-writes takes \"mark NAME\")",
+                          msg);
+  const char *name = msg + 5;
+  if (strlen(name) >= w->ss - 32)
+    return ts_layer_error(l, err, -EINVAL, NULL, "a mark is at most %u bytes", w->ss - 33);
+  append(l, w, LW_MARK, 0, 0, NULL, 0, name);
+  pthread_mutex_lock(&w->mu);
+  bool ok = w->enabled;
+  pthread_mutex_unlock(&w->mu);
+  if (!ok)
+    return ts_layer_error(l, err, w->stop_reason ? w->stop_reason : -EROFS, NULL,
+                          "the mark was not logged: %s",
+                          w->stop_reason == -ENOSPC ? "the log is full"
+                          : w->stop_reason          ? ts_strerror(w->stop_reason)
+                                                    : "the log is read-only");
+  return 0;
+}
+
 static int lw_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct lw_layer *w = ts_layer_priv(l);
@@ -283,4 +308,5 @@ const ts_layer_type ts__log_writes_layer_type = {
   .block_status = lw_block_status,
   .status = lw_status,
   .dm_table = lw_dm_table,
+  .message = lw_message,
 };

@@ -252,6 +252,16 @@ int ts_dev_grow(ts_dev *d, uint64_t new_size, ts_error *err)
   return 0;
 }
 
+int ts_dev_message(ts_dev *d, const char *message, ts_error *err)
+{
+  const ts_layer_type *t = d->type;
+  if (!message)
+    return ts_layer_error(d, err, -EINVAL, NULL, "no message");
+  if (t->struct_size < offsetof(ts_layer_type, message) + sizeof t->message || !t->message)
+    return ts_layer_error(d, err, -EOPNOTSUPP, NULL, "a %s layer takes no messages", t->name);
+  return t->message(d, message, err);
+}
+
 char *ts_dev_status_json(ts_dev *d)
 {
   json_t *o = json_object();

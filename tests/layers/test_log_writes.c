@@ -69,6 +69,7 @@ START_TEST(layout_and_order)
 {
   ts_stack *s = ts_test_open(dir, stack_json("1M"));
   ts_dev *lw = ts_stack_dev(s, "lw");
+  ts_error err = { 0 };
   ck_assert_str_eq(ts_dev_type(lw), "log-writes");
   ck_assert_uint_eq(ts_dev_size(lw), 1 << 20);
   unsigned char a[4096], b[1024], back[4096];
@@ -78,6 +79,11 @@ START_TEST(layout_and_order)
   ck_assert_int_eq(ts_pwrite(lw, b, sizeof b, 512, TS_IO_FUA), 0);
   ck_assert_int_eq(ts_discard(lw, 65536, 65536), 0);
   ck_assert_int_eq(ts_flush(lw), 0);
+  ck_assert_int_eq(ts_dev_message(lw, "mark after-flush", &err), 0);
+  ck_assert_int_eq(ts_dev_message(lw, "frob", &err), -EINVAL);
+  ck_assert_msg(strstr(err.msg, "mark NAME"), "%s", err.msg);
+  ck_assert_int_eq(ts_dev_message(ts_stack_node(s, "d"), "mark x", &err), -EOPNOTSUPP);
+  ck_assert_msg(strstr(err.msg, "takes no messages"), "%s", err.msg);
   /* WRITE_ZEROES reaches the log as the zero writes the core makes of it. */
   ck_assert_int_eq(ts_write_zeroes(lw, 8192, 1024, 0), 0);
   /* Reads pass through; the child holds what was written. */
@@ -92,7 +98,6 @@ START_TEST(layout_and_order)
   char *table = ts_find_layer_type("log-writes")->dm_table(lw);
   ck_assert_str_eq(table, "0 2048 log-writes <d> <log>");
   free(table);
-  ts_error err = { 0 };
   ck_assert_int_eq(ts_stack_close(s, &err), 0);
 
   size_t len;
@@ -106,6 +111,7 @@ START_TEST(layout_and_order)
     { 1, 2, 2, b, NULL },           /* FUA */
     { 128, 128, 4, NULL, NULL },    /* discard: no data */
     { 0, 0, 1, NULL, NULL },        /* flush */
+    { 0, 0, 8, NULL, "after-flush" },
     { 16, 2, 0, zeroes, NULL },     /* the emulated write-zeroes */
     { 0, 0, 1, NULL, NULL },        /* the flush of the close */
     { 0, 0, 8, NULL, "dm-log-writes-end" },

@@ -341,3 +341,21 @@ def test_threads(stack):
     assert not errors
     for k in range(64):
         assert d.read(k * 8192, 8192) == pattern(8192, k)
+
+
+def test_message(config):
+    cfg = config({"d": file_layer("d.img", "1M"), "log": file_layer("log.img", "1M"),
+                  "lw": {"type": "log-writes", "child": "d", "log": "log"}}, ["lw"])
+    with thinstack.open(cfg) as s:
+        lw = s.device("lw")
+        lw.write(0, b"\1" * 4096)
+        lw.message("mark written")
+        e = raises_errno(errno.EINVAL, lw.message, "frob")
+        assert "mark NAME" in str(e)
+        raises_errno(errno.EOPNOTSUPP, s.node("d").message, "mark x")
+    with open(os.path.join(os.path.dirname(cfg), "log.img"), "rb") as f:
+        log = f.read()
+    # super block, the write's entry and 8 data blocks, then the mark's entry
+    mark = log[512 * 10:512 * 11]
+    assert int.from_bytes(mark[16:24], "little") == 8            # MARK
+    assert mark[32:32 + len(b"written")] == b"written"

@@ -196,6 +196,7 @@ _flush = _fn("ts_flush", _c_int, _P)
 _discard = _fn("ts_discard", _c_int, _P, _u64, _u64)
 _write_zeroes = _fn("ts_write_zeroes", _c_int, _P, _u64, _u64, ctypes.c_uint32)
 _submit = _fn("ts_submit", _c_int, _P, ctypes.POINTER(_Io))
+_dev_message = _fn("ts_dev_message", _c_int, _P, ctypes.c_char_p, ctypes.POINTER(_Error))
 _block_status = _fn("ts_block_status", _c_int, _P, _u64, _u64, ctypes.POINTER(_ExtentList))
 _extent_list_free = _fn("ts_extent_list_free", None, ctypes.POINTER(_ExtentList))
 
@@ -601,6 +602,14 @@ class Device:
     def flush(self) -> None:
         """Make every completed write durable (thin: commit metadata)."""
         self._fail(_flush(self._h()), "flush")
+
+    def message(self, text: str) -> None:
+        """Send the layer one of its own verbs, as `dmsetup message` does
+        (log-writes: "mark NAME"). EOPNOTSUPP for a layer that takes none."""
+        err = _Error()
+        r = _dev_message(self._h(), text.encode(), ctypes.byref(err))
+        if r:
+            raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
 
     def discard(self, offset: int, length: int) -> None:
         """Release a range; it reads as zeroes afterwards where
