@@ -38,24 +38,37 @@ static int positionals(int argc, char **argv, char **pos, int max, const char *c
   return n;
 }
 
-int ts_cli_validate(int argc, char **argv)
+/* The one CONFIG argument of a command taking only `flags` besides it.
+ * Returns NULL after printing help (*status 0) or usage (*status 2). */
+static const char *config_arg(int argc, char **argv, const char *const *flags, int *status)
 {
   char *pos[1];
+  *status = 0;
   if (ts_cli_help(argc, argv))
-    return 0;
-  if (positionals(argc, argv, pos, 1, NULL) != 1) {
+    return NULL;
+  if (positionals(argc, argv, pos, 1, flags) != 1) {
     ts_cli_usage(stderr, argv[0]);
-    return 2;
+    *status = 2;
+    return NULL;
   }
+  return pos[0];
+}
+
+int ts_cli_validate(int argc, char **argv)
+{
+  int status;
+  const char *config = config_arg(argc, argv, NULL, &status);
+  if (!config)
+    return status;
   ts_error err = { 0 };
   ts_open_opts o = { .struct_size = sizeof o, .flags = TS_OPEN_VALIDATE_ONLY };
   ts_stack *st = NULL;
-  int r = ts_stack_open_file(pos[0], &o, &st, &err);
+  int r = ts_stack_open_file(config, &o, &st, &err);
   if (r) {
     ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
     return 1;
   }
-  printf("%s: valid\n", pos[0]);
+  printf("%s: valid\n", config);
   return 0;
 }
 
@@ -63,18 +76,14 @@ int ts_cli_validate(int argc, char **argv)
 int ts_cli_dump_config(int argc, char **argv)
 {
   static const char *const flags[] = { "--show-keys", NULL };
-  char *pos[1];
-  if (ts_cli_help(argc, argv))
-    return 0;
-  if (positionals(argc, argv, pos, 1, flags) != 1) {
-    ts_cli_usage(stderr, argv[0]);
-    return 2;
-  }
-  ts_stack *s = ts_cli_open(pos[0], TS_OPEN_READ_ONLY);
+  int status;
+  const char *config = config_arg(argc, argv, flags, &status);
+  if (!config)
+    return status;
+  ts_stack *s = ts_cli_open(config, TS_OPEN_READ_ONLY);
   if (!s)
     return 1;
   char *json = ts_stack_config_json(s, take_flag(argc, argv, "--show-keys") ? TS_CONFIG_SECRETS : 0);
-  int status = 0;
   if (!json) {
     ts_cli_err("dump-config: out of memory");
     status = 1;
@@ -120,14 +129,11 @@ static void print_limits_table(ts_stack *s)
 int ts_cli_info(int argc, char **argv)
 {
   static const char *const flags[] = { "--json", NULL };
-  char *pos[1];
-  if (ts_cli_help(argc, argv))
-    return 0;
-  if (positionals(argc, argv, pos, 1, flags) != 1) {
-    ts_cli_usage(stderr, argv[0]);
-    return 2;
-  }
-  ts_stack *s = ts_cli_open(pos[0], 0);
+  int status;
+  const char *config = config_arg(argc, argv, flags, &status);
+  if (!config)
+    return status;
+  ts_stack *s = ts_cli_open(config, 0);
   if (!s)
     return 1;
   if (take_flag(argc, argv, "--json")) {
@@ -219,14 +225,11 @@ int ts_cli_types(int argc, char **argv)
 
 int ts_cli_dm_table(int argc, char **argv)
 {
-  char *pos[1];
-  if (ts_cli_help(argc, argv))
-    return 0;
-  if (positionals(argc, argv, pos, 1, NULL) != 1) {
-    ts_cli_usage(stderr, argv[0]);
-    return 2;
-  }
-  ts_stack *s = ts_cli_open(pos[0], 0);
+  int status;
+  const char *config = config_arg(argc, argv, NULL, &status);
+  if (!config)
+    return status;
+  ts_stack *s = ts_cli_open(config, 0);
   if (!s)
     return 1;
   printf("# dmsetup tables, one device per node; <name> stands for /dev/mapper/<name>\n"
