@@ -35,7 +35,8 @@ static const struct ts_cli_command commands[] = {
   { "flush", ts_cli_flush, "CONFIG DEV", "make completed writes durable" },
   { "bench", ts_cli_bench, "NAME [ARGS]", "run a benchmark (thinstack bench --help lists them)" },
   { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
-  { "pool", ts_cli_pool, "create|status|extend CONFIG POOL ...", "format a thin pool, show its state, grow its data space" },
+  { "pool", ts_cli_pool, "create|status|extend|extend-metadata CONFIG POOL ...",
+    "format a thin pool, show its state, grow its data or metadata space" },
   { "thin", ts_cli_thin, "create|snap|delete|list CONFIG POOL ...", "create, snapshot, delete and list thin volumes" },
 };
 
@@ -59,7 +60,7 @@ static void usage(FILE *f)
   fprintf(f, "usage: thinstack COMMAND [ARGS]   (thinstack COMMAND --help for details)\n\n"
              "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
 }
 
 void ts_cli_err(const char *fmt, ...)
