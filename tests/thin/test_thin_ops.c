@@ -561,9 +561,11 @@ START_TEST(out_of_metadata_space)
   ck_assert_int_eq(ts_discard(v, 14 * K64, K64), 0);
   ck_assert_int_eq(ts_flush(v), 0);
   ck_assert_int_eq(ts_provision(v, blk * K64, K64), -ENOSPC);
+  ts_error e = { 0 };
+  ck_assert_int_eq(ts_pool_create_snap(pool, 9, 0, &e), -ENOSPC);
+  ck_assert_msg(strstr(e.msg, "ts_pool_extend_metadata"), "%s", e.msg);
 
   /* Growing the metadata ends it: the refused write now goes through. */
-  ts_error e = { 0 };
   ck_assert_int_eq(ts_pool_extend_metadata(pool, 128 << 10, &e), -EINVAL); /* shrink */
   ck_assert_int_eq(ts_pool_extend_metadata(pool, (1 << 20) + 512, &e), -EINVAL);
   ck_assert_msg(ts_pool_extend_metadata(pool, 1 << 20, &e) == 0, "%s", e.msg);

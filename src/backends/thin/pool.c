@@ -211,6 +211,7 @@ static void space_appeared(struct tp_pool *p)
 #define MD_SLACK 16
 /* Mappings per metadata block, counting leaves only half full. */
 #define MD_MAPPINGS_PER_BLOCK 126
+#define MD_FULL_HINT " (the metadata is down to its commit reserve: grow it with ts_pool_extend_metadata)"
 
 /* How many more mappings the metadata may take. Under lock. */
 static uint64_t md_room(struct tp_pool *p)
@@ -889,7 +890,7 @@ int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
     return r;
   pthread_rwlock_rdlock(&p->txn);
   pthread_rwlock_wrlock(&p->lock);
-  r = tmd_create_thin(p->md, id);
+  r = md_room(p) ? tmd_create_thin(p->md, id) : -ENOSPC;
   if (!r)
     tp_changed(p);
   pthread_rwlock_unlock(&p->lock);
@@ -897,7 +898,8 @@ int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
   if (r == -EEXIST)
     return ts_layer_error(p->layer, err, r, NULL, "volume %u already exists", id);
   if (r)
-    return ts_layer_error(p->layer, err, r, NULL, "cannot create volume %u: %s", id, ts_strerror(r));
+    return ts_layer_error(p->layer, err, r, NULL, "cannot create volume %u: %s%s", id, ts_strerror(r),
+                          r == -ENOSPC ? MD_FULL_HINT : "");
   return mgmt_commit(p, err, "volume created");
 }
 
@@ -913,7 +915,7 @@ int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error 
    * provision in flight, lock exclusive for every read and write. */
   pthread_rwlock_wrlock(&p->txn);
   pthread_rwlock_wrlock(&p->lock);
-  r = tmd_create_snap(p->md, id, origin_id);
+  r = md_room(p) ? tmd_create_snap(p->md, id, origin_id) : -ENOSPC;
   if (!r)
     tp_changed(p);
   pthread_rwlock_unlock(&p->lock);
@@ -923,8 +925,8 @@ int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error 
   if (r == -EEXIST)
     return ts_layer_error(p->layer, err, r, NULL, "volume %u already exists", id);
   if (r)
-    return ts_layer_error(p->layer, err, r, NULL, "cannot snapshot volume %u as %u: %s", origin_id, id,
-                          ts_strerror(r));
+    return ts_layer_error(p->layer, err, r, NULL, "cannot snapshot volume %u as %u: %s%s", origin_id, id,
+                          ts_strerror(r), r == -ENOSPC ? MD_FULL_HINT : "");
   return mgmt_commit(p, err, "snapshot created");
 }
 
