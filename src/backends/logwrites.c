@@ -25,17 +25,14 @@
  */
 #include <libthinstack/layer.h>
 
+#include "backends/logwrites.h"
+#include "core/le.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define LW_MAGIC 0x6a736677736872ull
-#define LW_VERSION 1
-#define LW_FLUSH (1u << 0)
-#define LW_FUA (1u << 1)
-#define LW_DISCARD (1u << 2)
-#define LW_MARK (1u << 3)
 #define LW_END_MARK "dm-log-writes-end"
 
 struct lw_layer {
@@ -56,22 +53,14 @@ static const ts_param lw_params[] = {
   { NULL, 0, 0, NULL, NULL, NULL },
 };
 
-static void put64(unsigned char *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
 /* Under mu. */
 static int write_super(struct lw_layer *w)
 {
   memset(w->block, 0, w->ss);
-  put64(w->block, LW_MAGIC);
-  put64(w->block + 8, LW_VERSION);
-  put64(w->block + 16, w->entries);
-  uint32_t ss = w->ss;
-  for (int i = 0; i < 4; i++)
-    w->block[24 + i] = (unsigned char)(ss >> (8 * i));
+  ts__put64(w->block + LW_SUPER_MAGIC, LW_MAGIC);
+  ts__put64(w->block + LW_SUPER_VERSION, LW_VERSION);
+  ts__put64(w->block + LW_SUPER_ENTRIES, w->entries);
+  ts__put32(w->block + LW_SUPER_SECTORSIZE, w->ss);
   return ts_pwrite(w->log, w->block, w->ss, 0, 0);
 }
 
@@ -112,12 +101,12 @@ static void append(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sec
   }
   size_t mlen = mark ? strlen(mark) : 0;
   memset(w->block, 0, w->ss);
-  put64(w->block, sector);
-  put64(w->block + 8, nr);
-  put64(w->block + 16, flags);
-  put64(w->block + 24, mlen);
+  ts__put64(w->block + LW_ENTRY_SECTOR, sector);
+  ts__put64(w->block + LW_ENTRY_NR, nr);
+  ts__put64(w->block + LW_ENTRY_FLAGS, flags);
+  ts__put64(w->block + LW_ENTRY_DATA_LEN, mlen);
   if (mlen)
-    memcpy(w->block + 32, mark, mlen);
+    memcpy(w->block + LW_ENTRY_SIZE, mark, mlen);
   int r = ts_pwrite(w->log, w->block, w->ss, w->next, 0);
   if (!r && iov) {
     ts_io io = { .op = TS_OP_WRITE, .offset = w->next + w->ss, .length = data, .iov = iov,
@@ -247,8 +236,9 @@ static int lw_message(ts_layer *l, const char *msg, ts_error *err)
     return ts_layer_error(l, err, -EINVAL, NULL, "unknown message \"%s\" (log-writes takes \"mark NAME\")",
                           msg);
   const char *name = msg + 5;
-  if (strlen(name) >= w->ss - 32)
-    return ts_layer_error(l, err, -EINVAL, NULL, "a mark is at most %u bytes", w->ss - 33);
+  if (strlen(name) >= w->ss - LW_ENTRY_SIZE)
+    return ts_layer_error(l, err, -EINVAL, NULL, "a mark is at most %u bytes",
+                          w->ss - LW_ENTRY_SIZE - 1);
   append(l, w, LW_MARK, 0, 0, NULL, 0, name);
   pthread_mutex_lock(&w->mu);
   bool ok = w->enabled;

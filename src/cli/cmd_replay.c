@@ -3,6 +3,8 @@
  * file or block device, up to an entry or a mark: the device as it was at
  * that point, for checking what a crash there would have left. */
 #include "cli/cli.h"
+#include "backends/logwrites.h"
+#include "core/le.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,20 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LW_MAGIC 0x6a736677736872ull
-#define LW_FLUSH (1u << 0)
-#define LW_FUA (1u << 1)
-#define LW_DISCARD (1u << 2)
-#define LW_MARK (1u << 3)
-#define LW_METADATA (1u << 4)
-
-static uint64_t get64(const unsigned char *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
 
 static int read_at(int fd, void *buf, size_t len, uint64_t off)
 {
@@ -129,9 +117,9 @@ int ts_cli_replay_log(int argc, char **argv)
   json_t *arr = json ? json_array() : NULL;
   unsigned char sb[512];
   int r = read_at(lfd, sb, sizeof sb, 0);
-  uint64_t nr = get64(sb + 16), ss = (uint64_t)sb[24] | (uint64_t)sb[25] << 8 |
-                                      (uint64_t)sb[26] << 16 | (uint64_t)sb[27] << 24;
-  if (r || get64(sb) != LW_MAGIC || get64(sb + 8) != 1 || ss < 512 || ss > 65536 ||
+  uint64_t nr = ts__le64(sb + LW_SUPER_ENTRIES), ss = ts__le32(sb + LW_SUPER_SECTORSIZE);
+  if (r || ts__le64(sb + LW_SUPER_MAGIC) != LW_MAGIC ||
+      ts__le64(sb + LW_SUPER_VERSION) != LW_VERSION || ss < 512 || ss > 65536 ||
       (ss & (ss - 1))) {
     ts_cli_err("replay-log: %s is not a dm-log-writes log (%s)", pos[0],
                r ? ts_strerror(r) : "bad magic, version or sector size");
@@ -156,14 +144,14 @@ int ts_cli_replay_log(int argc, char **argv)
                  (unsigned long long)nr);
       goto out;
     }
-    uint64_t sector = get64(block), n = get64(block + 8), flags = get64(block + 16),
-             dlen = get64(block + 24);
+    uint64_t sector = ts__le64(block + LW_ENTRY_SECTOR), n = ts__le64(block + LW_ENTRY_NR),
+             flags = ts__le64(block + LW_ENTRY_FLAGS), dlen = ts__le64(block + LW_ENTRY_DATA_LEN);
     char mark[256] = "";
     if (flags & LW_MARK) {
-      size_t m = dlen < ss - 32 ? (size_t)dlen : (size_t)(ss - 32);
+      size_t m = dlen < ss - LW_ENTRY_SIZE ? (size_t)dlen : (size_t)(ss - LW_ENTRY_SIZE);
       if (m >= sizeof mark)
         m = sizeof mark - 1;
-      memcpy(mark, block + 32, m);
+      memcpy(mark, block + LW_ENTRY_SIZE, m);
       mark[m] = '\0';
     }
     uint64_t bytes = (flags & LW_DISCARD) ? 0 : n * ss;

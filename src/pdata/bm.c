@@ -42,21 +42,21 @@ int pd_block_validate(const uint8_t *data, uint64_t nr, enum pd_btype t, char *w
   if (t == PD_BT_RAW)
     return 0;
   uint32_t want = pd_block_csum(data, pd_btype_salt(t));
-  if (pd_le32(data) != want) {
+  if (ts__le32(data) != want) {
     if (why)
       snprintf(why, whylen, "%s %" PRIu64 ": checksum mismatch (stored %08x, computed %08x)",
-               btype_name(t), nr, pd_le32(data), want);
+               btype_name(t), nr, ts__le32(data), want);
     return -EILSEQ;
   }
-  if (pd_le64(data + 8) != nr) {
+  if (ts__le64(data + 8) != nr) {
     if (why)
       snprintf(why, whylen, "%s %" PRIu64 ": stored block number is %" PRIu64, btype_name(t), nr,
-               pd_le64(data + 8));
+               ts__le64(data + 8));
     return -EILSEQ;
   }
   if (t == PD_BT_NODE) {
-    uint32_t flags = pd_le32(data + NODE_FLAGS), nr_e = pd_le32(data + NODE_NR);
-    uint32_t maxe = pd_le32(data + NODE_MAX), vs = pd_le32(data + NODE_VSIZE);
+    uint32_t flags = ts__le32(data + NODE_FLAGS), nr_e = ts__le32(data + NODE_NR);
+    uint32_t maxe = ts__le32(data + NODE_MAX), vs = ts__le32(data + NODE_VSIZE);
     if (!(flags & (PD_NODE_INTERNAL | PD_NODE_LEAF)) || vs == 0 || maxe == 0 ||
         32 + (uint64_t)(8 + vs) * maxe > PD_BLOCK_SIZE || nr_e > maxe) {
       if (why)
@@ -72,8 +72,8 @@ void pd_block_prepare(uint8_t *data, uint64_t nr, enum pd_btype t)
 {
   if (t == PD_BT_RAW)
     return;
-  pd_put64(data + 8, nr);
-  pd_put32(data, pd_block_csum(data, pd_btype_salt(t)));
+  ts__put64(data + 8, nr);
+  ts__put32(data, pd_block_csum(data, pd_btype_salt(t)));
 }
 
 static size_t hash_of(const struct pd_bm *bm, uint64_t nr)

@@ -12,16 +12,16 @@
 
 static void node_init(uint8_t *n, bool leaf, uint32_t vsize)
 {
-  pd_put32(n + NODE_FLAGS, leaf ? PD_NODE_LEAF : PD_NODE_INTERNAL);
-  pd_put32(n + NODE_NR, 0);
-  pd_put32(n + NODE_MAX, pd_node_max_entries(vsize));
-  pd_put32(n + NODE_VSIZE, vsize);
+  ts__put32(n + NODE_FLAGS, leaf ? PD_NODE_LEAF : PD_NODE_INTERNAL);
+  ts__put32(n + NODE_NR, 0);
+  ts__put32(n + NODE_MAX, pd_node_max_entries(vsize));
+  ts__put32(n + NODE_VSIZE, vsize);
 }
 
-static void set_nr(uint8_t *n, uint32_t nr) { pd_put32(n + NODE_NR, nr); }
-static void set_key(uint8_t *n, uint32_t i, uint64_t k) { pd_put64(n + NODE_KEYS + 8 * (size_t)i, k); }
+static void set_nr(uint8_t *n, uint32_t nr) { ts__put32(n + NODE_NR, nr); }
+static void set_key(uint8_t *n, uint32_t i, uint64_t k) { ts__put64(n + NODE_KEYS + 8 * (size_t)i, k); }
 static uint32_t min_entries(const uint8_t *n) { return pd_node_maxe(n) / 3; }
-static uint64_t child_at(const uint8_t *n, uint32_t i) { return pd_le64(pd_node_cval(n, i)); }
+static uint64_t child_at(const uint8_t *n, uint32_t i) { return ts__le64(pd_node_cval(n, i)); }
 
 /* number of keys <= key */
 static uint32_t upper(const uint8_t *n, uint64_t key)
@@ -120,7 +120,7 @@ static int shadow_child(struct pd_btree *t, struct pd_block *parent, uint32_t i,
 {
   int r = shadow(t, child_at(parent->data, i), out);
   if (!r)
-    pd_put64(pd_node_val(parent->data, i), (*out)->nr);
+    ts__put64(pd_node_val(parent->data, i), (*out)->nr);
   return r;
 }
 
@@ -234,7 +234,7 @@ static void gen_value(const struct vgen *g, uint64_t i, uint8_t *dst, uint32_t v
   if (g->single)
     memcpy(dst, g->single, vs);
   else
-    pd_put64(dst, g->vbase + i * g->vstep);
+    ts__put64(dst, g->vbase + i * g->vstep);
 }
 
 /* The root is full: move its entries into two new children and make it an
@@ -262,9 +262,9 @@ static int split_beneath(struct pd_btree *t, struct pd_block *root)
   memset(tmp, 0, sizeof(tmp));
   node_init(tmp, false, 8);
   uint8_t v[8];
-  pd_put64(v, l->nr);
+  ts__put64(v, l->nr);
   insert_entry(tmp, 0, pd_node_key(l->data, 0), v);
-  pd_put64(v, rr->nr);
+  ts__put64(v, rr->nr);
   insert_entry(tmp, 1, pd_node_key(rr->data, 0), v);
   memcpy(n, tmp, PD_BLOCK_SIZE);
   pd_tm_unlock(t->tm, l);
@@ -286,7 +286,7 @@ static int split_child(struct pd_btree *t, struct pd_block *parent, uint32_t i, 
   copy_entries((*right)->data, c, nr / 2, nr - nr / 2);
   close_gap(c, nr / 2, nr - nr / 2);
   uint8_t v[8];
-  pd_put64(v, (*right)->nr);
+  ts__put64(v, (*right)->nr);
   insert_entry(parent->data, i + 1, pd_node_key((*right)->data, 0), v);
   return 0;
 }
@@ -339,7 +339,7 @@ static int insert_core(struct pd_btree *t, uint64_t root, uint64_t k0, uint64_t 
           }
           node_init(nl->data, true, pd_node_vsize(c));
           uint8_t v[8];
-          pd_put64(v, nl->nr);
+          ts__put64(v, nl->nr);
           insert_entry(n, i + 1, kcur, v);
           pd_tm_unlock(t->tm, child);
           child = nl;

@@ -148,7 +148,7 @@ static uint64_t walk(struct ck *c, enum kind k, uint64_t b, uint64_t lo, uint64_
       total++;
     } else {
       uint64_t chi = i + 1 < nr ? pd_node_key(n, i + 1) : hi;
-      total += walk(c, k, pd_le64(pd_node_cval(n, i)), key, chi, false, depth + 1);
+      total += walk(c, k, ts__le64(pd_node_cval(n, i)), key, chi, false, depth + 1);
     }
   }
 out:
@@ -161,7 +161,7 @@ static void leaf_value(struct ck *c, enum kind k, uint64_t key, const uint8_t *v
 {
   switch (k) {
   case K_TOP: {
-    uint64_t root = pd_le64(v);
+    uint64_t root = ts__le64(v);
     if (c->held_mode) {
       walk(c, K_MAP, root, 0, UINT64_MAX, true, 0);
       break;
@@ -174,7 +174,7 @@ static void leaf_value(struct ck *c, enum kind k, uint64_t key, const uint8_t *v
     break;
   }
   case K_MAP: {
-    uint64_t x = pd_le64(v), db = x >> 24;
+    uint64_t x = ts__le64(v), db = x >> 24;
     uint32_t t = (uint32_t)(x & 0xFFFFFF);
     if (db >= c->dnr)
       rep(c, PD_CHECK_ERROR, "mapping tree leaf %" PRIu64 ": virtual block %" PRIu64 " maps to data block %" PRIu64
@@ -204,14 +204,14 @@ static void leaf_value(struct ck *c, enum kind k, uint64_t key, const uint8_t *v
       break;
     }
     uint64_t n = c->dnr - first < PD_ENTRIES_PER_BITMAP ? c->dnr - first : PD_ENTRIES_PER_BITMAP;
-    load_bitmap(c, pd_le64(v), c->ddisk, first, n, what);
+    load_bitmap(c, ts__le64(v), c->ddisk, first, n, what);
     break;
   }
   case K_OVERFLOW_META:
   case K_OVERFLOW_DATA: {
     uint32_t *disk = k == K_OVERFLOW_META ? c->mdisk : c->ddisk;
     uint64_t lim = k == K_OVERFLOW_META ? c->mnr : c->dnr;
-    uint32_t cnt = pd_le32(v);
+    uint32_t cnt = ts__le32(v);
     if (key >= lim) {
       rep(c, PD_CHECK_ERROR, "%s: entry for block %" PRIu64 " past the end of the map", kind_name[k], key);
     } else if (disk[key] != 3) {
@@ -290,10 +290,10 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
     free(sb);
     return 0;
   }
-  c.mnr = pd_le64(sb + SB_META_NR_BLOCKS);
-  c.dnr = pd_le64(sb + SB_DATA_SM);
-  c.sb_time = pd_le32(sb + SB_TIME);
-  res->transaction_id = pd_le64(sb + SB_TRANS_ID);
+  c.mnr = ts__le64(sb + SB_META_NR_BLOCKS);
+  c.dnr = ts__le64(sb + SB_DATA_SM);
+  c.sb_time = ts__le32(sb + SB_TIME);
+  res->transaction_id = ts__le64(sb + SB_TRANS_ID);
   c.mcount = calloc(c.mnr, 4);
   c.mdisk = calloc(c.mnr, 4);
   c.visited = calloc(c.mnr, 1);
@@ -307,7 +307,7 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
   c.mcount[0]++; /* the superblock */
 
   /* space maps first, so overflow entries can be matched to bitmap counts */
-  uint64_t midx = pd_le64(sb + SB_META_SM + 16);
+  uint64_t midx = ts__le64(sb + SB_META_SM + 16);
   if (ref(&c, midx, "metadata space map index")) {
     uint8_t *ib = malloc(PD_BLOCK_SIZE);
     if (ib && !read_valid(&c, midx, PD_BT_INDEX, ib, "metadata space map index")) {
@@ -317,18 +317,18 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
         uint64_t n = c.mnr - first < PD_ENTRIES_PER_BITMAP ? c.mnr - first : PD_ENTRIES_PER_BITMAP;
         char what[64];
         snprintf(what, sizeof(what), "metadata space map bitmap %" PRIu64, i);
-        load_bitmap(&c, pd_le64(ib + 16 + 16 * i), c.mdisk, first, n, what);
+        load_bitmap(&c, ts__le64(ib + 16 + 16 * i), c.mdisk, first, n, what);
       }
     }
     free(ib);
   }
-  walk(&c, K_INDEX, pd_le64(sb + SB_DATA_SM + 16), 0, UINT64_MAX, true, 0);
-  walk(&c, K_OVERFLOW_META, pd_le64(sb + SB_META_SM + 24), 0, UINT64_MAX, true, 0);
-  walk(&c, K_OVERFLOW_DATA, pd_le64(sb + SB_DATA_SM + 24), 0, UINT64_MAX, true, 0);
+  walk(&c, K_INDEX, ts__le64(sb + SB_DATA_SM + 16), 0, UINT64_MAX, true, 0);
+  walk(&c, K_OVERFLOW_META, ts__le64(sb + SB_META_SM + 24), 0, UINT64_MAX, true, 0);
+  walk(&c, K_OVERFLOW_DATA, ts__le64(sb + SB_DATA_SM + 24), 0, UINT64_MAX, true, 0);
 
   /* the pool's trees */
-  walk(&c, K_TOP, pd_le64(sb + SB_MAPPING_ROOT), 0, UINT64_MAX, true, 0);
-  walk(&c, K_DETAILS, pd_le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, true, 0);
+  walk(&c, K_TOP, ts__le64(sb + SB_MAPPING_ROOT), 0, UINT64_MAX, true, 0);
+  walk(&c, K_DETAILS, ts__le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, true, 0);
   for (size_t i = 0; i < c.ndevs; i++) {
     struct devrec *d = &c.devs[i];
     if (d->have_top)
@@ -340,30 +340,30 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
       rep(&c, PD_CHECK_ERROR, "device %" PRIu64 " is in the mapping tree but not in the details tree", d->id);
     else if (!d->have_top)
       rep(&c, PD_CHECK_ERROR, "device %" PRIu64 " is in the details tree but not in the mapping tree", d->id);
-    else if (pd_le64(d->details) != d->mapped)
+    else if (ts__le64(d->details) != d->mapped)
       rep(&c, PD_CHECK_ERROR, "device %" PRIu64 ": details say %" PRIu64 " mapped blocks, its tree has %" PRIu64,
-          d->id, pd_le64(d->details), d->mapped);
-    if (d->have_details && pd_le32(d->details + 20) > c.sb_time)
+          d->id, ts__le64(d->details), d->mapped);
+    if (d->have_details && ts__le32(d->details + 20) > c.sb_time)
       rep(&c, PD_CHECK_ERROR, "device %" PRIu64 ": snapshot time %u is after the pool time %u", d->id,
-          pd_le32(d->details + 20), c.sb_time);
+          ts__le32(d->details + 20), c.sb_time);
     res->nr_mappings += d->mapped;
   }
   res->nr_devices = c.ndevs;
 
   /* the held metadata snapshot shares the trees: count its references too */
-  uint64_t held = pd_le64(sb + SB_HELD_ROOT);
+  uint64_t held = ts__le64(sb + SB_HELD_ROOT);
   if (held && ref(&c, held, "held metadata snapshot")) {
     uint8_t *hb = malloc(PD_BLOCK_SIZE);
     if (hb && !read_valid(&c, held, PD_BT_SUPER, hb, "held metadata snapshot superblock")) {
       c.held_mode = true;
-      walk(&c, K_TOP, pd_le64(hb + SB_MAPPING_ROOT), 0, UINT64_MAX, true, 0);
-      walk(&c, K_DETAILS, pd_le64(hb + SB_DETAILS_ROOT), 0, UINT64_MAX, true, 0);
+      walk(&c, K_TOP, ts__le64(hb + SB_MAPPING_ROOT), 0, UINT64_MAX, true, 0);
+      walk(&c, K_DETAILS, ts__le64(hb + SB_DETAILS_ROOT), 0, UINT64_MAX, true, 0);
     }
     free(hb);
   }
 
-  compare_counts(&c, "metadata", c.mcount, c.mdisk, c.mnr, pd_le64(sb + SB_META_SM + 8));
-  compare_counts(&c, "data", c.dcount, c.ddisk, c.dnr, pd_le64(sb + SB_DATA_SM + 8));
+  compare_counts(&c, "metadata", c.mcount, c.mdisk, c.mnr, ts__le64(sb + SB_META_SM + 8));
+  compare_counts(&c, "data", c.dcount, c.ddisk, c.dnr, ts__le64(sb + SB_DATA_SM + 8));
   for (uint64_t b = 0; b < c.mnr; b++)
     res->metadata_blocks_used += c.mcount[b] != 0;
   for (uint64_t b = 0; b < c.dnr; b++)

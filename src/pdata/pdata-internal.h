@@ -10,13 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/le.h"
 #include "pdata/bdev.h"
-
-/* ---- little-endian access (all on-disk integers are little-endian) ---- */
-static inline uint32_t pd_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t pd_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static inline void pd_put32(void *p, uint32_t v) { memcpy(p, &v, 4); }
-static inline void pd_put64(void *p, uint64_t v) { memcpy(p, &v, 8); }
 
 /* ---- checksums ---- */
 uint32_t pd_crc32c(const void *buf, size_t len);              /* standard CRC-32C */
@@ -235,10 +230,10 @@ typedef int (*pd_leaf_fn)(void *arg, const uint8_t *node, uint32_t first, uint32
 int pd_btree_walk(struct pd_btree *t, uint64_t root, uint64_t kb, uint64_t ke, pd_leaf_fn fn,
                   void *arg);
 /* Node accessors */
-static inline uint32_t pd_node_nr(const uint8_t *n) { return pd_le32(n + NODE_NR); }
-static inline uint32_t pd_node_maxe(const uint8_t *n) { return pd_le32(n + NODE_MAX); }
-static inline uint32_t pd_node_vsize(const uint8_t *n) { return pd_le32(n + NODE_VSIZE); }
-static inline uint64_t pd_node_key(const uint8_t *n, uint32_t i) { return pd_le64(n + NODE_KEYS + 8 * (size_t)i); }
+static inline uint32_t pd_node_nr(const uint8_t *n) { return ts__le32(n + NODE_NR); }
+static inline uint32_t pd_node_maxe(const uint8_t *n) { return ts__le32(n + NODE_MAX); }
+static inline uint32_t pd_node_vsize(const uint8_t *n) { return ts__le32(n + NODE_VSIZE); }
+static inline uint64_t pd_node_key(const uint8_t *n, uint32_t i) { return ts__le64(n + NODE_KEYS + 8 * (size_t)i); }
 static inline uint8_t *pd_node_val(uint8_t *n, uint32_t i)
 {
   return n + NODE_KEYS + 8 * (size_t)pd_node_maxe(n) + (size_t)pd_node_vsize(n) * i;
@@ -247,7 +242,7 @@ static inline const uint8_t *pd_node_cval(const uint8_t *n, uint32_t i)
 {
   return n + NODE_KEYS + 8 * (size_t)pd_node_maxe(n) + (size_t)pd_node_vsize(n) * i;
 }
-static inline bool pd_node_is_leaf(const uint8_t *n) { return pd_le32(n + NODE_FLAGS) & PD_NODE_LEAF; }
+static inline bool pd_node_is_leaf(const uint8_t *n) { return ts__le32(n + NODE_FLAGS) & PD_NODE_LEAF; }
 
 /* ---- space map on-disk (load / commit), in sm-disk.c ---- */
 int pd_sm_load(struct pd_tm *tm, struct pd_sm *sm, const uint8_t *root32, bool is_meta,

@@ -72,7 +72,7 @@ static int idx_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
       snprintf(c->why, c->whylen, "data space map index: entry for bitmap %" PRIu64 " past the end", k);
       return -EINVAL;
     }
-    int r = load_bitmap(c->tm, c->sm, (size_t)k, pd_le64(pd_node_cval(n, i)), c->why, c->whylen);
+    int r = load_bitmap(c->tm, c->sm, (size_t)k, ts__le64(pd_node_cval(n, i)), c->why, c->whylen);
     if (r)
       return r;
     c->seen[k] = 1;
@@ -90,7 +90,7 @@ static int ov_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
   }
   for (uint32_t i = first; i < first + cnt; i++) {
     uint64_t k = pd_node_key(n, i);
-    uint32_t v = pd_le32(pd_node_cval(n, i));
+    uint32_t v = ts__le32(pd_node_cval(n, i));
     if (k >= c->sm->nr_blocks)
       continue; /* beyond the map: ignored, as the kernel never looks it up */
     int r = pd_sm_load_overflow(c->sm, k, v);
@@ -103,7 +103,7 @@ static int ov_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
 int pd_sm_load(struct pd_tm *tm, struct pd_sm *sm, const uint8_t *root32, bool is_meta, char *why,
                size_t whylen)
 {
-  uint64_t nr_blocks = pd_le64(root32), idx = pd_le64(root32 + 16), ref = pd_le64(root32 + 24);
+  uint64_t nr_blocks = ts__le64(root32), idx = ts__le64(root32 + 16), ref = ts__le64(root32 + 24);
   const char *what = is_meta ? "metadata" : "data";
   if (is_meta && nr_blocks > (uint64_t)PD_MAX_META_BITMAPS * EPB) {
     snprintf(why, whylen, "metadata space map: %" PRIu64 " blocks is more than the format allows", nr_blocks);
@@ -128,7 +128,7 @@ int pd_sm_load(struct pd_tm *tm, struct pd_sm *sm, const uint8_t *root32, bool i
     }
     uint64_t where[PD_MAX_META_BITMAPS];
     for (size_t i = 0; i < sm->nr_bitmaps; i++)
-      where[i] = pd_le64(b->data + 16 + 16 * i);
+      where[i] = ts__le64(b->data + 16 + 16 * i);
     pd_tm_unlock(tm, b);
     for (size_t i = 0; i < sm->nr_bitmaps; i++)
       if ((r = load_bitmap(tm, sm, i, where[i], why, whylen)))
@@ -200,7 +200,7 @@ static int flush_overflow(struct pd_tm *tm, struct pd_sm *sm)
       uint32_t c = pd_sm_get(sm, keys[i]);
       if (c >= 3) {
         uint8_t v[4];
-        pd_put32(v, c);
+        ts__put32(v, c);
         r = pd_btree_insert(&t, sm->ref_root, keys[i], v, &sm->ref_root, NULL);
       } else {
         r = pd_btree_remove_range(&t, sm->ref_root, keys[i], keys[i] + 1, &sm->ref_root, NULL);
@@ -244,9 +244,9 @@ int pd_sm_commit_place(struct pd_tm *tm, struct pd_sm *data, struct pd_sm *meta)
     if ((r = place(tm, &m->blocknr)))
       return r;
     uint8_t v[16];
-    pd_put64(v, m->blocknr);
-    pd_put32(v + 8, m->nr_free);
-    pd_put32(v + 12, pd_sm_none_free_before(data, i));
+    ts__put64(v, m->blocknr);
+    ts__put32(v + 8, m->nr_free);
+    ts__put32(v + 12, pd_sm_none_free_before(data, i));
     if ((r = pd_btree_insert(&idx, data->index_root, i, v, &data->index_root, NULL)))
       return r;
   }
@@ -290,9 +290,9 @@ int pd_sm_commit_write(struct pd_tm *tm, struct pd_sm *data, struct pd_sm *meta)
     return r;
   for (size_t i = 0; i < meta->nr_bitmaps; i++) {
     uint8_t *e = b->data + 16 + 16 * i;
-    pd_put64(e, meta->bm[i].blocknr);
-    pd_put32(e + 8, meta->bm[i].nr_free);
-    pd_put32(e + 12, pd_sm_none_free_before(meta, i));
+    ts__put64(e, meta->bm[i].blocknr);
+    ts__put32(e + 8, meta->bm[i].nr_free);
+    ts__put32(e + 12, pd_sm_none_free_before(meta, i));
   }
   pd_tm_unlock(tm, b);
   return 0;
@@ -300,8 +300,8 @@ int pd_sm_commit_write(struct pd_tm *tm, struct pd_sm *data, struct pd_sm *meta)
 
 void pd_sm_root_encode(const struct pd_sm *sm, uint8_t *root32)
 {
-  pd_put64(root32, sm->nr_blocks);
-  pd_put64(root32 + 8, sm->nr_allocated);
-  pd_put64(root32 + 16, sm->index_root);
-  pd_put64(root32 + 24, sm->ref_root);
+  ts__put64(root32, sm->nr_blocks);
+  ts__put64(root32 + 8, sm->nr_allocated);
+  ts__put64(root32 + 16, sm->index_root);
+  ts__put64(root32 + 24, sm->ref_root);
 }

@@ -55,7 +55,7 @@ static int map_inc(void *ctx, const uint8_t *v, uint32_t n)
 {
   struct tmd *md = ctx;
   for (uint32_t i = 0; i < n; i++) {
-    int r = pd_sm_inc(&md->data, pd_le64(v + 8 * (size_t)i) >> 24);
+    int r = pd_sm_inc(&md->data, ts__le64(v + 8 * (size_t)i) >> 24);
     if (r)
       return r;
   }
@@ -78,7 +78,7 @@ static void freed_report(struct tmd *md, uint64_t b)
 static int map_dec(void *ctx, const uint8_t *v)
 {
   struct tmd *md = ctx;
-  uint64_t b = pd_le64(v) >> 24;
+  uint64_t b = ts__le64(v) >> 24;
   if (md->fr && md->fr->hold && pd_sm_get(&md->data, b) == 1) {
     freed_report(md, b); /* keep the last reference for the caller */
     return 0;
@@ -96,7 +96,7 @@ static int top_inc(void *ctx, const uint8_t *v, uint32_t n)
 {
   struct tmd *md = ctx;
   for (uint32_t i = 0; i < n; i++) {
-    int r = pd_tm_inc(&md->tm, pd_le64(v + 8 * (size_t)i));
+    int r = pd_tm_inc(&md->tm, ts__le64(v + 8 * (size_t)i));
     if (r)
       return r;
   }
@@ -107,7 +107,7 @@ static int top_inc(void *ctx, const uint8_t *v, uint32_t n)
 static int top_dec_subtree(void *ctx, const uint8_t *v)
 {
   struct tmd *md = ctx;
-  return pd_btree_del(&md->map, pd_le64(v));
+  return pd_btree_del(&md->map, ts__le64(v));
 }
 
 static void init_trees(struct tmd *md)
@@ -182,10 +182,10 @@ static void free_state(struct tmd *md)
 
 static void encode_details(const struct tmd_dev_info *in, uint8_t *v)
 {
-  pd_put64(v, in->mapped_blocks);
-  pd_put64(v + 8, in->transaction_id);
-  pd_put32(v + 16, in->creation_time);
-  pd_put32(v + 20, in->snapshotted_time);
+  ts__put64(v, in->mapped_blocks);
+  ts__put64(v + 8, in->transaction_id);
+  ts__put32(v + 16, in->creation_time);
+  ts__put32(v + 20, in->snapshotted_time);
 }
 
 /* ---- loading ---- */
@@ -204,7 +204,7 @@ static int load_top(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
     return -EILSEQ;
   }
   for (uint32_t i = first; i < first + cnt; i++) {
-    uint64_t id = pd_node_key(n, i), root = pd_le64(pd_node_cval(n, i));
+    uint64_t id = pd_node_key(n, i), root = ts__le64(pd_node_cval(n, i));
     if (id > TMD_MAX_DEV_ID || root == 0 || root >= c->md->meta_nr_blocks) {
       snprintf(c->why, c->whylen, "mapping tree: device %" PRIu64 " has invalid id or root %" PRIu64, id, root);
       return -EINVAL;
@@ -232,10 +232,10 @@ static int load_details(void *arg, const uint8_t *n, uint32_t first, uint32_t cn
       return -EINVAL;
     }
     const uint8_t *v = pd_node_cval(n, i);
-    d->info.mapped_blocks = pd_le64(v);
-    d->info.transaction_id = pd_le64(v + 8);
-    d->info.creation_time = pd_le32(v + 16);
-    d->info.snapshotted_time = pd_le32(v + 20);
+    d->info.mapped_blocks = ts__le64(v);
+    d->info.transaction_id = ts__le64(v + 8);
+    d->info.creation_time = ts__le32(v + 16);
+    d->info.snapshotted_time = ts__le32(v + 20);
     d->info_dirty = true; /* marks "seen"; cleared below */
   }
   return 0;
@@ -244,45 +244,45 @@ static int load_details(void *arg, const uint8_t *n, uint32_t first, uint32_t cn
 /* Validate superblock fields; 0 or -errno with why. */
 int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size_t whylen)
 {
-  if (pd_le64(sb + SB_MAGIC) != PD_SB_MAGIC) {
+  if (ts__le64(sb + SB_MAGIC) != PD_SB_MAGIC) {
     snprintf(why, whylen, "superblock: bad magic %" PRIu64 " (expected %llu): not thin-pool metadata",
-             pd_le64(sb + SB_MAGIC), PD_SB_MAGIC);
+             ts__le64(sb + SB_MAGIC), PD_SB_MAGIC);
     return -EINVAL;
   }
-  if (pd_le32(sb) != pd_block_csum(sb, PD_SALT_SUPER)) {
-    snprintf(why, whylen, "superblock: checksum mismatch (stored %08x, computed %08x)", pd_le32(sb),
+  if (ts__le32(sb) != pd_block_csum(sb, PD_SALT_SUPER)) {
+    snprintf(why, whylen, "superblock: checksum mismatch (stored %08x, computed %08x)", ts__le32(sb),
              pd_block_csum(sb, PD_SALT_SUPER));
     return -EILSEQ;
   }
-  if (pd_le64(sb + SB_BLOCKNR) != 0) {
-    snprintf(why, whylen, "superblock: stored block number %" PRIu64 ", expected 0", pd_le64(sb + SB_BLOCKNR));
+  if (ts__le64(sb + SB_BLOCKNR) != 0) {
+    snprintf(why, whylen, "superblock: stored block number %" PRIu64 ", expected 0", ts__le64(sb + SB_BLOCKNR));
     return -EILSEQ;
   }
-  uint32_t ver = pd_le32(sb + SB_VERSION);
+  uint32_t ver = ts__le32(sb + SB_VERSION);
   if (ver != PD_SB_VERSION) {
     snprintf(why, whylen, "superblock: metadata version %u is not supported (only version 2%s)", ver,
              ver == 1 ? "; thin_restore writes 1 unless the XML says version=\"2\"" : "");
     return -EINVAL;
   }
-  if (pd_le32(sb + SB_INCOMPAT)) {
-    snprintf(why, whylen, "superblock: unknown incompatible feature flags 0x%x", pd_le32(sb + SB_INCOMPAT));
+  if (ts__le32(sb + SB_INCOMPAT)) {
+    snprintf(why, whylen, "superblock: unknown incompatible feature flags 0x%x", ts__le32(sb + SB_INCOMPAT));
     return -EINVAL;
   }
-  if (rw && pd_le32(sb + SB_COMPAT_RO)) {
+  if (rw && ts__le32(sb + SB_COMPAT_RO)) {
     snprintf(why, whylen, "superblock: unknown read-only-compatible feature flags 0x%x; open read-only",
-             pd_le32(sb + SB_COMPAT_RO));
+             ts__le32(sb + SB_COMPAT_RO));
     return -EINVAL;
   }
-  if (pd_le32(sb + SB_META_BLOCK_SIZE) != 8) {
-    snprintf(why, whylen, "superblock: metadata block size %u sectors, expected 8", pd_le32(sb + SB_META_BLOCK_SIZE));
+  if (ts__le32(sb + SB_META_BLOCK_SIZE) != 8) {
+    snprintf(why, whylen, "superblock: metadata block size %u sectors, expected 8", ts__le32(sb + SB_META_BLOCK_SIZE));
     return -EINVAL;
   }
-  uint32_t dbs = pd_le32(sb + SB_DATA_BLOCK_SIZE);
+  uint32_t dbs = ts__le32(sb + SB_DATA_BLOCK_SIZE);
   if (dbs < TMD_MIN_DATA_BLOCK_SIZE || dbs > TMD_MAX_DATA_BLOCK_SIZE || dbs % 128) {
     snprintf(why, whylen, "superblock: data block size %u sectors is invalid", dbs);
     return -EINVAL;
   }
-  uint64_t mnr = pd_le64(sb + SB_META_NR_BLOCKS);
+  uint64_t mnr = ts__le64(sb + SB_META_NR_BLOCKS);
   if (mnr < 2 || mnr > TMD_MAX_METADATA_BLOCKS) {
     snprintf(why, whylen, "superblock: metadata size %" PRIu64 " blocks is invalid", mnr);
     return -EINVAL;
@@ -292,16 +292,16 @@ int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size
              mnr, dev_blocks);
     return -EINVAL;
   }
-  if (pd_le64(sb + SB_META_SM) != mnr) {
+  if (ts__le64(sb + SB_META_SM) != mnr) {
     snprintf(why, whylen, "superblock: metadata space map has %" PRIu64 " blocks, superblock says %" PRIu64,
-             pd_le64(sb + SB_META_SM), mnr);
+             ts__le64(sb + SB_META_SM), mnr);
     return -EINVAL;
   }
-  if (pd_le64(sb + SB_DATA_SM) > TMD_MAX_DATA_BLOCKS) {
-    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", pd_le64(sb + SB_DATA_SM));
+  if (ts__le64(sb + SB_DATA_SM) > TMD_MAX_DATA_BLOCKS) {
+    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", ts__le64(sb + SB_DATA_SM));
     return -EINVAL;
   }
-  uint64_t roots[3] = {pd_le64(sb + SB_MAPPING_ROOT), pd_le64(sb + SB_DETAILS_ROOT), pd_le64(sb + SB_HELD_ROOT)};
+  uint64_t roots[3] = {ts__le64(sb + SB_MAPPING_ROOT), ts__le64(sb + SB_DETAILS_ROOT), ts__le64(sb + SB_HELD_ROOT)};
   for (int i = 0; i < 3; i++)
     if ((i < 2 && !roots[i]) || roots[i] >= mnr) {
       snprintf(why, whylen, "superblock: %s block %" PRIu64 " is out of range",
@@ -315,14 +315,14 @@ int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size
 static int load_state(struct tmd *md, char *why, size_t whylen)
 {
   const uint8_t *sb = md->sb;
-  md->flags = pd_le32(sb + SB_FLAGS);
-  md->time = pd_le32(sb + SB_TIME);
-  md->trans_id = pd_le64(sb + SB_TRANS_ID);
-  md->held_root = pd_le64(sb + SB_HELD_ROOT);
-  md->mapping_root = pd_le64(sb + SB_MAPPING_ROOT);
-  md->details_root = pd_le64(sb + SB_DETAILS_ROOT);
-  md->data_block_size = pd_le32(sb + SB_DATA_BLOCK_SIZE);
-  md->meta_nr_blocks = pd_le64(sb + SB_META_NR_BLOCKS);
+  md->flags = ts__le32(sb + SB_FLAGS);
+  md->time = ts__le32(sb + SB_TIME);
+  md->trans_id = ts__le64(sb + SB_TRANS_ID);
+  md->held_root = ts__le64(sb + SB_HELD_ROOT);
+  md->mapping_root = ts__le64(sb + SB_MAPPING_ROOT);
+  md->details_root = ts__le64(sb + SB_DETAILS_ROOT);
+  md->data_block_size = ts__le32(sb + SB_DATA_BLOCK_SIZE);
+  md->meta_nr_blocks = ts__le64(sb + SB_META_NR_BLOCKS);
   int r = pd_sm_load(&md->tm, &md->meta, sb + SB_META_SM, true, why, whylen);
   if (!r)
     r = pd_sm_load(&md->tm, &md->data, sb + SB_DATA_SM, false, why, whylen);
@@ -398,7 +398,7 @@ int tmd_open(const struct pd_bdev *bdev, const struct tmd_config *cfg, struct tm
     return ts_error_set(err, r, "%s", why);
   }
   struct tmd *md;
-  if ((r = create_handle(bdev, cfg, pd_le64(sb + SB_META_NR_BLOCKS), &md))) {
+  if ((r = create_handle(bdev, cfg, ts__le64(sb + SB_META_NR_BLOCKS), &md))) {
     free(sb);
     return ts_error_set(err, r, "out of memory");
   }
@@ -426,19 +426,19 @@ void tmd_close(struct tmd *md)
 static void fill_sb(struct tmd *md, uint8_t *sb)
 {
   memset(sb, 0, PD_BLOCK_SIZE);
-  pd_put32(sb + SB_FLAGS, md->flags);
-  pd_put64(sb + SB_MAGIC, PD_SB_MAGIC);
-  pd_put32(sb + SB_VERSION, PD_SB_VERSION);
-  pd_put32(sb + SB_TIME, md->time);
-  pd_put64(sb + SB_TRANS_ID, md->trans_id);
-  pd_put64(sb + SB_HELD_ROOT, md->held_root);
+  ts__put32(sb + SB_FLAGS, md->flags);
+  ts__put64(sb + SB_MAGIC, PD_SB_MAGIC);
+  ts__put32(sb + SB_VERSION, PD_SB_VERSION);
+  ts__put32(sb + SB_TIME, md->time);
+  ts__put64(sb + SB_TRANS_ID, md->trans_id);
+  ts__put64(sb + SB_HELD_ROOT, md->held_root);
   pd_sm_root_encode(&md->data, sb + SB_DATA_SM);
   pd_sm_root_encode(&md->meta, sb + SB_META_SM);
-  pd_put64(sb + SB_MAPPING_ROOT, md->mapping_root);
-  pd_put64(sb + SB_DETAILS_ROOT, md->details_root);
-  pd_put32(sb + SB_DATA_BLOCK_SIZE, md->data_block_size);
-  pd_put32(sb + SB_META_BLOCK_SIZE, 8);
-  pd_put64(sb + SB_META_NR_BLOCKS, md->meta_nr_blocks);
+  ts__put64(sb + SB_MAPPING_ROOT, md->mapping_root);
+  ts__put64(sb + SB_DETAILS_ROOT, md->details_root);
+  ts__put32(sb + SB_DATA_BLOCK_SIZE, md->data_block_size);
+  ts__put32(sb + SB_META_BLOCK_SIZE, 8);
+  ts__put64(sb + SB_META_NR_BLOCKS, md->meta_nr_blocks);
 }
 
 static int writable(const struct tmd *md)
@@ -455,7 +455,7 @@ static int do_commit(struct tmd *md)
     struct tmd_dev *d = md->devs[i];
     if (d->root_dirty) {
       uint8_t v[8];
-      pd_put64(v, d->root);
+      ts__put64(v, d->root);
       r = pd_btree_insert(&md->top, md->mapping_root, d->id, v, &md->mapping_root, NULL);
     }
     if (!r && d->info_dirty) {
@@ -596,13 +596,13 @@ int tmd_set_needs_check(struct tmd *md, bool on)
 {
   if (md->read_only)
     return -EROFS;
-  uint32_t f = pd_le32(md->sb + SB_FLAGS);
+  uint32_t f = ts__le32(md->sb + SB_FLAGS);
   f = on ? f | PD_SB_FLAG_NEEDS_CHECK : f & ~PD_SB_FLAG_NEEDS_CHECK;
   uint8_t *b = malloc(PD_BLOCK_SIZE);
   if (!b)
     return -ENOMEM;
   memcpy(b, md->sb, PD_BLOCK_SIZE);
-  pd_put32(b + SB_FLAGS, f);
+  ts__put32(b + SB_FLAGS, f);
   pd_block_prepare(b, 0, PD_BT_SUPER);
   int r = pd_bdev_write(&md->bdev, 0, 1, b);
   if (!r)
@@ -635,7 +635,7 @@ static int dev_prepare(struct tmd *md, struct tmd_dev *d)
   if (d->top_ready)
     return 0;
   uint8_t v[8];
-  pd_put64(v, d->root);
+  ts__put64(v, d->root);
   int r = pd_btree_insert(&md->top, md->mapping_root, d->id, v, &md->mapping_root, NULL);
   if (r)
     return r;
@@ -766,7 +766,7 @@ int tmd_lookup(struct tmd *md, uint32_t id, uint64_t vblock, uint64_t *dblock, b
   int r = pd_btree_lookup(&md->map, d->root, vblock, v);
   if (r)
     return r;
-  uint64_t x = pd_le64(v);
+  uint64_t x = ts__le64(v);
   if (dblock)
     *dblock = x >> 24;
   if (shared)
@@ -785,7 +785,7 @@ static int range_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
 {
   struct range_ctx *c = arg;
   for (uint32_t i = first; i < first + cnt; i++) {
-    uint64_t k = pd_node_key(n, i), x = pd_le64(pd_node_cval(n, i));
+    uint64_t k = pd_node_key(n, i), x = ts__le64(pd_node_cval(n, i));
     uint64_t b = x >> 24;
     bool sh = c->snap_time > (uint32_t)(x & 0xFFFFFF);
     if (c->run.len && c->run.vbegin + c->run.len == k && c->run.dbegin + c->run.len == b && c->run.shared == sh) {
@@ -1022,7 +1022,7 @@ int tmd_reserve_metadata_snap(struct tmd *md)
     return r;
   memcpy(b->data, md->sb, PD_BLOCK_SIZE);
   memset(b->data + SB_DATA_SM, 0, 256); /* both space-map roots */
-  pd_put64(b->data + SB_HELD_ROOT, 0);
+  ts__put64(b->data + SB_HELD_ROOT, 0);
   uint64_t h = b->nr;
   pd_tm_unlock(&md->tm, b);
   if ((r = pd_tm_inc(&md->tm, md->mapping_root)) || (r = pd_tm_inc(&md->tm, md->details_root)))
@@ -1042,7 +1042,7 @@ int tmd_release_metadata_snap(struct tmd *md)
   struct pd_block *b;
   if ((r = pd_tm_read(&md->tm, md->held_root, PD_BT_SUPER, &b)))
     return r;
-  uint64_t mroot = pd_le64(b->data + SB_MAPPING_ROOT), droot = pd_le64(b->data + SB_DETAILS_ROOT);
+  uint64_t mroot = ts__le64(b->data + SB_MAPPING_ROOT), droot = ts__le64(b->data + SB_DETAILS_ROOT);
   pd_tm_unlock(&md->tm, b);
   struct pd_btree top = {&md->tm, {8, md, top_inc, top_dec_subtree}};
   md->changed = true;

@@ -64,7 +64,7 @@ static int dump_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
   if (pd_node_vsize(n) != 8)
     return -EILSEQ;
   for (uint32_t i = first; i < first + cnt; i++) {
-    uint64_t k = pd_node_key(n, i), x = pd_le64(pd_node_cval(n, i));
+    uint64_t k = pd_node_key(n, i), x = ts__le64(pd_node_cval(n, i));
     uint64_t d = x >> 24;
     uint32_t t = (uint32_t)(x & 0xFFFFFF);
     if (c->run_len && c->run_v + c->run_len == k && c->run_d + c->run_len == d && c->run_t == t) {
@@ -96,13 +96,13 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
     return ts_error_set(err, r, "%s", why);
   }
   struct pd_bm *bm;
-  if ((r = pd_bm_create(&bm, bdev, pd_le64(sb + SB_META_NR_BLOCKS), 1024))) {
+  if ((r = pd_bm_create(&bm, bdev, ts__le64(sb + SB_META_NR_BLOCKS), 1024))) {
     free(sb);
     return ts_error_set(err, r, "out of memory");
   }
   struct pd_tm tm = {bm, NULL};
   if (use_metadata_snap) {
-    uint64_t held = pd_le64(sb + SB_HELD_ROOT);
+    uint64_t held = ts__le64(sb + SB_HELD_ROOT);
     struct pd_block *b;
     if (!held) {
       r = ts_error_set(err, -EINVAL, "no metadata snapshot is held");
@@ -118,25 +118,25 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
   }
   struct pd_btree top = {&tm, {8, NULL, NULL, NULL}}, det = {&tm, {24, NULL, NULL, NULL}};
   struct dump_ctx c = {.out = out};
-  if ((r = pd_btree_walk(&det, pd_le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, dump_details, &c))) {
+  if ((r = pd_btree_walk(&det, ts__le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, dump_details, &c))) {
     ts_error_set(err, r, "reading the device details tree: %s", r == -EILSEQ ? "invalid node" : strerror(-r));
     goto out_c;
   }
   fprintf(out, "<superblock uuid=\"\" time=\"%u\" transaction=\"%" PRIu64 "\" flags=\"%u\" version=\"%u\" "
           "data_block_size=\"%u\" nr_data_blocks=\"%" PRIu64 "\">\n",
-          pd_le32(sb + SB_TIME), pd_le64(sb + SB_TRANS_ID), pd_le32(sb + SB_FLAGS), pd_le32(sb + SB_VERSION),
-          pd_le32(sb + SB_DATA_BLOCK_SIZE), pd_le64(sb + SB_DATA_SM));
+          ts__le32(sb + SB_TIME), ts__le64(sb + SB_TRANS_ID), ts__le32(sb + SB_FLAGS), ts__le32(sb + SB_VERSION),
+          ts__le32(sb + SB_DATA_BLOCK_SIZE), ts__le64(sb + SB_DATA_SM));
   for (size_t i = 0; i < c.n; i++) {
     struct dump_dev *d = &c.devs[i];
     uint8_t v[8];
-    if (pd_btree_lookup(&top, pd_le64(sb + SB_MAPPING_ROOT), d->id, v))
+    if (pd_btree_lookup(&top, ts__le64(sb + SB_MAPPING_ROOT), d->id, v))
       continue; /* not in the mapping tree: skipped, as thin_dump does */
     fprintf(out, "  <device dev_id=\"%" PRIu64 "\" mapped_blocks=\"%" PRIu64 "\" transaction=\"%" PRIu64
-            "\" creation_time=\"%u\" snap_time=\"%u\">\n", d->id, pd_le64(d->details), pd_le64(d->details + 8),
-            pd_le32(d->details + 16), pd_le32(d->details + 20));
+            "\" creation_time=\"%u\" snap_time=\"%u\">\n", d->id, ts__le64(d->details), ts__le64(d->details + 8),
+            ts__le32(d->details + 16), ts__le32(d->details + 20));
     c.run_len = 0;
     struct pd_btree map = {&tm, {8, NULL, NULL, NULL}};
-    if ((r = pd_btree_walk(&map, pd_le64(v), 0, UINT64_MAX, dump_leaf, &c))) {
+    if ((r = pd_btree_walk(&map, ts__le64(v), 0, UINT64_MAX, dump_leaf, &c))) {
       ts_error_set(err, r, "reading the mappings of device %" PRIu64 ": %s", d->id,
            r == -EILSEQ ? "invalid node" : strerror(-r));
       goto out_c;

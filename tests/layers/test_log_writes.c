@@ -11,6 +11,8 @@
 
 #include <libthinstack/layer.h>
 
+#include "core/le.h"
+
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,14 +24,6 @@ static void teardown(void)
 {
   ts_test_rmdir(dir);
   free(dir);
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
 }
 
 static unsigned char *slurp(const char *name, size_t *len)
@@ -102,8 +96,8 @@ START_TEST(layout_and_order)
 
   size_t len;
   unsigned char *log = slurp("log.img", &len);
-  ck_assert_uint_eq(le64(log), 0x6a736677736872ull);
-  ck_assert_uint_eq(le64(log + 8), 1);
+  ck_assert_uint_eq(ts__le64(log), 0x6a736677736872ull);
+  ck_assert_uint_eq(ts__le64(log + 8), 1);
   ck_assert_uint_eq(log[24] | log[25] << 8, 512);
   const unsigned char zeroes[1024] = { 0 };
   const struct want want[] = {
@@ -117,19 +111,19 @@ START_TEST(layout_and_order)
     { 0, 0, 8, NULL, "dm-log-writes-end" },
   };
   size_t n = sizeof want / sizeof want[0];
-  ck_assert_uint_eq(le64(log + 16), n);
+  ck_assert_uint_eq(ts__le64(log + 16), n);
   size_t at = 512;
   for (size_t i = 0; i < n; i++) {
     const unsigned char *e = log + at;
-    ck_assert_msg(le64(e) == want[i].sector && le64(e + 8) == want[i].nr &&
-                      le64(e + 16) == want[i].flags,
-                  "entry %zu: sector %llu nr %llu flags %llu", i, (unsigned long long)le64(e),
-                  (unsigned long long)le64(e + 8), (unsigned long long)le64(e + 16));
+    ck_assert_msg(ts__le64(e) == want[i].sector && ts__le64(e + 8) == want[i].nr &&
+                      ts__le64(e + 16) == want[i].flags,
+                  "entry %zu: sector %llu nr %llu flags %llu", i, (unsigned long long)ts__le64(e),
+                  (unsigned long long)ts__le64(e + 8), (unsigned long long)ts__le64(e + 16));
     if (want[i].mark) {
-      ck_assert_uint_eq(le64(e + 24), strlen(want[i].mark));
+      ck_assert_uint_eq(ts__le64(e + 24), strlen(want[i].mark));
       ck_assert(memcmp(e + 32, want[i].mark, strlen(want[i].mark)) == 0);
     } else {
-      ck_assert_uint_eq(le64(e + 24), 0);
+      ck_assert_uint_eq(ts__le64(e + 24), 0);
     }
     at += 512;
     if (want[i].data) {
@@ -181,7 +175,7 @@ START_TEST(full_log_stops_logging)
   ck_assert_int_eq(ts_stack_close(s, &err), 0);
   size_t len;
   unsigned char *log = slurp("log.img", &len);
-  ck_assert_uint_eq(le64(log + 16), 1); /* the one entry that fit */
+  ck_assert_uint_eq(ts__le64(log + 16), 1); /* the one entry that fit */
   free(log);
   free(json);
   free(d);

@@ -43,11 +43,11 @@ START_TEST(test_block_checksum_rule)
   uint32_t want = pd_crc32c(blk + 4, 4092) ^ 0xFFFFFFFFu ^ PD_SALT_NODE;
   ck_assert_uint_eq(pd_block_csum(blk, PD_SALT_NODE), want);
   pd_block_prepare(blk, 42, PD_BT_NODE);
-  ck_assert_uint_eq(pd_le64(blk + 8), 42);
+  ck_assert_uint_eq(ts__le64(blk + 8), 42);
   /* a node header is also checked: make it a valid empty leaf first */
-  pd_put32(blk + NODE_FLAGS, PD_NODE_LEAF);
-  pd_put32(blk + NODE_MAX, 252);
-  pd_put32(blk + NODE_VSIZE, 8);
+  ts__put32(blk + NODE_FLAGS, PD_NODE_LEAF);
+  ts__put32(blk + NODE_MAX, 252);
+  ts__put32(blk + NODE_VSIZE, 8);
   pd_block_prepare(blk, 42, PD_BT_NODE);
   ck_assert_int_eq(pd_block_validate(blk, 42, PD_BT_NODE, NULL, 0), 0);
   ck_assert_int_eq(pd_block_validate(blk, 43, PD_BT_NODE, NULL, 0), -EILSEQ);

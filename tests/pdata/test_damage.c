@@ -104,8 +104,8 @@ START_TEST(test_wrong_refcount)
    * the checksum, so only the count is wrong */
   uint8_t buf[4096];
   rw_block(0, buf, false);
-  rw_block(pd_le64(buf + SB_META_SM + 16), buf, false); /* index block */
-  uint64_t nr = pd_le64(buf + 16);                       /* first bitmap */
+  rw_block(ts__le64(buf + SB_META_SM + 16), buf, false); /* index block */
+  uint64_t nr = ts__le64(buf + 16);                       /* first bitmap */
   rw_block(nr, buf, false);
   uint64_t w;
   memcpy(&w, buf + 16, 8);
@@ -128,7 +128,7 @@ START_TEST(test_wrong_mapped_count)
   uint8_t buf[4096];
   rw_block(nr, buf, false);
   uint8_t *v = pd_node_val(buf, 0);
-  pd_put64(v, pd_le64(v) + 1);
+  ts__put64(v, ts__le64(v) + 1);
   pd_block_prepare(buf, nr, PD_BT_NODE);
   rw_block(nr, buf, true);
   ck_assert_uint_gt(our_errors(), 0);
@@ -155,7 +155,7 @@ START_TEST(test_refuse_bad_superblocks)
     rw_block(0, sb, false);
     memcpy(sb + cases[i].off, &cases[i].val, (size_t)cases[i].size);
     if (cases[i].fix_csum)
-      pd_put32(sb, pd_block_csum(sb, PD_SALT_SUPER));
+      ts__put32(sb, pd_block_csum(sb, PD_SALT_SUPER));
     rw_block(0, sb, true);
     void *before, *after;
     size_t lb, la;

@@ -12,6 +12,7 @@
  * Transient ("N"): data chunks from chunk 0, exceptions only in memory.
  */
 #include "backends/snapshot/snap-internal.h"
+#include "core/le.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -90,34 +91,6 @@ void ts__snap_table_free(struct ts__snap_table *t)
 /* ---------------------------------------------------------------------- */
 /* Layout helpers                                                          */
 
-static void put_le32(unsigned char *p, uint32_t v)
-{
-  for (int i = 0; i < 4; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put_le64(unsigned char *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t get_le32(const unsigned char *p)
-{
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--)
-    v = (v << 8) | p[i];
-  return v;
-}
-
-static uint64_t get_le64(const unsigned char *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = (v << 8) | p[i];
-  return v;
-}
-
 static uint64_t area_location(const struct ts__snap_store *st, uint64_t area)
 {
   return 1 + ((uint64_t)st->per_area + 1) * area;
@@ -139,10 +112,10 @@ static int write_header(struct ts__snap_store *st, bool valid)
   unsigned char *h = calloc(1, st->chunk);
   if (!h)
     return -ENOMEM;
-  put_le32(h, TS_SNAP_MAGIC);
-  put_le32(h + 4, valid ? 1 : 0);
-  put_le32(h + 8, TS_SNAP_VERSION);
-  put_le32(h + 12, st->chunk / 512);
+  ts__put32(h, TS_SNAP_MAGIC);
+  ts__put32(h + 4, valid ? 1 : 0);
+  ts__put32(h + 8, TS_SNAP_VERSION);
+  ts__put32(h + 12, st->chunk / 512);
   int r = write_chunk(st, h, 0, TS_IO_FUA);
   free(h);
   return r;
@@ -195,7 +168,7 @@ static int read_exceptions(struct ts__snap_store *st, ts_layer *l, ts_error *err
     uint32_t i;
     for (i = 0; i < st->per_area; i++) {
       const unsigned char *rec = st->area_buf + (size_t)i * 16;
-      uint64_t old = get_le64(rec), nc = get_le64(rec + 8);
+      uint64_t old = ts__le64(rec), nc = ts__le64(rec + 8);
       if (nc == 0)
         break;
       if (nc >= st->cow_chunks)
@@ -255,8 +228,8 @@ static int open_persistent(struct ts__snap_store *st, ts_layer *l,
     return ts_layer_error(l, err, r, "cow", "cannot read the header of \"%s\": %s", cow,
                           ts_strerror(r));
   }
-  uint32_t magic = get_le32(h), valid = get_le32(h + 4), version = get_le32(h + 8);
-  uint32_t sectors = get_le32(h + 12);
+  uint32_t magic = ts__le32(h), valid = ts__le32(h + 4), version = ts__le32(h + 8);
+  uint32_t sectors = ts__le32(h + 12);
   free(h);
 
   bool fresh = magic == 0;
@@ -422,8 +395,8 @@ int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *
     uint32_t from = st->committed;
     for (; i < n && st->committed < st->per_area; i++) {
       unsigned char *rec = st->area_buf + (size_t)st->committed++ * 16;
-      put_le64(rec, v[i].old);
-      put_le64(rec + 8, v[i].new_chunk);
+      ts__put64(rec, v[i].old);
+      ts__put64(rec + 8, v[i].new_chunk);
     }
     if (st->committed < st->per_area) {
       r = write_area_records(st, from, st->committed);
