@@ -140,7 +140,7 @@ static void release_slots(ts_aio_ctx *ctx, uint32_t n)
 static void run_chain(ts_aio_ctx *ctx, struct worker *w, ts_aio_req *req)
 {
   while (req) {
-    req->result = ts_submit(req->priv.dev, &req->priv.io);
+    req->result = ts__submit_checked(req->priv.dev, &req->priv.io);
     w->next = NULL;
     w->in_cb = true;
     deliver_one(ctx, req);
@@ -186,7 +186,7 @@ static void worker_main(void *arg)
       continue;
     }
 
-    req->result = ts_submit(req->priv.dev, &req->priv.io);
+    req->result = ts__submit_checked(req->priv.dev, &req->priv.io);
     release_slots(ctx, 1);
 
     uv_mutex_lock(&ctx->lock);

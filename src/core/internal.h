@@ -59,5 +59,8 @@ int ts__node_flush_all(struct ts_node *n);
  * read-only, support, alignment, range, iovec total): 0 or -EINVAL, -EROFS,
  * -EOPNOTSUPP. Shared with the async API, which rejects at submit time. */
 int ts__io_check(struct ts_node *n, const ts_io *io);
+/* ts_submit() for a request ts__io_check() has passed (the async engine
+ * checks at submit, so its workers need not check again). */
+int ts__submit_checked(struct ts_node *n, const ts_io *io);
 
 #endif

@@ -198,8 +198,17 @@ int ts__io_check(struct ts_node *n, const ts_io *io)
 int ts_submit(ts_dev *n, const ts_io *io)
 {
   int r = ts__io_check(n, io);
-  if (r)
-    goto out;
+  if (r) {
+    if (io->op < TS_OP_COUNT)
+      atomic_fetch_add_explicit(&n->nr_err[io->op], 1, memory_order_relaxed);
+    return r;
+  }
+  return ts__submit_checked(n, io);
+}
+
+int ts__submit_checked(struct ts_node *n, const ts_io *io)
+{
+  int r;
   atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
   const ts_limits *lim = &n->limits;
@@ -238,8 +247,7 @@ int ts_submit(ts_dev *n, const ts_io *io)
   }
   if (!r && fua_after)
     r = flush_node(n);
-out:
-  if (r && io->op < TS_OP_COUNT)
+  if (r)
     atomic_fetch_add_explicit(&n->nr_err[io->op], 1, memory_order_relaxed);
   return r;
 }
