@@ -230,14 +230,12 @@ static int load_plugins(struct ts_stack *s, const json_t *plugins, ts_error *err
   json_array_foreach(plugins, i, p) {
     if (!json_is_string(p))
       return ts_error_set(err, -EINVAL, "plugins[%zu]: expected a path, got %s", i, json_kind(p));
-    const char *rel = json_string_value(p);
-    char path[4096];
-    if (rel[0] == '/' || !s->base_dir)
-      snprintf(path, sizeof path, "%s", rel);
-    else
-      snprintf(path, sizeof path, "%s/%s", s->base_dir, rel);
+    char *path = ts__stack_path(s, json_string_value(p));
+    if (!path)
+      return ts_error_set(err, -ENOMEM, "plugins[%zu]: out of memory", i);
     ts_error e2;
     int r = ts_load_layer_module(path, &e2);
+    free(path);
     if (r)
       return ts_error_set(err, r, "plugins[%zu]: %s", i, e2.msg);
   }

@@ -57,13 +57,11 @@ static int rewrite_plugins(struct ts_stack *s, json_t *root)
   json_t *p;
   json_array_foreach(plugins, i, p) {
     const char *rel = json_string_value(p);
-    if (!rel || rel[0] == '/' || !s->base_dir)
+    if (!rel)
       continue;
-    size_t len = strlen(s->base_dir) + strlen(rel) + 2;
-    char *abs = malloc(len);
+    char *abs = ts__stack_path(s, rel);
     if (!abs)
       return -ENOMEM;
-    snprintf(abs, len, "%s/%s", s->base_dir, rel);
     int r = json_array_set_new(plugins, i, json_string(abs));
     free(abs);
     if (r)

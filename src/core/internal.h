@@ -53,6 +53,10 @@ json_t *ts__limits_to_json(const ts_limits *lim);
 void ts__registry_init(void);
 int ts__load_plugin_dir(const char *dir, ts_error *err);
 
+/* stack.c: `path` resolved against the stack's (absolute) base folder;
+ * malloc'd, NULL when out of memory. */
+char *ts__stack_path(const struct ts_stack *s, const char *path);
+
 /* io.c */
 int ts__node_flush_all(struct ts_node *n);
 /* The checks ts_submit makes before a request reaches a layer (op, flags,

@@ -312,15 +312,20 @@ ts_layer *ts_layer_child(ts_layer *l, const char *name)
   return NULL;
 }
 
-char *ts_layer_path(ts_layer *l, const char *path)
+char *ts__stack_path(const struct ts_stack *s, const char *path)
 {
-  if (path[0] == '/' || !l->stack->base_dir)
+  if (path[0] == '/' || !s->base_dir)
     return strdup(path);
-  size_t n = strlen(l->stack->base_dir) + strlen(path) + 2;
+  size_t n = strlen(s->base_dir) + strlen(path) + 2;
   char *p = malloc(n);
   if (p)
-    snprintf(p, n, "%s/%s", l->stack->base_dir, path);
+    snprintf(p, n, "%s/%s", s->base_dir, path);
   return p;
+}
+
+char *ts_layer_path(ts_layer *l, const char *path)
+{
+  return ts__stack_path(l->stack, path);
 }
 
 int ts_layer_error(ts_layer *l, ts_error *err, int code, const char *key, const char *fmt, ...)
