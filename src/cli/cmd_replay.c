@@ -4,6 +4,7 @@
  * that point, for checking what a crash there would have left. */
 #include "cli/cli.h"
 #include "backends/logwrites.h"
+#include "core/internal.h"
 #include "core/le.h"
 
 #include <errno.h>
@@ -15,34 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
-static int read_at(int fd, void *buf, size_t len, uint64_t off)
-{
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return n < 0 ? -errno : -ENODATA;
-    done += (size_t)n;
-  }
-  return 0;
-}
-
-static int write_at(int fd, const void *buf, size_t len, uint64_t off)
-{
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return n < 0 ? -errno : -EIO;
-    done += (size_t)n;
-  }
-  return 0;
-}
 
 static void flag_names(uint64_t f, char *buf, size_t n)
 {
@@ -65,7 +38,7 @@ static int discard_range(int fd, uint64_t off, uint64_t len)
     return -errno;
   for (uint64_t done = 0; done < len;) {
     size_t n = len - done < TS_ZERO_BUF_SIZE ? (size_t)(len - done) : TS_ZERO_BUF_SIZE;
-    int r = write_at(fd, ts_zero_buffer(), n, off + done);
+    int r = ts__fd_rw(fd, true, (void *)ts_zero_buffer(), n, off + done);
     if (r)
       return r;
     done += n;
@@ -116,7 +89,7 @@ int ts_cli_replay_log(int argc, char **argv)
   unsigned char *block = NULL, *data = NULL;
   json_t *arr = json ? json_array() : NULL;
   unsigned char sb[512];
-  int r = read_at(lfd, sb, sizeof sb, 0);
+  int r = ts__fd_rw(lfd, false, sb, sizeof sb, 0);
   uint64_t nr = ts__le64(sb + LW_SUPER_ENTRIES), ss = ts__le32(sb + LW_SUPER_SECTORSIZE);
   if (r || ts__le64(sb + LW_SUPER_MAGIC) != LW_MAGIC ||
       ts__le64(sb + LW_SUPER_VERSION) != LW_VERSION || ss < 512 || ss > 65536 ||
@@ -138,7 +111,7 @@ int ts_cli_replay_log(int argc, char **argv)
   uint64_t at = ss, replayed = 0;
   bool found_mark = false;
   for (uint64_t i = 0; i < nr && i < limit && !found_mark; i++) {
-    if ((r = read_at(lfd, block, ss, at)) != 0) {
+    if ((r = ts__fd_rw(lfd, false, block, ss, at)) != 0) {
       ts_cli_err("replay-log: entry %llu at byte %llu: %s (the log says it has %llu)",
                  (unsigned long long)i, (unsigned long long)at, ts_strerror(r),
                  (unsigned long long)nr);
@@ -179,8 +152,8 @@ int ts_cli_replay_log(int argc, char **argv)
       if (!p)
         goto out;
       data = p;
-      if ((r = read_at(lfd, data, (size_t)bytes, at + ss)) != 0 ||
-          (r = write_at(tfd, data, (size_t)bytes, sector * ss)) != 0) {
+      if ((r = ts__fd_rw(lfd, false, data, (size_t)bytes, at + ss)) != 0 ||
+          (r = ts__fd_rw(tfd, true, data, (size_t)bytes, sector * ss)) != 0) {
         ts_cli_err("replay-log: data of entry %llu: %s", (unsigned long long)i, ts_strerror(r));
         goto out;
       }

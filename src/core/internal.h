@@ -53,6 +53,10 @@ json_t *ts__limits_to_json(const ts_limits *lim);
 void ts__registry_init(void);
 int ts__load_plugin_dir(const char *dir, ts_error *err);
 
+/* util.c: all of [off, off+len) read or written with pread/pwrite, retried
+ * on EINTR and short transfers: 0, -errno, or -EIO where the file ends. */
+int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off);
+
 /* stack.c: `path` resolved against the stack's (absolute) base folder;
  * malloc'd, NULL when out of memory. */
 char *ts__stack_path(const struct ts_stack *s, const char *path);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *ts_version(void) { return TS_VERSION_STRING; }
 
@@ -251,4 +252,22 @@ int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
     skip = 0;
   }
   return n;
+}
+
+int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off)
+{
+  unsigned char *p = buf;
+  while (len) {
+    ssize_t n = write ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    if (n == 0)
+      return -EIO;
+    p += n;
+    len -= (size_t)n;
+    off += (uint64_t)n;
+  }
+  return 0;
 }

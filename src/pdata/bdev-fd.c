@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/internal.h"
 #include "pdata/bdev.h"
 
 struct fd_ctx {
@@ -17,25 +18,10 @@ struct fd_ctx {
   bool own;
 };
 
+/* A short file is an I/O error. */
 static int fd_rw(int fd, bool wr, uint64_t block, uint32_t count, void *buf)
 {
-  size_t len = (size_t)count * PD_BLOCK_SIZE;
-  off_t off = (off_t)(block * PD_BLOCK_SIZE);
-  uint8_t *p = buf;
-  while (len) {
-    ssize_t n = wr ? pwrite(fd, p, len, off) : pread(fd, p, len, off);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (n == 0)
-      return -EIO; /* short file: treat as an I/O error */
-    p += n;
-    len -= (size_t)n;
-    off += n;
-  }
-  return 0;
+  return ts__fd_rw(fd, wr, buf, (size_t)count * PD_BLOCK_SIZE, block * PD_BLOCK_SIZE);
 }
 
 static int fd_read(void *ctx, uint64_t block, uint32_t count, void *buf)
