@@ -136,7 +136,9 @@ static void *base_main(void *arg)
     return NULL;
   }
   uint64_t ops = 0;
-  while (ts_cli_now() < run->deadline && !atomic_load(&run->err)) {
+  /* At least one op per thread, as every layer slot does one: a thread that
+   * starts after a short deadline would otherwise count none. */
+  do {
     uint64_t off = pick_offset(run->t, run->size, &bt->rng, &run->cursor);
     ssize_t n = run->t->write ? pwrite(run->fd, buf, run->t->bs, (off_t)off)
                               : pread(run->fd, buf, run->t->bs, (off_t)off);
@@ -145,7 +147,7 @@ static void *base_main(void *arg)
       break;
     }
     ops++;
-  }
+  } while (ts_cli_now() < run->deadline && !atomic_load(&run->err));
   atomic_fetch_add(&run->ops, ops);
   free(buf);
   return NULL;

@@ -32,6 +32,14 @@ for x in rows:
 print(sys.argv[3], "targets:", sorted(targets))
 PY
 done
+# A deadline that passes before any thread starts still counts one op per
+# thread, in the baseline as in the layers, so no ratio divides by zero.
+"$THINSTACK" bench io --cached --seconds 0.000001 --size 8M --workers 4 --dir "$TMP" --json |
+  python3 -c '
+import json, sys
+rows = json.load(sys.stdin)["results"]
+zero = [(x["target"], x["test"], x["depth"]) for x in rows if x["ops"] == 0]
+assert not zero, zero' || fail "a cell counted no op"
 # Everything it created is gone again.
 [ -z "$(ls -A "$TMP")" ] || fail "bench io left files behind: $(ls "$TMP")"
 "$THINSTACK" bench io --seconds 0 && fail "--seconds 0 accepted"
