@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,4 +200,24 @@ int ts_test_thin_check(const char *meta, char **complaints)
   else
     free(rest);
   return st;
+}
+
+int64_t ts_test_op_errors(ts_dev *d, const char *op)
+{
+  char *text = ts_dev_status_json(d);
+  json_t *st = text ? json_loads(text, 0, NULL) : NULL;
+  free(text);
+  json_t *reqs = json_object_get(st, "requests");
+  ck_assert_msg(json_is_object(reqs), "status has no \"requests\" object");
+  int64_t n = 0;
+  const char *name;
+  json_t *c;
+  json_object_foreach(reqs, name, c) {
+    if (!op || strcmp(op, name) == 0)
+      n += json_integer_value(json_object_get(c, "errors"));
+  }
+  if (op)
+    ck_assert_msg(json_object_get(reqs, op), "status counts no op \"%s\"", op);
+  json_decref(st);
+  return n;
 }

@@ -51,6 +51,10 @@ uint64_t ts_test_allocated(const char *path);   /* st_blocks * 512 */
 /* Fill `buf` with a deterministic pattern from `seed`. */
 void ts_test_pattern(void *buf, size_t len, uint64_t seed);
 
+/* The core's error count for op `op` ("write", ...) of a node, read from
+ * ts_dev_status_json; op NULL: the sum over every op. */
+int64_t ts_test_op_errors(ts_dev *d, const char *op);
+
 /* Run a suite, returning the process exit status. */
 int ts_test_main(Suite *s);
 
