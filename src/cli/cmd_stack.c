@@ -133,7 +133,7 @@ int ts_cli_info(int argc, char **argv)
   const char *config = config_arg(argc, argv, flags, &status);
   if (!config)
     return status;
-  ts_stack *s = ts_cli_open(config, 0);
+  ts_stack *s = ts_cli_open(config, TS_OPEN_READ_ONLY);
   if (!s)
     return 1;
   if (take_flag(argc, argv, "--json")) {
@@ -163,7 +163,7 @@ int ts_cli_status(int argc, char **argv)
     ts_cli_usage(stderr, argv[0]);
     return 2;
   }
-  ts_stack *s = ts_cli_open(pos[0], 0);
+  ts_stack *s = ts_cli_open(pos[0], TS_OPEN_READ_ONLY);
   if (!s)
     return 1;
   int status = 0;
@@ -229,7 +229,7 @@ int ts_cli_dm_table(int argc, char **argv)
   const char *config = config_arg(argc, argv, NULL, &status);
   if (!config)
     return status;
-  ts_stack *s = ts_cli_open(config, 0);
+  ts_stack *s = ts_cli_open(config, TS_OPEN_READ_ONLY);
   if (!s)
     return 1;
   printf("# dmsetup tables, one device per node; <name> stands for /dev/mapper/<name>\n"
