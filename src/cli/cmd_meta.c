@@ -47,7 +47,7 @@ static int meta_open(struct pd_bdev *bdev, const char *path, const char *cmd, ts
   if (r == -ENOENT)
     ts_cli_err("%s: %s (thinstack pool create CONFIG POOL makes a pool's metadata)", cmd, err->msg);
   else if (r)
-    ts_cli_err("%s: %s", cmd, err->msg);
+    ts_cli_err("%s: %s%s", cmd, err->msg, r == -EBUSY ? " (EBUSY)" : "");
   else if (stale)
     ts_cli_err("warning: %s is open for writing by another process: what %s shows may be stale "
                "or inconsistent", path, cmd);
@@ -187,7 +187,7 @@ int ts_cli_restore(int argc, char **argv)
   ts_error err = {0};
   if (pd_bdev_open_file(&bdev, argv[2], false, &err)) {
     fclose(in);
-    ts_cli_err("restore: %s", err.msg);
+    ts_cli_err("restore: %s%s", err.msg, err.code == -EBUSY ? " (EBUSY)" : "");
     return 2;
   }
   int r = pd_restore_xml(&bdev, in, &err);

@@ -148,6 +148,8 @@ ts_stack *ts_cli_open(const char *config, unsigned flags)
     if (pool)
       ts_cli_err("%s (the pool does not exist yet: thinstack pool create %s %s makes it)", err.msg,
                  config, pool);
+    else if (r == -EBUSY)
+      ts_cli_err("%s (EBUSY)", err.msg); /* scripts tell "in use" from other failures */
     else
       ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
     json_decref(root);
