@@ -12,7 +12,8 @@
 static const struct ts_cli_command commands[] = {
   { "demo", ts_cli_demo, "[--dir DIR] [--size SIZE] [--keep]",
     "build a stack on sparse files in a temp dir and compare provision with writing zeroes" },
-  { "validate", ts_cli_validate, "CONFIG", "check a stack configuration without opening it" },
+  { "validate", ts_cli_validate, "CONFIG",
+    "check a stack configuration; what exists is opened read-only, nothing is created" },
   { "dump-config", ts_cli_dump_config, "CONFIG [--show-keys]",
     "print the configuration that re-opens the stack as it is now (absolute paths, grown sizes)" },
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },

@@ -61,6 +61,29 @@ listing >"$OUT/before"
 listing >"$OUT/after"
 diff -u "$OUT/before" "$OUT/after" >&2 || fail "validate changed the folder"
 
+# validate checks against what exists, opening it read-only: a file whose
+# size disagrees and a segment past its child's end are caught, and nothing
+# changes.
+truncate -s 1M "$TMP/small.img"
+cat >"$TMP/mismatch.json" <<'EOF'
+{ "version": 1, "layers": { "d": { "type": "file", "path": "small.img", "size": "2M",
+  "create": true } }, "exports": ["d"] }
+EOF
+cat >"$TMP/segment.json" <<'EOF'
+{ "version": 1, "layers": { "d": { "type": "file", "path": "small.img" },
+  "l": { "type": "linear", "segments": [ { "child": "d", "offset": "512K", "length": "1M" } ] } },
+  "exports": ["l"] }
+EOF
+listing >"$OUT/before"
+if "$THINSTACK" validate "$TMP/mismatch.json" 2>"$OUT/err"; then fail "validate passed a size mismatch"; fi
+grep -q "layers.d.size: .*small.img is 1048576 bytes, the configuration says 2097152" "$OUT/err" ||
+  fail "validate: $(cat "$OUT/err")"
+if "$THINSTACK" validate "$TMP/segment.json" 2>"$OUT/err"; then fail "validate passed a segment past its child"; fi
+grep -q "layers.l" "$OUT/err" || fail "validate: $(cat "$OUT/err")"
+listing >"$OUT/after"
+diff -u "$OUT/before" "$OUT/after" >&2 || fail "validate changed the folder"
+rm "$TMP/small.img" "$TMP/mismatch.json" "$TMP/segment.json"
+
 # A plain file layer: the creating step is a writing open.
 cat >"$TMP/file.json" <<'EOF'
 { "version": 1, "layers": { "d": { "type": "file", "path": "plain.img", "size": "1M",
