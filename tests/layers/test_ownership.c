@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -313,6 +314,87 @@ START_TEST(read_only_creates_nothing)
 }
 END_TEST
 
+/* A layer type of the kind a plugin would bring: it opens its file itself
+ * and claims it through the public helper, so it follows the same rule. */
+static const ts_param raw_params[] = {
+  { "path", TS_PARAM_PATH, TS_PARAM_REQUIRED, NULL, NULL, "a file" },
+  { NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static int raw_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  char *path = ts_layer_path(l, ts_param_string(params, "path", ""));
+  bool ro = ts_layer_force_read_only(l);
+  int fd = open(path, (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  int r = fd < 0 ? ts_layer_error(l, err, -errno, "path", "cannot open %s", path)
+                 : ts_layer_claim_fd(l, fd, path, !ro, err);
+  free(path);
+  if (r) {
+    if (fd >= 0)
+      close(fd);
+    return r;
+  }
+  ts_layer_set_priv(l, (void *)(intptr_t)(fd + 1));
+  return 0;
+}
+
+static void raw_close(ts_layer *l) { close((int)(intptr_t)ts_layer_priv(l) - 1); }
+
+static int raw_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+{
+  (void)l;
+  (void)err;
+  lim->size = 4 << 20;
+  lim->read_only = true;
+  return 0;
+}
+
+static int raw_submit(ts_layer *l, const ts_io *io)
+{
+  (void)l;
+  (void)io;
+  return -EOPNOTSUPP;
+}
+
+static const ts_layer_type raw_type = {
+  TS_LAYER_TYPE_INIT,
+  .name = "test-raw",
+  .summary = "a file claimed through ts_layer_claim_fd",
+  .params = raw_params,
+  .open = raw_open,
+  .close = raw_close,
+  .limits = raw_limits,
+  .submit = raw_submit,
+};
+
+START_TEST(plugin_layers_claim_through_the_helper)
+{
+  int r = ts_register_layer_type(&raw_type);
+  ck_assert(r == 0 || r == -EEXIST);
+  ts_stack_close(ts_test_open(dir, FILE_STACK), NULL);
+  const char *raw = "{ \"version\": 1, \"layers\": { \"r\": { \"type\": \"test-raw\", "
+                    "\"path\": \"disk.img\" } }, \"exports\": [\"r\"] }";
+  ts_stack *p = ts_test_open(dir, raw), *f = NULL;
+  ts_error err;
+  /* The file layer is refused while the plugin layer holds the file ... */
+  ck_assert_int_eq(try_open(FILE_STACK, 0, NULL, &f, &err), -EBUSY);
+  ck_assert_msg(strstr(err.msg, "disk.img is in use by pid "), "%s", err.msg);
+  ts_stack_close(p, NULL);
+  /* ... and the other way round. */
+  f = ts_test_open(dir, FILE_STACK);
+  ck_assert_int_eq(try_open(raw, 0, NULL, &p, &err), -EBUSY);
+  ck_assert_msg(strstr(err.msg, "layers.r: ") && strstr(err.msg, "disk.img is in use by pid "),
+                "%s", err.msg);
+  ts_stack_close(f, NULL);
+  /* One stack with both on the same file is refused naming both layers. */
+  const char *both = "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
+                     "\"path\": \"disk.img\" }, \"r\": { \"type\": \"test-raw\", "
+                     "\"path\": \"disk.img\" } }, \"exports\": [\"d\", \"r\"] }";
+  ck_assert_int_eq(try_open(both, 0, NULL, &p, &err), -EBUSY);
+  ck_assert_msg(strstr(err.msg, "layer \"d\"") || strstr(err.msg, "layer \"r\""), "%s", err.msg);
+}
+END_TEST
+
 static Suite *suite(void)
 {
   Suite *s = suite_create("ownership");
@@ -326,6 +408,7 @@ static Suite *suite(void)
   tcase_add_test(t, exec_child_does_not_keep_the_lock);
   tcase_add_test(t, created_files_are_0600_and_mode_widens);
   tcase_add_test(t, read_only_creates_nothing);
+  tcase_add_test(t, plugin_layers_claim_through_the_helper);
   suite_add_tcase(s, t);
   return s;
 }
