@@ -108,6 +108,9 @@ for c in "info $CONFIG" "map $CONFIG vm0" "status $CONFIG" "dump-config $CONFIG"
   # shellcheck disable=SC2086
   "$THINSTACK" $c >/dev/null 2>"$OUT/err" || fail "$c failed: $(cat "$OUT/err")"
 done
+# read -o creates its output for the caller alone, whatever the umask.
+(umask 022 && "$THINSTACK" read "$CONFIG" vm0 0 4096 -o "$OUT/read.bin") || fail "read -o failed"
+[ "$(stat -c %a "$OUT/read.bin")" = 600 ] || fail "read -o created $(stat -c %a "$OUT/read.bin"), not 600"
 "$THINSTACK" info "$CONFIG" >/dev/null & first=$!
 "$THINSTACK" map "$CONFIG" vm0 >/dev/null || fail "map beside info failed"
 wait "$first" || fail "info beside map failed"
