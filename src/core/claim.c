@@ -44,7 +44,8 @@ static int fd_holds(const char *pid, const char *fd, const struct stat *st)
   int held = 0;
   for (char *line = strstr(text, "lock:"); line; line = strstr(line + 1, "\nlock:")) {
     char *l = line[0] == '\n' ? line + 1 : line;
-    if (strstr(l, "->") && strstr(l, "->") < strchr(l, '\n'))
+    char *eol = l + strcspn(l, "\n"), *arrow = strstr(l, "->");
+    if (arrow && arrow < eol)
       continue; /* a waiter, not a holder */
     char cls[16], adv[16], mode[16];
     long lpid;
