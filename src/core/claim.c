@@ -3,9 +3,9 @@
  *
  * The lock covers the whole file (l_start 0, l_len 0). Besides being the
  * simplest range, it conflicts with any byte-range lock another program
- * takes, QEMU's image locking (bytes 100 and up) included: QEMU refuses an
- * image a writing stack holds, and a writing stack refuses an image QEMU has
- * open. */
+ * takes, QEMU's image locking (shared locks on bytes 100 and up) included:
+ * QEMU cannot open an image for writing while a stack holds it, and a
+ * writing stack refuses an image QEMU has open. */
 #include "core/claim.h"
 #include "core/internal.h"
 
