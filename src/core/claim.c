@@ -4,7 +4,7 @@
  * The lock covers the whole file (l_start 0, l_len 0). Besides being the
  * simplest range, it conflicts with any byte-range lock another program
  * takes, QEMU's image locking (shared locks on bytes 100 and up) included:
- * QEMU cannot open an image for writing while a stack holds it, and a
+ * QEMU cannot open an image (without -U) while a stack holds it, and a
  * writing stack refuses an image QEMU has open. */
 #include "core/claim.h"
 #include "core/internal.h"
