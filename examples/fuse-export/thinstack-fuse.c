@@ -403,11 +403,14 @@ static const struct fuse_operations ops = {
 /* ------------------------------------------------------------------------ */
 /* Command line and lifetime                                                 */
 
-enum { KEY_HELP, KEY_VERSION, KEY_RO };
+enum { KEY_HELP, KEY_VERSION, KEY_RO, KEY_ALLOW_OTHER };
+
+static bool allow_other;
 
 static const struct fuse_opt tsf_opts[] = {
   { "page_cache", offsetof(struct tsf_state, page_cache), 1 },
   FUSE_OPT_KEY("ro", KEY_RO),
+  FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_KEY("-h", KEY_HELP),
   FUSE_OPT_KEY("--help", KEY_HELP),
   FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -427,7 +430,8 @@ static void usage(FILE *f, const char *prog)
           "  -o ro             open the stack read-only and mount read-only\n"
           "  -o page_cache     let the kernel cache file data (needed for mmap);\n"
           "                    the default is direct I/O\n"
-          "  -o allow_other    let other users see the files (see fuse(8))\n",
+          "  -o allow_other    let other users see the files (see fuse(8)); the kernel\n"
+          "                    then checks their permissions (default_permissions)\n",
           prog);
 }
 
@@ -443,6 +447,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
   case KEY_RO:
     g.read_only = true;
     return 1; /* and the kernel mounts read-only */
+  case KEY_ALLOW_OTHER:
+    allow_other = true;
+    return 1;
   case KEY_HELP:
     g.show_help = true;
     return 0;
@@ -572,6 +579,12 @@ int main(int argc, char **argv)
     fuse_lib_help(&args);
     fuse_opt_free_args(&args);
     return 0;
+  }
+  /* Other users reach the files only through the kernel's permission
+   * checks: without default_permissions anyone could write a 0644 export. */
+  if (allow_other && fuse_opt_add_arg(&args, "-odefault_permissions") != 0) {
+    fuse_opt_free_args(&args);
+    return 2;
   }
   if (fuse_parse_cmdline(&args, &co) != 0) {
     fuse_opt_free_args(&args);

@@ -177,6 +177,11 @@ typedef void (*ts_event_fn)(ts_stack *stack, const char *node, const char *event
 
 #define TS_OPEN_VALIDATE_ONLY (1u << 0)  /* check the config, open nothing */
 #define TS_OPEN_READ_ONLY     (1u << 1)  /* open every layer read-only */
+/* What the stack opens read-only is read without the shared lock, so it
+ * opens beside a writer (qemu-img -U): what it reads may be stale or
+ * inconsistent. When a writer holds a file at open, the layer raises the
+ * event "force-share" naming it. Writable layers still lock. */
+#define TS_OPEN_FORCE_SHARE   (1u << 2)
 
 typedef struct ts_open_opts {
   uint32_t struct_size;       /* sizeof(ts_open_opts), for compatibility */
@@ -191,7 +196,18 @@ typedef struct ts_open_opts {
  * and an "exports" array). Relative paths in it resolve against the file's
  * folder. `opts` may be NULL. On error returns -errno, fills `err` with a
  * message naming the JSON path, and leaves every file as it was: anything it
- * created is removed again. */
+ * created is removed again.
+ *
+ * Ownership: the stack owns what it opens until ts_stack_close (or the
+ * process's end). Files and devices opened for writing are locked for
+ * writing (F_OFD_SETLK; block devices also O_EXCL), read-only ones shared:
+ * a second writer, in this process or another, or a reader beside a writer
+ * fails with -EBUSY and a message naming the layer, the file and the holder
+ * ("layers.meta: /p/pool.meta is in use by pid 4242 (thinstack-fuse)").
+ * Two layers of one stack on the same file or device (through a symlink or
+ * a hard link too) fail with -EBUSY naming both. With TS_OPEN_READ_ONLY
+ * nothing is created or formatted: a missing file or a blank pool is an
+ * error. */
 TS_EXTERN int ts_stack_open_file(const char *path, const ts_open_opts *opts,
                                  ts_stack **out, ts_error *err);
 /* The same, from a JSON document in memory; relative paths resolve against

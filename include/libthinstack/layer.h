@@ -193,6 +193,21 @@ TS_EXTERN bool ts_layer_aborting(const ts_layer *l);
 /* True when the stack was opened with TS_OPEN_READ_ONLY. */
 TS_EXTERN bool ts_layer_force_read_only(const ts_layer *l);
 
+/* Claim `fd`, which the layer opened on `path` (the name used in messages),
+ * for the life of the stack: every layer that opens a file or device must
+ * call this right after open(2), before reading or changing anything.
+ * `write`: the layer may write it. Takes an open file description lock on
+ * the whole file, for writing or shared (TS_OPEN_FORCE_SHARE: none for a
+ * reader); the lock lives in the fd, so it goes when the layer closes the fd
+ * in its close hook (and with the process); open the fd O_CLOEXEC, so that
+ * an exec'd child does not keep it. Block devices opened for writing must
+ * also be opened O_EXCL. Returns 0, or -EBUSY with a message naming the
+ * holder (another process, another stack of this process) or the other
+ * layer of this stack on the same file or device; the fd stays open and the
+ * layer's to close either way. Call only from the open hook (not
+ * thread-safe against other calls on the same stack). */
+TS_EXTERN int ts_layer_claim_fd(ts_layer *l, int fd, const char *path, bool write, ts_error *err);
+
 /* Raise an event through the stack's ts_event_fn (if any). */
 TS_EXTERN void ts_layer_event(ts_layer *l, const char *event, const char *fmt, ...)
     TS_PRINTF(3, 4);

@@ -1,7 +1,10 @@
 /* file: a regular file as a block device (the loop-file layer).
  *
  *   { "type": "file", "path": "disk.img", "size": "10G", "create": true,
- *     "read_only": false, "direct": false, "block_size": 512 }
+ *     "read_only": false, "direct": false, "block_size": 512, "mode": "0600" }
+ *
+ * The file is claimed for the stack (ts_layer_claim_fd): locked for writing,
+ * or shared when read-only. A file it creates is 0600 unless "mode" says.
  *
  * Kernel equivalent: a loop device over the file (losetup). PROVISION is
  * fallocate(KEEP_SIZE), as loop did in the REQ_OP_PROVISION series; DISCARD
@@ -42,6 +45,8 @@ static const ts_param file_params[] = {
   { "read_only", TS_PARAM_BOOL, 0, NULL, NULL, "open read-only" },
   { "direct", TS_PARAM_BOOL, 0, NULL, NULL, "bypass the page cache (O_DIRECT)" },
   { "block_size", TS_PARAM_SIZE, 0, NULL, NULL, "logical block size (512, or 4096 with direct)" },
+  { "mode", TS_PARAM_STRING, 0, NULL, NULL,
+    "permissions of a file this layer creates, octal (default \"0600\"; \"0640\" widens it)" },
   { NULL, 0, 0, NULL, NULL, NULL },
 };
 
@@ -65,32 +70,43 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   if (create && ro_param)
     return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only file");
 
+  mode_t mode = 0600;
+  const char *mode_s = ts_param_string(params, "mode", NULL);
+  if (mode_s) {
+    char *end;
+    unsigned long m = strtoul(mode_s, &end, 8);
+    if (!*mode_s || *end || m > 0777 || (m & 0600) != 0600)
+      return ts_layer_error(l, err, -EINVAL, "mode",
+                            "\"%s\" is not an octal mode from 0600 to 0777 (such as \"0640\")",
+                            mode_s);
+    mode = (mode_t)m;
+  }
+
   char *path = ts_layer_path(l, ts_param_string(params, "path", ""));
   if (!path)
     return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
   int fd = open(path, flags);
+  bool created = false;
   int r;
   if (fd < 0 && errno == ENOENT && create && !ro) {
     if (!has_size) {
       r = ts_layer_error(l, err, -EINVAL, "size", "required to create %s", path);
       goto fail;
     }
-    fd = open(path, flags | O_CREAT | O_EXCL, 0644);
+    fd = open(path, flags | O_CREAT | O_EXCL, mode);
     if (fd < 0) {
       r = ts_layer_error(l, err, -errno, "path", "cannot create %s: %s", path, strerror(errno));
       goto fail;
     }
     ts_layer_note_created(l, path);
-    if (ftruncate(fd, (off_t)size) != 0) {
-      r = ts_layer_error(l, err, -errno, "size", "cannot size %s to %llu bytes: %s", path,
-                         (unsigned long long)size, strerror(errno));
-      close(fd);
-      goto fail;
-    }
+    created = true;
   } else if (fd < 0) {
     int e = errno;
-    if (e == ENOENT)
+    if (e == ENOENT && create)
+      r = ts_layer_error(l, err, -e, "path", "%s does not exist, and a read-only open creates "
+                         "nothing: open the stack for writing to create it", path);
+    else if (e == ENOENT)
       r = ts_layer_error(l, err, -e, "path", "%s does not exist (set \"create\": true to make it)",
                          path);
     else
@@ -104,6 +120,21 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
                        "%s is not a regular file (the kernel layer takes block devices)", path);
     close(fd);
     goto fail;
+  }
+  /* Claimed before sizing a new file, so nobody sees it half made. */
+  if ((r = ts_layer_claim_fd(l, fd, path, !ro, err))) {
+    close(fd);
+    goto fail;
+  }
+  if (created) {
+    /* An explicit mode is applied as given; the umask only narrows the default. */
+    if ((mode_s && fchmod(fd, mode) != 0) || ftruncate(fd, (off_t)size) != 0) {
+      r = ts_layer_error(l, err, -errno, "size", "cannot size %s to %llu bytes: %s", path,
+                         (unsigned long long)size, strerror(errno));
+      close(fd);
+      goto fail;
+    }
+    st.st_size = (off_t)size;
   }
   if (has_size && (uint64_t)st.st_size != size) {
     r = ts_layer_error(l, err, -EINVAL, "size", "%s is %llu bytes, the configuration says %llu",

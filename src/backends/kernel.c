@@ -27,6 +27,8 @@
  */
 #include <libthinstack/layer.h>
 
+#include "core/claim.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -651,8 +653,15 @@ static int open_device(ts_layer *l, struct kernel_layer *k, bool ro, ts_error *e
     return ts_layer_error(l, err, -ENOTBLK, "path", "%s is neither a block device nor a regular file",
                           k->path);
   k->bdev = S_ISBLK(st.st_mode);
+  /* Before O_EXCL, so a second layer of this stack on the device is named
+   * as such rather than as "in use". */
+  int r = ts__claim_dup(l, &st, k->path, err);
+  if (r)
+    return r;
   /* A block device we write is opened exclusively: the kernel then refuses
-   * it while it is mounted or held by device-mapper, md or another stack. */
+   * it while it is mounted or held by device-mapper, md or another stack.
+   * The OFD lock taken below on the device node keeps readers and writers
+   * of other stacks apart as for files. */
   int flags = O_CLOEXEC | (k->direct ? O_DIRECT : 0);
   int fd = open(k->path, flags | (ro ? O_RDONLY : O_RDWR) | (k->bdev && !ro ? O_EXCL : 0));
   if (fd < 0 && errno == EROFS && !ro) {
@@ -662,10 +671,15 @@ static int open_device(ts_layer *l, struct kernel_layer *k, bool ro, ts_error *e
   }
   if (fd < 0) {
     int e = errno;
-    if (e == EBUSY)
+    if (e == EBUSY) {
+      char who[256];
+      ts__lock_holders(&st, who, sizeof who, NULL);
+      if (strcmp(who, "another process") != 0)
+        return ts_layer_error(l, err, -e, NULL, "%s is in use by %s", k->path, who);
       return ts_layer_error(l, err, -e, "path",
                             "%s is in use (mounted, or held by device-mapper, md or another "
                             "exclusive opener)", k->path);
+    }
     if (e == EINVAL && k->direct)
       /* open(2): EINVAL when the file system does not support O_DIRECT. */
       return ts_layer_error(l, err, -e, "direct", "%s does not support O_DIRECT", k->path);
@@ -673,6 +687,8 @@ static int open_device(ts_layer *l, struct kernel_layer *k, bool ro, ts_error *e
                           ro ? "" : " for writing", strerror(e));
   }
   k->fd = fd;
+  if ((r = ts_layer_claim_fd(l, fd, k->path, !ro && !k->ro_reason, err)))
+    return r;
   if (ro && !k->ro_reason)
     k->ro_reason = "read_only was requested";
   if (fstat(fd, &st) != 0)

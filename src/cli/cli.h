@@ -25,10 +25,16 @@ bool ts_cli_help(int argc, char **argv);
 void ts_cli_usage(FILE *f, const char *name);
 /* Parse a size argument; on error prints which argument is wrong. */
 bool ts_cli_size(const char *what, const char *s, uint64_t *out);
-/* Open a stack from a config file, printing the error on failure. */
+/* -U / --force-share: read-only commands read without the shared lock. */
+extern bool ts_cli_force_share;
+/* Open a stack from a config file, printing the error on failure; with
+ * TS_OPEN_READ_ONLY the error names the command that creates what is
+ * missing, and -U adds TS_OPEN_FORCE_SHARE. Ownership warnings (events
+ * "force-share", "unlocked") go to stderr. */
 ts_stack *ts_cli_open(const char *config, unsigned flags);
-/* Open a stack and find an exported device (or any node) by name. */
-ts_dev *ts_cli_open_dev(const char *config, const char *name, ts_stack **stack);
+/* Open a stack (ts_cli_open `flags`) and find an exported device (or any
+ * node) by name. */
+ts_dev *ts_cli_open_dev(const char *config, const char *name, unsigned flags, ts_stack **stack);
 /* Close a stack, printing any error; returns the exit status to use. */
 int ts_cli_close(ts_stack *s, int status);
 /* Monotonic seconds. */

@@ -64,12 +64,12 @@ int ts_cli_read(int argc, char **argv)
       !ts_cli_size("LENGTH", a.pos[3], &len))
     return 2;
   int fd = STDOUT_FILENO;
-  if (a.out && (fd = open(a.out, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+  if (a.out && (fd = open(a.out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
     ts_cli_err("%s: cannot write: %s", a.out, strerror(errno));
     return 1;
   }
   ts_stack *s;
-  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], TS_OPEN_READ_ONLY, &s);
   if (!d) {
     if (a.out) close(fd);
     return 1;
@@ -108,7 +108,7 @@ int ts_cli_write(int argc, char **argv)
     return 1;
   }
   ts_stack *s;
-  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], 0, &s);
   if (!d) {
     close(fd);
     return 1;
@@ -159,7 +159,7 @@ int ts_cli_range(int argc, char **argv)
     return 2;
   }
   ts_stack *s;
-  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], 0, &s);
   if (!d)
     return 1;
   double t0 = ts_cli_now();
@@ -197,7 +197,7 @@ int ts_cli_flush(int argc, char **argv)
   if (!parse(argc, argv, &a, 2, 2))
     return 2;
   ts_stack *s;
-  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], 0, &s);
   if (!d)
     return 1;
   return ts_cli_close(s, report("flush", d, ts_flush(d)));
@@ -221,7 +221,7 @@ int ts_cli_map(int argc, char **argv)
     return 2;
   }
   ts_stack *s;
-  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], &s);
+  ts_dev *d = ts_cli_open_dev(a.pos[0], a.pos[1], TS_OPEN_READ_ONLY, &s);
   if (!d)
     return 1;
   uint64_t off = 0, len = ts_dev_size(d);

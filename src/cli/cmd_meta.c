@@ -39,6 +39,21 @@ static void check_report(void *arg, enum pd_check_level lvl, const char *msg)
     fprintf(stderr, "%s: %s\n", l, msg);
 }
 
+/* check and dump read: a shared lock, or none with -U. */
+static int meta_open(struct pd_bdev *bdev, const char *path, const char *cmd, ts_error *err)
+{
+  bool stale = false;
+  int r = pd_bdev_open_path(bdev, path, true, ts_cli_force_share, &stale, err);
+  if (r == -ENOENT)
+    ts_cli_err("%s: %s (thinstack pool create CONFIG POOL makes a pool's metadata)", cmd, err->msg);
+  else if (r)
+    ts_cli_err("%s: %s%s", cmd, err->msg, r == -EBUSY ? " (EBUSY)" : "");
+  else if (stale)
+    ts_cli_err("warning: %s is open for writing by another process: what %s shows may be stale "
+               "or inconsistent", path, cmd);
+  return r;
+}
+
 int ts_cli_check(int argc, char **argv)
 {
   if (want_help(argc, argv, "METADATA_FILE [--json]",
@@ -64,10 +79,8 @@ int ts_cli_check(int argc, char **argv)
   }
   struct pd_bdev bdev;
   ts_error err = {0};
-  if (pd_bdev_open_file(&bdev, path, true, &err)) {
-    ts_cli_err("check: %s", err.msg);
+  if (meta_open(&bdev, path, "check", &err))
     return 2;
-  }
   struct check_out o = {json ? json_array() : NULL, 0};
   struct pd_check_result res;
   int r = pd_check(&bdev, check_report, &o, &res);
@@ -134,10 +147,8 @@ int ts_cli_dump(int argc, char **argv)
   const char *path = argv[optind];
   struct pd_bdev bdev;
   ts_error err = {0};
-  if (pd_bdev_open_file(&bdev, path, true, &err)) {
-    ts_cli_err("dump: %s", err.msg);
+  if (meta_open(&bdev, path, "dump", &err))
     return 2;
-  }
   FILE *out = outpath ? fopen(outpath, "w") : stdout;
   if (!out) {
     ts_cli_err("dump: %s: %s", outpath, strerror(errno));
@@ -176,7 +187,7 @@ int ts_cli_restore(int argc, char **argv)
   ts_error err = {0};
   if (pd_bdev_open_file(&bdev, argv[2], false, &err)) {
     fclose(in);
-    ts_cli_err("restore: %s", err.msg);
+    ts_cli_err("restore: %s%s", err.msg, err.code == -EBUSY ? " (EBUSY)" : "");
     return 2;
   }
   int r = pd_restore_xml(&bdev, in, &err);

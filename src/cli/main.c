@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,8 @@
 static const struct ts_cli_command commands[] = {
   { "demo", ts_cli_demo, "[--dir DIR] [--size SIZE] [--keep]",
     "build a stack on sparse files in a temp dir and compare provision with writing zeroes" },
-  { "validate", ts_cli_validate, "CONFIG", "check a stack configuration without opening it" },
+  { "validate", ts_cli_validate, "CONFIG",
+    "check a stack configuration; what exists is opened read-only, nothing is created" },
   { "dump-config", ts_cli_dump_config, "CONFIG [--show-keys]",
     "print the configuration that re-opens the stack as it is now (absolute paths, grown sizes)" },
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
@@ -57,8 +59,10 @@ void ts_cli_usage(FILE *f, const char *name)
 
 static void usage(FILE *f)
 {
-  fprintf(f, "usage: thinstack COMMAND [ARGS]   (thinstack COMMAND --help for details)\n\n"
-             "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n\ncommands:\n");
+  fprintf(f, "usage: thinstack [-U] COMMAND [ARGS]   (thinstack COMMAND --help for details)\n\n"
+             "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n"
+             "-U, --force-share: read-only commands read files another process is writing,\n"
+             "without the shared lock (what they show may be stale).\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
 }
@@ -91,22 +95,73 @@ bool ts_cli_size(const char *what, const char *s, uint64_t *out)
   return false;
 }
 
+bool ts_cli_force_share;
+
+static void cli_event(ts_stack *s, const char *node, const char *event, const char *detail,
+                      void *arg)
+{
+  (void)s;
+  (void)arg;
+  if (strcmp(event, "force-share") == 0 || strcmp(event, "unlocked") == 0)
+    fprintf(stderr, "thinstack: warning: layers.%s: %s\n", node, detail);
+}
+
+/* The thin-pool whose metadata or data is layer `name` (or which is `name`),
+ * from the config text: a read-only command on a pool not made yet names
+ * the command that makes it. */
+static const char *pool_of(json_t *layers, const char *msg)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach(layers, key, v) {
+    const char *type = json_string_value(json_object_get(v, "type"));
+    if (!type || strcmp(type, "thin-pool") != 0)
+      continue;
+    const char *names[] = { key, json_string_value(json_object_get(v, "metadata")),
+                            json_string_value(json_object_get(v, "data")) };
+    for (int i = 0; i < 3; i++) {
+      char a[300], b[300];
+      if (!names[i])
+        continue;
+      snprintf(a, sizeof a, "layers.%s:", names[i]);
+      snprintf(b, sizeof b, "layers.%s.", names[i]);
+      if (strstr(msg, a) || strstr(msg, b))
+        return key;
+    }
+  }
+  return NULL;
+}
+
 ts_stack *ts_cli_open(const char *config, unsigned flags)
 {
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  ts_open_opts o = { .struct_size = sizeof o, .flags = flags };
+  if ((flags & TS_OPEN_READ_ONLY) && ts_cli_force_share)
+    flags |= TS_OPEN_FORCE_SHARE;
+  ts_open_opts o = { .struct_size = sizeof o, .flags = flags, .event = cli_event };
   int r = ts_stack_open_file(config, &o, &s, &err);
   if (r) {
-    ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    json_t *root = NULL;
+    const char *pool = NULL;
+    if ((flags & TS_OPEN_READ_ONLY) && (r == -ENOENT || r == -ENODATA) &&
+        (root = json_load_file(config, 0, NULL)))
+      pool = pool_of(json_object_get(root, "layers"), err.msg);
+    if (pool)
+      ts_cli_err("%s (the pool does not exist yet: thinstack pool create %s %s makes it)", err.msg,
+                 config, pool);
+    else if (r == -EBUSY)
+      ts_cli_err("%s (EBUSY)", err.msg); /* scripts tell "in use" from other failures */
+    else
+      ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    json_decref(root);
     return NULL;
   }
   return s;
 }
 
-ts_dev *ts_cli_open_dev(const char *config, const char *name, ts_stack **stack)
+ts_dev *ts_cli_open_dev(const char *config, const char *name, unsigned flags, ts_stack **stack)
 {
-  ts_stack *s = ts_cli_open(config, 0);
+  ts_stack *s = ts_cli_open(config, flags);
   if (!s)
     return NULL;
   ts_dev *d = ts_stack_dev(s, name);
@@ -143,6 +198,21 @@ int main(int argc, char **argv)
   if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  /* -U / --force-share, before the command or among its arguments (as
+   * qemu-img takes it). */
+  int n = 1;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-U") == 0 || strcmp(argv[i], "--force-share") == 0)
+      ts_cli_force_share = true;
+    else
+      argv[n++] = argv[i];
+  }
+  argv[n] = NULL;
+  argc = n;
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
   }
   if (strcmp(argv[1], "--version") == 0) {
     printf("thinstack %s\n", ts_version());

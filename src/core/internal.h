@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/types.h>
 
 struct ts_node {
   struct ts_stack *stack;
@@ -27,6 +28,15 @@ struct ts_node {
   _Atomic uint64_t nr_err[TS_OP_COUNT];
 };
 
+/* A file or device a layer of the stack has claimed (claim.c). */
+struct ts__claim {
+  dev_t dev, rdev;
+  ino_t ino;
+  bool bdev;           /* compare rdev: any node of the device is the device */
+  const char *layer;   /* the claiming node's name */
+  char *path;
+};
+
 struct ts_stack {
   json_t *config;
   char *base_dir;
@@ -37,12 +47,17 @@ struct ts_stack {
   size_t nexports;
   char **created;          /* files created while opening */
   size_t ncreated;
+  struct ts__claim *claims;  /* what the layers opened, for the one-user check */
+  size_t nclaims;
   bool aborting;
 };
 
 /* config.c: schema validation and graph ordering of a parsed config. Fills
  * stack->nodes (bottom-up order, nothing opened) and stack->exports. */
 int ts__config_load(struct ts_stack *s, ts_error *err);
+
+/* claim.c: forget the claims (the locks go with the layers' fds). */
+void ts__claims_free(struct ts_stack *s);
 
 /* limits.c */
 void ts__limits_leaf_default(ts_limits *lim);

@@ -23,6 +23,7 @@ static void free_stack(struct ts_stack *s)
   for (size_t i = 0; i < s->ncreated; i++)
     free(s->created[i]);
   free(s->created);
+  ts__claims_free(s);
   free(s->nodes);
   free(s->exports);
   free(s->base_dir);

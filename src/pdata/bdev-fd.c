@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/claim.h"
 #include "core/internal.h"
 #include "pdata/bdev.h"
 
@@ -75,15 +76,29 @@ int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts
   return 0;
 }
 
-int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err)
+int pd_bdev_open_path(struct pd_bdev *out, const char *path, bool read_only, bool force_share,
+                      bool *stale, ts_error *err)
 {
-  int fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  /* The same ownership rule as a stack's layers (core/claim.h). */
+  struct stat st;
+  bool excl = !read_only && stat(path, &st) == 0 && S_ISBLK(st.st_mode);
+  int fd = open(path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | (excl ? O_EXCL : 0));
   if (fd < 0)
     return ts_error_set(err, -errno, "%s: %s", path, strerror(errno));
-  int r = pd_bdev_from_fd(out, fd, read_only, true, err);
+  char why[400];
+  int r = ts__lock_fd(fd, path, !read_only, force_share, stale, NULL, why, sizeof why);
+  if (r)
+    ts_error_set(err, r, "%s", why);
+  else
+    r = pd_bdev_from_fd(out, fd, read_only, true, err);
   if (r)
     close(fd);
   return r;
+}
+
+int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err)
+{
+  return pd_bdev_open_path(out, path, read_only, false, NULL, err);
 }
 
 void pd_bdev_close(struct pd_bdev *bdev)

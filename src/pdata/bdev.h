@@ -41,8 +41,15 @@ struct pd_bdev {
  * err (may be NULL). */
 int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts_error *err);
 
-/* Open `path` (O_RDWR, or O_RDONLY when read_only) and wrap it as above. */
+/* Open `path` (O_RDWR, or O_RDONLY when read_only) and wrap it as above,
+ * owning it as a stack's layer would: locked for writing, or shared when
+ * read_only; -EBUSY with the holder named in err when another process or
+ * stack has it. */
 int pd_bdev_open_file(struct pd_bdev *out, const char *path, bool read_only, ts_error *err);
+/* The same; `force_share` reads without the shared lock and sets *stale (may
+ * be NULL) when a writer holds the file. */
+int pd_bdev_open_path(struct pd_bdev *out, const char *path, bool read_only, bool force_share,
+                      bool *stale, ts_error *err);
 
 /* Wrap a libthinstack device (for instance a stack's "file" node) through the
  * public request API: ts_pread / ts_pwrite / ts_flush / ts_dev_size. The

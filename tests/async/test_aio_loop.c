@@ -98,9 +98,15 @@ START_TEST(invalid_requests_never_call_back)
     " \"exports\": [\"f\", \"nd\"] }");
   stack = ts_test_open(dir, json);
   free(json);
-  ts_stack *ro = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
-                                   " \"r\": { \"type\": \"file\", \"path\": \"d.img\","
-                                   " \"read_only\": true } }, \"exports\": [\"r\"] }");
+  /* The same file read-only beside its writer: force-share skips the shared lock. */
+  ts_stack *ro = NULL;
+  ts_error oerr = { 0 };
+  ts_open_opts o = { .struct_size = sizeof o, .flags = TS_OPEN_FORCE_SHARE };
+  ck_assert_msg(ts_stack_open_string("{ \"version\": 1, \"layers\": {"
+                                     " \"r\": { \"type\": \"file\", \"path\": \"d.img\","
+                                     " \"read_only\": true } }, \"exports\": [\"r\"] }",
+                                     dir, &o, &ro, &oerr) == 0,
+                "%s", oerr.msg);
   ts_dev *f = ts_stack_dev(stack, "f"), *nd = ts_stack_dev(stack, "nd");
   ts_dev *rdev = ts_stack_dev(ro, "r");
   uv_loop_t loop;

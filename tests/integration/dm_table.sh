@@ -20,6 +20,8 @@ cat > s.json <<'JSON'
   "lin": { "type": "linear", "segments": [ { "child": "enc", "offset": "1M" }, { "child": "extra" } ] } },
   "exports": ["lin", "snap", "origin"] }
 JSON
+# dm-table only reads: a writing command makes the files, the pool and the volume.
+"$THINSTACK" flush s.json lin || fail "flush"
 "$THINSTACK" dm-table s.json > t.txt || fail "dm-table"
 cat t.txt
 expect() { grep -qE -- "$1" t.txt || fail "missing line: $1"; }

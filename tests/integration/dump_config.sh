@@ -14,7 +14,7 @@ cat > stack.json <<JSON
     "enc":  { "type": "crypt", "child": "vol", "key": "$key" } },
   "exports": ["enc"] }
 JSON
-"$THINSTACK" info stack.json > /dev/null            # creates the files
+"$THINSTACK" flush stack.json enc                   # creates the files (info only reads)
 # dump-config opens read-only: a config naming files that do not exist yet
 # is refused rather than created.
 sed 's/"m.img"/"absent.img"/' stack.json > absent.json

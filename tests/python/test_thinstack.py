@@ -140,6 +140,23 @@ def test_read_only(tmp_path, config):
         raises_errno(errno.EROFS, d.write_zeroes, 0, 4096)
 
 
+def test_ownership_and_force_share(tmp_path, config):
+    p = config({"d": file_layer("d.img", "1M")}, ["d"])
+    with thinstack.open(p) as w:
+        w.device("d").write(0, b"\x33" * 4096, fua=True)
+        e = raises_errno(errno.EBUSY, thinstack.open, p)
+        assert "d.img is in use by pid %d (" % os.getpid() in str(e)
+        raises_errno(errno.EBUSY, thinstack.open, p, read_only=True)
+        seen = []
+        with thinstack.open(p, read_only=True, force_share=True,
+                            events=lambda n, ev, d: seen.append((n, ev, d))) as r:
+            assert r.device("d").read(0, 4096) == b"\x33" * 4096
+        assert [(n, ev) for n, ev, _ in seen] == [("d", "force-share")]
+        assert "stale" in seen[0][2]
+    with thinstack.open(p, read_only=True) as r1, thinstack.open(p, read_only=True) as r2:
+        assert r1.device("d").read(0, 512) == r2.device("d").read(0, 512)
+
+
 # ---------------------------------------------------------------- stacks
 
 def test_stack_lifecycle(tmp_path, config):

@@ -48,6 +48,7 @@ _IO_MAY_UNMAP = 1 << 1
 _IO_NOFALLBACK = 1 << 2
 _IO_MAY_ZERO = 1 << 3
 _OPEN_READ_ONLY = 1 << 1
+_OPEN_FORCE_SHARE = 1 << 2
 _OPS = ("read", "write", "flush", "discard", "write_zeroes", "provision")  # ts_op order
 _OP_PROVISION = _OPS.index("provision")
 _CAPS = ("none", "emulate", "native")
@@ -301,11 +302,11 @@ def _check_uint(what, v):
         raise ThinstackError(_errno.EINVAL, "%s %d is out of range" % (what, v))
 
 
-def _opts(read_only, plugin_dir, events):
+def _opts(read_only, plugin_dir, events, force_share=False):
     """The open options, and the C callback that must live as long as the stack."""
     o = _OpenOpts()
     o.struct_size = ctypes.sizeof(_OpenOpts)
-    o.flags = _OPEN_READ_ONLY if read_only else 0
+    o.flags = (_OPEN_READ_ONLY if read_only else 0) | (_OPEN_FORCE_SHARE if force_share else 0)
     o.plugin_dir = os.fsencode(plugin_dir) if plugin_dir is not None else None
     cb = None
     if events is not None:
@@ -324,14 +325,21 @@ def _opts(read_only, plugin_dir, events):
 # Stacks
 
 
-def open(path, read_only: bool = False, plugin_dir=None, events=None) -> "Stack":  # noqa: A001
+def open(path, read_only: bool = False, plugin_dir=None, events=None,  # noqa: A001
+         force_share: bool = False) -> "Stack":
     """Open the stack described by the JSON file at `path` (relative paths in
-    it resolve against its folder). read_only opens every layer read-only;
-    plugin_dir is where external layer types are looked up; events, if given,
-    is called as events(node, event, detail) for the stack's asynchronous
-    events (a thin pool crossing its low water mark, ...), from whichever
-    thread noticed them: do little and return."""
-    opts, cb = _opts(read_only, plugin_dir, events)
+    it resolve against its folder). read_only opens every layer read-only
+    and creates nothing; plugin_dir is where external layer types are looked
+    up; events, if given, is called as events(node, event, detail) for the
+    stack's asynchronous events (a thin pool crossing its low water mark,
+    ...), from whichever thread noticed them: do little and return.
+
+    The stack owns its files until closed: a second writer, or a reader
+    beside a writer, raises ThinstackError with errno EBUSY naming the holder.
+    force_share (with read_only) reads without the shared lock, beside a
+    writer: what it reads may be stale; a "force-share" event says so when a
+    writer holds a file."""
+    opts, cb = _opts(read_only, plugin_dir, events, force_share)
     err = _Error()
     h = _P()
     r = _open_file(os.fsencode(path), ctypes.byref(opts), ctypes.byref(h), ctypes.byref(err))
@@ -341,7 +349,7 @@ def open(path, read_only: bool = False, plugin_dir=None, events=None) -> "Stack"
 
 
 def open_string(config, base_dir=None, read_only: bool = False, plugin_dir=None,
-                events=None) -> "Stack":
+                events=None, force_share: bool = False) -> "Stack":
     """Open a stack from JSON text, or from a dict that is serialised to JSON;
     relative paths resolve against base_dir (default: the current folder).
     The other arguments are open()'s."""
@@ -349,7 +357,7 @@ def open_string(config, base_dir=None, read_only: bool = False, plugin_dir=None,
         config = _json.dumps(config)
     if isinstance(config, str):
         config = config.encode()
-    opts, cb = _opts(read_only, plugin_dir, events)
+    opts, cb = _opts(read_only, plugin_dir, events, force_share)
     err = _Error()
     h = _P()
     r = _open_string(config, os.fsencode(base_dir) if base_dir is not None else None,

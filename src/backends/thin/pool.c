@@ -617,6 +617,12 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
                          ts_dev_name(meta));
       goto fail;
     }
+    if (ro) {
+      r = ts_layer_error(l, err, -ENODATA, "metadata",
+                         "layer \"%s\" holds no pool, and a read-only open formats nothing: "
+                         "open the stack for writing to create it", ts_dev_name(meta));
+      goto fail;
+    }
     ts_error_clear(err);
     r = tmd_format(&p->bdev, (uint32_t)(bs / 512), nblocks, &cfg, &p->md, err);
     if (r) {
