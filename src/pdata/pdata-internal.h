@@ -98,6 +98,7 @@ struct pd_bm {
   size_t nr_cached, max_cached;
   uint64_t reads, writes; /* statistics, blocks */
   int io_error;           /* first write error met while evicting */
+  char why[200];          /* why the last block was refused (under lock) */
 };
 
 int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blocks,
@@ -118,6 +119,10 @@ int pd_bm_write_block(struct pd_bm *bm, uint64_t nr);
 void pd_bm_drop_all(struct pd_bm *bm);
 /* Forget one cached block if present and unlocked (it was freed). */
 void pd_bm_forget(struct pd_bm *bm, uint64_t nr);
+/* Remember why a block was refused, for the caller's message. */
+void pd_bm_refused(struct pd_bm *bm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Copy the last refusal reason ("" if none) into buf. */
+void pd_bm_last_refusal(struct pd_bm *bm, char *buf, size_t len);
 
 /* ---- space maps, held in memory as 2-bit counts + overflow table ---- */
 struct pd_sm_bitmap {

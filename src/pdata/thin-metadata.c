@@ -333,8 +333,13 @@ static int load_state(struct tmd *md, char *why, size_t whylen)
   if (!r)
     r = pd_btree_walk(&md->details, md->details_root, 0, UINT64_MAX, load_details, &c);
   if (r) {
-    if (!why[0])
-      snprintf(why, whylen, "reading the device trees: %s", r == -EILSEQ ? "a btree node failed validation" : strerror(-r));
+    if (!why[0] && r == -EILSEQ) {
+      char bad[200];
+      pd_bm_last_refusal(md->bm, bad, sizeof(bad));
+      snprintf(why, whylen, "reading the device trees: %s", bad[0] ? bad : "a btree node failed validation");
+    } else if (!why[0]) {
+      snprintf(why, whylen, "reading the device trees: %s", strerror(-r));
+    }
     return r;
   }
   for (size_t i = 0; i < md->nr_devs; i++) {

@@ -80,6 +80,15 @@ static int dump_leaf(void *arg, const uint8_t *n, uint32_t first, uint32_t cnt)
   return 0;
 }
 
+/* The block manager's reason for refusing a block, or the errno's text. */
+static const char *refusal(struct pd_bm *bm, int r, char *buf, size_t len)
+{
+  buf[0] = 0;
+  if (r == -EILSEQ)
+    pd_bm_last_refusal(bm, buf, len);
+  return buf[0] ? buf : r == -EILSEQ ? "invalid node" : strerror(-r);
+}
+
 int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, ts_error *err)
 {
   uint8_t *sb = malloc(PD_BLOCK_SIZE);
@@ -119,7 +128,7 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
   struct pd_btree top = {&tm, {8, NULL, NULL, NULL}}, det = {&tm, {24, NULL, NULL, NULL}};
   struct dump_ctx c = {.out = out};
   if ((r = pd_btree_walk(&det, ts__le64(sb + SB_DETAILS_ROOT), 0, UINT64_MAX, dump_details, &c))) {
-    ts_error_set(err, r, "reading the device details tree: %s", r == -EILSEQ ? "invalid node" : strerror(-r));
+    ts_error_set(err, r, "reading the device details tree: %s", refusal(bm, r, why, sizeof(why)));
     goto out_c;
   }
   fprintf(out, "<superblock uuid=\"\" time=\"%u\" transaction=\"%" PRIu64 "\" flags=\"%u\" version=\"%u\" "
@@ -129,8 +138,14 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
   for (size_t i = 0; i < c.n; i++) {
     struct dump_dev *d = &c.devs[i];
     uint8_t v[8];
-    if (pd_btree_lookup(&top, ts__le64(sb + SB_MAPPING_ROOT), d->id, v))
+    r = pd_btree_lookup(&top, ts__le64(sb + SB_MAPPING_ROOT), d->id, v);
+    if (r == -ENODATA)
       continue; /* not in the mapping tree: skipped, as thin_dump does */
+    if (r) {
+      ts_error_set(err, r, "looking up device %" PRIu64 " in the mapping tree: %s", d->id,
+                   refusal(bm, r, why, sizeof(why)));
+      goto out_c;
+    }
     fprintf(out, "  <device dev_id=\"%" PRIu64 "\" mapped_blocks=\"%" PRIu64 "\" transaction=\"%" PRIu64
             "\" creation_time=\"%u\" snap_time=\"%u\">\n", d->id, ts__le64(d->details), ts__le64(d->details + 8),
             ts__le32(d->details + 16), ts__le32(d->details + 20));
@@ -138,7 +153,7 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
     struct pd_btree map = {&tm, {8, NULL, NULL, NULL}};
     if ((r = pd_btree_walk(&map, ts__le64(v), 0, UINT64_MAX, dump_leaf, &c))) {
       ts_error_set(err, r, "reading the mappings of device %" PRIu64 ": %s", d->id,
-           r == -EILSEQ ? "invalid node" : strerror(-r));
+                   refusal(bm, r, why, sizeof(why)));
       goto out_c;
     }
     flush_run(&c);
