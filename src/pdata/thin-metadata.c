@@ -533,8 +533,27 @@ int tmd_abort(struct tmd *md)
   return r;
 }
 
-int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
-               const struct tmd_config *cfg, struct tmd **out, ts_error *err)
+/* The blocks the pool on the device uses, if one opens there: 1 and *old
+ * filled, 0 if there is none to keep. */
+static int old_pool_blocks(struct tmd *md, struct pd_sm *old)
+{
+  uint8_t *sb = malloc(PD_BLOCK_SIZE);
+  char why[400];
+  int kept = 0;
+  memset(old, 0, sizeof(*old));
+  if (sb && !pd_bdev_read(&md->bdev, 0, 1, sb) && !pd_sb_check(sb, md->bdev.nr_blocks, false, why, sizeof(why)) &&
+      ts__le64(sb + SB_META_NR_BLOCKS) <= md->meta_nr_blocks) {
+    why[0] = 0;
+    kept = pd_sm_load(&md->tm, old, sb + SB_META_SM, true, why, sizeof(why)) == 0;
+    if (!kept)
+      pd_sm_free(old);
+  }
+  free(sb);
+  return kept;
+}
+
+static int format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+                  const struct tmd_config *cfg, bool beside, bool *kept, struct tmd **out, ts_error *err)
 {
   if (data_block_size < TMD_MIN_DATA_BLOCK_SIZE || data_block_size > TMD_MAX_DATA_BLOCK_SIZE ||
       data_block_size % 128)
@@ -554,14 +573,25 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
     return ts_error_set(err, r, "out of memory");
   md->data_block_size = data_block_size;
   md->meta_nr_blocks = mnr;
-  /* An interrupted format must not look like the old pool. */
-  uint8_t *zero = calloc(1, PD_BLOCK_SIZE);
-  r = zero ? pd_bdev_write(bdev, 0, 1, zero) : -ENOMEM;
-  free(zero);
-  if (!r)
-    r = pd_bdev_flush(bdev);
+  struct pd_sm old;
+  bool keep = beside && old_pool_blocks(md, &old);
+  if (kept)
+    *kept = keep;
+  if (!keep) {
+    /* An interrupted format must not look like the old pool. */
+    uint8_t *zero = calloc(1, PD_BLOCK_SIZE);
+    r = zero ? pd_bdev_write(bdev, 0, 1, zero) : -ENOMEM;
+    free(zero);
+    if (!r)
+      r = pd_bdev_flush(bdev);
+  }
   if (!r)
     r = pd_sm_init(&md->meta, true, mnr);
+  if (keep) {
+    if (!r)
+      r = pd_sm_keep_out(&md->meta, &old);
+    pd_sm_free(&old);
+  }
   if (!r)
     r = pd_sm_init(&md->data, false, nr_data_blocks);
   if (!r)
@@ -578,7 +608,7 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
   if (!r)
     r = pd_btree_empty(&md->top, &md->mapping_root);
   md->changed = true;
-  if (!r)
+  if (!r && !beside)
     r = do_commit(md);
   if (r) {
     tmd_close(md);
@@ -586,6 +616,18 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
   }
   *out = md;
   return 0;
+}
+
+int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+               const struct tmd_config *cfg, struct tmd **out, ts_error *err)
+{
+  return format(bdev, data_block_size, nr_data_blocks, cfg, false, NULL, out, err);
+}
+
+int pd_tmd_format_beside(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+                         struct tmd **out, bool *kept, ts_error *err)
+{
+  return format(bdev, data_block_size, nr_data_blocks, NULL, true, kept, out, err);
 }
 
 /* ---- flags, ids, time ---- */
