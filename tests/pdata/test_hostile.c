@@ -271,6 +271,226 @@ START_TEST(test_check_refuses_what_open_refuses)
 }
 END_TEST
 
+/* ---- restore and dump ---- */
+
+static char *slurp_file(const char *path, size_t *len)
+{
+  void *d = NULL;
+  ck_assert(ts_test_read_file(path, &d, len));
+  return d;
+}
+
+static int restore_string(const char *xml, ts_error *err)
+{
+  FILE *f = fmemopen((void *)xml, strlen(xml), "r");
+  ck_assert_ptr_nonnull(f);
+  struct pd_bdev b;
+  pdt_open_bdev(&b, meta);
+  int r = pd_restore_xml(&b, f, err);
+  pd_bdev_close(&b);
+  fclose(f);
+  return r;
+}
+
+/* The 14-byte file "</superblock>" used to crash restore (no pool yet). */
+START_TEST(test_restore_closing_superblock_only)
+{
+  pdt_make_file(meta, 1 << 20);
+  ts_error err = {0};
+  ck_assert_int_eq(restore_string("</superblock>", &err), -EINVAL);
+  ck_assert_msg(strstr(err.msg, "line 1: </superblock> without <superblock>"), "%s", err.msg);
+  char *xml = ts_test_path(dir, "x.xml");
+  FILE *f = fopen(xml, "w");
+  fputs("</superblock>", f);
+  fclose(f);
+  char *out = NULL;
+  int st = ts_test_run(&out, "%s/thinstack restore '%s' '%s'", TS_TEST_BUILD_DIR, xml, meta);
+  ck_assert_msg(st == 1 && strstr(out, "without <superblock>"), "%d: %s", st, out);
+  free(out);
+  free(xml);
+}
+END_TEST
+
+static const char *bad_xml[] = {
+  /* line 3 fails after a good device: nothing may be written */
+  "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"100\">\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"1\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n"
+  "    <single_mapping origin_block=\"0\" data_block=\"100\" time=\"0\"/>\n"
+  "  </device>\n</superblock>\n",
+  /* a mapping newer than the pool: check would call it damaged */
+  "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"100\">\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"1\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n"
+  "    <single_mapping origin_block=\"0\" data_block=\"1\" time=\"2\"/>\n"
+  "  </device>\n</superblock>\n",
+  /* a snapshot newer than the pool */
+  "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"100\">\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"0\" transaction=\"0\" creation_time=\"0\" snap_time=\"5\">\n"
+  "  </device>\n</superblock>\n",
+  /* a device twice, the second time after many mappings */
+  "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"100\">\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"0\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n"
+  "    <range_mapping origin_begin=\"0\" data_begin=\"0\" length=\"100\" time=\"0\"/>\n"
+  "  </device>\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"0\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\"/>\n"
+  "</superblock>\n",
+  /* cut short */
+  "<superblock uuid=\"\" time=\"1\" transaction=\"1\" data_block_size=\"128\" nr_data_blocks=\"100\">\n"
+  "  <device dev_id=\"7\" mapped_blocks=\"0\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n",
+};
+static const char *bad_why[] = {"line 3: mapping beyond end", "line 3: mapping time 2 is after the pool time 1",
+                                "line 2: device 7: snap_time 5 is after the pool time 1",
+                                "line 5: device 7 defined twice", "missing </superblock>"};
+
+/* Every refusal comes before the device is touched: the file is unchanged. */
+START_TEST(test_restore_validates_before_writing)
+{
+  build_pool();
+  size_t len0, len1;
+  char *before = slurp_file(meta, &len0);
+  for (size_t i = 0; i < sizeof(bad_xml) / sizeof(bad_xml[0]); i++) {
+    ts_error err = {0};
+    ck_assert_int_eq(restore_string(bad_xml[i], &err), -EINVAL);
+    ck_assert_msg(strstr(err.msg, bad_why[i]), "case %zu: %s", i, err.msg);
+    char *after = slurp_file(meta, &len1);
+    ck_assert_msg(len0 == len1 && !memcmp(before, after, len0), "case %zu changed the file", i);
+    free(after);
+  }
+  free(before);
+}
+END_TEST
+
+/* A metadata device whose superblock write fails: everything else of the
+ * new pool is written, and the old pool must still open and dump as before. */
+struct failsb { struct pd_bdev inner; int sb_writes; };
+
+static int fs_read(void *ctx, uint64_t block, uint32_t count, void *buf)
+{
+  struct failsb *f = ctx;
+  return f->inner.ops->read(f->inner.ctx, block, count, buf);
+}
+
+static int fs_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
+{
+  struct failsb *f = ctx;
+  if (block == 0) {
+    f->sb_writes++;
+    return -EIO;
+  }
+  return f->inner.ops->write(f->inner.ctx, block, count, buf);
+}
+
+static int fs_flush(void *ctx)
+{
+  struct failsb *f = ctx;
+  return f->inner.ops->flush(f->inner.ctx);
+}
+
+static const struct pd_bdev_ops failsb_ops = {fs_read, fs_write, fs_flush, NULL};
+
+START_TEST(test_restore_builds_beside_the_old_pool)
+{
+  build_pool();
+  struct pd_bdev b;
+  pdt_open_bdev(&b, meta);
+  char *old_xml = pdt_dump(&b, false);
+  pd_bdev_close(&b);
+  /* a different pool: three devices with their own mappings */
+  struct pdt_model m;
+  pdt_model_init(&m, 3, 5000, 128);
+  uint64_t rng = 42;
+  for (uint32_t d = 0; d < 3; d++) {
+    m.devs[d].exists = true;
+    for (uint32_t v = 0; v < 300; v++)
+      if (pdt_rand(&rng) % 2)
+        m.devs[d].map[v] = (((uint64_t)d * 1000 + v) << 24) + 1;
+  }
+  char *new_xml = pdt_model_xml(&m);
+  struct failsb f = {.sb_writes = 0};
+  pdt_open_bdev(&f.inner, meta);
+  struct pd_bdev wrap = {&failsb_ops, &f, f.inner.nr_blocks, false};
+  FILE *in = fmemopen(new_xml, strlen(new_xml), "r");
+  ts_error err = {0};
+  ck_assert_int_eq(pd_restore_xml(&wrap, in, &err), -EIO);
+  fclose(in);
+  ck_assert_int_eq(f.sb_writes, 1);
+  ck_assert_msg(strstr(err.msg, "the existing pool is unchanged"), "%s", err.msg);
+  pd_bdev_close(&f.inner);
+  pdt_open_bdev(&b, meta);
+  char *now = pdt_dump(&b, false);
+  ck_assert_str_eq(now, old_xml);
+  pdt_check_clean(&b);
+  free(now);
+  /* the same restore without the failure replaces the pool */
+  in = fmemopen(new_xml, strlen(new_xml), "r");
+  ck_assert_int_eq(pd_restore_xml(&b, in, &err), 0);
+  fclose(in);
+  now = pdt_dump(&b, false);
+  ck_assert_str_eq(now, new_xml);
+  pdt_check_clean(&b);
+  pd_bdev_close(&b);
+  free(now);
+  free(old_xml);
+  free(new_xml);
+  pdt_model_free(&m);
+}
+END_TEST
+
+/* A pipe cannot be read twice: restore copies it aside first. */
+START_TEST(test_restore_from_pipe)
+{
+  build_pool();
+  struct pd_bdev b;
+  pdt_open_bdev(&b, meta);
+  char *xml = pdt_dump(&b, false);
+  pd_bdev_close(&b);
+  char *xp = ts_test_path(dir, "pool.xml");
+  FILE *f = fopen(xp, "w");
+  fputs(xml, f);
+  fclose(f);
+  pdt_make_file(meta, 1 << 20);
+  char *out = NULL;
+  int st = ts_test_run(&out, "cat '%s' | %s/thinstack restore /dev/stdin '%s'", xp, TS_TEST_BUILD_DIR, meta);
+  ck_assert_msg(st == 0, "%d: %s", st, out);
+  pdt_open_bdev(&b, meta);
+  char *now = pdt_dump(&b, false);
+  ck_assert_str_eq(now, xml);
+  pd_bdev_close(&b);
+  free(out);
+  free(now);
+  free(xml);
+  free(xp);
+}
+END_TEST
+
+/* dump -o onto its own input (by name, hard link or symlink) and restore
+ * from the file it writes are refused, and the metadata is untouched. */
+START_TEST(test_no_output_over_input)
+{
+  build_pool();
+  size_t len0, len1;
+  char *before = slurp_file(meta, &len0);
+  char *hard = ts_test_path(dir, "hard"), *sym = ts_test_path(dir, "sym");
+  ck_assert_int_eq(link(meta, hard), 0);
+  ck_assert_int_eq(symlink(meta, sym), 0);
+  const char *outs[] = {meta, hard, sym};
+  for (int i = 0; i < 3; i++) {
+    char *out = NULL;
+    int st = ts_test_run(&out, "%s/thinstack dump '%s' -o '%s'", TS_TEST_BUILD_DIR, meta, outs[i]);
+    ck_assert_msg(st == 2 && strstr(out, "is the metadata file"), "%d: %s", st, out);
+    free(out);
+    st = ts_test_run(&out, "%s/thinstack restore '%s' '%s'", TS_TEST_BUILD_DIR, outs[i], meta);
+    ck_assert_msg(st == 2 && strstr(out, "are one file"), "%d: %s", st, out);
+    free(out);
+    char *after = slurp_file(meta, &len1);
+    ck_assert_msg(len0 == len1 && !memcmp(before, after, len0), "case %d changed the file", i);
+    free(after);
+  }
+  free(before);
+  free(hard);
+  free(sym);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("hostile");
@@ -282,6 +502,11 @@ int main(void)
   tcase_add_test(tc, test_check_refuses_missing_bitmaps);
   tcase_add_test(tc, test_check_bounded_by_metadata_size);
   tcase_add_test(tc, test_check_refuses_what_open_refuses);
+  tcase_add_test(tc, test_restore_closing_superblock_only);
+  tcase_add_test(tc, test_restore_validates_before_writing);
+  tcase_add_test(tc, test_restore_builds_beside_the_old_pool);
+  tcase_add_test(tc, test_restore_from_pipe);
+  tcase_add_test(tc, test_no_output_over_input);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
 }
