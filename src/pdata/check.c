@@ -324,16 +324,9 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
   c.dnr = ts__le64(sb + SB_DATA_SM);
   c.sb_time = ts__le32(sb + SB_TIME);
   res->transaction_id = ts__le64(sb + SB_TRANS_ID);
-  /* Every data bitmap is a metadata block of its own, so a data space map
-   * larger than that is damage, and refusing it here keeps the memory and
-   * time below (per data block) bounded by the metadata device's size. */
+  /* pd_sb_check bounded the bitmaps by the metadata size, and with them the
+   * memory and time below that go per data block */
   uint64_t dbm = (c.dnr + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
-  if (dbm > c.mnr) {
-    rep(&c, PD_CHECK_ERROR, "superblock: the data space map of %" PRIu64 " blocks needs %" PRIu64
-        " bitmaps, more than the %" PRIu64 " blocks of the metadata device", c.dnr, dbm, c.mnr);
-    free(sb);
-    return 0;
-  }
   c.dseen = calloc(dbm + 1, 1);
   c.mcount = calloc(c.mnr, 4);
   c.mdisk = calloc(c.mnr, 4);

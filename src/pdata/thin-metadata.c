@@ -297,8 +297,18 @@ int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size
              ts__le64(sb + SB_META_SM), mnr);
     return -EINVAL;
   }
-  if (ts__le64(sb + SB_DATA_SM) > TMD_MAX_DATA_BLOCKS) {
-    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", ts__le64(sb + SB_DATA_SM));
+  uint64_t dnr = ts__le64(sb + SB_DATA_SM);
+  if (dnr > TMD_MAX_DATA_BLOCKS) {
+    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", dnr);
+    return -EINVAL;
+  }
+  /* Each data bitmap is a metadata block of its own: a larger claim is
+   * damage, and refusing it keeps what loading and checking allocate per
+   * data block bounded by the metadata device's size. */
+  uint64_t dbm = (dnr + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
+  if (dbm > mnr) {
+    snprintf(why, whylen, "superblock: the data space map of %" PRIu64 " blocks needs %" PRIu64
+             " bitmaps, more than the %" PRIu64 " blocks of the metadata device", dnr, dbm, mnr);
     return -EINVAL;
   }
   uint64_t roots[3] = {ts__le64(sb + SB_MAPPING_ROOT), ts__le64(sb + SB_DETAILS_ROOT), ts__le64(sb + SB_HELD_ROOT)};
@@ -567,6 +577,10 @@ static int format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t
   if (bdev->read_only || !bdev->ops->write || (cfg && cfg->read_only))
     return ts_error_set(err, -EROFS, "cannot format a read-only metadata device");
   uint64_t mnr = bdev->nr_blocks < TMD_MAX_METADATA_BLOCKS ? bdev->nr_blocks : TMD_MAX_METADATA_BLOCKS;
+  uint64_t dbm = (nr_data_blocks + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
+  if (dbm > mnr)
+    return ts_error_set(err, -ENOSPC, "%" PRIu64 " data blocks need %" PRIu64 " space map bitmaps, more than the %"
+                        PRIu64 " blocks of the metadata device: grow the metadata", nr_data_blocks, dbm, mnr);
   struct tmd *md;
   int r = create_handle(bdev, cfg, mnr, &md);
   if (r)
