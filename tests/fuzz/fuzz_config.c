@@ -10,6 +10,7 @@
  * queued to wait for space. Whatever passes is opened for real. */
 #include "fuzz.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <libthinstack/thinstack.h>
 #include <stdlib.h>
@@ -31,15 +32,15 @@ static bool too_big(const char *s)
   while (*end == ' ')
     end++;
   static const char suf[] = "KMGTPE";
-  const char *p = *end ? strchr(suf, *end == 'k' ? 'K' : *end) : NULL;
+  const char *p = *end ? strchr(suf, toupper((unsigned char)*end)) : NULL;
   if (p) {
     for (long i = 0; i <= p - suf; i++)
       v *= 1024;
     end++;
-    if (*end == 'i')
+    if (*end == 'i' || *end == 'I')
       end++;
   }
-  if (*end == 'B')
+  if (*end == 'B' || *end == 'b')
     end++;
   return !*end && (v < 0 || v > (double)LIMIT);
 }
