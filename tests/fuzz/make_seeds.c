@@ -113,10 +113,12 @@ static void pool_seed(const char *name, int kind, const char *tmp)
   if (tmd_commit(md))
     die(name, "commit failed");
   tmd_close(md);
-  FILE *x = fopen(path("restore", name), "w");
+  char *xp = path("restore", name);
+  FILE *x = fopen(xp, "w");
   if (!x || pd_dump_xml(&b, false, x, &err))
     die(name, err.msg);
   fclose(x);
+  free(xp);
   pd_bdev_close(&b);
   size_t len;
   void *img = slurp(meta, &len);
