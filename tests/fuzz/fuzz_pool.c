@@ -5,7 +5,10 @@
  * snapshot) and opened read-only; one that opens read-write is also changed
  * and committed. One rule is asserted: metadata the checker calls clean
  * must survive lookups, inserts, a snapshot, removals, a delete and a
- * commit, and still be clean afterwards.
+ * commit, and still be clean afterwards. Metadata that opens is also opened
+ * through the thin-pool layer (over a file, with a zero data layer of the
+ * pool's size) with a thin volume read, written and flushed; when it was
+ * clean it must still be clean after the stack closed.
  *
  * Built with TS_FUZZ_FIX_CSUM, a custom mutator re-stamps the checksum (and
  * block number) of every block that carried a valid one before mutation, so
@@ -15,6 +18,8 @@
 #include "pdata/thin-metadata.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <libthinstack/thinstack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +93,51 @@ static void exercise(struct tmd *md)
   }
 }
 
+/* The same metadata as a file under a thin-pool layer and a thin volume. */
+static void through_the_layer(uint8_t *img, uint64_t bs, uint64_t nr, const uint32_t *id, uint64_t errors)
+{
+  if (!bs || nr > (1ull << 50) / bs)
+    return;
+  fuzz_clean();
+  fuzz_write_file("meta.img", img, (size_t)POOL_BLOCKS * PD_BLOCK_SIZE, 0);
+  char vol[96] = "", json[512];
+  if (id)
+    snprintf(vol, sizeof vol, ",\"vol\":{\"type\":\"thin\",\"pool\":\"pool\",\"id\":%u,\"size\":\"1M\"}", *id);
+  snprintf(json, sizeof json,
+           "{\"version\":1,\"layers\":{\"meta\":{\"type\":\"file\",\"path\":\"meta.img\"},"
+           "\"data\":{\"type\":\"zero\",\"size\":%" PRIu64 "},\"pool\":{\"type\":\"thin-pool\","
+           "\"metadata\":\"meta\",\"data\":\"data\",\"block_size\":%" PRIu64 ",\"commit_interval\":0}%s}}",
+           nr * bs, bs, vol);
+  ts_stack *s = NULL;
+  ts_error err = {0};
+  if (ts_stack_open_string(json, fuzz_dir(), NULL, &s, &err)) {
+    fuzz_note("the pool layer refused", err.msg);
+    return;
+  }
+  ts_dev *v = id ? ts_stack_node(s, "vol") : NULL;
+  if (v) {
+    static uint8_t buf[1 << 20];
+    ts_pread(v, buf, sizeof buf, 0);
+    memset(buf, 0xc3, 65536);
+    ts_pwrite(v, buf, 65536, 0, 0);
+    ts_pwrite(v, buf, 4096, 700 * 1024, TS_IO_FUA);
+    ts_discard(v, 0, 65536);
+    ts_flush(v);
+  }
+  ts_stack_close(s, &err);
+  if (errors)
+    return;
+  struct pd_bdev b;
+  if (pd_bdev_open_file(&b, fuzz_path("meta.img"), true, &err))
+    abort();
+  uint64_t after = check_errors(&b);
+  pd_bdev_close(&b);
+  if (after) {
+    fprintf(stderr, "clean metadata: %llu check errors after the pool layer used it\n", (unsigned long long)after);
+    abort();
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   static uint8_t *img;
@@ -112,8 +162,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   struct tmd_config cfg = {.read_only = true, .cache_blocks = 16};
   if (tmd_open(&ro, &cfg, &md, &err) == 0) {
     fuzz_note("opened", errors ? "with check errors" : "clean");
+    uint64_t bs = (uint64_t)tmd_data_block_size(md) * 512, nr = tmd_data_nr_blocks(md);
+    uint32_t id;
+    bool have = tmd_list_devices(md, &id, 1) > 0;
     exercise(md); /* every change is refused: read-only */
     tmd_close(md);
+    through_the_layer(img, bs, nr, have ? &id : NULL, errors);
+    memcpy(img, data, n); /* the layer may have committed: start again from the input */
+    memset(img + n, 0, (size_t)POOL_BLOCKS * PD_BLOCK_SIZE - n);
   } else if (fuzz_note("refused", err.msg), errors == 0) {
     fprintf(stderr, "check says clean, open refuses: %s\n", err.msg);
     abort();
