@@ -13,6 +13,7 @@ packages=(
   thin-provisioning-tools
   python3 python3-cryptography python3-pytest
   fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "pdata/thin-metadata.h"
@@ -20,6 +21,14 @@ static bool want_help(int argc, char **argv, const char *usage, const char *text
       return true;
     }
   return false;
+}
+
+/* Whether two paths name one file (through links, symlinks or other
+ * spellings): a command must not write its output over its own input. */
+static bool same_file(const char *a, const char *b)
+{
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 struct check_out {
@@ -145,6 +154,11 @@ int ts_cli_dump(int argc, char **argv)
     return 2;
   }
   const char *path = argv[optind];
+  if (outpath && same_file(path, outpath)) {
+    ts_cli_err("dump: -o %s is the metadata file %s itself; writing the XML there would destroy it", outpath,
+               path);
+    return 2;
+  }
   struct pd_bdev bdev;
   ts_error err = {0};
   if (meta_open(&bdev, path, "dump", &err))
@@ -172,10 +186,18 @@ int ts_cli_restore(int argc, char **argv)
 {
   if (want_help(argc, argv, "XML METADATA_FILE",
                 "  Build fresh thin-pool metadata (version 2) on METADATA_FILE, which must\n"
-                "  exist (its size is the metadata size), from thin_dump-format XML.\n"))
+                "  exist (its size is the metadata size), from thin_dump-format XML.\n"
+                "  The whole XML is checked before the file is touched, and the new pool is\n"
+                "  built beside the pool already there (its superblock written last), so a\n"
+                "  restore that fails leaves the old pool.\n"))
     return 0;
   if (argc != 3 || argv[1][0] == '-' || argv[2][0] == '-') {
     ts_cli_err("restore: usage: thinstack restore XML METADATA_FILE");
+    return 2;
+  }
+  if (same_file(argv[1], argv[2])) {
+    ts_cli_err("restore: the XML %s and the metadata file %s are one file; restoring would overwrite its own input",
+               argv[1], argv[2]);
     return 2;
   }
   FILE *in = fopen(argv[1], "r");

@@ -14,7 +14,11 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* Entry data is copied through a buffer of at most this many bytes. */
+#define REPLAY_CHUNK (1u << 20)
 
 
 static void flag_names(uint64_t f, char *buf, size_t n)
@@ -44,6 +48,29 @@ static int discard_range(int fd, uint64_t off, uint64_t len)
     done += n;
   }
   return 0;
+}
+
+/* Copy len bytes from the log at `from` to the target at `to`, a bounded
+ * chunk at a time. */
+static int copy_data(int lfd, int tfd, unsigned char *buf, size_t cap, uint64_t from, uint64_t to, uint64_t len)
+{
+  for (uint64_t done = 0; done < len;) {
+    size_t n = len - done < cap ? (size_t)(len - done) : cap;
+    int r = ts__fd_rw(lfd, false, buf, n, from + done);
+    if (!r)
+      r = ts__fd_rw(tfd, true, buf, n, to + done);
+    if (r)
+      return r;
+    done += n;
+  }
+  return 0;
+}
+
+/* Size in bytes of a file or block device, or -errno. */
+static int64_t fd_size(int fd)
+{
+  off_t end = lseek(fd, 0, SEEK_END);
+  return end < 0 ? -errno : (int64_t)end;
 }
 
 int ts_cli_replay_log(int argc, char **argv)
@@ -85,6 +112,13 @@ int ts_cli_replay_log(int argc, char **argv)
     ts_cli_err("replay-log: cannot open %s: %s", pos[0], strerror(errno));
     return 1;
   }
+  struct stat ls, ts;
+  if (!list && fstat(lfd, &ls) == 0 && stat(pos[1], &ts) == 0 && ls.st_dev == ts.st_dev && ls.st_ino == ts.st_ino) {
+    ts_cli_err("replay-log: the target %s is the log %s itself; replaying would overwrite the log being read",
+               pos[1], pos[0]);
+    close(lfd);
+    return 2;
+  }
   int tfd = -1, status = 1;
   unsigned char *block = NULL, *data = NULL;
   json_t *arr = json ? json_array() : NULL;
@@ -98,19 +132,40 @@ int ts_cli_replay_log(int argc, char **argv)
                r ? ts_strerror(r) : "bad magic, version or sector size");
     goto out;
   }
+  int64_t log_len = fd_size(lfd), tgt_len = 0;
+  if (log_len < 0) {
+    ts_cli_err("replay-log: %s: cannot find its size: %s", pos[0], ts_strerror((int)log_len));
+    goto out;
+  }
   if (!list) {
     tfd = open(pos[1], O_WRONLY | O_CLOEXEC);
     if (tfd < 0) {
       ts_cli_err("replay-log: cannot open %s for writing: %s", pos[1], strerror(errno));
       goto out;
     }
+    if ((tgt_len = fd_size(tfd)) < 0) {
+      ts_cli_err("replay-log: %s: cannot find its size: %s", pos[1], ts_strerror((int)tgt_len));
+      goto out;
+    }
   }
   block = malloc(ss);
-  if (!block)
+  data = malloc(REPLAY_CHUNK);
+  if (!block || !data) {
+    ts_cli_err("replay-log: out of memory");
     goto out;
-  uint64_t at = ss, replayed = 0;
+  }
+  /* Every position below is checked against the log's length before it is
+   * used, so each entry moves `at` forward by at least one sector and a
+   * crafted count can neither wrap it nor outrun the file. */
+  uint64_t at = ss, replayed = 0, llen = (uint64_t)log_len, tsec = (uint64_t)tgt_len / ss;
   bool found_mark = false;
   for (uint64_t i = 0; i < nr && i < limit && !found_mark; i++) {
+    if (at > llen || llen - at < ss) {
+      ts_cli_err("replay-log: %s: entry %llu would start at byte %llu, past the end of the log (%llu bytes), "
+                 "but the log's superblock says it has %llu entries", pos[0], (unsigned long long)i,
+                 (unsigned long long)at, (unsigned long long)llen, (unsigned long long)nr);
+      goto out;
+    }
     if ((r = ts__fd_rw(lfd, false, block, ss, at)) != 0) {
       ts_cli_err("replay-log: entry %llu at byte %llu: %s (the log says it has %llu)",
                  (unsigned long long)i, (unsigned long long)at, ts_strerror(r),
@@ -127,7 +182,23 @@ int ts_cli_replay_log(int argc, char **argv)
       memcpy(mark, block + LW_ENTRY_SIZE, m);
       mark[m] = '\0';
     }
-    uint64_t bytes = (flags & LW_DISCARD) ? 0 : n * ss;
+    /* a write's data follows its entry: it must lie inside the log */
+    uint64_t data_sectors = (flags & LW_DISCARD) ? 0 : n;
+    if (data_sectors > (llen - at - ss) / ss) {
+      ts_cli_err("replay-log: %s: entry %llu at byte %llu has %llu sectors of data, past the end of the log "
+                 "(%llu bytes)", pos[0], (unsigned long long)i, (unsigned long long)at,
+                 (unsigned long long)n, (unsigned long long)llen);
+      goto out;
+    }
+    uint64_t bytes = data_sectors * ss;
+    if (!list && n && (sector > tsec || n > tsec - sector)) {
+      ts_cli_err("replay-log: entry %llu (byte %llu of %s) %s %llu sectors at sector %llu (%llu bytes each), "
+                 "past the end of %s (%llu bytes); the target must be as large as the logged device",
+                 (unsigned long long)i, (unsigned long long)at, pos[0],
+                 (flags & LW_DISCARD) ? "discards" : "writes", (unsigned long long)n,
+                 (unsigned long long)sector, (unsigned long long)ss, pos[1], (unsigned long long)tgt_len);
+      goto out;
+    }
     if (list) {
       char fl[64];
       flag_names(flags, fl, sizeof fl);
@@ -148,13 +219,10 @@ int ts_cli_replay_log(int argc, char **argv)
         goto out;
       }
     } else if (bytes) {
-      unsigned char *p = realloc(data, (size_t)bytes);
-      if (!p)
-        goto out;
-      data = p;
-      if ((r = ts__fd_rw(lfd, false, data, (size_t)bytes, at + ss)) != 0 ||
-          (r = ts__fd_rw(tfd, true, data, (size_t)bytes, sector * ss)) != 0) {
-        ts_cli_err("replay-log: data of entry %llu: %s", (unsigned long long)i, ts_strerror(r));
+      if ((r = copy_data(lfd, tfd, data, REPLAY_CHUNK, at + ss, sector * ss, bytes)) != 0) {
+        ts_cli_err("replay-log: data of entry %llu (byte %llu of %s onto byte %llu of %s): %s",
+                   (unsigned long long)i, (unsigned long long)(at + ss), pos[0],
+                   (unsigned long long)(sector * ss), pos[1], ts_strerror(r));
         goto out;
       }
     }

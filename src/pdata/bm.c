@@ -9,6 +9,7 @@
  * in use and lets debug builds catch a broken contract. */
 #include <assert.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,7 +217,7 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     } else {
       int r = pd_bdev_read(&bm->bdev, nr, 1, b->data);
       if (!r)
-        r = pd_block_validate(b->data, nr, t, NULL, 0);
+        r = pd_block_validate(b->data, nr, t, bm->why, sizeof(bm->why));
       if (r) {
         free(b->data);
         free(b);
@@ -365,4 +366,21 @@ void pd_bm_destroy(struct pd_bm *bm)
   pthread_mutex_destroy(&bm->lock);
   free(bm->hash);
   free(bm);
+}
+
+void pd_bm_refused(struct pd_bm *bm, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  pthread_mutex_lock(&bm->lock);
+  vsnprintf(bm->why, sizeof(bm->why), fmt, ap);
+  pthread_mutex_unlock(&bm->lock);
+  va_end(ap);
+}
+
+void pd_bm_last_refusal(struct pd_bm *bm, char *buf, size_t len)
+{
+  pthread_mutex_lock(&bm->lock);
+  snprintf(buf, len, "%s", bm->why);
+  pthread_mutex_unlock(&bm->lock);
 }

@@ -4,6 +4,7 @@
  * rebalance thin nodes on the way down, so every non-root node keeps at
  * least max_entries / 3 entries (a rule thin_check enforces). */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 
 #include "pdata/pdata-internal.h"
@@ -87,6 +88,35 @@ static void insert_entry(uint8_t *n, uint32_t i, uint64_t key, const void *val)
   memcpy(pd_node_val(n, i), val, pd_node_vsize(n));
 }
 
+/* The block layer checked the header against the block size; this checks it
+ * against the tree: every size, count and offset used below comes from the
+ * node, so a node that disagrees with the tree's value size is refused before
+ * anything is copied out of or into it. */
+static int node_check(struct pd_btree *t, struct pd_block *blk)
+{
+  const uint8_t *n = blk->data;
+  uint32_t flags = ts__le32(n + NODE_FLAGS), nr = pd_node_nr(n), maxe = pd_node_maxe(n), vs = pd_node_vsize(n);
+  bool leaf = flags == PD_NODE_LEAF;
+  uint32_t want = leaf ? t->vt.size : 8;
+  if ((leaf || flags == PD_NODE_INTERNAL) && vs == want && maxe == pd_node_max_entries(want) && nr <= maxe &&
+      (leaf || nr > 0))
+    return 0;
+  pd_bm_refused(t->tm->bm,
+                "btree node %" PRIu64 ": flags %u, %u entries, max entries %u, value size %u do not fit a tree of "
+                "%u-byte values (expected a leaf or internal node, max entries %u, value size %u)",
+                blk->nr, flags, nr, maxe, vs, t->vt.size, pd_node_max_entries(want), want);
+  return -EILSEQ;
+}
+
+/* Read-lock node b and check it against the tree. */
+static int read_node(struct pd_btree *t, uint64_t b, struct pd_block **out)
+{
+  int r = pd_tm_read(t->tm, b, BT, out);
+  if (!r && (r = node_check(t, *out)))
+    pd_tm_unlock(t->tm, *out);
+  return r;
+}
+
 /* A shared node was copied: its children gain the copy as a parent. */
 static int inc_children(struct pd_btree *t, const uint8_t *n)
 {
@@ -108,6 +138,10 @@ static int shadow(struct pd_btree *t, uint64_t b, struct pd_block **out)
   int r = pd_tm_shadow(t->tm, b, BT, out, &shared);
   if (r)
     return r;
+  if ((r = node_check(t, *out))) {
+    pd_tm_unlock(t->tm, *out);
+    return r;
+  }
   if (shared && (r = inc_children(t, (*out)->data))) {
     pd_tm_unlock(t->tm, *out);
     return r;
@@ -141,7 +175,7 @@ int pd_btree_lookup(struct pd_btree *t, uint64_t root, uint64_t key, void *value
   uint64_t b = root;
   for (int depth = 0; depth < 64; depth++) {
     struct pd_block *blk;
-    int r = pd_tm_read(t->tm, b, BT, &blk);
+    int r = read_node(t, b, &blk);
     if (r)
       return r;
     const uint8_t *n = blk->data;
@@ -170,7 +204,7 @@ static int lb_rec(struct pd_btree *t, uint64_t b, uint64_t key, uint64_t *found,
   if (depth > 64)
     return -EILSEQ;
   struct pd_block *blk;
-  int r = pd_tm_read(t->tm, b, BT, &blk);
+  int r = read_node(t, b, &blk);
   if (r)
     return r;
   const uint8_t *n = blk->data;
@@ -201,7 +235,7 @@ int pd_btree_highest(struct pd_btree *t, uint64_t root, uint64_t *key)
   uint64_t b = root;
   for (int depth = 0; depth < 64; depth++) {
     struct pd_block *blk;
-    int r = pd_tm_read(t->tm, b, BT, &blk);
+    int r = read_node(t, b, &blk);
     if (r)
       return r;
     const uint8_t *n = blk->data;
@@ -307,6 +341,10 @@ static int insert_core(struct pd_btree *t, uint64_t root, uint64_t k0, uint64_t 
     struct pd_block *node, *child;
     if ((r = pd_bm_write(t->tm->bm, root, BT, &node)))
       break;
+    if ((r = node_check(t, node))) {
+      pd_tm_unlock(t->tm, node);
+      break;
+    }
     if (pd_node_nr(node->data) == pd_node_maxe(node->data) && (r = split_beneath(t, node))) {
       pd_tm_unlock(t->tm, node);
       break;
@@ -437,7 +475,7 @@ static int rebalance(struct pd_btree *t, struct pd_block *node, uint32_t *i, uin
   uint8_t *n = node->data;
   uint32_t nr = pd_node_nr(n);
   struct pd_block *cb;
-  int r = pd_tm_read(t->tm, child_at(n, *i), BT, &cb);
+  int r = read_node(t, child_at(n, *i), &cb);
   if (r)
     return r;
   uint32_t cnr = pd_node_nr(cb->data), cmin = min_entries(cb->data), cmax = pd_node_maxe(cb->data);
@@ -453,6 +491,12 @@ static int rebalance(struct pd_btree *t, struct pd_block *node, uint32_t *i, uin
     return r;
   }
   uint32_t ln = pd_node_nr(l->data), rn = pd_node_nr(rt->data);
+  if (pd_node_is_leaf(l->data) != pd_node_is_leaf(rt->data)) {
+    pd_bm_refused(t->tm->bm, "btree nodes %" PRIu64 " and %" PRIu64 ": siblings of different levels", l->nr, rt->nr);
+    pd_tm_unlock(t->tm, rt);
+    pd_tm_unlock(t->tm, l);
+    return -EILSEQ;
+  }
   if (ln + rn <= cmax) {
     copy_entries(l->data, rt->data, 0, rn);
     close_gap(n, ri, 1);
@@ -504,7 +548,7 @@ int pd_btree_remove_range(struct pd_btree *t, uint64_t root, uint64_t kb, uint64
     while (!pd_node_is_leaf(node->data) && pd_node_nr(node->data) == 1) {
       uint64_t cnr = child_at(node->data, 0);
       struct pd_block *cb;
-      if ((r = pd_tm_read(t->tm, cnr, BT, &cb)))
+      if ((r = read_node(t, cnr, &cb)))
         break;
       memcpy(node->data, cb->data, PD_BLOCK_SIZE);
       pd_tm_unlock(t->tm, cb);
@@ -557,7 +601,7 @@ static int del_rec(struct pd_btree *t, uint64_t b, int depth)
   if (pd_sm_get(t->tm->meta, b) > 1)
     return pd_tm_dec(t->tm, b, NULL);
   struct pd_block *blk;
-  int r = pd_tm_read(t->tm, b, BT, &blk);
+  int r = read_node(t, b, &blk);
   if (r)
     return r;
   const uint8_t *n = blk->data;
@@ -588,7 +632,7 @@ static int walk_rec(struct pd_btree *t, uint64_t b, uint64_t kb, uint64_t ke, pd
   if (depth > 64)
     return -EILSEQ;
   struct pd_block *blk;
-  int r = pd_tm_read(t->tm, b, BT, &blk);
+  int r = read_node(t, b, &blk);
   if (r)
     return r;
   const uint8_t *n = blk->data;

@@ -25,6 +25,7 @@ struct ck {
   uint32_t *mdisk, *ddisk;     /* counts the space maps claim */
   uint8_t *visited;
   uint64_t *memo;              /* mapped entries below a mapping-tree node */
+  uint8_t *dseen;              /* data space map bitmaps found in the index */
   struct devrec *devs;
   size_t ndevs, capdevs;
   bool held_mode;
@@ -118,13 +119,23 @@ static uint64_t walk(struct ck *c, enum kind k, uint64_t b, uint64_t lo, uint64_
     free(n);
     return 0;
   }
-  uint32_t nr = pd_node_nr(n), maxe = pd_node_maxe(n), vs = pd_node_vsize(n);
-  bool leaf = pd_node_is_leaf(n);
+  uint32_t nr = pd_node_nr(n), maxe = pd_node_maxe(n), vs = pd_node_vsize(n), flags = ts__le32(n + NODE_FLAGS);
+  bool leaf = flags == PD_NODE_LEAF;
   uint32_t want_vs = leaf ? kind_vsize[k] : 8;
   uint64_t total = 0;
-  if (vs != want_vs || maxe != pd_node_max_entries(vs)) {
-    rep(c, PD_CHECK_ERROR, "%s: value size %u / max entries %u, expected %u / %u", what, vs, maxe, want_vs,
-        pd_node_max_entries(want_vs));
+  /* the same rules as the btree code applies before using a node */
+  if (flags != PD_NODE_LEAF && flags != PD_NODE_INTERNAL) {
+    rep(c, PD_CHECK_ERROR, "%s: flags %u, expected %u (internal) or %u (leaf)", what, flags, PD_NODE_INTERNAL,
+        PD_NODE_LEAF);
+    goto out;
+  }
+  if (vs != want_vs || maxe != pd_node_max_entries(vs) || nr > maxe) {
+    rep(c, PD_CHECK_ERROR, "%s: value size %u / max entries %u / %u entries, expected %u / %u / at most %u", what,
+        vs, maxe, nr, want_vs, pd_node_max_entries(want_vs), pd_node_max_entries(want_vs));
+    goto out;
+  }
+  if (!leaf && !nr) {
+    rep(c, PD_CHECK_ERROR, "%s: internal node without entries", what);
     goto out;
   }
   if (!root && nr < maxe / 3)
@@ -203,6 +214,7 @@ static void leaf_value(struct ck *c, enum kind k, uint64_t key, const uint8_t *v
       rep(c, PD_CHECK_ERROR, "data space map index: entry %" PRIu64 " past the end of the map", key);
       break;
     }
+    c->dseen[key] = 1;
     uint64_t n = c->dnr - first < PD_ENTRIES_PER_BITMAP ? c->dnr - first : PD_ENTRIES_PER_BITMAP;
     load_bitmap(c, ts__le64(v), c->ddisk, first, n, what);
     break;
@@ -269,6 +281,24 @@ static void compare_counts(struct ck *c, const char *what, const uint32_t *found
         claimed_alloc, alloc);
 }
 
+/* Whatever the walk above accepts, opening must accept too: open the pool
+ * read-only the way the library does and report its refusal as damage. */
+static void open_as_pool(struct ck *c)
+{
+  struct tmd_config cfg = {.read_only = true, .cache_blocks = 256};
+  struct pd_bdev ro = *c->bdev;
+  ro.read_only = true;
+  struct tmd *md;
+  ts_error err = {0};
+  int r = tmd_open(&ro, &cfg, &md, &err);
+  if (r == -ENOMEM)
+    rep(c, PD_CHECK_ERROR, "opening the pool: out of memory");
+  else if (r)
+    rep(c, PD_CHECK_ERROR, "opening the pool is refused: %s", err.msg);
+  else
+    tmd_close(md);
+}
+
 int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, struct pd_check_result *res)
 {
   struct pd_check_result dummy;
@@ -294,13 +324,17 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
   c.dnr = ts__le64(sb + SB_DATA_SM);
   c.sb_time = ts__le32(sb + SB_TIME);
   res->transaction_id = ts__le64(sb + SB_TRANS_ID);
+  /* pd_sb_check bounded the bitmaps by the metadata size, and with them the
+   * memory and time below that go per data block */
+  uint64_t dbm = (c.dnr + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
+  c.dseen = calloc(dbm + 1, 1);
   c.mcount = calloc(c.mnr, 4);
   c.mdisk = calloc(c.mnr, 4);
   c.visited = calloc(c.mnr, 1);
   c.memo = calloc(c.mnr, 8);
   c.dcount = calloc(c.dnr + 1, 4);
   c.ddisk = calloc(c.dnr + 1, 4);
-  if (!c.mcount || !c.mdisk || !c.visited || !c.memo || !c.dcount || !c.ddisk) {
+  if (!c.dseen || !c.mcount || !c.mdisk || !c.visited || !c.memo || !c.dcount || !c.ddisk) {
     r = -ENOMEM;
     goto out;
   }
@@ -323,6 +357,10 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
     free(ib);
   }
   walk(&c, K_INDEX, ts__le64(sb + SB_DATA_SM + 16), 0, UINT64_MAX, true, 0);
+  for (uint64_t i = 0, missing = 0; i < dbm; i++)
+    if (!c.dseen[i] && missing++ < MAX_REPORTS_PER_KIND)
+      rep(&c, PD_CHECK_ERROR, "data space map index: bitmap %" PRIu64 " missing (the map has %" PRIu64
+          " blocks)", i, c.dnr);
   walk(&c, K_OVERFLOW_META, ts__le64(sb + SB_META_SM + 24), 0, UINT64_MAX, true, 0);
   walk(&c, K_OVERFLOW_DATA, ts__le64(sb + SB_DATA_SM + 24), 0, UINT64_MAX, true, 0);
 
@@ -368,8 +406,11 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg, s
     res->metadata_blocks_used += c.mcount[b] != 0;
   for (uint64_t b = 0; b < c.dnr; b++)
     res->data_blocks_used += c.dcount[b] != 0;
+  if (!res->errors)
+    open_as_pool(&c);
   r = 0;
 out:
+  free(c.dseen);
   free(sb);
   free(c.mcount);
   free(c.mdisk);

@@ -98,6 +98,7 @@ struct pd_bm {
   size_t nr_cached, max_cached;
   uint64_t reads, writes; /* statistics, blocks */
   int io_error;           /* first write error met while evicting */
+  char why[200];          /* why the last block was refused (under lock) */
 };
 
 int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blocks,
@@ -118,6 +119,10 @@ int pd_bm_write_block(struct pd_bm *bm, uint64_t nr);
 void pd_bm_drop_all(struct pd_bm *bm);
 /* Forget one cached block if present and unlocked (it was freed). */
 void pd_bm_forget(struct pd_bm *bm, uint64_t nr);
+/* Remember why a block was refused, for the caller's message. */
+void pd_bm_refused(struct pd_bm *bm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Copy the last refusal reason ("" if none) into buf. */
+void pd_bm_last_refusal(struct pd_bm *bm, char *buf, size_t len);
 
 /* ---- space maps, held in memory as 2-bit counts + overflow table ---- */
 struct pd_sm_bitmap {
@@ -158,6 +163,9 @@ int pd_sm_inc(struct pd_sm *sm, uint64_t b);
 int pd_sm_dec(struct pd_sm *sm, uint64_t b, uint32_t *now);
 int pd_sm_alloc(struct pd_sm *sm, uint64_t *b);
 int pd_sm_alloc_run(struct pd_sm *sm, uint64_t max, uint64_t *begin, uint64_t *len);
+/* Treat every block `old` uses as still used by the last commit, so nothing
+ * is allocated there before the next commit (building beside a pool). */
+int pd_sm_keep_out(struct pd_sm *sm, const struct pd_sm *old);
 /* Forget the committed copies (after a commit). */
 void pd_sm_committed(struct pd_sm *sm);
 /* Recompute nr_free / nr_allocated from the words. */
@@ -262,5 +270,12 @@ int pd_tmd_insert_run_time(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_
                            uint64_t dbegin, uint32_t time, uint64_t *done);
 int pd_tmd_set_details(struct tmd *md, uint32_t id, const struct tmd_dev_info *info);
 void pd_tmd_set_sb_fields(struct tmd *md, uint32_t time, uint64_t trans_id, uint32_t flags);
+/* tmd_format without its commit, for building a whole pool in one
+ * transaction. When the device holds a pool that opens, every block it uses
+ * is kept out of allocation and block 0 keeps its superblock until the
+ * commit, so the old pool survives any failure before then; *kept (may be
+ * NULL) tells whether that was the case. */
+int pd_tmd_format_beside(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+                         struct tmd **out, bool *kept, ts_error *err);
 
 #endif

@@ -147,6 +147,8 @@ int pd_sm_load(struct pd_tm *tm, struct pd_sm *sm, const uint8_t *root32, bool i
       }
     free(c.seen);
     if (r) {
+      if (!why[0] && r == -EILSEQ)
+        pd_bm_last_refusal(tm->bm, why, whylen);
       if (!why[0])
         snprintf(why, whylen, "data space map index tree: %s", strerror(-r));
       return r;
@@ -157,6 +159,8 @@ int pd_sm_load(struct pd_tm *tm, struct pd_sm *sm, const uint8_t *root32, bool i
   struct idx_ctx c = {tm, sm, NULL, why, whylen};
   r = pd_btree_walk(&t, ref, 0, UINT64_MAX, ov_leaf, &c);
   if (r) {
+    if (!why[0] && r == -EILSEQ)
+      pd_bm_last_refusal(tm->bm, why, whylen);
     if (!why[0])
       snprintf(why, whylen, "%s space map overflow tree: %s", what, strerror(-r));
     return r;

@@ -374,6 +374,23 @@ int pd_sm_alloc_run(struct pd_sm *sm, uint64_t max, uint64_t *begin, uint64_t *l
   return 0;
 }
 
+int pd_sm_keep_out(struct pd_sm *sm, const struct pd_sm *old)
+{
+  for (size_t i = 0; i < sm->nr_bitmaps && i < old->nr_bitmaps; i++) {
+    struct pd_sm_bitmap *m = &sm->bm[i];
+    if (!m->committed) {
+      m->committed = malloc(PD_BITMAP_WORDS * 8);
+      if (!m->committed)
+        return -ENOMEM;
+      memcpy(m->committed, m->words, PD_BITMAP_WORDS * 8);
+    }
+    /* only zero / non-zero matters to allocation, so OR-ing counts is enough */
+    for (uint32_t wi = 0; wi < PD_BITMAP_WORDS; wi++)
+      m->committed[wi] |= old->bm[i].words[wi];
+  }
+  return 0;
+}
+
 void pd_sm_committed(struct pd_sm *sm)
 {
   for (size_t i = 0; i < sm->nr_bitmaps; i++) {

@@ -297,8 +297,18 @@ int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size
              ts__le64(sb + SB_META_SM), mnr);
     return -EINVAL;
   }
-  if (ts__le64(sb + SB_DATA_SM) > TMD_MAX_DATA_BLOCKS) {
-    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", ts__le64(sb + SB_DATA_SM));
+  uint64_t dnr = ts__le64(sb + SB_DATA_SM);
+  if (dnr > TMD_MAX_DATA_BLOCKS) {
+    snprintf(why, whylen, "superblock: data space map size %" PRIu64 " is too large", dnr);
+    return -EINVAL;
+  }
+  /* Each data bitmap is a metadata block of its own: a larger claim is
+   * damage, and refusing it keeps what loading and checking allocate per
+   * data block bounded by the metadata device's size. */
+  uint64_t dbm = (dnr + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
+  if (dbm > mnr) {
+    snprintf(why, whylen, "superblock: the data space map of %" PRIu64 " blocks needs %" PRIu64
+             " bitmaps, more than the %" PRIu64 " blocks of the metadata device", dnr, dbm, mnr);
     return -EINVAL;
   }
   uint64_t roots[3] = {ts__le64(sb + SB_MAPPING_ROOT), ts__le64(sb + SB_DETAILS_ROOT), ts__le64(sb + SB_HELD_ROOT)};
@@ -333,8 +343,13 @@ static int load_state(struct tmd *md, char *why, size_t whylen)
   if (!r)
     r = pd_btree_walk(&md->details, md->details_root, 0, UINT64_MAX, load_details, &c);
   if (r) {
-    if (!why[0])
-      snprintf(why, whylen, "reading the device trees: %s", r == -EILSEQ ? "a btree node failed validation" : strerror(-r));
+    if (!why[0] && r == -EILSEQ) {
+      char bad[200];
+      pd_bm_last_refusal(md->bm, bad, sizeof(bad));
+      snprintf(why, whylen, "reading the device trees: %s", bad[0] ? bad : "a btree node failed validation");
+    } else if (!why[0]) {
+      snprintf(why, whylen, "reading the device trees: %s", strerror(-r));
+    }
     return r;
   }
   for (size_t i = 0; i < md->nr_devs; i++) {
@@ -528,8 +543,27 @@ int tmd_abort(struct tmd *md)
   return r;
 }
 
-int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
-               const struct tmd_config *cfg, struct tmd **out, ts_error *err)
+/* The blocks the pool on the device uses, if one opens there: 1 and *old
+ * filled, 0 if there is none to keep. */
+static int old_pool_blocks(struct tmd *md, struct pd_sm *old)
+{
+  uint8_t *sb = malloc(PD_BLOCK_SIZE);
+  char why[400];
+  int kept = 0;
+  memset(old, 0, sizeof(*old));
+  if (sb && !pd_bdev_read(&md->bdev, 0, 1, sb) && !pd_sb_check(sb, md->bdev.nr_blocks, false, why, sizeof(why)) &&
+      ts__le64(sb + SB_META_NR_BLOCKS) <= md->meta_nr_blocks) {
+    why[0] = 0;
+    kept = pd_sm_load(&md->tm, old, sb + SB_META_SM, true, why, sizeof(why)) == 0;
+    if (!kept)
+      pd_sm_free(old);
+  }
+  free(sb);
+  return kept;
+}
+
+static int format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+                  const struct tmd_config *cfg, bool beside, bool *kept, struct tmd **out, ts_error *err)
 {
   if (data_block_size < TMD_MIN_DATA_BLOCK_SIZE || data_block_size > TMD_MAX_DATA_BLOCK_SIZE ||
       data_block_size % 128)
@@ -543,20 +577,35 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
   if (bdev->read_only || !bdev->ops->write || (cfg && cfg->read_only))
     return ts_error_set(err, -EROFS, "cannot format a read-only metadata device");
   uint64_t mnr = bdev->nr_blocks < TMD_MAX_METADATA_BLOCKS ? bdev->nr_blocks : TMD_MAX_METADATA_BLOCKS;
+  uint64_t dbm = (nr_data_blocks + PD_ENTRIES_PER_BITMAP - 1) / PD_ENTRIES_PER_BITMAP;
+  if (dbm > mnr)
+    return ts_error_set(err, -ENOSPC, "%" PRIu64 " data blocks need %" PRIu64 " space map bitmaps, more than the %"
+                        PRIu64 " blocks of the metadata device: grow the metadata", nr_data_blocks, dbm, mnr);
   struct tmd *md;
   int r = create_handle(bdev, cfg, mnr, &md);
   if (r)
     return ts_error_set(err, r, "out of memory");
   md->data_block_size = data_block_size;
   md->meta_nr_blocks = mnr;
-  /* An interrupted format must not look like the old pool. */
-  uint8_t *zero = calloc(1, PD_BLOCK_SIZE);
-  r = zero ? pd_bdev_write(bdev, 0, 1, zero) : -ENOMEM;
-  free(zero);
-  if (!r)
-    r = pd_bdev_flush(bdev);
+  struct pd_sm old;
+  bool keep = beside && old_pool_blocks(md, &old);
+  if (kept)
+    *kept = keep;
+  if (!keep) {
+    /* An interrupted format must not look like the old pool. */
+    uint8_t *zero = calloc(1, PD_BLOCK_SIZE);
+    r = zero ? pd_bdev_write(bdev, 0, 1, zero) : -ENOMEM;
+    free(zero);
+    if (!r)
+      r = pd_bdev_flush(bdev);
+  }
   if (!r)
     r = pd_sm_init(&md->meta, true, mnr);
+  if (keep) {
+    if (!r)
+      r = pd_sm_keep_out(&md->meta, &old);
+    pd_sm_free(&old);
+  }
   if (!r)
     r = pd_sm_init(&md->data, false, nr_data_blocks);
   if (!r)
@@ -573,7 +622,7 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
   if (!r)
     r = pd_btree_empty(&md->top, &md->mapping_root);
   md->changed = true;
-  if (!r)
+  if (!r && !beside)
     r = do_commit(md);
   if (r) {
     tmd_close(md);
@@ -581,6 +630,18 @@ int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr
   }
   *out = md;
   return 0;
+}
+
+int tmd_format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+               const struct tmd_config *cfg, struct tmd **out, ts_error *err)
+{
+  return format(bdev, data_block_size, nr_data_blocks, cfg, false, NULL, out, err);
+}
+
+int pd_tmd_format_beside(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t nr_data_blocks,
+                         struct tmd **out, bool *kept, ts_error *err)
+{
+  return format(bdev, data_block_size, nr_data_blocks, NULL, true, kept, out, err);
 }
 
 /* ---- flags, ids, time ---- */

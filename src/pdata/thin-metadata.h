@@ -352,8 +352,13 @@ int pd_check(const struct pd_bdev *bdev, pd_check_report_fn report, void *arg,
 int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, ts_error *err);
 
 /* Build fresh metadata on `bdev` (whole device) from thin_dump-format XML
- * read from `in` and commit it. -EINVAL with "line N: reason" in err on bad
- * XML (the device may then hold a partial pool: restore again). */
+ * read from `in` and commit it. The whole XML is checked first, with the
+ * rules pd_check applies (ids, ranges, mapping and snapshot times not after
+ * the pool time): -EINVAL with "line N: reason" in err, and the device is
+ * not touched. The pool is then built beside any pool that opens on the
+ * device (in blocks it does not use) and its superblock written last, so a
+ * failure (-ENOSPC, -EIO) still leaves the old pool. `in` is read twice: a
+ * stream that cannot seek is copied to a temporary file first. */
 int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err);
 
 #endif

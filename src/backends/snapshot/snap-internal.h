@@ -51,6 +51,8 @@ struct ts__snap_store {
   uint64_t area;           /* index of the current metadata area */
   uint32_t committed;      /* records already in the current area */
   unsigned char *area_buf; /* the current area, chunk bytes */
+  uint32_t stray;          /* non-zero records found after the end of the list at open */
+  bool rewrite_tail;       /* the next commit writes the rest of the area: strays on disk */
   struct ts__snap_table table;
 };
 

@@ -727,6 +727,7 @@ static int snapshot_status(ts_layer *l, json_t *out)
   if (!valid)
     json_object_set_new(out, "invalid_reason", json_string(s->why));
   json_object_set_new(out, "exceptions", json_integer((json_int_t)st->table.n));
+  json_object_set_new(out, "stray_records", json_integer((json_int_t)st->stray));
   json_object_set_new(out, "chunks_used", json_integer((json_int_t)st->next_free));
   json_object_set_new(out, "chunks_total", json_integer((json_int_t)st->cow_chunks));
   json_object_set_new(out, "sectors_allocated", json_integer((json_int_t)alloc));

@@ -199,6 +199,27 @@ static int read_exceptions(struct ts__snap_store *st, ts_layer *l, ts_error *err
     }
     if (i < st->per_area) {
       st->committed = i;
+      /* Records after the end of the list are not exceptions, but the next
+       * commit would write them back beside the new ones and make them
+       * live (a chunk would then read other data): zero them here, have that commit write them out zeroed, and
+       * report them. */
+      uint32_t first = UINT32_MAX;
+      for (uint32_t j = i; j < st->per_area; j++) { /* the marker's own old_chunk too */
+        unsigned char *rec = st->area_buf + (size_t)j * 16;
+        if (ts__le64(rec) | ts__le64(rec + 8)) {
+          if (first == UINT32_MAX)
+            first = j;
+          st->stray++;
+          memset(rec, 0, 16);
+        }
+      }
+      if (st->stray) {
+        st->rewrite_tail = true;
+        ts_layer_event(l, "stray-records",
+                       "exception store on \"%s\": %u non-zero record%s after the end of the list in metadata "
+                       "area %llu (first: record %u); ignored, and zeroed by the next commit",
+                       cow, st->stray, st->stray == 1 ? "" : "s", (unsigned long long)st->area, first);
+      }
       break;
     }
   }
@@ -378,6 +399,8 @@ static int write_area_records(struct ts__snap_store *st, uint32_t from, uint32_t
   uint32_t lbs = ts_dev_limits(st->cow)->logical_block_size;
   uint64_t start = (uint64_t)from * 16 / lbs * lbs;
   uint64_t end = ((uint64_t)to * 16 + lbs - 1) / lbs * lbs;
+  if (st->rewrite_tail)
+    end = st->chunk; /* stray records on disk after `to`: overwrite them with the zeroes in area_buf */
   return ts_pwrite(st->cow, st->area_buf + start, end - start,
                    area_location(st, st->area) * st->chunk + start, TS_IO_FUA);
 }
@@ -400,6 +423,8 @@ int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *
     }
     if (st->committed < st->per_area) {
       r = write_area_records(st, from, st->committed);
+      if (!r)
+        st->rewrite_tail = false;
       break;
     }
     /* Full: zero the next area first, so its first record ends the list
@@ -412,6 +437,7 @@ int ts__snap_store_commit(struct ts__snap_store *st, const struct ts__snap_exc *
     if (!r) {
       st->area++;
       st->committed = 0;
+      st->rewrite_tail = false;
       memset(st->area_buf, 0, st->chunk);
     }
   }
