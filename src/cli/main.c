@@ -37,7 +37,8 @@ static const struct ts_cli_command commands[] = {
   { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
   { "pool", ts_cli_pool, "create|status|extend|extend-metadata CONFIG POOL ...",
     "format a thin pool, show its state, grow its data or metadata space" },
-  { "thin", ts_cli_thin, "create|snap|delete|list CONFIG POOL ...", "create, snapshot, delete and list thin volumes" },
+  { "thin", ts_cli_thin, "create|snap|delete|resize|list CONFIG ...",
+    "create, snapshot, delete, resize and list thin volumes (pool and CONFIG together)" },
 };
 
 static const struct ts_cli_command *find(const char *name)
@@ -91,11 +92,21 @@ bool ts_cli_size(const char *what, const char *s, uint64_t *out)
   return false;
 }
 
+/* What an open finds that the user should mend (a volume that no layer
+ * names) is worth a line on stderr; other events are not the CLI's news. */
+static void open_event(ts_stack *s, const char *node, const char *event, const char *detail, void *arg)
+{
+  (void)s;
+  (void)arg;
+  if (!strcmp(event, "volume-not-in-config"))
+    ts_cli_err("warning: layers.%s: %s", node, detail);
+}
+
 ts_stack *ts_cli_open(const char *config, unsigned flags)
 {
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  ts_open_opts o = { .struct_size = sizeof o, .flags = flags };
+  ts_open_opts o = { .struct_size = sizeof o, .flags = flags, .event = open_event };
   int r = ts_stack_open_file(config, &o, &s, &err);
   if (r) {
     ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
