@@ -50,7 +50,7 @@ int ts_cli_demo(int argc, char **argv);
 int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
 int ts_cli_pool(int argc, char **argv); /* pool create|status|extend */
-int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|list */
+int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|resize|list */
 int ts_cli_bench_provision(int argc, char **argv); /* bench provision */
 int ts_cli_check(int argc, char **argv);
 int ts_cli_dump(int argc, char **argv);
