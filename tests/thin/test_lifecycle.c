@@ -8,6 +8,8 @@
 #include "thin-helpers.h"
 
 #include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 
@@ -472,6 +474,109 @@ START_TEST(pool_extend_keeps_the_config)
 }
 END_TEST
 
+struct io_arg {
+  ts_dev *dev;
+  ts_stack *s;
+  _Atomic bool stop;
+  int err;
+  unsigned rounds;
+};
+
+static void *writer(void *arg)
+{
+  struct io_arg *a = arg;
+  char *buf = malloc(64 * 1024);
+  for (unsigned i = 0; !atomic_load(&a->stop) && !a->err; i++) {
+    memset(buf, (int)(i & 0xff), 64 * 1024);
+    a->err = ts_pwrite(a->dev, buf, 64 * 1024, (uint64_t)(i % 256) * 64 * 1024, 0);
+    if (!a->err && i % 16 == 15)
+      a->err = ts_flush(a->dev);
+    a->rounds++;
+  }
+  free(buf);
+  return NULL;
+}
+
+/* Dumps alone (a lister would order it after each edit through the
+ * stack's lock, hiding a race on the document from TSan). */
+static void *dumper(void *arg)
+{
+  struct io_arg *a = arg;
+  while (!atomic_load(&a->stop) && !a->err) {
+    char *j = ts_stack_config_json(a->s, 0);
+    if (!j)
+      a->err = -ENOMEM;
+    free(j);
+    a->rounds++;
+  }
+  return NULL;
+}
+
+static void *lister(void *arg)
+{
+  struct io_arg *a = arg;
+  while (!atomic_load(&a->stop) && !a->err) {
+    ts_volume_info vi[32];
+    size_t n = 0;
+    a->err = ts_volume_list(a->s, NULL, vi, 32, &n, NULL);
+    a->rounds++;
+  }
+  return NULL;
+}
+
+/* A live stack: snapshots of a volume being written, creates, listings
+ * and dumps from other threads at the same time (TSan runs this too). */
+START_TEST(live_stack_from_several_threads)
+{
+  char *dir = ts_test_mkdtemp();
+  char *cfg = ts_test_path(dir, "stack.json");
+  write_text(cfg, CONFIG, 0600);
+  ts_error e = { 0 };
+  ts_stack *s = open_file(cfg);
+  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 16 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), 0);
+  closed_ok(s);
+  s = open_file(cfg);
+  struct io_arg w = { .dev = ts_stack_node(s, "vm0"), .s = s }, r = { .s = s }, l = { .s = s };
+  pthread_t tw, tr, tl;
+  ck_assert_int_eq(pthread_create(&tw, NULL, writer, &w), 0);
+  ck_assert_int_eq(pthread_create(&tr, NULL, dumper, &r), 0);
+  ck_assert_int_eq(pthread_create(&tl, NULL, lister, &l), 0);
+  enum { N = 8 };
+  for (int i = 0; i < N; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "snap%d", i);
+    ck_assert_msg(ts_volume_snapshot(s, "vm0", name, 0, NULL, &e) == 0, "%s", e.msg);
+    snprintf(name, sizeof name, "vol%d", i);
+    ck_assert_msg(ts_volume_create(s, NULL, name, 8 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e) == 0, "%s", e.msg);
+  }
+  atomic_store(&w.stop, true);
+  atomic_store(&r.stop, true);
+  atomic_store(&l.stop, true);
+  pthread_join(tw, NULL);
+  pthread_join(tr, NULL);
+  pthread_join(tl, NULL);
+  ck_assert_int_eq(w.err, 0);
+  ck_assert_int_eq(r.err, 0);
+  ck_assert_int_eq(l.err, 0);
+  ck_assert_uint_gt(w.rounds, 0);
+  ck_assert_uint_gt(r.rounds, 0);
+  closed_ok(s);
+  json_t *j = load(cfg);
+  ck_assert_uint_eq(json_object_size(json_object_get(j, "layers")), 4 + 2 * N);
+  json_decref(j);
+  s = open_file(cfg); /* every layer opens: each has its volume */
+  ts_volume_info vi[2 * N + 1];
+  size_t n = 0;
+  ck_assert_int_eq(ts_volume_list(s, NULL, vi, 2 * N + 1, &n, &e), 0);
+  ck_assert_uint_eq(n, 2 * N + 1);
+  closed_ok(s);
+  thin_check_clean(dir);
+  free(cfg);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 int main(void)
 {
   require_thin_tools();
@@ -484,6 +589,7 @@ int main(void)
   tcase_add_test(t, failed_commit_names_its_errno);
   tcase_add_test(t, two_processes_two_pools);
   tcase_add_test(t, pool_extend_keeps_the_config);
+  tcase_add_test(t, live_stack_from_several_threads);
   suite_add_tcase(s, t);
   return ts_test_main(s);
 }
