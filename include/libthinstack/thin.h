@@ -161,7 +161,9 @@ TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
  *
  * Conventions: `stack` is open and holds the pool (the configuration may
  * name more layers than the stack opened: the CLI opens a pool and what lies
- * below it). `pool` names a thin-pool layer, or is NULL when the
+ * below it). A layer these calls add is not opened in the running stack: it
+ * opens with the next open of the configuration; a volume open in the stack
+ * can grow but not shrink or be deleted (-EBUSY). `pool` names a thin-pool layer, or is NULL when the
  * configuration has exactly one. Errors as above; a failed call leaves the
  * pool and the file as they were, except where noted. Calls on one stack
  * may come from several threads (they serialise on the stack), but not
