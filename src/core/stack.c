@@ -174,9 +174,11 @@ int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **ou
   char abs[PATH_MAX];
   if (!realpath(dir, abs))
     snprintf(abs, sizeof abs, "%s", dir);
+  /* The file itself, through any symlink: a rewrite replaces the file,
+   * not the link. */
   const char *base = slash ? slash + 1 : path;
-  char *cpath = NULL;
-  if (asprintf(&cpath, "%s%s%s", abs, strcmp(abs, "/") ? "/" : "", base) < 0)
+  char *cpath = realpath(path, NULL);
+  if (!cpath && asprintf(&cpath, "%s%s%s", abs, strcmp(abs, "/") ? "/" : "", base) < 0)
     cpath = NULL;
   free(dup);
   int r = open_stack(config, abs, opts, cpath, out, err);

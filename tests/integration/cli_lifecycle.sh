@@ -126,7 +126,7 @@ set -e
 grep -q "warning: layers.pool: volume 1 (0 bytes mapped) is in the pool but no layer of the configuration names it" warn.txt ||
   fail "no report of the volume without a layer: $(cat warn.txt)"
 mend=$(grep -o '`thinstack thin delete [^`]*`' warn.txt | tr -d '`')
-[ "$mend" = "thinstack thin delete $PWD/stack.json --pool pool --id 1" ] || fail "mending command: $mend"
+[ "$mend" = "thinstack thin delete $(realpath stack.json) --pool pool --id 1" ] || fail "mending command: $mend"
 list_is 'assert v[None]["id"] == 1 and v[None]["in_config"] is False and v[None]["in_pool"], v'
 "$THINSTACK" thin list stack.json | grep -Eq '^- +pool +1 .*\(not in config\)' || fail "list: $("$THINSTACK" thin list stack.json)"
 "$THINSTACK" ${mend#thinstack } | grep -q 'volume 1 deleted from pool pool'
@@ -142,7 +142,7 @@ TS_TEST_CRASH_AT=config-rename "$THINSTACK" thin delete stack.json vm0-snap
 set -e
 grep -q 'layers.vm0-snap.id: pool "pool" has no volume 2' err.txt || fail "missing volume: $(cat err.txt)"
 mend=$(grep -o '`thinstack thin delete [^`]*`' err.txt | tr -d '`')
-[ "$mend" = "thinstack thin delete $PWD/stack.json vm0-snap" ] || fail "mending command: $mend"
+[ "$mend" = "thinstack thin delete $(realpath stack.json) vm0-snap" ] || fail "mending command: $mend"
 list_is 'assert v["vm0-snap"]["in_pool"] is False, v'
 "$THINSTACK" ${mend#thinstack } | grep -q 'volume vm0-snap deleted'
 healthy "crash during delete, mended"

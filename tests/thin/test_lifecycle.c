@@ -474,6 +474,32 @@ START_TEST(pool_extend_keeps_the_config)
 }
 END_TEST
 
+/* A configuration reached through a symlink: the file is replaced, the
+ * link stays a link. */
+START_TEST(symlinked_config_stays_a_link)
+{
+  char *dir = ts_test_mkdtemp();
+  char *real = ts_test_path(dir, "stack.json"), *link = ts_test_path(dir, "link.json");
+  write_text(real, CONFIG, 0600);
+  ck_assert_int_eq(symlink("stack.json", link), 0);
+  ts_stack *s = open_file(link);
+  ck_assert_str_eq(ts_stack_config_path(s), real);
+  ts_error e = { 0 };
+  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 8 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), 0);
+  closed_ok(s);
+  struct stat st;
+  ck_assert_int_eq(lstat(link, &st), 0);
+  ck_assert(S_ISLNK(st.st_mode));
+  json_t *j = load(link);
+  ck_assert_ptr_nonnull(json_object_get(json_object_get(j, "layers"), "vm0"));
+  json_decref(j);
+  free(real);
+  free(link);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 struct io_arg {
   ts_dev *dev;
   ts_stack *s;
@@ -590,6 +616,7 @@ int main(void)
   tcase_add_test(t, two_processes_two_pools);
   tcase_add_test(t, pool_extend_keeps_the_config);
   tcase_add_test(t, live_stack_from_several_threads);
+  tcase_add_test(t, symlinked_config_stays_a_link);
   suite_add_tcase(s, t);
   return ts_test_main(s);
 }

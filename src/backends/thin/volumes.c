@@ -431,8 +431,8 @@ static int set_size(json_t *root, const void *arg)
 
 int ts_stack_set_config_path(ts_stack *s, const char *path, ts_error *err)
 {
-  char *abs = NULL;
-  if (path) {
+  char *abs = path ? realpath(path, NULL) : NULL; /* a rewrite replaces the file, not a link */
+  if (path && !abs) {
     char cwd[PATH_MAX];
     if (path[0] != '/' && !getcwd(cwd, sizeof cwd))
       return ts_error_set(err, -errno, "cannot find the current folder: %s", strerror(errno));
