@@ -15,9 +15,6 @@ from test_thinstack import raises_errno, pattern
 K = 1024
 M = 1024 * K
 
-pytestmark = pytest.mark.skipif(not thinstack.has_layer_type("thin-pool"),
-                                reason="library built without the thin layers")
-
 
 @pytest.fixture
 def cfgfile(tmp_path):
