@@ -134,7 +134,6 @@ TS_EXTERN int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err);
 /* Drop the copy kept by ts_pool_reserve_metadata_snap. -EINVAL none held. */
 TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
 
-
 /* ------------------------------------------------------------------------ */
 /* Volumes the pool and the configuration keep together                     */
 /*
@@ -163,18 +162,21 @@ TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
  * name more layers than the stack opened: the CLI opens a pool and what lies
  * below it). A layer these calls add is not opened in the running stack: it
  * opens with the next open of the configuration; a volume open in the stack
- * can grow but not shrink or be deleted (-EBUSY). `pool` names a thin-pool layer, or is NULL when the
- * configuration has exactly one. Errors as above; a failed call leaves the
- * pool and the file as they were, except where noted. Calls on one stack
- * may come from several threads (they serialise on the stack), but not
- * while the stack is being closed.
+ * can grow but not shrink or be deleted (-EBUSY). `pool` names a thin-pool
+ * layer, or is NULL when the configuration has exactly one. Errors as above;
+ * a failed call leaves the pool and the file as they were, except where
+ * noted. Calls on one stack may come from several threads (they serialise on
+ * the stack), but not while the stack is being closed.
  */
 
-#define TS_VOLUME_ANY_ID UINT32_MAX         /* ts_volume_create: the lowest free id */
-#define TS_VOLUME_EXPORT (1u << 0)          /* create, snapshot: add the layer to "exports" */
-#define TS_VOLUME_DISCARD_BEYOND (1u << 1)  /* resize: a shrink first discards mapped
-                                               blocks past the new end */
-#define TS_POOL_EXTEND_METADATA (1u << 0)   /* ts_stack_pool_extend: the metadata space */
+/* ts_volume_create: the lowest free id. */
+#define TS_VOLUME_ANY_ID UINT32_MAX
+/* create, snapshot: add the layer to "exports". */
+#define TS_VOLUME_EXPORT (1u << 0)
+/* resize: a shrink first discards the mapped blocks past the new end. */
+#define TS_VOLUME_DISCARD_BEYOND (1u << 1)
+/* ts_stack_pool_extend: the metadata space rather than the data space. */
+#define TS_POOL_EXTEND_METADATA (1u << 0)
 
 /* The configuration file that the lifecycle calls rewrite: the file a stack
  * was opened from, or `path` (made absolute) for a stack opened from a
@@ -236,17 +238,17 @@ TS_EXTERN int ts_stack_pool_extend(ts_stack *stack, const char *pool, uint64_t n
 
 /* One volume as the pool and the configuration see it together. */
 typedef struct ts_volume_info {
-  char name[256];            /* layer name; "" when no layer names the volume */
-  char pool[256];            /* pool layer */
-  char origin[256];          /* the layer's "origin"; "" when none */
+  char name[256];             /* layer name; "" when no layer names the volume */
+  char pool[256];             /* pool layer */
+  char origin[256];           /* the layer's "origin"; "" when none */
   uint32_t id;
-  bool in_pool;              /* false: the layer names a volume the pool lacks */
-  bool open;                 /* open as a layer of this stack */
-  uint64_t size;             /* the layer's size in bytes; 0 without a layer */
-  uint64_t mapped_bytes;     /* pool blocks mapped to it, in bytes */
-  uint64_t provisioned_bytes;/* of those, bytes reserved but never written
-                                (they read as zeroes on the data layer) */
-  uint64_t highest_mapped;   /* one past the last mapped byte; 0 when none */
+  bool in_pool;               /* false: the layer names a volume the pool lacks */
+  bool open;                  /* open as a layer of this stack */
+  uint64_t size;              /* the layer's size in bytes; 0 without a layer */
+  uint64_t mapped_bytes;      /* pool blocks mapped to it, in bytes */
+  uint64_t provisioned_bytes; /* of those, bytes reserved but never written
+                                 (they read as zeroes on the data layer) */
+  uint64_t highest_mapped;    /* one past the last mapped byte; 0 when none */
 } ts_volume_info;
 
 /* The volumes of `pool` (NULL: every pool the stack holds) in the pool's id

@@ -297,7 +297,8 @@ static int pool_extend_cmd(int argc, char **argv, bool meta)
   bool rel;
   if (!args(argc, argv, 2, pos, 3, NULL))
     return 2;
-  if (!parse_rel_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size, &rel))
+  if (!parse_rel_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size,
+                      &rel))
     return 2;
   ts_dev *pool;
   ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool, 0);
@@ -406,10 +407,14 @@ static bool thin_args(int argc, char **argv, struct thin_opts *o, const char *al
   memset(o, 0, sizeof *o);
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
-    const char **val = !strcmp(a, "--pool") ? &o->pool : !strcmp(a, "--size") ? &o->size
-                       : !strcmp(a, "--id") ? &o->id : NULL;
-    bool *flag = !strcmp(a, "--json") ? &o->json : !strcmp(a, "--export") ? &o->export_it
-                 : !strcmp(a, "--discard-beyond") ? &o->discard_beyond : NULL;
+    const char **val = !strcmp(a, "--pool")   ? &o->pool
+                       : !strcmp(a, "--size") ? &o->size
+                       : !strcmp(a, "--id")   ? &o->id
+                                              : NULL;
+    bool *flag = !strcmp(a, "--json")             ? &o->json
+                 : !strcmp(a, "--export")         ? &o->export_it
+                 : !strcmp(a, "--discard-beyond") ? &o->discard_beyond
+                                                  : NULL;
     if ((val || flag) && !strstr(allowed, a)) {
       ts_cli_err("thin %s: %s does not apply (thinstack thin %s --help)", argv[1], a, argv[1]);
       return false;
@@ -456,14 +461,16 @@ static char *config_pool(const char *config, const char *given, const char *laye
     if (!l)
       ts_cli_err("%s: no layer named \"%s\" in \"layers\"", config, layer);
     else if (!type || strcmp(type, "thin") || !p)
-      ts_cli_err("%s: layers.%s is a %s layer, not a thin volume", config, layer, type ? type : "typeless");
+      ts_cli_err("%s: layers.%s is a %s layer, not a thin volume", config, layer,
+                 type ? type : "typeless");
     else
       out = strdup(p);
   } else {
     const char *k, *found = NULL;
     json_t *v;
     int n = 0;
-    json_object_foreach(layers, k, v) {
+    json_object_foreach(layers, k, v)
+    {
       const char *type = json_string_value(json_object_get(v, "type"));
       if (type && !strcmp(type, "thin-pool")) {
         found = k;
@@ -500,7 +507,8 @@ static ts_volume_info *volumes(ts_stack *s, const char *pool, size_t *n)
   int r = ts_volume_list(s, pool, NULL, 0, n, &err);
   if (!r) {
     vi = calloc(*n + 1, sizeof *vi);
-    r = vi ? ts_volume_list(s, pool, vi, *n, n, &err) : ts_error_set(&err, -ENOMEM, "out of memory");
+    r = vi ? ts_volume_list(s, pool, vi, *n, n, &err)
+           : ts_error_set(&err, -ENOMEM, "out of memory");
   }
   if (r) {
     ts_cli_err("%s", err.msg);
@@ -515,14 +523,16 @@ static void list_text(json_t *arr)
   int w = 4;
   size_t i;
   json_t *v;
-  json_array_foreach(arr, i, v) {
+  json_array_foreach(arr, i, v)
+  {
     const char *nm = json_string_value(json_object_get(v, "name"));
     if (nm && (int)strlen(nm) > w)
       w = (int)strlen(nm);
   }
-  printf("%-*s %-8s %8s %9s %9s %11s %6s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED", "PROVISIONED",
-         "DATA%", "ORIGIN");
-  json_array_foreach(arr, i, v) {
+  printf("%-*s %-8s %8s %9s %9s %11s %6s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
+         "PROVISIONED", "DATA%", "ORIGIN");
+  json_array_foreach(arr, i, v)
+  {
     char a[32] = "-", b[32], c[32], pct[16] = "-";
     uint64_t size = (uint64_t)json_integer_value(json_object_get(v, "size"));
     bool in_config = json_is_true(json_object_get(v, "in_config"));
@@ -536,9 +546,12 @@ static void list_text(json_t *arr)
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *origin = json_string_value(json_object_get(v, "origin"));
     printf("%-*s %-8s %8d %9s %9s %11s %6s  %s%s\n", w, nm ? nm : "-",
-           json_string_value(json_object_get(v, "pool")), (int)json_integer_value(json_object_get(v, "id")), a,
-           in_pool ? b : "-", in_pool ? c : "-", pct, origin ? origin : "",
-           !in_config ? "(not in config)" : !in_pool ? "(volume missing from the pool)" : "");
+           json_string_value(json_object_get(v, "pool")),
+           (int)json_integer_value(json_object_get(v, "id")), a, in_pool ? b : "-",
+           in_pool ? c : "-", pct, origin ? origin : "",
+           !in_config ? "(not in config)"
+           : !in_pool ? "(volume missing from the pool)"
+                      : "");
   }
 }
 
@@ -556,7 +569,8 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
   int status = 0;
   bool any = false;
   /* Every pool of CONFIG, or the one asked for. */
-  json_object_foreach(json_object_get(root, "layers"), k, v) {
+  json_object_foreach(json_object_get(root, "layers"), k, v)
+  {
     const char *type = json_string_value(json_object_get(v, "type"));
     if (!type || strcmp(type, "thin-pool") || (only && strcmp(only, k)))
       continue;
@@ -573,13 +587,14 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
       status = 1;
     for (size_t i = 0; vi && i < n; i++)
       json_array_append_new(
-          arr, json_pack("{s:s?,s:s,s:i,s:I,s:I,s:I,s:f,s:s?,s:b,s:b}", "name", vi[i].name[0] ? vi[i].name : NULL,
-                         "pool", vi[i].pool, "id", (int)vi[i].id, "size", (json_int_t)vi[i].size,
-                         "mapped_bytes", (json_int_t)vi[i].mapped_bytes, "provisioned_bytes",
-                         (json_int_t)vi[i].provisioned_bytes, "data_percent",
-                         vi[i].size ? 100.0 * (double)vi[i].mapped_bytes / (double)vi[i].size : 0.0, "origin",
-                         vi[i].origin[0] ? vi[i].origin : NULL, "in_config", vi[i].name[0] != 0, "in_pool",
-                         vi[i].in_pool));
+          arr,
+          json_pack("{s:s?,s:s,s:i,s:I,s:I,s:I,s:f,s:s?,s:b,s:b}", "name",
+                    vi[i].name[0] ? vi[i].name : NULL, "pool", vi[i].pool, "id", (int)vi[i].id,
+                    "size", (json_int_t)vi[i].size, "mapped_bytes", (json_int_t)vi[i].mapped_bytes,
+                    "provisioned_bytes", (json_int_t)vi[i].provisioned_bytes, "data_percent",
+                    vi[i].size ? 100.0 * (double)vi[i].mapped_bytes / (double)vi[i].size : 0.0,
+                    "origin", vi[i].origin[0] ? vi[i].origin : NULL, "in_config",
+                    vi[i].name[0] != 0, "in_pool", vi[i].in_pool));
     free(vi);
     status = finish(s, status);
   }
@@ -606,8 +621,8 @@ int ts_cli_thin(int argc, char **argv)
     return argc < 2 ? 2 : 0;
   }
   const char *sub = argv[1];
-  if (strcmp(sub, "create") && strcmp(sub, "snap") && strcmp(sub, "delete") && strcmp(sub, "resize") &&
-      strcmp(sub, "list")) {
+  if (strcmp(sub, "create") && strcmp(sub, "snap") && strcmp(sub, "delete") &&
+      strcmp(sub, "resize") && strcmp(sub, "list")) {
     ts_cli_err("thin: unknown subcommand \"%s\" (thinstack thin --help lists them)", sub);
     return 2;
   }
@@ -621,12 +636,13 @@ int ts_cli_thin(int argc, char **argv)
                                                  : "--pool --json";
   if (!thin_args(argc, argv, &o, allowed))
     return 2;
-  int want = !strcmp(sub, "list") ? 1
+  int want = !strcmp(sub, "list")                             ? 1
              : !strcmp(sub, "snap") || !strcmp(sub, "resize") ? 3
-             : !strcmp(sub, "delete") && o.id ? 1 : 2;
+             : !strcmp(sub, "delete") && o.id                 ? 1
+                                                              : 2;
   if (o.npos != want) {
-    ts_cli_err("thin %s: %s arguments (thinstack thin %s --help)", sub, o.npos < want ? "missing" : "too many",
-               sub);
+    ts_cli_err("thin %s: %s arguments (thinstack thin %s --help)", sub,
+               o.npos < want ? "missing" : "too many", sub);
     return 2;
   }
   const char *config = o.pos[0];
@@ -675,7 +691,8 @@ int ts_cli_thin(int argc, char **argv)
   } else if (!strcmp(sub, "snap")) {
     r = ts_volume_snapshot(s, o.pos[1], o.pos[2], flags, &id, &err);
     if (!r)
-      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", o.pos[2], id, pname, o.pos[1]);
+      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", o.pos[2], id, pname,
+             o.pos[1]);
   } else if (!strcmp(sub, "delete") && o.id) {
     r = ts_volume_delete_id(s, pname, id, &err);
     if (!r)

@@ -94,7 +94,8 @@ bool ts_cli_size(const char *what, const char *s, uint64_t *out)
 
 /* What an open finds that the user should mend (a volume that no layer
  * names) is worth a line on stderr; other events are not the CLI's news. */
-static void open_event(ts_stack *s, const char *node, const char *event, const char *detail, void *arg)
+static void open_event(ts_stack *s, const char *node, const char *event, const char *detail,
+                       void *arg)
 {
   (void)s;
   (void)arg;

@@ -38,7 +38,7 @@ struct ts_stack {
   char **created;          /* files created while opening */
   size_t ncreated;
   bool aborting;
-  char *config_path;       /* absolute; the file lifecycle calls rewrite, or NULL */
+  char *config_path;         /* absolute; the file lifecycle calls rewrite, or NULL */
   pthread_mutex_t config_mu; /* config and config_path, for lifecycle calls */
 };
 

@@ -17,17 +17,19 @@
 
 /* A configuration in an order no writer would choose: "exports" before
  * "layers", "size" before "type", a comment. */
-static const char CONFIG[] =
-    "{\n"
-    "  \"exports\": [],\n"
-    "  \"comment\": \"hand written\",\n"
-    "  \"version\": 1,\n"
-    "  \"layers\": {\n"
-    "    \"meta\": { \"size\": \"16M\", \"type\": \"file\", \"path\": \"pool.meta\", \"create\": true },\n"
-    "    \"data\": { \"path\": \"pool.data\", \"type\": \"file\", \"size\": \"256M\", \"create\": true },\n"
-    "    \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\", \"create\": true }\n"
-    "  }\n"
-    "}\n";
+static const char CONFIG[] = "{\n"
+                             "  \"exports\": [],\n"
+                             "  \"comment\": \"hand written\",\n"
+                             "  \"version\": 1,\n"
+                             "  \"layers\": {\n"
+                             "    \"meta\": { \"size\": \"16M\", \"type\": \"file\", \"path\": "
+                             "\"pool.meta\", \"create\": true },\n"
+                             "    \"data\": { \"path\": \"pool.data\", \"type\": \"file\", "
+                             "\"size\": \"256M\", \"create\": true },\n"
+                             "    \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", "
+                             "\"data\": \"data\", \"create\": true }\n"
+                             "  }\n"
+                             "}\n";
 
 /* The pool part of CONFIG alone, as the CLI opens it. */
 static const char POOL_PART[] =
@@ -59,7 +61,8 @@ static char *keys(json_t *o)
   char *out = strdup("");
   const char *k;
   json_t *v;
-  json_object_foreach(o, k, v) {
+  json_object_foreach(o, k, v)
+  {
     char *n = ts_test_fmt("%s%s%s", out, out[0] ? "," : "", k);
     free(out);
     out = n;
@@ -125,7 +128,8 @@ START_TEST(create_snapshot_delete_keep_the_file_in_order)
   ts_error e = { 0 };
   uint32_t id = 77;
   ino_t before = inode(cfg);
-  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 64 * MIB, TS_VOLUME_ANY_ID, TS_VOLUME_EXPORT, &id, &e), 0);
+  ck_assert_int_eq(
+      ts_volume_create(s, NULL, "vm0", 64 * MIB, TS_VOLUME_ANY_ID, TS_VOLUME_EXPORT, &id, &e), 0);
   ck_assert_uint_eq(id, 0);
   ck_assert_msg(inode(cfg) != before, "the configuration was rewritten in place");
   struct stat st;
@@ -144,10 +148,12 @@ START_TEST(create_snapshot_delete_keep_the_file_in_order)
   ck_assert_ptr_nonnull(strstr(dump, "\"vm0\": {"));
   free(dump);
   /* Names and ids are checked against the file and the pool. */
-  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 64 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), -EEXIST);
+  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 64 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e),
+                   -EEXIST);
   ck_assert_int_eq(ts_volume_create(s, NULL, "vm9", 64 * MIB, 0, 0, NULL, &e), -EEXIST);
   ck_assert_int_eq(ts_volume_create(s, NULL, "vm9", 1000, TS_VOLUME_ANY_ID, 0, NULL, &e), -EINVAL);
-  ck_assert_int_eq(ts_volume_create(s, "data", "vm9", 64 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), -EINVAL);
+  ck_assert_int_eq(ts_volume_create(s, "data", "vm9", 64 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e),
+                   -EINVAL);
   ck_assert_int_eq(ts_volume_create(s, NULL, "", 64 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), -EINVAL);
   closed_ok(s);
 
@@ -222,7 +228,7 @@ START_TEST(resize_live_and_shrink)
   ts_test_pattern(buf, MIB, 9);
   ck_assert_int_eq(ts_pwrite(vm0, buf, MIB, 100 * MIB, 0), -EINVAL); /* past the end */
   ck_assert_int_eq(ts_volume_resize(s, "vm0", 128 * MIB, 0, &e), 0);
-  ck_assert_uint_eq(ts_dev_size(vm0), 128 * MIB);                    /* grown live */
+  ck_assert_uint_eq(ts_dev_size(vm0), 128 * MIB); /* grown live */
   ck_assert_int_eq(ts_pwrite(vm0, buf, MIB, 100 * MIB, 0), 0);
   ck_assert_int_eq(ts_volume_resize(s, "vm0", 64 * MIB, TS_VOLUME_DISCARD_BEYOND, &e), -EBUSY);
   char *dump = ts_stack_config_json(s, 0);
@@ -230,7 +236,8 @@ START_TEST(resize_live_and_shrink)
   free(dump);
   closed_ok(s);
   json_t *j = load(cfg);
-  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(json_object_get(j, "layers"), "vm0"), "size")),
+  ck_assert_str_eq(json_string_value(json_object_get(
+                       json_object_get(json_object_get(j, "layers"), "vm0"), "size")),
                    "128M");
   json_decref(j);
 
@@ -272,12 +279,16 @@ START_TEST(full_folder_changes_nothing)
   char *dir = ts_test_mkdtemp();
   char *mnt = ts_test_path(dir, "cfg");
   ck_assert_int_eq(mkdir(mnt, 0700), 0);
-  ck_assert_msg(mount("tmpfs", mnt, "tmpfs", 0, "size=64k") == 0, "mount tmpfs: %s", strerror(errno));
+  ck_assert_msg(mount("tmpfs", mnt, "tmpfs", 0, "size=64k") == 0, "mount tmpfs: %s",
+                strerror(errno));
   char *cfg = ts_test_path(mnt, "stack.json");
   char *text = ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                           " \"meta\": { \"type\": \"file\", \"path\": \"%s/pool.meta\", \"size\": \"16M\", \"create\": true },"
-                           " \"data\": { \"type\": \"file\", \"path\": \"%s/pool.data\", \"size\": \"64M\", \"create\": true },"
-                           " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\", \"create\": true } } }\n",
+                           " \"meta\": { \"type\": \"file\", \"path\": \"%s/pool.meta\", \"size\": "
+                           "\"16M\", \"create\": true },"
+                           " \"data\": { \"type\": \"file\", \"path\": \"%s/pool.data\", \"size\": "
+                           "\"64M\", \"create\": true },"
+                           " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", "
+                           "\"data\": \"data\", \"create\": true } } }\n",
                            dir, dir);
   write_text(cfg, text, 0600);
   /* Fill the folder's file system. */
@@ -339,17 +350,19 @@ START_TEST(failed_commit_names_its_errno)
   void *before;
   size_t blen;
   ck_assert(ts_test_read_file(cfg, &before, &blen));
-  s = open_part(dir,
-                "{ \"version\": 1, \"layers\": {"
-                " \"metafile\": { \"type\": \"file\", \"path\": \"pool.meta\" },"
-                " \"meta\": { \"type\": \"fault\", \"child\": \"metafile\","
-                "   \"rules\": [ { \"op\": \"write\", \"action\": \"error\", \"errno\": \"ENOSPC\" } ] },"
-                " \"data\": { \"type\": \"file\", \"path\": \"pool.data\" },"
-                " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\" } } }",
-                cfg);
+  s = open_part(
+      dir,
+      "{ \"version\": 1, \"layers\": {"
+      " \"metafile\": { \"type\": \"file\", \"path\": \"pool.meta\" },"
+      " \"meta\": { \"type\": \"fault\", \"child\": \"metafile\","
+      "   \"rules\": [ { \"op\": \"write\", \"action\": \"error\", \"errno\": \"ENOSPC\" } ] },"
+      " \"data\": { \"type\": \"file\", \"path\": \"pool.data\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\" } } }",
+      cfg);
   int r = ts_volume_snapshot(s, "vm0", "snap", 0, NULL, &e);
   ck_assert_msg(r == -ENOSPC, "snapshot: %d %s", r, e.msg);
-  ck_assert_msg(strstr(e.msg, "cannot snapshot volume 0 as 1: the metadata commit failed") && strstr(e.msg, "ENOSPC"),
+  ck_assert_msg(strstr(e.msg, "cannot snapshot volume 0 as 1: the metadata commit failed") &&
+                    strstr(e.msg, "ENOSPC"),
                 "%s", e.msg);
   ck_assert_msg(!strstr(e.msg, "created"), "%s", e.msg);
   /* Later commits say the same errno, not EIO. */
@@ -380,11 +393,13 @@ START_TEST(two_processes_two_pools)
 {
   char *dir = ts_test_mkdtemp();
   char *cfg = ts_test_path(dir, "stack.json");
-#define PART(c)                                                                                          \
-  "{ \"version\": 1, \"layers\": {"                                                                   \
-  " \"" c ".meta\": { \"type\": \"file\", \"path\": \"" c ".meta\", \"size\": \"8M\", \"create\": true },"    \
-  " \"" c ".data\": { \"type\": \"file\", \"path\": \"" c ".data\", \"size\": \"64M\", \"create\": true },"   \
-  " \"" c "\": { \"type\": \"thin-pool\", \"metadata\": \"" c ".meta\", \"data\": \"" c ".data\","                \
+#define PART(c)                                                                                    \
+  "{ \"version\": 1, \"layers\": {"                                                                \
+  " \"" c ".meta\": { \"type\": \"file\", \"path\": \"" c                                          \
+  ".meta\", \"size\": \"8M\", \"create\": true },"                                                 \
+  " \"" c ".data\": { \"type\": \"file\", \"path\": \"" c                                          \
+  ".data\", \"size\": \"64M\", \"create\": true },"                                                \
+  " \"" c "\": { \"type\": \"thin-pool\", \"metadata\": \"" c ".meta\", \"data\": \"" c ".data\"," \
   " \"create\": true } } }"
   const char *a = PART("a"), *b = PART("b");
   /* One file naming both pools. */
@@ -400,7 +415,8 @@ START_TEST(two_processes_two_pools)
     if ((kids[k] = fork()) == 0) {
       ts_stack *s = NULL;
       ts_error e = { 0 };
-      int bad = ts_stack_open_string(k ? b : a, dir, NULL, &s, &e) || ts_stack_set_config_path(s, cfg, &e);
+      int bad = ts_stack_open_string(k ? b : a, dir, NULL, &s, &e) ||
+                ts_stack_set_config_path(s, cfg, &e);
       for (int i = 0; i < ROUNDS && !bad; i++) {
         char name[32];
         snprintf(name, sizeof name, "%c-vol%d", k ? 'b' : 'a', i);
@@ -428,7 +444,8 @@ START_TEST(two_processes_two_pools)
   ck_assert_int_eq(ts_volume_list(s, NULL, vi, 2 * ROUNDS, &n, &e), 0);
   ck_assert_uint_eq(n, 2 * ROUNDS);
   for (size_t i = 0; i < n; i++)
-    ck_assert_msg(vi[i].name[0] && vi[i].in_pool && vi[i].open, "volume %u of %s", vi[i].id, vi[i].pool);
+    ck_assert_msg(vi[i].name[0] && vi[i].in_pool && vi[i].open, "volume %u of %s", vi[i].id,
+                  vi[i].pool);
   closed_ok(s);
   for (int k = 0; k < 2; k++) {
     char *meta = ts_test_path(dir, k ? "b.meta" : "a.meta"), *complaints = NULL;
@@ -457,8 +474,10 @@ START_TEST(pool_extend_keeps_the_config)
   closed_ok(s);
   json_t *j = load(cfg);
   json_t *layers = json_object_get(j, "layers");
-  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(layers, "data"), "size")), "512M");
-  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(layers, "meta"), "size")), "32M");
+  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(layers, "data"), "size")),
+                   "512M");
+  ck_assert_str_eq(json_string_value(json_object_get(json_object_get(layers, "meta"), "size")),
+                   "32M");
   keys_are(json_object_get(layers, "data"), "path,type,size,create");
   json_decref(j);
   s = open_file(cfg);
@@ -573,7 +592,8 @@ START_TEST(live_stack_from_several_threads)
     snprintf(name, sizeof name, "snap%d", i);
     ck_assert_msg(ts_volume_snapshot(s, "vm0", name, 0, NULL, &e) == 0, "%s", e.msg);
     snprintf(name, sizeof name, "vol%d", i);
-    ck_assert_msg(ts_volume_create(s, NULL, name, 8 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e) == 0, "%s", e.msg);
+    ck_assert_msg(ts_volume_create(s, NULL, name, 8 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e) == 0,
+                  "%s", e.msg);
   }
   atomic_store(&w.stop, true);
   atomic_store(&r.stop, true);

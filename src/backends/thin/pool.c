@@ -452,11 +452,12 @@ int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bo
   if (!exists) {
     if (!create) {
       const char *cfg = l->stack->config_path ? l->stack->config_path : "CONFIG";
-      r = ts_layer_error(l, err, -ENOENT, "id",
-                         "pool \"%s\" has no volume %u (as after a `thin delete` that did not finish:"
-                         " `thinstack thin delete %s %s` removes the layer; \"create\": true makes"
-                         " an empty volume instead)",
-                         ts_dev_name(p->layer), id, cfg, ts_dev_name(l));
+      r = ts_layer_error(
+          l, err, -ENOENT, "id",
+          "pool \"%s\" has no volume %u (as after a `thin delete` that did not finish:"
+          " `thinstack thin delete %s %s` removes the layer; \"create\": true makes"
+          " an empty volume instead)",
+          ts_dev_name(p->layer), id, cfg, ts_dev_name(l));
       goto out;
     }
     if (p->read_only) {
@@ -1257,8 +1258,9 @@ int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err)
   pthread_rwlock_unlock(&p->txn);
   pthread_mutex_unlock(&p->vol_mu);
   if (r)
-    return ts_layer_error(p->layer, err, r, NULL, "cannot unmap the blocks of volume %u from block %llu: %s",
-                          id, (unsigned long long)from, ts_strerror(r));
+    return ts_layer_error(p->layer, err, r, NULL,
+                          "cannot unmap the blocks of volume %u from block %llu: %s", id,
+                          (unsigned long long)from, ts_strerror(r));
   if (!removed)
     return 0;
   char what[96];

@@ -47,10 +47,10 @@ void ts__test_crash_point(const char *point)
 
 struct tx {
   struct ts_stack *s;
-  int fd;          /* the locked configuration, -1 when the stack has no file */
+  int fd; /* the locked configuration, -1 when the stack has no file */
   mode_t mode;
-  json_t *root;    /* the document being changed */
-  char *tmp;       /* written, not yet renamed */
+  json_t *root; /* the document being changed */
+  char *tmp;    /* written, not yet renamed */
   const char *path;
 };
 
@@ -89,14 +89,16 @@ static int tx_begin(struct tx *t, struct ts_stack *s, bool shared, ts_error *err
   for (int tries = 0;; tries++) {
     int fd = open(t->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-      return ts_error_set(err, -errno, "%s: cannot open the configuration: %s", t->path, strerror(errno));
+      return ts_error_set(err, -errno, "%s: cannot open the configuration: %s", t->path,
+                          strerror(errno));
     if (flock(fd, shared ? LOCK_SH : LOCK_EX) != 0) {
       int e = errno;
       close(fd);
       return ts_error_set(err, -e, "%s: cannot lock the configuration: %s", t->path, strerror(e));
     }
     struct stat a, b;
-    if (fstat(fd, &a) == 0 && stat(t->path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
+    if (fstat(fd, &a) == 0 && stat(t->path, &b) == 0 && a.st_ino == b.st_ino &&
+        a.st_dev == b.st_dev) {
       t->fd = fd;
       t->mode = a.st_mode & 07777;
       break;
@@ -110,7 +112,8 @@ static int tx_begin(struct tx *t, struct ts_stack *s, bool shared, ts_error *err
   json_error_t je;
   t->root = json_loadfd(t->fd, JSON_REJECT_DUPLICATES, &je);
   if (!t->root)
-    return ts_error_set(err, -EINVAL, "%s:%d:%d: invalid JSON: %s", t->path, je.line, je.column, je.text);
+    return ts_error_set(err, -EINVAL, "%s:%d:%d: invalid JSON: %s", t->path, je.line, je.column,
+                        je.text);
   if (!json_is_object(json_object_get(t->root, "layers")))
     return ts_error_set(err, -EINVAL, "%s: layers: missing or not an object", t->path);
   return 0;
@@ -173,8 +176,9 @@ static int tx_write(struct tx *t, ts_error *err)
     r = -errno;
   free(text);
   if (r)
-    return ts_error_set(err, r, "%s: cannot write the new configuration beside it: %s (%s); nothing was changed",
-                        t->path, ts_strerror(r), ts_err_name(r));
+    return ts_error_set(
+        err, r, "%s: cannot write the new configuration beside it: %s (%s); nothing was changed",
+        t->path, ts_strerror(r), ts_err_name(r));
   return 0;
 }
 
@@ -192,7 +196,8 @@ static int tx_commit(struct tx *t, edit_fn edit, const void *arg, ts_error *err)
     free(t->tmp);
     t->tmp = NULL;
     const char *slash = strrchr(t->path, '/');
-    char *dir = slash ? strndup(t->path, slash == t->path ? 1 : (size_t)(slash - t->path)) : strdup(".");
+    char *dir =
+        slash ? strndup(t->path, slash == t->path ? 1 : (size_t)(slash - t->path)) : strdup(".");
     int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     int r = dfd < 0 || fsync(dfd) != 0 ? -errno : 0;
     if (dfd >= 0)
@@ -232,7 +237,8 @@ static int find_pool(struct tx *t, const char *name, const char **pname, struct 
     size_t n = 0;
     const char *k;
     json_t *v;
-    json_object_foreach(layers, k, v) {
+    json_object_foreach(layers, k, v)
+    {
       if (is_type(v, "thin-pool")) {
         name = k;
         n++;
@@ -246,8 +252,8 @@ static int find_pool(struct tx *t, const char *name, const char **pname, struct 
   if (!pl)
     return ts_error_set(err, -ENOENT, "%s: layers.%s: no such layer", cfg_name(t), name);
   if (!is_type(pl, "thin-pool"))
-    return ts_error_set(err, -EINVAL, "%s: layers.%s: a %s layer, not a thin-pool", cfg_name(t), name,
-                        layer_type(pl) ? layer_type(pl) : "untyped");
+    return ts_error_set(err, -EINVAL, "%s: layers.%s: a %s layer, not a thin-pool", cfg_name(t),
+                        name, layer_type(pl) ? layer_type(pl) : "untyped");
   ts_dev *d = ts_stack_node(t->s, name);
   struct tp_pool *p = d ? tp_pool_of(d) : NULL;
   if (!p)
@@ -258,15 +264,16 @@ static int find_pool(struct tx *t, const char *name, const char **pname, struct 
 }
 
 /* The thin layer `name`: its pool name and id. */
-static int find_thin(struct tx *t, const char *name, json_t **layer, const char **pool, uint32_t *id,
-                     ts_error *err)
+static int find_thin(struct tx *t, const char *name, json_t **layer, const char **pool,
+                     uint32_t *id, ts_error *err)
 {
   json_t *l = name ? json_object_get(layers_of(t->root), name) : NULL;
   if (!l)
-    return ts_error_set(err, -ENOENT, "%s: layers.%s: no such layer", cfg_name(t), name ? name : "");
+    return ts_error_set(err, -ENOENT, "%s: layers.%s: no such layer", cfg_name(t),
+                        name ? name : "");
   if (!is_type(l, "thin"))
-    return ts_error_set(err, -EINVAL, "%s: layers.%s: a %s layer, not a thin volume", cfg_name(t), name,
-                        layer_type(l) ? layer_type(l) : "untyped");
+    return ts_error_set(err, -EINVAL, "%s: layers.%s: a %s layer, not a thin volume", cfg_name(t),
+                        name, layer_type(l) ? layer_type(l) : "untyped");
   json_t *p = json_object_get(l, "pool"), *i = json_object_get(l, "id");
   if (!json_is_string(p) || !json_is_integer(i) || json_integer_value(i) < 0 ||
       json_integer_value(i) > TS_THIN_MAX_ID)
@@ -283,7 +290,8 @@ static const char *layer_for(json_t *root, const char *pool, uint32_t id)
 {
   const char *k;
   json_t *v;
-  json_object_foreach(layers_of(root), k, v) {
+  json_object_foreach(layers_of(root), k, v)
+  {
     const char *p = json_string_value(json_object_get(v, "pool"));
     json_t *i = json_object_get(v, "id");
     if (is_type(v, "thin") && p && strcmp(p, pool) == 0 && json_is_integer(i) &&
@@ -307,7 +315,8 @@ static bool refers_to(const ts_param *schema, json_t *obj, const char *name)
     if (p->kind == TS_PARAM_ARRAY && json_is_array(v)) {
       size_t i;
       json_t *e;
-      json_array_foreach(v, i, e) if (json_is_object(e) && refers_to(p->fields, e, name)) return true;
+      json_array_foreach(v, i,
+                         e) if (json_is_object(e) && refers_to(p->fields, e, name)) return true;
     }
   }
   return false;
@@ -317,7 +326,8 @@ static const char *user_of(json_t *root, const char *name)
 {
   const char *k;
   json_t *v;
-  json_object_foreach(layers_of(root), k, v) {
+  json_object_foreach(layers_of(root), k, v)
+  {
     const ts_layer_type *t = layer_type(v) ? ts_find_layer_type(layer_type(v)) : NULL;
     if (strcmp(k, name) != 0 && t && refers_to(t->params, v, name))
       return k;
@@ -340,7 +350,8 @@ static int check_name(struct tx *t, const char *name, ts_error *err)
 static int check_size(uint64_t size, ts_error *err)
 {
   if (size == 0 || size % 512 || size > (1ull << 63))
-    return ts_error_set(err, -EINVAL, "volume size %llu: must be a non-zero multiple of 512 bytes up to 8E",
+    return ts_error_set(err, -EINVAL,
+                        "volume size %llu: must be a non-zero multiple of 512 bytes up to 8E",
                         (unsigned long long)size);
   return 0;
 }
@@ -380,7 +391,7 @@ static int lowest_free_id(struct tx *t, struct tp_pool *p, const char *pool, uin
 
 struct add_edit {
   const char *name;
-  json_t *layer;   /* borrowed; copied into each document */
+  json_t *layer; /* borrowed; copied into each document */
   bool export_it;
 };
 
@@ -405,7 +416,8 @@ static int remove_layer(json_t *root, const void *arg)
   json_object_del(layers_of(root), name);
   json_t *ex = json_object_get(root, "exports");
   for (size_t i = json_array_size(ex); i-- > 0;)
-    if (json_is_string(json_array_get(ex, i)) && strcmp(json_string_value(json_array_get(ex, i)), name) == 0)
+    if (json_is_string(json_array_get(ex, i)) &&
+        strcmp(json_string_value(json_array_get(ex, i)), name) == 0)
       json_array_remove(ex, i);
   return 0;
 }
@@ -450,8 +462,8 @@ const char *ts_stack_config_path(const ts_stack *s) { return s->config_path; }
 
 /* Create or snapshot: the id chosen, the layer written, the pool changed,
  * the file renamed. A failed rename deletes the new volume again. */
-static int add_volume(struct tx *t, struct tp_pool *p, const char *pool, const char *name, uint32_t id,
-                      int32_t origin_id, json_t *layer, uint32_t flags, ts_error *err)
+static int add_volume(struct tx *t, struct tp_pool *p, const char *pool, const char *name,
+                      uint32_t id, int32_t origin_id, json_t *layer, uint32_t flags, ts_error *err)
 {
   struct add_edit a = { name, layer, flags & TS_VOLUME_EXPORT };
   int r = add_layer(t->root, &a);
@@ -467,8 +479,8 @@ static int add_volume(struct tx *t, struct tp_pool *p, const char *pool, const c
     ts_error e2 = { 0 };
     if (ts_pool_delete_thin(p->layer, id, &e2) == 0)
       return r;
-    return ts_error_set(err, r, "%s; volume %u of pool %s stays without a layer: %s", err->msg, id, pool,
-                        e2.msg);
+    return ts_error_set(err, r, "%s; volume %u of pool %s stays without a layer: %s", err->msg, id,
+                        pool, e2.msg);
   }
   return 0;
 }
@@ -497,8 +509,8 @@ int ts_volume_create(ts_stack *s, const char *pool, const char *name, uint64_t s
   if (!r) {
     char sz[32];
     ts_format_size(size, sz, sizeof sz);
-    json_t *layer = json_pack("{s:s,s:s,s:I,s:s}", "type", "thin", "pool", pname, "id", (json_int_t)id,
-                              "size", sz);
+    json_t *layer = json_pack("{s:s,s:s,s:I,s:s}", "type", "thin", "pool", pname, "id",
+                              (json_int_t)id, "size", sz);
     r = layer ? add_volume(&t, p, pname, name, id, -1, layer, flags, err)
               : ts_error_set(err, -ENOMEM, "out of memory");
     json_decref(layer);
@@ -509,8 +521,8 @@ int ts_volume_create(ts_stack *s, const char *pool, const char *name, uint64_t s
   return r;
 }
 
-int ts_volume_snapshot(ts_stack *s, const char *origin, const char *name, uint32_t flags, uint32_t *id_out,
-                       ts_error *err)
+int ts_volume_snapshot(ts_stack *s, const char *origin, const char *name, uint32_t flags,
+                       uint32_t *id_out, ts_error *err)
 {
   struct tx t;
   struct tp_pool *p = NULL;
@@ -528,8 +540,9 @@ int ts_volume_snapshot(ts_stack *s, const char *origin, const char *name, uint32
   if (!r)
     r = lowest_free_id(&t, p, pname, &id, err);
   if (!r) {
-    json_t *layer = json_pack("{s:s,s:s,s:I,s:O,s:s}", "type", "thin", "pool", pname, "id", (json_int_t)id,
-                              "size", json_object_get(ol, "size"), "origin", origin);
+    json_t *layer =
+        json_pack("{s:s,s:s,s:I,s:O,s:s}", "type", "thin", "pool", pname, "id", (json_int_t)id,
+                  "size", json_object_get(ol, "size"), "origin", origin);
     r = layer ? add_volume(&t, p, pname, name, id, (int32_t)oid, layer, flags, err)
               : ts_error_set(err, -ENOMEM, "out of memory");
     json_decref(layer);
@@ -566,7 +579,8 @@ int ts_volume_delete(ts_stack *s, const char *name, ts_error *err)
   if (!r && tp_has_volume(p, id))
     r = ts_pool_delete_thin(p->layer, id, err);
   if (!r && (r = tx_commit(&t, remove_layer, name, err)))
-    ts_error_set(err, r, "%s; volume %u is deleted from pool %s: run the delete again to remove the layer",
+    ts_error_set(err, r,
+                 "%s; volume %u is deleted from pool %s: run the delete again to remove the layer",
                  err->msg, id, pname);
   tx_end(&t);
   return r;
@@ -582,7 +596,8 @@ int ts_volume_delete_id(ts_stack *s, const char *pool, uint32_t id, ts_error *er
   if (!r)
     r = find_pool(&t, pool, &pname, &p, err);
   if (!r && (user = layer_for(t.root, pname, id)))
-    r = ts_error_set(err, -EBUSY, "%s: layers.%s names volume %u of pool %s: delete it by that name",
+    r = ts_error_set(err, -EBUSY,
+                     "%s: layers.%s names volume %u of pool %s: delete it by that name",
                      cfg_name(&t), user, id, pname);
   if (!r)
     r = ts_pool_delete_thin(p->layer, id, err);
@@ -620,14 +635,16 @@ int ts_volume_resize(ts_stack *s, const char *name, uint64_t size, uint32_t flag
     uint64_t bs = tp_block_size(p), mapped, zero, end;
     uint64_t keep = (size + bs - 1) / bs; /* blocks that stay, the partial last one too */
     if (node)
-      r = ts_error_set(err, -EBUSY, "layers.%s: the volume is open in this stack: it can only grow", name);
+      r = ts_error_set(err, -EBUSY, "layers.%s: the volume is open in this stack: it can only grow",
+                       name);
     else if ((r = tp_vol_usage(p, id, &mapped, &zero, &end)))
       r = ts_error_set(err, r, "layers.%s: pool %s has no volume %u", name, pname, id);
     else if (end > keep * bs && !(flags & TS_VOLUME_DISCARD_BEYOND))
-      r = ts_error_set(err, -ENOTEMPTY,
-                       "layers.%s: volume %u has blocks mapped up to byte %llu, past the new size %llu:"
-                       " refusing to drop them (--discard-beyond discards them)",
-                       name, id, (unsigned long long)end, (unsigned long long)size);
+      r = ts_error_set(
+          err, -ENOTEMPTY,
+          "layers.%s: volume %u has blocks mapped up to byte %llu, past the new size %llu:"
+          " refusing to drop them (--discard-beyond discards them)",
+          name, id, (unsigned long long)end, (unsigned long long)size);
     else if (end > keep * bs)
       r = tp_unmap_from(p, id, keep, err);
   }
@@ -639,7 +656,8 @@ int ts_volume_resize(ts_stack *s, const char *name, uint64_t size, uint32_t flag
   return r;
 }
 
-int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint32_t flags, ts_error *err)
+int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint32_t flags,
+                         ts_error *err)
 {
   bool meta = flags & TS_POOL_EXTEND_METADATA;
   const char *which = meta ? "metadata" : "data";
@@ -662,11 +680,12 @@ int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint3
   char u[32];
   ts_format_size(unit, u, sizeof u);
   if (new_size < cur || new_size % unit || new_size / unit > max)
-    r = ts_error_set(err, -EINVAL,
-                     "layers.%s: new %s size %llu: must be a multiple of %s, at least the %llu bytes"
-                     " the pool has, and at most %llu blocks",
-                     pname, which, (unsigned long long)new_size, u, (unsigned long long)cur,
-                     (unsigned long long)max);
+    r = ts_error_set(
+        err, -EINVAL,
+        "layers.%s: new %s size %llu: must be a multiple of %s, at least the %llu bytes"
+        " the pool has, and at most %llu blocks",
+        pname, which, (unsigned long long)new_size, u, (unsigned long long)cur,
+        (unsigned long long)max);
   if (r || new_size == cur) {
     tx_end(&t);
     return r;
@@ -685,7 +704,8 @@ int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint3
   if (child && ts_dev_size(child) < new_size && (r = ts_dev_grow(child, new_size, err))) {
     char m[sizeof err->msg];
     snprintf(m, sizeof m, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
-    ts_error_set(err, r, "layers.%s: cannot grow the %s layer: %s; nothing was changed", pname, which, m);
+    ts_error_set(err, r, "layers.%s: cannot grow the %s layer: %s; nothing was changed", pname,
+                 which, m);
     tx_end(&t);
     return r;
   }
@@ -697,14 +717,19 @@ int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint3
   if (r && edit) {
     char m[sizeof err->msg];
     snprintf(m, sizeof m, "%s", err->msg);
-    ts_error_set(err, r, "%s (layers.%s and its file are %llu bytes now: the pool takes the space when it"
-                 " is opened again)", m, cname, (unsigned long long)new_size);
+    ts_error_set(err, r,
+                 "%s (layers.%s and its file are %llu bytes now: the pool takes the space when it"
+                 " is opened again)",
+                 m, cname, (unsigned long long)new_size);
   }
   tx_end(&t);
   return r;
 }
 
-static void fill_name(char *dst, size_t n, const char *src) { snprintf(dst, n, "%s", src ? src : ""); }
+static void fill_name(char *dst, size_t n, const char *src)
+{
+  snprintf(dst, n, "%s", src ? src : "");
+}
 
 int ts_volume_list(ts_stack *s, const char *pool, ts_volume_info *out, size_t max, size_t *count,
                    ts_error *err)
@@ -744,7 +769,8 @@ int ts_volume_list(ts_stack *s, const char *pool, ts_volume_info *out, size_t ma
     /* Layers naming a volume the pool lacks. */
     const char *key;
     json_t *l;
-    json_object_foreach(layers_of(t.root), key, l) {
+    json_object_foreach(layers_of(t.root), key, l)
+    {
       const char *lp = json_string_value(json_object_get(l, "pool"));
       json_t *i = json_object_get(l, "id");
       if (r || !is_type(l, "thin") || !lp || strcmp(lp, pname) || !json_is_integer(i) ||
@@ -786,11 +812,12 @@ void ts__volumes_opened(struct ts_stack *s)
     if (v && ts_pool_list_thins(d, v, n, &n, NULL) == 0)
       for (size_t i = 0; i < n; i++)
         if (!v[i].open)
-          ts_layer_event(d, "volume-not-in-config",
-                         "volume %u (%llu bytes mapped) is in the pool but no layer of the configuration"
-                         " names it (as after a `thin create` or `thin snap` that did not finish):"
-                         " `thinstack thin delete %s --pool %s --id %u` deletes it",
-                         v[i].id, (unsigned long long)v[i].mapped_bytes, cfg, ts_dev_name(d), v[i].id);
+          ts_layer_event(
+              d, "volume-not-in-config",
+              "volume %u (%llu bytes mapped) is in the pool but no layer of the configuration"
+              " names it (as after a `thin create` or `thin snap` that did not finish):"
+              " `thinstack thin delete %s --pool %s --id %u` deletes it",
+              v[i].id, (unsigned long long)v[i].mapped_bytes, cfg, ts_dev_name(d), v[i].id);
     free(v);
   }
 }
