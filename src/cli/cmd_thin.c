@@ -211,6 +211,22 @@ static void print_size(char *buf, size_t n, uint64_t bytes)
   snprintf(buf, n, i ? "%.1f%s" : "%.0f%s", v, u[i]);
 }
 
+/* Whether CONFIG makes pool `name` read-only: its own "read_only", or that of
+ * its metadata or data layer. */
+static bool config_read_only(const char *config, const char *name)
+{
+  json_t *root = json_load_file(config, 0, NULL);
+  json_t *layers = json_object_get(root, "layers"), *pl = json_object_get(layers, name);
+  bool ro = json_is_true(json_object_get(pl, "read_only"));
+  const char *which[] = { "metadata", "data" };
+  for (int i = 0; i < 2; i++) {
+    json_t *c = json_object_get(layers, json_string_value(json_object_get(pl, which[i])));
+    ro = ro || json_is_true(json_object_get(c, "read_only"));
+  }
+  json_decref(root);
+  return ro;
+}
+
 static int pool_status_cmd(const char *config, const char *name, bool json)
 {
   ts_dev *pool;
@@ -230,8 +246,10 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
     free(v);
     return finish(s, 1);
   }
+  /* status opens read-only; the mode to show is the one writers get. */
+  bool ro = st.read_only && config_read_only(config, name);
   const char *mode = st.failed                  ? "failed"
-                     : st.read_only             ? "ro"
+                     : ro                       ? "ro"
                      : st.out_of_metadata_space ? "out_of_metadata_space"
                      : st.out_of_data_space     ? "out_of_data_space"
                                                 : "rw";

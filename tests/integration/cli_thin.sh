@@ -72,7 +72,7 @@ grep -q '"size": "512M"' stack.json || fail "configuration not updated"
 import json,sys
 s = json.load(sys.stdin)
 assert s["block_size"] == 128 << 10 and s["data"]["blocks"] == 4096, s
-assert s["data"]["used"] == 512 and s["mode"] == "ro", s   # status opens read-only
+assert s["data"]["used"] == 512 and s["mode"] == "rw", s
 assert sorted(v["id"] for v in s["volumes"]) == [0, 1], s
 '
 "$THINSTACK" thin delete stack.json vm0 | grep -q 'volume vm0 deleted'
@@ -95,4 +95,13 @@ s = json.load(sys.stdin)
 assert s["metadata"]["blocks"] == 4096 and s["metadata"]["out_of_space"] is False, s
 '
 thin_check pool.meta > /dev/null 2> check.err || fail "thin_check after growing the metadata: $(cat check.err)"
+# status opens read-only but shows the mode writers get; "ro" when CONFIG
+# makes the pool read-only.
+python3 -c '
+import json
+c = json.load(open("stack.json")); c["layers"]["pool"]["read_only"] = True
+json.dump(c, open("ro.json", "w"))'
+"$THINSTACK" pool status ro.json pool --json | python3 -c '
+import json,sys; s = json.load(sys.stdin); assert s["mode"] == "ro", s'
+"$THINSTACK" pool status stack.json pool | grep -q 'mode rw' || fail "pool status mode"
 echo "cli_thin: ok"
