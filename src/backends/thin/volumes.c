@@ -315,8 +315,11 @@ static bool refers_to(const ts_param *schema, json_t *obj, const char *name)
     if (p->kind == TS_PARAM_ARRAY && json_is_array(v)) {
       size_t i;
       json_t *e;
-      json_array_foreach(v, i,
-                         e) if (json_is_object(e) && refers_to(p->fields, e, name)) return true;
+      json_array_foreach(v, i, e)
+      {
+        if (json_is_object(e) && refers_to(p->fields, e, name))
+          return true;
+      }
     }
   }
   return false;
