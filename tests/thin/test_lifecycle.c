@@ -519,6 +519,38 @@ START_TEST(symlinked_config_stays_a_link)
 }
 END_TEST
 
+/* A volume another layer stacks on (a linear segment's child) is not
+ * deleted under it. */
+START_TEST(delete_refuses_a_volume_in_use)
+{
+  char *dir = ts_test_mkdtemp();
+  char *cfg = ts_test_path(dir, "stack.json");
+  write_text(cfg, CONFIG, 0600);
+  ts_error e = { 0 };
+  ts_stack *s = open_file(cfg);
+  ck_assert_int_eq(ts_volume_create(s, NULL, "vm0", 8 * MIB, TS_VOLUME_ANY_ID, 0, NULL, &e), 0);
+  closed_ok(s);
+  json_t *j = load(cfg);
+  json_object_set_new(json_object_get(j, "layers"), "lin",
+                      json_pack("{s:s,s:[{s:s}]}", "type", "linear", "segments", "child", "vm0"));
+  ck_assert_int_eq(json_dump_file(j, cfg, JSON_INDENT(2)), 0);
+  json_decref(j);
+  s = open_part(dir, POOL_PART, cfg);
+  ck_assert_int_eq(ts_volume_delete(s, "vm0", &e), -EBUSY);
+  ck_assert_msg(strstr(e.msg, "layers.lin stacks on layers.vm0"), "%s", e.msg);
+  size_t n = 0;
+  ck_assert_int_eq(ts_pool_list_thins(ts_stack_node(s, "pool"), NULL, 0, &n, &e), 0);
+  ck_assert_uint_eq(n, 1);
+  closed_ok(s);
+  j = load(cfg);
+  ck_assert_ptr_nonnull(json_object_get(json_object_get(j, "layers"), "vm0"));
+  json_decref(j);
+  free(cfg);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
 struct io_arg {
   ts_dev *dev;
   ts_stack *s;
@@ -637,6 +669,7 @@ int main(void)
   tcase_add_test(t, pool_extend_keeps_the_config);
   tcase_add_test(t, live_stack_from_several_threads);
   tcase_add_test(t, symlinked_config_stays_a_link);
+  tcase_add_test(t, delete_refuses_a_volume_in_use);
   suite_add_tcase(s, t);
   return ts_test_main(s);
 }
