@@ -60,7 +60,7 @@ static char *config_dir(const char *config)
  * blank metadata device is formatted. Prints the error and returns NULL on
  * failure. */
 static ts_stack *open_pool(const char *config, const char *pool, bool create, bool *is_new,
-                           ts_dev **out, uint32_t flags)
+                           ts_dev **out, uint32_t flags, const char *unsized)
 {
   ts_open_opts opts = { .struct_size = sizeof opts, .flags = flags };
   json_error_t je;
@@ -89,6 +89,17 @@ static ts_stack *open_pool(const char *config, const char *pool, bool create, bo
                           "layers", keep, "exports");
   json_t *pool_obj = json_deep_copy(pl);
   json_object_set_new(json_object_get(sub, "layers"), pool, pool_obj);
+  /* Growing a space: its file layer opens at whatever size the file has, so
+   * that an extend stopped between growing the file and renaming CONFIG is
+   * finished by running it again (the pool takes the grown file in). */
+  const char *uname = unsized ? json_string_value(json_object_get(pl, unsized)) : NULL;
+  json_t *ul = uname ? json_object_get(layers, uname) : NULL;
+  const char *utype = ul ? json_string_value(json_object_get(ul, "type")) : NULL;
+  if (utype && !strcmp(utype, "file")) {
+    json_t *copy = json_deep_copy(ul);
+    json_object_del(copy, "size");
+    json_object_set_new(json_object_get(sub, "layers"), uname, copy);
+  }
   char *dir = config_dir(config);
   ts_stack *s = NULL;
   ts_error err = { 0 };
@@ -230,7 +241,7 @@ static bool config_read_only(const char *config, const char *name)
 static int pool_status_cmd(const char *config, const char *name, bool json)
 {
   ts_dev *pool;
-  ts_stack *s = open_pool(config, name, false, NULL, &pool, TS_OPEN_READ_ONLY);
+  ts_stack *s = open_pool(config, name, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
   if (!s)
     return 1;
   ts_pool_status st;
@@ -319,7 +330,7 @@ static int pool_extend_cmd(int argc, char **argv, bool meta)
                       &rel))
     return 2;
   ts_dev *pool;
-  ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool, 0);
+  ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool, 0, meta ? "metadata" : "data");
   if (!s)
     return 1;
   ts_pool_status st;
@@ -362,7 +373,7 @@ int ts_cli_pool(int argc, char **argv)
       return 2;
     bool is_new;
     ts_dev *pool;
-    ts_stack *s = open_pool(pos[0], pos[1], true, &is_new, &pool, 0);
+    ts_stack *s = open_pool(pos[0], pos[1], true, &is_new, &pool, 0, NULL);
     if (!s)
       return 1;
     if (!is_new) {
@@ -594,7 +605,7 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
       continue;
     any = true;
     ts_dev *pool;
-    ts_stack *s = open_pool(config, k, false, NULL, &pool, TS_OPEN_READ_ONLY);
+    ts_stack *s = open_pool(config, k, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
     if (!s) {
       status = 1;
       continue;
@@ -692,7 +703,7 @@ int ts_cli_thin(int argc, char **argv)
   if (!pname)
     return 1;
   ts_dev *pool;
-  ts_stack *s = open_pool(config, pname, false, NULL, &pool, 0);
+  ts_stack *s = open_pool(config, pname, false, NULL, &pool, 0, NULL);
   if (!s) {
     free(pname);
     return 1;

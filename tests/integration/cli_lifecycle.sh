@@ -148,6 +148,22 @@ list_is 'assert v["vm0-snap"]["in_pool"] is False, v'
 healthy "crash during delete, mended"
 list_is 'assert sorted(v) == ["vm0"], v'
 
+# A pool extend stopped between growing the data file and the rename: the
+# open names both sizes; the same extend, run again, finishes it.
+set +e
+TS_TEST_CRASH_AT=config-rename "$THINSTACK" pool extend stack.json pool 1536M
+[ $? -eq 99 ] || fail "the crash hook did not fire"
+"$THINSTACK" info stack.json > /dev/null 2> err.txt
+[ $? -eq 1 ] || fail "a data file bigger than CONFIG says opened"
+set -e
+grep -q 'layers.data.size: .*pool.data is 1610612736 bytes, the configuration says 1342177280' err.txt ||
+  fail "interrupted extend: $(cat err.txt)"
+"$THINSTACK" pool extend stack.json pool 1536M > /dev/null
+grep -q '"size": "1536M"' stack.json || fail "CONFIG does not say the new size"
+"$THINSTACK" pool status stack.json pool --json | python3 -c '
+import json,sys; s = json.load(sys.stdin); assert s["data"]["blocks"] == 24576, s'
+healthy "interrupted pool extend, finished"
+
 # Another create and snapshot after all that reuse the freed ids.
 "$THINSTACK" thin create stack.json vm3 --size 8M | grep -q '(id 1, 8M)'
 "$THINSTACK" thin snap stack.json vm3 vm3-snap | grep -q '(id 2)'

@@ -689,7 +689,7 @@ int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint3
         " the pool has, and at most %llu blocks",
         pname, which, (unsigned long long)new_size, u, (unsigned long long)cur,
         (unsigned long long)max);
-  if (r || new_size == cur) {
+  if (r) {
     tx_end(&t);
     return r;
   }
@@ -697,7 +697,14 @@ int ts_stack_pool_extend(ts_stack *s, const char *pool, uint64_t new_size, uint3
   json_t *layers = layers_of(t.root);
   const char *cname = json_string_value(json_object_get(json_object_get(layers, pname), which));
   json_t *cl = cname ? json_object_get(layers, cname) : NULL;
-  bool edit = cl && is_type(cl, "file") && json_object_get(cl, "size");
+  /* Also when the space already has the size but the file layer's "size"
+   * lags (an extend stopped before its rename, finished now). */
+  bool edit = cl && is_type(cl, "file") && json_object_get(cl, "size") &&
+              ts_param_size(cl, "size", 0) != new_size;
+  if (new_size == cur && !edit) {
+    tx_end(&t);
+    return 0;
+  }
   ts_dev *child = cname ? ts_stack_node(s, cname) : NULL;
   struct size_edit e = { cname, new_size };
   if (edit && ((r = set_size(t.root, &e)) || (r = tx_write(&t, err)))) {
