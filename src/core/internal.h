@@ -50,6 +50,8 @@ struct ts_stack {
   struct ts__claim *claims;  /* what the layers opened, for the one-user check */
   size_t nclaims;
   bool aborting;
+  char *config_path;         /* absolute; the file lifecycle calls rewrite, or NULL */
+  pthread_mutex_t config_mu; /* config and config_path, for lifecycle calls */
 };
 
 /* config.c: schema validation and graph ordering of a parsed config. Fills
@@ -75,6 +77,12 @@ int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off);
 /* stack.c: `path` resolved against the stack's (absolute) base folder;
  * malloc'd, NULL when out of memory. */
 char *ts__stack_path(const struct ts_stack *s, const char *path);
+
+/* volumes.c: after ts_stack_open_file, report pool volumes that no layer
+ * names (events on the pool). */
+void ts__volumes_opened(struct ts_stack *s);
+/* volumes.c: the test hook TS_TEST_CRASH_AT: _exit(99) when it names `point`. */
+void ts__test_crash_point(const char *point);
 
 /* io.c */
 int ts__node_flush_all(struct ts_node *n);

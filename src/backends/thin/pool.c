@@ -23,6 +23,7 @@
  * [error_if_no_space]`.
  */
 #include "backends/thin/thin-internal.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -375,6 +376,10 @@ static int commit_failed(struct tp_pool *p, int r)
 static int commit_txn_locked(struct tp_pool *p, bool *freed)
 {
   *freed = false;
+  /* A failed pool commits nothing more; say why it failed, not EIO. */
+  int f = atomic_load(&p->failed);
+  if (f)
+    return f == -EROFS ? -EIO : f;
   int r = ts_flush(p->data);
   if (r || !atomic_load(&p->dirty))
     return r;
@@ -446,9 +451,13 @@ int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bo
   pthread_rwlock_unlock(&p->lock);
   if (!exists) {
     if (!create) {
-      r = ts_layer_error(l, err, -ENOENT, "id",
-                         "pool \"%s\" has no volume %u (set \"create\": true to create it)",
-                         ts_dev_name(p->layer), id);
+      const char *cfg = l->stack->config_path ? l->stack->config_path : "CONFIG";
+      r = ts_layer_error(
+          l, err, -ENOENT, "id",
+          "pool \"%s\" has no volume %u (as after a `thin delete` that did not finish:"
+          " `thinstack thin delete %s %s` removes the layer; \"create\": true makes"
+          " an empty volume instead)",
+          ts_dev_name(p->layer), id, cfg, ts_dev_name(l));
       goto out;
     }
     if (p->read_only) {
@@ -870,11 +879,17 @@ static int mgmt_writable(struct tp_pool *p, ts_error *err)
   return 0;
 }
 
+/* A change is made only once it is committed: a failed commit leaves the
+ * pool at its last commit (and refusing changes), so the message says the
+ * change was not made, with the errno that stopped it. */
 static int mgmt_commit(struct tp_pool *p, ts_error *err, const char *what)
 {
   int r = tp_commit(p);
   if (r)
-    return ts_layer_error(p->layer, err, r, NULL, "%s, but the commit failed: %s", what, ts_strerror(r));
+    return ts_layer_error(p->layer, err, r, NULL,
+                          "cannot %s: the metadata commit failed: %s (%s); the pool keeps its last"
+                          " commit and refuses changes until it is opened again",
+                          what, ts_strerror(r), ts_err_name(r));
   return 0;
 }
 
@@ -906,7 +921,9 @@ int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot create volume %u: %s%s", id, ts_strerror(r),
                           r == -ENOSPC ? MD_FULL_HINT : "");
-  return mgmt_commit(p, err, "volume created");
+  char what[64];
+  snprintf(what, sizeof what, "create volume %u", id);
+  return mgmt_commit(p, err, what);
 }
 
 int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error *err)
@@ -933,7 +950,9 @@ int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error 
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot snapshot volume %u as %u: %s%s", origin_id, id,
                           ts_strerror(r), r == -ENOSPC ? MD_FULL_HINT : "");
-  return mgmt_commit(p, err, "snapshot created");
+  char what[64];
+  snprintf(what, sizeof what, "snapshot volume %u as %u", origin_id, id);
+  return mgmt_commit(p, err, what);
 }
 
 static int delete_freed(void *arg, uint64_t d, uint64_t n)
@@ -986,7 +1005,9 @@ int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err)
     return ts_layer_error(p->layer, err, r, NULL, "no volume %u", id);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot delete volume %u: %s", id, ts_strerror(r));
-  return mgmt_commit(p, err, "volume deleted");
+  char what[64];
+  snprintf(what, sizeof what, "delete volume %u", id);
+  return mgmt_commit(p, err, what);
 }
 
 int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *count, ts_error *err)
@@ -1111,7 +1132,7 @@ static int grow_space(struct tp_pool *p, const struct space *sp, uint64_t new_si
   if (r || nb == cur)
     return r;
   char what[64];
-  snprintf(what, sizeof what, "%s space grown", sp->name);
+  snprintf(what, sizeof what, "grow the %s space", sp->name);
   r = mgmt_commit(p, err, what);
   space_appeared(p);
   return r;
@@ -1158,7 +1179,7 @@ int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_i
                           (unsigned long long)have, (unsigned long long)current_id);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot set the transaction id: %s", ts_strerror(r));
-  return mgmt_commit(p, err, "transaction id set");
+  return mgmt_commit(p, err, "set the transaction id");
 }
 
 int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err)
@@ -1210,5 +1231,91 @@ int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err)
     return ts_layer_error(p->layer, err, r, NULL, "no metadata snapshot is held");
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot release the metadata snapshot: %s", ts_strerror(r));
-  return mgmt_commit(p, err, "metadata snapshot released");
+  return mgmt_commit(p, err, "release the metadata snapshot");
+}
+
+/* ------------------------------------------------------------------------ */
+/* For the lifecycle calls (volumes.c)                                       */
+
+int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err)
+{
+  int r = mgmt_writable(p, err);
+  if (r)
+    return r;
+  pthread_mutex_lock(&p->vol_mu);
+  struct tp_vol *v = vol_find(p, id);
+  if (v) {
+    r = ts_layer_error(p->layer, err, -EBUSY, NULL, "volume %u is open as layer \"%s\"", id,
+                       ts_dev_name(v->layer));
+    pthread_mutex_unlock(&p->vol_mu);
+    return r;
+  }
+  uint64_t hi = 0, removed = 0;
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_highest_mapped(p->md, id, &hi);
+  if (r == 0 && hi >= from) {
+    r = tmd_remove_range(p->md, id, from, hi + 1, 0, delete_freed, p, &removed);
+    tp_changed(p);
+  } else if (r == -ENODATA) {
+    r = 0;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  pthread_mutex_unlock(&p->vol_mu);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL,
+                          "cannot unmap the blocks of volume %u from block %llu: %s", id,
+                          (unsigned long long)from, ts_strerror(r));
+  if (!removed)
+    return 0;
+  char what[96];
+  snprintf(what, sizeof what, "unmap %llu blocks of volume %u", (unsigned long long)removed, id);
+  return mgmt_commit(p, err, what);
+}
+
+struct usage {
+  struct tp_pool *p;
+  uint64_t zero;
+};
+
+static int usage_run(void *arg, const struct tmd_run *run)
+{
+  struct usage *u = arg;
+  ts_extent_list l = { 0 };
+  uint64_t bs = u->p->bs;
+  if (ts_block_status(u->p->data, run->dbegin * bs, run->len * bs, &l) == 0)
+    for (size_t i = 0; i < l.n; i++)
+      if (l.v[i].flags & TS_EXTENT_ZERO)
+        u->zero += l.v[i].length;
+  ts_extent_list_free(&l);
+  return 0;
+}
+
+int tp_vol_usage(struct tp_pool *p, uint32_t id, uint64_t *mapped, uint64_t *zero, uint64_t *end)
+{
+  struct tmd_dev_info di;
+  struct usage u = { p, 0 };
+  uint64_t hi = 0;
+  *mapped = *zero = *end = 0;
+  pthread_rwlock_rdlock(&p->lock);
+  int r = tmd_dev_info(p->md, id, &di);
+  if (!r && tmd_highest_mapped(p->md, id, &hi) == 0) {
+    *mapped = di.mapped_blocks * p->bs;
+    *end = (hi + 1) * p->bs;
+    r = tmd_lookup_range(p->md, id, 0, hi + 1, usage_run, &u);
+    *zero = u.zero;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  return r;
+}
+
+uint64_t tp_block_size(const struct tp_pool *p) { return p->bs; }
+
+bool tp_has_volume(struct tp_pool *p, uint32_t id)
+{
+  pthread_rwlock_rdlock(&p->lock);
+  bool e = tmd_dev_exists(p->md, id);
+  pthread_rwlock_unlock(&p->lock);
+  return e;
 }

@@ -48,6 +48,8 @@ static const ts_param thin_params[] = {
   { "id", TS_PARAM_UINT, TS_PARAM_REQUIRED, NULL, NULL, "the volume's id in the pool (0..16777215)" },
   { "size", TS_PARAM_SIZE, TS_PARAM_REQUIRED, NULL, NULL, "the volume's size (dm-thin does not store it)" },
   { "create", TS_PARAM_BOOL, 0, NULL, NULL, "create the volume in the pool when it does not exist" },
+  { "origin", TS_PARAM_STRING, 0, NULL, NULL,
+    "the layer this volume was snapshotted from (recorded by `thin snap`; dm-thin keeps no parentage)" },
   { NULL, 0, 0, NULL, NULL, NULL },
 };
 
@@ -690,7 +692,39 @@ static int thin_open(ts_layer *l, const json_t *params, ts_error *err)
   int r = tp_vol_attach(p, l, (uint32_t)id, size, ts_param_bool(params, "create", false), &v, err);
   if (r)
     return r;
+  /* dm-thin does not store sizes, so a "size" edited below the data would
+   * silently hide it and a later grow would bring it back stale. */
+  uint64_t hi = 0;
+  pthread_rwlock_rdlock(&p->lock);
+  int h = tmd_highest_mapped(p->md, (uint32_t)id, &hi);
+  pthread_rwlock_unlock(&p->lock);
+  if (h == 0 && hi >= (size + p->bs - 1) / p->bs) {
+    char a[32], b[32];
+    ts_format_size(size, a, sizeof a);
+    ts_format_size((hi + 1) * p->bs, b, sizeof b);
+    const char *cfg = ts_dev_stack(l) && ts_stack_config_path(ts_dev_stack(l))
+                          ? ts_stack_config_path(ts_dev_stack(l)) : "CONFIG";
+    tp_vol_detach(v);
+    return ts_layer_error(l, err, -EINVAL, "size",
+                          "%s (%llu bytes) is below the data of volume %u: block %llu is mapped, so"
+                          " bytes up to %llu (%s) may hold data; set the size back, or shrink with"
+                          " `thinstack thin resize %s %s %s --discard-beyond`, which drops them",
+                          a, (unsigned long long)size, (unsigned)id, (unsigned long long)hi,
+                          (unsigned long long)((hi + 1) * p->bs), b, cfg, ts_dev_name(l), a);
+  }
   ts_layer_set_priv(l, v);
+  return 0;
+}
+
+/* Growing adds unmapped space: nothing to do in the pool (dm-thin keeps no
+ * size), so the volume just answers for more. */
+static int thin_grow(ts_layer *l, uint64_t new_size, ts_error *err)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  (void)err;
+  pthread_mutex_lock(&v->pool->vol_mu);
+  v->size = new_size;
+  pthread_mutex_unlock(&v->pool->vol_mu);
   return 0;
 }
 
@@ -831,6 +865,15 @@ static char *thin_dm_table(ts_layer *l)
   return s;
 }
 
+/* A volume grown since open (ts_dev_grow) dumps with its new size. */
+static int thin_config(ts_layer *l, json_t *params)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  if (!v || ts_param_size(params, "size", 0) == v->size)
+    return 0;
+  return json_object_set_new(params, "size", json_integer((json_int_t)v->size)) ? -ENOMEM : 0;
+}
+
 const ts_layer_type ts__thin_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "thin",
@@ -844,4 +887,6 @@ const ts_layer_type ts__thin_layer_type = {
   .block_status = thin_block_status,
   .status = thin_status,
   .dm_table = thin_dm_table,
+  .grow = thin_grow,
+  .config = thin_config,
 };
