@@ -310,9 +310,13 @@ typedef struct ts_io {
  * device's limits and emulates what the device lacks, then runs it. */
 TS_EXTERN int ts_submit(ts_dev *dev, const ts_io *io);
 
-/* Parse a size: a plain integer of bytes or one with a K, M, G or T suffix
- * (powers of 1024; "KiB" style accepted). Returns 0 or -EINVAL (bad syntax or
- * overflow). */
+/* The largest size or offset the library accepts, 2^63 - 1 bytes: files take
+ * off_t offsets and the kernel sizes block devices in loff_t bytes. */
+#define TS_SIZE_MAX ((uint64_t)INT64_MAX)
+
+/* Parse a size: a plain integer of bytes or one with a K, M, G, T or P
+ * suffix (powers of 1024; "KiB" style accepted). Returns 0, -EINVAL (bad
+ * syntax) or -ERANGE (above TS_SIZE_MAX). */
 TS_EXTERN int ts_parse_size(const char *s, uint64_t *out);
 /* Format `bytes` as the largest exact unit ("64K", "1G", "12345"). */
 TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);

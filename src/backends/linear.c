@@ -69,6 +69,9 @@ static int linear_open(ts_layer *l, const json_t *params, ts_error *err)
                          "offset %llu + length %llu does not fit in \"%s\" (%llu bytes)",
                          (unsigned long long)off, (unsigned long long)len, ts_dev_name(child),
                          (unsigned long long)cl->size);
+    else if (len > TS_SIZE_MAX - lin->size)
+      r = ts_layer_error(l, err, -ERANGE, key,
+                         "the segments add up to more than 2^63 - 1 bytes, the largest device size");
     if (r) {
       free(lin->seg);
       free(lin);

@@ -95,7 +95,7 @@ int ts_parse_size(const char *s, uint64_t *out)
   for (; isdigit((unsigned char)*p); p++) {
     unsigned d = (unsigned)(*p - '0');
     if (v > (UINT64_MAX - d) / 10)
-      return -EINVAL;
+      return -ERANGE;
     v = v * 10 + d;
   }
   unsigned shift = 0;
@@ -116,11 +116,15 @@ int ts_parse_size(const char *s, uint64_t *out)
     if (*p != '\0')
       return -EINVAL;
     if (v > (UINT64_MAX >> shift))
-      return -EINVAL;
+      return -ERANGE;
     v <<= shift;
   } else if (*p != '\0') {
     return -EINVAL;
   }
+  /* Offsets are off_t and kernel device sizes loff_t: nothing at or past
+   * 2^63 bytes can be addressed, so such a size is never meant. */
+  if (v > TS_SIZE_MAX)
+    return -ERANGE;
   *out = v;
   return 0;
 }
