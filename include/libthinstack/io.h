@@ -294,6 +294,16 @@ TS_EXTERN int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len);
  * (which the caller zero-initialises and frees). The extents cover the whole
  * range on success. */
 TS_EXTERN int ts_block_status(ts_dev *dev, uint64_t offset, uint64_t len, ts_extent_list *out);
+/* Extents per ts_block_status_bounded call when the caller gives 0. */
+#define TS_BLOCK_STATUS_BATCH 4096
+/* The same, in bounded steps for ranges of any size (a whole 8E volume):
+ * the extents appended cover [offset, X) for some X > offset, usually
+ * offset+len, but the walk stops once `max_extents` extents were added
+ * (0 = TS_BLOCK_STATUS_BATCH), so one call's time and memory stay
+ * bounded; continue from X, the end of the last extent. A long unallocated
+ * run is one extent whatever its length. Thread-safe like ts_block_status. */
+TS_EXTERN int ts_block_status_bounded(ts_dev *dev, uint64_t offset, uint64_t len,
+                                      size_t max_extents, ts_extent_list *out);
 
 /* One generic request: the form every call above takes inside the library,
  * the form layers receive, and the form the async API submits. */

@@ -902,7 +902,8 @@ static int crypt_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent
   struct crypt_layer *c = ts_layer_priv(l);
   const uint64_t bs = ts_dev_limits(l)->logical_block_size, end = off + len;
   ts_extent_list child = { 0 };
-  int r = ts_block_status(c->child, c->offset + off, len, &child);
+  /* A prefix is enough: the core asks again for the rest. */
+  int r = ts_block_status_bounded(c->child, c->offset + off, len, 0, &child);
   uint64_t pos = off;
   for (size_t i = 0; !r && i < child.n && pos < end; i++) {
     uint64_t e = child.v[i].offset + child.v[i].length - c->offset;

@@ -153,7 +153,8 @@ static int linear_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_exten
 {
   const struct segment *s = find_segment(ts_layer_priv(l), off);
   ts_extent_list tmp = { 0 };
-  int r = ts_block_status(s->child, off - s->start + s->offset, len, &tmp);
+  /* A prefix is enough: the core asks again for the rest. */
+  int r = ts_block_status_bounded(s->child, off - s->start + s->offset, len, 0, &tmp);
   for (size_t i = 0; !r && i < tmp.n; i++)
     r = ts_extent_list_add(out, tmp.v[i].offset - s->offset + s->start, tmp.v[i].length,
                            tmp.v[i].flags);
