@@ -228,7 +228,9 @@ static int memory_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_exten
 {
   struct memory_layer *m = ts_layer_priv(l);
   uint64_t end = off + len, last = (end - 1) / CHUNK;
-  while (off < end) {
+  /* A prefix per call keeps each call bounded; the core asks for the rest. */
+  size_t start = out->n;
+  while (off < end && out->n - start < 4096) {
     uint64_t i = off / CHUNK, stop;
     uint32_t flags = 0;
     if (chunk_at(m, i, false)) {
