@@ -49,6 +49,7 @@ int main(int argc, char **argv)
     perror("crash_workload: chdir");
     return 2;
   }
+  /* The harness creates the pool; alone, the workload creates it too. */
   bool create = access("pool.meta", F_OK) != 0;
   char *json = cr_stack_json(create, NULL);
   ts_stack *s = NULL;
