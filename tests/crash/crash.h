@@ -17,7 +17,7 @@
 
 #define CR_BLOCK (64u << 10)         /* pool block size */
 #define CR_SECTOR 4096u              /* unit of the content model */
-#define CR_VOL_SIZE (16u << 20)      /* every volume */
+#define CR_VOL_SIZE (8u << 20)       /* every volume */
 #define CR_NBLK (CR_VOL_SIZE / CR_BLOCK)
 #define CR_SPB (CR_BLOCK / CR_SECTOR) /* sectors per block */
 #define CR_NSECT (CR_VOL_SIZE / CR_SECTOR)
