@@ -65,17 +65,19 @@ static void fill_fs(void)
 static ts_stack *open_pool(bool meta_wrap, bool create)
 {
   const char *c = create ? ", \"create\": true" : "";
+  const char *msize = create ? ", \"size\": \"8M\"" : "", *dsize = create ? ", \"size\": \"256M\"" : "";
   char *j = ts_test_fmt(
       "{ \"version\": 1, \"layers\": {"
-      " \"mfile\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"8M\"%s },"
-      " \"meta\": { \"type\": \"fault\", \"child\": \"mfile\", \"rules\": [],"
-      "   \"limits\": { \"max_provision_bytes\": %s } },"
-      " \"data\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"256M\"%s },"
-      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      " \"mfile\": { \"type\": \"file\", \"path\": \"pool.meta\"%s%s },%s"
+      " \"data\": { \"type\": \"file\", \"path\": \"pool.data\"%s%s },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"%s\", \"data\": \"data\","
       "   \"block_size\": \"64K\", \"commit_interval\": 0%s },"
       " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"64M\"%s } },"
       " \"exports\": [\"v0\"] }",
-      c, meta_wrap ? "0" : "\"16M\"", c, c, c);
+      msize, c,
+      meta_wrap ? " \"meta\": { \"type\": \"fault\", \"child\": \"mfile\", \"rules\": [],"
+                  "   \"limits\": { \"max_provision_bytes\": 0 } }," : "",
+      dsize, c, meta_wrap ? "meta" : "mfile", c, c);
   ts_open_opts o = { .struct_size = sizeof o, .event = on_event };
   ts_stack *s = NULL;
   ts_error e = { 0 };
@@ -104,6 +106,10 @@ START_TEST(reserved_metadata_commits_on_a_full_disk)
   char *meta = ts_test_path(mnt, "pool.meta");
   ck_assert_uint_eq(ts_test_allocated(meta), 8u << 20); /* the whole file, reserved */
   ck_assert_ptr_null(strstr(events, "metadata-not-preallocated"));
+  /* Growing reserves the new space too. */
+  ts_error ge = { 0 };
+  ck_assert_msg(ts_pool_extend_metadata(ts_stack_node(s, "pool"), 12u << 20, &ge) == 0, "%s", ge.msg);
+  ck_assert_uint_eq(ts_test_allocated(meta), 12u << 20);
   fill_volume(s);
   fill_fs();
   ts_error e = { 0 };
