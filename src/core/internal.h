@@ -73,6 +73,11 @@ int ts__load_plugin_dir(const char *dir, ts_error *err);
 /* util.c: all of [off, off+len) read or written with pread/pwrite, retried
  * on EINTR and short transfers: 0, -errno, or -EIO where the file ends. */
 int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off);
+/* Parse a configuration so that no copy of its text outlives the parse:
+ * jansson is made to clear what it frees, and a file is read into a buffer
+ * that is cleared (stdio would leave its own copy in freed memory). */
+json_t *ts__json_loads(const char *text, size_t flags, json_error_t *je);
+json_t *ts__json_load_file(const char *path, size_t flags, json_error_t *je);
 
 /* stack.c: `path` resolved against the stack's (absolute) base folder;
  * malloc'd, NULL when out of memory. */

@@ -140,7 +140,7 @@ int ts_stack_open_string(const char *json, const char *base_dir, const ts_open_o
 {
   json_error_t je;
   ts_error_clear(err);
-  json_t *config = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+  json_t *config = ts__json_loads(json, JSON_REJECT_DUPLICATES, &je);
   if (!config)
     return ts_error_set(err, -EINVAL, "line %d, column %d: invalid JSON: %s", je.line, je.column,
                         je.text);
@@ -153,7 +153,7 @@ int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **ou
   json_error_t je;
   ts_error_clear(err);
   *out = NULL;
-  json_t *config = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  json_t *config = ts__json_load_file(path, JSON_REJECT_DUPLICATES, &je);
   if (!config) {
     if (access(path, R_OK) != 0)
       return ts_error_set(err, -errno, "%s: cannot read the configuration: %s", path,

@@ -4,7 +4,7 @@
 # never the key.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 cd "$TMP"
-head -c 64 /dev/urandom > k.key
+head -c 64 /dev/urandom > k.key && chmod 600 k.key
 cat > s.json <<'JSON'
 { "version": 1, "layers": {
   "meta": { "type": "file", "path": "m.img", "size": "16M", "create": true },

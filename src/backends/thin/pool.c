@@ -376,7 +376,8 @@ static int commit_failed(struct tp_pool *p, int r)
 static int commit_txn_locked(struct tp_pool *p, bool *freed)
 {
   *freed = false;
-  /* A failed pool commits nothing more; say why it failed, not EIO. */
+  /* Once a commit failed, every later one reports what made it fail (an
+   * ENOSPC stays ENOSPC through close), not the refusal that follows. */
   int f = atomic_load(&p->failed);
   if (f)
     return f == -EROFS ? -EIO : f;
@@ -553,6 +554,27 @@ static int md_error(ts_layer *l, ts_error *err, int r, const char *key, const ch
   return ts_layer_error(l, err, r, key, "%s: %s", what, msg);
 }
 
+/* Reserve the metadata layer's first `bytes` on the host (PROVISION; a file
+ * layer turns it into fallocate), so a commit never meets ENOSPC from a
+ * sparse file on a full file system: the pool's own space maps are the only
+ * place metadata can run out. -ENOSPC when the space is not there; a layer
+ * that cannot provision (a device, a file system without fallocate) gets
+ * an event instead, since its blocks may well exist already. */
+static int reserve_metadata(struct tp_pool *p, uint64_t bytes)
+{
+  const ts_limits *ml = ts_dev_limits(p->meta);
+  int r = ts_limits_cap(ml, TS_OP_PROVISION) == TS_CAP_NONE ? -EOPNOTSUPP
+                                                            : ts_provision(p->meta, 0, bytes);
+  if (r == -EOPNOTSUPP) {
+    ts_layer_event(p->layer, "metadata-not-preallocated",
+                   "layer \"%s\" cannot provision: its metadata space is not reserved on the "
+                   "host, so a commit may still fail for lack of space there",
+                   ts_dev_name(p->meta));
+    return 0;
+  }
+  return r;
+}
+
 static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
 {
   ts_layer *meta = ts_layer_child(l, ts_param_string(params, "metadata", ""));
@@ -633,6 +655,13 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
       goto fail;
     }
     ts_error_clear(err);
+    uint64_t msize = ml->size < TMD_MAX_METADATA_BLOCKS * 4096 ? ml->size
+                                                               : TMD_MAX_METADATA_BLOCKS * 4096;
+    if ((r = reserve_metadata(p, msize - msize % 4096))) {
+      r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                         (unsigned long long)(msize - msize % 4096), ts_dev_name(meta), ts_strerror(r));
+      goto fail;
+    }
     r = tmd_format(&p->bdev, (uint32_t)(bs / 512), nblocks, &cfg, &p->md, err);
     if (r) {
       r = md_error(l, err, r, "metadata", "cannot format the pool metadata");
@@ -679,6 +708,11 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
     if (mblocks > TMD_MAX_METADATA_BLOCKS)
       mblocks = TMD_MAX_METADATA_BLOCKS;
     if (mblocks > tmd_metadata_nr_blocks(p->md) && !ro) {
+      if ((r = reserve_metadata(p, mblocks * 4096))) {
+        r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                           (unsigned long long)(mblocks * 4096), ts_dev_name(meta), ts_strerror(r));
+        goto fail;
+      }
       if ((r = tmd_resize_metadata(p->md, mblocks))) {
         r = ts_layer_error(l, err, r, "metadata", "cannot grow the metadata space to %llu blocks: %s",
                            (unsigned long long)mblocks, ts_strerror(r));
@@ -874,8 +908,8 @@ static int mgmt_writable(struct tp_pool *p, ts_error *err)
     return ts_layer_error(p->layer, err, -EROFS, NULL, "the pool is read-only");
   int f = atomic_load(&p->failed);
   if (f)
-    return ts_layer_error(p->layer, err, -EIO, NULL, "a metadata commit failed (%s): the pool refuses changes",
-                          ts_strerror(f));
+    return ts_layer_error(p->layer, err, f == -EROFS ? -EIO : f, NULL,
+                          "a metadata commit failed (%s): the pool refuses changes", ts_strerror(f));
   return 0;
 }
 
@@ -1117,6 +1151,9 @@ static int grow_space(struct tp_pool *p, const struct space *sp, uint64_t new_si
       char msg[sizeof err->msg];
       snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
       r = ts_layer_error(p->layer, err, r, sp->name, "cannot grow the %s layer: %s", sp->name, msg);
+    } else if (sp->layer == p->meta && (r = reserve_metadata(p, new_size))) {
+      r = ts_layer_error(p->layer, err, r, sp->name, "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                         (unsigned long long)new_size, ts_dev_name(p->meta), ts_strerror(r));
     } else if ((r = sp->resize(p->md, nb))) {
       r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the %s space map to %llu blocks: %s%s",
                          sp->name, (unsigned long long)nb, ts_strerror(r),

@@ -59,13 +59,22 @@ static const ts_param thin_params[] = {
 struct runs {
   struct tmd_run *v;
   size_t n, cap;
+  size_t max;          /* stop the walk after this many runs; 0 = all */
   struct tmd_run inl[8];
 };
+
+/* Mapped runs one block status call reports at most: the core asks again
+ * from where it stopped, so a huge, fragmented volume costs bounded memory
+ * and time per call. */
+#define STATUS_MAX_RUNS 4096
+/* What runs_add returns to stop the walk once `max` runs are in. */
+#define RUNS_FULL 1
 
 static void runs_init(struct runs *r)
 {
   r->v = r->inl;
   r->n = 0;
+  r->max = 0;
   r->cap = sizeof r->inl / sizeof r->inl[0];
 }
 
@@ -79,6 +88,8 @@ static void runs_free(struct runs *r)
 static int runs_add(void *arg, const struct tmd_run *run)
 {
   struct runs *r = arg;
+  if (r->max && r->n == r->max)
+    return RUNS_FULL;
   if (r->n == r->cap) {
     size_t cap = r->cap * 2;
     struct tmd_run *v = malloc(cap * sizeof *v);
@@ -798,7 +809,9 @@ static int thin_submit(ts_layer *l, const ts_io *io)
 }
 
 /* Mapped blocks are allocated; whether they read as zeroes (provisioned,
- * never written) is what the data layer says of their data blocks. */
+ * never written) is what the data layer says of their data blocks. The walk
+ * visits mapped keys only, so an unmapped stretch of any length is one hole;
+ * after STATUS_MAX_RUNS runs it stops and reports what it has. */
 static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct tp_vol *v = ts_layer_priv(l);
@@ -806,8 +819,12 @@ static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_
   uint64_t bs = p->bs, end = off + len;
   struct runs runs;
   runs_init(&runs);
+  runs.max = STATUS_MAX_RUNS;
   pthread_rwlock_rdlock(&p->lock);
-  int r = lookup(p, v->id, off / bs, (end + bs - 1) / bs, &runs);
+  int r = lookup(p, v->id, off / bs, end / bs + (end % bs != 0), &runs);
+  bool partial = r == RUNS_FULL;
+  if (partial)
+    r = 0;
   uint64_t pos = off;
   for (size_t i = 0; i < runs.n && !r; i++) {
     uint64_t rs = runs.v[i].vbegin * bs, re = (runs.v[i].vbegin + runs.v[i].len) * bs;
@@ -827,7 +844,8 @@ static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_
     ts_extent_list_free(&dl);
     pos = re;
   }
-  if (!r && pos < end)
+  /* A stopped walk covers up to its last run; the core asks for the rest. */
+  if (!r && pos < end && !(partial && runs.n))
     r = ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
   pthread_rwlock_unlock(&p->lock);
   runs_free(&runs);
