@@ -13,6 +13,8 @@ packages=(
   thin-provisioning-tools
   python3 python3-cryptography python3-pytest
   fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod
+  # tests/vm: a VM running Debian's kernel with the host's dm tools
+  qemu-system-x86 busybox-static dmsetup cryptsetup-bin keyutils cpio xz-utils binutils
 )
 missing=()
 for p in "${packages[@]}"; do
