@@ -300,18 +300,18 @@ static int lw_submit(ts_layer *l, const ts_io *io)
     pthread_mutex_unlock(&w->mu);
     int r = ts_submit(w->child, io);
     pthread_mutex_lock(&w->mu);
-    if (r) {
+    if (r && p) {
       /* Not known durable: they wait for the next flush, still first. */
-      struct lw_pending **end = &p;
-      uint64_t n = 0;
-      for (; *end; end = &(*end)->next)
+      struct lw_pending *last = p;
+      uint64_t n = 1;
+      for (; last->next; last = last->next)
         n++;
-      *end = w->pending;
+      last->next = w->pending;
       if (!w->pending)
-        w->pending_tail = end;
+        w->pending_tail = &last->next;
       w->pending = p;
       w->npending += n;
-    } else {
+    } else if (!r) {
       log_pending_locked(l, w, p);
       append_locked(l, w, LW_FLUSH, 0, 0, NULL, 0, NULL);
     }

@@ -197,6 +197,48 @@ START_TEST(full_log_stops_logging)
 }
 END_TEST
 
+/* A flush the child fails covers nothing: the writes before it wait, in
+ * their order, for the next flush that succeeds. */
+START_TEST(failed_flush_keeps_writes_waiting)
+{
+  const char *json = "{ \"version\": 1, \"layers\": {"
+                     " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\", \"create\": true },"
+                     " \"d\": { \"type\": \"fault\", \"child\": \"f\","
+                     "   \"rules\": [ { \"op\": \"flush\", \"action\": \"error\", \"errno\": \"EIO\", \"count\": 1 } ] },"
+                     " \"log\": { \"type\": \"file\", \"path\": \"log.img\", \"size\": \"1M\", \"create\": true },"
+                     " \"lw\": { \"type\": \"log-writes\", \"child\": \"d\", \"log\": \"log\" } },"
+                     " \"exports\": [\"lw\"] }";
+  ts_stack *s = ts_test_open(dir, json);
+  ts_dev *lw = ts_stack_dev(s, "lw");
+  ts_error err = { 0 };
+  unsigned char a[512], b[512];
+  ts_test_pattern(a, sizeof a, 4);
+  ts_test_pattern(b, sizeof b, 5);
+  ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 0, 0), 0);
+  ck_assert_int_eq(ts_flush(lw), -EIO);
+  ck_assert_int_eq(ts_pwrite(lw, b, sizeof b, 512, 0), 0);
+  char *st = ts_dev_status_json(lw);
+  ck_assert_msg(strstr(st, "\"waiting_for_flush\": 2") && strstr(st, "\"entries\": 0"), "%s", st);
+  free(st);
+  ck_assert_int_eq(ts_flush(lw), 0);
+  ck_assert_int_eq(ts_stack_close(s, &err), 0);
+  size_t len;
+  unsigned char *log = slurp("log.img", &len);
+  /* a, b, the flush, the flush of the close, the end mark */
+  ck_assert_uint_eq(ts__le64(log + 16), 5);
+  const unsigned char *e = log + 512;
+  ck_assert_uint_eq(ts__le64(e), 0);
+  ck_assert_uint_eq(ts__le64(e + 16), 0);
+  ck_assert(memcmp(e + 512, a, 512) == 0);
+  e += 1024;
+  ck_assert_uint_eq(ts__le64(e), 1);
+  ck_assert(memcmp(e + 512, b, 512) == 0);
+  e += 1024;
+  ck_assert_uint_eq(ts__le64(e + 16), 1);
+  free(log);
+}
+END_TEST
+
 START_TEST(bad_configs)
 {
   ts_stack *s = NULL;
@@ -223,6 +265,7 @@ int main(void)
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, layout_and_order);
   tcase_add_test(tc, full_log_stops_logging);
+  tcase_add_test(tc, failed_flush_keeps_writes_waiting);
   tcase_add_test(tc, bad_configs);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
