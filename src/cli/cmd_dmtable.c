@@ -131,7 +131,13 @@ int ts_cli_dm_table(int argc, char **argv)
         free(t.bind);
         return 2;
       }
-      t.bind[t.nbind].layer = strndup(v, (size_t)(eq - v));
+      char *layer = strndup(v, (size_t)(eq - v));
+      if (!layer) {
+        ts_cli_err("%s: out of memory", argv[0]);
+        status = 1;
+        break;
+      }
+      t.bind[t.nbind].layer = layer;
       t.bind[t.nbind++].path = eq + 1;
     } else if (argv[i][0] == '-' && argv[i][1]) {
       ts_cli_err("%s: unknown option %s", argv[0], argv[i]);
