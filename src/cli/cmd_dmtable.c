@@ -18,6 +18,8 @@ struct dmt {
   size_t nbind;
   char **missing; /* referenced layers that have neither a dm twin nor a binding */
   size_t nmissing;
+  const char **created; /* layers printed so far, children before parents */
+  size_t ncreated;
 };
 
 static const char *bound_path(const struct dmt *t, const char *layer)
@@ -28,10 +30,14 @@ static const char *bound_path(const struct dmt *t, const char *layer)
   return NULL;
 }
 
-static bool has_dm_twin(ts_dev *d)
+/* Only a layer that printed a table has a /dev/mapper device: a kernel
+ * layer over a file, say, prints none although its type can. */
+static bool created(const struct dmt *t, const char *layer)
 {
-  const ts_layer_type *lt = ts_find_layer_type(ts_dev_type(d));
-  return lt && lt->dm_table;
+  for (size_t i = 0; i < t->ncreated; i++)
+    if (strcmp(t->created[i], layer) == 0)
+      return true;
+  return false;
 }
 
 static void note_missing(struct dmt *t, const char *name)
@@ -71,7 +77,7 @@ static char *resolve(struct dmt *t, const char *line)
     const char *path = bound_path(t, name);
     if (path)
       fputs(path, f);
-    else if (d && has_dm_twin(d))
+    else if (d && created(t, name))
       fprintf(f, "/dev/mapper/%s", name);
     else
       note_missing(t, name);
@@ -175,9 +181,17 @@ int ts_cli_dm_table(int argc, char **argv)
     if (!lt || !lt->dm_table || bound_path(&t, ts_dev_name(d)))
       continue;
     char *raw = lt->dm_table(d);
-    char *line = raw ? resolve(&t, raw) : NULL;
+    if (!raw)
+      continue;
+    char *line = resolve(&t, raw);
     free(raw);
-    if (!line) {
+    const char **c = line ? realloc(t.created, (t.ncreated + 1) * sizeof *c) : NULL;
+    if (c) {
+      t.created = c;
+      t.created[t.ncreated++] = ts_dev_name(d);
+    }
+    if (!c) {
+      free(line);
       ts_cli_err("%s: out of memory", argv[0]);
       status = 1;
       break;
@@ -238,6 +252,7 @@ int ts_cli_dm_table(int argc, char **argv)
   for (size_t i = 0; i < t.nmissing; i++)
     free(t.missing[i]);
   free(t.missing);
+  free(t.created);
   for (size_t i = 0; i < t.nbind; i++)
     free((char *)t.bind[i].layer);
   free(t.bind);

@@ -55,6 +55,20 @@ grep -qx "keyctl padd logon thinstack:enc @u < '$TMP/k.key'" ck.txt || fail "con
 # out_of_space: queue is the kernel's default, so the pool line has no feature for it.
 sed -i 's/"block_size": "128K", "create": true/"block_size": "128K", "out_of_space": "queue"/' s.json
 "$THINSTACK" dm-table s.json "${B[@]}" | grep -q "thin-pool /dev/M /dev/D 256 [0-9]* 0'$" || fail "queue policy"
+# A kernel layer over a plain file has no dm device of its own: it is a
+# leaf to bind, not /dev/mapper/kf.
+truncate -s 8M kf.img
+cat > kf.json <<'JSON'
+{ "version": 1, "layers": {
+  "kf": { "type": "kernel", "path": "kf.img" },
+  "kl": { "type": "linear", "segments": [ { "child": "kf" } ] } } }
+JSON
+set +e
+"$THINSTACK" dm-table kf.json > /dev/null 2> err.txt; st=$?
+set -e
+[ $st = 1 ] && grep -q 'kf (kernel, 8388608 bytes)' err.txt || fail "kernel over a file: $st $(cat err.txt)"
+"$THINSTACK" dm-table kf.json --device kf=/dev/loop9 | grep -qx "dmsetup create kl --table '0 16384 linear /dev/loop9 0'" \
+  || fail "kernel over a file, bound"
 key=$(xxd -p -c 128 k.key 2>/dev/null || od -An -tx1 -v k.key | tr -d ' \n')
 ! grep -qi "${key:0:16}" t.txt c.txt ck.txt || fail "the key appears in dm-table output"
 echo "dm_table: ok"
