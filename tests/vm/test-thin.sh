@@ -10,7 +10,8 @@
 #  b) kernel -> library -> kernel: set_transaction_id and a reserved
 #     metadata snapshot;
 #  c) a pool of 1,004 volumes activating in one `dmsetup create --concise`.
-# thin_check runs in the guest before and after every activation. Two boots.
+# thin_check runs before and after every activation (in the guest; after
+# c, on the host, as the stopped VM left it). Two boots.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 source "$TS_SOURCE_DIR/tests/vm/lib.sh"
 requires python3
@@ -190,7 +191,10 @@ mkdir -p c
   for i in $(seq 0 1003); do
     printf ',\n "c%d": { "type": "thin", "pool": "cpool", "id": %d, "size": "64K", "create": true }' $i $((i * 997))
   done
-  echo ' } }'
+  # All of them end to end, to read them with one process on either side.
+  printf ',\n "call": { "type": "linear", "segments": [ { "child": "c0" }'
+  for i in $(seq 1 1003); do printf ', { "child": "c%d" }' $i; done
+  echo ' ] } } }'
 } > c/s.json
 head -c 4096 /dev/urandom > cw
 for i in 0 1 500 1003; do lib write c/s.json c$i $((i % 16 * 4096)) -i cw; done
@@ -213,14 +217,11 @@ t0=$(cut -d' ' -f1 /proc/uptime)
 dmsetup create --concise "$(cat /test/concise-c)" || die "dmsetup create c"
 echo "c: $(ls /dev/mapper | grep -c '^c[0-9]') volumes active after $(awk "BEGIN {print $(cut -d' ' -f1 /proc/uptime) - $t0}")s"
 # One process per volume costs seconds each under TCG: read them all
-# through one linear device that concatenates them.
-for i in $(seq 0 1003); do echo "$((i * 128)) 128 linear /dev/mapper/c$i 0"; done | dmsetup create call
+# through the linear device that concatenates them.
 echo "sha call $(sha256sum < /dev/mapper/call | cut -d' ' -f1)"
 echo "c: read at $(cut -d' ' -f1 /proc/uptime)s"
-dmsetup remove call
-dmsetup remove $(for i in $(seq 0 1003); do echo c$i; done) cpool
-echo "c: removed at $(cut -d' ' -f1 /proc/uptime)s"
-thin_check -q /dev/vdc || die "thin_check c after"
+# Removing 1,005 devices takes over a minute under TCG; the VM just stops
+# and the host checks the metadata as the kernel left it.
 echo done
 EOF
 vm_run -d b/meta.img -d b/data.img -d c/meta.img -d c/data.img -f concise-b -f concise-c boot2.sh > /dev/null
@@ -228,7 +229,10 @@ grep -qx done "$TMP/vm.out" || { cat "$TMP/vm.out"; fail "boot 2 did not finish"
 for v in 0 1 2; do same "$(vm_sha kbv$v)" "$(msha bm$v)" "b v$v kernel read back/model"; done
 awk '$1 == "status" {print $8}' "$TMP/vm.out" | grep -qx -- - || fail "metadata snapshot not released"
 grep -q '^c: 1004 volumes active' "$TMP/vm.out" || fail "c: $(grep '^c:' "$TMP/vm.out")"
+grep -q ";call,,,rw,0 128 linear /dev/mapper/c0 0,128 128 linear /dev/mapper/c1 0," concise-c \
+  || fail "concise c: $(head -c 300 concise-c)"
 grep '^c:' "$TMP/vm.out"
+thin_check -q c/meta.img || fail "c: thin_check after the kernel"
 truncate -s $((1004 * 65536)) call
 for i in 0 1 500 1003; do
   truncate -s 0 cm; truncate -s 65536 cm; mwrite cm $((i % 16 * 4096)) cw
@@ -236,4 +240,5 @@ for i in 0 1 500 1003; do
   mwrite call $((i * 65536 + i % 16 * 4096)) cw
 done
 same "$(vm_sha call)" "$(msha call)" "c all 1004 volumes kernel/model"
+same "$(sha c/s.json call $((1004 * 65536)))" "$(msha call)" "c all 1004 volumes library/model"
 echo "thin: ok"
