@@ -8,7 +8,7 @@
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 source "$TS_SOURCE_DIR/tests/vm/lib.sh"
 cd "$TMP"
-head -c 64 /dev/urandom > k.key
+head -c 64 /dev/urandom > k.key && chmod 600 k.key
 make() { # NAME SECTOR_SIZE OFFSET EXTRA_JSON
   local n=$1
   truncate -s 2M "$n.img"

@@ -34,6 +34,21 @@ cfg() {
   } > "$d/s.json"
 }
 lib() { "$THINSTACK" "$@" > /dev/null || fail "thinstack $*"; }
+# vol CFG POOL create ID | vol CFG POOL snap ID ORIGIN_ID, through the pool's API.
+vol() {
+  THINSTACK_LIB=$TS_BUILD_DIR/libthinstack.so PYTHONPATH=$TS_SOURCE_DIR/bindings/python \
+    python3 - "$@" <<'PY' || fail "vol $*"
+import sys
+import thinstack
+cfg, pool, op, *a = sys.argv[1:]
+with thinstack.open(cfg) as s:
+    p = s.node(pool)
+    if op == "create":
+        p.create_thin(int(a[0]))
+    else:
+        p.create_snap(int(a[0]), int(a[1]))
+PY
+}
 
 # --- a) the library makes a pool at each block size
 make_a() { # DIR PREFIX BLOCK_BYTES BLOCK_NAME
@@ -47,21 +62,21 @@ make_a() { # DIR PREFIX BLOCK_BYTES BLOCK_NAME
   head -c "$bs" /dev/urandom > "$d/kw"
   cfg "$d" "$p"
   lib pool create "$d/s.json" "${p}pool"
-  lib thin create "$d/s.json" "${p}pool" 1
+  vol "$d/s.json" "${p}pool" create 1
   cfg "$d" "$p" v1:1
   truncate -s $VS "$d/m1"
   lib write "$d/s.json" "${p}v1" 0 -i "$d/w0"; mwrite "$d/m1" 0 "$d/w0"
-  lib thin snap "$d/s.json" "${p}pool" 2 1; cp "$d/m1" "$d/m2"
+  vol "$d/s.json" "${p}pool" snap 2 1; cp "$d/m1" "$d/m2"
   cfg "$d" "$p" v1:1 v2:2
   lib write "$d/s.json" "${p}v1" $((2 * bs + 4096)) -i "$d/w1"; mwrite "$d/m1" $((2 * bs + 4096)) "$d/w1"
   lib write "$d/s.json" "${p}v2" 0 -i "$d/w2"; mwrite "$d/m2" 0 "$d/w2"
-  lib thin snap "$d/s.json" "${p}pool" 3 2; cp "$d/m2" "$d/m3"
+  vol "$d/s.json" "${p}pool" snap 3 2; cp "$d/m2" "$d/m3"
   cfg "$d" "$p" v1:1 v2:2 v3:3
   lib write "$d/s.json" "${p}v3" $((1 * bs)) -i "$d/w3"; mwrite "$d/m3" $((1 * bs)) "$d/w3"
   # Block 1 of v1 is shared with v2; block 1 of v3 is its own.
   lib discard "$d/s.json" "${p}v1" $((1 * bs)) "$bs"; mzero "$d/m1" $((1 * bs)) "$bs"
   lib discard "$d/s.json" "${p}v3" $((1 * bs)) "$bs"; mzero "$d/m3" $((1 * bs)) "$bs"
-  lib thin create "$d/s.json" "${p}pool" 16777215
+  vol "$d/s.json" "${p}pool" create 16777215
   cfg "$d" "$p" v1:1 v2:2 v3:3 vbig:16777215
   truncate -s $VS "$d/mbig"
   lib provision "$d/s.json" "${p}vbig" 0 $((2 * bs))
@@ -174,7 +189,7 @@ grep -q 'dev_id="1"' b/snap.xml || fail "metadata snapshot: $(head -5 b/snap.xml
 # The library discards a block v0 shares with v1 and writes a new volume.
 lib discard b/s.json kbv0 0 65536; mzero bm0 0 65536
 lib write b/s.json kbv1 0 -i kb2; mwrite bm1 0 kb2
-lib thin create b/s.json kbpool 2
+vol b/s.json kbpool create 2
 cfg b kb v0:0 v1:1 v2:2
 truncate -s $VS bm2; lib write b/s.json kbv2 65536 -i kb1; mwrite bm2 65536 kb1
 for v in 0 1 2; do same "$(sha b/s.json kbv$v $VS)" "$(msha bm$v)" "b v$v library write/model"; done
