@@ -104,7 +104,7 @@ sum() { sha256sum "$TMP/meta.img" "$TMP/data.img"; }
 sum >"$OUT/sum.before"
 listing >"$OUT/before"
 for c in "info $CONFIG" "map $CONFIG vm0" "status $CONFIG" "dump-config $CONFIG" \
-  "dm-table $CONFIG" "check $TMP/meta.img" "dump $TMP/meta.img" "read $CONFIG vm0 0 4096"; do
+  "dm-table $CONFIG --device meta=/dev/M --device data=/dev/D" "check $TMP/meta.img" "dump $TMP/meta.img" "read $CONFIG vm0 0 4096"; do
   # shellcheck disable=SC2086
   "$THINSTACK" $c >/dev/null 2>"$OUT/err" || fail "$c failed: $(cat "$OUT/err")"
 done

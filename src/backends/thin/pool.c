@@ -622,6 +622,7 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
   p->passdown = ts_param_bool(params, "discard_passdown", true);
   p->zero_new = ts_param_bool(params, "zero_new_blocks", true);
   p->read_only = ro;
+  p->config_read_only = ts_param_bool(params, "read_only", false);
   p->data_discard = ts_limits_cap(dl, TS_OP_DISCARD) != TS_CAP_NONE;
   p->data_provision = ts_limits_cap(dl, TS_OP_PROVISION) != TS_CAP_NONE;
   rwlock_init_writer_pref(&p->txn);
@@ -855,8 +856,11 @@ static char *pool_dm_table(ts_layer *l)
     feat[nf++] = "skip_block_zeroing";
   if (!p->passdown)
     feat[nf++] = "no_discard_passdown";
-  if (p->read_only)
+  /* The kernel pool is read-only as configured, not because this stack
+   * happened to be opened read-only to print the table. */
+  if (p->config_read_only)
     feat[nf++] = "read_only";
+  /* The kernel queues by default; our default is to fail at once. */
   if (!p->queue)
     feat[nf++] = "error_if_no_space";
   char *buf = NULL;

@@ -63,6 +63,7 @@ struct tp_pool {
   double queue_timeout;     /* seconds; 0 = wait forever */
   double commit_interval;   /* seconds; 0 = commit only on flush and close */
   bool passdown, zero_new, read_only;
+  bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */
 
