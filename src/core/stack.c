@@ -198,6 +198,8 @@ int ts_stack_close(ts_stack *s, ts_error *err)
 {
   if (!s)
     return 0;
+  /* No request may arrive over the socket once the layers start closing. */
+  ts_ctl_stop(s);
   int first = 0;
   /* Top-down, so each layer's flush reaches children not yet flushed. */
   for (size_t i = s->nnodes; i-- > 0;) {
@@ -370,12 +372,12 @@ void ts_layer_note_created(ts_layer *l, const char *path)
 void ts_layer_event(ts_layer *l, const char *event, const char *fmt, ...)
 {
   struct ts_stack *s = l->stack;
-  if (!s->opts.event)
-    return;
   char detail[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(detail, sizeof detail, fmt, ap);
   va_end(ap);
-  s->opts.event(s, l->name, event, detail, s->opts.event_arg);
+  ts__ctl_event(s, l->name, event, detail);
+  if (s->opts.event)
+    s->opts.event(s, l->name, event, detail, s->opts.event_arg);
 }
