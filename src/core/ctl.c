@@ -1147,11 +1147,21 @@ int ts_ctl_listen(ts_stack *stack, const char *address, ts_error *err)
   if (stack->ctl)
     return ts_error_set(err, -EBUSY, "control: the stack already serves %s", stack->ctl->path);
   struct ts__ctl *c = calloc(1, sizeof *c);
-  if (!c || !(c->path = strdup(path))) {
+  char cwd[PATH_MAX];
+  /* Absolute, so that the socket is still removed after a daemon's chdir. */
+  if (c && path[0] != '/' && getcwd(cwd, sizeof cwd)) {
+    size_t n = strlen(cwd) + strlen(path) + 2;
+    if ((c->path = malloc(n)))
+      snprintf(c->path, n, "%s/%s", cwd, path);
+  } else if (c) {
+    c->path = strdup(path);
+  }
+  if (!c || !c->path) {
     free(c);
     return ts_error_set(err, -ENOMEM, "control: out of memory");
   }
   c->stack = stack;
+  path = c->path;
   int fd = -1, r = bind_socket(path, &fd, err);
   if (r) {
     free(c->path);
