@@ -140,7 +140,7 @@ s2.close()
 # Another uid: the socket's mode keeps it out; with the mode opened, the
 # server's own peer check refuses it.
 nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-          "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+          "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]);"
           "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"volume.delete\",\"params\":{\"name\":\"cold\"}}\\n');"
           "print(s.makefile().readline().strip()); print('EOF' if not s.recv(1) else 'OPEN')", path]
 p = subprocess.run(nobody, capture_output=True, text=True)
