@@ -55,6 +55,10 @@ struct ts_stack {
   struct ts__ctl *ctl;       /* control server (ctl.c), or NULL */
 };
 
+/* stack.c: the document ts_dev_status_json prints (the control server sends
+ * it without a round trip through text). */
+json_t *ts__dev_status(ts_dev *d);
+
 /* ctl.c: hand an event to the stack's control server, if it serves one. */
 void ts__ctl_event(struct ts_stack *s, const char *node, const char *event, const char *detail);
 

@@ -279,7 +279,7 @@ int ts_dev_message(ts_dev *d, const char *message, ts_error *err)
   return t->message(d, message, err);
 }
 
-char *ts_dev_status_json(ts_dev *d)
+json_t *ts__dev_status(ts_dev *d)
 {
   json_t *o = json_object();
   json_object_set_new(o, "name", json_string(d->name));
@@ -306,6 +306,12 @@ char *ts_dev_status_json(ts_dev *d)
     else
       json_decref(ls);
   }
+  return o;
+}
+
+char *ts_dev_status_json(ts_dev *d)
+{
+  json_t *o = ts__dev_status(d);
   char *s = json_dumps(o, JSON_INDENT(2));
   json_decref(o);
   return s;
