@@ -5,7 +5,7 @@
  *
  * This umbrella header is the one to include (it brings the synchronous API
  * of io.h, thin pool management of thin.h and the asynchronous API of
- * async.h). Layer authors also include
+ * async.h, and the control socket of ctl.h). Layer authors also include
  * <libthinstack/layer.h>.
  */
 #ifndef LIBTHINSTACK_THINSTACK_H
@@ -15,5 +15,6 @@
 #include <libthinstack/io.h>
 #include <libthinstack/thin.h>
 #include <libthinstack/async.h>
+#include <libthinstack/ctl.h>
 
 #endif
