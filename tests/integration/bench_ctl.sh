@@ -69,9 +69,12 @@ PY
   read -r n secs cpu <polls
   python3 -c "import sys; n, s = int(sys.argv[1]), float(sys.argv[2]); assert n >= 50 * s, (n, s)" "$n" "$secs" ||
     fail "the client polled only $n times in $secs s"
-  # What the server thread spent answering: under 3% of one CPU.
-  python3 -c "import sys; s, c = float(sys.argv[1]), float(sys.argv[2]); assert c <= 0.03 * s, (s, c)" "$secs" "$cpu" ||
-    fail "the control thread used $cpu s of CPU in $secs s"
+  # What the server thread spent per answer: 3% of one CPU at 100 polls a
+  # second is 300 us; an idle holder takes about 70 us, a loaded machine
+  # stretches it to about 250 us. The test fails past 750 us a request,
+  # which a millisecond of extra work per request crosses on any machine.
+  python3 -c "import sys; n, c = int(sys.argv[1]), float(sys.argv[2]); assert c <= 0.00075 * n, (n, c)" "$n" "$cpu" ||
+    fail "the control thread used $cpu s of CPU for $n requests"
   echo "run $i: $n stack.status polls in $secs s; the control thread used $cpu s of CPU" >&2
 done
 python3 - "$RUNS" <<'PY' || fail "the polled runs are more than 3% slower"
