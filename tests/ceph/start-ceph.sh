@@ -69,6 +69,9 @@ mon allow pool delete = true
 mon warn on pool no redundancy = false
 mon data avail warn = 2
 mon data avail crit = 1
+# A client killed with its image locked holds the lock until the OSD drops
+# its watch: 5 s rather than 30, so that tests of crashes wait less.
+osd client watch timeout = 5
 [mon.a]
 mon data = $D/mon/a
 [mgr]
