@@ -17,7 +17,7 @@ packages=(
   # tests/vm: a VM running Debian's kernel with the host's dm tools
   qemu-system-x86 busybox-static dmsetup cryptsetup-bin keyutils cpio xz-utils binutils
   # rbd and nbd layers, and the throwaway Ceph cluster tests/ceph starts
-  ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime bc
+  ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime iproute2
 )
 missing=()
 for p in "${packages[@]}"; do
