@@ -24,6 +24,12 @@
  * cached 4K pread costs about a microsecond, so thread hand-offs dominate)
  * and is at the mercy of writeback. After each write cell the target is
  * flushed, untimed, so dirty data does not spill into the next cell.
+ *
+ * --stack STACK.json [--dev NAME] runs the same cells on one device of any
+ * stack instead (an rbd image, a thin volume over RBD, an nbd export): no
+ * baseline and nothing prefilled, so the write cells come first and the
+ * reads find what they wrote. The stack is the caller's: opened, measured,
+ * flushed and closed, never created or removed here.
  */
 #include "cli/cli.h"
 
@@ -72,6 +78,7 @@ struct result {
 struct bench {
   const char *base;
   char dir[4096];
+  char stack_label[256];
   uint64_t size;
   double seconds;
   uint32_t workers;
@@ -81,6 +88,9 @@ struct bench {
   const char *control; /* --control: serve the thin stack's socket here */
   bool have[NTARGETS];
   struct result res[NTARGETS][NTESTS][NDEPTHS];
+  const char *stack_path;   /* --stack: measure this stack's device alone */
+  const char *stack_dev;    /* --dev: which device (default: the first export) */
+  bool size_set;            /* --size given: caps the range used on a --stack device */
 };
 
 static uint64_t rng_next(uint64_t *s)
@@ -460,16 +470,51 @@ static int close_targets(struct bench *b, struct targets *tg)
     if (!r)
       r = c;
   }
+  if (b->stack_path)
+    return r;
   remove_file(b, "raw.img");
   remove_file(b, "pool.meta");
   remove_file(b, "pool.data");
   return r;
 }
 
+/* --stack: the caller's device, in the T_FILE column. */
+static int open_stack_target(struct bench *b, struct targets *tg)
+{
+  ts_error err = { 0 };
+  int r = ts_stack_open_file(b->stack_path, NULL, &tg->file, &err);
+  if (r) {
+    ts_cli_err("bench io: %s", err.msg);
+    return r;
+  }
+  ts_dev *d = b->stack_dev ? ts_stack_dev(tg->file, b->stack_dev)
+                           : ts_stack_ndevs(tg->file) ? ts_stack_dev_at(tg->file, 0) : NULL;
+  if (!d) {
+    ts_cli_err("bench io: %s exports no device %s%s", b->stack_path,
+               b->stack_dev ? "named " : "", b->stack_dev ? b->stack_dev : "at all");
+    return -ENOENT;
+  }
+  const ts_limits *lim = ts_dev_limits(d);
+  if (lim->read_only) {
+    ts_cli_err("bench io: %s is read-only", ts_dev_name(d));
+    return -EROFS;
+  }
+  uint64_t size = ts_dev_size(d) / (1u << 20) * (1u << 20);
+  if (!b->size_set || b->size > size)
+    b->size = size;
+  if (b->size < (1u << 20)) {
+    ts_cli_err("bench io: %s is smaller than 1M", ts_dev_name(d));
+    return -EINVAL;
+  }
+  tg->dev[T_FILE] = d;
+  snprintf(b->stack_label, sizeof b->stack_label, "%s", ts_dev_name(d));
+  return 0;
+}
+
 static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
 {
   struct targets tg = { .fd = -1 };
-  int r = open_file_targets(b, &tg);
+  int r = b->stack_path ? open_stack_target(b, &tg) : open_file_targets(b, &tg);
   if (!r && b->have[T_THIN])
     r = open_thin_targets(b, &tg);
   if (!r && b->control) {
@@ -512,6 +557,17 @@ static void print_table(struct bench *b)
 {
   char sz[32];
   ts_format_size(b->size, sz, sizeof sz);
+  if (b->stack_path) {
+    printf("bench io: %s of %s in %s, %.1f s per cell, %u async workers, completions on %s\n\n",
+           sz, b->stack_label, b->stack_path, b->seconds, b->workers,
+           b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop");
+    printf("%-20s %5s %12s\n", "test", "depth", "value");
+    for (int ti = 0; ti < NTESTS; ti++)
+      for (int di = 0; di < NDEPTHS; di++)
+        printf("%-20s %5u %12.0f\n", tests[ti].label, depths[di],
+               value(&tests[ti], &b->res[T_FILE][ti][di]));
+    return;
+  }
   printf("bench io: %s files in %s (%s), %.1f s per cell, %u async workers, completions on %s;\n"
          "ratios against pread/pwrite run just before (depth 32 = %u threads)\n\n",
          sz, b->base, b->direct ? "O_DIRECT" : "page cache", b->seconds, b->workers,
@@ -553,7 +609,10 @@ static void print_json(struct bench *b)
   json_object_set_new(o, "workers", json_integer(b->workers));
   json_object_set_new(o, "direct", json_boolean(b->direct));
   json_object_set_new(o, "mode", json_string(b->mode == TS_AIO_MODE_WORKER ? "worker" : "loop"));
-  json_object_set_new(o, "baseline", json_string(target_names[T_BASE]));
+  if (b->stack_path)
+    json_object_set_new(o, "stack", json_string(b->stack_path));
+  else
+    json_object_set_new(o, "baseline", json_string(target_names[T_BASE]));
   json_t *rows = json_array();
   for (int k = 0; k < NTARGETS; k++)
     for (int ti = 0; ti < NTESTS && b->have[k]; ti++)
@@ -562,14 +621,16 @@ static void print_json(struct bench *b)
         const struct result *r = &b->res[k][ti][di];
         double v = value(t, r), base = value(t, &b->res[T_BASE][ti][di]);
         json_t *row = json_object();
-        json_object_set_new(row, "target", json_string(target_names[k]));
+        json_object_set_new(row, "target", json_string(b->stack_path ? b->stack_label
+                                                                     : target_names[k]));
         json_object_set_new(row, "test", json_string(t->name));
         json_object_set_new(row, "block_size", json_integer(t->bs));
         json_object_set_new(row, "depth", json_integer(depths[di]));
         json_object_set_new(row, "ops", json_integer((json_int_t)r->ops));
         json_object_set_new(row, "seconds", json_real(r->secs));
         json_object_set_new(row, t->bs == 4096 ? "iops" : "mb_per_s", json_real(v));
-        json_object_set_new(row, "ratio", json_real(base > 0 ? v / base : 0));
+        if (!b->stack_path)
+          json_object_set_new(row, "ratio", json_real(base > 0 ? v / base : 0));
         json_array_append_new(rows, row);
       }
   json_object_set_new(o, "results", rows);
@@ -598,9 +659,11 @@ int ts_cli_bench_io(int argc, char **argv)
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE]\n"
              "                          [--cached] [--workers N] [--mode worker|loop]\n"
-             "                          [--control PATH]\n"
+             "                          [--control PATH] [--stack STACK.json [--dev NAME]]\n"
              "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
              "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file.\n"
+             "  --stack: the same cells on one device of STACK.json (--dev, default the first\n"
+             "  export), writes first; --size then caps the range used (default: all of it).\n"
              "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
              "  --cached: through the page cache instead of O_DIRECT (measures the software\n"
              "  path); --workers: async worker threads (default 32, the baseline's);\n"
@@ -632,6 +695,10 @@ int ts_cli_bench_io(int argc, char **argv)
         goto out;
       }
       b->workers = (uint32_t)w;
+    } else if (strcmp(argv[i], "--stack") == 0 && i + 1 < argc) {
+      b->stack_path = argv[++i];
+    } else if (strcmp(argv[i], "--dev") == 0 && i + 1 < argc) {
+      b->stack_dev = argv[++i];
     } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
       b->base = argv[++i];
     } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
@@ -644,6 +711,7 @@ int ts_cli_bench_io(int argc, char **argv)
     } else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc) {
       if (!ts_cli_size("--size", argv[++i], &b->size))
         goto out;
+      b->size_set = true;
       if (b->size < (4u << 20) || b->size % (1u << 20)) {
         ts_cli_err("bench io: --size must be a multiple of 1M, at least 4M");
         goto out;
@@ -653,9 +721,17 @@ int ts_cli_bench_io(int argc, char **argv)
       goto out;
     }
   }
-  b->have[T_BASE] = b->have[T_FILE] = true;
-  b->have[T_THIN] = ts_find_layer_type("thin") && ts_find_layer_type("thin-pool");
-  b->have[T_CRYPT] = b->have[T_THIN] && ts_find_layer_type("crypt");
+  if (b->stack_dev && !b->stack_path) {
+    ts_cli_err("bench io: --dev needs --stack");
+    goto out;
+  }
+  if (b->stack_path) {
+    b->have[T_FILE] = true;
+  } else {
+    b->have[T_BASE] = b->have[T_FILE] = true;
+    b->have[T_THIN] = ts_find_layer_type("thin") && ts_find_layer_type("thin-pool");
+    b->have[T_CRYPT] = b->have[T_THIN] && ts_find_layer_type("crypt");
+  }
 
   snprintf(b->dir, sizeof b->dir, "%s/ts-bench-io-XXXXXX", b->base);
   if (!mkdtemp(b->dir)) {

@@ -1,5 +1,6 @@
 /* The built-in layer types: one X(ident) line each, defined in src/backends/
- * as `const ts_layer_type ts__<ident>_layer_type`. Keep alphabetical. */
+ * as `const ts_layer_type ts__<ident>_layer_type`. Keep alphabetical. Layers
+ * over optional libraries sit inside their TS_HAVE_* guard. */
 X(crypt)
 X(error)
 X(fault)
@@ -8,6 +9,12 @@ X(kernel)
 X(linear)
 X(log_writes)
 X(memory)
+#ifdef TS_HAVE_NBD
+X(nbd)
+#endif
+#ifdef TS_HAVE_RBD
+X(rbd)
+#endif
 X(snapshot)
 X(snapshot_origin)
 X(thin)

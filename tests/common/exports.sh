@@ -42,7 +42,8 @@ write_stack() {
   local dir=$1 size=$2 extra=${3:-} exports=${4:-}
   local bytes layers
   bytes=$(numfmt --from=iec "$size")
-  if "$THINSTACK" types | grep -q "^thin-pool:"; then
+  # Read all of it: grep -q exiting early would SIGPIPE the writer (pipefail).
+  if "$THINSTACK" types | grep "^thin-pool:" >/dev/null; then
     echo "stack: thin volume vm0 ($size) in a pool on $dir/meta.img + data.img" >&2
     layers='"meta": { "type": "file", "path": "meta.img", "size": "16M", "create": true },
     "data": { "type": "file", "path": "data.img", "size": '$((bytes + 8 * 1048576))', "create": true },

@@ -26,7 +26,7 @@ EXPORTS='"eio", "enospc", "ro"'
 # With the thin layers built, also a real out-of-space: a 16M thin volume
 # "full" in a pool with 2M of data space.
 THIN=
-if "$THINSTACK" types | grep -q "^thin-pool:"; then
+if "$THINSTACK" types | grep "^thin-pool:" >/dev/null; then
   THIN=1
   LAYERS+=',
     "smeta": { "type": "file", "path": "smeta.img", "size": "4M", "create": true },

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The rbd layer and a thin volume over RBD next to `rbd bench` on the same
+# cluster, and what provisioning costs on RBD.
+#   bench/rbd.sh [BUILD_DIR]     (default: build)
+# Uses the cluster of $CEPH_CONF, or starts a throwaway one with
+# tests/ceph/start-ceph.sh (and stops it). Env: SECONDS_PER_CELL (default 2),
+# PROVISION_SIZE (default 8G; memstore keeps what is written in RAM, so the
+# throwaway cluster is sized for it).
+set -euo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$src/build}" && pwd)
+T=$build/thinstack
+secs=${SECONDS_PER_CELL:-2}
+psize=${PROVISION_SIZE:-8G}
+work=$(mktemp -d /tmp/ts-bench-rbd-XXXXXX)
+started=
+finish() {
+  for i in bench-img bench-meta bench-data bench-thick; do rbd rm --no-progress rbd/$i >/dev/null 2>&1 || true; done
+  [ -n "$started" ] && CEPH_DIR=$work/ceph "$src/tests/ceph/stop-ceph.sh" >/dev/null
+  rm -rf "$work"
+}
+trap finish EXIT
+if [ -z "${CEPH_CONF:-}" ]; then
+  bytes=$(( ($(numfmt --from=iec "$psize") + (4 << 30)) ))
+  t0=$(date +%s%N)
+  CEPH_DIR=$work/ceph CEPH_MEM_BYTES=$bytes "$src/tests/ceph/start-ceph.sh" >/dev/null
+  started=1
+  export CEPH_CONF=$work/ceph/ceph.conf
+  echo "ceph started in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+fi
+cd "$work"
+
+# rbd bench: ops/s of one cell (4K: IOPS; 1M: MB/s, 10^6 bytes as bench io says).
+rbdb() { # TYPE SIZE THREADS PATTERN TOTAL
+  local out
+  out=$(rbd bench --io-type "$1" --io-size "$2" --io-threads "$3" --io-pattern "$4" \
+        --io-total "$5" rbd/bench-img 2>&1 | tail -1)
+  local ops=$(sed -n 's/.*ops\/sec: *\([0-9.]*\).*/\1/p' <<<"$out")
+  if [ "$2" = 1M ]; then python3 -c "print(round($ops * 1048576 / 1e6))"; else python3 -c "print(round($ops))"; fi
+}
+
+rbd create --size 1G rbd/bench-img
+rbd bench --io-type write --io-size 4M --io-threads 16 --io-total 1G rbd/bench-img >/dev/null
+declare -A ref
+for d in 1 32; do
+  ref[seqwrite,$d]=$(rbdb write 1M $d seq 1G)
+  ref[randwrite,$d]=$(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))
+  ref[randread,$d]=$(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))
+  ref[seqread,$d]=$(rbdb read 1M $d seq 1G)
+done
+
+cat > img.json <<JSON
+{ "version": 1, "layers": { "img": { "type": "rbd", "pool": "rbd", "image": "bench-img" } },
+  "exports": ["img"] }
+JSON
+"$T" bench io --stack img.json --seconds "$secs" --json > img.out
+
+cat > thin.json <<JSON
+{ "version": 1,
+  "layers": {
+    "meta": { "type": "rbd", "pool": "rbd", "image": "bench-meta", "create": true, "size": "64M" },
+    "data": { "type": "rbd", "pool": "rbd", "image": "bench-data", "create": true, "size": "2G" },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "1M",
+              "create": true },
+    "vol": { "type": "thin", "pool": "pool", "id": 1, "size": "1G", "create": true } },
+  "exports": ["vol"] }
+JSON
+# Map every block first, as bench io does for its own thin column.
+head -c 1G /dev/zero | tr '\0' k > fill.bin
+"$T" write thin.json vol 0 -i fill.bin >/dev/null
+rm fill.bin
+"$T" bench io --stack thin.json --seconds "$secs" --json > thin.out
+
+for k in "${!ref[@]}"; do echo "$k ${ref[$k]}"; done > ref.txt
+python3 - <<'PY'
+import json
+ref = {}
+for line in open("ref.txt"):
+    k, v = line.split()
+    t, d = k.split(",")
+    ref[(t, int(d))] = float(v)
+img = {(r["test"], r["depth"]): r for r in json.load(open("img.out"))["results"]}
+thin = {(r["test"], r["depth"]): r for r in json.load(open("thin.out"))["results"]}
+print("%-10s %5s %12s %12s %6s %12s %6s" % ("test", "depth", "rbd bench", "rbd layer", "ratio",
+                                            "thin/rbd", "ratio"))
+worst = {"img": {1: 9, 32: 9}, "thin": {1: 9, 32: 9}}
+for t in ("seqwrite", "randwrite", "randread", "seqread"):
+    for d in (1, 32):
+        unit = "iops" if t.startswith("rand") else "mb_per_s"
+        r, a, b = ref[(t, d)], img[(t, d)][unit], thin[(t, d)][unit]
+        worst["img"][d] = min(worst["img"][d], a / r)
+        worst["thin"][d] = min(worst["thin"][d], b / r)
+        print("%-10s %5d %12.0f %12.0f %5.2fx %12.0f %5.2fx" % (t, d, r, a, a / r, b, b / r))
+print("(4K: IOPS, 1M: MB/s) worst ratio: rbd layer %.2fx at depth 1, %.2fx at depth 32; "
+      "thin over rbd %.2fx / %.2fx" % (worst["img"][1], worst["img"][32], worst["thin"][1],
+                                       worst["thin"][32]))
+PY
+rbd rm --no-progress rbd/bench-img
+rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
+
+# Provisioning PROVISION_SIZE three ways. Each ends with the space stored.
+secs_of() { python3 -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / 1e9))" "$@"; }
+t0=$(date +%s%N); rbd create --thick-provision --size "$psize" rbd/bench-thick >/dev/null 2>&1
+echo "rbd create --thick-provision $psize: $(secs_of $t0 $(date +%s%N)) s"
+rbd rm --no-progress rbd/bench-thick
+sed -e 's/"2G"/"'"$psize"'"/' -e 's/"size": "1G"/"size": "'"$psize"'"/' thin.json > prov.json
+t0=$(date +%s%N); "$T" provision prov.json vol 0 "$psize" >/dev/null
+echo "thin volume over RBD, thinstack provision $psize: $(secs_of $t0 $(date +%s%N)) s"
+rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
+truncate -s "$psize" zeroes.bin   # sparse: reading it costs nothing
+t0=$(date +%s%N); "$T" write prov.json vol 0 -i zeroes.bin >/dev/null
+echo "thin volume over RBD, writing $psize of zeroes: $(secs_of $t0 $(date +%s%N)) s"
+rm zeroes.bin
