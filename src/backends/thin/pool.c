@@ -23,6 +23,7 @@
  * [error_if_no_space]`.
  */
 #include "backends/thin/thin-internal.h"
+#include "core/array.h"
 
 #include <errno.h>
 #include <math.h>
@@ -65,14 +66,10 @@ int tp_druns_add(struct tp_druns *r, uint64_t d, uint64_t n)
     r->v[r->n - 1].n += n;
     return 0;
   }
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 8;
-    struct tp_drun *v = realloc(r->v, cap * sizeof *v);
-    if (!v)
-      return -ENOMEM;
-    r->v = v;
-    r->cap = cap;
-  }
+  struct tp_drun *v = ts__array_grow(r->v, &r->cap, r->n, sizeof *v, NULL);
+  if (!v)
+    return -ENOMEM;
+  r->v = v;
   r->v[r->n++] = (struct tp_drun){ d, n };
   return 0;
 }
