@@ -258,6 +258,37 @@ TS_EXTERN int ts_iov_buf_slice(ts_iov_buf *b, const struct iovec *iov, int iovcn
 TS_EXTERN int ts_layer_submit_slice(ts_layer *child, uint32_t op, uint32_t flags, uint64_t offset,
                                     const ts_io *io, uint64_t skip, uint64_t len);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_PARAM_STRING 1
+#define TS_HAVE_TS_PARAM_SIZE 1
+#define TS_HAVE_TS_PARAM_UINT 1
+#define TS_HAVE_TS_PARAM_BOOL 1
+#define TS_HAVE_TS_REGISTER_LAYER_TYPE 1
+#define TS_HAVE_TS_FIND_LAYER_TYPE 1
+#define TS_HAVE_TS_LOAD_LAYER_MODULE 1
+#define TS_HAVE_TS_LAYER_TYPE_AT 1
+#define TS_HAVE_TS_LAYER_SET_PRIV 1
+#define TS_HAVE_TS_LAYER_PRIV 1
+#define TS_HAVE_TS_LAYER_CHILD 1
+#define TS_HAVE_TS_LAYER_PATH 1
+#define TS_HAVE_TS_LAYER_ERROR 1
+#define TS_HAVE_TS_LAYER_NOTE_CREATED 1
+#define TS_HAVE_TS_LAYER_ABORTING 1
+#define TS_HAVE_TS_LAYER_FORCE_READ_ONLY 1
+#define TS_HAVE_TS_LAYER_CLAIM_FD 1
+#define TS_HAVE_TS_LAYER_EVENT 1
+#define TS_HAVE_TS_LAYER_IO 1
+#define TS_HAVE_TS_ZERO_BUFFER 1
+#define TS_HAVE_TS_IOV_TO_BUF 1
+#define TS_HAVE_TS_IOV_FROM_BUF 1
+#define TS_HAVE_TS_IOV_ZERO 1
+#define TS_HAVE_TS_IOV_SLICE 1
+#define TS_HAVE_TS_IOV_BUF_INIT 1
+#define TS_HAVE_TS_IOV_BUF_FREE 1
+#define TS_HAVE_TS_IOV_BUF_SLICE 1
+#define TS_HAVE_TS_LAYER_SUBMIT_SLICE 1
+
 #ifdef __cplusplus
 }
 #endif

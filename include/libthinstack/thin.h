@@ -134,6 +134,19 @@ TS_EXTERN int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err);
 /* Drop the copy kept by ts_pool_reserve_metadata_snap. -EINVAL none held. */
 TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_POOL_CREATE_THIN 1
+#define TS_HAVE_TS_POOL_CREATE_SNAP 1
+#define TS_HAVE_TS_POOL_DELETE_THIN 1
+#define TS_HAVE_TS_POOL_LIST_THINS 1
+#define TS_HAVE_TS_POOL_GET_STATUS 1
+#define TS_HAVE_TS_POOL_EXTEND 1
+#define TS_HAVE_TS_POOL_EXTEND_METADATA 1
+#define TS_HAVE_TS_POOL_SET_TRANSACTION_ID 1
+#define TS_HAVE_TS_POOL_RESERVE_METADATA_SNAP 1
+#define TS_HAVE_TS_POOL_RELEASE_METADATA_SNAP 1
+
 #ifdef __cplusplus
 }
 #endif

@@ -104,6 +104,13 @@ TS_EXTERN int ts_log_replay(const char *log_path, const char *target_path, const
                             uint64_t limit, ts_log_entry_fn fn, void *arg, uint64_t *nr_entries,
                             uint64_t *applied, ts_error *err);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_POOL_CHECK 1
+#define TS_HAVE_TS_POOL_DUMP 1
+#define TS_HAVE_TS_POOL_RESTORE 1
+#define TS_HAVE_TS_LOG_REPLAY 1
+
 #ifdef __cplusplus
 }
 #endif
