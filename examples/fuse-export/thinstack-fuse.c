@@ -50,9 +50,10 @@
 /* How long a computed allocation figure (st_blocks, statfs) may be reused
  * while nothing changes it. */
 #define ALLOC_CACHE_NS 1000000000LL
-/* Block status is asked in pieces this large, so memory stays bounded on
- * large, fragmented devices. */
-#define STATUS_CHUNK (1ULL << 30)
+/* Block status is asked for the whole rest of the device, in bounded steps
+ * (ts_block_status_bounded): a hole of any length is one extent, so an 8E
+ * volume costs what it holds, not its size; fixed pieces of 1 GiB made a
+ * SEEK_DATA on it 2^33 calls. */
 
 struct export {
   const char *name;            /* the device's node name, lives with the stack */
@@ -109,6 +110,14 @@ static struct export *file_export(const char *path, const struct fuse_file_info 
   return fi ? &g.ex[fi->fh] : find_export(path);
 }
 
+/* The session is ending (SIGTERM, SIGINT, unmount): long walks give up, so
+ * the loop can join its workers and the stack close within a second. */
+static bool stopping(void)
+{
+  struct fuse_context *c = fuse_get_context();
+  return c && c->fuse && fuse_session_exited(fuse_get_session(c->fuse));
+}
+
 static void changed(struct export *e)
 {
   atomic_store(&e->alloc_stamp, 0);
@@ -125,16 +134,15 @@ static uint64_t allocated(struct export *e)
   uint64_t size = ts_dev_size(e->dev), total = 0;
   ts_extent_list l = { 0 };
   for (uint64_t off = 0; off < size;) {
-    uint64_t len = size - off < STATUS_CHUNK ? size - off : STATUS_CHUNK;
     ts_extent_list_reset(&l);
-    if (ts_block_status(e->dev, off, len, &l)) {
+    if (stopping() || ts_block_status_bounded(e->dev, off, size - off, 0, &l) || l.n == 0) {
       total = size; /* unknown: count everything as allocated */
       break;
     }
     for (size_t i = 0; i < l.n; i++)
       if (!(l.v[i].flags & TS_EXTENT_HOLE))
         total += l.v[i].length;
-    off += len;
+    off = l.v[l.n - 1].offset + l.v[l.n - 1].length;
   }
   ts_extent_list_free(&l);
   atomic_store(&e->alloc_bytes, total);
@@ -305,11 +313,14 @@ static off_t tsf_lseek(const char *path, off_t off, int whence, struct fuse_file
   uint64_t pos = (uint64_t)off - (uint64_t)off % lbs;
   off_t found = want_hole ? (off_t)size : -ENXIO; /* the end of the file is a hole */
   while (pos < size) {
-    uint64_t len = size - pos < STATUS_CHUNK ? size - pos : STATUS_CHUNK;
+    if (stopping()) {
+      found = -EINTR;
+      break;
+    }
     ts_extent_list_reset(&l);
-    int r = ts_block_status(e->dev, pos, len, &l);
-    if (r) {
-      found = r;
+    int r = ts_block_status_bounded(e->dev, pos, size - pos, 0, &l);
+    if (r || l.n == 0) {
+      found = r ? r : -EIO;
       break;
     }
     size_t i = 0;
@@ -324,7 +335,7 @@ static off_t tsf_lseek(const char *path, off_t off, int whence, struct fuse_file
       found = (off_t)(at > (uint64_t)off ? at : (uint64_t)off);
       break;
     }
-    pos += len;
+    pos = l.v[l.n - 1].offset + l.v[l.n - 1].length;
   }
   ts_extent_list_free(&l);
   return found;

@@ -323,6 +323,16 @@ TS_EXTERN int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len);
  * (which the caller zero-initialises and frees). The extents cover the whole
  * range on success. */
 TS_EXTERN int ts_block_status(ts_dev *dev, uint64_t offset, uint64_t len, ts_extent_list *out);
+/* Extents per ts_block_status_bounded call when the caller gives 0. */
+#define TS_BLOCK_STATUS_BATCH 4096
+/* The same, in bounded steps for ranges of any size (a whole 8E volume):
+ * the extents appended cover [offset, X) for some X > offset, usually
+ * offset+len, but the walk stops once `max_extents` extents were added
+ * (0 = TS_BLOCK_STATUS_BATCH), so one call's time and memory stay
+ * bounded; continue from X, the end of the last extent. A long unallocated
+ * run is one extent whatever its length. Thread-safe like ts_block_status. */
+TS_EXTERN int ts_block_status_bounded(ts_dev *dev, uint64_t offset, uint64_t len,
+                                      size_t max_extents, ts_extent_list *out);
 
 /* One generic request: the form every call above takes inside the library,
  * the form layers receive, and the form the async API submits. */
@@ -339,9 +349,13 @@ typedef struct ts_io {
  * device's limits and emulates what the device lacks, then runs it. */
 TS_EXTERN int ts_submit(ts_dev *dev, const ts_io *io);
 
-/* Parse a size: a plain integer of bytes or one with a K, M, G or T suffix
- * (powers of 1024; "KiB" style accepted). Returns 0 or -EINVAL (bad syntax or
- * overflow). */
+/* The largest size or offset the library accepts, 2^63 - 1 bytes: files take
+ * off_t offsets and the kernel sizes block devices in loff_t bytes. */
+#define TS_SIZE_MAX ((uint64_t)INT64_MAX)
+
+/* Parse a size: a plain integer of bytes or one with a K, M, G, T or P
+ * suffix (powers of 1024; "KiB" style accepted). Returns 0, -EINVAL (bad
+ * syntax) or -ERANGE (above TS_SIZE_MAX). */
 TS_EXTERN int ts_parse_size(const char *s, uint64_t *out);
 /* Format `bytes` as the largest exact unit ("64K", "1G", "12345"). */
 TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);
@@ -388,6 +402,7 @@ TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);
 #define TS_HAVE_TS_WRITE_ZEROES 1
 #define TS_HAVE_TS_PROVISION 1
 #define TS_HAVE_TS_BLOCK_STATUS 1
+#define TS_HAVE_TS_BLOCK_STATUS_BOUNDED 1
 #define TS_HAVE_TS_SUBMIT 1
 #define TS_HAVE_TS_PARSE_SIZE 1
 #define TS_HAVE_TS_FORMAT_SIZE 1

@@ -134,6 +134,129 @@ TS_EXTERN int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err);
 /* Drop the copy kept by ts_pool_reserve_metadata_snap. -EINVAL none held. */
 TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
 
+/* ------------------------------------------------------------------------ */
+/* Volumes the pool and the configuration keep together                     */
+/*
+ * dm-thin metadata knows volumes by id only; their names, sizes and
+ * parentage live in the stack configuration as `thin` layers. The calls
+ * below change both: first the pool (committed), then the configuration,
+ * rewritten atomically (a temporary file in the same folder, fsync, rename,
+ * fsync of the folder), with the user's key order kept, under an exclusive
+ * lock (flock) on the configuration file so that two commands on one
+ * configuration never lose each other's change. The file is the one the
+ * stack was opened from (ts_stack_open_file) or the one named with
+ * ts_stack_set_config_path; a stack with neither has only its in-memory
+ * document updated (what ts_stack_config_json prints).
+ *
+ * A crash between the pool's commit and the rename leaves one of two states,
+ * which the next open reports with the command that mends it:
+ *  - a volume in the pool that no layer names (after `thin create` or
+ *    `thin snap`): ts_stack_open_file raises the event "volume-not-in-config"
+ *    on the pool; ts_volume_list shows it with an empty name;
+ *    `thinstack thin delete CONFIG --id ID` deletes it;
+ *  - a layer whose volume the pool lacks (after `thin delete`): the open
+ *    fails with the layer, pool and id; `thinstack thin delete CONFIG NAME`
+ *    removes the layer.
+ *
+ * Conventions: `stack` is open and holds the pool (the configuration may
+ * name more layers than the stack opened: the CLI opens a pool and what lies
+ * below it). A layer these calls add is not opened in the running stack: it
+ * opens with the next open of the configuration; a volume open in the stack
+ * can grow but not shrink or be deleted (-EBUSY). `pool` names a thin-pool
+ * layer, or is NULL when the configuration has exactly one. Errors as above;
+ * a failed call leaves the pool and the file as they were, except where
+ * noted. Calls on one stack may come from several threads (they serialise on
+ * the stack), but not while the stack is being closed.
+ */
+
+/* ts_volume_create: the lowest free id. */
+#define TS_VOLUME_ANY_ID UINT32_MAX
+/* create, snapshot: add the layer to "exports". */
+#define TS_VOLUME_EXPORT (1u << 0)
+/* resize: a shrink first discards the mapped blocks past the new end. */
+#define TS_VOLUME_DISCARD_BEYOND (1u << 1)
+/* ts_stack_pool_extend: the metadata space rather than the data space. */
+#define TS_POOL_EXTEND_METADATA (1u << 0)
+
+/* The configuration file that the lifecycle calls rewrite: the file a stack
+ * was opened from, or `path` (made absolute) for a stack opened from a
+ * document that stands for part of a file. NULL forgets it. */
+TS_EXTERN int ts_stack_set_config_path(ts_stack *stack, const char *path, ts_error *err);
+/* The file, absolute; NULL when the stack has none. Lives until the next
+ * ts_stack_set_config_path or the close. */
+TS_EXTERN const char *ts_stack_config_path(const ts_stack *stack);
+
+/* Create an empty volume `id` (TS_VOLUME_ANY_ID: the lowest free one) of
+ * `size` bytes (a multiple of 512) in `pool`, and add the layer
+ * { "type": "thin", "pool": POOL, "id": ID, "size": SIZE } named `name`.
+ * The id chosen is stored in *id_out (may be NULL). -EEXIST a layer is
+ * already called `name` or the id is in use, -EINVAL bad name, size or id,
+ * -ENOSPC metadata full. */
+TS_EXTERN int ts_volume_create(ts_stack *stack, const char *pool, const char *name, uint64_t size,
+                               uint32_t id, uint32_t flags, uint32_t *id_out, ts_error *err);
+
+/* Snapshot the volume of layer `origin` as a new volume (the lowest free
+ * id) and add layer `name` with the origin's pool and size and
+ * "origin": ORIGIN. An open origin is quiesced for the instant of the
+ * snapshot (ts_pool_create_snap). -ENOENT no such layer, -EINVAL it is not a
+ * thin layer, -EEXIST `name` is taken. */
+TS_EXTERN int ts_volume_snapshot(ts_stack *stack, const char *origin, const char *name,
+                                 uint32_t flags, uint32_t *id_out, ts_error *err);
+
+/* Delete the volume of layer `name` from its pool and remove the layer (and
+ * its name from "exports"). A layer whose volume the pool no longer has is
+ * removed alone (mending an interrupted delete). -EBUSY the volume is open in
+ * this stack or another layer stacks on it, -ENOENT no such layer. */
+TS_EXTERN int ts_volume_delete(ts_stack *stack, const char *name, ts_error *err);
+
+/* Delete volume `id` of `pool` that no layer names (left by an interrupted
+ * create or snapshot). -EBUSY a layer names it (use ts_volume_delete),
+ * -ENODEV no such volume. */
+TS_EXTERN int ts_volume_delete_id(ts_stack *stack, const char *pool, uint32_t id, ts_error *err);
+
+/* Set the size of layer `name`'s volume to `size` bytes (a multiple of 512).
+ * Growing only rewrites "size", and grows the layer live when it is open in
+ * this stack (ts_dev_grow: the caller makes sure no request to that layer
+ * runs meanwhile, as for ts_dev_grow). Shrinking is refused with -ENOTEMPTY while mapped
+ * blocks lie at or past the new end, unless `flags` has
+ * TS_VOLUME_DISCARD_BEYOND, which unmaps them first (committed before the
+ * configuration changes); an open volume cannot shrink (-EBUSY). */
+TS_EXTERN int ts_volume_resize(ts_stack *stack, const char *name, uint64_t size, uint32_t flags,
+                               ts_error *err);
+
+/* Grow the data space (or with TS_POOL_EXTEND_METADATA the metadata space)
+ * of `pool` to `new_size` bytes, as ts_pool_extend does, and write the new
+ * size of a `file` layer below into the configuration. The file and the
+ * configuration move together: the new configuration is written to its
+ * temporary file first, then the file layer grows, then the configuration
+ * is renamed into place, then the space map grows and commits. A failure
+ * before the rename changes nothing; a failure of the commit after it leaves
+ * the file and the configuration grown and the pool as it was, which the
+ * next open takes in (a pool takes the space of a grown layer at open). */
+TS_EXTERN int ts_stack_pool_extend(ts_stack *stack, const char *pool, uint64_t new_size,
+                                   uint32_t flags, ts_error *err);
+
+/* One volume as the pool and the configuration see it together. */
+typedef struct ts_volume_info {
+  char name[256];             /* layer name; "" when no layer names the volume */
+  char pool[256];             /* pool layer */
+  char origin[256];           /* the layer's "origin"; "" when none */
+  uint32_t id;
+  bool in_pool;               /* false: the layer names a volume the pool lacks */
+  bool open;                  /* open as a layer of this stack */
+  uint64_t size;              /* the layer's size in bytes; 0 without a layer */
+  uint64_t mapped_bytes;      /* pool blocks mapped to it, in bytes */
+  uint64_t provisioned_bytes; /* of those, bytes reserved but never written
+                                 (they read as zeroes on the data layer) */
+  uint64_t highest_mapped;    /* one past the last mapped byte; 0 when none */
+} ts_volume_info;
+
+/* The volumes of `pool` (NULL: every pool the stack holds) in the pool's id
+ * order, then layers whose volume is missing. Fills up to `max` entries and
+ * stores the total in *count, as ts_pool_list_thins. */
+TS_EXTERN int ts_volume_list(ts_stack *stack, const char *pool, ts_volume_info *out, size_t max,
+                             size_t *count, ts_error *err);
+
 /* One TS_HAVE_<CALL> per call above, for code that builds against
  * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
 #define TS_HAVE_TS_POOL_CREATE_THIN 1
@@ -146,6 +269,15 @@ TS_EXTERN int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err);
 #define TS_HAVE_TS_POOL_SET_TRANSACTION_ID 1
 #define TS_HAVE_TS_POOL_RESERVE_METADATA_SNAP 1
 #define TS_HAVE_TS_POOL_RELEASE_METADATA_SNAP 1
+#define TS_HAVE_TS_STACK_SET_CONFIG_PATH 1
+#define TS_HAVE_TS_STACK_CONFIG_PATH 1
+#define TS_HAVE_TS_VOLUME_CREATE 1
+#define TS_HAVE_TS_VOLUME_SNAPSHOT 1
+#define TS_HAVE_TS_VOLUME_DELETE 1
+#define TS_HAVE_TS_VOLUME_DELETE_ID 1
+#define TS_HAVE_TS_VOLUME_RESIZE 1
+#define TS_HAVE_TS_STACK_POOL_EXTEND 1
+#define TS_HAVE_TS_VOLUME_LIST 1
 
 #ifdef __cplusplus
 }

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,6 +94,7 @@ struct crypt_layer {
   uint32_t sector_size;
   unsigned iv_shift;           /* log2(sector_size / 512) with iv_large_sectors, else 0 */
   bool iv_large, allow_discards, read_only;
+  bool undumpable;             /* holds the process non-dumpable (see hold_undumpable) */
   unsigned threads;            /* threads that share a large request, the caller included */
   uint64_t window;             /* bytes per child request of a READ or WRITE */
 
@@ -116,6 +118,10 @@ static const ts_param crypt_params[] = {
   { "key_file", TS_PARAM_PATH, 0, NULL, NULL,
     "file holding the raw key: 32 bytes (AES-128-XTS) or 64 bytes (AES-256-XTS)" },
   { "key", TS_PARAM_STRING, TS_PARAM_SECRET, NULL, NULL, "the key as 64 or 128 hex digits (instead of key_file)" },
+  { "key_file_shared", TS_PARAM_BOOL, 0, NULL, NULL,
+    "accept a key_file that its group or others may access (refused by default)" },
+  { "core_dumps", TS_PARAM_BOOL, 0, NULL, NULL,
+    "keep the process dumpable while the key is loaded (OpenSSL's key schedule is then in a core)" },
   { "sector_size", TS_PARAM_SIZE, 0, NULL, NULL, "encryption unit: 512 (default), 1024, 2048 or 4096" },
   { "iv_offset", TS_PARAM_UINT, 0, NULL, NULL, "added to the 512-byte sector number of the IV" },
   { "iv_large_sectors", TS_PARAM_BOOL, 0, NULL, NULL,
@@ -132,6 +138,51 @@ static const ts_param crypt_params[] = {
 
 /* ------------------------------------------------------------------------ */
 /* Keys                                                                      */
+
+/* The raw key lives in a page excluded from core dumps, but OpenSSL 3 keeps
+ * the expanded XTS key schedule (both key halves, in the clear) inside the
+ * cipher context, from its ordinary allocator: its secure heap serves
+ * OPENSSL_secure_malloc only, and its allocator can be replaced only before
+ * its first allocation. So while any key is loaded the process is marked
+ * non-dumpable: no core is written and other users cannot ptrace it. The
+ * previous state comes back when the last such key is unloaded. */
+static pthread_mutex_t dump_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned dump_holders;
+static int dump_saved;
+
+static void hold_undumpable(struct crypt_layer *c)
+{
+  pthread_mutex_lock(&dump_lock);
+  if (dump_holders++ == 0) {
+    dump_saved = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  }
+  c->undumpable = true;
+  pthread_mutex_unlock(&dump_lock);
+}
+
+static void release_undumpable(struct crypt_layer *c)
+{
+  if (!c->undumpable)
+    return;
+  pthread_mutex_lock(&dump_lock);
+  if (--dump_holders == 0 && dump_saved > 0)
+    (void)prctl(PR_SET_DUMPABLE, dump_saved, 0, 0, 0);
+  c->undumpable = false;
+  pthread_mutex_unlock(&dump_lock);
+}
+
+/* Replace a secret string of the stack's parsed configuration, wiping the
+ * text first: the library keeps no copy of a key outside the locked page.
+ * Jansson owns the buffer; it is writable, only typed const. */
+#define KEY_LOADED "(loaded)"
+static void wipe_json_string(json_t *v)
+{
+  if (!json_is_string(v))
+    return;
+  OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+  (void)json_string_set(v, KEY_LOADED);
+}
 
 /* A page that is never swapped, dumped or inherited by a forked child. */
 static unsigned char *key_page_alloc(size_t page, int *err)
@@ -195,12 +246,22 @@ static int key_from_hex(ts_layer *l, struct crypt_layer *c, const char *hex, ts_
 }
 
 /* Read the raw key file into locked memory, without an intermediate copy. */
-static int key_from_file(ts_layer *l, struct crypt_layer *c, const char *path, ts_error *err)
+static int key_from_file(ts_layer *l, struct crypt_layer *c, const char *path, bool shared,
+                         ts_error *err)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
     return ts_layer_error(l, err, -e, "key_file", "cannot open %s: %s", path, strerror(e));
+  }
+  /* As ssh does for private keys: a key others can read is not secret. */
+  struct stat pst;
+  if (!shared && fstat(fd, &pst) == 0 && S_ISREG(pst.st_mode) && (pst.st_mode & 077)) {
+    close(fd);
+    return ts_layer_error(l, err, -EACCES, "key_file",
+                          "%s has mode %04o: its group or others may access it; make it private "
+                          "(chmod 600) or set \"key_file_shared\": true",
+                          path, (unsigned)(pst.st_mode & 07777));
   }
   /* Read one byte more than the largest key so an oversized file shows. */
   size_t got = 0;
@@ -243,6 +304,9 @@ static int key_from_file(ts_layer *l, struct crypt_layer *c, const char *path, t
 
 static int load_key(ts_layer *l, struct crypt_layer *c, const json_t *params, ts_error *err)
 {
+  int r = 0;
+  if (!ts_param_bool(params, "core_dumps", false))
+    hold_undumpable(c);
   const char *hex = ts_param_string(params, "key", NULL);
   const char *file = ts_param_string(params, "key_file", NULL);
   if (hex && file)
@@ -250,7 +314,6 @@ static int load_key(ts_layer *l, struct crypt_layer *c, const json_t *params, ts
   if (!hex && !file)
     return ts_layer_error(l, err, -EINVAL, NULL,
                           "needs a key: \"key_file\" (raw bytes) or \"key\" (hex digits)");
-  int r = 0;
   c->key = key_page_alloc(c->page, &r);
   if (!c->key)
     return ts_layer_error(l, err, r, NULL,
@@ -258,11 +321,12 @@ static int load_key(ts_layer *l, struct crypt_layer *c, const json_t *params, ts
                           strerror(-r));
   if (hex) {
     r = key_from_hex(l, c, hex, err);
+    wipe_json_string(json_object_get(params, "key"));
   } else {
     c->key_file = ts_layer_path(l, file);
     if (!c->key_file)
       return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
-    r = key_from_file(l, c, c->key_file, err);
+    r = key_from_file(l, c, c->key_file, ts_param_bool(params, "key_file_shared", false), err);
   }
   if (r)
     return r;
@@ -682,6 +746,7 @@ static void crypt_close(ts_layer *l)
   for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++)
     ctx_free(atomic_exchange(&c->slot[i], NULL));
   key_page_free(c->key, c->page);
+  release_undumpable(c);
   pthread_mutex_destroy(&c->qlock);
   pthread_cond_destroy(&c->qcond);
   free(c->key_file);
@@ -831,7 +896,8 @@ static int crypt_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent
   struct crypt_layer *c = ts_layer_priv(l);
   const uint64_t bs = ts_dev_limits(l)->logical_block_size, end = off + len;
   ts_extent_list child = { 0 };
-  int r = ts_block_status(c->child, c->offset + off, len, &child);
+  /* A prefix is enough: the core asks again for the rest. */
+  int r = ts_block_status_bounded(c->child, c->offset + off, len, 0, &child);
   uint64_t pos = off;
   for (size_t i = 0; !r && i < child.n && pos < end; i++) {
     uint64_t e = child.v[i].offset + child.v[i].length - c->offset;
@@ -900,6 +966,26 @@ static char *crypt_dm_table(ts_layer *l)
   return buf;
 }
 
+/* The parsed configuration no longer holds the key text (wipe_json_string):
+ * a dump that asked for secrets gets it back from the locked page. */
+static int crypt_config(ts_layer *l, json_t *params)
+{
+  struct crypt_layer *c = ts_layer_priv(l);
+  json_t *v = json_object_get(params, "key");
+  if (!c || !json_is_string(v) || strcmp(json_string_value(v), KEY_LOADED) != 0)
+    return 0;
+  char hex[2 * CRYPT_MAX_KEY + 1];
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < c->key_len; i++) {
+    hex[2 * i] = digits[c->key[i] >> 4];
+    hex[2 * i + 1] = digits[c->key[i] & 15];
+  }
+  hex[2 * c->key_len] = '\0';
+  int r = json_object_set_new(params, "key", json_string(hex)) ? -ENOMEM : 0;
+  OPENSSL_cleanse(hex, sizeof hex);
+  return r;
+}
+
 const ts_layer_type ts__crypt_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "crypt",
@@ -913,4 +999,5 @@ const ts_layer_type ts__crypt_layer_type = {
   .block_status = crypt_block_status,
   .status = crypt_status,
   .dm_table = crypt_dm_table,
+  .config = crypt_config,
 };

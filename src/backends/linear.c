@@ -69,6 +69,9 @@ static int linear_open(ts_layer *l, const json_t *params, ts_error *err)
                          "offset %llu + length %llu does not fit in \"%s\" (%llu bytes)",
                          (unsigned long long)off, (unsigned long long)len, ts_dev_name(child),
                          (unsigned long long)cl->size);
+    else if (len > TS_SIZE_MAX - lin->size)
+      r = ts_layer_error(l, err, -ERANGE, key,
+                         "the segments add up to more than 2^63 - 1 bytes, the largest device size");
     if (r) {
       free(lin->seg);
       free(lin);
@@ -150,7 +153,8 @@ static int linear_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_exten
 {
   const struct segment *s = find_segment(ts_layer_priv(l), off);
   ts_extent_list tmp = { 0 };
-  int r = ts_block_status(s->child, off - s->start + s->offset, len, &tmp);
+  /* A prefix is enough: the core asks again for the rest. */
+  int r = ts_block_status_bounded(s->child, off - s->start + s->offset, len, 0, &tmp);
   for (size_t i = 0; !r && i < tmp.n; i++)
     r = ts_extent_list_add(out, tmp.v[i].offset - s->offset + s->start, tmp.v[i].length,
                            tmp.v[i].flags);

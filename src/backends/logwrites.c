@@ -13,15 +13,20 @@
  * for a write its nr_sectors blocks of data. Flags: FLUSH 1, FUA 2,
  * DISCARD 4, MARK 8.
  *
- * As the kernel: a write is logged once it completed, a flush once the child
- * flushed (after the writes that completed before it), closing logs the mark
- * "dm-log-writes-end"; the super block is rewritten after each FUA write,
- * flush and mark, which makes those entries count. A log that fills up, or
- * fails, stops logging (an event says so) while requests go on. Unlike the
- * kernel the log starts empty at open and is flushed with every flush entry,
- * so it survives a crash as far as the child's data does. PROVISION passes
- * through unlogged (it changes no data); WRITE_ZEROES is left to the core,
- * which turns it into logged zero writes.
+ * In the kernel's order: a plain write or a discard that completed waits
+ * in memory (with a copy of its data) until the next flush that follows it
+ * completes; that flush then logs the writes that completed before it was
+ * submitted, in completion order, and then itself. A FUA write is logged as
+ * soon as it completed and a mark as soon as it is asked for, so a mark
+ * right after an unflushed write comes before that write in the log.
+ * Closing logs what still waits, then the mark "dm-log-writes-end". The
+ * super block is rewritten after each FUA write, flush and mark, which
+ * makes those entries count. A log that fills up, or fails, stops logging
+ * (an event says so) while requests go on. Unlike the kernel the log starts
+ * empty at open and is flushed with every flush entry, so it survives a
+ * crash as far as the child's data does. PROVISION passes through unlogged
+ * (it changes no data); WRITE_ZEROES is left to the core, which turns it
+ * into zero writes. Format: docs/formats/dm-log-writes.md.
  */
 #include <libthinstack/layer.h>
 
@@ -35,6 +40,14 @@
 
 #define LW_END_MARK "dm-log-writes-end"
 
+/* A completed write or discard waiting for the flush that logs it. */
+struct lw_pending {
+  struct lw_pending *next;
+  uint32_t flags;
+  uint64_t sector, nr;
+  unsigned char *data; /* a write's data; NULL for a discard */
+};
+
 struct lw_layer {
   ts_layer *child, *log;
   uint32_t ss;             /* the log's block size: the child's logical block size */
@@ -45,6 +58,8 @@ struct lw_layer {
   bool enabled;
   int stop_reason;         /* why logging stopped: -ENOSPC (full) or an I/O error */
   unsigned char *block;    /* one entry block */
+  struct lw_pending *pending, **pending_tail; /* under mu, in completion order */
+  uint64_t npending;
 };
 
 static const ts_param lw_params[] = {
@@ -85,18 +100,14 @@ static void stop_logging(ts_layer *l, struct lw_layer *w, int why)
 /* Append one entry: `nr` blocks at child block `sector`, with the data in
  * `iov` (writes) or none (discard, flush), or a mark's text. A log error
  * stops logging rather than failing the request, as the kernel does. */
-static void append(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sector, uint64_t nr,
-                   const struct iovec *iov, int iovcnt, const char *mark)
+static void append_locked(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sector,
+                          uint64_t nr, const struct iovec *iov, int iovcnt, const char *mark)
 {
-  pthread_mutex_lock(&w->mu);
-  if (!w->enabled) {
-    pthread_mutex_unlock(&w->mu);
+  if (!w->enabled)
     return;
-  }
   uint64_t data = iov ? nr * w->ss : 0;
   if (w->next + w->ss + data > w->log_size) {
     stop_logging(l, w, -ENOSPC);
-    pthread_mutex_unlock(&w->mu);
     return;
   }
   size_t mlen = mark ? strlen(mark) : 0;
@@ -126,7 +137,74 @@ static void append(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sec
   }
   if (r)
     stop_logging(l, w, r);
+}
+
+static void append(ts_layer *l, struct lw_layer *w, uint32_t flags, uint64_t sector, uint64_t nr,
+                   const struct iovec *iov, int iovcnt, const char *mark)
+{
+  pthread_mutex_lock(&w->mu);
+  append_locked(l, w, flags, sector, nr, iov, iovcnt, mark);
   pthread_mutex_unlock(&w->mu);
+}
+
+/* Under mu: log a list of waiting entries in order and free them. */
+static void log_pending_locked(ts_layer *l, struct lw_layer *w, struct lw_pending *p)
+{
+  while (p) {
+    struct lw_pending *next = p->next;
+    struct iovec iov = { .iov_base = p->data, .iov_len = (size_t)(p->nr * w->ss) };
+    append_locked(l, w, p->flags, p->sector, p->nr, p->data ? &iov : NULL, 1, NULL);
+    free(p->data);
+    free(p);
+    p = next;
+  }
+}
+
+/* Keep a completed plain write or discard, with a copy of the data (the
+ * caller may reuse its buffers once the request completed), for the next
+ * flush. Out of memory stops logging: a log missing a write would replay to
+ * a state the device never was in. */
+static void add_pending(ts_layer *l, struct lw_layer *w, uint32_t flags, const ts_io *io)
+{
+  struct lw_pending *p = calloc(1, sizeof *p);
+  bool ok = p != NULL;
+  if (ok && io->op == TS_OP_WRITE) {
+    p->data = malloc(io->length ? io->length : 1);
+    ok = p->data != NULL;
+    size_t at = 0;
+    for (int i = 0; ok && i < io->iovcnt && at < io->length; i++) {
+      size_t n = io->iov[i].iov_len < io->length - at ? io->iov[i].iov_len : io->length - at;
+      memcpy(p->data + at, io->iov[i].iov_base, n);
+      at += n;
+    }
+  }
+  pthread_mutex_lock(&w->mu);
+  if (!ok || !w->enabled) {
+    if (!ok)
+      stop_logging(l, w, -ENOMEM);
+    pthread_mutex_unlock(&w->mu);
+    if (p)
+      free(p->data);
+    free(p);
+    return;
+  }
+  p->flags = flags;
+  p->sector = io->offset / w->ss;
+  p->nr = io->length / w->ss;
+  *w->pending_tail = p;
+  w->pending_tail = &p->next;
+  w->npending++;
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Under mu: take every waiting entry. */
+static struct lw_pending *take_pending_locked(struct lw_layer *w)
+{
+  struct lw_pending *p = w->pending;
+  w->pending = NULL;
+  w->pending_tail = &w->pending;
+  w->npending = 0;
+  return p;
 }
 
 static int lw_open(ts_layer *l, const json_t *params, ts_error *err)
@@ -159,6 +237,7 @@ static int lw_open(ts_layer *l, const json_t *params, ts_error *err)
   w->log_size = ll->size / ss * ss;
   w->next = ss;
   w->enabled = !ll->read_only;
+  w->pending_tail = &w->pending;
   pthread_mutex_init(&w->mu, NULL);
   /* A new, empty log: no entry of an older one can be mistaken for ours. */
   int r = w->enabled ? write_super(w) : 0;
@@ -180,9 +259,17 @@ static void lw_close(ts_layer *l)
   struct lw_layer *w = ts_layer_priv(l);
   if (!w)
     return;
-  if (!ts_layer_aborting(l))
-    append(l, w, LW_MARK, 0, 0, NULL, 0, LW_END_MARK);
   pthread_mutex_lock(&w->mu);
+  struct lw_pending *p = take_pending_locked(w);
+  /* As the kernel's target does when it goes away: what completed is
+   * logged even without a flush, then the end mark. */
+  if (!ts_layer_aborting(l)) {
+    log_pending_locked(l, w, p);
+    append_locked(l, w, LW_MARK, 0, 0, NULL, 0, LW_END_MARK);
+  } else {
+    w->enabled = false;
+    log_pending_locked(l, w, p);
+  }
   if (w->enabled && ts_flush(w->log) != 0)
     stop_logging(l, w, -EIO);
   pthread_mutex_unlock(&w->mu);
@@ -206,19 +293,43 @@ static int lw_limits(ts_layer *l, ts_limits *lim, ts_error *err)
 static int lw_submit(ts_layer *l, const ts_io *io)
 {
   struct lw_layer *w = ts_layer_priv(l);
+  if (io->op == TS_OP_FLUSH) {
+    /* The flush covers the writes that completed before it was sent. */
+    pthread_mutex_lock(&w->mu);
+    struct lw_pending *p = take_pending_locked(w);
+    pthread_mutex_unlock(&w->mu);
+    int r = ts_submit(w->child, io);
+    pthread_mutex_lock(&w->mu);
+    if (r && p) {
+      /* Not known durable: they wait for the next flush, still first. */
+      struct lw_pending *last = p;
+      uint64_t n = 1;
+      for (; last->next; last = last->next)
+        n++;
+      last->next = w->pending;
+      if (!w->pending)
+        w->pending_tail = &last->next;
+      w->pending = p;
+      w->npending += n;
+    } else if (!r) {
+      log_pending_locked(l, w, p);
+      append_locked(l, w, LW_FLUSH, 0, 0, NULL, 0, NULL);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return r;
+  }
   int r = ts_submit(w->child, io);
   if (r)
     return r;
   switch (io->op) {
   case TS_OP_WRITE:
-    append(l, w, (io->flags & TS_IO_FUA) ? LW_FUA : 0, io->offset / w->ss, io->length / w->ss,
-           io->iov, io->iovcnt, NULL);
+    if (io->flags & TS_IO_FUA)
+      append(l, w, LW_FUA, io->offset / w->ss, io->length / w->ss, io->iov, io->iovcnt, NULL);
+    else
+      add_pending(l, w, 0, io);
     break;
   case TS_OP_DISCARD:
-    append(l, w, LW_DISCARD, io->offset / w->ss, io->length / w->ss, NULL, 0, NULL);
-    break;
-  case TS_OP_FLUSH:
-    append(l, w, LW_FLUSH, 0, 0, NULL, 0, NULL);
+    add_pending(l, w, LW_DISCARD, io);
     break;
   default:
     break;
@@ -227,8 +338,9 @@ static int lw_submit(ts_layer *l, const ts_io *io)
 }
 
 /* "mark NAME": an entry replay can stop at (replay-log --end-mark NAME),
- * logged after every write that completed before it. The kernel keeps a
- * mark's text to one block less the entry; so do we. */
+ * logged at once, after the flushed and FUA writes but before any write
+ * still waiting for a flush, as the kernel does. The kernel keeps a mark's
+ * text to one block less the entry; so do we. */
 static int lw_message(ts_layer *l, const char *msg, ts_error *err)
 {
   struct lw_layer *w = ts_layer_priv(l);
@@ -264,6 +376,7 @@ static int lw_status(ts_layer *l, json_t *out)
   pthread_mutex_lock(&w->mu);
   json_object_set_new(out, "logging", json_boolean(w->enabled));
   json_object_set_new(out, "entries", json_integer((json_int_t)w->entries));
+  json_object_set_new(out, "waiting_for_flush", json_integer((json_int_t)w->npending));
   json_object_set_new(out, "log_bytes_used", json_integer((json_int_t)w->next));
   json_object_set_new(out, "log_bytes", json_integer((json_int_t)w->log_size));
   json_object_set_new(out, "sector_size", json_integer(w->ss));

@@ -32,6 +32,14 @@ extern bool ts_cli_force_share;
  * missing, and -U adds TS_OPEN_FORCE_SHARE. Ownership warnings (events
  * "force-share", "unlocked") go to stderr. */
 ts_stack *ts_cli_open(const char *config, unsigned flags);
+/* The open options every command uses: `flags`, force-share under -U for a
+ * read-only open, and the events a user should see printed as warnings. */
+ts_open_opts ts_cli_open_opts(unsigned flags);
+/* Print why opening CONFIG failed (error `r`, `err`): EBUSY is named, and a
+ * read-only open of a pool not made yet names the command that makes it
+ * (`pool`: the pool when the caller knows it, else found from the message). */
+void ts_cli_open_failed(const char *config, unsigned flags, int r, const ts_error *err,
+                        const char *pool);
 /* Open a stack (ts_cli_open `flags`) and find an exported device (or any
  * node) by name. */
 ts_dev *ts_cli_open_dev(const char *config, const char *name, unsigned flags, ts_stack **stack);
@@ -56,7 +64,7 @@ int ts_cli_demo(int argc, char **argv);
 int ts_cli_dm_table(int argc, char **argv);
 int ts_cli_bench(int argc, char **argv);
 int ts_cli_pool(int argc, char **argv); /* pool create|status|extend */
-int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|list */
+int ts_cli_thin(int argc, char **argv); /* thin create|snap|delete|resize|list */
 int ts_cli_bench_provision(int argc, char **argv); /* bench provision */
 int ts_cli_check(int argc, char **argv);
 int ts_cli_dump(int argc, char **argv);

@@ -1,5 +1,5 @@
-/* Commands about a whole stack: validate, dump-config, info, status, types,
- * dm-table. */
+/* Commands about a whole stack: validate, dump-config, info, status, types
+ * (dm-table is in cmd_dmtable.c). */
 #include "cli/cli.h"
 
 #include <errno.h>
@@ -238,28 +238,4 @@ int ts_cli_types(int argc, char **argv)
     print_params(t->params, 4);
   }
   return 0;
-}
-
-int ts_cli_dm_table(int argc, char **argv)
-{
-  int status;
-  const char *config = config_arg(argc, argv, NULL, &status);
-  if (!config)
-    return status;
-  ts_stack *s = ts_cli_open(config, TS_OPEN_READ_ONLY);
-  if (!s)
-    return 1;
-  printf("# dmsetup tables, one device per node; <name> stands for /dev/mapper/<name>\n"
-         "# or the block device behind a file layer (losetup).\n");
-  for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
-    ts_dev *d = ts_stack_node_at(s, i);
-    const ts_layer_type *t = ts_find_layer_type(ts_dev_type(d));
-    char *line = t && t->dm_table ? t->dm_table(d) : NULL;
-    if (line)
-      printf("%s: %s\n", ts_dev_name(d), line);
-    else
-      printf("# %s (%s): no kernel device-mapper equivalent\n", ts_dev_name(d), ts_dev_type(d));
-    free(line);
-  }
-  return ts_cli_close(s, 0);
 }

@@ -1,9 +1,12 @@
 /* thinstack pool ... / thinstack thin ...: manage a thin pool and its volumes
- * through <libthinstack/thin.h>.
+ * through <libthinstack/thin.h>; the volume lifecycle (create, snap, delete,
+ * resize, pool extend) is the library's ts_volume_* calls, which keep the
+ * pool and CONFIG together.
  *
- * Each command opens only the named pool and the layers below it (the rest
- * of CONFIG may name volumes that do not exist yet), does one thing, and
- * closes the stack, which commits. */
+ * Each command opens only the pool and the layers below it (so a volume
+ * layer that cannot open, as after an interrupted delete, does not stop the
+ * command that mends it), does one thing, and closes the stack, which
+ * commits. list and status open read-only. */
 #include "cli/cli.h"
 
 #include <errno.h>
@@ -57,8 +60,9 @@ static char *config_dir(const char *config)
  * blank metadata device is formatted. Prints the error and returns NULL on
  * failure. */
 static ts_stack *open_pool(const char *config, const char *pool, bool create, bool *is_new,
-                           ts_dev **out)
+                           ts_dev **out, uint32_t flags, const char *unsized)
 {
+  ts_open_opts opts = ts_cli_open_opts(flags);
   json_error_t je;
   json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES, &je);
   if (!root) {
@@ -85,6 +89,17 @@ static ts_stack *open_pool(const char *config, const char *pool, bool create, bo
                           "layers", keep, "exports");
   json_t *pool_obj = json_deep_copy(pl);
   json_object_set_new(json_object_get(sub, "layers"), pool, pool_obj);
+  /* Growing a space: its file layer opens at whatever size the file has, so
+   * that an extend stopped between growing the file and renaming CONFIG is
+   * finished by running it again (the pool takes the grown file in). */
+  const char *uname = unsized ? json_string_value(json_object_get(pl, unsized)) : NULL;
+  json_t *ul = uname ? json_object_get(layers, uname) : NULL;
+  const char *utype = ul ? json_string_value(json_object_get(ul, "type")) : NULL;
+  if (utype && !strcmp(utype, "file")) {
+    json_t *copy = json_deep_copy(ul);
+    json_object_del(copy, "size");
+    json_object_set_new(json_object_get(sub, "layers"), uname, copy);
+  }
   char *dir = config_dir(config);
   ts_stack *s = NULL;
   ts_error err = { 0 };
@@ -94,13 +109,13 @@ static ts_stack *open_pool(const char *config, const char *pool, bool create, bo
   /* First without create, to tell an existing pool from a blank device. */
   json_object_set_new(pool_obj, "create", json_false());
   char *text = json_dumps(sub, 0);
-  r = ts_stack_open_string(text, dir, NULL, &s, &err);
+  r = ts_stack_open_string(text, dir, &opts, &s, &err);
   free(text);
   if (r == -ENODATA && create) {
     json_object_set_new(pool_obj, "create", json_true());
     text = json_dumps(sub, 0);
     ts_error_clear(&err);
-    r = ts_stack_open_string(text, dir, NULL, &s, &err);
+    r = ts_stack_open_string(text, dir, &opts, &s, &err);
     free(text);
     if (!r && is_new)
       *is_new = true;
@@ -108,25 +123,15 @@ static ts_stack *open_pool(const char *config, const char *pool, bool create, bo
   free(dir);
   json_decref(sub);
   json_decref(root);
+  if (!r)
+    r = ts_stack_set_config_path(s, config, &err);
   if (r) {
-    ts_cli_err("%s: %s", config, err.msg[0] ? err.msg : ts_strerror(r));
+    ts_cli_open_failed(config, flags, r, &err, pool);
+    ts_stack_close(s, NULL);
     return NULL;
   }
   *out = ts_stack_node(s, pool);
   return s;
-}
-
-static bool parse_id(const char *what, const char *s, uint32_t *id)
-{
-  char *end;
-  errno = 0;
-  unsigned long v = strtoul(s, &end, 10);
-  if (!*s || *end || errno || v > TS_THIN_MAX_ID || s[0] == '-') {
-    ts_cli_err("%s: \"%s\" is not a volume id (0..%u)", what, s, TS_THIN_MAX_ID);
-    return false;
-  }
-  *id = (uint32_t)v;
-  return true;
 }
 
 /* Positional arguments and flags; false (after a message) on anything else. */
@@ -167,10 +172,43 @@ static const char pool_usage[] =
     "usage: thinstack pool SUBCOMMAND CONFIG POOL ...\n"
     "  create CONFIG POOL            format the pool's blank metadata device\n"
     "  status CONFIG POOL [--json]   data and metadata use, volumes, mode, transaction id\n"
-    "  extend CONFIG POOL SIZE       grow the data space to SIZE (a file data layer grows;\n"
-    "                                CONFIG's size of that file is updated)\n"
-    "  extend-metadata CONFIG POOL SIZE\n"
-    "                                grow the metadata space to SIZE, likewise\n";
+    "  extend CONFIG POOL [+]SIZE    grow the data space to SIZE (or by +SIZE); a file data\n"
+    "                                layer grows and CONFIG says its new size, together\n"
+    "  extend-metadata CONFIG POOL [+]SIZE\n"
+    "                                grow the metadata space likewise\n";
+
+/* The lines of `usage` for subcommand `sub` (those starting "  SUB "), with
+ * the first line, on stdout: a subcommand's --help. */
+static int sub_help(const char *usage, const char *sub)
+{
+  const char *nl = strchr(usage, '\n');
+  fwrite(usage, 1, (size_t)(nl - usage + 1), stdout);
+  size_t n = strlen(sub);
+  bool in = false;
+  for (const char *l = nl + 1; *l; l = strchr(l, '\n') + 1) {
+    const char *e = strchr(l, '\n');
+    if (l[0] == ' ' && l[1] == ' ' && l[2] != ' ')
+      in = strncmp(l + 2, sub, n) == 0 && (l[2 + n] == ' ' || l[2 + n] == '\n');
+    if (in)
+      fwrite(l, 1, (size_t)(e - l + 1), stdout);
+  }
+  return 0;
+}
+
+static bool wants_help(int argc, char **argv)
+{
+  for (int i = 2; i < argc; i++)
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+      return true;
+  return false;
+}
+
+/* SIZE or +SIZE: *rel says which. */
+static bool parse_rel_size(const char *what, const char *arg, uint64_t *size, bool *rel)
+{
+  *rel = arg[0] == '+';
+  return ts_cli_size(what, arg + *rel, size);
+}
 
 static void print_size(char *buf, size_t n, uint64_t bytes)
 {
@@ -184,10 +222,26 @@ static void print_size(char *buf, size_t n, uint64_t bytes)
   snprintf(buf, n, i ? "%.1f%s" : "%.0f%s", v, u[i]);
 }
 
+/* Whether CONFIG makes pool `name` read-only: its own "read_only", or that of
+ * its metadata or data layer. */
+static bool config_read_only(const char *config, const char *name)
+{
+  json_t *root = json_load_file(config, 0, NULL);
+  json_t *layers = json_object_get(root, "layers"), *pl = json_object_get(layers, name);
+  bool ro = json_is_true(json_object_get(pl, "read_only"));
+  const char *which[] = { "metadata", "data" };
+  for (int i = 0; i < 2; i++) {
+    json_t *c = json_object_get(layers, json_string_value(json_object_get(pl, which[i])));
+    ro = ro || json_is_true(json_object_get(c, "read_only"));
+  }
+  json_decref(root);
+  return ro;
+}
+
 static int pool_status_cmd(const char *config, const char *name, bool json)
 {
   ts_dev *pool;
-  ts_stack *s = open_pool(config, name, false, NULL, &pool);
+  ts_stack *s = open_pool(config, name, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
   if (!s)
     return 1;
   ts_pool_status st;
@@ -203,8 +257,10 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
     free(v);
     return finish(s, 1);
   }
+  /* status opens read-only; the mode to show is the one writers get. */
+  bool ro = st.read_only && config_read_only(config, name);
   const char *mode = st.failed                  ? "failed"
-                     : st.read_only             ? "ro"
+                     : ro                       ? "ro"
                      : st.out_of_metadata_space ? "out_of_metadata_space"
                      : st.out_of_data_space     ? "out_of_data_space"
                                                 : "rw";
@@ -262,30 +318,43 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
   return finish(s, 0);
 }
 
-/* After growing a file data layer, make CONFIG say its new size. */
-/* Write the new size of the pool's `which` ("data" or "metadata") file
- * layer into the configuration, so that it opens again. */
-static void update_config_size(const char *config, const char *poolname, const char *which,
-                               uint64_t size)
+static int pool_extend_cmd(int argc, char **argv, bool meta)
 {
-  json_error_t je;
-  json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES | JSON_PRESERVE_ORDER, &je);
-  json_t *layers = root ? json_object_get(root, "layers") : NULL;
-  json_t *pl = layers ? json_object_get(layers, poolname) : NULL;
-  const char *dname = pl ? json_string_value(json_object_get(pl, which)) : NULL;
-  json_t *dl = dname ? json_object_get(layers, dname) : NULL;
-  const char *type = dl ? json_string_value(json_object_get(dl, "type")) : NULL;
-  if (type && strcmp(type, "file") == 0 && json_object_get(dl, "size")) {
-    char sz[32];
-    ts_format_size(size, sz, sizeof sz);
-    json_object_set_new(dl, "size", json_string(sz));
-    if (json_dump_file(root, config, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0)
-      printf("%s: layers.%s.size is now \"%s\"\n", config, dname, sz);
-    else
-      ts_cli_err("%s: could not update layers.%s.size to \"%s\": edit it before the next open", config,
-                 dname, sz);
+  const char *which = meta ? "metadata" : "data";
+  char *pos[3];
+  uint64_t size;
+  bool rel;
+  if (!args(argc, argv, 2, pos, 3, NULL))
+    return 2;
+  if (!parse_rel_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size,
+                      &rel))
+    return 2;
+  ts_dev *pool;
+  ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool, 0, meta ? "metadata" : "data");
+  if (!s)
+    return 1;
+  ts_pool_status st;
+  ts_error err = { 0 };
+  ts_pool_get_status(pool, &st, NULL);
+  uint64_t unit = meta ? 4096 : st.block_size;
+  uint64_t had = (meta ? st.metadata_blocks : st.data_blocks) * unit;
+  if (rel)
+    size += had;
+  if (ts_stack_pool_extend(s, pos[1], size, meta ? TS_POOL_EXTEND_METADATA : 0, &err)) {
+    ts_cli_err("%s", err.msg);
+    return finish(s, 1);
   }
-  json_decref(root);
+  int r = finish(s, 0);
+  if (r == 0) {
+    char a[32];
+    ts_format_size(size, a, sizeof a);
+    if (size > had)
+      printf("pool %s: %s space is now %s (%llu blocks)\n", pos[1], which, a,
+             (unsigned long long)(size / unit));
+    else
+      printf("pool %s: %s space is already %s\n", pos[1], which, a);
+  }
+  return r;
 }
 
 int ts_cli_pool(int argc, char **argv)
@@ -294,16 +363,17 @@ int ts_cli_pool(int argc, char **argv)
     fputs(pool_usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (wants_help(argc, argv))
+    return sub_help(pool_usage, argv[1]);
   const char *sub = argv[1];
   char *pos[3];
   bool json = false;
-  ts_error err = { 0 };
   if (!strcmp(sub, "create")) {
     if (!args(argc, argv, 2, pos, 2, NULL))
       return 2;
     bool is_new;
     ts_dev *pool;
-    ts_stack *s = open_pool(pos[0], pos[1], true, &is_new, &pool);
+    ts_stack *s = open_pool(pos[0], pos[1], true, &is_new, &pool, 0, NULL);
     if (!s)
       return 1;
     if (!is_new) {
@@ -325,35 +395,8 @@ int ts_cli_pool(int argc, char **argv)
     return pool_status_cmd(pos[0], pos[1], json);
   }
   bool meta = !strcmp(sub, "extend-metadata");
-  if (meta || !strcmp(sub, "extend")) {
-    const char *which = meta ? "metadata" : "data";
-    uint64_t size;
-    if (!args(argc, argv, 2, pos, 3, NULL))
-      return 2;
-    if (!ts_cli_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size))
-      return 2;
-    ts_dev *pool;
-    ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool);
-    if (!s)
-      return 1;
-    ts_pool_status before;
-    ts_pool_get_status(pool, &before, NULL);
-    uint64_t unit = meta ? 4096 : before.block_size;
-    uint64_t had = (meta ? before.metadata_blocks : before.data_blocks) * unit;
-    if ((meta ? ts_pool_extend_metadata : ts_pool_extend)(pool, size, &err)) {
-      ts_cli_err("%s", err.msg);
-      return finish(s, 1);
-    }
-    int r = finish(s, 0);
-    if (r == 0 && size > had) {
-      char a[32];
-      ts_format_size(size, a, sizeof a);
-      printf("pool %s: %s space is now %s (%llu blocks)\n", pos[1], which, a,
-             (unsigned long long)(size / unit));
-      update_config_size(pos[0], pos[1], which, size);
-    }
-    return r;
-  }
+  if (meta || !strcmp(sub, "extend"))
+    return pool_extend_cmd(argc, argv, meta);
   ts_cli_err("pool: unknown subcommand \"%s\" (thinstack pool --help lists them)", sub);
   return 2;
 }
@@ -362,11 +405,243 @@ int ts_cli_pool(int argc, char **argv)
 /* thinstack thin                                                            */
 
 static const char thin_usage[] =
-    "usage: thinstack thin SUBCOMMAND CONFIG POOL ...\n"
-    "  create CONFIG POOL ID             create an empty volume\n"
-    "  snap   CONFIG POOL ID ORIGIN_ID   create volume ID as a snapshot of ORIGIN_ID\n"
-    "  delete CONFIG POOL ID             delete a volume (it must not be open)\n"
-    "  list   CONFIG POOL [--json]       list the volumes and their mapped space\n";
+    "usage: thinstack thin SUBCOMMAND CONFIG ...   (the pool and CONFIG change together)\n"
+    "  create CONFIG NAME --size SIZE [--pool POOL] [--id ID] [--export]\n"
+    "                   create an empty volume and its layer NAME (POOL may be left out\n"
+    "                   when CONFIG has one pool; ID defaults to the lowest free one)\n"
+    "  snap CONFIG ORIGIN NAME [--export]\n"
+    "                   snapshot layer ORIGIN's volume as a new layer NAME (\"origin\": ORIGIN)\n"
+    "  delete CONFIG NAME\n"
+    "                   delete layer NAME's volume and the layer (a layer whose volume is\n"
+    "                   gone, as after an interrupted delete, is removed alone)\n"
+    "  delete CONFIG --id ID [--pool POOL]\n"
+    "                   delete a volume that no layer names (as after an interrupted create)\n"
+    "  resize CONFIG NAME [+]SIZE [--discard-beyond]\n"
+    "                   grow a volume; a shrink over mapped blocks needs --discard-beyond,\n"
+    "                   which discards them\n"
+    "  list CONFIG [--pool POOL] [--json]\n"
+    "                   the volumes: name, id, size, mapped and provisioned bytes, use,\n"
+    "                   origin, and volumes the pool has but CONFIG does not name\n";
+
+/* Options of the thin subcommands. */
+struct thin_opts {
+  char *pos[3];
+  int npos;
+  const char *pool, *size, *id;
+  bool json, export_it, discard_beyond;
+};
+
+static bool thin_args(int argc, char **argv, struct thin_opts *o, const char *allowed)
+{
+  memset(o, 0, sizeof *o);
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    const char **val = !strcmp(a, "--pool")   ? &o->pool
+                       : !strcmp(a, "--size") ? &o->size
+                       : !strcmp(a, "--id")   ? &o->id
+                                              : NULL;
+    bool *flag = !strcmp(a, "--json")             ? &o->json
+                 : !strcmp(a, "--export")         ? &o->export_it
+                 : !strcmp(a, "--discard-beyond") ? &o->discard_beyond
+                                                  : NULL;
+    if ((val || flag) && !strstr(allowed, a)) {
+      ts_cli_err("thin %s: %s does not apply (thinstack thin %s --help)", argv[1], a, argv[1]);
+      return false;
+    }
+    if (val) {
+      if (i + 1 == argc) {
+        ts_cli_err("thin %s: %s needs a value", argv[1], a);
+        return false;
+      }
+      *val = argv[++i];
+    } else if (flag) {
+      *flag = true;
+    } else if (a[0] == '-' && a[1]) {
+      ts_cli_err("thin %s: unknown option %s (thinstack thin %s --help)", argv[1], a, argv[1]);
+      return false;
+    } else if (o->npos == 3) {
+      ts_cli_err("thin %s: unexpected argument \"%s\"", argv[1], a);
+      return false;
+    } else {
+      o->pos[o->npos++] = argv[i];
+    }
+  }
+  return true;
+}
+
+/* The pool a command works on: the one given, the pool of layer `layer`, or
+ * the only pool of CONFIG. NULL after a message. */
+static char *config_pool(const char *config, const char *given, const char *layer)
+{
+  json_error_t je;
+  json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES, &je);
+  if (!root) {
+    ts_cli_err("%s:%d:%d: %s", config, je.line, je.column, je.text);
+    return NULL;
+  }
+  json_t *layers = json_object_get(root, "layers");
+  char *out = NULL;
+  if (given) {
+    out = strdup(given);
+  } else if (layer) {
+    json_t *l = json_object_get(layers, layer);
+    const char *type = json_string_value(json_object_get(l, "type"));
+    const char *p = json_string_value(json_object_get(l, "pool"));
+    if (!l)
+      ts_cli_err("%s: no layer named \"%s\" in \"layers\"", config, layer);
+    else if (!type || strcmp(type, "thin") || !p)
+      ts_cli_err("%s: layers.%s is a %s layer, not a thin volume", config, layer,
+                 type ? type : "typeless");
+    else
+      out = strdup(p);
+  } else {
+    const char *k, *found = NULL;
+    json_t *v;
+    int n = 0;
+    json_object_foreach(layers, k, v)
+    {
+      const char *type = json_string_value(json_object_get(v, "type"));
+      if (type && !strcmp(type, "thin-pool")) {
+        found = k;
+        n++;
+      }
+    }
+    if (n == 1)
+      out = strdup(found);
+    else
+      ts_cli_err("%s: %s thin-pool layers: name one with --pool", config, n ? "several" : "no");
+  }
+  json_decref(root);
+  return out;
+}
+
+static bool parse_id(const char *what, const char *s, uint32_t *id)
+{
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (!*s || *end || errno || v > TS_THIN_MAX_ID || s[0] == '-') {
+    ts_cli_err("%s: \"%s\" is not a volume id (0..%u)", what, s, TS_THIN_MAX_ID);
+    return false;
+  }
+  *id = (uint32_t)v;
+  return true;
+}
+
+/* ts_volume_list of one pool of an open stack; NULL after a message. */
+static ts_volume_info *volumes(ts_stack *s, const char *pool, size_t *n)
+{
+  ts_error err = { 0 };
+  ts_volume_info *vi = NULL;
+  int r = ts_volume_list(s, pool, NULL, 0, n, &err);
+  if (!r) {
+    vi = calloc(*n + 1, sizeof *vi);
+    r = vi ? ts_volume_list(s, pool, vi, *n, n, &err)
+           : ts_error_set(&err, -ENOMEM, "out of memory");
+  }
+  if (r) {
+    ts_cli_err("%s", err.msg);
+    free(vi);
+    return NULL;
+  }
+  return vi;
+}
+
+static void list_text(json_t *arr)
+{
+  int w = 4;
+  size_t i;
+  json_t *v;
+  json_array_foreach(arr, i, v)
+  {
+    const char *nm = json_string_value(json_object_get(v, "name"));
+    if (nm && (int)strlen(nm) > w)
+      w = (int)strlen(nm);
+  }
+  printf("%-*s %-8s %8s %9s %9s %11s %6s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
+         "PROVISIONED", "DATA%", "ORIGIN");
+  json_array_foreach(arr, i, v)
+  {
+    char a[32] = "-", b[32], c[32], pct[16] = "-";
+    uint64_t size = (uint64_t)json_integer_value(json_object_get(v, "size"));
+    bool in_config = json_is_true(json_object_get(v, "in_config"));
+    bool in_pool = json_is_true(json_object_get(v, "in_pool"));
+    if (size) {
+      print_size(a, sizeof a, size);
+      snprintf(pct, sizeof pct, "%.2f", json_real_value(json_object_get(v, "data_percent")));
+    }
+    print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
+    print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
+    const char *nm = json_string_value(json_object_get(v, "name"));
+    const char *origin = json_string_value(json_object_get(v, "origin"));
+    printf("%-*s %-8s %8d %9s %9s %11s %6s  %s%s\n", w, nm ? nm : "-",
+           json_string_value(json_object_get(v, "pool")),
+           (int)json_integer_value(json_object_get(v, "id")), a, in_pool ? b : "-",
+           in_pool ? c : "-", pct, origin ? origin : "",
+           !in_config ? "(not in config)"
+           : !in_pool ? "(volume missing from the pool)"
+                      : "");
+  }
+}
+
+static int thin_list_cmd(const char *config, const char *only, bool json)
+{
+  json_error_t je;
+  json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES, &je);
+  if (!root) {
+    ts_cli_err("%s:%d:%d: %s", config, je.line, je.column, je.text);
+    return 1;
+  }
+  json_t *arr = json_array();
+  const char *k;
+  json_t *v;
+  int status = 0;
+  bool any = false;
+  /* Every pool of CONFIG, or the one asked for. */
+  json_object_foreach(json_object_get(root, "layers"), k, v)
+  {
+    const char *type = json_string_value(json_object_get(v, "type"));
+    if (!type || strcmp(type, "thin-pool") || (only && strcmp(only, k)))
+      continue;
+    any = true;
+    ts_dev *pool;
+    ts_stack *s = open_pool(config, k, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
+    if (!s) {
+      status = 1;
+      continue;
+    }
+    size_t n = 0;
+    ts_volume_info *vi = volumes(s, k, &n);
+    if (!vi)
+      status = 1;
+    for (size_t i = 0; vi && i < n; i++)
+      json_array_append_new(
+          arr,
+          json_pack("{s:s?,s:s,s:i,s:I,s:I,s:I,s:f,s:s?,s:b,s:b}", "name",
+                    vi[i].name[0] ? vi[i].name : NULL, "pool", vi[i].pool, "id", (int)vi[i].id,
+                    "size", (json_int_t)vi[i].size, "mapped_bytes", (json_int_t)vi[i].mapped_bytes,
+                    "provisioned_bytes", (json_int_t)vi[i].provisioned_bytes, "data_percent",
+                    vi[i].size ? 100.0 * (double)vi[i].mapped_bytes / (double)vi[i].size : 0.0,
+                    "origin", vi[i].origin[0] ? vi[i].origin : NULL, "in_config",
+                    vi[i].name[0] != 0, "in_pool", vi[i].in_pool));
+    free(vi);
+    status = finish(s, status);
+  }
+  if (only && !any) {
+    ts_cli_err("%s: no thin-pool layer named \"%s\"", config, only);
+    status = 1;
+  }
+  if (status == 0 && json) {
+    char *txt = json_dumps(arr, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("%s\n", txt);
+    free(txt);
+  } else if (status == 0) {
+    list_text(arr);
+  }
+  json_decref(arr);
+  json_decref(root);
+  return status;
+}
 
 int ts_cli_thin(int argc, char **argv)
 {
@@ -375,73 +650,107 @@ int ts_cli_thin(int argc, char **argv)
     return argc < 2 ? 2 : 0;
   }
   const char *sub = argv[1];
-  char *pos[4];
-  bool json = false;
-  uint32_t id = 0, origin = 0;
-  int npos;
-  if (!strcmp(sub, "create") || !strcmp(sub, "delete"))
-    npos = 3;
-  else if (!strcmp(sub, "snap"))
-    npos = 4;
-  else if (!strcmp(sub, "list"))
-    npos = 2;
-  else {
+  if (strcmp(sub, "create") && strcmp(sub, "snap") && strcmp(sub, "delete") &&
+      strcmp(sub, "resize") && strcmp(sub, "list")) {
     ts_cli_err("thin: unknown subcommand \"%s\" (thinstack thin --help lists them)", sub);
     return 2;
   }
-  if (!args(argc, argv, 2, pos, npos, !strcmp(sub, "list") ? &json : NULL))
+  if (wants_help(argc, argv))
+    return sub_help(thin_usage, sub);
+  struct thin_opts o;
+  const char *allowed = !strcmp(sub, "create")   ? "--pool --size --id --export"
+                        : !strcmp(sub, "snap")   ? "--export"
+                        : !strcmp(sub, "delete") ? "--pool --id"
+                        : !strcmp(sub, "resize") ? "--discard-beyond"
+                                                 : "--pool --json";
+  if (!thin_args(argc, argv, &o, allowed))
     return 2;
-  if (npos >= 3 && !parse_id("thin: ID", pos[2], &id))
+  int want = !strcmp(sub, "list")                             ? 1
+             : !strcmp(sub, "snap") || !strcmp(sub, "resize") ? 3
+             : !strcmp(sub, "delete") && o.id                 ? 1
+                                                              : 2;
+  if (o.npos != want) {
+    ts_cli_err("thin %s: %s arguments (thinstack thin %s --help)", sub,
+               o.npos < want ? "missing" : "too many", sub);
     return 2;
-  if (npos == 4 && !parse_id("thin: ORIGIN_ID", pos[3], &origin))
+  }
+  const char *config = o.pos[0];
+  if (!strcmp(sub, "list"))
+    return thin_list_cmd(config, o.pool, o.json);
+  if (o.pool && !strcmp(sub, "delete") && !o.id) {
+    ts_cli_err("thin delete: --pool goes with --id (a layer names its pool)");
     return 2;
-  ts_dev *pool;
-  ts_stack *s = open_pool(pos[0], pos[1], false, NULL, &pool);
-  if (!s)
-    return 1;
-  ts_error err = { 0 };
-  int r = 0;
+  }
+
+  uint64_t size = 0;
+  uint32_t id = TS_VOLUME_ANY_ID;
+  bool rel = false;
   if (!strcmp(sub, "create")) {
-    if (!(r = ts_pool_create_thin(pool, id, &err)))
-      printf("volume %u created in pool %s\n", id, pos[1]);
+    if (!o.size) {
+      ts_cli_err("thin create: --size SIZE is required");
+      return 2;
+    }
+    if (!ts_cli_size("thin create: --size", o.size, &size))
+      return 2;
+  }
+  if (o.id && !parse_id("thin: --id", o.id, &id))
+    return 2;
+  if (!strcmp(sub, "resize") && !parse_rel_size("thin resize: SIZE", o.pos[2], &size, &rel))
+    return 2;
+  /* The layer whose pool to open: snap's origin, delete's and resize's NAME. */
+  const char *layer = !strcmp(sub, "create") || (!strcmp(sub, "delete") && o.id) ? NULL : o.pos[1];
+  char *pname = config_pool(config, o.pool, layer);
+  if (!pname)
+    return 1;
+  ts_dev *pool;
+  ts_stack *s = open_pool(config, pname, false, NULL, &pool, 0, NULL);
+  if (!s) {
+    free(pname);
+    return 1;
+  }
+  ts_error err = { 0 };
+  uint32_t flags = o.export_it ? TS_VOLUME_EXPORT : 0;
+  int r = 0;
+  char a[32];
+  if (!strcmp(sub, "create")) {
+    r = ts_volume_create(s, pname, o.pos[1], size, id, flags, &id, &err);
+    ts_format_size(size, a, sizeof a);
+    if (!r)
+      printf("volume %s (id %u, %s) created in pool %s\n", o.pos[1], id, a, pname);
   } else if (!strcmp(sub, "snap")) {
-    if (!(r = ts_pool_create_snap(pool, id, origin, &err)))
-      printf("volume %u created in pool %s as a snapshot of volume %u\n", id, pos[1], origin);
+    r = ts_volume_snapshot(s, o.pos[1], o.pos[2], flags, &id, &err);
+    if (!r)
+      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", o.pos[2], id, pname,
+             o.pos[1]);
+  } else if (!strcmp(sub, "delete") && o.id) {
+    r = ts_volume_delete_id(s, pname, id, &err);
+    if (!r)
+      printf("volume %u deleted from pool %s\n", id, pname);
   } else if (!strcmp(sub, "delete")) {
-    if (!(r = ts_pool_delete_thin(pool, id, &err)))
-      printf("volume %u deleted from pool %s\n", id, pos[1]);
+    r = ts_volume_delete(s, o.pos[1], &err);
+    if (!r)
+      printf("volume %s deleted from pool %s\n", o.pos[1], pname);
   } else {
-    size_t n = 0;
-    ts_thin_info *v = NULL;
-    if (!(r = ts_pool_list_thins(pool, NULL, 0, &n, &err))) {
-      v = calloc(n ? n : 1, sizeof *v);
-      r = v ? ts_pool_list_thins(pool, v, n, &n, &err) : ts_error_set(&err, -ENOMEM, "out of memory");
-    }
-    if (!r && json) {
-      json_t *a = json_array();
-      for (size_t i = 0; i < n; i++)
-        json_array_append_new(a, json_pack("{s:i,s:I,s:I,s:I,s:i,s:i}", "id", (int)v[i].id, "mapped_blocks",
-                                           (json_int_t)v[i].mapped_blocks, "mapped_bytes",
-                                           (json_int_t)v[i].mapped_bytes, "transaction_id",
-                                           (json_int_t)v[i].transaction_id, "creation_time",
-                                           (int)v[i].creation_time, "snapshotted_time",
-                                           (int)v[i].snapshotted_time));
-      char *txt = json_dumps(a, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-      printf("%s\n", txt);
-      free(txt);
-      json_decref(a);
-    } else if (!r) {
-      printf("%8s %14s %12s %8s %12s\n", "id", "mapped_blocks", "mapped", "created", "snapshotted");
-      for (size_t i = 0; i < n; i++) {
-        char a[32];
-        print_size(a, sizeof a, v[i].mapped_bytes);
-        printf("%8u %14llu %12s %8u %12u\n", v[i].id, (unsigned long long)v[i].mapped_blocks, a,
-               v[i].creation_time, v[i].snapshotted_time);
+    if (rel) {
+      /* +SIZE: relative to the layer's size now. */
+      size_t n = 0;
+      ts_volume_info *vi = volumes(s, pname, &n);
+      if (!vi) {
+        free(pname);
+        return finish(s, 1);
       }
+      for (size_t i = 0; i < n; i++)
+        if (!strcmp(vi[i].name, o.pos[1]))
+          size += vi[i].size;
+      free(vi);
     }
-    free(v);
+    r = ts_volume_resize(s, o.pos[1], size, o.discard_beyond ? TS_VOLUME_DISCARD_BEYOND : 0, &err);
+    ts_format_size(size, a, sizeof a);
+    if (!r)
+      printf("volume %s is now %s\n", o.pos[1], a);
   }
   if (r)
     ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+  free(pname);
   return finish(s, r ? 1 : 0);
 }

@@ -21,7 +21,8 @@ static const struct ts_cli_command commands[] = {
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
   { "replay-log", ts_cli_replay_log, "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
     "rebuild a device from a dm-log-writes log (the log-writes layer's) up to an entry or mark" },
-  { "dm-table", ts_cli_dm_table, "CONFIG", "print the equivalent dmsetup table of each node" },
+  { "dm-table", ts_cli_dm_table, "CONFIG [--device LAYER=PATH]... [--concise]",
+    "print the dmsetup commands that activate the stack in the kernel" },
   { "check", ts_cli_check, "METADATA_FILE [--json]",
     "verify thin-pool metadata (structure, checksums, reference counts)" },
   { "dump", ts_cli_dump, "METADATA_FILE [-m|--metadata-snap] [-o FILE]",
@@ -39,7 +40,8 @@ static const struct ts_cli_command commands[] = {
   { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
   { "pool", ts_cli_pool, "create|status|extend|extend-metadata CONFIG POOL ...",
     "format a thin pool, show its state, grow its data or metadata space" },
-  { "thin", ts_cli_thin, "create|snap|delete|list CONFIG POOL ...", "create, snapshot, delete and list thin volumes" },
+  { "thin", ts_cli_thin, "create|snap|delete|resize|list CONFIG ...",
+    "create, snapshot, delete, resize and list thin volumes (pool and CONFIG together)" },
 };
 
 static const struct ts_cli_command *find(const char *name)
@@ -102,7 +104,11 @@ static void cli_event(ts_stack *s, const char *node, const char *event, const ch
 {
   (void)s;
   (void)arg;
-  if (strcmp(event, "force-share") == 0 || strcmp(event, "unlocked") == 0)
+  /* What the user should know or mend: a look beside a writer, a file
+   * system without locks, a volume that no layer names. Other events are
+   * not the CLI's news. */
+  if (strcmp(event, "force-share") == 0 || strcmp(event, "unlocked") == 0 ||
+      strcmp(event, "volume-not-in-config") == 0)
     fprintf(stderr, "thinstack: warning: layers.%s: %s\n", node, detail);
 }
 
@@ -132,28 +138,38 @@ static const char *pool_of(json_t *layers, const char *msg)
   return NULL;
 }
 
+ts_open_opts ts_cli_open_opts(unsigned flags)
+{
+  if ((flags & TS_OPEN_READ_ONLY) && ts_cli_force_share)
+    flags |= TS_OPEN_FORCE_SHARE;
+  return (ts_open_opts){ .struct_size = sizeof(ts_open_opts), .flags = flags, .event = cli_event };
+}
+
+void ts_cli_open_failed(const char *config, unsigned flags, int r, const ts_error *err,
+                        const char *pool)
+{
+  json_t *root = NULL;
+  if (!pool && (flags & TS_OPEN_READ_ONLY) && (r == -ENOENT || r == -ENODATA) &&
+      (root = json_load_file(config, 0, NULL)))
+    pool = pool_of(json_object_get(root, "layers"), err->msg);
+  if (pool && (flags & TS_OPEN_READ_ONLY) && (r == -ENOENT || r == -ENODATA))
+    ts_cli_err("%s (the pool does not exist yet: thinstack pool create %s %s makes it)", err->msg,
+               config, pool);
+  else if (r == -EBUSY)
+    ts_cli_err("%s (EBUSY)", err->msg); /* scripts tell "in use" from other failures */
+  else
+    ts_cli_err("%s", err->msg[0] ? err->msg : ts_strerror(r));
+  json_decref(root);
+}
+
 ts_stack *ts_cli_open(const char *config, unsigned flags)
 {
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  if ((flags & TS_OPEN_READ_ONLY) && ts_cli_force_share)
-    flags |= TS_OPEN_FORCE_SHARE;
-  ts_open_opts o = { .struct_size = sizeof o, .flags = flags, .event = cli_event };
+  ts_open_opts o = ts_cli_open_opts(flags);
   int r = ts_stack_open_file(config, &o, &s, &err);
   if (r) {
-    json_t *root = NULL;
-    const char *pool = NULL;
-    if ((flags & TS_OPEN_READ_ONLY) && (r == -ENOENT || r == -ENODATA) &&
-        (root = json_load_file(config, 0, NULL)))
-      pool = pool_of(json_object_get(root, "layers"), err.msg);
-    if (pool)
-      ts_cli_err("%s (the pool does not exist yet: thinstack pool create %s %s makes it)", err.msg,
-                 config, pool);
-    else if (r == -EBUSY)
-      ts_cli_err("%s (EBUSY)", err.msg); /* scripts tell "in use" from other failures */
-    else
-      ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
-    json_decref(root);
+    ts_cli_open_failed(config, flags, r, &err, NULL);
     return NULL;
   }
   return s;

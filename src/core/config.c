@@ -81,11 +81,17 @@ static int check_value(struct cfg *c, size_t node, const char *path, const json_
     uint64_t sz;
     if (json_is_integer(v) && json_integer_value(v) >= 0)
       return 0;
-    if (json_is_string(v) && ts_parse_size(json_string_value(v), &sz) == 0)
+    int pr = json_is_string(v) ? ts_parse_size(json_string_value(v), &sz) : -EINVAL;
+    if (pr == 0)
       return 0;
+    if (pr == -ERANGE)
+      return ts_error_set(err, -ERANGE,
+                          "%s: \"%s\" is too large: sizes stop below 2^63 bytes (8E), the most "
+                          "a file offset or a kernel block device can address",
+                          path, json_string_value(v));
     if (json_is_string(v))
       return ts_error_set(err, -EINVAL,
-                          "%s: \"%s\" is not a size (bytes, or a number with K, M, G or T)",
+                          "%s: \"%s\" is not a size (bytes, or a number with K, M, G, T or P)",
                           path, json_string_value(v));
     return ts_error_set(err, -EINVAL, "%s: expected a size (an integer or a string like \"64K\"), got %s%s",
                         path, json_kind(v), json_is_integer(v) ? " below zero" : "");

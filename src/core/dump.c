@@ -74,7 +74,9 @@ char *ts_stack_config_json(ts_stack *s, uint32_t flags)
 {
   if (!s)
     return NULL;
+  pthread_mutex_lock(&s->config_mu);
   json_t *root = json_deep_copy(s->config);
+  pthread_mutex_unlock(&s->config_mu);
   if (!root)
     return NULL;
   json_t *layers = json_object_get(root, "layers");

@@ -50,6 +50,8 @@ struct ts_stack {
   struct ts__claim *claims;  /* what the layers opened, for the one-user check */
   size_t nclaims;
   bool aborting;
+  char *config_path;         /* absolute; the file lifecycle calls rewrite, or NULL */
+  pthread_mutex_t config_mu; /* config and config_path, for lifecycle calls */
 };
 
 /* config.c: schema validation and graph ordering of a parsed config. Fills
@@ -71,10 +73,21 @@ int ts__load_plugin_dir(const char *dir, ts_error *err);
 /* util.c: all of [off, off+len) read or written with pread/pwrite, retried
  * on EINTR and short transfers: 0, -errno, or -EIO where the file ends. */
 int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off);
+/* Parse a configuration so that no copy of its text outlives the parse:
+ * jansson is made to clear what it frees, and a file is read into a buffer
+ * that is cleared (stdio would leave its own copy in freed memory). */
+json_t *ts__json_loads(const char *text, size_t flags, json_error_t *je);
+json_t *ts__json_load_file(const char *path, size_t flags, json_error_t *je);
 
 /* stack.c: `path` resolved against the stack's (absolute) base folder;
  * malloc'd, NULL when out of memory. */
 char *ts__stack_path(const struct ts_stack *s, const char *path);
+
+/* volumes.c: after ts_stack_open_file, report pool volumes that no layer
+ * names (events on the pool). */
+void ts__volumes_opened(struct ts_stack *s);
+/* volumes.c: the test hook TS_TEST_CRASH_AT: _exit(99) when it names `point`. */
+void ts__test_crash_point(const char *point);
 
 /* io.c */
 int ts__node_flush_all(struct ts_node *n);

@@ -304,7 +304,10 @@ int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len)
   return ts_layer_io(dev, TS_OP_PROVISION, 0, offset, len);
 }
 
-int ts_block_status(ts_dev *n, uint64_t offset, uint64_t len, ts_extent_list *out)
+/* The core's walk: ask the layer again for whatever it left, until the range
+ * is covered or, with max_new, that many extents were added. */
+static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
+                       ts_extent_list *out)
 {
   const ts_limits *lim = &n->limits;
   if (len == 0 || offset % lim->logical_block_size || len % lim->logical_block_size ||
@@ -313,7 +316,10 @@ int ts_block_status(ts_dev *n, uint64_t offset, uint64_t len, ts_extent_list *ou
   uint64_t end = offset + len;
   if (!n->type->block_status)
     return ts_extent_list_add(out, offset, len, 0);
+  size_t start = out->n;
   while (offset < end) {
+    if (max_new && out->n - start >= max_new)
+      break;
     uint64_t l = end - offset;
     if (n->type->next_boundary) {
       uint64_t b = n->type->next_boundary(n, offset);
@@ -343,7 +349,23 @@ int ts_block_status(ts_dev *n, uint64_t offset, uint64_t len, ts_extent_list *ou
     }
     if (reached <= offset || (out->n == before && reached == covered_before))
       return -EIO; /* no progress: a layer bug, never loop forever */
+    /* A layer may answer with more than the bound; keep a prefix. */
+    if (max_new && out->n - start > max_new) {
+      out->n = start + max_new;
+      break;
+    }
     offset = reached;
   }
   return 0;
+}
+
+int ts_block_status(ts_dev *n, uint64_t offset, uint64_t len, ts_extent_list *out)
+{
+  return status_walk(n, offset, len, 0, out);
+}
+
+int ts_block_status_bounded(ts_dev *n, uint64_t offset, uint64_t len, size_t max_extents,
+                            ts_extent_list *out)
+{
+  return status_walk(n, offset, len, max_extents ? max_extents : TS_BLOCK_STATUS_BATCH, out);
 }

@@ -27,6 +27,8 @@ static void free_stack(struct ts_stack *s)
   free(s->nodes);
   free(s->exports);
   free(s->base_dir);
+  free(s->config_path);
+  pthread_mutex_destroy(&s->config_mu);
   json_decref(s->config);
   free(s);
 }
@@ -72,16 +74,20 @@ static int compute_limits(struct ts_node *n, ts_error *err)
   return 0;
 }
 
+/* Takes `config` and `config_path` (may be NULL) over, even on failure. */
 static int open_stack(json_t *config, const char *base_dir, const ts_open_opts *opts,
-                      ts_stack **out, ts_error *err)
+                      char *config_path, ts_stack **out, ts_error *err)
 {
   *out = NULL;
   struct ts_stack *s = calloc(1, sizeof *s);
   if (!s) {
     json_decref(config);
+    free(config_path);
     return ts_error_set(err, -ENOMEM, "out of memory");
   }
   s->config = config;
+  s->config_path = config_path;
+  pthread_mutex_init(&s->config_mu, NULL);
   if (opts) {
     size_t n = opts->struct_size && opts->struct_size < sizeof s->opts ? opts->struct_size
                                                                        : sizeof s->opts;
@@ -134,11 +140,11 @@ int ts_stack_open_string(const char *json, const char *base_dir, const ts_open_o
 {
   json_error_t je;
   ts_error_clear(err);
-  json_t *config = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+  json_t *config = ts__json_loads(json, JSON_REJECT_DUPLICATES, &je);
   if (!config)
     return ts_error_set(err, -EINVAL, "line %d, column %d: invalid JSON: %s", je.line, je.column,
                         je.text);
-  return open_stack(config, base_dir, opts, out, err);
+  return open_stack(config, base_dir, opts, NULL, out, err);
 }
 
 int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **out,
@@ -147,7 +153,7 @@ int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **ou
   json_error_t je;
   ts_error_clear(err);
   *out = NULL;
-  json_t *config = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+  json_t *config = ts__json_load_file(path, JSON_REJECT_DUPLICATES, &je);
   if (!config) {
     if (access(path, R_OK) != 0)
       return ts_error_set(err, -errno, "%s: cannot read the configuration: %s", path,
@@ -169,8 +175,16 @@ int ts_stack_open_file(const char *path, const ts_open_opts *opts, ts_stack **ou
   char abs[PATH_MAX];
   if (!realpath(dir, abs))
     snprintf(abs, sizeof abs, "%s", dir);
+  /* The file itself, through any symlink: a rewrite replaces the file,
+   * not the link. */
+  const char *base = slash ? slash + 1 : path;
+  char *cpath = realpath(path, NULL);
+  if (!cpath && asprintf(&cpath, "%s%s%s", abs, strcmp(abs, "/") ? "/" : "", base) < 0)
+    cpath = NULL;
   free(dup);
-  int r = open_stack(config, abs, opts, out, err);
+  int r = open_stack(config, abs, opts, cpath, out, err);
+  if (!r && *out)
+    ts__volumes_opened(*out);
   if (r && err && err->msg[0]) {
     /* Prefix the file name so the message stands on its own. */
     char tmp[sizeof err->msg];

@@ -4,6 +4,10 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,7 +100,7 @@ int ts_parse_size(const char *s, uint64_t *out)
   for (; isdigit((unsigned char)*p); p++) {
     unsigned d = (unsigned)(*p - '0');
     if (v > (UINT64_MAX - d) / 10)
-      return -EINVAL;
+      return -ERANGE;
     v = v * 10 + d;
   }
   unsigned shift = 0;
@@ -117,11 +121,15 @@ int ts_parse_size(const char *s, uint64_t *out)
     if (*p != '\0')
       return -EINVAL;
     if (v > (UINT64_MAX >> shift))
-      return -EINVAL;
+      return -ERANGE;
     v <<= shift;
   } else if (*p != '\0') {
     return -EINVAL;
   }
+  /* Offsets are off_t and kernel device sizes loff_t: nothing at or past
+   * 2^63 bytes can be addressed, so such a size is never meant. */
+  if (v > TS_SIZE_MAX)
+    return -ERANGE;
   *out = v;
   return 0;
 }
@@ -329,4 +337,66 @@ int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off)
     off += (uint64_t)n;
   }
   return 0;
+}
+
+/* Jansson frees without clearing, so a parsed configuration left pieces of
+ * its text (a crypt key's hex digits among them) in freed heap memory, for a
+ * core dump or a later allocation to find. Unless the application installed
+ * allocation functions of its own, jansson's frees clear the block first. */
+static void *scrub_malloc(size_t n) { return malloc(n); }
+
+static void scrub_free(void *p)
+{
+  if (p) {
+    explicit_bzero(p, malloc_usable_size(p));
+    free(p);
+  }
+}
+
+static void scrub_init(void)
+{
+  json_malloc_t m;
+  json_free_t f;
+  json_get_alloc_funcs(&m, &f);
+  if (m == malloc && f == free)
+    json_set_alloc_funcs(scrub_malloc, scrub_free);
+}
+
+json_t *ts__json_loads(const char *text, size_t flags, json_error_t *je)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, scrub_init);
+  return json_loads(text, flags, je);
+}
+
+json_t *ts__json_load_file(const char *path, size_t flags, json_error_t *je)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (64 << 20)) {
+    int e = fd < 0 ? errno : EINVAL;
+    if (fd >= 0)
+      close(fd);
+    /* Not a plain file of sane size: let jansson read it and explain. */
+    errno = e;
+    return json_load_file(path, flags, je);
+  }
+  size_t len = (size_t)st.st_size;
+  char *buf = malloc(len + 1);
+  int r = buf ? ts__fd_rw(fd, false, buf, len, 0) : -ENOMEM;
+  close(fd);
+  json_t *v = NULL;
+  if (r == 0) {
+    buf[len] = '\0';
+    v = ts__json_loads(buf, flags, je);
+    if (!v && je)
+      snprintf(je->source, sizeof je->source, "%s", path);
+  } else {
+    v = json_load_file(path, flags, je);
+  }
+  if (buf) {
+    explicit_bzero(buf, len + 1);
+    free(buf);
+  }
+  return v;
 }

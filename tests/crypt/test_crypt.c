@@ -229,6 +229,7 @@ START_TEST(key_file_equals_hex)
   FILE *f = fopen(kf, "wb");
   ck_assert_uint_eq(fwrite(key, 1, 64, f), 64);
   fclose(f);
+  chmod(kf, 0600); /* a key file others can read is refused */
   unsigned char buf[8192], a[8192], b[8192];
   ts_test_pattern(buf, sizeof buf, 7);
   ts_dev *c, *d;
@@ -596,6 +597,8 @@ START_TEST(bad_configs)
   f = fopen(khex, "w");
   fprintf(f, "%s%s\n", hex64, hex64);
   fclose(f);
+  chmod(k33, 0600);
+  chmod(khex, 0600);
   char *same = ts_test_fmt("\"key\": \"%s%s\"", hex64, hex64);
 
   const struct {

@@ -71,7 +71,7 @@ def config(work, case, key, image):
         crypt["key"] = key.hex()
     else:
         kf = os.path.join(work, "volume.key")
-        with open(kf, "wb") as f:
+        with open(os.open(kf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(key)
         crypt["key_file"] = "volume.key"
     cfg = {"version": 1, "layers": {"d": {"type": "file", "path": image}, "c": crypt},

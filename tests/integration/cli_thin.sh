@@ -11,9 +11,8 @@ cat > stack.json <<'JSON'
   "layers": {
     "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
     "data": { "type": "file", "path": "pool.data", "size": "256M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "128K" },
-    "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": "1G" } },
-  "exports": ["vm0"] }
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "128K" } },
+  "exports": [] }
 JSON
 one_line_error() { # status file
   [ "$1" -ne 0 ] || fail "expected a failure"
@@ -23,36 +22,47 @@ one_line_error() { # status file
 
 set +e
 "$THINSTACK" pool status stack.json pool 2> err.txt; one_line_error $? err.txt
-grep -q 'holds no pool' err.txt || fail "blank metadata: $(cat err.txt)"
+grep -Eq 'holds no pool|does not exist' err.txt || fail "blank metadata: $(cat err.txt)"
 set -e
 "$THINSTACK" pool create stack.json pool | grep -q 'pool pool created: 2048 data blocks of 128K'
 set +e
 "$THINSTACK" pool create stack.json pool 2> err.txt; one_line_error $? err.txt
 grep -q 'already exists' err.txt || fail "second create: $(cat err.txt)"
 set -e
-"$THINSTACK" thin create stack.json pool 0 | grep -q 'volume 0 created'
+"$THINSTACK" thin create stack.json vm0 --size 1G --export | grep -q 'volume vm0 (id 0, 1G) created'
 "$THINSTACK" provision stack.json vm0 0 64M > /dev/null
-"$THINSTACK" thin snap stack.json pool 7 0 | grep -q 'volume 7 created .* snapshot of volume 0'
+"$THINSTACK" thin snap stack.json vm0 snap7 | grep -q 'volume snap7 (id 1) created .* snapshot of vm0'
 set +e
-"$THINSTACK" thin create stack.json pool 0 2> err.txt; one_line_error $? err.txt
-"$THINSTACK" thin snap stack.json pool 8 99 2> err.txt; one_line_error $? err.txt
-"$THINSTACK" thin delete stack.json pool 99 2> err.txt; one_line_error $? err.txt
-"$THINSTACK" thin create stack.json pool 16777216 2> err.txt; [ $? -eq 2 ] || fail "bad id"
-"$THINSTACK" thin create stack.json nosuch 1 2> err.txt; one_line_error $? err.txt
-"$THINSTACK" thin create stack.json data 1 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin create stack.json vm0 --size 1G 2> err.txt; one_line_error $? err.txt
+grep -q 'already exists' err.txt || fail "second vm0: $(cat err.txt)"
+"$THINSTACK" thin create stack.json vm9 --size 1G --id 0 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin snap stack.json nosuch snap8 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin delete stack.json nosuch 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin delete stack.json --id 99 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin create stack.json vm9 --size 1G --id 16777216 2> err.txt; [ $? -eq 2 ] || fail "bad id"
+"$THINSTACK" thin create stack.json vm9 --size 1G --pool nosuch 2> err.txt; one_line_error $? err.txt
+"$THINSTACK" thin create stack.json vm9 --size 1G --pool data 2> err.txt; one_line_error $? err.txt
 grep -q 'not a thin-pool' err.txt || fail "$(cat err.txt)"
+"$THINSTACK" thin create stack.json vm9 2> err.txt; [ $? -eq 2 ] || fail "create without --size"
 "$THINSTACK" pool extend stack.json pool 100M 2> err.txt; one_line_error $? err.txt
-"$THINSTACK" thin frob stack.json pool 2> err.txt; [ $? -eq 2 ] || fail "unknown subcommand"
+"$THINSTACK" thin frob stack.json 2> err.txt; [ $? -eq 2 ] || fail "unknown subcommand"
 set -e
+for sub in create snap delete resize list; do
+  "$THINSTACK" thin $sub --help | grep -q "^  $sub CONFIG" || fail "thin $sub --help"
+done
+for sub in create status extend extend-metadata; do
+  "$THINSTACK" pool $sub --help | grep -q "^  $sub CONFIG" || fail "pool $sub --help"
+done
 
-"$THINSTACK" thin list stack.json pool > list.txt
-grep -Eq '^ +0 +512 ' list.txt || fail "list: $(cat list.txt)"
-grep -Eq '^ +7 +512 ' list.txt || fail "list: $(cat list.txt)"
-"$THINSTACK" thin list stack.json pool --json | python3 -c '
+"$THINSTACK" thin list stack.json > list.txt
+grep -Eq '^vm0 +pool +0 +1.0G +64.0M ' list.txt || fail "list: $(cat list.txt)"
+grep -Eq '^snap7 +pool +1 +1.0G +64.0M .* vm0' list.txt || fail "list: $(cat list.txt)"
+"$THINSTACK" thin list stack.json --pool pool --json | python3 -c '
 import json,sys
 v = json.load(sys.stdin)
-assert [x["id"] for x in v] == [0, 7], v
+assert [x["id"] for x in v] == [0, 1], v
 assert all(x["mapped_bytes"] == 64 << 20 for x in v), v
+assert v[1]["origin"] == "vm0" and v[0]["origin"] is None, v
 '
 "$THINSTACK" pool status stack.json pool | grep -q '512 of 2048 blocks used'
 "$THINSTACK" pool extend stack.json pool 512M | grep -q 'data space is now 512M'
@@ -63,9 +73,10 @@ import json,sys
 s = json.load(sys.stdin)
 assert s["block_size"] == 128 << 10 and s["data"]["blocks"] == 4096, s
 assert s["data"]["used"] == 512 and s["mode"] == "rw", s
-assert sorted(v["id"] for v in s["volumes"]) == [0, 7], s
+assert sorted(v["id"] for v in s["volumes"]) == [0, 1], s
 '
-"$THINSTACK" thin delete stack.json pool 0 | grep -q 'volume 0 deleted'
+"$THINSTACK" thin delete stack.json vm0 | grep -q 'volume vm0 deleted'
+! grep -q '"vm0": {' stack.json || fail "vm0 still in the configuration: $(cat stack.json)"
 "$THINSTACK" pool status stack.json pool --json | python3 -c '
 import json,sys
 s = json.load(sys.stdin)
@@ -84,4 +95,13 @@ s = json.load(sys.stdin)
 assert s["metadata"]["blocks"] == 4096 and s["metadata"]["out_of_space"] is False, s
 '
 thin_check pool.meta > /dev/null 2> check.err || fail "thin_check after growing the metadata: $(cat check.err)"
+# status opens read-only but shows the mode writers get; "ro" when CONFIG
+# makes the pool read-only.
+python3 -c '
+import json
+c = json.load(open("stack.json")); c["layers"]["pool"]["read_only"] = True
+json.dump(c, open("ro.json", "w"))'
+"$THINSTACK" pool status ro.json pool --json | python3 -c '
+import json,sys; s = json.load(sys.stdin); assert s["mode"] == "ro", s'
+"$THINSTACK" pool status stack.json pool | grep -q 'mode rw' || fail "pool status mode"
 echo "cli_thin: ok"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `thinstack dm-table` prints the dmsetup line of every node with a kernel
-# twin (thin-pool, thin, crypt, snapshot-origin, snapshot, linear) in sectors,
-# never the key.
+# `thinstack dm-table` prints dmsetup commands that run as printed: leaves
+# bound with --device, dm devices named after their layers, --concise as one
+# line for `dmsetup create --concise` with the keyctl command on stderr, the
+# pool's no-space policy from the config, never the key; unbound leaves are
+# named instead of printing placeholders. (tests/vm/ activates them.)
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 cd "$TMP"
-head -c 64 /dev/urandom > k.key
+head -c 64 /dev/urandom > k.key && chmod 600 k.key
 cat > s.json <<'JSON'
 { "version": 1, "layers": {
   "meta": { "type": "file", "path": "m.img", "size": "16M", "create": true },
@@ -21,18 +23,53 @@ cat > s.json <<'JSON'
   "exports": ["lin", "snap", "origin"] }
 JSON
 # dm-table only reads: a writing command makes the files, the pool and the volume.
-"$THINSTACK" flush s.json lin || fail "flush"
-"$THINSTACK" dm-table s.json > t.txt || fail "dm-table"
+"$THINSTACK" flush s.json lin > /dev/null || fail "create the stack"
+set +e
+"$THINSTACK" dm-table s.json > t.txt 2> err.txt; st=$?
+set -e
+[ $st = 1 ] || fail "unbound leaves: status $st"
+[ ! -s t.txt ] || fail "printed without bindings: $(cat t.txt)"
+for l in meta data base cow extra; do grep -q "$l (file, " err.txt || fail "leaf $l not named: $(cat err.txt)"; done
+! grep -q '<' err.txt || fail "placeholder: $(cat err.txt)"
+set +e
+"$THINSTACK" dm-table s.json --device nosuch=/dev/x > /dev/null 2> err.txt; st=$?
+set -e
+[ $st = 2 ] && grep -q 'no layer named "nosuch"' err.txt || fail "unknown layer bound: $st $(cat err.txt)"
+B=(--device meta=/dev/M --device data=/dev/D --device base=/dev/B --device=cow=/dev/C --device extra=/dev/E)
+"$THINSTACK" dm-table s.json "${B[@]}" > t.txt || fail "dm-table"
 cat t.txt
 expect() { grep -qE -- "$1" t.txt || fail "missing line: $1"; }
-expect '^pool: 0 524288 thin-pool <meta> <data> 256 [0-9]+'
-expect '^vm0: 0 262144 thin <pool> 7$'
-expect '^enc: 0 262144 crypt aes-xts-plain64 :64:logon:[^ ]+ 0 <vm0> 0( [0-9]+ .*allow_discards.*)?$'
-expect '^origin: 0 65536 snapshot-origin <base>$'
-expect '^snap: 0 65536 snapshot <base> <cow> P 16$'
-expect '^lin: 0 260096 linear <enc> 2048$'
-expect '^260096 65536 linear <extra> 0$'
-expect '^# meta \(file\): no kernel device-mapper equivalent'
+expect "^keyctl padd logon thinstack:enc @u < '$TMP/k.key'\$"
+expect "^dmsetup create pool --table '0 524288 thin-pool /dev/M /dev/D 256 [0-9]+ 1 error_if_no_space'\$"
+expect "^dmsetup create vm0 --table '0 262144 thin /dev/mapper/pool 7'\$"
+expect "^dmsetup create enc --table '0 262144 crypt aes-xts-plain64 :64:logon:thinstack:enc 0 /dev/mapper/vm0 0 1 allow_discards'\$"
+expect "^dmsetup create origin --table '0 65536 snapshot-origin /dev/B'\$"
+expect "^dmsetup create snap --table '0 65536 snapshot /dev/B /dev/C P 16'\$"
+expect "^printf '%s\\\\n' '0 260096 linear /dev/mapper/enc 2048' '260096 65536 linear /dev/E 0' \| dmsetup create lin\$"
+! grep -v '^keyctl' t.txt | grep -q '<' || fail "placeholder left"
+# The layers come children first, as dmsetup must create them.
+[ "$(grep -o 'create [a-z0-9]*' t.txt | cut -d' ' -f2 | tr '\n' ' ')" = "pool vm0 enc origin snap lin " ] || fail "order"
+"$THINSTACK" dm-table s.json "${B[@]}" --concise > c.txt 2> ck.txt || fail "concise"
+[ "$(wc -l < c.txt)" = 1 ] || fail "concise is not one line: $(cat c.txt)"
+grep -qx "pool,,,rw,0 524288 thin-pool /dev/M /dev/D 256 [0-9]* 1 error_if_no_space;vm0,,,rw,0 262144 thin /dev/mapper/pool 7;.*;lin,,,rw,0 260096 linear /dev/mapper/enc 2048,260096 65536 linear /dev/E 0" c.txt || fail "concise: $(cat c.txt)"
+grep -qx "keyctl padd logon thinstack:enc @u < '$TMP/k.key'" ck.txt || fail "concise key command: $(cat ck.txt)"
+# out_of_space: queue is the kernel's default, so the pool line has no feature for it.
+sed -i 's/"block_size": "128K", "create": true/"block_size": "128K", "out_of_space": "queue"/' s.json
+"$THINSTACK" dm-table s.json "${B[@]}" | grep -q "thin-pool /dev/M /dev/D 256 [0-9]* 0'$" || fail "queue policy"
+# A kernel layer over a plain file has no dm device of its own: it is a
+# leaf to bind, not /dev/mapper/kf.
+truncate -s 8M kf.img
+cat > kf.json <<'JSON'
+{ "version": 1, "layers": {
+  "kf": { "type": "kernel", "path": "kf.img" },
+  "kl": { "type": "linear", "segments": [ { "child": "kf" } ] } } }
+JSON
+set +e
+"$THINSTACK" dm-table kf.json > /dev/null 2> err.txt; st=$?
+set -e
+[ $st = 1 ] && grep -q 'kf (kernel, 8388608 bytes)' err.txt || fail "kernel over a file: $st $(cat err.txt)"
+"$THINSTACK" dm-table kf.json --device kf=/dev/loop9 | grep -qx "dmsetup create kl --table '0 16384 linear /dev/loop9 0'" \
+  || fail "kernel over a file, bound"
 key=$(xxd -p -c 128 k.key 2>/dev/null || od -An -tx1 -v k.key | tr -d ' \n')
-! grep -qi "${key:0:16}" t.txt || fail "the key appears in dm-table output"
+! grep -qi "${key:0:16}" t.txt c.txt ck.txt || fail "the key appears in dm-table output"
 echo "dm_table: ok"

@@ -59,7 +59,7 @@ cmp -s data.bin back.bin || fail "a refused provision changed the data"
 after=$(( $(stat -c %b disk.img) * 512 ))
 [ $(( after - before )) -ge $((16 << 20)) ] || fail "emulated provision grew disk.img by $(( after - before ))"
 
-"$THINSTACK" dm-table auto.json | grep -Eq "^k: 0 131072 linear [0-9]+:[0-9]+ 0$" || fail "dm-table"
+"$THINSTACK" dm-table auto.json | grep -Eq "^dmsetup create k --table '0 131072 linear [0-9]+:[0-9]+ 0'$" || fail "dm-table"
 "$THINSTACK" bench kernel --size 4M > bench.txt
 grep "provision (\"emulate\")" bench.txt | grep -q "[0-9]x " || fail "bench: $(cat bench.txt)"
 echo "kernel cli: ok"

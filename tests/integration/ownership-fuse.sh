@@ -33,8 +33,8 @@ sync -f "$FS"
 # Every second user of the stack is refused, naming file and holder.
 expect_busy "$HOLDER" thinstack-fuse "$THINSTACK" provision "$CONFIG" vm0 100M 10M
 # thin create opens its pool its own way and prints the message without the
-# errno's name; today's syntax, one line to change with the command.
-expect_busy_msg "$HOLDER" thinstack-fuse "$THINSTACK" thin create "$CONFIG" pool 5
+# errno's name.
+expect_busy_msg "$HOLDER" thinstack-fuse "$THINSTACK" thin create "$CONFIG" vm5 --size 16M --pool pool
 expect_busy "$HOLDER" thinstack-fuse "$THINSTACK" info "$CONFIG"
 expect_busy "$HOLDER" thinstack-fuse "$THINSTACK" check "$TMP/meta.img"
 "$THINSTACK" dump -U "$TMP/meta.img" -o "$TMP/pool.xml" 2>"$TMP/err" || fail "dump -U: $(cat "$TMP/err")"

@@ -22,8 +22,8 @@ qemu-io -f raw -c "write -P 0x5a 0 4M" "$URI" >/dev/null || fail "qemu-io write 
 
 expect_busy "$HOLDER" nbdkit "$THINSTACK" provision "$CONFIG" vm0 32M 8M
 # thin create opens its pool its own way and prints the message without the
-# errno's name; today's syntax, one line to change with the command.
-expect_busy_msg "$HOLDER" nbdkit "$THINSTACK" thin create "$CONFIG" pool 5
+# errno's name.
+expect_busy_msg "$HOLDER" nbdkit "$THINSTACK" thin create "$CONFIG" vm5 --size 16M --pool pool
 expect_busy "$HOLDER" nbdkit "$THINSTACK" write "$CONFIG" vm0 8M -i "$TMP/chunk"
 mkdir -p "$TMP/mnt"
 expect_busy_msg "$HOLDER" nbdkit timeout 20 "$FUSE_BIN" "$CONFIG" "$TMP/mnt" -f

@@ -74,6 +74,14 @@ START_TEST(layout_and_order)
   ck_assert_int_eq(ts_discard(lw, 65536, 65536), 0);
   ck_assert_int_eq(ts_flush(lw), 0);
   ck_assert_int_eq(ts_dev_message(lw, "mark after-flush", &err), 0);
+  /* A mark right after an unflushed write comes before it, as in the kernel. */
+  unsigned char c[512];
+  ts_test_pattern(c, sizeof c, 3);
+  ck_assert_int_eq(ts_pwrite(lw, c, sizeof c, 0, 0), 0);
+  ck_assert_int_eq(ts_dev_message(lw, "mark unflushed", &err), 0);
+  char *wst = ts_dev_status_json(lw);
+  ck_assert_msg(strstr(wst, "\"waiting_for_flush\": 1"), "%s", wst);
+  free(wst);
   ck_assert_int_eq(ts_dev_message(lw, "frob", &err), -EINVAL);
   ck_assert_msg(strstr(err.msg, "mark NAME"), "%s", err.msg);
   ck_assert_int_eq(ts_dev_message(ts_stack_node(s, "d"), "mark x", &err), -EOPNOTSUPP);
@@ -100,12 +108,16 @@ START_TEST(layout_and_order)
   ck_assert_uint_eq(ts__le64(log + 8), 1);
   ck_assert_uint_eq(log[24] | log[25] << 8, 512);
   const unsigned char zeroes[1024] = { 0 };
+  /* Plain writes and discards wait for the flush after them; FUA writes
+   * and marks are logged at once. */
   const struct want want[] = {
-    { 16, 8, 0, a, NULL },          /* 4K at 8192 */
-    { 1, 2, 2, b, NULL },           /* FUA */
+    { 1, 2, 2, b, NULL },           /* FUA, though it completed second */
+    { 16, 8, 0, a, NULL },          /* 4K at 8192, logged by the flush */
     { 128, 128, 4, NULL, NULL },    /* discard: no data */
     { 0, 0, 1, NULL, NULL },        /* flush */
     { 0, 0, 8, NULL, "after-flush" },
+    { 0, 0, 8, NULL, "unflushed" }, /* before the write it follows */
+    { 0, 1, 0, c, NULL },
     { 16, 2, 0, zeroes, NULL },     /* the emulated write-zeroes */
     { 0, 0, 1, NULL, NULL },        /* the flush of the close */
     { 0, 0, 8, NULL, "dm-log-writes-end" },
@@ -162,9 +174,12 @@ START_TEST(full_log_stops_logging)
   ts_test_pattern(a, sizeof a, 3);
   ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 0, 0), 0);
   ck_assert_int_eq(full_events, 0);
-  ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 4096, 0), 0); /* still succeeds */
+  ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 4096, 0), 0);
+  ck_assert_int_eq(full_events, 0); /* both wait for a flush */
+  ck_assert_int_eq(ts_flush(lw), 0); /* still succeeds */
   ck_assert_int_eq(full_events, 1);
   ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 8192, 0), 0);
+  ck_assert_int_eq(ts_flush(lw), 0);
   ck_assert_int_eq(full_events, 1); /* once */
   char *st = ts_dev_status_json(lw);
   ck_assert_msg(strstr(st, "\"logging\": false") && strstr(st, "log full"), "%s", st);
@@ -179,6 +194,48 @@ START_TEST(full_log_stops_logging)
   free(log);
   free(json);
   free(d);
+}
+END_TEST
+
+/* A flush the child fails covers nothing: the writes before it wait, in
+ * their order, for the next flush that succeeds. */
+START_TEST(failed_flush_keeps_writes_waiting)
+{
+  const char *json = "{ \"version\": 1, \"layers\": {"
+                     " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\", \"create\": true },"
+                     " \"d\": { \"type\": \"fault\", \"child\": \"f\","
+                     "   \"rules\": [ { \"op\": \"flush\", \"action\": \"error\", \"errno\": \"EIO\", \"count\": 1 } ] },"
+                     " \"log\": { \"type\": \"file\", \"path\": \"log.img\", \"size\": \"1M\", \"create\": true },"
+                     " \"lw\": { \"type\": \"log-writes\", \"child\": \"d\", \"log\": \"log\" } },"
+                     " \"exports\": [\"lw\"] }";
+  ts_stack *s = ts_test_open(dir, json);
+  ts_dev *lw = ts_stack_dev(s, "lw");
+  ts_error err = { 0 };
+  unsigned char a[512], b[512];
+  ts_test_pattern(a, sizeof a, 4);
+  ts_test_pattern(b, sizeof b, 5);
+  ck_assert_int_eq(ts_pwrite(lw, a, sizeof a, 0, 0), 0);
+  ck_assert_int_eq(ts_flush(lw), -EIO);
+  ck_assert_int_eq(ts_pwrite(lw, b, sizeof b, 512, 0), 0);
+  char *st = ts_dev_status_json(lw);
+  ck_assert_msg(strstr(st, "\"waiting_for_flush\": 2") && strstr(st, "\"entries\": 0"), "%s", st);
+  free(st);
+  ck_assert_int_eq(ts_flush(lw), 0);
+  ck_assert_int_eq(ts_stack_close(s, &err), 0);
+  size_t len;
+  unsigned char *log = slurp("log.img", &len);
+  /* a, b, the flush, the flush of the close, the end mark */
+  ck_assert_uint_eq(ts__le64(log + 16), 5);
+  const unsigned char *e = log + 512;
+  ck_assert_uint_eq(ts__le64(e), 0);
+  ck_assert_uint_eq(ts__le64(e + 16), 0);
+  ck_assert(memcmp(e + 512, a, 512) == 0);
+  e += 1024;
+  ck_assert_uint_eq(ts__le64(e), 1);
+  ck_assert(memcmp(e + 512, b, 512) == 0);
+  e += 1024;
+  ck_assert_uint_eq(ts__le64(e + 16), 1);
+  free(log);
 }
 END_TEST
 
@@ -208,6 +265,7 @@ int main(void)
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, layout_and_order);
   tcase_add_test(tc, full_log_stops_logging);
+  tcase_add_test(tc, failed_flush_keeps_writes_waiting);
   tcase_add_test(tc, bad_configs);
   suite_add_tcase(s, tc);
   return ts_test_main(s);

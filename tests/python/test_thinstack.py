@@ -372,7 +372,11 @@ def test_message(config):
         raises_errno(errno.EOPNOTSUPP, s.node("d").message, "mark x")
     with open(os.path.join(os.path.dirname(cfg), "log.img"), "rb") as f:
         log = f.read()
-    # super block, the write's entry and 8 data blocks, then the mark's entry
-    mark = log[512 * 10:512 * 11]
+    # super block, then the mark: it is logged at once, the unflushed write
+    # only when the close flushes
+    mark = log[512:1024]
     assert int.from_bytes(mark[16:24], "little") == 8            # MARK
     assert mark[32:32 + len(b"written")] == b"written"
+    write = log[1024:1536]
+    assert int.from_bytes(write[8:16], "little") == 8            # 8 sectors
+    assert int.from_bytes(write[16:24], "little") == 0           # a plain write

@@ -22,6 +22,7 @@ static void setup(void)
   ts_test_pattern(k, sizeof k, 99);
   ck_assert_uint_eq(fwrite(k, 1, sizeof k, f), sizeof k);
   fclose(f);
+  chmod(key, 0600); /* a key file others can read is refused */
   free(key);
 }
 

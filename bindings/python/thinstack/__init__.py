@@ -242,6 +242,39 @@ if _HAVE_THIN:
     _pool_release_metadata_snap = _fn("ts_pool_release_metadata_snap", _c_int, _P, _ERRP)
 
 
+class _VolumeInfo(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char * 256), ("pool", ctypes.c_char * 256),
+                ("origin", ctypes.c_char * 256), ("id", ctypes.c_uint32),
+                ("in_pool", ctypes.c_bool), ("open", ctypes.c_bool), ("size", ctypes.c_uint64),
+                ("mapped_bytes", ctypes.c_uint64), ("provisioned_bytes", ctypes.c_uint64),
+                ("highest_mapped", ctypes.c_uint64)]
+
+
+# The volume lifecycle (pool and configuration together), where the library has it.
+_HAVE_VOLUMES = _HAVE_THIN and hasattr(_lib, "ts_volume_create")
+if _HAVE_VOLUMES:
+    _U32P = ctypes.POINTER(ctypes.c_uint32)
+    _set_config_path = _fn("ts_stack_set_config_path", _c_int, _P, ctypes.c_char_p, _ERRP)
+    _config_path = _fn("ts_stack_config_path", ctypes.c_char_p, _P)
+    _volume_create = _fn("ts_volume_create", _c_int, _P, ctypes.c_char_p, ctypes.c_char_p, _u64,
+                         ctypes.c_uint32, ctypes.c_uint32, _U32P, _ERRP)
+    _volume_snapshot = _fn("ts_volume_snapshot", _c_int, _P, ctypes.c_char_p, ctypes.c_char_p,
+                           ctypes.c_uint32, _U32P, _ERRP)
+    _volume_delete = _fn("ts_volume_delete", _c_int, _P, ctypes.c_char_p, _ERRP)
+    _volume_delete_id = _fn("ts_volume_delete_id", _c_int, _P, ctypes.c_char_p, ctypes.c_uint32,
+                            _ERRP)
+    _volume_resize = _fn("ts_volume_resize", _c_int, _P, ctypes.c_char_p, _u64, ctypes.c_uint32,
+                         _ERRP)
+    _stack_pool_extend = _fn("ts_stack_pool_extend", _c_int, _P, ctypes.c_char_p, _u64,
+                             ctypes.c_uint32, _ERRP)
+    _volume_list = _fn("ts_volume_list", _c_int, _P, ctypes.c_char_p, ctypes.POINTER(_VolumeInfo),
+                       ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), _ERRP)
+_VOLUME_ANY_ID = 0xFFFFFFFF
+_VOLUME_EXPORT = 1
+_VOLUME_DISCARD_BEYOND = 2
+_POOL_EXTEND_METADATA = 1
+
+
 class _CheckResult(ctypes.Structure):
     _fields_ = [(f, ctypes.c_uint64) for f in (
                     "errors", "warnings", "nr_devices", "nr_mappings", "metadata_blocks_used",
@@ -560,6 +593,97 @@ class Stack:
         h = self._handle()
         return [self._wrap(_stack_node_at(h, i)) for i in range(_stack_nnodes(h))]
 
+    # The volume lifecycle: the pool changes (committed), then the
+    # configuration file is rewritten atomically (ts_volume_* in thin.h).
+
+    def _vcall(self, fn, *args):
+        if not _HAVE_VOLUMES:
+            raise ThinstackError(_errno.EOPNOTSUPP, "the library has no volume lifecycle calls")
+        err = _Error()
+        r = fn(self._handle(), *args, ctypes.byref(err))
+        if r:
+            raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+
+    @property
+    def config_path(self) -> Optional[str]:
+        """The configuration file the lifecycle calls rewrite (the file the
+        stack was opened from, or the one set), or None."""
+        if not _HAVE_VOLUMES:
+            return None
+        p = _config_path(self._handle())
+        return p.decode() if p else None
+
+    def set_config_path(self, path: Optional[str]) -> None:
+        """Name the file a stack opened from a string stands for; None forgets it."""
+        self._vcall(_set_config_path, os.fsencode(path) if path is not None else None)
+
+    def create_volume(self, name: str, size: int, pool: Optional[str] = None,
+                      id: Optional[int] = None, export: bool = False) -> int:
+        """Create an empty volume in `pool` (None: the only pool) and its
+        `thin` layer `name`; returns the id (the lowest free one unless
+        given). EEXIST name or id taken, EINVAL bad size or id."""
+        _check_uint("size", size)
+        if id is not None:
+            _check_uint("id", id)
+            if id >= 1 << 32:
+                raise ThinstackError(_errno.EINVAL, "id %d is out of range" % id)
+        out = ctypes.c_uint32(0)
+        self._vcall(_volume_create, pool.encode() if pool else None, name.encode(), size,
+                    _VOLUME_ANY_ID if id is None else id, _VOLUME_EXPORT if export else 0,
+                    ctypes.byref(out))
+        return out.value
+
+    def snapshot(self, origin: str, name: str, export: bool = False) -> int:
+        """Snapshot layer `origin`'s volume as a new layer `name` (recording
+        "origin"); returns the new id. ENOENT no such layer."""
+        out = ctypes.c_uint32(0)
+        self._vcall(_volume_snapshot, origin.encode(), name.encode(),
+                    _VOLUME_EXPORT if export else 0, ctypes.byref(out))
+        return out.value
+
+    def delete_volume(self, name: Optional[str] = None, pool: Optional[str] = None,
+                      id: Optional[int] = None) -> None:
+        """Delete layer `name`'s volume and the layer; or, with `id`, a
+        volume of `pool` that no layer names. EBUSY open or in use."""
+        if (name is None) == (id is None):
+            raise ThinstackError(_errno.EINVAL, "give a layer name or a volume id")
+        if name is not None:
+            self._vcall(_volume_delete, name.encode())
+        else:
+            _check_uint("id", id)
+            if id >= 1 << 32:
+                raise ThinstackError(_errno.EINVAL, "id %d is out of range" % id)
+            self._vcall(_volume_delete_id, pool.encode() if pool else None, id)
+
+    def resize_volume(self, name: str, size: int, discard_beyond: bool = False) -> None:
+        """Set layer `name`'s volume size: grow (live when open), or shrink,
+        which ENOTEMPTY refuses over mapped blocks unless discard_beyond."""
+        _check_uint("size", size)
+        self._vcall(_volume_resize, name.encode(), size,
+                    _VOLUME_DISCARD_BEYOND if discard_beyond else 0)
+
+    def extend_pool(self, pool: Optional[str], size: int, metadata: bool = False) -> None:
+        """Grow `pool`'s data (or metadata) space to `size` bytes, its file
+        and the configuration's size of it together."""
+        _check_uint("size", size)
+        self._vcall(_stack_pool_extend, pool.encode() if pool else None, size,
+                    _POOL_EXTEND_METADATA if metadata else 0)
+
+    def volumes(self, pool: Optional[str] = None) -> List["VolumeInfo"]:
+        """The volumes of `pool` (None: every pool), pool and configuration
+        side by side: a volume no layer names has name None; a layer whose
+        volume is missing has in_pool False."""
+        count = ctypes.c_size_t(0)
+        while True:
+            cap = count.value
+            arr = (_VolumeInfo * max(cap, 1))()
+            self._vcall(_volume_list, pool.encode() if pool else None, arr, cap, ctypes.byref(count))
+            if count.value <= cap:
+                return [VolumeInfo(v.name.decode() or None, v.pool.decode(), v.origin.decode() or None,
+                                   v.id, v.in_pool, v.open, v.size, v.mapped_bytes,
+                                   v.provisioned_bytes, v.highest_mapped)
+                        for v in arr[:count.value]]
+
 
 # --------------------------------------------------------------------------
 # Devices
@@ -793,6 +917,21 @@ class ThinInfo:
     snapshotted_time: int
     open: bool
     size: int
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One volume as the pool and the configuration see it (ts_volume_info)."""
+    name: Optional[str]
+    pool: str
+    origin: Optional[str]
+    id: int
+    in_pool: bool
+    open: bool
+    size: int
+    mapped_bytes: int
+    provisioned_bytes: int
+    highest_mapped: int
 
 
 @dataclass(frozen=True)

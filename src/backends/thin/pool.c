@@ -24,6 +24,7 @@
  */
 #include "backends/thin/thin-internal.h"
 #include "core/array.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -372,6 +373,11 @@ static int commit_failed(struct tp_pool *p, int r)
 static int commit_txn_locked(struct tp_pool *p, bool *freed)
 {
   *freed = false;
+  /* Once a commit failed, every later one reports what made it fail (an
+   * ENOSPC stays ENOSPC through close), not the refusal that follows. */
+  int f = atomic_load(&p->failed);
+  if (f)
+    return f == -EROFS ? -EIO : f;
   int r = ts_flush(p->data);
   if (r || !atomic_load(&p->dirty))
     return r;
@@ -443,9 +449,13 @@ int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bo
   pthread_rwlock_unlock(&p->lock);
   if (!exists) {
     if (!create) {
-      r = ts_layer_error(l, err, -ENOENT, "id",
-                         "pool \"%s\" has no volume %u (set \"create\": true to create it)",
-                         ts_dev_name(p->layer), id);
+      const char *cfg = l->stack->config_path ? l->stack->config_path : "CONFIG";
+      r = ts_layer_error(
+          l, err, -ENOENT, "id",
+          "pool \"%s\" has no volume %u (as after a `thin delete` that did not finish:"
+          " `thinstack thin delete %s %s` removes the layer; \"create\": true makes"
+          " an empty volume instead)",
+          ts_dev_name(p->layer), id, cfg, ts_dev_name(l));
       goto out;
     }
     if (p->read_only) {
@@ -541,6 +551,27 @@ static int md_error(ts_layer *l, ts_error *err, int r, const char *key, const ch
   return ts_layer_error(l, err, r, key, "%s: %s", what, msg);
 }
 
+/* Reserve the metadata layer's first `bytes` on the host (PROVISION; a file
+ * layer turns it into fallocate), so a commit never meets ENOSPC from a
+ * sparse file on a full file system: the pool's own space maps are the only
+ * place metadata can run out. -ENOSPC when the space is not there; a layer
+ * that cannot provision (a device, a file system without fallocate) gets
+ * an event instead, since its blocks may well exist already. */
+static int reserve_metadata(struct tp_pool *p, uint64_t bytes)
+{
+  const ts_limits *ml = ts_dev_limits(p->meta);
+  int r = ts_limits_cap(ml, TS_OP_PROVISION) == TS_CAP_NONE ? -EOPNOTSUPP
+                                                            : ts_provision(p->meta, 0, bytes);
+  if (r == -EOPNOTSUPP) {
+    ts_layer_event(p->layer, "metadata-not-preallocated",
+                   "layer \"%s\" cannot provision: its metadata space is not reserved on the "
+                   "host, so a commit may still fail for lack of space there",
+                   ts_dev_name(p->meta));
+    return 0;
+  }
+  return r;
+}
+
 static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
 {
   ts_layer *meta = ts_layer_child(l, ts_param_string(params, "metadata", ""));
@@ -588,6 +619,7 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
   p->passdown = ts_param_bool(params, "discard_passdown", true);
   p->zero_new = ts_param_bool(params, "zero_new_blocks", true);
   p->read_only = ro;
+  p->config_read_only = ts_param_bool(params, "read_only", false);
   p->data_discard = ts_limits_cap(dl, TS_OP_DISCARD) != TS_CAP_NONE;
   p->data_provision = ts_limits_cap(dl, TS_OP_PROVISION) != TS_CAP_NONE;
   rwlock_init_writer_pref(&p->txn);
@@ -621,6 +653,13 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
       goto fail;
     }
     ts_error_clear(err);
+    uint64_t msize = ml->size < TMD_MAX_METADATA_BLOCKS * 4096 ? ml->size
+                                                               : TMD_MAX_METADATA_BLOCKS * 4096;
+    if ((r = reserve_metadata(p, msize - msize % 4096))) {
+      r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                         (unsigned long long)(msize - msize % 4096), ts_dev_name(meta), ts_strerror(r));
+      goto fail;
+    }
     r = tmd_format(&p->bdev, (uint32_t)(bs / 512), nblocks, &cfg, &p->md, err);
     if (r) {
       r = md_error(l, err, r, "metadata", "cannot format the pool metadata");
@@ -667,6 +706,11 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
     if (mblocks > TMD_MAX_METADATA_BLOCKS)
       mblocks = TMD_MAX_METADATA_BLOCKS;
     if (mblocks > tmd_metadata_nr_blocks(p->md) && !ro) {
+      if ((r = reserve_metadata(p, mblocks * 4096))) {
+        r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                           (unsigned long long)(mblocks * 4096), ts_dev_name(meta), ts_strerror(r));
+        goto fail;
+      }
       if ((r = tmd_resize_metadata(p->md, mblocks))) {
         r = ts_layer_error(l, err, r, "metadata", "cannot grow the metadata space to %llu blocks: %s",
                            (unsigned long long)mblocks, ts_strerror(r));
@@ -809,8 +853,11 @@ static char *pool_dm_table(ts_layer *l)
     feat[nf++] = "skip_block_zeroing";
   if (!p->passdown)
     feat[nf++] = "no_discard_passdown";
-  if (p->read_only)
+  /* The kernel pool is read-only as configured, not because this stack
+   * happened to be opened read-only to print the table. */
+  if (p->config_read_only)
     feat[nf++] = "read_only";
+  /* The kernel queues by default; our default is to fail at once. */
   if (!p->queue)
     feat[nf++] = "error_if_no_space";
   char *buf = NULL;
@@ -862,16 +909,22 @@ static int mgmt_writable(struct tp_pool *p, ts_error *err)
     return ts_layer_error(p->layer, err, -EROFS, NULL, "the pool is read-only");
   int f = atomic_load(&p->failed);
   if (f)
-    return ts_layer_error(p->layer, err, -EIO, NULL, "a metadata commit failed (%s): the pool refuses changes",
-                          ts_strerror(f));
+    return ts_layer_error(p->layer, err, f == -EROFS ? -EIO : f, NULL,
+                          "a metadata commit failed (%s): the pool refuses changes", ts_strerror(f));
   return 0;
 }
 
+/* A change is made only once it is committed: a failed commit leaves the
+ * pool at its last commit (and refusing changes), so the message says the
+ * change was not made, with the errno that stopped it. */
 static int mgmt_commit(struct tp_pool *p, ts_error *err, const char *what)
 {
   int r = tp_commit(p);
   if (r)
-    return ts_layer_error(p->layer, err, r, NULL, "%s, but the commit failed: %s", what, ts_strerror(r));
+    return ts_layer_error(p->layer, err, r, NULL,
+                          "cannot %s: the metadata commit failed: %s (%s); the pool keeps its last"
+                          " commit and refuses changes until it is opened again",
+                          what, ts_strerror(r), ts_err_name(r));
   return 0;
 }
 
@@ -903,7 +956,9 @@ int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot create volume %u: %s%s", id, ts_strerror(r),
                           r == -ENOSPC ? MD_FULL_HINT : "");
-  return mgmt_commit(p, err, "volume created");
+  char what[64];
+  snprintf(what, sizeof what, "create volume %u", id);
+  return mgmt_commit(p, err, what);
 }
 
 int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error *err)
@@ -930,7 +985,9 @@ int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error 
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot snapshot volume %u as %u: %s%s", origin_id, id,
                           ts_strerror(r), r == -ENOSPC ? MD_FULL_HINT : "");
-  return mgmt_commit(p, err, "snapshot created");
+  char what[64];
+  snprintf(what, sizeof what, "snapshot volume %u as %u", origin_id, id);
+  return mgmt_commit(p, err, what);
 }
 
 static int delete_freed(void *arg, uint64_t d, uint64_t n)
@@ -983,7 +1040,9 @@ int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err)
     return ts_layer_error(p->layer, err, r, NULL, "no volume %u", id);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot delete volume %u: %s", id, ts_strerror(r));
-  return mgmt_commit(p, err, "volume deleted");
+  char what[64];
+  snprintf(what, sizeof what, "delete volume %u", id);
+  return mgmt_commit(p, err, what);
 }
 
 int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *count, ts_error *err)
@@ -1093,6 +1152,9 @@ static int grow_space(struct tp_pool *p, const struct space *sp, uint64_t new_si
       char msg[sizeof err->msg];
       snprintf(msg, sizeof msg, "%s", err && err->msg[0] ? err->msg : ts_strerror(r));
       r = ts_layer_error(p->layer, err, r, sp->name, "cannot grow the %s layer: %s", sp->name, msg);
+    } else if (sp->layer == p->meta && (r = reserve_metadata(p, new_size))) {
+      r = ts_layer_error(p->layer, err, r, sp->name, "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                         (unsigned long long)new_size, ts_dev_name(p->meta), ts_strerror(r));
     } else if ((r = sp->resize(p->md, nb))) {
       r = ts_layer_error(p->layer, err, r, NULL, "cannot grow the %s space map to %llu blocks: %s%s",
                          sp->name, (unsigned long long)nb, ts_strerror(r),
@@ -1108,7 +1170,7 @@ static int grow_space(struct tp_pool *p, const struct space *sp, uint64_t new_si
   if (r || nb == cur)
     return r;
   char what[64];
-  snprintf(what, sizeof what, "%s space grown", sp->name);
+  snprintf(what, sizeof what, "grow the %s space", sp->name);
   r = mgmt_commit(p, err, what);
   space_appeared(p);
   return r;
@@ -1155,7 +1217,7 @@ int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_i
                           (unsigned long long)have, (unsigned long long)current_id);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot set the transaction id: %s", ts_strerror(r));
-  return mgmt_commit(p, err, "transaction id set");
+  return mgmt_commit(p, err, "set the transaction id");
 }
 
 int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err)
@@ -1207,5 +1269,91 @@ int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err)
     return ts_layer_error(p->layer, err, r, NULL, "no metadata snapshot is held");
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot release the metadata snapshot: %s", ts_strerror(r));
-  return mgmt_commit(p, err, "metadata snapshot released");
+  return mgmt_commit(p, err, "release the metadata snapshot");
+}
+
+/* ------------------------------------------------------------------------ */
+/* For the lifecycle calls (volumes.c)                                       */
+
+int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err)
+{
+  int r = mgmt_writable(p, err);
+  if (r)
+    return r;
+  pthread_mutex_lock(&p->vol_mu);
+  struct tp_vol *v = vol_find(p, id);
+  if (v) {
+    r = ts_layer_error(p->layer, err, -EBUSY, NULL, "volume %u is open as layer \"%s\"", id,
+                       ts_dev_name(v->layer));
+    pthread_mutex_unlock(&p->vol_mu);
+    return r;
+  }
+  uint64_t hi = 0, removed = 0;
+  pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  r = tmd_highest_mapped(p->md, id, &hi);
+  if (r == 0 && hi >= from) {
+    r = tmd_remove_range(p->md, id, from, hi + 1, 0, delete_freed, p, &removed);
+    tp_changed(p);
+  } else if (r == -ENODATA) {
+    r = 0;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  pthread_mutex_unlock(&p->vol_mu);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL,
+                          "cannot unmap the blocks of volume %u from block %llu: %s", id,
+                          (unsigned long long)from, ts_strerror(r));
+  if (!removed)
+    return 0;
+  char what[96];
+  snprintf(what, sizeof what, "unmap %llu blocks of volume %u", (unsigned long long)removed, id);
+  return mgmt_commit(p, err, what);
+}
+
+struct usage {
+  struct tp_pool *p;
+  uint64_t zero;
+};
+
+static int usage_run(void *arg, const struct tmd_run *run)
+{
+  struct usage *u = arg;
+  ts_extent_list l = { 0 };
+  uint64_t bs = u->p->bs;
+  if (ts_block_status(u->p->data, run->dbegin * bs, run->len * bs, &l) == 0)
+    for (size_t i = 0; i < l.n; i++)
+      if (l.v[i].flags & TS_EXTENT_ZERO)
+        u->zero += l.v[i].length;
+  ts_extent_list_free(&l);
+  return 0;
+}
+
+int tp_vol_usage(struct tp_pool *p, uint32_t id, uint64_t *mapped, uint64_t *zero, uint64_t *end)
+{
+  struct tmd_dev_info di;
+  struct usage u = { p, 0 };
+  uint64_t hi = 0;
+  *mapped = *zero = *end = 0;
+  pthread_rwlock_rdlock(&p->lock);
+  int r = tmd_dev_info(p->md, id, &di);
+  if (!r && tmd_highest_mapped(p->md, id, &hi) == 0) {
+    *mapped = di.mapped_blocks * p->bs;
+    *end = (hi + 1) * p->bs;
+    r = tmd_lookup_range(p->md, id, 0, hi + 1, usage_run, &u);
+    *zero = u.zero;
+  }
+  pthread_rwlock_unlock(&p->lock);
+  return r;
+}
+
+uint64_t tp_block_size(const struct tp_pool *p) { return p->bs; }
+
+bool tp_has_volume(struct tp_pool *p, uint32_t id)
+{
+  pthread_rwlock_rdlock(&p->lock);
+  bool e = tmd_dev_exists(p->md, id);
+  pthread_rwlock_unlock(&p->lock);
+  return e;
 }

@@ -63,6 +63,7 @@ struct tp_pool {
   double queue_timeout;     /* seconds; 0 = wait forever */
   double commit_interval;   /* seconds; 0 = commit only on flush and close */
   bool passdown, zero_new, read_only;
+  bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */
 
@@ -136,5 +137,14 @@ void tp_fire_events(struct tp_pool *p);
 int tp_wait_space(struct tp_pool *p, uint64_t gen, struct timespec *deadline);
 /* Tmd errors seen by the data path: a failed pool answers -EIO. */
 int tp_data_err(struct tp_pool *p, int r);
+
+/* For the lifecycle calls (volumes.c). Unmap every block of volume `id`
+ * (which must not be open) from virtual block `from` on, and commit. */
+int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err);
+/* Bytes mapped to volume `id`, those of them reading as zeroes on the data
+ * layer, and one past its last mapped byte. -ENODEV no such volume. */
+int tp_vol_usage(struct tp_pool *p, uint32_t id, uint64_t *mapped, uint64_t *zero, uint64_t *end);
+uint64_t tp_block_size(const struct tp_pool *p);
+bool tp_has_volume(struct tp_pool *p, uint32_t id);
 
 #endif

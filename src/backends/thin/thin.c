@@ -48,6 +48,8 @@ static const ts_param thin_params[] = {
   { "id", TS_PARAM_UINT, TS_PARAM_REQUIRED, NULL, NULL, "the volume's id in the pool (0..16777215)" },
   { "size", TS_PARAM_SIZE, TS_PARAM_REQUIRED, NULL, NULL, "the volume's size (dm-thin does not store it)" },
   { "create", TS_PARAM_BOOL, 0, NULL, NULL, "create the volume in the pool when it does not exist" },
+  { "origin", TS_PARAM_STRING, 0, NULL, NULL,
+    "the layer this volume was snapshotted from (recorded by `thin snap`; dm-thin keeps no parentage)" },
   { NULL, 0, 0, NULL, NULL, NULL },
 };
 
@@ -57,13 +59,22 @@ static const ts_param thin_params[] = {
 struct runs {
   struct tmd_run *v;
   size_t n, cap;
+  size_t max;          /* stop the walk after this many runs; 0 = all */
   struct tmd_run inl[8];
 };
+
+/* Mapped runs one block status call reports at most: the core asks again
+ * from where it stopped, so a huge, fragmented volume costs bounded memory
+ * and time per call. */
+#define STATUS_MAX_RUNS 4096
+/* What runs_add returns to stop the walk once `max` runs are in. */
+#define RUNS_FULL 1
 
 static void runs_init(struct runs *r)
 {
   r->v = r->inl;
   r->n = 0;
+  r->max = 0;
   r->cap = sizeof r->inl / sizeof r->inl[0];
 }
 
@@ -77,6 +88,8 @@ static void runs_free(struct runs *r)
 static int runs_add(void *arg, const struct tmd_run *run)
 {
   struct runs *r = arg;
+  if (r->max && r->n == r->max)
+    return RUNS_FULL;
   struct tmd_run *v = ts__array_grow(r->v, &r->cap, r->n, sizeof *v, r->inl);
   if (!v)
     return -ENOMEM;
@@ -661,7 +674,39 @@ static int thin_open(ts_layer *l, const json_t *params, ts_error *err)
   int r = tp_vol_attach(p, l, (uint32_t)id, size, ts_param_bool(params, "create", false), &v, err);
   if (r)
     return r;
+  /* dm-thin does not store sizes, so a "size" edited below the data would
+   * silently hide it and a later grow would bring it back stale. */
+  uint64_t hi = 0;
+  pthread_rwlock_rdlock(&p->lock);
+  int h = tmd_highest_mapped(p->md, (uint32_t)id, &hi);
+  pthread_rwlock_unlock(&p->lock);
+  if (h == 0 && hi >= (size + p->bs - 1) / p->bs) {
+    char a[32], b[32];
+    ts_format_size(size, a, sizeof a);
+    ts_format_size((hi + 1) * p->bs, b, sizeof b);
+    const char *cfg = ts_dev_stack(l) && ts_stack_config_path(ts_dev_stack(l))
+                          ? ts_stack_config_path(ts_dev_stack(l)) : "CONFIG";
+    tp_vol_detach(v);
+    return ts_layer_error(l, err, -EINVAL, "size",
+                          "%s (%llu bytes) is below the data of volume %u: block %llu is mapped, so"
+                          " bytes up to %llu (%s) may hold data; set the size back, or shrink with"
+                          " `thinstack thin resize %s %s %s --discard-beyond`, which drops them",
+                          a, (unsigned long long)size, (unsigned)id, (unsigned long long)hi,
+                          (unsigned long long)((hi + 1) * p->bs), b, cfg, ts_dev_name(l), a);
+  }
   ts_layer_set_priv(l, v);
+  return 0;
+}
+
+/* Growing adds unmapped space: nothing to do in the pool (dm-thin keeps no
+ * size), so the volume just answers for more. */
+static int thin_grow(ts_layer *l, uint64_t new_size, ts_error *err)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  (void)err;
+  pthread_mutex_lock(&v->pool->vol_mu);
+  v->size = new_size;
+  pthread_mutex_unlock(&v->pool->vol_mu);
   return 0;
 }
 
@@ -735,7 +780,9 @@ static int thin_submit(ts_layer *l, const ts_io *io)
 }
 
 /* Mapped blocks are allocated; whether they read as zeroes (provisioned,
- * never written) is what the data layer says of their data blocks. */
+ * never written) is what the data layer says of their data blocks. The walk
+ * visits mapped keys only, so an unmapped stretch of any length is one hole;
+ * after STATUS_MAX_RUNS runs it stops and reports what it has. */
 static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct tp_vol *v = ts_layer_priv(l);
@@ -743,8 +790,12 @@ static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_
   uint64_t bs = p->bs, end = off + len;
   struct runs runs;
   runs_init(&runs);
+  runs.max = STATUS_MAX_RUNS;
   pthread_rwlock_rdlock(&p->lock);
-  int r = lookup(p, v->id, off / bs, (end + bs - 1) / bs, &runs);
+  int r = lookup(p, v->id, off / bs, end / bs + (end % bs != 0), &runs);
+  bool partial = r == RUNS_FULL;
+  if (partial)
+    r = 0;
   uint64_t pos = off;
   for (size_t i = 0; i < runs.n && !r; i++) {
     uint64_t rs = runs.v[i].vbegin * bs, re = (runs.v[i].vbegin + runs.v[i].len) * bs;
@@ -764,7 +815,8 @@ static int thin_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_
     ts_extent_list_free(&dl);
     pos = re;
   }
-  if (!r && pos < end)
+  /* A stopped walk covers up to its last run; the core asks for the rest. */
+  if (!r && pos < end && !(partial && runs.n))
     r = ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
   pthread_rwlock_unlock(&p->lock);
   runs_free(&runs);
@@ -802,6 +854,15 @@ static char *thin_dm_table(ts_layer *l)
   return s;
 }
 
+/* A volume grown since open (ts_dev_grow) dumps with its new size. */
+static int thin_config(ts_layer *l, json_t *params)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  if (!v || ts_param_size(params, "size", 0) == v->size)
+    return 0;
+  return json_object_set_new(params, "size", json_integer((json_int_t)v->size)) ? -ENOMEM : 0;
+}
+
 const ts_layer_type ts__thin_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "thin",
@@ -815,4 +876,6 @@ const ts_layer_type ts__thin_layer_type = {
   .block_status = thin_block_status,
   .status = thin_status,
   .dm_table = thin_dm_table,
+  .grow = thin_grow,
+  .config = thin_config,
 };
