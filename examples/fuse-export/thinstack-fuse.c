@@ -68,6 +68,8 @@ struct export {
 static struct tsf_state {
   const char *config;
   int page_cache;              /* set by fuse_opt_parse, hence int */
+  char *control;               /* -o control=PATH */
+  int no_control;              /* -o nocontrol */
   bool read_only;
   bool show_help;
   ts_stack *stack;
@@ -420,6 +422,8 @@ static bool allow_other;
 
 static const struct fuse_opt tsf_opts[] = {
   { "page_cache", offsetof(struct tsf_state, page_cache), 1 },
+  { "control=%s", offsetof(struct tsf_state, control), 0 },
+  { "nocontrol", offsetof(struct tsf_state, no_control), 1 },
   FUSE_OPT_KEY("ro", KEY_RO),
   FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_KEY("-h", KEY_HELP),
@@ -442,7 +446,10 @@ static void usage(FILE *f, const char *prog)
           "  -o page_cache     let the kernel cache file data (needed for mmap);\n"
           "                    the default is direct I/O\n"
           "  -o allow_other    let other users see the files (see fuse(8)); the kernel\n"
-          "                    then checks their permissions (default_permissions)\n",
+          "                    then checks their permissions (default_permissions)\n"
+          "  -o control=PATH   serve the stack's control socket at PATH (default:\n"
+          "                    CONFIG.ctl; `thinstack` commands on CONFIG go through it)\n"
+          "  -o nocontrol      serve no control socket\n",
           prog);
 }
 
@@ -489,6 +496,22 @@ static int open_stack(void)
   g.ex = calloc(g.nex, sizeof *g.ex);
   if (!g.ex)
     return -1;
+  if (!g.no_control) {
+    /* The default socket is a convenience: a folder we may not write only
+     * costs the live control. One asked for must work. */
+    char def[108];
+    const char *path = g.control;
+    if (!path && ts_ctl_default_path(g.config, def, sizeof def) == 0)
+      path = def;
+    r = path ? ts_ctl_listen(g.stack, path, &err) : -ENAMETOOLONG;
+    if (r && g.control) {
+      fprintf(stderr, "thinstack-fuse: %s\n", err.msg);
+      return -1;
+    }
+    if (r)
+      fprintf(stderr, "thinstack-fuse: warning: no control socket: %s\n",
+              err.msg[0] ? err.msg : ts_strerror(r));
+  }
   g.start_ns = now_ns();
   for (size_t i = 0; i < g.nex; i++) {
     struct export *e = &g.ex[i];

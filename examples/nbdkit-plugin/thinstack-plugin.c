@@ -30,6 +30,8 @@
 static char *config_path;
 static char *export_name;
 static bool open_read_only;
+static char *control_path;        /* control=PATH; NULL: CONFIG.ctl */
+static bool control_off;          /* control= (empty): none */
 static ts_stack *stack;
 static bd_dev *devs;              /* one per export of the stack, same order */
 static size_t ndevs;
@@ -63,7 +65,16 @@ static int tsp_config(const char *key, const char *value)
     open_read_only = b;
     return 0;
   }
-  nbdkit_error("unknown parameter '%s' (config=, export=, readonly=)", key);
+  if (strcmp(key, "control") == 0) {
+    free(control_path);
+    control_path = NULL;
+    control_off = !*value;
+    if (control_off)
+      return 0;
+    control_path = nbdkit_absolute_path(value);
+    return control_path ? 0 : -1;
+  }
+  nbdkit_error("unknown parameter '%s' (config=, export=, readonly=, control=)", key);
   return -1;
 }
 
@@ -116,6 +127,21 @@ static int tsp_after_fork(void)
     nbdkit_error("calloc: %m");
     return -1;
   }
+  if (!control_off) {
+    /* The default socket is a convenience (its folder may be read-only);
+     * one asked for must work. */
+    char def[108];
+    const char *path = control_path;
+    if (!path && ts_ctl_default_path(config_path, def, sizeof def) == 0)
+      path = def;
+    r = path ? ts_ctl_listen(stack, path, &err) : -ENAMETOOLONG;
+    if (r && control_path) {
+      nbdkit_error("%s", err.msg);
+      return -1;
+    }
+    if (r)
+      nbdkit_debug("no control socket: %s", err.msg[0] ? err.msg : ts_strerror(r));
+  }
   for (size_t i = 0; i < ndevs; i++) {
     r = bd_init(&devs[i], ts_stack_dev_at(stack, i));
     if (r) {
@@ -146,6 +172,7 @@ static void tsp_cleanup(void)
 static void tsp_unload(void)
 {
   free(config_path);
+  free(control_path);
   free(export_name);
 }
 
@@ -350,7 +377,9 @@ static struct nbdkit_plugin plugin = {
   .config_complete = tsp_config_complete,
   .config_help = "config=<FILE>     (required) the stack's JSON configuration\n"
                  "export=<NAME>     serve only this export (default: all, chosen by the client)\n"
-                 "readonly=<BOOL>   open the whole stack read-only",
+                 "readonly=<BOOL>   open the whole stack read-only\n"
+                 "control=<PATH>    serve the control socket at PATH (default CONFIG.ctl;\n"
+                 "                  control= with no value serves none)",
   .magic_config_key = "config",
   .get_ready = tsp_get_ready,
   .after_fork = tsp_after_fork,

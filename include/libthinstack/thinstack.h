@@ -5,8 +5,8 @@
  *
  * This umbrella header is the one to include (it brings the synchronous API
  * of io.h, thin pool management of thin.h, the offline metadata and log
- * tools of tools.h and the asynchronous API of async.h). Layer authors also
- * include
+ * tools of tools.h, the asynchronous API of async.h and the control socket
+ * of ctl.h). Layer authors also include
  * <libthinstack/layer.h>.
  */
 #ifndef LIBTHINSTACK_THINSTACK_H
@@ -17,5 +17,6 @@
 #include <libthinstack/thin.h>
 #include <libthinstack/tools.h>
 #include <libthinstack/async.h>
+#include <libthinstack/ctl.h>
 
 #endif

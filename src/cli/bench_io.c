@@ -78,6 +78,7 @@ struct bench {
   uint32_t mode;   /* ts_aio_mode: where completions run */
   bool json;
   bool direct;
+  const char *control; /* --control: serve the thin stack's socket here */
   bool have[NTARGETS];
   struct result res[NTARGETS][NTESTS][NDEPTHS];
 };
@@ -471,6 +472,15 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
   int r = open_file_targets(b, &tg);
   if (!r && b->have[T_THIN])
     r = open_thin_targets(b, &tg);
+  if (!r && b->control) {
+    /* A control client beside the data path: what its requests cost the
+     * cells is what this measures. */
+    ts_error err = { 0 };
+    r = tg.thin ? ts_ctl_listen(tg.thin, b->control, &err)
+                : ts_error_set(&err, -EOPNOTSUPP, "--control needs the thin layers");
+    if (r)
+      ts_cli_err("bench io: %s", err.msg);
+  }
   for (int ti = 0; ti < NTESTS && !r; ti++)
     for (int di = 0; di < NDEPTHS && !r; di++)
       for (int k = 0; k < NTARGETS && !r; k++) {
@@ -588,12 +598,14 @@ int ts_cli_bench_io(int argc, char **argv)
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE]\n"
              "                          [--cached] [--workers N] [--mode worker|loop]\n"
+             "                          [--control PATH]\n"
              "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
              "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file.\n"
              "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
              "  --cached: through the page cache instead of O_DIRECT (measures the software\n"
              "  path); --workers: async worker threads (default 32, the baseline's);\n"
-             "  --mode: completions on the workers (default) or on a libuv loop\n");
+             "  --mode: completions on the workers (default) or on a libuv loop;\n"
+             "  --control PATH: the thin stack serves its control socket at PATH meanwhile\n");
       free(b);
       return 0;
     } else if (strcmp(argv[i], "--json") == 0) {
@@ -608,6 +620,8 @@ int ts_cli_bench_io(int argc, char **argv)
         ts_cli_err("bench io: --mode: \"%s\" is not loop or worker", argv[i]);
         goto out;
       }
+    } else if (strcmp(argv[i], "--control") == 0 && i + 1 < argc) {
+      b->control = argv[++i];
     } else if (strcmp(argv[i], "--cached") == 0) {
       b->direct = false;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {

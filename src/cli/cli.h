@@ -48,7 +48,23 @@ int ts_cli_close(ts_stack *s, int status);
 /* Monotonic seconds. */
 double ts_cli_now(void);
 
+/* Sizes as `thin list` and `pool status` print them ("1.5G"). */
+void ts_cli_print_size(char *buf, size_t n, uint64_t bytes);
+/* The `thin list` table of volume.list's JSON array. */
+struct json_t;
+void ts_cli_list_text(struct json_t *arr);
+/* The `info` table: its header, and one node's row. */
+void ts_cli_limits_header(void);
+void ts_cli_limits_row(const char *name, const char *type, const ts_limits *l, bool exported);
+/* When argv is a command a holder's control socket serves and that socket
+ * answers, run it there, store the exit status and return true; false: the
+ * command opens the stack itself. */
+bool ts_cli_ctl_route(int argc, char **argv, int *status);
+
 /* Commands implemented in src/cli/cmd_*.c */
+int ts_cli_ctl(int argc, char **argv);
+int ts_cli_serve(int argc, char **argv);
+int ts_cli_message(int argc, char **argv);
 int ts_cli_validate(int argc, char **argv);
 int ts_cli_dump_config(int argc, char **argv);
 int ts_cli_replay_log(int argc, char **argv);

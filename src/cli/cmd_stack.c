@@ -116,30 +116,40 @@ int ts_cli_dump_config(int argc, char **argv)
   return status;
 }
 
-static void print_limits_table(ts_stack *s)
+void ts_cli_limits_header(void)
 {
   printf("%-12s %-16s %10s %6s %9s %9s %9s %9s %9s %s\n", "node", "type", "size", "lbs",
          "max_io", "discard", "w_zeroes", "provision", "prov_gran", "flags");
+}
+
+void ts_cli_limits_row(const char *name, const char *type, const ts_limits *l, bool exported)
+{
+  char sz[32], mio[32], disc[32], wz[32], prov[32], pg[32];
+  ts_format_size(l->size, sz, sizeof sz);
+  if (l->max_io_bytes) ts_format_size(l->max_io_bytes, mio, sizeof mio); else strcpy(mio, "-");
+#define CAPSTR(buf, v, op)                                                                   \
+  if (ts_limits_cap(l, op) == TS_CAP_NONE) strcpy(buf, "no");                                \
+  else if (ts_limits_cap(l, op) == TS_CAP_EMULATE) strcpy(buf, "emulate");                   \
+  else if ((v) == UINT64_MAX) strcpy(buf, "yes");                                            \
+  else ts_format_size(v, buf, sizeof buf);
+  CAPSTR(disc, l->max_discard_bytes, TS_OP_DISCARD)
+  CAPSTR(wz, l->max_write_zeroes_bytes, TS_OP_WRITE_ZEROES)
+  CAPSTR(prov, l->max_provision_bytes, TS_OP_PROVISION)
+#undef CAPSTR
+  ts_format_size(l->provision_granularity, pg, sizeof pg);
+  printf("%-12s %-16s %10s %6u %9s %9s %9s %9s %9s %s%s%s%s%s\n", name, type, sz,
+         l->logical_block_size, mio, disc, wz, prov, l->provision_granularity ? pg : "-",
+         l->read_only ? "ro " : "", l->fua ? "fua " : "", l->discard_zeroes ? "discard_zeroes " : "",
+         l->write_zeroes_unmap ? "unmap " : "", exported ? "exported" : "");
+}
+
+static void print_limits_table(ts_stack *s)
+{
+  ts_cli_limits_header();
   for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
     ts_dev *d = ts_stack_node_at(s, i);
-    const ts_limits *l = ts_dev_limits(d);
-    char sz[32], mio[32], disc[32], wz[32], prov[32], pg[32];
-    ts_format_size(l->size, sz, sizeof sz);
-    if (l->max_io_bytes) ts_format_size(l->max_io_bytes, mio, sizeof mio); else strcpy(mio, "-");
-#define CAPSTR(buf, v, op)                                                                   \
-    if (ts_limits_cap(l, op) == TS_CAP_NONE) strcpy(buf, "no");                              \
-    else if (ts_limits_cap(l, op) == TS_CAP_EMULATE) strcpy(buf, "emulate");                 \
-    else if ((v) == UINT64_MAX) strcpy(buf, "yes");                                          \
-    else ts_format_size(v, buf, sizeof buf);
-    CAPSTR(disc, l->max_discard_bytes, TS_OP_DISCARD)
-    CAPSTR(wz, l->max_write_zeroes_bytes, TS_OP_WRITE_ZEROES)
-    CAPSTR(prov, l->max_provision_bytes, TS_OP_PROVISION)
-#undef CAPSTR
-    ts_format_size(l->provision_granularity, pg, sizeof pg);
-    printf("%-12s %-16s %10s %6u %9s %9s %9s %9s %9s %s%s%s%s%s\n", ts_dev_name(d), ts_dev_type(d),
-           sz, l->logical_block_size, mio, disc, wz, prov, l->provision_granularity ? pg : "-",
-           l->read_only ? "ro " : "", l->fua ? "fua " : "", l->discard_zeroes ? "discard_zeroes " : "",
-           l->write_zeroes_unmap ? "unmap " : "", ts_stack_dev(s, ts_dev_name(d)) ? "exported" : "");
+    ts_cli_limits_row(ts_dev_name(d), ts_dev_type(d), ts_dev_limits(d),
+                      ts_stack_dev(s, ts_dev_name(d)) != NULL);
   }
 }
 

@@ -210,7 +210,7 @@ static bool parse_rel_size(const char *what, const char *arg, uint64_t *size, bo
   return ts_cli_size(what, arg + *rel, size);
 }
 
-static void print_size(char *buf, size_t n, uint64_t bytes)
+void ts_cli_print_size(char *buf, size_t n, uint64_t bytes)
 {
   const char *u[] = { "B", "K", "M", "G", "T" };
   double v = (double)bytes;
@@ -291,9 +291,9 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
     ts_format_size(st.block_size, a, sizeof a);
     printf("pool %s: %s blocks, transaction id %llu, mode %s\n", name, a,
            (unsigned long long)st.transaction_id, mode);
-    print_size(a, sizeof a, st.data_used_blocks * st.block_size);
-    print_size(b, sizeof b, st.data_blocks * st.block_size);
-    print_size(c, sizeof c, st.data_free_blocks * st.block_size);
+    ts_cli_print_size(a, sizeof a, st.data_used_blocks * st.block_size);
+    ts_cli_print_size(b, sizeof b, st.data_blocks * st.block_size);
+    ts_cli_print_size(c, sizeof c, st.data_free_blocks * st.block_size);
     printf("  data      %llu of %llu blocks used (%s of %s, %.1f%%), %s free\n",
            (unsigned long long)st.data_used_blocks, (unsigned long long)st.data_blocks, a, b,
            st.data_blocks ? 100.0 * (double)st.data_used_blocks / (double)st.data_blocks : 0.0, c);
@@ -301,7 +301,7 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
            (unsigned long long)st.metadata_blocks,
            st.metadata_blocks ? 100.0 * (double)st.metadata_used_blocks / (double)st.metadata_blocks : 0.0);
     if (st.low_water_mark) {
-      print_size(a, sizeof a, st.low_water_mark);
+      ts_cli_print_size(a, sizeof a, st.low_water_mark);
       printf("  low water mark %s: %s\n", a, st.low_water ? "REACHED" : "not reached");
     }
     printf("  out of space: %s; discard passdown: %s; zero new blocks: %s%s%s\n",
@@ -310,7 +310,7 @@ static int pool_status_cmd(const char *config, const char *name, bool json)
            st.held_metadata_root ? "; metadata snapshot held" : "");
     printf("  %zu volume%s\n", n, n == 1 ? "" : "s");
     for (size_t i = 0; i < n; i++) {
-      print_size(a, sizeof a, v[i].mapped_bytes);
+      ts_cli_print_size(a, sizeof a, v[i].mapped_bytes);
       printf("  %8u  %llu blocks mapped (%s)\n", v[i].id, (unsigned long long)v[i].mapped_blocks, a);
     }
   }
@@ -383,7 +383,7 @@ int ts_cli_pool(int argc, char **argv)
     ts_pool_status st;
     ts_pool_get_status(pool, &st, NULL);
     char a[32];
-    print_size(a, sizeof a, st.data_blocks * st.block_size);
+    ts_cli_print_size(a, sizeof a, st.data_blocks * st.block_size);
     printf("pool %s created: %llu data blocks of %lluK (%s), %llu metadata blocks\n", pos[1],
            (unsigned long long)st.data_blocks, (unsigned long long)(st.block_size / 1024), a,
            (unsigned long long)st.metadata_blocks);
@@ -547,7 +547,7 @@ static ts_volume_info *volumes(ts_stack *s, const char *pool, size_t *n)
   return vi;
 }
 
-static void list_text(json_t *arr)
+void ts_cli_list_text(json_t *arr)
 {
   int w = 4;
   size_t i;
@@ -567,11 +567,11 @@ static void list_text(json_t *arr)
     bool in_config = json_is_true(json_object_get(v, "in_config"));
     bool in_pool = json_is_true(json_object_get(v, "in_pool"));
     if (size) {
-      print_size(a, sizeof a, size);
+      ts_cli_print_size(a, sizeof a, size);
       snprintf(pct, sizeof pct, "%.2f", json_real_value(json_object_get(v, "data_percent")));
     }
-    print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
-    print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
+    ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
+    ts_cli_print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *origin = json_string_value(json_object_get(v, "origin"));
     printf("%-*s %-8s %8d %9s %9s %11s %6s  %s%s\n", w, nm ? nm : "-",
@@ -636,7 +636,7 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
     printf("%s\n", txt);
     free(txt);
   } else if (status == 0) {
-    list_text(arr);
+    ts_cli_list_text(arr);
   }
   json_decref(arr);
   json_decref(root);

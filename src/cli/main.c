@@ -42,6 +42,12 @@ static const struct ts_cli_command commands[] = {
     "format a thin pool, show its state, grow its data or metadata space" },
   { "thin", ts_cli_thin, "create|snap|delete|resize|list CONFIG ...",
     "create, snapshot, delete, resize and list thin volumes (pool and CONFIG together)" },
+  { "message", ts_cli_message, "CONFIG NODE MESSAGE",
+    "send a layer one of its verbs (log-writes: \"mark NAME\")" },
+  { "serve", ts_cli_serve, "CONFIG [--control PATH | --no-control]",
+    "hold a stack and serve its control socket (CONFIG.ctl) until SIGTERM" },
+  { "ctl", ts_cli_ctl, "CONFIG|SOCKET METHOD [PARAMS_JSON]",
+    "send one request to a holder's control socket (docs/control.md lists the methods)" },
 };
 
 static const struct ts_cli_command *find(const char *name)
@@ -239,5 +245,9 @@ int main(int argc, char **argv)
     ts_cli_err("unknown command \"%s\" (thinstack --help lists them)", argv[1]);
     return 2;
   }
+  /* A stack some process holds is worked on through its control socket. */
+  int status;
+  if (ts_cli_ctl_route(argc - 1, argv + 1, &status))
+    return status;
   return c->fn(argc - 1, argv + 1);
 }

@@ -52,7 +52,15 @@ struct ts_stack {
   bool aborting;
   char *config_path;         /* absolute; the file lifecycle calls rewrite, or NULL */
   pthread_mutex_t config_mu; /* config and config_path, for lifecycle calls */
+  struct ts__ctl *ctl;       /* control server (ctl.c), or NULL */
 };
+
+/* stack.c: the document ts_dev_status_json prints (the control server sends
+ * it without a round trip through text). */
+json_t *ts__dev_status(ts_dev *d);
+
+/* ctl.c: hand an event to the stack's control server, if it serves one. */
+void ts__ctl_event(struct ts_stack *s, const char *node, const char *event, const char *detail);
 
 /* config.c: schema validation and graph ordering of a parsed config. Fills
  * stack->nodes (bottom-up order, nothing opened) and stack->exports. */

@@ -198,6 +198,8 @@ int ts_stack_close(ts_stack *s, ts_error *err)
 {
   if (!s)
     return 0;
+  /* No request may arrive over the socket once the layers start closing. */
+  ts_ctl_stop(s);
   int first = 0;
   /* Top-down, so each layer's flush reaches children not yet flushed. */
   for (size_t i = s->nnodes; i-- > 0;) {
@@ -277,7 +279,7 @@ int ts_dev_message(ts_dev *d, const char *message, ts_error *err)
   return t->message(d, message, err);
 }
 
-char *ts_dev_status_json(ts_dev *d)
+json_t *ts__dev_status(ts_dev *d)
 {
   json_t *o = json_object();
   json_object_set_new(o, "name", json_string(d->name));
@@ -304,6 +306,12 @@ char *ts_dev_status_json(ts_dev *d)
     else
       json_decref(ls);
   }
+  return o;
+}
+
+char *ts_dev_status_json(ts_dev *d)
+{
+  json_t *o = ts__dev_status(d);
   char *s = json_dumps(o, JSON_INDENT(2));
   json_decref(o);
   return s;
@@ -370,12 +378,12 @@ void ts_layer_note_created(ts_layer *l, const char *path)
 void ts_layer_event(ts_layer *l, const char *event, const char *fmt, ...)
 {
   struct ts_stack *s = l->stack;
-  if (!s->opts.event)
-    return;
   char detail[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(detail, sizeof detail, fmt, ap);
   va_end(ap);
-  s->opts.event(s, l->name, event, detail, s->opts.event_arg);
+  ts__ctl_event(s, l->name, event, detail);
+  if (s->opts.event)
+    s->opts.event(s, l->name, event, detail, s->opts.event_arg);
 }

@@ -65,6 +65,18 @@ int pd_block_validate(const uint8_t *data, uint64_t nr, enum pd_btype t, char *w
                  nr, flags, nr_e, maxe, vs);
       return -EILSEQ;
     }
+    /* Every search in a node is a binary search: keys out of order would
+     * hand a walk entries outside the range it asked for. */
+    for (uint32_t i = 1; i < nr_e; i++) {
+      uint64_t prev = ts__le64(data + NODE_KEYS + 8 * (i - 1)), key = ts__le64(data + NODE_KEYS + 8 * i);
+      if (key <= prev) {
+        if (why)
+          snprintf(why, whylen,
+                   "btree node %" PRIu64 ": key %u (%" PRIu64 ") does not follow key %u (%" PRIu64 ")",
+                   nr, i, key, i - 1, prev);
+        return -EILSEQ;
+      }
+    }
   }
   return 0;
 }

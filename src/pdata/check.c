@@ -207,13 +207,15 @@ static void leaf_value(struct ck *c, enum kind k, uint64_t key, const uint8_t *v
     }
     break;
   case K_INDEX: {
-    uint64_t first = key * PD_ENTRIES_PER_BITMAP;
+    /* Compare the index key, not key * entries, which wraps for a huge key. */
+    uint64_t nbitmaps = c->dnr / PD_ENTRIES_PER_BITMAP + (c->dnr % PD_ENTRIES_PER_BITMAP != 0);
     char what[64];
     snprintf(what, sizeof(what), "data space map bitmap %" PRIu64, key);
-    if (first >= c->dnr) {
+    if (key >= nbitmaps) {
       rep(c, PD_CHECK_ERROR, "data space map index: entry %" PRIu64 " past the end of the map", key);
       break;
     }
+    uint64_t first = key * PD_ENTRIES_PER_BITMAP;
     c->dseen[key] = 1;
     uint64_t n = c->dnr - first < PD_ENTRIES_PER_BITMAP ? c->dnr - first : PD_ENTRIES_PER_BITMAP;
     load_bitmap(c, ts__le64(v), c->ddisk, first, n, what);

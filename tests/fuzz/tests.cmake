@@ -5,7 +5,7 @@
 #    fuzz_make_seeds writes into this build (test fuzz/seeds, run first);
 #  - with -DTS_FUZZ=ON (clang): fuzz_<target>, a libFuzzer binary; .ci/run
 #    runs each for a bounded time.
-set(TS_FUZZ_TARGETS config pool restore snapstore replay)
+set(TS_FUZZ_TARGETS config pool restore snapstore replay ctl)
 set(TS_FUZZ_DIR ${CMAKE_CURRENT_SOURCE_DIR}/fuzz)
 set(TS_FUZZ_SEEDS ${PROJECT_BINARY_DIR}/fuzz-seeds)
 

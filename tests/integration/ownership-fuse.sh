@@ -5,7 +5,9 @@
 # refused with EBUSY naming the file and the holder; -U reads beside it with
 # a warning. The files written through the export stay intact and the pool
 # is thin_check clean afterwards. Also: -o allow_other brings
-# default_permissions, so another user cannot write a 0644 export.
+# default_permissions, so another user cannot write a 0644 export. The
+# export serves no control socket (-o nocontrol): with one, the CLI would
+# work through it instead (ctl-*.sh).
 . "$TS_SOURCE_DIR/tests/common/requires.sh"
 . "$TS_SOURCE_DIR/tests/common/exports.sh"
 . "$TS_SOURCE_DIR/tests/common/ownership.sh"
@@ -17,7 +19,7 @@ MNT=$TMP/mnt
 FS=$TMP/fs
 "$THINSTACK" flush "$CONFIG" vm0 || fail "creating the stack failed"
 
-fuse_mount "$CONFIG" "$MNT"
+fuse_mount "$CONFIG" "$MNT" -o nocontrol
 HOLDER=${FUSE_PIDS[0]##*:}
 LOOP=$(losetup --find --show "$MNT/vm0") || fail "losetup over the exported file failed"
 on_exit 'if [ -n "$LOOP" ]; then losetup -d "$LOOP"; fi'
@@ -58,7 +60,7 @@ losetup -d "$LOOP"
 LOOP=
 fuse_umount "$MNT"
 assert_thin_check "$TMP/meta.img" "after the refusals"
-fuse_mount "$CONFIG" "$MNT" -o ro
+fuse_mount "$CONFIG" "$MNT" -o ro,nocontrol
 LOOP=$(losetup -r --find --show "$MNT/vm0") || fail "losetup -r failed"
 e2fsck -fn "$LOOP" >"$TMP/fsck.log" 2>&1 || { cat "$TMP/fsck.log"; fail "e2fsck -fn found problems"; }
 mount -o ro "$LOOP" "$FS" || fail "mounting read-only failed"

@@ -2,7 +2,9 @@
 # One owner per stack, with the nbdkit plugin as the owner: while nbdkit
 # serves a thin volume, a CLI provision, a thin create and a thinstack-fuse
 # on the same config are refused with EBUSY naming the file and nbdkit's pid;
-# what NBD clients wrote survives and the pool is thin_check clean.
+# what NBD clients wrote survives and the pool is thin_check clean. nbdkit
+# serves no control socket here (control=): with one, the CLI would work
+# through it instead (ctl-*.sh).
 . "$TS_SOURCE_DIR/tests/common/requires.sh"
 . "$TS_SOURCE_DIR/tests/common/exports.sh"
 . "$TS_SOURCE_DIR/tests/common/ownership.sh"
@@ -16,7 +18,7 @@ URI=$(nbd_uri vm0)
 "$THINSTACK" flush "$CONFIG" vm0 || fail "creating the stack failed"
 head -c $((3 * M)) /dev/urandom >"$TMP/chunk"
 
-nbd_start config="$CONFIG"
+nbd_start config="$CONFIG" control=
 HOLDER=$(cat "$TMP/nbd.pid")
 qemu-io -f raw -c "write -P 0x5a 0 4M" "$URI" >/dev/null || fail "qemu-io write failed"
 

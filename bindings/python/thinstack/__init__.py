@@ -29,6 +29,7 @@ import ctypes.util
 import errno as _errno
 import json as _json
 import os
+import socket as _socket
 import threading
 from dataclasses import dataclass
 from typing import List, Optional
@@ -37,6 +38,7 @@ __all__ = [
     "ThinstackError", "Stack", "Device", "Limits", "Extent", "Pool", "ThinInfo", "PoolStatus",
     "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
     "layer_types", "has_layer_type", "pool_check", "pool_dump", "pool_restore", "log_replay",
+    "Control", "control_path",
     "EXTENT_HOLE", "EXTENT_ZERO",
 ]
 
@@ -547,6 +549,25 @@ class Stack:
         if r:
             raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
 
+    def serve_control(self, path: Optional[str] = None) -> str:
+        """Serve this stack's control socket (ts_ctl_listen) at `path`, by
+        default CONFIG.ctl beside the file the stack was opened from; returns
+        the path. The socket goes when the stack closes or stop_control()."""
+        if path is None:
+            cfg = self.config_path
+            if not cfg:
+                raise ThinstackError(_errno.EINVAL, "no configuration file to put CONFIG.ctl beside")
+            path = control_path(cfg)
+        err = _Error()
+        r = _ctl_listen(self._handle(), os.fsencode(path), ctypes.byref(err))
+        if r:
+            raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+        return _ctl_path(self._handle()).decode()
+
+    def stop_control(self) -> None:
+        """Stop the control server (ts_ctl_stop); no-op without one."""
+        _ctl_stop(self._handle())
+
     def __enter__(self):
         return self
 
@@ -1042,3 +1063,172 @@ class Pool(Device):
     def release_metadata_snap(self) -> None:
         """Drop the held metadata copy. EINVAL none is held."""
         self._call(_pool_release_metadata_snap)
+
+
+# --------------------------------------------------------------------------
+# The control socket (docs/control.md): a holder's stack, from any process
+
+_ctl_listen = _fn("ts_ctl_listen", _c_int, _P, ctypes.c_char_p, ctypes.POINTER(_Error))
+_ctl_stop = _fn("ts_ctl_stop", None, _P)
+_ctl_path = _fn("ts_ctl_path", ctypes.c_char_p, _P)
+
+
+def control_path(config: str) -> str:
+    """The socket a holder of CONFIG serves by default: CONFIG.ctl."""
+    return os.fspath(config) + ".ctl"
+
+
+class ControlError(ThinstackError):
+    """A method's error reply: ``errno``, the message, and ``path`` (the JSON
+    path or file it concerns) and ``code`` (the JSON-RPC code)."""
+
+    def __init__(self, error):
+        data = error.get("data") or {}
+        name = data.get("errno", "")
+        code = getattr(_errno, name, _errno.EIO) if name.startswith("E") else _errno.EIO
+        super().__init__(code, error.get("message"))
+        self.path = data.get("path", "")
+        self.code = error.get("code")
+
+
+class Control:
+    """A client of a holder's control socket: ``Control("stack.json")`` (the
+    holder's CONFIG.ctl) or ``Control("/path/to/socket")``. call() sends any
+    method; the named calls mirror the methods. Failures raise ControlError.
+    Not thread-safe: one request at a time per Control."""
+
+    def __init__(self, path: str, timeout: Optional[float] = 30.0):
+        p = os.fspath(path)
+        try:
+            import stat
+            if not stat.S_ISSOCK(os.stat(p).st_mode):
+                p = control_path(p)
+        except OSError:
+            p = control_path(p)
+        self.path = p
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(p)
+        except OSError as e:
+            self._sock.close()
+            raise ThinstackError(e.errno or _errno.EIO, "%s: no control server answers (%s)"
+                                 % (p, e.strerror)) from None
+        self._f = self._sock.makefile("rb")
+        self._id = 0
+        self._events = []
+
+    def close(self) -> None:
+        self._f.close()
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _line(self):
+        line = self._f.readline()
+        if not line:
+            raise ThinstackError(_errno.ECONNRESET, "%s: the server closed the connection" % self.path)
+        return _json.loads(line)
+
+    def call(self, method: str, **params):
+        """Send one request and return its result (notifications that arrive
+        meanwhile are kept for events())."""
+        self._id += 1
+        req = {"jsonrpc": "2.0", "id": self._id, "method": method}
+        if params:
+            req["params"] = {k: v for k, v in params.items() if v is not None}
+        self._sock.sendall((_json.dumps(req) + "\n").encode())
+        while True:
+            r = self._line()
+            if "method" in r:
+                self._events.append(r.get("params"))
+                continue
+            if "error" in r:
+                raise ControlError(r["error"])
+            return r.get("result")
+
+    def events(self, timeout: Optional[float] = None):
+        """Yield the events (dicts: node, event, detail, time) after
+        subscribe(), waiting up to `timeout` seconds for each (None: forever);
+        ends when the wait runs out or the server goes."""
+        self._sock.settimeout(timeout)
+        try:
+            while True:
+                while self._events:
+                    yield self._events.pop(0)
+                try:
+                    r = self._line()
+                except (_socket.timeout, ThinstackError):
+                    return
+                if "method" in r:
+                    self._events.append(r.get("params"))
+        finally:
+            self._sock.settimeout(30.0)
+
+    def methods(self):
+        return self.call("rpc.methods")
+
+    def info(self):
+        return self.call("stack.info")
+
+    def status(self, node: Optional[str] = None):
+        return self.call("stack.status", node=node)
+
+    def dump_config(self, secrets: bool = False):
+        return self.call("dump-config", secrets=secrets or None)
+
+    def volumes(self, pool: Optional[str] = None):
+        return self.call("volume.list", pool=pool)
+
+    def create_volume(self, name, size, pool=None, id=None, export=False):
+        return self.call("volume.create", name=name, size=size, pool=pool, id=id,
+                         export=export or None)
+
+    def snapshot(self, origin, name, export=False):
+        return self.call("volume.snapshot", origin=origin, name=name, export=export or None)
+
+    def delete_volume(self, name=None, id=None, pool=None):
+        return self.call("volume.delete", name=name, id=id, pool=pool)
+
+    def resize_volume(self, name, size, discard_beyond=False):
+        return self.call("volume.resize", name=name, size=size,
+                         discard_beyond=discard_beyond or None)
+
+    def provision(self, dev, offset, length, may_zero=False):
+        return self.call("io.provision", dev=dev, offset=offset, length=length,
+                         may_zero=may_zero or None)
+
+    def discard(self, dev, offset, length):
+        return self.call("io.discard", dev=dev, offset=offset, length=length)
+
+    def write_zeroes(self, dev, offset, length, may_unmap=False, no_fallback=False):
+        return self.call("io.write-zeroes", dev=dev, offset=offset, length=length,
+                         may_unmap=may_unmap or None, no_fallback=no_fallback or None)
+
+    def map(self, dev, offset=None, length=None):
+        return self.call("io.map", dev=dev, offset=offset, length=length)
+
+    def pool_status(self, pool=None):
+        return self.call("pool.status", pool=pool)
+
+    def pool_extend(self, size, pool=None):
+        return self.call("pool.extend", size=size, pool=pool)
+
+    def pool_extend_metadata(self, size, pool=None):
+        return self.call("pool.extend-metadata", size=size, pool=pool)
+
+    def reserve_metadata_snap(self, pool=None):
+        return self.call("pool.reserve-metadata-snap", pool=pool)
+
+    def release_metadata_snap(self, pool=None):
+        return self.call("pool.release-metadata-snap", pool=pool)
+
+    def message(self, node, message):
+        return self.call("layer.message", node=node, message=message)
+
+    def subscribe(self):
+        return self.call("events.subscribe")
