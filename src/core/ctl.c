@@ -991,7 +991,21 @@ static void on_connection(uv_stream_t *server, int status)
     char msg[160];
     snprintf(msg, sizeof msg, "control: uid %ld may not use this socket (owner uid %ld or root)",
              cl_len == sizeof cred ? (long)cred.uid : -1L, (long)geteuid());
-    send_line(cl, reply_error(NULL, 0, -EACCES, msg));
+    /* Written now, not queued: closing the handle right after would cancel
+     * a queued write, and the peer would see the socket close unexplained.
+     * A fresh socket's buffer takes the one short line whole. */
+    char *txt = reply_error(NULL, 0, -EACCES, msg);
+    if (txt) {
+      size_t n = strlen(txt);
+      char line[512];
+      if (n < sizeof line) {
+        memcpy(line, txt, n);
+        line[n] = '\n';
+        uv_buf_t b = uv_buf_init(line, (unsigned)(n + 1));
+        (void)uv_try_write((uv_stream_t *)&cl->pipe, &b, 1);
+      }
+      free(txt);
+    }
     drop_client(cl);
     return;
   }
