@@ -13,7 +13,7 @@ packages=(
   thin-provisioning-tools
   python3 python3-cryptography python3-pytest
   fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   # tests/vm: a VM running Debian's kernel with the host's dm tools
   qemu-system-x86 busybox-static dmsetup cryptsetup-bin keyutils cpio xz-utils binutils
   # rbd and nbd layers, and the throwaway Ceph cluster tests/ceph starts

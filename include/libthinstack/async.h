@@ -168,6 +168,15 @@ TS_EXTERN uint64_t ts_aio_pending(const ts_aio_ctx *ctx);
  * a no-op. Returns 0. */
 TS_EXTERN int ts_aio_ctx_close(ts_aio_ctx *ctx);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_AIO_CTX_CREATE 1
+#define TS_HAVE_TS_AIO_SUBMIT 1
+#define TS_HAVE_TS_AIO_FD 1
+#define TS_HAVE_TS_AIO_POLL 1
+#define TS_HAVE_TS_AIO_PENDING 1
+#define TS_HAVE_TS_AIO_CTX_CLOSE 1
+
 #ifdef __cplusplus
 }
 #endif

@@ -62,6 +62,14 @@ TS_EXTERN int ts_ctl_default_path(const char *config, char *buf, size_t n);
  * memory. Thread-safe as the methods are. */
 TS_EXTERN char *ts_ctl_call(ts_stack *stack, const char *request, size_t len);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_CTL_LISTEN 1
+#define TS_HAVE_TS_CTL_STOP 1
+#define TS_HAVE_TS_CTL_PATH 1
+#define TS_HAVE_TS_CTL_DEFAULT_PATH 1
+#define TS_HAVE_TS_CTL_CALL 1
+
 #ifdef __cplusplus
 }
 #endif

@@ -207,7 +207,11 @@ typedef struct ts_open_opts {
  * Two layers of one stack on the same file or device (through a symlink or
  * a hard link too) fail with -EBUSY naming both. With TS_OPEN_READ_ONLY
  * nothing is created or formatted: a missing file or a blank pool is an
- * error. */
+ * error.
+ *
+ * Thread safety: any thread may open stacks at any time; stacks share
+ * nothing but the layer type registry and the files' locks, which order
+ * concurrent opens of the same files (one wins, the other gets -EBUSY). */
 TS_EXTERN int ts_stack_open_file(const char *path, const ts_open_opts *opts,
                                  ts_stack **out, ts_error *err);
 /* The same, from a JSON document in memory; relative paths resolve against
@@ -222,14 +226,20 @@ TS_EXTERN int ts_stack_open_string(const char *json, const char *base_dir,
  * parameters brought up to date (a file grown by ts_pool_extend or
  * ts_dev_grow has its new size). Parameters marked secret (crypt's inline
  * "key") read "(hidden)" unless `flags` has TS_CONFIG_SECRETS. Returns a
- * string to free(), or NULL when out of memory. */
+ * string to free(), or NULL when out of memory. Thread-safe, also beside
+ * requests and ts_pool_extend. */
 TS_EXTERN char *ts_stack_config_json(ts_stack *stack, uint32_t flags);
 
 /* Flush every layer (committing thin metadata), close it and free the stack.
  * Returns the first error met while flushing; the stack is freed regardless.
- * NULL is a no-op. */
+ * NULL is a no-op. Not thread-safe with respect to the stack: the caller
+ * makes sure no other thread still uses it or its devices (requests,
+ * asynchronous requests in flight, status, pool calls); afterwards every
+ * ts_dev of the stack is a dangling pointer. */
 TS_EXTERN int ts_stack_close(ts_stack *stack, ts_error *err);
 
+/* Look-ups below are thread-safe: a stack's nodes do not change after open.
+ * The pointers they return live as long as the stack. */
 /* An exported device by name, or NULL if the stack exports none by that name. */
 TS_EXTERN ts_dev *ts_stack_dev(ts_stack *stack, const char *name);
 /* Any node by name (exported or not), or NULL. */
@@ -257,19 +267,22 @@ TS_EXTERN ts_stack *ts_dev_stack(const ts_dev *dev);
  * concurrently. Equal size is a no-op. Errors (with a message in `err`):
  * -EINVAL smaller than now or not a multiple of the logical block size,
  * -EROFS read-only, -EOPNOTSUPP the layer cannot grow, or the layer's own
- * error (-ENOSPC, -EIO). */
+ * error (-ENOSPC, -EIO). Not thread-safe with requests to `dev` (above). */
 TS_EXTERN int ts_dev_grow(ts_dev *dev, uint64_t new_size, ts_error *err);
 
 /* Send a layer a message, as `dmsetup message` does a target: the layer's
  * own verbs, such as "mark NAME" for log-writes. -EOPNOTSUPP (with a
- * message) when the layer takes none, -EINVAL for one it does not know. */
+ * message) when the layer takes none, -EINVAL for one it does not know.
+ * Thread-safe: messages may run beside requests. */
 TS_EXTERN int ts_dev_message(ts_dev *dev, const char *message, ts_error *err);
 
 /* The device's status as a JSON object text: request counters, and whatever
  * the layer reports (usage, mode, which kernel path each op takes). The
- * caller frees the string with free(). NULL on allocation failure. */
+ * caller frees the string with free(). NULL on allocation failure.
+ * Thread-safe: may run beside requests on the device. */
 TS_EXTERN char *ts_dev_status_json(ts_dev *dev);
-/* The device's stacked limits as a JSON object text; caller frees. */
+/* The device's stacked limits as a JSON object text; caller frees.
+ * Thread-safe. */
 TS_EXTERN char *ts_dev_limits_json(const ts_dev *dev);
 
 /* ------------------------------------------------------------------------ */
@@ -346,6 +359,53 @@ TS_EXTERN int ts_submit(ts_dev *dev, const ts_io *io);
 TS_EXTERN int ts_parse_size(const char *s, uint64_t *out);
 /* Format `bytes` as the largest exact unit ("64K", "1G", "12345"). */
 TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);
+
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_ERROR_SET 1
+#define TS_HAVE_TS_ERROR_CLEAR 1
+#define TS_HAVE_TS_STRERROR 1
+#define TS_HAVE_TS_ERR_NAME 1
+#define TS_HAVE_TS_ERR_FROM_NAME 1
+#define TS_HAVE_TS_OP_NAME 1
+#define TS_HAVE_TS_OP_FROM_NAME 1
+#define TS_HAVE_TS_LIMITS_CAP 1
+#define TS_HAVE_TS_LIMITS_STACK 1
+#define TS_HAVE_TS_EXTENT_LIST_ADD 1
+#define TS_HAVE_TS_EXTENT_LIST_RESET 1
+#define TS_HAVE_TS_EXTENT_LIST_FREE 1
+#define TS_HAVE_TS_STACK_OPEN_FILE 1
+#define TS_HAVE_TS_STACK_OPEN_STRING 1
+#define TS_HAVE_TS_STACK_CONFIG_JSON 1
+#define TS_HAVE_TS_STACK_CLOSE 1
+#define TS_HAVE_TS_STACK_DEV 1
+#define TS_HAVE_TS_STACK_NODE 1
+#define TS_HAVE_TS_STACK_NDEVS 1
+#define TS_HAVE_TS_STACK_DEV_AT 1
+#define TS_HAVE_TS_STACK_NNODES 1
+#define TS_HAVE_TS_STACK_NODE_AT 1
+#define TS_HAVE_TS_DEV_NAME 1
+#define TS_HAVE_TS_DEV_TYPE 1
+#define TS_HAVE_TS_DEV_SIZE 1
+#define TS_HAVE_TS_DEV_LIMITS 1
+#define TS_HAVE_TS_DEV_STACK 1
+#define TS_HAVE_TS_DEV_GROW 1
+#define TS_HAVE_TS_DEV_MESSAGE 1
+#define TS_HAVE_TS_DEV_STATUS_JSON 1
+#define TS_HAVE_TS_DEV_LIMITS_JSON 1
+#define TS_HAVE_TS_PREAD 1
+#define TS_HAVE_TS_PREADV 1
+#define TS_HAVE_TS_PWRITE 1
+#define TS_HAVE_TS_PWRITEV 1
+#define TS_HAVE_TS_FLUSH 1
+#define TS_HAVE_TS_DISCARD 1
+#define TS_HAVE_TS_WRITE_ZEROES 1
+#define TS_HAVE_TS_PROVISION 1
+#define TS_HAVE_TS_BLOCK_STATUS 1
+#define TS_HAVE_TS_BLOCK_STATUS_BOUNDED 1
+#define TS_HAVE_TS_SUBMIT 1
+#define TS_HAVE_TS_PARSE_SIZE 1
+#define TS_HAVE_TS_FORMAT_SIZE 1
 
 #ifdef __cplusplus
 }

@@ -232,6 +232,63 @@ TS_EXTERN void ts_iov_zero(const struct iovec *iov, int iovcnt, size_t skip, siz
 TS_EXTERN int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
                            struct iovec *out, int outmax);
 
+/* Room for slices of one caller's iovec: a slice never has more pieces
+ * than its source, so `ts_iov_buf_init(b, iovcnt)` sizes it once (inline up
+ * to TS_IOV_INLINE pieces, else one allocation) and any number of
+ * ts_iov_buf_slice() calls then fit. The caller owns `b` and frees it with
+ * ts_iov_buf_free(); one ts_iov_buf serves one thread at a time. */
+#define TS_IOV_INLINE 16
+typedef struct ts_iov_buf {
+  struct iovec *v;
+  int cap;
+  struct iovec inl[TS_IOV_INLINE];
+} ts_iov_buf;
+/* 0, or -ENOMEM; ts_iov_buf_free() is safe either way. */
+TS_EXTERN int ts_iov_buf_init(ts_iov_buf *b, int iovcnt);
+TS_EXTERN void ts_iov_buf_free(ts_iov_buf *b);
+/* Bytes [skip, skip+len) of `iov` as b->v[0..n); returns n > 0, or -EIO when
+ * the range is empty or beyond the iovec (a caller's bookkeeping error). */
+TS_EXTERN int ts_iov_buf_slice(ts_iov_buf *b, const struct iovec *iov, int iovcnt, size_t skip,
+                               size_t len);
+
+/* Bytes [skip, skip+len) of `io`'s buffers as one request `op` (TS_OP_READ
+ * or TS_OP_WRITE) with `flags` at `offset` of `child`, through ts_submit().
+ * Returns ts_submit()'s answer, -ENOMEM, or -EIO for an empty or
+ * out-of-range slice. Thread-safe as ts_submit() is. */
+TS_EXTERN int ts_layer_submit_slice(ts_layer *child, uint32_t op, uint32_t flags, uint64_t offset,
+                                    const ts_io *io, uint64_t skip, uint64_t len);
+
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_PARAM_STRING 1
+#define TS_HAVE_TS_PARAM_SIZE 1
+#define TS_HAVE_TS_PARAM_UINT 1
+#define TS_HAVE_TS_PARAM_BOOL 1
+#define TS_HAVE_TS_REGISTER_LAYER_TYPE 1
+#define TS_HAVE_TS_FIND_LAYER_TYPE 1
+#define TS_HAVE_TS_LOAD_LAYER_MODULE 1
+#define TS_HAVE_TS_LAYER_TYPE_AT 1
+#define TS_HAVE_TS_LAYER_SET_PRIV 1
+#define TS_HAVE_TS_LAYER_PRIV 1
+#define TS_HAVE_TS_LAYER_CHILD 1
+#define TS_HAVE_TS_LAYER_PATH 1
+#define TS_HAVE_TS_LAYER_ERROR 1
+#define TS_HAVE_TS_LAYER_NOTE_CREATED 1
+#define TS_HAVE_TS_LAYER_ABORTING 1
+#define TS_HAVE_TS_LAYER_FORCE_READ_ONLY 1
+#define TS_HAVE_TS_LAYER_CLAIM_FD 1
+#define TS_HAVE_TS_LAYER_EVENT 1
+#define TS_HAVE_TS_LAYER_IO 1
+#define TS_HAVE_TS_ZERO_BUFFER 1
+#define TS_HAVE_TS_IOV_TO_BUF 1
+#define TS_HAVE_TS_IOV_FROM_BUF 1
+#define TS_HAVE_TS_IOV_ZERO 1
+#define TS_HAVE_TS_IOV_SLICE 1
+#define TS_HAVE_TS_IOV_BUF_INIT 1
+#define TS_HAVE_TS_IOV_BUF_FREE 1
+#define TS_HAVE_TS_IOV_BUF_SLICE 1
+#define TS_HAVE_TS_LAYER_SUBMIT_SLICE 1
+
 #ifdef __cplusplus
 }
 #endif

@@ -257,6 +257,28 @@ typedef struct ts_volume_info {
 TS_EXTERN int ts_volume_list(ts_stack *stack, const char *pool, ts_volume_info *out, size_t max,
                              size_t *count, ts_error *err);
 
+/* One TS_HAVE_<CALL> per call above, for code that builds against
+ * several versions of the library (#ifdef TS_HAVE_TS_POOL_CHECK). */
+#define TS_HAVE_TS_POOL_CREATE_THIN 1
+#define TS_HAVE_TS_POOL_CREATE_SNAP 1
+#define TS_HAVE_TS_POOL_DELETE_THIN 1
+#define TS_HAVE_TS_POOL_LIST_THINS 1
+#define TS_HAVE_TS_POOL_GET_STATUS 1
+#define TS_HAVE_TS_POOL_EXTEND 1
+#define TS_HAVE_TS_POOL_EXTEND_METADATA 1
+#define TS_HAVE_TS_POOL_SET_TRANSACTION_ID 1
+#define TS_HAVE_TS_POOL_RESERVE_METADATA_SNAP 1
+#define TS_HAVE_TS_POOL_RELEASE_METADATA_SNAP 1
+#define TS_HAVE_TS_STACK_SET_CONFIG_PATH 1
+#define TS_HAVE_TS_STACK_CONFIG_PATH 1
+#define TS_HAVE_TS_VOLUME_CREATE 1
+#define TS_HAVE_TS_VOLUME_SNAPSHOT 1
+#define TS_HAVE_TS_VOLUME_DELETE 1
+#define TS_HAVE_TS_VOLUME_DELETE_ID 1
+#define TS_HAVE_TS_VOLUME_RESIZE 1
+#define TS_HAVE_TS_STACK_POOL_EXTEND 1
+#define TS_HAVE_TS_VOLUME_LIST 1
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,8 +4,9 @@
  * provision.
  *
  * This umbrella header is the one to include (it brings the synchronous API
- * of io.h, thin pool management of thin.h and the asynchronous API of
- * async.h, and the control socket of ctl.h). Layer authors also include
+ * of io.h, thin pool management of thin.h, the offline metadata and log
+ * tools of tools.h, the asynchronous API of async.h and the control socket
+ * of ctl.h). Layer authors also include
  * <libthinstack/layer.h>.
  */
 #ifndef LIBTHINSTACK_THINSTACK_H
@@ -14,6 +15,7 @@
 #include <libthinstack/version.h>
 #include <libthinstack/io.h>
 #include <libthinstack/thin.h>
+#include <libthinstack/tools.h>
 #include <libthinstack/async.h>
 #include <libthinstack/ctl.h>
 

@@ -836,24 +836,19 @@ static int read_decrypted(struct crypt_layer *c, const ts_io *io)
     }
     return r;
   }
-  struct iovec inl[16], *slice = inl;
-  int cap = 16;
-  if (io->iovcnt > cap) {
-    cap = io->iovcnt;
-    slice = malloc((size_t)cap * sizeof *slice);
-    if (!slice)
-      return -ENOMEM;
-  }
+  ts_iov_buf slice;
+  if (ts_iov_buf_init(&slice, io->iovcnt))
+    return -ENOMEM;
   struct crypt_ctx *x = ctx_get(c);
   int r = x ? 0 : -ENOMEM;
   for (uint64_t done = 0; !r && done < io->length;) {
     uint64_t n = io->length - done < c->window ? io->length - done : c->window;
-    int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)done, (size_t)n, slice, cap);
+    int cnt = ts_iov_buf_slice(&slice, io->iov, io->iovcnt, (size_t)done, (size_t)n);
     ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + done, .length = n,
-                  .iov = slice, .iovcnt = cnt };
-    r = cnt > 0 ? ts_submit(c->child, &sub) : -EIO;
+                  .iov = slice.v, .iovcnt = cnt };
+    r = cnt > 0 ? ts_submit(c->child, &sub) : cnt;
     if (!r) {
-      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset + done, .iov = slice,
+      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset + done, .iov = slice.v,
                              .iovcnt = cnt };
       r = run_job(c, x, &j, n);
     }
@@ -861,8 +856,7 @@ static int read_decrypted(struct crypt_layer *c, const ts_io *io)
   }
   if (x)
     ctx_put(c, x);
-  if (slice != inl)
-    free(slice);
+  ts_iov_buf_free(&slice);
   return r;
 }
 

@@ -15,26 +15,23 @@
  */
 #include <libthinstack/layer.h>
 
+#include "backends/fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <linux/fiemap.h>
-#include <linux/fs.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 struct file_layer {
-  int fd;
+  struct ts__fio io;       /* the file's descriptor and data path */
   uint64_t size;
   uint32_t block_size;     /* logical block size we accept */
   uint32_t fs_block;       /* the file system's allocation unit */
   bool read_only;
   bool direct;
-  _Atomic bool fiemap;     /* FIEMAP works on this file system */
   char *path;
 };
 
@@ -154,13 +151,12 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
     r = ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
     goto fail;
   }
-  f->fd = fd;
   f->size = (uint64_t)st.st_size;
   f->block_size = (uint32_t)bs;
   f->fs_block = st.st_blksize > 0 ? (uint32_t)st.st_blksize : 4096;
   f->read_only = ro;
   f->direct = direct;
-  f->fiemap = true;
+  ts__fio_init(&f->io, fd, direct, (uint32_t)bs, true);
   f->path = path;
   ts_layer_set_priv(l, f);
   return 0;
@@ -174,7 +170,7 @@ static void file_close(ts_layer *l)
   struct file_layer *f = ts_layer_priv(l);
   if (!f)
     return;
-  close(f->fd);
+  close(f->io.fd);
   free(f->path);
   free(f);
 }
@@ -182,100 +178,20 @@ static void file_close(ts_layer *l)
 static int file_limits(ts_layer *l, ts_limits *lim, ts_error *err)
 {
   struct file_layer *f = ts_layer_priv(l);
-  lim->size = f->size;
-  lim->logical_block_size = f->block_size;
-  lim->physical_block_size = f->fs_block > f->block_size ? f->fs_block : f->block_size;
-  lim->io_min = f->block_size;
-  lim->io_opt = f->fs_block;
-  lim->max_io_bytes = 0;
-  lim->max_discard_bytes = UINT64_MAX;
-  lim->discard_granularity = f->fs_block;
-  lim->discard_zeroes = true; /* a punched hole reads as zeroes */
-  lim->max_write_zeroes_bytes = UINT64_MAX;
-  lim->write_zeroes_unmap = true;
-  lim->max_provision_bytes = UINT64_MAX;
-  lim->provision_granularity = f->fs_block;
-  lim->fua = true;
+  ts__fio_file_limits(lim, f->size, f->block_size, f->fs_block);
   lim->read_only = f->read_only;
-  return 0;
-}
-
-/* O_DIRECT needs aligned memory: copy through an aligned buffer when the
- * caller's iovec is not. */
-static bool iov_aligned(const ts_io *io, uint32_t a)
-{
-  for (int i = 0; i < io->iovcnt; i++)
-    if (((uintptr_t)io->iov[i].iov_base | io->iov[i].iov_len) & (a - 1))
-      return false;
-  return true;
-}
-
-static int rw_loop(struct file_layer *f, bool write, const struct iovec *iov, int iovcnt,
-                   uint64_t off, uint64_t len)
-{
-  struct iovec local[64];
-  uint64_t done = 0;
-  while (done < len) {
-    int cnt = ts_iov_slice(iov, iovcnt, done, len - done, local, 64);
-    if (cnt < 0)
-      cnt = 64; /* the first 64 pieces; the rest on the next pass */
-    ssize_t n = write ? pwritev(f->fd, local, cnt, (off_t)(off + done))
-                      : preadv(f->fd, local, cnt, (off_t)(off + done));
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (n == 0) {
-      if (write)
-        return -EIO;
-      /* Past the end of a file that shrank under us: reads see zeroes. */
-      ts_iov_zero(iov, iovcnt, done, len - done);
-      return 0;
-    }
-    done += (uint64_t)n;
-  }
   return 0;
 }
 
 static int file_rw(struct file_layer *f, const ts_io *io)
 {
-  bool write = io->op == TS_OP_WRITE;
-  if (!f->direct || iov_aligned(io, f->block_size))
-    return rw_loop(f, write, io->iov, io->iovcnt, io->offset, io->length);
-  void *bounce;
-  if (posix_memalign(&bounce, 4096, io->length))
-    return -ENOMEM;
-  struct iovec v = { bounce, io->length };
-  if (write)
-    ts_iov_to_buf(io->iov, io->iovcnt, 0, bounce, io->length);
-  int r = rw_loop(f, write, &v, 1, io->offset, io->length);
-  if (!r && !write)
-    ts_iov_from_buf(io->iov, io->iovcnt, 0, bounce, io->length);
-  free(bounce);
-  return r;
+  return ts__fio_rw(&f->io, io->op == TS_OP_WRITE, io->iov, io->iovcnt, io->offset, io->length,
+                    0);
 }
 
-static int do_fallocate(struct file_layer *f, int mode, uint64_t off, uint64_t len)
+static int falloc_keep(struct file_layer *f, const ts_io *io, int mode)
 {
-  while (fallocate(f->fd, mode, (off_t)off, (off_t)len) != 0) {
-    if (errno == EINTR)
-      continue;
-    /* A file system without this fallocate mode answers EOPNOTSUPP (or
-     * ENOSYS on very old kernels): the operation is unsupported, not failed. */
-    if (errno == ENOSYS || errno == ENOTSUP)
-      return -EOPNOTSUPP;
-    return -errno;
-  }
-  return 0;
-}
-
-static int sync_file(struct file_layer *f)
-{
-  while (fdatasync(f->fd) != 0)
-    if (errno != EINTR)
-      return -errno;
-  return 0;
+  return ts__fio_fallocate(&f->io, mode | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
 }
 
 static int file_submit(ts_layer *l, const ts_io *io)
@@ -289,141 +205,26 @@ static int file_submit(ts_layer *l, const ts_io *io)
     r = file_rw(f, io);
     break;
   case TS_OP_FLUSH:
-    return sync_file(f);
+    return ts__fio_sync(&f->io);
   case TS_OP_DISCARD:
-    return do_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+    return falloc_keep(f, io, FALLOC_FL_PUNCH_HOLE);
   case TS_OP_WRITE_ZEROES:
-    if (io->flags & TS_IO_MAY_UNMAP)
-      r = do_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
-    else
-      r = do_fallocate(f, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+    r = falloc_keep(f, io, (io->flags & TS_IO_MAY_UNMAP) ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
     break;
   case TS_OP_PROVISION:
-    return do_fallocate(f, FALLOC_FL_KEEP_SIZE, io->offset, io->length);
+    return falloc_keep(f, io, 0);
   default:
     return -EOPNOTSUPP;
   }
   if (!r && (io->flags & TS_IO_FUA))
-    r = sync_file(f);
+    r = ts__fio_sync(&f->io);
   return r;
-}
-
-/* Extents from FIEMAP: allocated extents are data, unwritten ones are
- * allocated zeroes (provisioned), gaps are holes. */
-static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact);
-
-/* An unwritten (preallocated) extent reads as zeroes only where no newer
- * data sits in the page cache: file systems such as ext4 keep the extent
- * unwritten until writeback, so FIEMAP alone would call freshly written
- * data zeroes. When SEEK_DATA sees cached pages in the extent (dirty, or
- * merely read), write the range back and map it again: the extent states
- * are then exact. Without cached pages this costs one lseek. */
-static int add_unwritten(struct file_layer *f, uint64_t s, uint64_t e, ts_extent_list *out)
-{
-  off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
-  if ((d < 0 && errno == ENXIO) || (d >= 0 && (uint64_t)d >= e))
-    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-  if (d < 0 || sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
-                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                   SYNC_FILE_RANGE_WAIT_AFTER) != 0)
-    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
-  for (uint64_t pos = s; pos < e;) {
-    size_t before = out->n;
-    int r = status_fiemap(f, pos, e - pos, out, true);
-    if (r || out->n == before)
-      return r ? r : (ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0);
-    pos = out->v[out->n - 1].offset + out->v[out->n - 1].length;
-  }
-  return 0;
-}
-
-/* `exact`: the range was just written back, so unwritten extents are zeroes. */
-static int status_fiemap(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact)
-{
-  enum { N = 64 };
-  struct {
-    struct fiemap fm;
-    struct fiemap_extent ext[N];
-  } req;
-  uint64_t end = off + len, pos = off;
-  memset(&req, 0, sizeof req);
-  req.fm.fm_start = off;
-  req.fm.fm_length = len;
-  req.fm.fm_extent_count = N;
-  if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0)
-    return -errno;
-  for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
-    const struct fiemap_extent *e = &req.ext[i];
-    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
-    if (ee <= pos)
-      continue;
-    if (es > pos) {
-      uint64_t gap_end = es < end ? es : end;
-      if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-        return -ENOMEM;
-      pos = gap_end;
-    }
-    if (pos >= end)
-      break;
-    uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
-    int r;
-    if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
-      r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
-    else if (exact)
-      r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-    else
-      r = add_unwritten(f, s, e2, out);
-    if (r)
-      return r;
-    pos = e2;
-    if (e->fe_flags & FIEMAP_EXTENT_LAST)
-      break;
-  }
-  /* Either a hole to the end, or more extents than one call returns: in the
-   * second case report what we have and the core asks again. */
-  if (pos < end && (req.fm.fm_mapped_extents < N || pos == off))
-    if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-      return -ENOMEM;
-  return 0;
-}
-
-static int status_seek(struct file_layer *f, uint64_t off, uint64_t len, ts_extent_list *out)
-{
-  uint64_t end = off + len;
-  off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
-  if (data < 0 && errno == ENXIO)
-    return ts_extent_list_add(out, off, len, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
-  if (data < 0)
-    return ts_extent_list_add(out, off, len, 0); /* no sparse information: all data */
-  if ((uint64_t)data > off) {
-    uint64_t e = (uint64_t)data < end ? (uint64_t)data : end;
-    return ts_extent_list_add(out, off, e - off, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
-  }
-  off_t hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
-  uint64_t e = hole < 0 || (uint64_t)hole > end ? end : (uint64_t)hole;
-  if (e <= off)
-    e = end;
-  return ts_extent_list_add(out, off, e - off, 0);
 }
 
 static int file_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct file_layer *f = ts_layer_priv(l);
-  if (f->fiemap) {
-    size_t before = out->n;
-    int r = status_fiemap(f, off, len, out, false);
-    if (r == 0 && out->n > before)
-      return 0;
-    if (r == -ENOMEM)
-      return r;
-    /* FIEMAP unsupported here (tmpfs, some FUSE file systems). */
-    if (r == -EOPNOTSUPP || r == -ENOTTY)
-      f->fiemap = false;
-    out->n = before;
-  }
-  return status_seek(f, off, len, out);
+  return ts__fio_block_status(&f->io, off, len, out);
 }
 
 static int file_status(ts_layer *l, json_t *out)
@@ -431,7 +232,7 @@ static int file_status(ts_layer *l, json_t *out)
   struct file_layer *f = ts_layer_priv(l);
   struct stat st;
   json_object_set_new(out, "path", json_string(f->path));
-  if (fstat(f->fd, &st) == 0)
+  if (fstat(f->io.fd, &st) == 0)
     json_object_set_new(out, "allocated_bytes", json_integer((json_int_t)st.st_blocks * 512));
   json_object_set_new(out, "direct", json_boolean(f->direct));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
@@ -447,7 +248,7 @@ static int file_grow(ts_layer *l, uint64_t new_size, ts_error *err)
   if (new_size % f->block_size)
     return ts_layer_error(l, err, -EINVAL, "size", "%llu is not a multiple of %u",
                           (unsigned long long)new_size, f->block_size);
-  if (ftruncate(f->fd, (off_t)new_size) != 0)
+  if (ftruncate(f->io.fd, (off_t)new_size) != 0)
     return ts_layer_error(l, err, -errno, "size", "cannot grow %s to %llu bytes: %s", f->path,
                           (unsigned long long)new_size, strerror(errno));
   f->size = new_size;

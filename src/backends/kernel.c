@@ -27,13 +27,13 @@
  */
 #include <libthinstack/layer.h>
 
+#include "backends/fileio.h"
 #include "core/claim.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -51,9 +51,6 @@
 #ifndef FALLOC_FL_WRITE_ZEROES
 #define FALLOC_FL_WRITE_ZEROES 0x80
 #endif
-
-#define KL_BOUNCE_MAX (1u << 20)  /* bounce buffer per step for unaligned O_DIRECT */
-#define KL_IOV_STEP 64            /* iovec pieces per syscall */
 
 /* The kernel calls a request can take. */
 enum kpath {
@@ -117,6 +114,7 @@ static const char *const qa_name[QA_COUNT] = {
 };
 
 struct kernel_layer {
+  struct ts__fio io;     /* the data path over fd, set up once lbs is known */
   int fd;
   bool bdev;             /* a block device (else a regular file) */
   bool read_only;
@@ -288,83 +286,17 @@ static int ladder_drop(struct kernel_layer *k, struct ladder *ld, int idx, int e
 /* ------------------------------------------------------------------------ */
 /* Data path                                                                 */
 
-static bool iov_aligned(const struct iovec *iov, int iovcnt, uint32_t a)
-{
-  for (int i = 0; i < iovcnt; i++)
-    if (((uintptr_t)iov[i].iov_base | iov[i].iov_len) & (a - 1))
-      return false;
-  return true;
-}
-
-/* Transfer all of [off, off+len) between the device and the iovec. */
-static int rw_all(struct kernel_layer *k, bool write, const struct iovec *iov, int iovcnt,
-                  uint64_t off, uint64_t len, int rwf)
-{
-  struct iovec piece[KL_IOV_STEP];
-  uint64_t done = 0;
-  while (done < len) {
-    int cnt = ts_iov_slice(iov, iovcnt, done, len - done, piece, KL_IOV_STEP);
-    if (cnt < 0)
-      cnt = KL_IOV_STEP; /* the first pieces now, the rest on the next pass */
-    ssize_t n = write ? pwritev2(k->fd, piece, cnt, (off_t)(off + done), rwf)
-                      : preadv(k->fd, piece, cnt, (off_t)(off + done));
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (n == 0) {
-      /* The device or file shrank under us. A file reads as zeroes past its
-       * end, as a loop device over it would; a block device cannot. */
-      if (write || k->bdev)
-        return -EIO;
-      ts_iov_zero(iov, iovcnt, done, len - done);
-      return 0;
-    }
-    done += (uint64_t)n;
-  }
-  return 0;
-}
-
 static int kernel_rw(struct kernel_layer *k, bool write, const struct iovec *iov, int iovcnt,
                      uint64_t off, uint64_t len, int rwf)
 {
-  if (!k->direct || iov_aligned(iov, iovcnt, k->lbs))
-    return rw_all(k, write, iov, iovcnt, off, len, rwf);
-  /* O_DIRECT wants memory and lengths aligned to the logical block size. */
-  size_t chunk = len < KL_BOUNCE_MAX ? (size_t)len : KL_BOUNCE_MAX;
-  void *bounce;
-  if (posix_memalign(&bounce, k->lbs > 4096 ? k->lbs : 4096, chunk))
-    return -ENOMEM;
-  int r = 0;
-  for (uint64_t done = 0; done < len && !r;) {
-    size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
-    struct iovec v = { bounce, n };
-    if (write)
-      ts_iov_to_buf(iov, iovcnt, (size_t)done, bounce, n);
-    r = rw_all(k, write, &v, 1, off + done, n, rwf);
-    if (!r && !write)
-      ts_iov_from_buf(iov, iovcnt, (size_t)done, bounce, n);
-    done += n;
-  }
-  free(bounce);
-  return r;
+  return ts__fio_rw(&k->io, write, iov, iovcnt, off, len, rwf);
 }
 
-static int sync_dev(struct kernel_layer *k)
-{
-  while (fdatasync(k->fd) != 0)
-    if (errno != EINTR)
-      return -errno;
-  return 0;
-}
+static int sync_dev(struct kernel_layer *k) { return ts__fio_sync(&k->io); }
 
 static int do_fallocate(struct kernel_layer *k, int mode, uint64_t off, uint64_t len)
 {
-  while (fallocate(k->fd, mode, (off_t)off, (off_t)len) != 0)
-    if (errno != EINTR)
-      return norm_err(errno, false);
-  return 0;
+  return ts__fio_fallocate(&k->io, mode, off, len);
 }
 
 static int do_range_ioctl(struct kernel_layer *k, unsigned long cmd, uint64_t off, uint64_t len)
@@ -510,79 +442,12 @@ static int kernel_submit(ts_layer *l, const ts_io *io)
 /* ------------------------------------------------------------------------ */
 /* Block status (files only; a block device is all data)                     */
 
-static int status_fiemap(struct kernel_layer *k, uint64_t off, uint64_t len, ts_extent_list *out)
-{
-  enum { N = 32 };
-  struct {
-    struct fiemap fm;
-    struct fiemap_extent ext[N];
-  } q;
-  memset(&q, 0, sizeof q);
-  q.fm.fm_start = off;
-  q.fm.fm_length = len;
-  q.fm.fm_extent_count = N;
-  if (ioctl(k->fd, FS_IOC_FIEMAP, &q.fm) != 0)
-    return norm_err(errno, true);
-  uint64_t end = off + len, pos = off;
-  bool last = false;
-  for (unsigned i = 0; i < q.fm.fm_mapped_extents && pos < end; i++) {
-    const struct fiemap_extent *e = &q.ext[i];
-    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
-    last = e->fe_flags & FIEMAP_EXTENT_LAST;
-    if (ee <= pos)
-      continue;
-    if (es > pos) {
-      uint64_t h = es < end ? es : end;
-      if (ts_extent_list_add(out, pos, h - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-        return -ENOMEM;
-      pos = h;
-      if (pos >= end)
-        break;
-    }
-    uint64_t s = es > pos ? es : pos, t = ee < end ? ee : end;
-    /* Unwritten extents are allocated (provisioned) and read as zeroes. */
-    uint32_t fl = (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) ? TS_EXTENT_ZERO : 0;
-    if (ts_extent_list_add(out, s, t - s, fl))
-      return -ENOMEM;
-    pos = t;
-  }
-  /* Past the last extent it is all hole; with a full answer and no LAST flag
-   * the core asks again from where we stopped. */
-  if (pos < end && (last || q.fm.fm_mapped_extents < N))
-    if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-      return -ENOMEM;
-  return 0;
-}
-
-static int status_seek(struct kernel_layer *k, uint64_t off, uint64_t len, ts_extent_list *out)
-{
-  uint64_t end = off + len;
-  off_t data = lseek(k->fd, (off_t)off, SEEK_DATA);
-  if (data < 0)
-    return ts_extent_list_add(out, off, len,
-                              errno == ENXIO ? TS_EXTENT_HOLE | TS_EXTENT_ZERO : 0);
-  if ((uint64_t)data > off) {
-    uint64_t h = (uint64_t)data < end ? (uint64_t)data : end;
-    return ts_extent_list_add(out, off, h - off, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
-  }
-  off_t hole = lseek(k->fd, (off_t)off, SEEK_HOLE);
-  uint64_t d = hole < 0 || (uint64_t)hole > end || (uint64_t)hole <= off ? end : (uint64_t)hole;
-  return ts_extent_list_add(out, off, d - off, 0);
-}
-
 static int kernel_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct kernel_layer *k = ts_layer_priv(l);
   if (k->bdev)
     return ts_extent_list_add(out, off, len, 0);
-  size_t before = out->n;
-  int r = status_fiemap(k, off, len, out);
-  if (r == 0 && out->n > before)
-    return 0;
-  if (r == -ENOMEM)
-    return r;
-  out->n = before; /* no FIEMAP here (tmpfs, some FUSE file systems) */
-  return status_seek(k, off, len, out);
+  return ts__fio_block_status(&k->io, off, len, out);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -775,6 +640,7 @@ static int kernel_open(ts_layer *l, const json_t *params, ts_error *err)
       goto out;
     }
   }
+  ts__fio_init(&k->io, k->fd, k->direct, k->lbs, !k->bdev);
   r = plan(l, k, err);
 out:
   free(root);
@@ -807,18 +673,8 @@ static int kernel_limits(ts_layer *l, ts_limits *lim, ts_error *err)
   lim->fua = true; /* pwritev2(RWF_DSYNC) */
   int prov = ladder_initial(&k->ld[LD_PROVISION]);
   if (!k->bdev) {
-    uint32_t u = k->alloc_unit > k->lbs ? k->alloc_unit : k->lbs;
-    lim->physical_block_size = u;
-    lim->io_min = k->lbs;
-    lim->io_opt = u;
-    lim->max_io_bytes = 0;
-    lim->max_discard_bytes = UINT64_MAX;
-    lim->discard_granularity = u;
-    lim->discard_zeroes = true; /* a punched hole reads as zeroes */
-    lim->max_write_zeroes_bytes = UINT64_MAX;
-    lim->write_zeroes_unmap = true;
+    ts__fio_file_limits(lim, k->size, k->lbs, k->alloc_unit);
     lim->max_provision_bytes = prov == KP_NONE ? 0 : UINT64_MAX;
-    lim->provision_granularity = u;
     return 0;
   }
   const uint64_t *q = k->qa;

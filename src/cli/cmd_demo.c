@@ -13,8 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "pdata/thin-metadata.h"
-
 static const char demo_config[] =
   "{\n"
   "  \"version\": 1,\n"
@@ -142,16 +140,11 @@ static void check(const char *dir)
 {
   char p[PATH_MAX];
   snprintf(p, sizeof p, "%s/pool.meta", dir);
-  struct pd_bdev bdev;
-  ts_error err = { 0 };
-  struct pd_check_result res;
-  if (pd_bdev_open_file(&bdev, p, true, &err))
-    return;
-  if (pd_check(&bdev, NULL, NULL, &res) == 0)
+  ts_pool_check_result res;
+  if (ts_pool_check(p, 0, NULL, NULL, &res, NULL) == 0)
     printf("thinstack check pool.meta: %s, %llu devices, %llu mappings\n",
            res.errors ? "DAMAGED" : "clean", (unsigned long long)res.nr_devices,
            (unsigned long long)res.nr_mappings);
-  pd_bdev_close(&bdev);
 }
 
 int ts_cli_demo(int argc, char **argv)

@@ -10,7 +10,8 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
-#include "pdata/thin-metadata.h"
+
+#include <libthinstack/thinstack.h>
 
 
 static bool want_help(int argc, char **argv, const char *usage, const char *text)
@@ -36,10 +37,10 @@ struct check_out {
   unsigned shown;
 };
 
-static void check_report(void *arg, enum pd_check_level lvl, const char *msg)
+static void check_report(void *arg, bool error, const char *msg)
 {
   struct check_out *o = arg;
-  const char *l = lvl == PD_CHECK_ERROR ? "error" : "warning";
+  const char *l = error ? "error" : "warning";
   if (o->msgs) {
     json_array_append_new(o->msgs, json_pack("{s:s,s:s}", "level", l, "message", msg));
     return;
@@ -49,18 +50,18 @@ static void check_report(void *arg, enum pd_check_level lvl, const char *msg)
 }
 
 /* check and dump read: a shared lock, or none with -U. */
-static int meta_open(struct pd_bdev *bdev, const char *path, const char *cmd, ts_error *err)
+static void meta_error(const char *cmd, const char *path, int r, const ts_error *err)
 {
-  bool stale = false;
-  int r = pd_bdev_open_path(bdev, path, true, ts_cli_force_share, &stale, err);
   if (r == -ENOENT)
     ts_cli_err("%s: %s (thinstack pool create CONFIG POOL makes a pool's metadata)", cmd, err->msg);
-  else if (r)
+  else
     ts_cli_err("%s: %s%s", cmd, err->msg, r == -EBUSY ? " (EBUSY)" : "");
-  else if (stale)
-    ts_cli_err("warning: %s is open for writing by another process: what %s shows may be stale "
-               "or inconsistent", path, cmd);
-  return r;
+}
+
+static void stale_warning(const char *cmd, const char *path)
+{
+  ts_cli_err("warning: %s is open for writing by another process: what %s shows may be stale "
+             "or inconsistent", path, cmd);
 }
 
 int ts_cli_check(int argc, char **argv)
@@ -86,19 +87,18 @@ int ts_cli_check(int argc, char **argv)
     ts_cli_err("check: missing METADATA_FILE (usage: thinstack check METADATA_FILE [--json])");
     return 2;
   }
-  struct pd_bdev bdev;
   ts_error err = {0};
-  if (meta_open(&bdev, path, "check", &err))
-    return 2;
   struct check_out o = {json ? json_array() : NULL, 0};
-  struct pd_check_result res;
-  int r = pd_check(&bdev, check_report, &o, &res);
-  pd_bdev_close(&bdev);
+  ts_pool_check_result res;
+  int r = ts_pool_check(path, ts_cli_force_share ? TS_POOL_FORCE_SHARE : 0, check_report, &o, &res,
+                        &err);
   if (r) {
-    ts_cli_err("check: %s: %s", path, strerror(-r));
+    meta_error("check", path, r, &err);
     json_decref(o.msgs);
     return 2;
   }
+  if (res.stale)
+    stale_warning("check", path);
   if (json) {
     json_t *j = json_pack("{s:s,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o}", "file", path, "clean", res.errors == 0,
                           "errors", (json_int_t)res.errors, "warnings", (json_int_t)res.warnings, "devices",
@@ -159,20 +159,23 @@ int ts_cli_dump(int argc, char **argv)
                path);
     return 2;
   }
-  struct pd_bdev bdev;
   ts_error err = {0};
-  if (meta_open(&bdev, path, "dump", &err))
-    return 2;
   FILE *out = outpath ? fopen(outpath, "w") : stdout;
   if (!out) {
     ts_cli_err("dump: %s: %s", outpath, strerror(errno));
-    pd_bdev_close(&bdev);
     return 2;
   }
-  int r = pd_dump_xml(&bdev, snap, out, &err);
-  pd_bdev_close(&bdev);
+  bool stale = false;
+  unsigned flags = (snap ? TS_POOL_METADATA_SNAP : 0) | (ts_cli_force_share ? TS_POOL_FORCE_SHARE : 0);
+  int r = ts_pool_dump(path, flags, out, &stale, &err);
+  if (stale)
+    stale_warning("dump", path);
   if (outpath && fclose(out) && !r) {
     ts_cli_err("dump: %s: %s", outpath, strerror(errno));
+    return 2;
+  }
+  if (r == -ENOENT || r == -EBUSY || r == -EACCES) {
+    meta_error("dump", path, r, &err); /* the file could not be opened */
     return 2;
   }
   if (r) {
@@ -205,18 +208,11 @@ int ts_cli_restore(int argc, char **argv)
     ts_cli_err("restore: %s: %s", argv[1], strerror(errno));
     return 2;
   }
-  struct pd_bdev bdev;
   ts_error err = {0};
-  if (pd_bdev_open_file(&bdev, argv[2], false, &err)) {
-    fclose(in);
-    ts_cli_err("restore: %s%s", err.msg, err.code == -EBUSY ? " (EBUSY)" : "");
-    return 2;
-  }
-  int r = pd_restore_xml(&bdev, in, &err);
+  int r = ts_pool_restore(in, argv[2], &err);
   fclose(in);
-  pd_bdev_close(&bdev);
   if (r) {
-    ts_cli_err("restore: %s: %s", argv[1], err.msg);
+    ts_cli_err("restore: %s: %s%s", argv[1], err.msg, r == -EBUSY ? " (EBUSY)" : "");
     return r == -EINVAL ? 1 : 2;
   }
   return 0;

@@ -4,7 +4,6 @@
  * WRITE_ZEROES, a FLUSH after a FUA write), so layers trust what they get. */
 #include "core/internal.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +18,6 @@ static const uint32_t op_flags[TS_OP_COUNT] = {
   [TS_OP_PROVISION] = TS_IO_MAY_ZERO,
 };
 
-#define SLICE_INLINE 16
 
 static int call_layer(struct ts_node *n, const ts_io *io)
 {
@@ -108,27 +106,21 @@ static int run_rw(struct ts_node *n, const ts_io *io, uint32_t flags)
     sub.flags = flags;
     return call_layer(n, &sub);
   }
-  struct iovec inl[SLICE_INLINE];
-  struct iovec *slice = inl;
-  int cap = SLICE_INLINE;
-  if (io->iovcnt > SLICE_INLINE) {
-    cap = io->iovcnt;
-    slice = malloc((size_t)cap * sizeof *slice);
-    if (!slice)
-      return -ENOMEM;
-  }
-  int r = 0;
+  ts_iov_buf b;
+  int r = ts_iov_buf_init(&b, io->iovcnt);
   for (uint64_t off = io->offset; off < end && !r;) {
     uint64_t l = piece_len(n, io->op, off, end);
-    int cnt = ts_iov_slice(io->iov, io->iovcnt, off - io->offset, l, slice, cap);
-    assert(cnt > 0);
-    ts_io sub = { .op = io->op, .flags = flags, .offset = off, .length = l, .iov = slice,
+    int cnt = ts_iov_buf_slice(&b, io->iov, io->iovcnt, off - io->offset, l);
+    if (cnt < 0) {
+      r = cnt;
+      break;
+    }
+    ts_io sub = { .op = io->op, .flags = flags, .offset = off, .length = l, .iov = b.v,
                   .iovcnt = cnt };
     r = call_layer(n, &sub);
     off += l;
   }
-  if (slice != inl)
-    free(slice);
+  ts_iov_buf_free(&b);
   return r;
 }
 

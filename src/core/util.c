@@ -1,4 +1,5 @@
 /* Errors, sizes, extents, iovecs and the shared zero buffer. */
+#include "core/array.h"
 #include "core/internal.h"
 
 #include <ctype.h>
@@ -149,6 +150,23 @@ void ts_format_size(uint64_t bytes, char *buf, size_t buflen)
     snprintf(buf, buflen, "%llu%c", (unsigned long long)v, units[u]);
 }
 
+void *ts__array_grow(void *v, size_t *cap, size_t n, size_t elem, const void *inl)
+{
+  if (v && n < *cap)
+    return v;
+  size_t ncap = *cap ? *cap * 2 : 8;
+  void *nv;
+  if (v && v == inl) {
+    if ((nv = malloc(ncap * elem)))
+      memcpy(nv, inl, n * elem);
+  } else {
+    nv = realloc(v, ncap * elem);
+  }
+  if (nv)
+    *cap = ncap;
+  return nv;
+}
+
 int ts_extent_list_add(ts_extent_list *l, uint64_t offset, uint64_t length, uint32_t flags)
 {
   if (length == 0)
@@ -160,14 +178,10 @@ int ts_extent_list_add(ts_extent_list *l, uint64_t offset, uint64_t length, uint
       return 0;
     }
   }
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    ts_extent *v = realloc(l->v, cap * sizeof *v);
-    if (!v)
-      return -ENOMEM;
-    l->v = v;
-    l->cap = cap;
-  }
+  ts_extent *v = ts__array_grow(l->v, &l->cap, l->n, sizeof *v, NULL);
+  if (!v)
+    return -ENOMEM;
+  l->v = v;
   l->v[l->n++] = (ts_extent){ offset, length, flags };
   return 0;
 }
@@ -238,29 +252,74 @@ void ts_iov_zero(const struct iovec *iov, int iovcnt, size_t skip, size_t len)
   iov_walk(iov, iovcnt, skip, len, zero_fn, NULL);
 }
 
+struct slice_arg {
+  struct iovec *out;
+  int n, max;
+  size_t bytes;
+};
+
+static void slice_fn(void *seg, size_t n, size_t done, void *arg)
+{
+  struct slice_arg *a = arg;
+  if (a->n < a->max)
+    a->out[a->n] = (struct iovec){ seg, n };
+  a->n++;
+  a->bytes = done + n;
+}
+
 int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, size_t len,
                  struct iovec *out, int outmax)
 {
-  int n = 0;
-  size_t done = 0;
-  for (int i = 0; i < iovcnt && done < len; i++) {
-    size_t sl = iov[i].iov_len;
-    if (skip >= sl) {
-      skip -= sl;
-      continue;
-    }
-    size_t take = sl - skip;
-    if (take > len - done)
-      take = len - done;
-    if (n == outmax)
-      return -ENOBUFS;
-    out[n].iov_base = (char *)iov[i].iov_base + skip;
-    out[n].iov_len = take;
-    n++;
-    done += take;
-    skip = 0;
+  struct slice_arg a = { out, 0, outmax, 0 };
+  iov_walk(iov, iovcnt, skip, len, slice_fn, &a);
+  return a.n > outmax ? -ENOBUFS : a.n;
+}
+
+int ts_iov_buf_init(ts_iov_buf *b, int iovcnt)
+{
+  b->v = b->inl;
+  b->cap = TS_IOV_INLINE;
+  if (iovcnt > TS_IOV_INLINE) {
+    struct iovec *v = malloc((size_t)iovcnt * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    b->v = v;
+    b->cap = iovcnt;
   }
-  return n;
+  return 0;
+}
+
+void ts_iov_buf_free(ts_iov_buf *b)
+{
+  if (b->v != b->inl)
+    free(b->v);
+  b->v = b->inl;
+}
+
+int ts_iov_buf_slice(ts_iov_buf *b, const struct iovec *iov, int iovcnt, size_t skip, size_t len)
+{
+  struct slice_arg a = { b->v, 0, b->cap, 0 };
+  iov_walk(iov, iovcnt, skip, len, slice_fn, &a);
+  return a.n > 0 && a.n <= b->cap && a.bytes == len ? a.n : -EIO;
+}
+
+int ts_layer_submit_slice(ts_layer *child, uint32_t op, uint32_t flags, uint64_t offset,
+                          const ts_io *io, uint64_t skip, uint64_t len)
+{
+  ts_iov_buf b;
+  int r = ts_iov_buf_init(&b, io->iovcnt);
+  if (r)
+    return r;
+  int n = ts_iov_buf_slice(&b, io->iov, io->iovcnt, (size_t)skip, (size_t)len);
+  if (n > 0) {
+    ts_io sub = { .op = op, .flags = flags, .offset = offset, .length = len, .iov = b.v,
+                  .iovcnt = n };
+    r = ts_submit(child, &sub);
+  } else {
+    r = n;
+  }
+  ts_iov_buf_free(&b);
+  return r;
 }
 
 int ts__fd_rw(int fd, bool write, void *buf, size_t len, uint64_t off)

@@ -202,6 +202,15 @@ int ts_test_thin_check(const char *meta, char **complaints)
   return st;
 }
 
+void ts_test_assert_thin_check(const char *meta)
+{
+  char *complaints = NULL;
+  int st = ts_test_thin_check(meta, &complaints);
+  ck_assert_msg(st == 0 && complaints[0] == '\0', "thin_check %s: exit status %d, said:\n%s", meta,
+                st, complaints);
+  free(complaints);
+}
+
 int64_t ts_test_op_errors(ts_dev *d, const char *op)
 {
   char *text = ts_dev_status_json(d);

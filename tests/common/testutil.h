@@ -43,6 +43,9 @@ int ts_test_run(char **output, const char *fmt, ...) __attribute__((format(print
  * one of its progress or summary lines ("examining ...", "checking space map
  * counts", "TRANSACTION_ID=", "METADATA_FREE_BLOCKS="), so "" means clean. */
 int ts_test_thin_check(const char *meta, char **complaints);
+/* The assertion every suite makes with it: thin_check exits 0 and says
+ * nothing but progress lines. The failure names `meta` and what it said. */
+void ts_test_assert_thin_check(const char *meta);
 
 /* Whole-file helpers. */
 bool ts_test_read_file(const char *path, void **data, size_t *len);

@@ -19,6 +19,15 @@ import json
 d = json.load(open("crypt.json"))
 assert d["child"] == "zero" and len(d["rows"]) == 4, d
 assert all(r["openssl_mbps"] > 0 and r["crypt_1t_mbps"] > 0 for r in d["rows"]), d'
+# A deadline that passes before any thread has started: every thread and
+# every timed loop still does one round, so no figure is 0 (a loop that
+# checks its deadline first would fail here every time, not 1 run in 3).
+"$THINSTACK" bench crypt --seconds 0.000000001 --sector-size 4096 --json > crypt-short.json
+python3 -c '
+import json
+d = json.load(open("crypt-short.json"))
+assert len(d["rows"]) == 4, d
+assert all(r[k] > 0 for r in d["rows"] for k in ("openssl_mbps", "crypt_1t_mbps", "crypt_nt_mbps")), d'
 "$THINSTACK" bench crypt --seconds 0.05 --sector-size 512 --child memory > crypt.txt
 grep -q "memory child" crypt.txt || fail "bench crypt --child memory"
 "$THINSTACK" bench snapshot --size 4M --dir "$TMP" > snap.txt || fail "bench snapshot"

@@ -10,4 +10,10 @@ for h in "$inc"/libthinstack/*.h; do
   cp "$TMP/t.c" "$TMP/t.cpp"
   c++ -std=c++17 -Wall -Werror -fsyntax-only -I"$inc" $(pkg-config --cflags jansson libuv) "$TMP/t.cpp" || fail "$name as C++"
 done
+# Every public call has its TS_HAVE_ macro (a call added without one fails here).
+for h in "$inc"/libthinstack/*.h; do
+  for f in $(grep -o 'TS_EXTERN[^;(]*\bts_[a-z0-9_]* *(' "$h" | grep -o 'ts_[a-z0-9_]* *(' | tr -d ' ('); do
+    grep -q "^#define TS_HAVE_${f^^} 1$" "$h" || fail "$(basename "$h"): $f has no TS_HAVE_${f^^}"
+  done
+done
 echo "headers: ok"

@@ -24,9 +24,37 @@ CM
 cmake -S "$TMP/proj" -B "$TMP/proj/build" -DCMAKE_PREFIX_PATH="$prefix" > cm.log 2>&1 || { cat cm.log; fail "find_package configure"; }
 cmake --build "$TMP/proj/build" > cm.log 2>&1 || { cat cm.log; fail "find_package build"; }
 "$TMP/proj/build/ex" | grep -q "after provisioning" || fail "find_package example did not run"
-# Only the public API is exported from the shared library.
-if nm -D --defined-only "$libdir/libthinstack.so" | awk '{print $3}' | grep -v '^ts_' | grep -q .; then
-  nm -D --defined-only "$libdir/libthinstack.so" | awk '{print $3}' | grep -v '^ts_' | head
+# Only the public API is exported from the shared library (besides the
+# version node, an absolute symbol).
+if nm -D --defined-only "$libdir/libthinstack.so" | awk '$2 != "A" {print $3}' | grep -v '^ts_' | grep -q .; then
+  nm -D --defined-only "$libdir/libthinstack.so" | awk '$2 != "A" {print $3}' | grep -v '^ts_' | head
   fail "non-ts_ symbols exported"
 fi
+# And from the static library, only ts_ names are global: a program may
+# define names the library uses inside (here pd_check, a metadata module's)
+# and still link statically with it.
+if nm -g --defined-only "$libdir/libthinstack.a" | awk 'NF==3{print $3}' | grep -v '^ts_[a-z]' | grep -q .; then
+  nm -g --defined-only "$libdir/libthinstack.a" | awk 'NF==3{print $3}' | grep -v '^ts_[a-z]' | head
+  fail "non-ts_ symbols global in the static library"
+fi
+cat > "$TMP/clash.c" <<'C'
+#include <libthinstack/thinstack.h>
+#include <stdio.h>
+#include <string.h>
+int pd_check(void);
+int pd_check(void) { return 42; }
+int main(void)
+{
+  ts_pool_check_result res;
+  ts_error err = { 0 };
+  int r = ts_pool_check("/nonexistent/pool.meta", 0, NULL, NULL, &res, &err);
+  printf("%s %d %d\n", ts_version(), pd_check(), r);
+  return 0;
+}
+C
+cc -std=c11 -Wall -Werror $(pkg-config --cflags thinstack) "$TMP/clash.c" -o "$TMP/clash" \
+   "$libdir/libthinstack.a" $(pkg-config --static --libs thinstack | sed 's/-lthinstack//') \
+   > clash.log 2>&1 || { cat clash.log; fail "static link beside a program's own pd_check"; }
+"$TMP/clash" | grep -q " 42 -2$" || fail "static program: $("$TMP/clash")"
+objdump -T "$libdir/libthinstack.so" | grep -q "LIBTHINSTACK_0 *ts_version$" || fail "ts_version is not in the LIBTHINSTACK_0 version node"
 echo "install: ok"

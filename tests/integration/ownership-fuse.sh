@@ -59,7 +59,7 @@ umount "$FS"
 losetup -d "$LOOP"
 LOOP=
 fuse_umount "$MNT"
-thin_check "$TMP/meta.img" >"$TMP/tc" 2>&1 || { cat "$TMP/tc"; fail "thin_check after the refusals"; }
+assert_thin_check "$TMP/meta.img" "after the refusals"
 fuse_mount "$CONFIG" "$MNT" -o ro,nocontrol
 LOOP=$(losetup -r --find --show "$MNT/vm0") || fail "losetup -r failed"
 e2fsck -fn "$LOOP" >"$TMP/fsck.log" 2>&1 || { cat "$TMP/fsck.log"; fail "e2fsck -fn found problems"; }
@@ -85,5 +85,5 @@ fi
 setpriv --reuid=65534 --regid=65534 --clear-groups \
   dd if="$MNT/vm0" of=/dev/null bs=4096 count=1 status=none || fail "another user cannot read the 0644 export"
 fuse_umount "$MNT"
-thin_check "$TMP/meta.img" >"$TMP/tc" 2>&1 || { cat "$TMP/tc"; fail "thin_check at the end"; }
+assert_thin_check "$TMP/meta.img" "at the end"
 echo "PASS"

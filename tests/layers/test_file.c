@@ -97,6 +97,30 @@ START_TEST(provision_discard_zero)
 }
 END_TEST
 
+/* Data written into a provisioned range, not yet written back: ext4 keeps
+ * the extent unwritten until writeback, yet the bytes are data. */
+START_TEST(written_into_provisioned)
+{
+  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_dev *d = ts_stack_dev(s, "d");
+  ck_assert_int_eq(ts_provision(d, 0, 1 << 20), 0);
+  char *buf = malloc(64 << 10);
+  ts_test_pattern(buf, 64 << 10, 9);
+  ck_assert_int_eq(ts_pwrite(d, buf, 64 << 10, 0, 0), 0);
+  ts_extent_list e = { 0 };
+  ck_assert_int_eq(ts_block_status(d, 0, 1 << 20, &e), 0);
+  ck_assert_uint_ge(e.n, 2);
+  ck_assert_uint_eq(e.v[0].offset, 0);
+  ck_assert_uint_eq(e.v[0].length, 64 << 10);
+  ck_assert_uint_eq(e.v[0].flags, 0);
+  ck_assert_uint_eq(e.v[1].offset, 64 << 10);
+  ck_assert_uint_eq(e.v[1].flags, TS_EXTENT_ZERO);
+  ts_extent_list_free(&e);
+  free(buf);
+  ck_assert_int_eq(ts_stack_close(s, NULL), 0);
+}
+END_TEST
+
 START_TEST(direct_io_unaligned_buffers)
 {
   ts_stack *s = ts_test_open(dir, FILE_STACK(", \"direct\": true"));
@@ -161,6 +185,7 @@ int main(void)
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, create_and_reopen);
   tcase_add_test(tc, provision_discard_zero);
+  tcase_add_test(tc, written_into_provisioned);
   tcase_add_test(tc, direct_io_unaligned_buffers);
   tcase_add_test(tc, read_only_open);
   tcase_add_test(tc, iovec_requests);

@@ -20,14 +20,6 @@ static void teardown(void)
   free(meta);
 }
 
-static void assert_thin_check_clean(const char *path)
-{
-  char *noise = NULL;
-  int st = pdt_thin_check(path, &noise);
-  ck_assert_msg(st == 0 && noise[0] == 0, "thin_check exit %d, output:\n%s", st, noise);
-  free(noise);
-}
-
 static char *thin_dump(const char *path, bool snap)
 {
   char *out = NULL;
@@ -88,7 +80,7 @@ START_TEST(test_our_pools_pass_thin_tools)
   ck_assert_int_eq(tmd_commit(md), 0);
   tmd_close(md);
 
-  assert_thin_check_clean(meta);
+  ts_test_assert_thin_check(meta);
   pdt_check_clean(&b);
   char *want = pdt_model_xml(&m), *theirs = thin_dump(meta, false), *ours = pdt_dump(&b, false);
   ck_assert_str_eq(theirs, want);
@@ -110,7 +102,7 @@ START_TEST(test_our_pools_pass_thin_tools)
   ck_assert_int_eq(tmd_release_metadata_snap(md), 0);
   ck_assert_int_eq(tmd_commit(md), 0);
   tmd_close(md);
-  assert_thin_check_clean(meta);
+  ts_test_assert_thin_check(meta);
   pdt_check_clean(&b);
   pdt_model_free(&m);
   pd_bdev_close(&b);
@@ -151,7 +143,7 @@ START_TEST(test_thin_restore_pools_open_here)
   int st = ts_test_run(&out, "thin_restore -i '%s' -o '%s'", xpath, meta);
   ck_assert_msg(st == 0, "thin_restore: %s", out);
   free(out);
-  assert_thin_check_clean(meta);
+  ts_test_assert_thin_check(meta);
 
   struct pd_bdev b;
   pdt_open_bdev(&b, meta);
@@ -192,7 +184,7 @@ START_TEST(test_thin_restore_pools_open_here)
   ts_error err = {0};
   ck_assert_msg(pd_restore_xml(&b, f, &err) == 0, "restore: %s", err.msg);
   fclose(f);
-  assert_thin_check_clean(meta);
+  ts_test_assert_thin_check(meta);
   pdt_check_clean(&b);
   char *theirs = thin_dump(meta, false);
   ck_assert_str_eq(theirs, xml);

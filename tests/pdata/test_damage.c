@@ -80,7 +80,7 @@ START_TEST(test_clean_baseline)
 {
   build_pool();
   ck_assert_uint_eq(our_errors(), 0);
-  ck_assert_int_eq(pdt_thin_check(meta, NULL), 0);
+  ts_test_assert_thin_check(meta);
 }
 END_TEST
 

@@ -37,7 +37,8 @@ from typing import List, Optional
 __all__ = [
     "ThinstackError", "Stack", "Device", "Limits", "Extent", "Pool", "ThinInfo", "PoolStatus",
     "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
-    "layer_types", "has_layer_type", "Control", "control_path",
+    "layer_types", "has_layer_type", "pool_check", "pool_dump", "pool_restore", "log_replay",
+    "Control", "control_path",
     "EXTENT_HOLE", "EXTENT_ZERO",
 ]
 
@@ -274,6 +275,119 @@ _VOLUME_ANY_ID = 0xFFFFFFFF
 _VOLUME_EXPORT = 1
 _VOLUME_DISCARD_BEYOND = 2
 _POOL_EXTEND_METADATA = 1
+
+
+class _CheckResult(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_uint64) for f in (
+                    "errors", "warnings", "nr_devices", "nr_mappings", "metadata_blocks_used",
+                    "data_blocks_used", "transaction_id")] + [("stale", ctypes.c_bool)]
+
+
+class _LogEntry(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint64), ("offset", ctypes.c_uint64),
+                ("sector", ctypes.c_uint64), ("nr_sectors", ctypes.c_uint64),
+                ("sector_size", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("mark", ctypes.c_char_p)]
+
+
+_CHECK_FN = ctypes.CFUNCTYPE(None, _P, ctypes.c_bool, ctypes.c_char_p)
+_ENTRY_FN = ctypes.CFUNCTYPE(_c_int, _P, ctypes.POINTER(_LogEntry))
+_POOL_FORCE_SHARE = 1 << 0
+_POOL_METADATA_SNAP = 1 << 1
+_LOG_FLAGS = ("flush", "fua", "discard", "mark", "metadata")
+_pool_check = _fn("ts_pool_check", _c_int, ctypes.c_char_p, ctypes.c_uint, _CHECK_FN, _P,
+                  ctypes.POINTER(_CheckResult), ctypes.POINTER(_Error))
+_pool_dump = _fn("ts_pool_dump", _c_int, ctypes.c_char_p, ctypes.c_uint, _P,
+                 ctypes.POINTER(ctypes.c_bool), ctypes.POINTER(_Error))
+_pool_restore = _fn("ts_pool_restore", _c_int, _P, ctypes.c_char_p, ctypes.POINTER(_Error))
+_log_replay = _fn("ts_log_replay", _c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                  _u64, _ENTRY_FN, _P, ctypes.POINTER(_u64), ctypes.POINTER(_u64),
+                  ctypes.POINTER(_Error))
+_libc = ctypes.CDLL(None, use_errno=True)
+_fopen = _libc.fopen
+_fopen.restype = _P
+_fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+_fclose = _libc.fclose
+_fclose.argtypes = [_P]
+
+
+def _raise(r, err):
+    raise ThinstackError(r, err.msg.decode(errors="replace") or strerror(r))
+
+
+def _cfile(path, mode):
+    f = _fopen(os.fsencode(path), mode)
+    if not f:
+        e = ctypes.get_errno()
+        raise ThinstackError(e, "cannot open %s: %s" % (path, os.strerror(e)))
+    return f
+
+
+def pool_check(metadata_path, force_share: bool = False) -> dict:
+    """Check dm-thin pool metadata on a file or block device no stack has
+    open (as thin_check). Returns the counts ("errors", "warnings",
+    "nr_devices", ...), "stale", and "findings": (level, message) pairs."""
+    findings = []
+    cb = _CHECK_FN(lambda arg, error, msg: findings.append(
+        ("error" if error else "warning", msg.decode(errors="replace"))))
+    res, err = _CheckResult(), _Error()
+    r = _pool_check(os.fsencode(metadata_path), _POOL_FORCE_SHARE if force_share else 0, cb,
+                    None, ctypes.byref(res), ctypes.byref(err))
+    if r:
+        _raise(r, err)
+    out = {f: getattr(res, f) for f, _ in _CheckResult._fields_}
+    out["findings"] = findings
+    return out
+
+
+def pool_dump(metadata_path, out_path, metadata_snap: bool = False,
+              force_share: bool = False) -> None:
+    """Write the pool's metadata (or its held metadata snapshot) to out_path
+    as thin_dump XML."""
+    flags = (_POOL_METADATA_SNAP if metadata_snap else 0) | (_POOL_FORCE_SHARE if force_share else 0)
+    f = _cfile(out_path, b"w")
+    err = _Error()
+    r = _pool_dump(os.fsencode(metadata_path), flags, f, None, ctypes.byref(err))
+    _fclose(f)
+    if r:
+        _raise(r, err)
+
+
+def pool_restore(xml_path, metadata_path) -> None:
+    """Build fresh pool metadata on metadata_path from thin_dump XML; the
+    old pool stays if the XML is refused or the build fails."""
+    f = _cfile(xml_path, b"r")
+    err = _Error()
+    r = _pool_restore(f, os.fsencode(metadata_path), ctypes.byref(err))
+    _fclose(f)
+    if r:
+        _raise(r, err)
+
+
+def log_replay(log_path, target_path=None, end_mark: Optional[str] = None,
+               limit: Optional[int] = None) -> List[dict]:
+    """Read a dm-log-writes log; with target_path, replay it there (up to
+    `limit` entries or the mark `end_mark`). Returns the entries read, as
+    dicts with index, sector, nr_sectors, flags (names) and mark."""
+    entries = []
+
+    def each(arg, e):
+        e = e.contents
+        entries.append({"index": e.index, "sector": e.sector, "nr_sectors": e.nr_sectors,
+                        "flags": [n for i, n in enumerate(_LOG_FLAGS) if e.flags & (1 << i)],
+                        "mark": e.mark.decode(errors="replace")})
+        return 0
+    cb = _ENTRY_FN(each)
+    if limit is not None:
+        _check_uint("limit", limit)
+    err = _Error()
+    r = _log_replay(os.fsencode(log_path), os.fsencode(target_path) if target_path else None,
+                    end_mark.encode() if end_mark is not None else None,
+                    (1 << 64) - 1 if limit is None else limit, cb, None, None, None,
+                    ctypes.byref(err))
+    if r:
+        _raise(r, err)
+    return entries
 
 
 # --------------------------------------------------------------------------

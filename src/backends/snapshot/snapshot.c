@@ -123,28 +123,6 @@ struct snapshot {
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
-/* Bytes [skip, skip+len) of io's buffers as one request to `dev`. */
-static int sub_io(ts_layer *dev, uint32_t op, uint32_t flags, const ts_io *io, uint64_t skip,
-                  uint64_t len, uint64_t dev_off)
-{
-  struct iovec inl[16], *v = inl;
-  int cap = 16;
-  if (io->iovcnt > cap) {
-    cap = io->iovcnt;
-    if (!(v = malloc((size_t)cap * sizeof *v)))
-      return -ENOMEM;
-  }
-  int n = ts_iov_slice(io->iov, io->iovcnt, (size_t)skip, (size_t)len, v, cap);
-  int r = n;
-  if (n > 0) {
-    ts_io sub = { .op = op, .flags = flags, .offset = dev_off, .length = len, .iov = v, .iovcnt = n };
-    r = ts_submit(dev, &sub);
-  }
-  if (v != inl)
-    free(v);
-  return r;
-}
-
 static bool snap_lookup(struct snapshot *s, uint64_t c, uint64_t *nc)
 {
   pthread_rwlock_rdlock(&s->table_lock);
@@ -232,8 +210,8 @@ static int make_exceptions(struct snapshot *s, uint64_t c0, uint64_t c1, const t
     /* Only store_mu holders change the table, so no table_lock here. */
     if (ts__snap_table_lookup(&s->st.table, c, &nc)) {
       if (ws < we)
-        r = sub_io(s->cow, TS_OP_WRITE, wr->flags, wr, ws - wr->offset, we - ws,
-                   nc * cs + (ws - start));
+        r = ts_layer_submit_slice(s->cow, TS_OP_WRITE, wr->flags, nc * cs + (ws - start), wr,
+                                  ws - wr->offset, we - ws);
       continue;
     }
     r = ts__snap_store_alloc(&s->st, &nc);
@@ -594,8 +572,9 @@ static int snapshot_rw_runs(struct snapshot *s, const ts_io *io)
       run_end = min_u64(run_end + cs, end);
     }
     assert(m || io->op == TS_OP_READ);
-    int r = sub_io(m ? s->cow : s->base, io->op, io->flags, io, pos - io->offset, run_end - pos,
-                   m ? nc * cs + pos % cs : pos);
+    int r = ts_layer_submit_slice(m ? s->cow : s->base, io->op, io->flags,
+                                  m ? nc * cs + pos % cs : pos, io, pos - io->offset,
+                                  run_end - pos);
     if (r)
       return r;
     pos = run_end;

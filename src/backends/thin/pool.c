@@ -23,6 +23,7 @@
  * [error_if_no_space]`.
  */
 #include "backends/thin/thin-internal.h"
+#include "core/array.h"
 #include "core/internal.h"
 
 #include <errno.h>
@@ -66,14 +67,10 @@ int tp_druns_add(struct tp_druns *r, uint64_t d, uint64_t n)
     r->v[r->n - 1].n += n;
     return 0;
   }
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 8;
-    struct tp_drun *v = realloc(r->v, cap * sizeof *v);
-    if (!v)
-      return -ENOMEM;
-    r->v = v;
-    r->cap = cap;
-  }
+  struct tp_drun *v = ts__array_grow(r->v, &r->cap, r->n, sizeof *v, NULL);
+  if (!v)
+    return -ENOMEM;
+  r->v = v;
   r->v[r->n++] = (struct tp_drun){ d, n };
   return 0;
 }
@@ -939,6 +936,46 @@ static int check_id(struct tp_pool *p, uint32_t id, ts_error *err)
   return 0;
 }
 
+/* What a management call changes in the metadata, under the pool's locks:
+ * 0 changed, NOTHING_CHANGED, or a negative errno. */
+typedef int (*pool_change_fn)(struct tp_pool *p, void *arg);
+#define NOTHING_CHANGED 1
+
+/* The one way a management call changes the pool: `change` runs with the
+ * mapping lock exclusive and the transaction lock shared (or exclusive with
+ * `quiesce`, which waits for every allocation, discard and provision in
+ * flight); a change marks the pool changed. Returns 0 or the negative errno;
+ * the caller then commits with mgmt_commit(), outside the locks. */
+static int pool_change(struct tp_pool *p, bool quiesce, pool_change_fn change, void *arg)
+{
+  if (quiesce)
+    pthread_rwlock_wrlock(&p->txn);
+  else
+    pthread_rwlock_rdlock(&p->txn);
+  pthread_rwlock_wrlock(&p->lock);
+  int r = change(p, arg);
+  if (!r)
+    tp_changed(p);
+  pthread_rwlock_unlock(&p->lock);
+  pthread_rwlock_unlock(&p->txn);
+  return r == NOTHING_CHANGED ? 0 : r;
+}
+
+struct ids {
+  uint32_t id, origin;
+};
+
+static int create_thin_change(struct tp_pool *p, void *arg)
+{
+  return md_room(p) ? tmd_create_thin(p->md, ((struct ids *)arg)->id) : -ENOSPC;
+}
+
+static int create_snap_change(struct tp_pool *p, void *arg)
+{
+  struct ids *a = arg;
+  return md_room(p) ? tmd_create_snap(p->md, a->id, a->origin) : -ENOSPC;
+}
+
 int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
@@ -947,13 +984,7 @@ int ts_pool_create_thin(ts_dev *pool, uint32_t id, ts_error *err)
     return -EINVAL;
   if ((r = check_id(p, id, err)) || (r = mgmt_writable(p, err)))
     return r;
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  r = md_room(p) ? tmd_create_thin(p->md, id) : -ENOSPC;
-  if (!r)
-    tp_changed(p);
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  r = pool_change(p, false, create_thin_change, &(struct ids){ id, 0 });
   if (r == -EEXIST)
     return ts_layer_error(p->layer, err, r, NULL, "volume %u already exists", id);
   if (r)
@@ -972,15 +1003,8 @@ int ts_pool_create_snap(ts_dev *pool, uint32_t id, uint32_t origin_id, ts_error 
     return -EINVAL;
   if ((r = check_id(p, id, err)) || (r = check_id(p, origin_id, err)) || (r = mgmt_writable(p, err)))
     return r;
-  /* Quiesce: txn exclusive waits for every allocation, discard and
-   * provision in flight, lock exclusive for every read and write. */
-  pthread_rwlock_wrlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  r = md_room(p) ? tmd_create_snap(p->md, id, origin_id) : -ENOSPC;
-  if (!r)
-    tp_changed(p);
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  /* Quiesced: the origin's requests in flight finish first. */
+  r = pool_change(p, true, create_snap_change, &(struct ids){ id, origin_id });
   if (r == -ENODEV)
     return ts_layer_error(p->layer, err, r, NULL, "no volume %u to snapshot", origin_id);
   if (r == -EEXIST)
@@ -1002,6 +1026,26 @@ static int delete_freed(void *arg, uint64_t d, uint64_t n)
   return 0;
 }
 
+static int delete_change(struct tp_pool *p, void *arg)
+{
+  uint32_t id = ((struct ids *)arg)->id;
+  if (!tmd_dev_exists(p->md, id))
+    return -ENODEV;
+  /* Unmapping first reports the blocks that become free, so they can be
+   * discarded after the commit; tmd_delete alone would not say. */
+  uint64_t hi;
+  int r = 0;
+  if (p->passdown && p->data_discard && tmd_highest_mapped(p->md, id, &hi) == 0)
+    r = tmd_remove_range(p->md, id, 0, hi + 1, 0, delete_freed, p, NULL);
+  if (!r)
+    r = tmd_delete(p->md, id);
+  if (!r)
+    p->freed = true;
+  else
+    tp_changed(p); /* a failure may have unmapped part of it */
+  return r;
+}
+
 int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
@@ -1019,25 +1063,7 @@ int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err)
     return r;
   }
   /* Holding vol_mu keeps the volume from being opened meanwhile. */
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  if (!tmd_dev_exists(p->md, id)) {
-    r = -ENODEV;
-  } else {
-    /* Unmapping first reports the blocks that become free, so they can be
-     * discarded after the commit; tmd_delete alone would not say. */
-    uint64_t hi;
-    r = 0;
-    if (p->passdown && p->data_discard && tmd_highest_mapped(p->md, id, &hi) == 0)
-      r = tmd_remove_range(p->md, id, 0, hi + 1, 0, delete_freed, p, NULL);
-    if (!r)
-      r = tmd_delete(p->md, id);
-    if (!r)
-      p->freed = true;
-    tp_changed(p);
-  }
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  r = pool_change(p, false, delete_change, &(struct ids){ id, 0 });
   pthread_mutex_unlock(&p->vol_mu);
   if (r == -ENODEV)
     return ts_layer_error(p->layer, err, r, NULL, "no volume %u", id);
@@ -1199,6 +1225,22 @@ int ts_pool_extend_metadata(ts_dev *pool, uint64_t new_size, ts_error *err)
   return grow_space(p, &sp, new_size, err);
 }
 
+struct txn_ids {
+  uint64_t current, next, have;
+};
+
+static int set_txn_change(struct tp_pool *p, void *arg)
+{
+  struct txn_ids *t = arg;
+  t->have = tmd_transaction_id(p->md);
+  return tmd_set_transaction_id(p->md, t->current, t->next);
+}
+
+static int release_snap_change(struct tp_pool *p, void *arg)
+{
+  return tmd_release_metadata_snap(p->md);
+}
+
 int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_id, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
@@ -1207,17 +1249,11 @@ int ts_pool_set_transaction_id(ts_dev *pool, uint64_t current_id, uint64_t new_i
     return -EINVAL;
   if ((r = mgmt_writable(p, err)))
     return r;
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  uint64_t have = tmd_transaction_id(p->md);
-  r = tmd_set_transaction_id(p->md, current_id, new_id);
-  if (!r)
-    tp_changed(p);
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  struct txn_ids t = { current_id, new_id, 0 };
+  r = pool_change(p, false, set_txn_change, &t);
   if (r == -EINVAL)
     return ts_layer_error(p->layer, err, r, NULL, "mismatched transaction id: the pool's is %llu, not %llu",
-                          (unsigned long long)have, (unsigned long long)current_id);
+                          (unsigned long long)t.have, (unsigned long long)current_id);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL, "cannot set the transaction id: %s", ts_strerror(r));
   return mgmt_commit(p, err, "set the transaction id");
@@ -1261,13 +1297,7 @@ int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err)
     return -EINVAL;
   if ((r = mgmt_writable(p, err)))
     return r;
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  r = tmd_release_metadata_snap(p->md);
-  if (!r)
-    tp_changed(p);
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  r = pool_change(p, false, release_snap_change, NULL);
   if (r == -EINVAL)
     return ts_layer_error(p->layer, err, r, NULL, "no metadata snapshot is held");
   if (r)
@@ -1277,6 +1307,26 @@ int ts_pool_release_metadata_snap(ts_dev *pool, ts_error *err)
 
 /* ------------------------------------------------------------------------ */
 /* For the lifecycle calls (volumes.c)                                       */
+
+struct unmap_arg {
+  uint32_t id;
+  uint64_t from, removed;
+};
+
+static int unmap_change(struct tp_pool *p, void *arg)
+{
+  struct unmap_arg *a = arg;
+  uint64_t hi = 0;
+  int r = tmd_highest_mapped(p->md, a->id, &hi);
+  if (r == -ENODATA || (r == 0 && hi < a->from))
+    return NOTHING_CHANGED;
+  if (r == 0) {
+    r = tmd_remove_range(p->md, a->id, a->from, hi + 1, 0, delete_freed, p, &a->removed);
+    if (r)
+      tp_changed(p); /* a failure may have unmapped part of it */
+  }
+  return r;
+}
 
 int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err)
 {
@@ -1291,18 +1341,9 @@ int tp_unmap_from(struct tp_pool *p, uint32_t id, uint64_t from, ts_error *err)
     pthread_mutex_unlock(&p->vol_mu);
     return r;
   }
-  uint64_t hi = 0, removed = 0;
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  r = tmd_highest_mapped(p->md, id, &hi);
-  if (r == 0 && hi >= from) {
-    r = tmd_remove_range(p->md, id, from, hi + 1, 0, delete_freed, p, &removed);
-    tp_changed(p);
-  } else if (r == -ENODATA) {
-    r = 0;
-  }
-  pthread_rwlock_unlock(&p->lock);
-  pthread_rwlock_unlock(&p->txn);
+  struct unmap_arg a = { id, from, 0 };
+  r = pool_change(p, false, unmap_change, &a);
+  uint64_t removed = a.removed;
   pthread_mutex_unlock(&p->vol_mu);
   if (r)
     return ts_layer_error(p->layer, err, r, NULL,

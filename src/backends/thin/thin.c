@@ -29,8 +29,8 @@
  * Kernel equivalent: `thin <pool> <id>`.
  */
 #include "backends/thin/thin-internal.h"
+#include "core/array.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,17 +90,10 @@ static int runs_add(void *arg, const struct tmd_run *run)
   struct runs *r = arg;
   if (r->max && r->n == r->max)
     return RUNS_FULL;
-  if (r->n == r->cap) {
-    size_t cap = r->cap * 2;
-    struct tmd_run *v = malloc(cap * sizeof *v);
-    if (!v)
-      return -ENOMEM;
-    memcpy(v, r->v, r->n * sizeof *v);
-    if (r->v != r->inl)
-      free(r->v);
-    r->v = v;
-    r->cap = cap;
-  }
+  struct tmd_run *v = ts__array_grow(r->v, &r->cap, r->n, sizeof *v, r->inl);
+  if (!v)
+    return -ENOMEM;
+  r->v = v;
   r->v[r->n++] = *run;
   return 0;
 }
@@ -200,20 +193,8 @@ static int put(struct tp_pool *p, const struct src *s, uint64_t voff, uint64_t d
     return 0;
   if (!s->iov)
     return make_zero(p, doff, len);
-  struct iovec inl[16], *v = inl;
-  int cap = 16;
-  if (s->iovcnt > cap) {
-    cap = s->iovcnt;
-    if (!(v = malloc((size_t)cap * sizeof *v)))
-      return -ENOMEM;
-  }
-  int cnt = ts_iov_slice(s->iov, s->iovcnt, (size_t)(voff - s->off), (size_t)len, v, cap);
-  assert(cnt > 0);
-  ts_io io = { .op = TS_OP_WRITE, .offset = doff, .length = len, .iov = v, .iovcnt = cnt };
-  int r = ts_submit(p->data, &io);
-  if (v != inl)
-    free(v);
-  return r;
+  ts_io io = { .iov = s->iov, .iovcnt = s->iovcnt };
+  return ts_layer_submit_slice(p->data, TS_OP_WRITE, 0, doff, &io, voff - s->off, len);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -225,13 +206,9 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
   uint64_t bs = p->bs, off = io->offset, end = io->offset + io->length;
   struct runs runs;
   runs_init(&runs);
-  struct iovec inl[16], *v = inl;
-  int cap = 16;
-  if (io->iovcnt > cap) {
-    cap = io->iovcnt;
-    if (!(v = malloc((size_t)cap * sizeof *v)))
-      return -ENOMEM;
-  }
+  ts_iov_buf v;
+  if (ts_iov_buf_init(&v, io->iovcnt))
+    return -ENOMEM;
   /* The shared lock stays held across the data reads: a mapping cannot
    * change (and its block be reused) while we read it. */
   pthread_rwlock_rdlock(&p->lock);
@@ -243,18 +220,16 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
     re = re < end ? re : end;
     if (rs > pos)
       ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(rs - pos));
-    int cnt = ts_iov_slice(io->iov, io->iovcnt, (size_t)(rs - off), (size_t)(re - rs), v, cap);
-    assert(cnt > 0);
+    int cnt = ts_iov_buf_slice(&v, io->iov, io->iovcnt, (size_t)(rs - off), (size_t)(re - rs));
     uint64_t doff = runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs);
-    r = ts_preadv(p->data, v, cnt, doff);
+    r = cnt < 0 ? cnt : ts_preadv(p->data, v.v, cnt, doff);
     pos = re;
   }
   if (!r && pos < end)
     ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(end - pos));
   pthread_rwlock_unlock(&p->lock);
   runs_free(&runs);
-  if (v != inl)
-    free(v);
+  ts_iov_buf_free(&v);
   return r;
 }
 
@@ -476,14 +451,10 @@ struct newruns {
 
 static int newruns_add(struct newruns *r, struct newrun x)
 {
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 8;
-    struct newrun *v = realloc(r->v, cap * sizeof *v);
-    if (!v)
-      return -ENOMEM;
-    r->v = v;
-    r->cap = cap;
-  }
+  struct newrun *v = ts__array_grow(r->v, &r->cap, r->n, sizeof *v, NULL);
+  if (!v)
+    return -ENOMEM;
+  r->v = v;
   r->v[r->n++] = x;
   return 0;
 }

@@ -1,0 +1,243 @@
+/* The data path over a file descriptor (see fileio.h): one copy of the
+ * loop-file code for the file layer and the kernel layer. */
+#include "backends/fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define FIO_IOV_STEP 64 /* iovec pieces per system call */
+
+void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool eof_zeroes)
+{
+  f->fd = fd;
+  f->align = direct ? align : 0;
+  f->eof_zeroes = eof_zeroes;
+  atomic_init(&f->fiemap, true);
+}
+
+static bool iov_aligned(const struct iovec *iov, int iovcnt, uint32_t a)
+{
+  for (int i = 0; i < iovcnt; i++)
+    if (((uintptr_t)iov[i].iov_base | iov[i].iov_len) & (a - 1))
+      return false;
+  return true;
+}
+
+static int rw_all(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt,
+                  uint64_t off, uint64_t len, int rwf)
+{
+  struct iovec piece[FIO_IOV_STEP];
+  uint64_t done = 0;
+  while (done < len) {
+    int cnt = ts_iov_slice(iov, iovcnt, done, len - done, piece, FIO_IOV_STEP);
+    if (cnt < 0)
+      cnt = FIO_IOV_STEP; /* the first pieces now, the rest on the next pass */
+    ssize_t n = write ? pwritev2(f->fd, piece, cnt, (off_t)(off + done), rwf)
+                      : preadv(f->fd, piece, cnt, (off_t)(off + done));
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0) {
+      /* The file shrank under us: it reads as zeroes past its end, as a
+       * loop device over it would; a block device cannot. */
+      if (write || !f->eof_zeroes)
+        return -EIO;
+      ts_iov_zero(iov, iovcnt, done, len - done);
+      return 0;
+    }
+    done += (uint64_t)n;
+  }
+  return 0;
+}
+
+int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
+               uint64_t len, int rwf)
+{
+  if (!f->align || iov_aligned(iov, iovcnt, f->align))
+    return rw_all(f, write, iov, iovcnt, off, len, rwf);
+  /* O_DIRECT wants memory and lengths aligned: copy through an aligned
+   * buffer, in bounded steps so a large request does not double its memory. */
+  size_t chunk = len < TS__FIO_BOUNCE_MAX ? (size_t)len : TS__FIO_BOUNCE_MAX;
+  void *bounce;
+  if (posix_memalign(&bounce, f->align > 4096 ? f->align : 4096, chunk))
+    return -ENOMEM;
+  int r = 0;
+  for (uint64_t done = 0; done < len && !r;) {
+    size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
+    struct iovec v = { bounce, n };
+    if (write)
+      ts_iov_to_buf(iov, iovcnt, (size_t)done, bounce, n);
+    r = rw_all(f, write, &v, 1, off + done, n, rwf);
+    if (!r && !write)
+      ts_iov_from_buf(iov, iovcnt, (size_t)done, bounce, n);
+    done += n;
+  }
+  free(bounce);
+  return r;
+}
+
+int ts__fio_sync(struct ts__fio *f)
+{
+  while (fdatasync(f->fd) != 0)
+    if (errno != EINTR)
+      return -errno;
+  return 0;
+}
+
+int ts__fio_fallocate(struct ts__fio *f, int mode, uint64_t off, uint64_t len)
+{
+  while (fallocate(f->fd, mode, (off_t)off, (off_t)len) != 0) {
+    if (errno == EINTR)
+      continue;
+    /* EOPNOTSUPP for a mode the file system or block device lacks, ENOSYS
+     * on kernels without fallocate: unsupported, not failed. */
+    if (errno == EOPNOTSUPP || errno == ENOTSUP || errno == ENOSYS)
+      return -EOPNOTSUPP;
+    return -errno;
+  }
+  return 0;
+}
+
+static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
+                         bool exact);
+
+/* An unwritten (preallocated) extent reads as zeroes only where no newer
+ * data sits in the page cache: file systems such as ext4 keep the extent
+ * unwritten until writeback, so FIEMAP alone would call freshly written
+ * data zeroes. When SEEK_DATA sees cached pages in the extent (dirty, or
+ * merely read), write the range back and map it again: the extent states
+ * are then exact. Without cached pages this costs one lseek. */
+static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_list *out)
+{
+  off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
+  if ((d < 0 && errno == ENXIO) || (d >= 0 && (uint64_t)d >= e))
+    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+  if (d < 0 || sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
+                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                   SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+  for (uint64_t pos = s; pos < e;) {
+    size_t before = out->n;
+    int r = status_fiemap(f, pos, e - pos, out, true);
+    if (r || out->n == before)
+      return r ? r : (ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0);
+    pos = out->v[out->n - 1].offset + out->v[out->n - 1].length;
+  }
+  return 0;
+}
+
+/* Allocated extents are data, unwritten ones allocated zeroes (see
+ * add_unwritten), gaps holes. `exact`: the range was just written back, so
+ * unwritten extents are zeroes. */
+static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
+                         bool exact)
+{
+  enum { N = 64 };
+  struct {
+    struct fiemap fm;
+    struct fiemap_extent ext[N];
+  } req;
+  uint64_t end = off + len, pos = off;
+  bool last = false;
+  memset(&req, 0, sizeof req);
+  req.fm.fm_start = off;
+  req.fm.fm_length = len;
+  req.fm.fm_extent_count = N;
+  if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0)
+    return errno == ENOTTY || errno == ENOTSUP ? -EOPNOTSUPP : -errno;
+  for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
+    const struct fiemap_extent *e = &req.ext[i];
+    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
+    last = e->fe_flags & FIEMAP_EXTENT_LAST;
+    if (ee <= pos)
+      continue;
+    if (es > pos) {
+      uint64_t gap_end = es < end ? es : end;
+      if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+        return -ENOMEM;
+      pos = gap_end;
+    }
+    if (pos >= end)
+      break;
+    uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
+    int r;
+    if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+      r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
+    else if (exact)
+      r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+    else
+      r = add_unwritten(f, s, e2, out);
+    if (r)
+      return r;
+    pos = e2;
+    if (last)
+      break;
+  }
+  /* Past the last extent it is all hole; with a full answer and no LAST
+   * flag, report what we have and the core asks again. */
+  if (pos < end && (last || req.fm.fm_mapped_extents < N || pos == off))
+    if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+      return -ENOMEM;
+  return 0;
+}
+
+static int status_seek(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  uint64_t end = off + len;
+  off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
+  if (data < 0 && errno == ENXIO)
+    return ts_extent_list_add(out, off, len, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  if (data < 0)
+    return ts_extent_list_add(out, off, len, 0); /* no sparse information: all data */
+  if ((uint64_t)data > off) {
+    uint64_t e = (uint64_t)data < end ? (uint64_t)data : end;
+    return ts_extent_list_add(out, off, e - off, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  }
+  off_t hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+  uint64_t e = hole < 0 || (uint64_t)hole > end || (uint64_t)hole <= off ? end : (uint64_t)hole;
+  return ts_extent_list_add(out, off, e - off, 0);
+}
+
+int ts__fio_block_status(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out)
+{
+  if (atomic_load(&f->fiemap)) {
+    size_t before = out->n;
+    int r = status_fiemap(f, off, len, out, false);
+    if (r == 0 && out->n > before)
+      return 0;
+    if (r == -ENOMEM)
+      return r;
+    /* No FIEMAP here (tmpfs, some FUSE file systems): do not ask again. */
+    if (r == -EOPNOTSUPP)
+      atomic_store(&f->fiemap, false);
+    out->n = before;
+  }
+  return status_seek(f, off, len, out);
+}
+
+void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t alloc_unit)
+{
+  uint32_t u = alloc_unit > lbs ? alloc_unit : lbs;
+  lim->size = size;
+  lim->logical_block_size = lbs;
+  lim->physical_block_size = u;
+  lim->io_min = lbs;
+  lim->io_opt = u;
+  lim->max_io_bytes = 0;
+  lim->max_discard_bytes = UINT64_MAX;
+  lim->discard_granularity = u;
+  lim->discard_zeroes = true; /* a punched hole reads as zeroes */
+  lim->max_write_zeroes_bytes = UINT64_MAX;
+  lim->write_zeroes_unmap = true;
+  lim->max_provision_bytes = UINT64_MAX;
+  lim->provision_granularity = u;
+  lim->fua = true;
+}
