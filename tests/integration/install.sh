@@ -4,7 +4,7 @@
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 requires cc cmake pkg-config
 prefix="$TMP/prefix"
-cmake --install "$TS_BUILD_DIR" --prefix "$prefix" > install.log 2>&1 || { cat install.log; fail "install"; }
+cmake --install "$TS_BUILD_DIR" --prefix "$prefix" > "$TMP/install.log" 2>&1 || { cat "$TMP/install.log"; fail "install"; }
 libdir=$(ls -d "$prefix"/lib*/ | head -n1)
 test -f "$prefix/include/libthinstack/thinstack.h" || fail "headers not installed"
 test -x "$prefix/bin/thinstack" || fail "CLI not installed"
@@ -21,8 +21,8 @@ find_package(thinstack REQUIRED)
 add_executable(ex "$TS_SOURCE_DIR/examples/ex-provision.c")
 target_link_libraries(ex PRIVATE thinstack::thinstack)
 CM
-cmake -S "$TMP/proj" -B "$TMP/proj/build" -DCMAKE_PREFIX_PATH="$prefix" > cm.log 2>&1 || { cat cm.log; fail "find_package configure"; }
-cmake --build "$TMP/proj/build" > cm.log 2>&1 || { cat cm.log; fail "find_package build"; }
+cmake -S "$TMP/proj" -B "$TMP/proj/build" -DCMAKE_PREFIX_PATH="$prefix" > "$TMP/cm.log" 2>&1 || { cat "$TMP/cm.log"; fail "find_package configure"; }
+cmake --build "$TMP/proj/build" > "$TMP/cm.log" 2>&1 || { cat "$TMP/cm.log"; fail "find_package build"; }
 "$TMP/proj/build/ex" | grep -q "after provisioning" || fail "find_package example did not run"
 # Only the public API is exported from the shared library (besides the
 # version node, an absolute symbol).
@@ -54,7 +54,7 @@ int main(void)
 C
 cc -std=c11 -Wall -Werror $(pkg-config --cflags thinstack) "$TMP/clash.c" -o "$TMP/clash" \
    "$libdir/libthinstack.a" $(pkg-config --static --libs thinstack | sed 's/-lthinstack//') \
-   > clash.log 2>&1 || { cat clash.log; fail "static link beside a program's own pd_check"; }
+   > "$TMP/clash.log" 2>&1 || { cat "$TMP/clash.log"; fail "static link beside a program's own pd_check"; }
 "$TMP/clash" | grep -q " 42 -2$" || fail "static program: $("$TMP/clash")"
 objdump -T "$libdir/libthinstack.so" | grep -q "LIBTHINSTACK_0 *ts_version$" || fail "ts_version is not in the LIBTHINSTACK_0 version node"
 echo "install: ok"
