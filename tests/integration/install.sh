@@ -26,17 +26,15 @@ cmake --build "$TMP/proj/build" > "$TMP/cm.log" 2>&1 || { cat "$TMP/cm.log"; fai
 "$TMP/proj/build/ex" | grep -q "after provisioning" || fail "find_package example did not run"
 # Only the public API is exported from the shared library (besides the
 # version node, an absolute symbol).
-if nm -D --defined-only "$libdir/libthinstack.so" | awk '$2 != "A" {print $3}' | grep -v '^ts_' | grep -q .; then
-  nm -D --defined-only "$libdir/libthinstack.so" | awk '$2 != "A" {print $3}' | grep -v '^ts_' | head
-  fail "non-ts_ symbols exported"
-fi
+# (Outputs are read whole: under pipefail, grep -q ending early would make
+# the writer die of SIGPIPE and the pipeline fail whatever grep found.)
+extra=$(nm -D --defined-only "$libdir/libthinstack.so" | awk '$2 != "A" {print $3}' | grep -v '^ts_' || true)
+[ -z "$extra" ] || { echo "$extra" | head; fail "non-ts_ symbols exported"; }
 # And from the static library, only ts_ names are global: a program may
 # define names the library uses inside (here pd_check, a metadata module's)
 # and still link statically with it.
-if nm -g --defined-only "$libdir/libthinstack.a" | awk 'NF==3{print $3}' | grep -v '^ts_[a-z]' | grep -q .; then
-  nm -g --defined-only "$libdir/libthinstack.a" | awk 'NF==3{print $3}' | grep -v '^ts_[a-z]' | head
-  fail "non-ts_ symbols global in the static library"
-fi
+extra=$(nm -g --defined-only "$libdir/libthinstack.a" | awk 'NF==3{print $3}' | grep -v '^ts_[a-z]' || true)
+[ -z "$extra" ] || { echo "$extra" | head; fail "non-ts_ symbols global in the static library"; }
 cat > "$TMP/clash.c" <<'C'
 #include <libthinstack/thinstack.h>
 #include <stdio.h>
@@ -56,5 +54,6 @@ cc -std=c11 -Wall -Werror $(pkg-config --cflags thinstack) "$TMP/clash.c" -o "$T
    "$libdir/libthinstack.a" $(pkg-config --static --libs thinstack | sed 's/-lthinstack//') \
    > "$TMP/clash.log" 2>&1 || { cat "$TMP/clash.log"; fail "static link beside a program's own pd_check"; }
 "$TMP/clash" | grep -q " 42 -2$" || fail "static program: $("$TMP/clash")"
-objdump -T "$libdir/libthinstack.so" | grep -q "LIBTHINSTACK_0 *ts_version$" || fail "ts_version is not in the LIBTHINSTACK_0 version node"
+dynsyms=$(objdump -T "$libdir/libthinstack.so")
+grep -q "LIBTHINSTACK_0 *ts_version$" <<<"$dynsyms" || fail "ts_version is not in the LIBTHINSTACK_0 version node"
 echo "install: ok"
