@@ -259,84 +259,112 @@ int ts__fio_fallocate(struct ts__fio *f, int mode, uint64_t off, uint64_t len)
   return 0;
 }
 
+/* What one SEEK_DATA answered during a walk: no data (not even cached
+ * pages) in [from, data). Extents are visited in ascending order, so one
+ * answer covers every unwritten extent up to `data`: without it each extent
+ * asked again, and each SEEK_DATA over unwritten extents scans to the next
+ * data or the end of the file, which made a walk quadratic in the size. */
+struct seek_hint {
+  uint64_t from, data; /* data == UINT64_MAX: none before the end */
+  bool valid;
+};
+
 static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact);
+                         bool exact, struct seek_hint *hint);
 
 /* An unwritten (preallocated) extent reads as zeroes only where no newer
  * data sits in the page cache: file systems such as ext4 keep the extent
  * unwritten until writeback, so FIEMAP alone would call freshly written
  * data zeroes. When SEEK_DATA sees cached pages in the extent (dirty, or
  * merely read), write the range back and map it again: the extent states
- * are then exact. Without cached pages this costs one lseek. */
-static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_list *out)
+ * are then exact. Without cached pages this costs at most one lseek per
+ * walk (see struct seek_hint). */
+static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_list *out,
+                         struct seek_hint *hint)
 {
-  off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
-  if ((d < 0 && errno == ENXIO) || (d >= 0 && (uint64_t)d >= e))
-    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-  if (d < 0 || sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
-                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                   SYNC_FILE_RANGE_WAIT_AFTER) != 0)
-    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
-  for (uint64_t pos = s; pos < e;) {
-    size_t before = out->n;
-    int r = status_fiemap(f, pos, e - pos, out, true);
-    if (r || out->n == before)
-      return r ? r : (ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0);
-    pos = out->v[out->n - 1].offset + out->v[out->n - 1].length;
+  if (!hint->valid || s < hint->from || s >= hint->data) {
+    off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
+    if (d < 0 && errno != ENXIO)
+      return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+    hint->from = s;
+    hint->data = d < 0 ? UINT64_MAX : (uint64_t)d;
+    hint->valid = true;
   }
-  return 0;
+  if (hint->data >= e)
+    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+  if (sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
+                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                          SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+  size_t before = out->n;
+  int r = status_fiemap(f, s, e - s, out, true, NULL);
+  if (r)
+    return r;
+  uint64_t got = out->n > before ? out->v[out->n - 1].offset + out->v[out->n - 1].length : s;
+  return got < e && ts_extent_list_add(out, got, e - got, 0) ? -ENOMEM : 0; /* the rest unknown: data */
 }
 
 /* Allocated extents are data, unwritten ones allocated zeroes (see
  * add_unwritten), gaps holes. `exact`: the range was just written back, so
- * unwritten extents are zeroes. */
+ * unwritten extents are zeroes. One forward pass: FIEMAP in batches until
+ * the range is covered. */
 static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact)
+                         bool exact, struct seek_hint *hint)
 {
-  enum { N = 64 };
+  enum { N = 128 };
   struct {
     struct fiemap fm;
     struct fiemap_extent ext[N];
   } req;
   uint64_t end = off + len, pos = off;
   bool last = false;
-  memset(&req, 0, sizeof req);
-  req.fm.fm_start = off;
-  req.fm.fm_length = len;
-  req.fm.fm_extent_count = N;
-  if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0)
-    return errno == ENOTTY || errno == ENOTSUP ? -EOPNOTSUPP : -errno;
-  for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
-    const struct fiemap_extent *e = &req.ext[i];
-    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
-    last = e->fe_flags & FIEMAP_EXTENT_LAST;
-    if (ee <= pos)
-      continue;
-    if (es > pos) {
-      uint64_t gap_end = es < end ? es : end;
-      if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-        return -ENOMEM;
-      pos = gap_end;
+  while (pos < end && !last) {
+    memset(&req.fm, 0, sizeof req.fm);
+    req.fm.fm_start = pos;
+    req.fm.fm_length = end - pos;
+    req.fm.fm_extent_count = N;
+    if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0) {
+      if (pos > off)
+        return 0; /* report the prefix: the core asks again */
+      return errno == ENOTTY || errno == ENOTSUP ? -EOPNOTSUPP : -errno;
     }
-    if (pos >= end)
-      break;
-    uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
-    int r;
-    if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
-      r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
-    else if (exact)
-      r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-    else
-      r = add_unwritten(f, s, e2, out);
-    if (r)
-      return r;
-    pos = e2;
-    if (last)
-      break;
+    uint64_t batch_start = pos;
+    for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
+      const struct fiemap_extent *e = &req.ext[i];
+      uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
+      last = e->fe_flags & FIEMAP_EXTENT_LAST;
+      if (ee <= pos)
+        continue;
+      if (es > pos) {
+        uint64_t gap_end = es < end ? es : end;
+        if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+          return -ENOMEM;
+        pos = gap_end;
+      }
+      if (pos >= end)
+        break;
+      uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
+      int r;
+      if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+        r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
+      else if (exact || !hint)
+        r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+      else
+        r = add_unwritten(f, s, e2, out, hint);
+      if (r)
+        return r;
+      pos = e2;
+      if (last)
+        break;
+    }
+    /* Fewer extents than asked for: nothing more is mapped in the range. */
+    if (req.fm.fm_mapped_extents < N)
+      last = true;
+    if (!last && pos == batch_start)
+      break; /* no progress (a full batch ending before pos): let the core ask again */
   }
-  /* Past the last extent it is all hole; with a full answer and no LAST
-   * flag, report what we have and the core asks again. */
-  if (pos < end && (last || req.fm.fm_mapped_extents < N || pos == off))
+  /* Past the last extent it is all hole. */
+  if (pos < end && (last || pos == off))
     if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
       return -ENOMEM;
   return 0;
@@ -363,7 +391,8 @@ int ts__fio_block_status(struct ts__fio *f, uint64_t off, uint64_t len, ts_exten
 {
   if (atomic_load(&f->fiemap)) {
     size_t before = out->n;
-    int r = status_fiemap(f, off, len, out, false);
+    struct seek_hint hint = { 0, 0, false };
+    int r = status_fiemap(f, off, len, out, false, &hint);
     if (r == 0 && out->n > before)
       return 0;
     if (r == -ENOMEM)
