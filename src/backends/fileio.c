@@ -218,6 +218,8 @@ int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcn
       n = bounce_run(&p, a, len - done);
       if (n > cap)
         n = cap;
+      if (!n)
+        return -EINVAL; /* the iovec holds less than len */
       void *buf = bounce_get((size_t)n);
       if (!buf)
         return -ENOMEM;
