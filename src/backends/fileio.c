@@ -303,7 +303,8 @@ static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_li
   if (r)
     return r;
   uint64_t got = out->n > before ? out->v[out->n - 1].offset + out->v[out->n - 1].length : s;
-  return got < e && ts_extent_list_add(out, got, e - got, 0) ? -ENOMEM : 0; /* the rest unknown: data */
+  /* What the second pass left out is unknown: data. */
+  return got < e && ts_extent_list_add(out, got, e - got, 0) ? -ENOMEM : 0;
 }
 
 /* Allocated extents are data, unwritten ones allocated zeroes (see
