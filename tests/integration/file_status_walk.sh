@@ -55,11 +55,17 @@ assert got == merged, [g for g in got if g not in merged][:5] or (len(got), len(
 PY
 }
 
-seeks() { strace -f -e trace=lseek -o trace.txt "$THINSTACK" map s.json d > /dev/null; grep -c SEEK_DATA trace.txt || true; }
+# LeakSanitizer cannot run under ptrace: sanitizer builds skip it here.
+seeks() {
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 \
+    strace -f -e trace=lseek -o trace.txt "$THINSTACK" map s.json d > /dev/null ||
+    { echo "map under strace failed"; return; }
+  grep -c SEEK_DATA trace.txt || true
+}
 
 check_map
 n=$(seeks)
-[ "$n" -le 2 ] || fail "map of 256 unwritten extents called SEEK_DATA $n times"
+[[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -le 2 ] || fail "map of 256 unwritten extents called SEEK_DATA $n times"
 
 # Data still in the page cache inside two unwritten extents: exact.
 head -c 4096 /dev/urandom > w.bin
@@ -67,5 +73,5 @@ head -c 4096 /dev/urandom > w.bin
 "$THINSTACK" write s.json d $((300 << 20)) -i w.bin
 check_map $((100 << 20)) $((300 << 20))
 n=$(seeks)
-[ "$n" -le 4 ] || fail "map with cached data called SEEK_DATA $n times"
+[[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -le 4 ] || fail "map with cached data called SEEK_DATA $n times"
 echo "file status walk: ok"
