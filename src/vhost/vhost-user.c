@@ -101,7 +101,8 @@ struct ts_vhost_blk {
   dev_t sock_dev;
   ino_t sock_ino;
   int listen_fd, stop_fd;
-  _Atomic int conn_fd;
+  pthread_mutex_t conn_mu; /* conn_fd: stop shuts it down, the server closes it */
+  int conn_fd;
   atomic_bool stopping;
   atomic_uint_least64_t sessions;
   pthread_t thread;
@@ -665,15 +666,19 @@ static void *server_main(void *arg)
     int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0)
       continue;
-    atomic_store(&s->conn_fd, fd);
-    atomic_fetch_add(&s->sessions, 1);
+    pthread_mutex_lock(&s->conn_mu);
+    s->conn_fd = fd;
     /* A stop between accept and the store above shuts the socket here. */
     if (atomic_load(&s->stopping))
       shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&s->conn_mu);
+    atomic_fetch_add(&s->sessions, 1);
     serve_conn(s, fd);
     /* In-flight requests drain before the memory they use goes. */
     dev_reset(&s->d);
-    atomic_store(&s->conn_fd, -1);
+    pthread_mutex_lock(&s->conn_mu);
+    s->conn_fd = -1;
+    pthread_mutex_unlock(&s->conn_mu);
     close(fd);
   }
   return NULL;
@@ -705,12 +710,13 @@ static int bind_socket(const char *path, int *out, ts_error *err)
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return ts_error_set(err, -errno, "vhost-user: socket: %s", ts_strerror(-errno));
-  /* 0600 from the start: no moment where another user could connect. */
-  mode_t old = umask(077);
+  /* 0600 before listen(): nobody can connect to a socket that does not
+   * listen yet, so no other user gets in between. */
   int r = bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? -errno : 0;
-  umask(old);
-  if (!r && listen(fd, 4) < 0)
+  if (!r && (chmod(path, 0600) < 0 || listen(fd, 4) < 0))
     r = -errno;
+  if (r && r != -EADDRINUSE)
+    unlink(path);
   if (r) {
     close(fd);
     return ts_error_set(err, r, "vhost-user: %s: %s", path, ts_strerror(r));
@@ -773,7 +779,8 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
     pthread_mutex_init(&vq->call_mu, NULL);
   }
   s->conn_fd = -1;
-  s->listen_fd = -1;
+  s->listen_fd = s->stop_fd = -1;
+  pthread_mutex_init(&s->conn_mu, NULL);
   int r = bind_socket(s->path, &s->listen_fd, err);
   if (!r && (s->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
     r = ts_error_set(err, -errno, "vhost-user: eventfd: %s", ts_strerror(-errno));
@@ -784,10 +791,11 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
       close(s->listen_fd);
       unlink(s->path);
     }
-    if (s->stop_fd > 0)
+    if (s->stop_fd >= 0)
       close(s->stop_fd);
     for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++)
       pthread_mutex_destroy(&d->vq[i].call_mu);
+    pthread_mutex_destroy(&s->conn_mu);
     free(s->path);
     free(s);
     return r;
@@ -821,10 +829,12 @@ int ts_vhost_blk_stop(ts_vhost_blk *s)
   if (write(s->stop_fd, &one, sizeof one) < 0) {
     /* cannot overflow: written once */
   }
-  int fd = atomic_load(&s->conn_fd);
-  if (fd >= 0)
-    shutdown(fd, SHUT_RDWR);
+  pthread_mutex_lock(&s->conn_mu);
+  if (s->conn_fd >= 0)
+    shutdown(s->conn_fd, SHUT_RDWR);
+  pthread_mutex_unlock(&s->conn_mu);
   pthread_join(s->thread, NULL);
+  pthread_mutex_destroy(&s->conn_mu);
   close(s->listen_fd);
   close(s->stop_fd);
   struct stat st;

@@ -202,7 +202,9 @@ struct chain {
   int nout, nin;
   uint64_t out_len, in_len;
   uint8_t *status;
+  int ndesc;     /* non-empty descriptors */
   bool fault;    /* an address outside guest memory, or too many pieces */
+  bool too_big;  /* a descriptor above size_max */
 };
 
 static void read_desc(const struct vring_desc *table, uint32_t i, struct vring_desc *out)
@@ -252,7 +254,10 @@ static int parse(struct vu_vq *vq, uint16_t head, struct chain *c)
       return -EINVAL;
     if (w)
       c->status = NULL;
-    if (ds.len) {
+    if (ds.len > VB_SIZE_MAX)
+      c->too_big = true;
+    else if (ds.len) {
+      c->ndesc++;
       struct iovec *v = w ? vq->in : vq->out;
       int *n = w ? &c->nin : &c->nout;
       int k = vu_gpa_iov(d, ds.addr, ds.len, v, *n, VB_IOV_MAX);
@@ -317,16 +322,6 @@ static int iov_drop_last(struct iovec *v, int n)
   return n;
 }
 
-static bool segs_ok(const struct iovec *v, int n)
-{
-  if (n > VB_SEG_MAX)
-    return false;
-  for (int i = 0; i < n; i++)
-    if (v[i].iov_len > VB_SIZE_MAX)
-      return false;
-  return true;
-}
-
 static void handle_chain(struct vu_vq *vq, uint16_t head)
 {
   struct vu_dev *d = vq->dev;
@@ -339,7 +334,8 @@ static void handle_chain(struct vu_vq *vq, uint16_t head)
   struct chain c;
   int r = parse(vq, head, &c);
   q->status = c.status;
-  if (r || c.fault || !c.status || c.out_len < 16) {
+  /* seg_max counts data segments; the header and status take two more. */
+  if (r || c.fault || !c.status || c.out_len < 16 || c.too_big || c.ndesc > VB_SEG_MAX + 2) {
     finish(q, VIRTIO_BLK_S_IOERR);
     return;
   }
@@ -367,7 +363,7 @@ static void handle_chain(struct vu_vq *vq, uint16_t head)
       finish(q, VIRTIO_BLK_S_IOERR);
       return;
     }
-    if (!len || len % 512 || !segs_ok(v, n) || sector > TS_SIZE_MAX / 512) {
+    if (!len || len % 512 || sector > TS_SIZE_MAX / 512) {
       finish(q, VIRTIO_BLK_S_IOERR);
       return;
     }
@@ -449,6 +445,7 @@ static void handle_chain(struct vu_vq *vq, uint16_t head)
   q->aio.cb = on_done;
   r = ts_aio_submit(vq->aio, d->dev, &q->aio);
   if (r) {
+    q->used_len = 0;
     finish(q, r == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR);
     return;
   }
