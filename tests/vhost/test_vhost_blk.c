@@ -87,7 +87,8 @@ static void send_msg(int fd, uint32_t req, uint32_t flags, const void *p, uint32
 {
   struct msg m = { req, 1u | flags, size, { 0 } };
   ck_assert_uint_le(size, sizeof m.payload);
-  memcpy(m.payload, p, size);
+  if (size)
+    memcpy(m.payload, p, size);
   struct iovec iov = { &m, 12 + size };
   char cbuf[CMSG_SPACE(sizeof(int) * 8)] = { 0 };
   struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
@@ -308,14 +309,16 @@ static void setup(void)
 {
   ts_test_require_tool("thin_check");
   dir = ts_test_mkdtemp();
-  stack = ts_test_open(dir, ts_test_fmt(
+  char *json = ts_test_fmt(
     "{ \"version\": 1, \"layers\": {"
     " \"meta\": { \"type\": \"file\", \"path\": \"meta.img\", \"size\": \"8M\", \"create\": true },"
     " \"data\": { \"type\": \"file\", \"path\": \"data.img\", \"size\": \"24M\", \"create\": true },"
     " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
     "             \"block_size\": \"64K\", \"create\": true },"
     " \"vm0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": %u, \"create\": true } },"
-    " \"exports\": [ \"vm0\" ] }", DEV_SIZE));
+    " \"exports\": [ \"vm0\" ] }", DEV_SIZE);
+  stack = ts_test_open(dir, json);
+  free(json);
   vol = ts_stack_dev(stack, "vm0");
   model = malloc(DEV_SIZE);
   ts_test_pattern(model, DEV_SIZE, 7);
@@ -335,8 +338,11 @@ static void teardown(void)
   ck_assert_int_ne(access(sock_path, F_OK), 0); /* the socket is removed */
   ts_error err = { 0 };
   ck_assert_int_eq(ts_stack_close(stack, &err), 0);
-  ts_test_assert_thin_check(ts_test_path(dir, "meta.img"));
+  char *meta = ts_test_path(dir, "meta.img");
+  ts_test_assert_thin_check(meta);
+  free(meta);
   ts_test_rmdir(dir);
+  free(sock_path);
   free(model);
   free(dir);
 }
