@@ -101,7 +101,14 @@ struct vu_vq {
   pthread_mutex_t call_mu;
   int call_fd;
   pthread_t thread;
+  /* Requests complete on the context's workers (TS_AIO_MODE_WORKER), which
+   * push used elements and interrupt the guest themselves: the used ring,
+   * the free requests and the counts below are under `mu`. */
   ts_aio_ctx *aio;
+  pthread_mutex_t mu;
+  pthread_cond_t idle;     /* inflight fell to 0 */
+  int wake_fd;             /* a request slot came free while starved */
+  bool starved;
   struct vb_req *reqs, *free_reqs;
   uint32_t inflight;
   /* Scratch for the chain being parsed (the aio request copies its iovec). */
@@ -128,9 +135,11 @@ void *vu_gpa_to_host(struct vu_dev *d, uint64_t gpa, uint64_t len);
  * split at region boundaries. Returns the new count, or -EFAULT when a byte
  * lies in no region, -E2BIG when `max` entries are not enough. */
 int vu_gpa_iov(struct vu_dev *d, uint64_t gpa, uint32_t len, struct iovec *iov, int n, int max);
-/* Put a used element and publish it (the guest sees it after this). */
+/* Put a used element and publish it (the guest sees it after this). Under
+ * vq->mu. */
 void vu_push_used(struct vu_vq *vq, uint16_t head, uint32_t len);
-/* Interrupt the guest if the ring's notification rules ask for it. */
+/* Interrupt the guest if the ring's notification rules ask for it. Under
+ * vq->mu. */
 void vu_maybe_signal(struct vu_vq *vq);
 bool vu_has_feature(const struct vu_dev *d, unsigned bit);
 
@@ -141,8 +150,8 @@ size_t vb_config(const struct vu_dev *d, uint8_t *buf, size_t n);
 int vb_queue_start(struct vu_vq *vq);
 /* Take and run every available chain (while request slots last). */
 void vb_queue_process(struct vu_vq *vq);
-/* Deliver finished requests. */
-void vb_queue_complete(struct vu_vq *vq);
+/* Wait until no request is in flight. */
+void vb_queue_drain(struct vu_vq *vq);
 void vb_queue_stop(struct vu_vq *vq);
 
 #endif

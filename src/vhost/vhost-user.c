@@ -9,12 +9,14 @@
  *
  * Threads: the server thread accepts one connection at a time and handles
  * its messages; every started queue has a thread that polls the kick
- * eventfd, the completion eventfd of its own asynchronous context and a
- * stop eventfd. Everything the queue threads read (memory table, ring
- * addresses, features) changes only while they are stopped; the server
- * thread stops a queue (draining what it has in flight) before it changes
+ * eventfd (and a wake-up and a stop eventfd), takes chains and submits them
+ * to the queue's own asynchronous context, whose workers complete them:
+ * push the used element and interrupt the guest, under the queue's lock.
+ * Everything the queue's threads read (memory table, ring addresses,
+ * features) changes only while the queue is stopped; the server thread
+ * stops a queue (draining what it has in flight) before it changes
  * anything that queue uses. Only the call fd changes under a running
- * queue, under its lock. */
+ * queue, under its own lock. */
 #include "vhost/vhost-internal.h"
 
 #include <endian.h>
@@ -25,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -233,50 +234,32 @@ static int vq_map(struct vu_vq *vq)
 static void *vq_main(void *arg)
 {
   struct vu_vq *vq = arg;
-  int ep = epoll_create1(EPOLL_CLOEXEC);
-  int afd = ts_aio_fd(vq->aio);
-  struct epoll_event ev = { .events = EPOLLIN };
-  ev.data.fd = vq->kick_fd;
-  epoll_ctl(ep, EPOLL_CTL_ADD, vq->kick_fd, &ev);
-  ev.data.fd = afd;
-  epoll_ctl(ep, EPOLL_CTL_ADD, afd, &ev);
-  ev.data.fd = vq->stop_fd;
-  epoll_ctl(ep, EPOLL_CTL_ADD, vq->stop_fd, &ev);
-  bool stopping = false;
+  struct pollfd p[3] = { { vq->kick_fd, POLLIN, 0 }, { vq->wake_fd, POLLIN, 0 },
+                         { vq->stop_fd, POLLIN, 0 } };
   /* Chains made available before the queue started need no kick. */
   vb_queue_process(vq);
   for (;;) {
-    if (stopping && vq->inflight == 0)
-      break;
-    struct epoll_event evs[3];
-    int n = epoll_wait(ep, evs, 3, -1);
-    if (n < 0 && errno == EINTR)
+    if (poll(p, 3, -1) < 0)
       continue;
-    if (n < 0)
+    if (p[2].revents)
       break;
-    bool kicked = false;
-    for (int i = 0; i < n; i++) {
-      uint64_t v;
-      if (evs[i].data.fd == vq->kick_fd) {
-        if (read(vq->kick_fd, &v, sizeof v) < 0) {
-          /* EAGAIN: another read took it */
-        }
-        kicked = true;
-      } else if (evs[i].data.fd == vq->stop_fd) {
-        if (read(vq->stop_fd, &v, sizeof v) < 0) {
-          /* nothing to do */
-        }
-        stopping = true;
+    uint64_t v;
+    for (int i = 0; i < 2; i++)
+      if (p[i].revents && read(p[i].fd, &v, sizeof v) < 0) {
+        /* EAGAIN: nothing was pending after all */
       }
-    }
-    /* Completions first: they free request slots for the new chains. */
-    vb_queue_complete(vq);
-    if (!stopping && (kicked || vq->free_reqs))
-      vb_queue_process(vq);
-    vu_maybe_signal(vq);
+    vb_queue_process(vq);
   }
-  close(ep);
+  /* Stopped: what is in flight completes (and is answered) first. */
+  vb_queue_drain(vq);
   return NULL;
+}
+
+static void close_fd(int *fd)
+{
+  if (*fd >= 0)
+    close(*fd);
+  *fd = -1;
 }
 
 static void vq_stop(struct vu_vq *vq)
@@ -289,8 +272,8 @@ static void vq_stop(struct vu_vq *vq)
   }
   pthread_join(vq->thread, NULL);
   vb_queue_stop(vq);
-  close(vq->stop_fd);
-  vq->stop_fd = -1;
+  close_fd(&vq->stop_fd);
+  close_fd(&vq->wake_fd);
   vq->running = false;
 }
 
@@ -312,11 +295,12 @@ static int vq_maybe_start(struct vu_vq *vq)
   if ((r = vb_queue_start(vq)))
     return r;
   vq->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (vq->stop_fd < 0 || (r = -pthread_create(&vq->thread, NULL, vq_main, vq))) {
-    r = vq->stop_fd < 0 ? -errno : r;
-    if (vq->stop_fd >= 0)
-      close(vq->stop_fd);
-    vq->stop_fd = -1;
+  vq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (vq->stop_fd < 0 || vq->wake_fd < 0 ||
+      (r = -pthread_create(&vq->thread, NULL, vq_main, vq))) {
+    r = vq->stop_fd < 0 || vq->wake_fd < 0 ? -errno : r;
+    close_fd(&vq->stop_fd);
+    close_fd(&vq->wake_fd);
     vb_queue_stop(vq);
     return r;
   }
@@ -325,13 +309,6 @@ static int vq_maybe_start(struct vu_vq *vq)
   pthread_setname_np(vq->thread, name);
   vq->running = true;
   return 0;
-}
-
-static void close_fd(int *fd)
-{
-  if (*fd >= 0)
-    close(*fd);
-  *fd = -1;
 }
 
 static void vq_reset(struct vu_vq *vq)
@@ -775,8 +752,10 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
     struct vu_vq *vq = &d->vq[i];
     vq->dev = d;
     vq->idx = i;
-    vq->kick_fd = vq->call_fd = vq->err_fd = vq->stop_fd = -1;
+    vq->kick_fd = vq->call_fd = vq->err_fd = vq->stop_fd = vq->wake_fd = -1;
     pthread_mutex_init(&vq->call_mu, NULL);
+    pthread_mutex_init(&vq->mu, NULL);
+    pthread_cond_init(&vq->idle, NULL);
   }
   s->conn_fd = -1;
   s->listen_fd = s->stop_fd = -1;
@@ -793,8 +772,11 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
     }
     if (s->stop_fd >= 0)
       close(s->stop_fd);
-    for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++)
+    for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++) {
       pthread_mutex_destroy(&d->vq[i].call_mu);
+      pthread_mutex_destroy(&d->vq[i].mu);
+      pthread_cond_destroy(&d->vq[i].idle);
+    }
     pthread_mutex_destroy(&s->conn_mu);
     free(s->path);
     free(s);
@@ -841,8 +823,11 @@ int ts_vhost_blk_stop(ts_vhost_blk *s)
   /* Only our own socket: a later server may have replaced it. */
   if (lstat(s->path, &st) == 0 && st.st_dev == s->sock_dev && st.st_ino == s->sock_ino)
     unlink(s->path);
-  for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++)
+  for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++) {
     pthread_mutex_destroy(&s->d.vq[i].call_mu);
+    pthread_mutex_destroy(&s->d.vq[i].mu);
+    pthread_cond_destroy(&s->d.vq[i].idle);
+  }
   free(s->path);
   free(s);
   return 0;

@@ -135,7 +135,7 @@ int vb_queue_start(struct vu_vq *vq)
     vq->reqs[i].next_free = vq->free_reqs;
     vq->free_reqs = &vq->reqs[i];
   }
-  ts_aio_opts o = { .struct_size = sizeof o, .mode = TS_AIO_MODE_EVENTFD,
+  ts_aio_opts o = { .struct_size = sizeof o, .mode = TS_AIO_MODE_WORKER,
                     .workers = d->workers, .depth = vq->num };
   ts_error err = { 0 };
   int r = ts_aio_ctx_create(&o, &vq->aio, &err);
@@ -146,6 +146,7 @@ int vb_queue_start(struct vu_vq *vq)
     return r;
   }
   vq->inflight = 0;
+  vq->starved = false;
   /* Without the inflight-tracking protocol, chains a previous session left
    * unanswered are taken again from the last used one. */
   vq->used_idx = le16toh(__atomic_load_n(&vq->used[1], __ATOMIC_ACQUIRE));
@@ -162,7 +163,8 @@ void vb_queue_stop(struct vu_vq *vq)
   vq->reqs = vq->free_reqs = NULL;
 }
 
-static void finish(struct vb_req *q, uint8_t status)
+/* Under vq->mu. */
+static void finish_locked(struct vb_req *q, uint8_t status)
 {
   struct vu_vq *vq = q->vq;
   uint32_t len = q->used_len;
@@ -177,24 +179,48 @@ static void finish(struct vb_req *q, uint8_t status)
   vu_push_used(vq, q->head, len);
   q->next_free = vq->free_reqs;
   vq->free_reqs = q;
+  vu_maybe_signal(vq);
 }
 
+/* A request answered without reaching the stack, on the queue's thread. */
+static void finish(struct vb_req *q, uint8_t status)
+{
+  pthread_mutex_lock(&q->vq->mu);
+  finish_locked(q, status);
+  pthread_mutex_unlock(&q->vq->mu);
+}
+
+/* On the worker that ran the request. */
 static void on_done(ts_aio_req *a)
 {
   struct vb_req *q = (struct vb_req *)a;
-  q->vq->inflight--;
+  struct vu_vq *vq = q->vq;
   uint8_t st = a->result == 0 ? VIRTIO_BLK_S_OK
                : a->result == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP
                                           : VIRTIO_BLK_S_IOERR;
   if (st != VIRTIO_BLK_S_OK || a->io.op != TS_OP_READ)
     q->used_len = 0;
-  finish(q, st);
+  pthread_mutex_lock(&vq->mu);
+  finish_locked(q, st);
+  if (vq->starved) {
+    /* The queue thread stopped taking chains for want of a slot. */
+    vq->starved = false;
+    uint64_t one = 1;
+    if (write(vq->wake_fd, &one, sizeof one) < 0) {
+      /* an eventfd write fails only on overflow, and then it is readable */
+    }
+  }
+  if (--vq->inflight == 0)
+    pthread_cond_broadcast(&vq->idle);
+  pthread_mutex_unlock(&vq->mu);
 }
 
-void vb_queue_complete(struct vu_vq *vq)
+void vb_queue_drain(struct vu_vq *vq)
 {
-  if (vq->aio)
-    ts_aio_poll(vq->aio);
+  pthread_mutex_lock(&vq->mu);
+  while (vq->inflight)
+    pthread_cond_wait(&vq->idle, &vq->mu);
+  pthread_mutex_unlock(&vq->mu);
 }
 
 /* A parsed chain. */
@@ -322,11 +348,9 @@ static int iov_drop_last(struct iovec *v, int n)
   return n;
 }
 
-static void handle_chain(struct vu_vq *vq, uint16_t head)
+static void handle_chain(struct vu_vq *vq, struct vb_req *q, uint16_t head)
 {
   struct vu_dev *d = vq->dev;
-  struct vb_req *q = vq->free_reqs;
-  vq->free_reqs = q->next_free;
   q->head = head;
   q->used_len = 0;
   q->status = NULL;
@@ -443,19 +467,25 @@ static void handle_chain(struct vu_vq *vq, uint16_t head)
   }
   q->aio.io = io;
   q->aio.cb = on_done;
+  /* Counted first: the callback may run before submit returns. */
+  pthread_mutex_lock(&vq->mu);
+  vq->inflight++;
+  pthread_mutex_unlock(&vq->mu);
   r = ts_aio_submit(vq->aio, d->dev, &q->aio);
   if (r) {
     q->used_len = 0;
-    finish(q, r == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR);
-    return;
+    pthread_mutex_lock(&vq->mu);
+    if (--vq->inflight == 0)
+      pthread_cond_broadcast(&vq->idle);
+    finish_locked(q, r == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP : VIRTIO_BLK_S_IOERR);
+    pthread_mutex_unlock(&vq->mu);
   }
-  vq->inflight++;
 }
 
 void vb_queue_process(struct vu_vq *vq)
 {
   bool event_idx = vu_has_feature(vq->dev, VIRTIO_RING_F_EVENT_IDX);
-  while (vq->free_reqs && !vq->broken) {
+  while (!vq->broken) {
     uint16_t avail = le16toh(__atomic_load_n(&vq->avail[1], __ATOMIC_ACQUIRE));
     if (avail == vq->last_avail) {
       if (!event_idx)
@@ -480,9 +510,18 @@ void vb_queue_process(struct vu_vq *vq)
       }
       return;
     }
+    pthread_mutex_lock(&vq->mu);
+    struct vb_req *q = vq->free_reqs;
+    if (q)
+      vq->free_reqs = q->next_free;
+    else
+      vq->starved = true; /* the next completion wakes the thread */
+    pthread_mutex_unlock(&vq->mu);
+    if (!q)
+      return;
     uint16_t head = le16toh(__atomic_load_n(&vq->avail[2 + vq->last_avail % vq->num],
                                             __ATOMIC_RELAXED));
     vq->last_avail++;
-    handle_chain(vq, head);
+    handle_chain(vq, q, head);
   }
 }
