@@ -440,8 +440,10 @@ static int set_mem_table(struct vu_dev *d, struct vu_msg *m)
       r = -EINVAL;
       break;
     }
-    void *p = mmap(NULL, off + size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                   m->fds[i], 0);
+    /* From the page the region starts in, not from the start of the fd. */
+    uint64_t skip = off % (uint64_t)sysconf(_SC_PAGESIZE);
+    void *p = mmap(NULL, skip + size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                   m->fds[i], (off_t)(off - skip));
     if (p == MAP_FAILED) {
       r = -errno;
       fprintf(stderr, "thinstack: vhost-user: mapping guest memory region %u: %s\n", i,
@@ -452,8 +454,8 @@ static int set_mem_table(struct vu_dev *d, struct vu_msg *m)
     g->size = size;
     g->uva = m->p.mem.r[i].uva;
     g->map = p;
-    g->map_len = off + size;
-    g->host = (uint8_t *)p + off;
+    g->map_len = skip + size;
+    g->host = (uint8_t *)p + skip;
     d->nregions++;
   }
   if (r)
