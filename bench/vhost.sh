@@ -16,7 +16,8 @@
 # fio in the guest (libaio, direct=1, RUNTIME seconds each) first writes
 # each disk sequentially in 1M blocks (so every later read hits allocated
 # data, and the thin volume's blocks are mapped before the random writes),
-# then 4K random writes and reads at QD1 and QD32 and 1M sequential reads.
+# then 4K random writes and reads at QD1 and QD32 and 1M sequential reads,
+# each test on the three disks one after the other in a rotating order.
 # It prints a table of IOPS and MiB/s per disk and the ratios of ours to
 # each peer, and writes the same as JSON to RESULTS (default
 # vhost-bench.json).
@@ -86,16 +87,20 @@ run() { # DISK NAME fio-args...
   # terse v3: 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
   echo "res \$d \$n \$(awk -F';' '{printf "%.0f %.1f", \$8 + \$49, (\$7 + \$48) / 1024}' /tmp/o)"
 }
-for d in vda vdb vdc; do
-  run \$d fill --rw=write --bs=1M --iodepth=8 --time_based=0 --runtime=600
-done
-for d in vda vdb vdc; do
-  run \$d randwrite-4k-qd1 --rw=randwrite --bs=4k --iodepth=1 --time_based=1
-  run \$d randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32 --time_based=1
-  run \$d randread-4k-qd1 --rw=randread --bs=4k --iodepth=1 --time_based=1
-  run \$d randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 --time_based=1
-  run \$d read-1m --rw=read --bs=1M --iodepth=8 --time_based=1
-done
+# Each test on the three disks in turn, the order rotating from one test
+# to the next, so that drift in the host's load spreads over all three.
+orders=("vda vdb vdc" "vdb vdc vda" "vdc vda vdb")
+i=0
+each() {
+  for d in \${orders[\$((i % 3))]}; do run \$d "\$@"; done
+  i=\$((i + 1))
+}
+each fill --rw=write --bs=1M --iodepth=8 --time_based=0 --runtime=600
+each randwrite-4k-qd1 --rw=randwrite --bs=4k --iodepth=1 --time_based=1
+each randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32 --time_based=1
+each randread-4k-qd1 --rw=randread --bs=4k --iodepth=1 --time_based=1
+each randread-4k-qd32 --rw=randread --bs=4k --iodepth=32 --time_based=1
+each read-1m --rw=read --bs=1M --iodepth=8 --time_based=1
 EOF
 
 TS_VM_MEM=${TS_VM_MEM:-1024} "$here/tests/vm/run-vm.sh" -t 3600 \
