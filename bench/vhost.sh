@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The vhost-user-blk export against its peers, in one guest boot:
 #
-#   bench/vhost.sh [-b BUILD_DIR] [-r SECONDS] [-s SIZE_MIB] [-q QUEUES] [-o RESULTS]
+#   bench/vhost.sh [-b BUILD_DIR] [-r SECONDS] [-s SIZE_MIB] [-q QUEUES] [-w WORKERS]
+#                  [-o RESULTS]
 #
 # The guest (tests/vm, Debian's kernel) gets three disks of SIZE_MIB
 # (default 512), all backed by files on the same host file system, opened
 # O_DIRECT:
 #   vda  ours: `thinstack serve --vhost-user-blk` on a thin volume (64K
-#        blocks) of a pool whose data file is opened with "direct": true;
+#        blocks) of a pool whose data file is opened with "direct": true,
+#        with WORKERS worker threads per queue (default: the server's);
 #   vdb  qemu-storage-daemon --export type=vhost-user-blk on a driver=file
 #        node over a raw file (cache.direct=on, aio=threads): the same
 #        transport, the direct peer;
@@ -29,13 +31,14 @@
 # target is ours >= 0.9x qemu-storage-daemon's export.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-build=$here/build runtime=5 size=512 queues=2 results=vhost-bench.json
-while getopts "b:r:s:q:o:" o; do
+build=$here/build runtime=5 size=512 queues=2 workers= results=vhost-bench.json
+while getopts "b:r:s:q:w:o:" o; do
   case $o in
     b) build=$OPTARG ;;
     r) runtime=$OPTARG ;;
     s) size=$OPTARG ;;
     q) queues=$OPTARG ;;
+    w) workers=,workers=$OPTARG ;;
     o) results=$OPTARG ;;
     *) sed -n '2,31p' "$0" >&2; exit 2 ;;
   esac
@@ -66,7 +69,7 @@ cat > stack.json <<EOF
   "exports": [ "vm0" ] }
 EOF
 truncate -s "${size}M" qsd.img qemu.img
-"$thinstack" serve stack.json --no-control --vhost-user-blk "$work/ours.sock:vm0,queues=$queues" \
+"$thinstack" serve stack.json --no-control --vhost-user-blk "$work/ours.sock:vm0,queues=$queues$workers" \
   2> serve.err &
 pids+=($!)
 qemu-storage-daemon \
