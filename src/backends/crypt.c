@@ -19,9 +19,10 @@
  * WRITE_ZEROES writes encrypted zero sectors (zero ciphertext is not zero
  * plaintext); PROVISION passes down; DISCARD only with allow_discards.
  * Requests of CRYPT_PARALLEL_MIN bytes or more are transformed by a small
- * per-layer worker pool together with the calling thread; smaller ones run
- * inline. Cipher contexts come from a lock-free per-layer cache, so the data
- * path takes no lock except the pool's queue for large requests.
+ * per-layer worker pool together with the calling thread, each thread
+ * claiming slices until none is left; smaller ones run inline. Cipher
+ * contexts come from a lock-free per-layer cache, so the data path takes no
+ * lock except the pool's queue for large requests.
  *
  * Each context's key schedule is set once; per data unit only the tweak is
  * set. OpenSSL 3.0's EVP_CipherInit_ex2 asks the provider for the IV length
@@ -54,7 +55,8 @@
 #define CRYPT_MAX_SECTOR 4096u
 #define CRYPT_MAX_KEY 64u
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
-#define CRYPT_PART_MIN (64u * 1024)       /* smallest slice one thread takes */
+#define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
+#define CRYPT_SLICE_MIN (16u * 1024)      /* smallest claim of a shared request */
 #define CRYPT_WINDOW_MIN (256u * 1024)    /* bytes moved to/from the child per step: */
 #define CRYPT_WINDOW_PER_THREAD (128u * 1024) /* small enough to be transformed while still
                                                  in cache, large enough for every thread */
@@ -103,14 +105,18 @@ struct crypt_job {
   int iovcnt;
   size_t iov_skip;             /* iovec position of byte 0 of the job */
   unsigned char *out;          /* ENCRYPT, ZERO: ciphertext out */
-  atomic_int pending;          /* queued slices not yet done */
+  /* Shared transforms: every thread claims the next slice until none is
+   * left, so a helper that wakes late takes less, never delays the job. */
+  uint64_t len, slice;         /* bytes of the job; bytes per claim */
+  _Atomic uint64_t next;       /* first byte not yet claimed */
+  atomic_int pending;          /* helper tickets queued or running */
   atomic_int err;
-  sem_t done;                  /* posted when pending reaches 0 */
+  sem_t done;                  /* posted by the helper that drops pending to 0 */
 };
 
+/* A ticket for one helper to join a job. */
 struct crypt_task {
   struct crypt_job *job;
-  uint64_t skip, len;          /* slice of the job, bytes */
   struct crypt_task *next;
 };
 
@@ -644,14 +650,26 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
   return r;
 }
 
+/* Claim and transform slices of `j` until none is left. */
+static void job_work(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j)
+{
+  for (;;) {
+    uint64_t at = atomic_fetch_add_explicit(&j->next, j->slice, memory_order_relaxed);
+    if (at >= j->len)
+      return;
+    uint64_t n = j->len - at < j->slice ? j->len - at : j->slice;
+    int r = x ? transform(c, x, j, at, n) : -ENOMEM;
+    if (r) {
+      int none = 0;
+      atomic_compare_exchange_strong(&j->err, &none, r);
+    }
+  }
+}
+
 static void task_run(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_task *t)
 {
   struct crypt_job *j = t->job;
-  int r = x ? transform(c, x, j, t->skip, t->len) : -ENOMEM;
-  if (r) {
-    int none = 0;
-    atomic_compare_exchange_strong(&j->err, &none, r);
-  }
+  job_work(c, x, j);
   if (atomic_fetch_sub_explicit(&j->pending, 1, memory_order_acq_rel) == 1)
     sem_post(&j->done);
 }
@@ -665,6 +683,29 @@ static struct crypt_task *queue_pop(struct crypt_layer *c)
       c->tail = NULL;
   }
   return t;
+}
+
+/* Take the job's tickets no helper has popped off the queue; under qlock. */
+static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
+{
+  int n = 0;
+  struct crypt_task *prev = NULL;
+  for (struct crypt_task *t = c->head; t;) {
+    struct crypt_task *next = t->next;
+    if (t->job == j) {
+      if (prev)
+        prev->next = next;
+      else
+        c->head = next;
+      if (c->tail == t)
+        c->tail = prev;
+      n++;
+    } else {
+      prev = t;
+    }
+    t = next;
+  }
+  return n;
 }
 
 static void *worker_main(void *arg)
@@ -690,33 +731,31 @@ static void *worker_main(void *arg)
   return NULL;
 }
 
-/* Run a job: inline when small, otherwise in slices shared by the workers
- * and the calling thread (which also runs queued slices while it waits). */
+/* Run a job: inline when small; otherwise the calling thread queues a
+ * ticket per helper and claims slices itself, then withdraws the tickets no
+ * helper took and waits only for helpers already inside the job. */
 static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j, uint64_t len)
 {
   const uint32_t ss = c->sector_size;
-  unsigned parts = c->nworkers ? c->threads : 1;
-  if (len < CRYPT_PARALLEL_MIN)
-    parts = 1;
-  if (parts > len / CRYPT_PART_MIN)
-    parts = (unsigned)(len / CRYPT_PART_MIN);
-  if (parts <= 1)
+  unsigned helpers = c->nworkers < c->threads - 1 ? c->nworkers : c->threads - 1;
+  if (len < CRYPT_PARALLEL_MIN || !helpers || sem_init(&j->done, 0, 0) != 0)
     return transform(c, x, j, 0, len);
+  if (helpers > len / CRYPT_PART_MIN)
+    helpers = (unsigned)(len / CRYPT_PART_MIN);
 
+  /* Several claims per thread, so the faster thread takes the larger share. */
+  uint64_t slice = len / ((uint64_t)(helpers + 1) * 4);
+  slice = slice < CRYPT_SLICE_MIN ? CRYPT_SLICE_MIN : slice / ss * ss;
   struct crypt_task task[CRYPT_MAX_THREADS];
-  uint64_t per = (len / parts + ss - 1) / ss * ss, at = 0;
-  unsigned n = 0;
-  for (; n < parts && at < len; n++) {
-    task[n] = (struct crypt_task){ j, at, per < len - at ? per : len - at, NULL };
-    at += task[n].len;
-  }
-  if (sem_init(&j->done, 0, 0) != 0)
-    return transform(c, x, j, 0, len);
+  j->len = len;
+  j->slice = slice;
+  atomic_init(&j->next, 0);
   atomic_init(&j->err, 0);
-  atomic_init(&j->pending, (int)(n - 1));
+  atomic_init(&j->pending, (int)helpers);
   atomic_fetch_add_explicit(&c->nr_parallel, 1, memory_order_relaxed);
   pthread_mutex_lock(&c->qlock);
-  for (unsigned i = 1; i < n; i++) {
+  for (unsigned i = 0; i < helpers; i++) {
+    task[i] = (struct crypt_task){ j, NULL };
     if (c->tail)
       c->tail->next = &task[i];
     else
@@ -726,21 +765,16 @@ static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job 
   pthread_cond_broadcast(&c->qcond);
   pthread_mutex_unlock(&c->qlock);
 
-  int r = transform(c, x, j, task[0].skip, task[0].len);
-  /* Help rather than sleep while slices are queued (ours or another request's). */
-  for (;;) {
-    pthread_mutex_lock(&c->qlock);
-    struct crypt_task *t = queue_pop(c);
-    pthread_mutex_unlock(&c->qlock);
-    if (!t)
-      break;
-    task_run(c, x, t);
-  }
-  while (sem_wait(&j->done) != 0 && errno == EINTR)
-    ;
+  job_work(c, x, j);
+  pthread_mutex_lock(&c->qlock);
+  int untaken = queue_withdraw(c, j);
+  pthread_mutex_unlock(&c->qlock);
+  /* Whoever brings pending to 0 is the last: a helper posts, we do not wait. */
+  if (atomic_fetch_sub_explicit(&j->pending, untaken, memory_order_acq_rel) != untaken)
+    while (sem_wait(&j->done) != 0 && errno == EINTR)
+      ;
   sem_destroy(&j->done);
-  int e = atomic_load(&j->err);
-  return r ? r : e;
+  return atomic_load(&j->err);
 }
 
 /* ------------------------------------------------------------------------ */
