@@ -70,7 +70,7 @@ static const char *const supported_ciphers = "aes-xts-plain64 (also written capi
  * the layer goes through EVP. */
 struct xts_direct {
   const OSSL_PROVIDER *prov;
-  const OSSL_ALGORITHM *algs;  /* from OSSL_PROVIDER_query_operation, returned at close */
+  const OSSL_ALGORITHM *algs; /* from OSSL_PROVIDER_query_operation, returned at close */
   void *provctx;
   OSSL_FUNC_cipher_newctx_fn *newctx;
   OSSL_FUNC_cipher_freectx_fn *freectx;
@@ -107,11 +107,11 @@ struct crypt_job {
   unsigned char *out;          /* ENCRYPT, ZERO: ciphertext out */
   /* Shared transforms: every thread claims the next slice until none is
    * left, so a helper that wakes late takes less, never delays the job. */
-  uint64_t len, slice;         /* bytes of the job; bytes per claim */
-  _Atomic uint64_t next;       /* first byte not yet claimed */
-  atomic_int pending;          /* helper tickets queued or running */
+  uint64_t len, slice;   /* bytes of the job; bytes per claim */
+  _Atomic uint64_t next; /* first byte not yet claimed */
+  atomic_int pending;    /* helper tickets queued or running */
   atomic_int err;
-  sem_t done;                  /* posted by the helper that drops pending to 0 */
+  sem_t done; /* posted by the helper that drops pending to 0 */
 };
 
 /* A ticket for one helper to join a job. */
@@ -122,7 +122,7 @@ struct crypt_task {
 
 struct crypt_layer {
   ts_layer *child;
-  EVP_CIPHER *cipher;          /* fetched once: no per-context lookup */
+  EVP_CIPHER *cipher; /* fetched once: no per-context lookup */
   struct xts_direct xts;
   unsigned char *key;          /* one mlock'ed page, wiped on close */
   size_t key_len;
@@ -414,12 +414,23 @@ static void xts_direct_init(struct crypt_layer *c)
     }
   for (; f && f->function_id; f++) {
     switch (f->function_id) {
-    case OSSL_FUNC_CIPHER_NEWCTX: d->newctx = OSSL_FUNC_cipher_newctx(f); break;
-    case OSSL_FUNC_CIPHER_FREECTX: d->freectx = OSSL_FUNC_cipher_freectx(f); break;
-    case OSSL_FUNC_CIPHER_ENCRYPT_INIT: d->einit = OSSL_FUNC_cipher_encrypt_init(f); break;
-    case OSSL_FUNC_CIPHER_DECRYPT_INIT: d->dinit = OSSL_FUNC_cipher_decrypt_init(f); break;
-    case OSSL_FUNC_CIPHER_CIPHER: d->cipher = OSSL_FUNC_cipher_cipher(f); break;
-    default: break;
+    case OSSL_FUNC_CIPHER_NEWCTX:
+      d->newctx = OSSL_FUNC_cipher_newctx(f);
+      break;
+    case OSSL_FUNC_CIPHER_FREECTX:
+      d->freectx = OSSL_FUNC_cipher_freectx(f);
+      break;
+    case OSSL_FUNC_CIPHER_ENCRYPT_INIT:
+      d->einit = OSSL_FUNC_cipher_encrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_DECRYPT_INIT:
+      d->dinit = OSSL_FUNC_cipher_decrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_CIPHER:
+      d->cipher = OSSL_FUNC_cipher_cipher(f);
+      break;
+    default:
+      break;
     }
   }
   d->provctx = d->prov ? OSSL_PROVIDER_get0_provider_ctx(d->prov) : NULL;
@@ -454,8 +465,8 @@ static bool xts_key_init(const struct crypt_layer *c, struct xts_key *k, int enc
   k->enc = enc;
   if (c->xts.newctx) {
     k->algctx = c->xts.newctx(c->xts.provctx);
-    return k->algctx && (enc ? c->xts.einit : c->xts.dinit)(k->algctx, c->key, c->key_len,
-                                                             NULL, 0, NULL) == 1;
+    return k->algctx &&
+           (enc ? c->xts.einit : c->xts.dinit)(k->algctx, c->key, c->key_len, NULL, 0, NULL) == 1;
   }
   k->evp = EVP_CIPHER_CTX_new();
   return k->evp && EVP_CipherInit_ex2(k->evp, c->cipher, c->key, NULL, enc, NULL) == 1;

@@ -285,17 +285,17 @@ int ts_cli_bench_crypt(int argc, char **argv)
         }
         double re = rate(&evp), ru = rate(&unit), r1 = rate(&t1), rn = rate(&tn);
         if (o.json) {
-          json_array_append_new(rows, json_pack("{s:i, s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-                                                "sector_size", (int)ss, "op", w ? "write" : "read",
-                                                "request", (json_int_t)len, "openssl_mbps", re,
-                                                "crypt_1t_mbps", r1, "ratio", r1 / re,
-                                                "openssl_per_unit_mbps", ru,
-                                                "ratio_per_unit", r1 / ru,
-                                                "crypt_nt_mbps", rn, "scaling", rn / r1));
+          json_array_append_new(
+              rows, json_pack("{s:i, s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "sector_size",
+                              (int)ss, "op", w ? "write" : "read", "request", (json_int_t)len,
+                              "openssl_mbps", re, "crypt_1t_mbps", r1, "ratio", r1 / re,
+                              "openssl_per_unit_mbps", ru, "ratio_per_unit", r1 / ru,
+                              "crypt_nt_mbps", rn, "scaling", rn / r1));
         } else {
           printf("%6u  %-5s  %7s  %8.0f MB/s  %8.0f MB/s  %5.2fx  %8.0f MB/s  %5.2fx  %8.0f MB/s"
-                 "  %6.2fx\n", ss, w ? "write" : "read", len >= (1u << 20) ? "1M" : "4K", re, r1,
-                 r1 / re, ru, r1 / ru, rn, rn / r1);
+                 "  %6.2fx\n",
+                 ss, w ? "write" : "read", len >= (1u << 20) ? "1M" : "4K", re, r1, r1 / re, ru,
+                 r1 / ru, rn, rn / r1);
           fflush(stdout);
         }
       }

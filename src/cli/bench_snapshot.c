@@ -142,7 +142,9 @@ static int fs_floor(struct bench_ctx *c, uint64_t blocks, double *own, double *c
   t = ts_cli_now();
   for (uint64_t i = 0; i < blocks && !r; i++)
     r = pread(fd, c->buf, (size_t)bs, (off_t)i * bs) == bs &&
-        pwrite(fd, c->buf, (size_t)bs, (off_t)(blocks + i) * bs) == bs ? 0 : -1;
+                pwrite(fd, c->buf, (size_t)bs, (off_t)(blocks + i) * bs) == bs
+            ? 0
+            : -1;
   *copy = (ts_cli_now() - t) * 1e6 / (double)blocks;
   close(fd);
   return r;

@@ -759,7 +759,8 @@ int ts_cli_serve(int argc, char **argv)
   if (!no_control && !control) {
     if (ts_ctl_default_path(config, def, sizeof def)) {
       ts_cli_err("serve: %s.ctl is too long for a socket address and $XDG_RUNTIME_DIR "
-                 "offers no other place: name one with --control", config);
+                 "offers no other place: name one with --control",
+                 config);
       return ts_cli_close(s, 1);
     }
     control = def;

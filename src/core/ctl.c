@@ -1182,9 +1182,12 @@ int ts_ctl_path_candidate(const char *config, unsigned i, char *buf, size_t n)
   if (!config || !buf)
     return -EINVAL;
   switch (i) {
-  case 0: return path_beside(config, buf, n);
-  case 1: return path_runtime(config, buf, n);
-  default: return -EINVAL;
+  case 0:
+    return path_beside(config, buf, n);
+  case 1:
+    return path_runtime(config, buf, n);
+  default:
+    return -EINVAL;
   }
 }
 
@@ -1230,7 +1233,7 @@ int ts_ctl_default_path(const char *config, char *buf, size_t n)
   int beside = path_beside(config, buf, n);
   if (beside == 0 && beside_usable(config))
     return 0;
-  char alt[sizeof ((struct sockaddr_un *)0)->sun_path];
+  char alt[sizeof((struct sockaddr_un *)0)->sun_path];
   int r = path_runtime(config, alt, sizeof alt);
   if (r == 0 && strlen(alt) < n && runtime_folder(alt) == 0) {
     snprintf(buf, n, "%s", alt);

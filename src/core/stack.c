@@ -251,10 +251,10 @@ int ts_dev_grow(ts_dev *d, uint64_t new_size, ts_error *err)
   if (new_size == cur)
     return 0;
   if (new_size < cur || new_size % d->limits.logical_block_size)
-    return ts_layer_error(d, err, -EINVAL, NULL,
-                          "cannot grow from %llu to %llu bytes (must be larger and a multiple of %u)",
-                          (unsigned long long)cur, (unsigned long long)new_size,
-                          d->limits.logical_block_size);
+    return ts_layer_error(
+        d, err, -EINVAL, NULL,
+        "cannot grow from %llu to %llu bytes (must be larger and a multiple of %u)",
+        (unsigned long long)cur, (unsigned long long)new_size, d->limits.logical_block_size);
   if (d->limits.read_only)
     return ts_layer_error(d, err, -EROFS, NULL, "read-only: cannot grow");
   /* Types built against an older header have no grow slot. */

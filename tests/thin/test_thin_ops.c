@@ -363,7 +363,8 @@ static void data_ops(ts_stack *s, uint64_t *reads, uint64_t *writes)
   ck_assert_msg(j != NULL, "status is not JSON: %s", st);
   json_t *req = json_object_get(j, "requests");
   *reads = (uint64_t)json_integer_value(json_object_get(json_object_get(req, "read"), "requests"));
-  *writes = (uint64_t)json_integer_value(json_object_get(json_object_get(req, "write"), "requests"));
+  *writes =
+      (uint64_t)json_integer_value(json_object_get(json_object_get(req, "write"), "requests"));
   json_decref(j);
   free(st);
 }
@@ -386,7 +387,10 @@ START_TEST(partial_writes_into_shared_blocks)
   ck_assert_msg(ts_pool_create_snap(pool, 1, 0, &e) == 0, "%s", e.msg);
   memcpy(snap, org, n);
 
-  static const struct { uint64_t off, len, reads; const char *what; } cases[] = {
+  static const struct {
+    uint64_t off, len, reads;
+    const char *what;
+  } cases[] = {
     { 1 * K64, 4096, 1, "head" },
     { 3 * K64 + 20480, 8192, 1, "middle" },
     { 6 * K64 - 4096, 4096, 1, "tail" },

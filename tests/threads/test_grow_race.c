@@ -28,7 +28,7 @@ struct writer {
   ts_dev *dev;
   unsigned id;
   uint64_t seed;
-  uint64_t tag[UNITS];          /* what unit u holds (0 = never written) */
+  uint64_t tag[UNITS]; /* what unit u holds (0 = never written) */
   unsigned ok, refused, failures;
   char why[160];
 };
@@ -110,11 +110,14 @@ START_TEST(grow_while_writing)
   char *dir = ts_test_mkdtemp();
   ts_stack *s = ts_test_open(
       dir, "{ \"version\": 1, \"layers\": {"
-           " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"16M\", \"create\": true },"
-           " \"data\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"64M\", \"create\": true },"
+           " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"16M\", "
+           "\"create\": true },"
+           " \"data\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"64M\", "
+           "\"create\": true },"
            " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
            "   \"block_size\": \"64K\", \"create\": true },"
-           " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"4M\", \"create\": true } },"
+           " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"4M\", "
+           "\"create\": true } },"
            " \"exports\": [\"v0\"] }");
   ts_dev *v = ts_stack_node(s, "v0");
   ck_assert_ptr_nonnull(v);

@@ -258,7 +258,7 @@ struct plan {
 struct slow {
   struct tp_vol *vol;
   const struct src *s;
-  uint64_t off, end;           /* the request's virtual bytes */
+  uint64_t off, end; /* the request's virtual bytes */
   uint64_t sb, se, nb;
   bool skip_unmapped;
   struct plan *pl;
@@ -442,8 +442,14 @@ static int write_slow(struct tp_vol *vol, const struct src *s, uint64_t off, uin
                       uint64_t sb, uint64_t se, bool skip_unmapped)
 {
   struct tp_pool *p = vol->pool;
-  struct slow w = { .vol = vol, .s = s, .off = off, .end = end, .sb = sb, .se = se,
-                    .nb = se - sb, .skip_unmapped = skip_unmapped };
+  struct slow w = { .vol = vol,
+                    .s = s,
+                    .off = off,
+                    .end = end,
+                    .sb = sb,
+                    .se = se,
+                    .nb = se - sb,
+                    .skip_unmapped = skip_unmapped };
   w.pl = calloc(w.nb, sizeof *w.pl);
   if (!w.pl)
     return -ENOMEM;
