@@ -72,7 +72,9 @@ static uint64_t up(const bd_dev *b, uint64_t x) { return down(b, x + b->lbs - 1)
 
 static int check_range(const bd_dev *b, uint64_t off, uint64_t len)
 {
-  if (off > b->size || len > b->size - off)
+  /* The device's own size, not the one at attach: a volume grows live. */
+  uint64_t size = ts_dev_size(b->dev);
+  if (off > size || len > size - off)
     return -EINVAL;
   return 0;
 }

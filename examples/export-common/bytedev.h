@@ -27,7 +27,7 @@ struct bd_range;
 
 typedef struct bd_dev {
   ts_dev *dev;
-  uint64_t size;
+  uint64_t size;             /* at attach; ts_dev_size(dev) is the live one */
   uint32_t lbs;              /* logical block size */
   pthread_mutex_t mu;
   pthread_cond_t cv;

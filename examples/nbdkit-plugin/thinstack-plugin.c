@@ -237,7 +237,7 @@ static const char *tsp_export_description(void *handle)
 static int64_t tsp_get_size(void *handle)
 {
   struct handle *h = handle;
-  return (int64_t)h->bd->size;
+  return (int64_t)ts_dev_size(h->bd->dev); /* live: a volume may have grown since open */
 }
 
 static bool pow2(uint64_t x) { return x && !(x & (x - 1)); }

@@ -52,9 +52,23 @@ TS_EXTERN void ts_ctl_stop(ts_stack *stack);
 TS_EXTERN const char *ts_ctl_path(const ts_stack *stack);
 
 /* The socket path holders use when told none: CONFIG.ctl beside the
- * configuration file. -ENAMETOOLONG when it does not fit `n` bytes or a
- * socket address (108 bytes). */
+ * configuration file when that fits a socket address (108 bytes) and the
+ * folder is writable (not read-only, not denied); otherwise
+ * $XDG_RUNTIME_DIR/thinstack/NAME-HASH.ctl (ts_ctl_path_candidate 1), whose
+ * folder this call creates with mode 0700 (refusing one that is not ours
+ * alone). With no usable fallback it returns CONFIG.ctl if that fits, so
+ * that binding it reports why. -ENAMETOOLONG nothing fits `n` bytes or a
+ * socket address. Thread-safe; reads the environment. */
 TS_EXTERN int ts_ctl_default_path(const char *config, char *buf, size_t n);
+
+/* Place `i` where CONFIG's control socket may be, in the order holders pick
+ * and clients look: 0 = CONFIG.ctl, 1 = $XDG_RUNTIME_DIR/thinstack/
+ * NAME-HASH.ctl (NAME the file's name, shortened to fit; HASH 16 hex digits
+ * of the FNV-1a hash of its resolved absolute path, so CONFIG must exist).
+ * Creates nothing. 0, -ENAMETOOLONG it does not fit `n` bytes or a socket
+ * address, -ENOENT no $XDG_RUNTIME_DIR (or not absolute) or CONFIG cannot be
+ * resolved, -EINVAL `i` > 1. Thread-safe. */
+TS_EXTERN int ts_ctl_path_candidate(const char *config, unsigned i, char *buf, size_t n);
 
 /* Answer one request line as the server would, in the calling thread,
  * without a socket (events.subscribe is refused: it needs a connection).
@@ -68,6 +82,7 @@ TS_EXTERN char *ts_ctl_call(ts_stack *stack, const char *request, size_t len);
 #define TS_HAVE_TS_CTL_STOP 1
 #define TS_HAVE_TS_CTL_PATH 1
 #define TS_HAVE_TS_CTL_DEFAULT_PATH 1
+#define TS_HAVE_TS_CTL_PATH_CANDIDATE 1
 #define TS_HAVE_TS_CTL_CALL 1
 
 #ifdef __cplusplus

@@ -263,11 +263,15 @@ TS_EXTERN ts_stack *ts_dev_stack(const ts_dev *dev);
 /* Grow a device to `new_size` bytes, keeping its contents (a file layer
  * extends its file). Parents are not resized: this serves layers that manage
  * a child's size, such as a thin pool extending its data device
- * (ts_pool_extend). The caller must make sure no request to `dev` runs
- * concurrently. Equal size is a no-op. Errors (with a message in `err`):
+ * (ts_pool_extend). Equal size is a no-op. Errors (with a message in `err`):
  * -EINVAL smaller than now or not a multiple of the logical block size,
  * -EROFS read-only, -EOPNOTSUPP the layer cannot grow, or the layer's own
- * error (-ENOSPC, -EIO). Not thread-safe with requests to `dev` (above). */
+ * error (-ENOSPC, -EIO).
+ * Thread safety: requests to `dev` may run meanwhile. The size is published
+ * atomically after the layer has grown, so each request is checked against
+ * the old size or the new one, never a torn value; ts_dev_size returns one
+ * or the other. Calls that grow the same device must not overlap (the
+ * volume and pool calls serialize them). */
 TS_EXTERN int ts_dev_grow(ts_dev *dev, uint64_t new_size, ts_error *err);
 
 /* Send a layer a message, as `dmsetup message` does a target: the layer's

@@ -216,8 +216,8 @@ TS_EXTERN int ts_volume_delete_id(ts_stack *stack, const char *pool, uint32_t id
 
 /* Set the size of layer `name`'s volume to `size` bytes (a multiple of 512).
  * Growing only rewrites "size", and grows the layer live when it is open in
- * this stack (ts_dev_grow: the caller makes sure no request to that layer
- * runs meanwhile, as for ts_dev_grow). Shrinking is refused with -ENOTEMPTY while mapped
+ * this stack (ts_dev_grow: requests to the layer may run meanwhile; each is
+ * checked against the old size or the new one). Shrinking is refused with -ENOTEMPTY while mapped
  * blocks lie at or past the new end, unless `flags` has
  * TS_VOLUME_DISCARD_BEYOND, which unmaps them first (committed before the
  * configuration changes); an open volume cannot shrink (-EBUSY). */

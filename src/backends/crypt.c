@@ -19,16 +19,26 @@
  * WRITE_ZEROES writes encrypted zero sectors (zero ciphertext is not zero
  * plaintext); PROVISION passes down; DISCARD only with allow_discards.
  * Requests of CRYPT_PARALLEL_MIN bytes or more are transformed by a small
- * per-layer worker pool together with the calling thread; smaller ones run
- * inline. Cipher contexts come from a lock-free per-layer cache, so the data
- * path takes no lock except the pool's queue for large requests.
+ * per-layer worker pool together with the calling thread, each thread
+ * claiming slices until none is left; smaller ones run inline. Cipher
+ * contexts come from a lock-free per-layer cache, so the data path takes no
+ * lock except the pool's queue for large requests.
+ *
+ * Each context's key schedule is set once; per data unit only the tweak is
+ * set. OpenSSL 3.0's EVP_CipherInit_ex2 asks the provider for the IV length
+ * through a parameter lookup on every call (more than the AES work of a
+ * 512-byte unit costs), so when the provider hands out its XTS dispatch
+ * table the layer calls the provider's init and cipher functions directly,
+ * as EVP itself does after those checks; otherwise it goes through EVP.
  */
 #include <libthinstack/layer.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/core_dispatch.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/provider.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdalign.h>
@@ -36,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -44,7 +55,8 @@
 #define CRYPT_MAX_SECTOR 4096u
 #define CRYPT_MAX_KEY 64u
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
-#define CRYPT_PART_MIN (64u * 1024)       /* smallest slice one thread takes */
+#define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
+#define CRYPT_SLICE_MIN (16u * 1024)      /* smallest claim of a shared request */
 #define CRYPT_WINDOW_MIN (256u * 1024)    /* bytes moved to/from the child per step: */
 #define CRYPT_WINDOW_PER_THREAD (128u * 1024) /* small enough to be transformed while still
                                                  in cache, large enough for every thread */
@@ -54,10 +66,31 @@
 
 static const char *const supported_ciphers = "aes-xts-plain64 (also written capi:xts(aes)-plain64)";
 
+/* The provider's own XTS functions (see the top of the file); all NULL when
+ * the layer goes through EVP. */
+struct xts_direct {
+  const OSSL_PROVIDER *prov;
+  const OSSL_ALGORITHM *algs; /* from OSSL_PROVIDER_query_operation, returned at close */
+  void *provctx;
+  OSSL_FUNC_cipher_newctx_fn *newctx;
+  OSSL_FUNC_cipher_freectx_fn *freectx;
+  OSSL_FUNC_cipher_encrypt_init_fn *einit;
+  OSSL_FUNC_cipher_decrypt_init_fn *dinit;
+  OSSL_FUNC_cipher_cipher_fn *cipher;
+};
+
+/* One direction of XTS with its key schedule: a provider context when the
+ * layer calls the provider directly, else an EVP context. */
+struct xts_key {
+  void *algctx;
+  EVP_CIPHER_CTX *evp;
+  bool enc;
+};
+
 /* One thread's cipher state: XTS needs separate contexts per direction (the
  * AES decryption key schedule differs), plus the WRITE bounce buffer. */
 struct crypt_ctx {
-  EVP_CIPHER_CTX *enc, *dec;
+  struct xts_key enc, dec;
   unsigned char *bounce;
   size_t bounce_cap;
 };
@@ -72,20 +105,25 @@ struct crypt_job {
   int iovcnt;
   size_t iov_skip;             /* iovec position of byte 0 of the job */
   unsigned char *out;          /* ENCRYPT, ZERO: ciphertext out */
-  atomic_int pending;          /* queued slices not yet done */
+  /* Shared transforms: every thread claims the next slice until none is
+   * left, so a helper that wakes late takes less, never delays the job. */
+  uint64_t len, slice;   /* bytes of the job; bytes per claim */
+  _Atomic uint64_t next; /* first byte not yet claimed */
+  atomic_int pending;    /* helper tickets queued or running */
   atomic_int err;
-  sem_t done;                  /* posted when pending reaches 0 */
+  sem_t done; /* posted by the helper that drops pending to 0 */
 };
 
+/* A ticket for one helper to join a job. */
 struct crypt_task {
   struct crypt_job *job;
-  uint64_t skip, len;          /* slice of the job, bytes */
   struct crypt_task *next;
 };
 
 struct crypt_layer {
   ts_layer *child;
-  const EVP_CIPHER *cipher;
+  EVP_CIPHER *cipher; /* fetched once: no per-context lookup */
+  struct xts_direct xts;
   unsigned char *key;          /* one mlock'ed page, wiped on close */
   size_t key_len;
   size_t page;
@@ -336,19 +374,110 @@ static int load_key(ts_layer *l, struct crypt_layer *c, const json_t *params, ts
   if (CRYPTO_memcmp(c->key, c->key + half, half) == 0)
     return ts_layer_error(l, err, -EINVAL, hex ? "key" : "key_file",
                           "the two halves of the XTS key are equal; XTS needs two different keys");
-  c->cipher = c->key_len == 32 ? EVP_aes_128_xts() : EVP_aes_256_xts();
+  c->cipher = EVP_CIPHER_fetch(NULL, c->key_len == 32 ? "AES-128-XTS" : "AES-256-XTS", NULL);
+  if (!c->cipher)
+    return ts_layer_error(l, err, -ENOTSUP, NULL, "OpenSSL offers no %s",
+                          c->key_len == 32 ? "AES-128-XTS" : "AES-256-XTS");
   return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Cipher contexts                                                           */
 
-static void ctx_free(struct crypt_ctx *x)
+/* Does `names` ("AES-256-XTS:1.3.111...") list `want`? */
+static bool names_list(const char *names, const char *want)
+{
+  size_t n = strlen(want);
+  for (const char *p = names; p && *p;) {
+    const char *end = strchr(p, ':');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len == n && strncasecmp(p, want, n) == 0)
+      return true;
+    p = end ? end + 1 : NULL;
+  }
+  return false;
+}
+
+/* Find the provider functions behind the fetched cipher. Any gap leaves the
+ * layer on EVP, which is slower but always right. */
+static void xts_direct_init(struct crypt_layer *c)
+{
+  struct xts_direct *d = &c->xts;
+  d->prov = EVP_CIPHER_get0_provider(c->cipher);
+  int no_cache = 0;
+  d->algs = d->prov ? OSSL_PROVIDER_query_operation(d->prov, OSSL_OP_CIPHER, &no_cache) : NULL;
+  const OSSL_DISPATCH *f = NULL;
+  for (const OSSL_ALGORITHM *a = d->algs; a && a->algorithm_names; a++)
+    if (names_list(a->algorithm_names, EVP_CIPHER_get0_name(c->cipher))) {
+      f = a->implementation;
+      break;
+    }
+  for (; f && f->function_id; f++) {
+    switch (f->function_id) {
+    case OSSL_FUNC_CIPHER_NEWCTX:
+      d->newctx = OSSL_FUNC_cipher_newctx(f);
+      break;
+    case OSSL_FUNC_CIPHER_FREECTX:
+      d->freectx = OSSL_FUNC_cipher_freectx(f);
+      break;
+    case OSSL_FUNC_CIPHER_ENCRYPT_INIT:
+      d->einit = OSSL_FUNC_cipher_encrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_DECRYPT_INIT:
+      d->dinit = OSSL_FUNC_cipher_decrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_CIPHER:
+      d->cipher = OSSL_FUNC_cipher_cipher(f);
+      break;
+    default:
+      break;
+    }
+  }
+  d->provctx = d->prov ? OSSL_PROVIDER_get0_provider_ctx(d->prov) : NULL;
+  if (!d->newctx || !d->freectx || !d->einit || !d->dinit || !d->cipher || !d->provctx) {
+    d->newctx = NULL;
+    d->freectx = NULL;
+    d->einit = NULL;
+    d->dinit = NULL;
+    d->cipher = NULL;
+  }
+}
+
+static void xts_direct_release(struct crypt_layer *c)
+{
+  if (c->xts.algs)
+    OSSL_PROVIDER_unquery_operation(c->xts.prov, OSSL_OP_CIPHER, c->xts.algs);
+  memset(&c->xts, 0, sizeof c->xts);
+}
+
+/* Both free functions clear the key schedule before they free it. */
+static void xts_key_free(const struct crypt_layer *c, struct xts_key *k)
+{
+  if (k->algctx)
+    c->xts.freectx(k->algctx);
+  EVP_CIPHER_CTX_free(k->evp);
+  k->algctx = NULL;
+  k->evp = NULL;
+}
+
+static bool xts_key_init(const struct crypt_layer *c, struct xts_key *k, int enc)
+{
+  k->enc = enc;
+  if (c->xts.newctx) {
+    k->algctx = c->xts.newctx(c->xts.provctx);
+    return k->algctx &&
+           (enc ? c->xts.einit : c->xts.dinit)(k->algctx, c->key, c->key_len, NULL, 0, NULL) == 1;
+  }
+  k->evp = EVP_CIPHER_CTX_new();
+  return k->evp && EVP_CipherInit_ex2(k->evp, c->cipher, c->key, NULL, enc, NULL) == 1;
+}
+
+static void ctx_free(const struct crypt_layer *c, struct crypt_ctx *x)
 {
   if (!x)
     return;
-  EVP_CIPHER_CTX_free(x->enc); /* clears the key schedule */
-  EVP_CIPHER_CTX_free(x->dec);
+  xts_key_free(c, &x->enc);
+  xts_key_free(c, &x->dec);
   free(x->bounce);
   free(x);
 }
@@ -358,11 +487,8 @@ static struct crypt_ctx *ctx_new(struct crypt_layer *c)
   struct crypt_ctx *x = calloc(1, sizeof *x);
   if (!x)
     return NULL;
-  x->enc = EVP_CIPHER_CTX_new();
-  x->dec = EVP_CIPHER_CTX_new();
-  if (!x->enc || !x->dec || !EVP_EncryptInit_ex(x->enc, c->cipher, NULL, c->key, NULL) ||
-      !EVP_DecryptInit_ex(x->dec, c->cipher, NULL, c->key, NULL)) {
-    ctx_free(x);
+  if (!xts_key_init(c, &x->enc, 1) || !xts_key_init(c, &x->dec, 0)) {
+    ctx_free(c, x);
     return NULL;
   }
   atomic_fetch_add_explicit(&c->nr_ctx_created, 1, memory_order_relaxed);
@@ -399,7 +525,7 @@ static void ctx_put(struct crypt_layer *c, struct crypt_ctx *x)
                                                 memory_order_release, memory_order_relaxed))
       return;
   }
-  ctx_free(x);
+  ctx_free(c, x);
 }
 
 static int ctx_bounce(struct crypt_ctx *x, size_t need)
@@ -425,16 +551,24 @@ static uint64_t iv_sector(const struct crypt_layer *c, uint64_t dev_off)
   return (dev_off / 512 + c->iv_offset) >> c->iv_shift;
 }
 
-/* One XTS data unit. The EVP context keeps its key; only the tweak changes. */
-static int xts_unit(EVP_CIPHER_CTX *ctx, uint64_t sector, const unsigned char *in,
-                    unsigned char *out, uint32_t len)
+/* One XTS data unit. The context keeps its key schedule; only the tweak is
+ * set. */
+static int xts_unit(const struct crypt_layer *c, const struct xts_key *k, uint64_t sector,
+                    const unsigned char *in, unsigned char *out, uint32_t len)
 {
   unsigned char iv[16] = { 0 };
   for (int i = 0; i < 8; i++)
     iv[i] = (unsigned char)(sector >> (8 * i));
+  if (k->algctx) {
+    size_t n = 0;
+    if ((k->enc ? c->xts.einit : c->xts.dinit)(k->algctx, NULL, 0, iv, sizeof iv, NULL) != 1 ||
+        c->xts.cipher(k->algctx, out, &n, len, in, len) != 1 || n != len)
+      return -EIO;
+    return 0;
+  }
   int n = 0;
-  if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1 ||
-      EVP_CipherUpdate(ctx, out, &n, in, (int)len) != 1 || n != (int)len)
+  if (EVP_CipherInit_ex2(k->evp, NULL, NULL, iv, -1, NULL) != 1 ||
+      EVP_CipherUpdate(k->evp, out, &n, in, (int)len) != 1 || n != (int)len)
     return -EIO;
   return 0;
 }
@@ -493,14 +627,14 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
   const unsigned char *zero = ts_zero_buffer();
   bool used_tmp = false;
   struct iov_cursor k = { 0 };
-  EVP_CIPHER_CTX *ctx = j->mode == MODE_DECRYPT ? x->dec : x->enc;
+  const struct xts_key *ctx = j->mode == MODE_DECRYPT ? &x->dec : &x->enc;
   if (j->mode != MODE_ZERO)
     cursor_seek(&k, j->iov, j->iovcnt, j->iov_skip + skip);
   int r = 0;
   for (uint64_t p = skip; p < skip + len; p += ss) {
     uint64_t sector = iv_sector(c, j->offset + p);
     if (j->mode == MODE_ZERO) {
-      r = xts_unit(ctx, sector, zero, j->out + p, ss);
+      r = xts_unit(c, ctx, sector, zero, j->out + p, ss);
     } else {
       unsigned char *span = cursor_span(&k, ss);
       size_t at = j->iov_skip + p;
@@ -508,13 +642,13 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
       if (j->mode == MODE_ENCRYPT) {
         if (!span)
           ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
-        r = xts_unit(ctx, sector, span ? span : tmp, j->out + p, ss);
+        r = xts_unit(c, ctx, sector, span ? span : tmp, j->out + p, ss);
       } else if (span) {
-        r = xts_unit(ctx, sector, span, span, ss);
+        r = xts_unit(c, ctx, sector, span, span, ss);
       } else {
         /* A sector split across iovec elements: gather, decrypt, scatter. */
         ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
-        r = xts_unit(ctx, sector, tmp, tmp, ss);
+        r = xts_unit(c, ctx, sector, tmp, tmp, ss);
         ts_iov_from_buf(j->iov, j->iovcnt, at, tmp, ss);
       }
       cursor_advance(&k, ss);
@@ -527,14 +661,26 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
   return r;
 }
 
+/* Claim and transform slices of `j` until none is left. */
+static void job_work(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j)
+{
+  for (;;) {
+    uint64_t at = atomic_fetch_add_explicit(&j->next, j->slice, memory_order_relaxed);
+    if (at >= j->len)
+      return;
+    uint64_t n = j->len - at < j->slice ? j->len - at : j->slice;
+    int r = x ? transform(c, x, j, at, n) : -ENOMEM;
+    if (r) {
+      int none = 0;
+      atomic_compare_exchange_strong(&j->err, &none, r);
+    }
+  }
+}
+
 static void task_run(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_task *t)
 {
   struct crypt_job *j = t->job;
-  int r = x ? transform(c, x, j, t->skip, t->len) : -ENOMEM;
-  if (r) {
-    int none = 0;
-    atomic_compare_exchange_strong(&j->err, &none, r);
-  }
+  job_work(c, x, j);
   if (atomic_fetch_sub_explicit(&j->pending, 1, memory_order_acq_rel) == 1)
     sem_post(&j->done);
 }
@@ -548,6 +694,29 @@ static struct crypt_task *queue_pop(struct crypt_layer *c)
       c->tail = NULL;
   }
   return t;
+}
+
+/* Take the job's tickets no helper has popped off the queue; under qlock. */
+static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
+{
+  int n = 0;
+  struct crypt_task *prev = NULL;
+  for (struct crypt_task *t = c->head; t;) {
+    struct crypt_task *next = t->next;
+    if (t->job == j) {
+      if (prev)
+        prev->next = next;
+      else
+        c->head = next;
+      if (c->tail == t)
+        c->tail = prev;
+      n++;
+    } else {
+      prev = t;
+    }
+    t = next;
+  }
+  return n;
 }
 
 static void *worker_main(void *arg)
@@ -573,33 +742,31 @@ static void *worker_main(void *arg)
   return NULL;
 }
 
-/* Run a job: inline when small, otherwise in slices shared by the workers
- * and the calling thread (which also runs queued slices while it waits). */
+/* Run a job: inline when small; otherwise the calling thread queues a
+ * ticket per helper and claims slices itself, then withdraws the tickets no
+ * helper took and waits only for helpers already inside the job. */
 static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j, uint64_t len)
 {
   const uint32_t ss = c->sector_size;
-  unsigned parts = c->nworkers ? c->threads : 1;
-  if (len < CRYPT_PARALLEL_MIN)
-    parts = 1;
-  if (parts > len / CRYPT_PART_MIN)
-    parts = (unsigned)(len / CRYPT_PART_MIN);
-  if (parts <= 1)
+  unsigned helpers = c->nworkers < c->threads - 1 ? c->nworkers : c->threads - 1;
+  if (len < CRYPT_PARALLEL_MIN || !helpers || sem_init(&j->done, 0, 0) != 0)
     return transform(c, x, j, 0, len);
+  if (helpers > len / CRYPT_PART_MIN)
+    helpers = (unsigned)(len / CRYPT_PART_MIN);
 
+  /* Several claims per thread, so the faster thread takes the larger share. */
+  uint64_t slice = len / ((uint64_t)(helpers + 1) * 4);
+  slice = slice < CRYPT_SLICE_MIN ? CRYPT_SLICE_MIN : slice / ss * ss;
   struct crypt_task task[CRYPT_MAX_THREADS];
-  uint64_t per = (len / parts + ss - 1) / ss * ss, at = 0;
-  unsigned n = 0;
-  for (; n < parts && at < len; n++) {
-    task[n] = (struct crypt_task){ j, at, per < len - at ? per : len - at, NULL };
-    at += task[n].len;
-  }
-  if (sem_init(&j->done, 0, 0) != 0)
-    return transform(c, x, j, 0, len);
+  j->len = len;
+  j->slice = slice;
+  atomic_init(&j->next, 0);
   atomic_init(&j->err, 0);
-  atomic_init(&j->pending, (int)(n - 1));
+  atomic_init(&j->pending, (int)helpers);
   atomic_fetch_add_explicit(&c->nr_parallel, 1, memory_order_relaxed);
   pthread_mutex_lock(&c->qlock);
-  for (unsigned i = 1; i < n; i++) {
+  for (unsigned i = 0; i < helpers; i++) {
+    task[i] = (struct crypt_task){ j, NULL };
     if (c->tail)
       c->tail->next = &task[i];
     else
@@ -609,21 +776,16 @@ static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job 
   pthread_cond_broadcast(&c->qcond);
   pthread_mutex_unlock(&c->qlock);
 
-  int r = transform(c, x, j, task[0].skip, task[0].len);
-  /* Help rather than sleep while slices are queued (ours or another request's). */
-  for (;;) {
-    pthread_mutex_lock(&c->qlock);
-    struct crypt_task *t = queue_pop(c);
-    pthread_mutex_unlock(&c->qlock);
-    if (!t)
-      break;
-    task_run(c, x, t);
-  }
-  while (sem_wait(&j->done) != 0 && errno == EINTR)
-    ;
+  job_work(c, x, j);
+  pthread_mutex_lock(&c->qlock);
+  int untaken = queue_withdraw(c, j);
+  pthread_mutex_unlock(&c->qlock);
+  /* Whoever brings pending to 0 is the last: a helper posts, we do not wait. */
+  if (atomic_fetch_sub_explicit(&j->pending, untaken, memory_order_acq_rel) != untaken)
+    while (sem_wait(&j->done) != 0 && errno == EINTR)
+      ;
   sem_destroy(&j->done);
-  int e = atomic_load(&j->err);
-  return r ? r : e;
+  return atomic_load(&j->err);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -701,6 +863,7 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
   int r = load_key(l, c, params, err);
   if (r)
     goto fail;
+  xts_direct_init(c);
   /* Prove the key works now, so the data path never meets a setup error. */
   struct crypt_ctx *x = ctx_new(c);
   if (!x) {
@@ -744,7 +907,9 @@ static void crypt_close(ts_layer *l)
     pthread_join(c->workers[i], NULL);
   free(c->workers);
   for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++)
-    ctx_free(atomic_exchange(&c->slot[i], NULL));
+    ctx_free(c, atomic_exchange(&c->slot[i], NULL));
+  xts_direct_release(c);
+  EVP_CIPHER_free(c->cipher);
   key_page_free(c->key, c->page);
   release_undumpable(c);
   pthread_mutex_destroy(&c->qlock);
@@ -933,6 +1098,7 @@ static int crypt_status(ts_layer *l, json_t *out)
                       json_integer((json_int_t)atomic_load(&c->nr_parallel)));
   json_object_set_new(out, "cipher_contexts",
                       json_integer((json_int_t)atomic_load(&c->nr_ctx_created)));
+  json_object_set_new(out, "cipher_calls", json_string(c->xts.newctx ? "provider" : "evp"));
   json_object_set_new(out, "write_zeroes", json_string("encrypted zero sectors"));
   json_object_set_new(out, "discard", json_string(c->allow_discards ? "passed down" : "refused"));
   return 0;

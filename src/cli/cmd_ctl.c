@@ -25,8 +25,8 @@ struct ctl_conn {
   size_t len;
 };
 
-/* The socket for CONFIG: CONFIG itself when it is a socket, else the default
- * path beside it. */
+/* The socket for CONFIG, to name in messages: CONFIG itself when it is a
+ * socket, else the first place a holder may serve that fits. */
 static bool socket_path(const char *config, char *out, size_t n)
 {
   struct stat st;
@@ -36,15 +36,16 @@ static bool socket_path(const char *config, char *out, size_t n)
     strcpy(out, config);
     return true;
   }
-  return ts_ctl_default_path(config, out, n) == 0;
+  return ts_ctl_path_candidate(config, 0, out, n) == 0 ||
+         ts_ctl_path_candidate(config, 1, out, n) == 0;
 }
 
-/* Connect to the control socket of CONFIG; false when none answers. */
-static bool ctl_connect(const char *config, struct ctl_conn *c)
+static bool connect_at(const char *path, struct ctl_conn *c)
 {
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  if (!socket_path(config, sa.sun_path, sizeof sa.sun_path))
+  if (strlen(path) >= sizeof sa.sun_path)
     return false;
+  strcpy(sa.sun_path, path);
   c->len = 0;
   c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (c->fd < 0)
@@ -55,6 +56,21 @@ static bool ctl_connect(const char *config, struct ctl_conn *c)
     return false;
   }
   return true;
+}
+
+/* Connect to the control socket of CONFIG: CONFIG itself when it is a
+ * socket, else the places a holder may serve, in the order it picks them
+ * (ts_ctl_path_candidate); false when none answers. */
+static bool ctl_connect(const char *config, struct ctl_conn *c)
+{
+  char path[108];
+  struct stat st;
+  if (stat(config, &st) == 0 && S_ISSOCK(st.st_mode))
+    return connect_at(config, c);
+  for (unsigned i = 0; i < 2; i++)
+    if (ts_ctl_path_candidate(config, i, path, sizeof path) == 0 && connect_at(path, c))
+      return true;
+  return false;
 }
 
 /* One line from the server (without its newline), NULL at EOF or error. */
@@ -798,7 +814,8 @@ int ts_cli_serve(int argc, char **argv)
   char def[108];
   if (!no_control && !control) {
     if (ts_ctl_default_path(config, def, sizeof def)) {
-      ts_cli_err("serve: %s.ctl is too long for a socket address: name one with --control",
+      ts_cli_err("serve: %s.ctl is too long for a socket address and $XDG_RUNTIME_DIR "
+                 "offers no other place: name one with --control",
                  config);
       return ts_cli_close(s, 1);
     }

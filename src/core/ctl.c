@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -1139,7 +1140,8 @@ static int bind_socket(const char *path, int *out, ts_error *err)
   return 0;
 }
 
-int ts_ctl_default_path(const char *config, char *buf, size_t n)
+/* CONFIG.ctl, when it fits `n` and a socket address. */
+static int path_beside(const char *config, char *buf, size_t n)
 {
   struct sockaddr_un sa;
   size_t len = strlen(config) + 4;
@@ -1147,6 +1149,98 @@ int ts_ctl_default_path(const char *config, char *buf, size_t n)
     return -ENAMETOOLONG;
   snprintf(buf, n, "%s.ctl", config);
   return 0;
+}
+
+/* $XDG_RUNTIME_DIR/thinstack/NAME-HASH.ctl: NAME the configuration's file
+ * name (shortened to fit), HASH 64 bits of FNV-1a over its absolute,
+ * resolved path, so that every spelling of one file finds one socket and two
+ * files of one name do not meet. */
+static int path_runtime(const char *config, char *buf, size_t n)
+{
+  struct sockaddr_un sa;
+  const char *rt = getenv("XDG_RUNTIME_DIR");
+  if (!rt || rt[0] != '/')
+    return -ENOENT;
+  char abs[PATH_MAX];
+  if (!realpath(config, abs))
+    return -errno;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const unsigned char *p = (const unsigned char *)abs; *p; p++)
+    h = (h ^ *p) * 0x100000001b3ull;
+  const char *name = strrchr(abs, '/') + 1;
+  size_t cap = n < sizeof sa.sun_path ? n : sizeof sa.sun_path;
+  size_t fixed = strlen(rt) + strlen("/thinstack/") + 1 + 16 + strlen(".ctl") + 1;
+  if (fixed > cap)
+    return -ENAMETOOLONG;
+  size_t keep = strlen(name) < cap - fixed ? strlen(name) : cap - fixed;
+  snprintf(buf, n, "%s/thinstack/%.*s-%016llx.ctl", rt, (int)keep, name, (unsigned long long)h);
+  return 0;
+}
+
+int ts_ctl_path_candidate(const char *config, unsigned i, char *buf, size_t n)
+{
+  if (!config || !buf)
+    return -EINVAL;
+  switch (i) {
+  case 0:
+    return path_beside(config, buf, n);
+  case 1:
+    return path_runtime(config, buf, n);
+  default:
+    return -EINVAL;
+  }
+}
+
+/* Can a holder create CONFIG.ctl? The folder must let us in and write, and
+ * not be on a read-only file system (which access() does not see for
+ * root). */
+static bool beside_usable(const char *config)
+{
+  char dir[PATH_MAX];
+  const char *slash = strrchr(config, '/');
+  if (!slash)
+    snprintf(dir, sizeof dir, ".");
+  else if (slash == config)
+    snprintf(dir, sizeof dir, "/");
+  else
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - config), config);
+  struct statvfs v;
+  if (access(dir, W_OK | X_OK) != 0)
+    return false;
+  return !(statvfs(dir, &v) == 0 && (v.f_flag & ST_RDONLY));
+}
+
+/* The private folder for sockets under $XDG_RUNTIME_DIR: made 0700, and
+ * refused when it is not a folder of ours that only we can enter. */
+static int runtime_folder(const char *sock)
+{
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(sock, '/') - sock), sock);
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -errno;
+  struct stat st;
+  if (lstat(dir, &st) != 0)
+    return -errno;
+  if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
+    return -EPERM;
+  return 0;
+}
+
+int ts_ctl_default_path(const char *config, char *buf, size_t n)
+{
+  if (!config || !buf)
+    return -EINVAL;
+  int beside = path_beside(config, buf, n);
+  if (beside == 0 && beside_usable(config))
+    return 0;
+  char alt[sizeof((struct sockaddr_un *)0)->sun_path];
+  int r = path_runtime(config, alt, sizeof alt);
+  if (r == 0 && strlen(alt) < n && runtime_folder(alt) == 0) {
+    snprintf(buf, n, "%s", alt);
+    return 0;
+  }
+  /* No usable fallback: CONFIG.ctl when it fits, so binding it says why. */
+  return beside == 0 ? path_beside(config, buf, n) : beside;
 }
 
 int ts_ctl_listen(ts_stack *stack, const char *address, ts_error *err)

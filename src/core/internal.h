@@ -28,6 +28,20 @@ struct ts_node {
   _Atomic uint64_t nr_err[TS_OP_COUNT];
 };
 
+/* A node's size changes live (ts_dev_grow) while I/O threads check requests
+ * against it and exports report it: read and written atomically. Acquire
+ * pairs with the release in ts_dev_grow, so a request that sees the new size
+ * also sees what the layer's grow set up for it. */
+static inline uint64_t ts__node_size(const struct ts_node *n)
+{
+  return __atomic_load_n(&n->limits.size, __ATOMIC_ACQUIRE);
+}
+
+static inline void ts__node_set_size(struct ts_node *n, uint64_t size)
+{
+  __atomic_store_n(&n->limits.size, size, __ATOMIC_RELEASE);
+}
+
 /* A file or device a layer of the stack has claimed (claim.c). */
 struct ts__claim {
   dev_t dev, rdev;

@@ -177,7 +177,7 @@ int ts__io_check(struct ts_node *n, const ts_io *io)
   if (io->length == 0 || io->offset % lim->logical_block_size ||
       io->length % lim->logical_block_size)
     return -EINVAL;
-  if (io->offset + io->length < io->offset || io->offset + io->length > lim->size)
+  if (io->offset + io->length < io->offset || io->offset + io->length > ts__node_size(n))
     return -EINVAL;
   if (io->op == TS_OP_READ || io->op == TS_OP_WRITE) {
     bool over;
@@ -311,7 +311,7 @@ static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
 {
   const ts_limits *lim = &n->limits;
   if (len == 0 || offset % lim->logical_block_size || len % lim->logical_block_size ||
-      offset + len < offset || offset + len > lim->size)
+      offset + len < offset || offset + len > ts__node_size(n))
     return -EINVAL;
   uint64_t end = offset + len;
   if (!n->type->block_status)

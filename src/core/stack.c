@@ -240,20 +240,21 @@ ts_dev *ts_stack_node_at(ts_stack *s, size_t i) { return i < s->nnodes ? s->node
 
 const char *ts_dev_name(const ts_dev *d) { return d->name; }
 const char *ts_dev_type(const ts_dev *d) { return d->type->name; }
-uint64_t ts_dev_size(const ts_dev *d) { return d->limits.size; }
+uint64_t ts_dev_size(const ts_dev *d) { return ts__node_size(d); }
 const ts_limits *ts_dev_limits(const ts_dev *d) { return &d->limits; }
 ts_stack *ts_dev_stack(const ts_dev *d) { return d->stack; }
 
 int ts_dev_grow(ts_dev *d, uint64_t new_size, ts_error *err)
 {
   const ts_layer_type *t = d->type;
-  if (new_size == d->limits.size)
+  uint64_t cur = ts__node_size(d);
+  if (new_size == cur)
     return 0;
-  if (new_size < d->limits.size || new_size % d->limits.logical_block_size)
-    return ts_layer_error(d, err, -EINVAL, NULL,
-                          "cannot grow from %llu to %llu bytes (must be larger and a multiple of %u)",
-                          (unsigned long long)d->limits.size, (unsigned long long)new_size,
-                          d->limits.logical_block_size);
+  if (new_size < cur || new_size % d->limits.logical_block_size)
+    return ts_layer_error(
+        d, err, -EINVAL, NULL,
+        "cannot grow from %llu to %llu bytes (must be larger and a multiple of %u)",
+        (unsigned long long)cur, (unsigned long long)new_size, d->limits.logical_block_size);
   if (d->limits.read_only)
     return ts_layer_error(d, err, -EROFS, NULL, "read-only: cannot grow");
   /* Types built against an older header have no grow slot. */
@@ -265,7 +266,9 @@ int ts_dev_grow(ts_dev *d, uint64_t new_size, ts_error *err)
       ts_layer_error(d, err, r, NULL, "cannot grow: %s", ts_strerror(r));
     return r;
   }
-  d->limits.size = new_size;
+  /* Last, once the layer serves the new range: requests racing with the
+   * grow see either size, and each is served whole. */
+  ts__node_set_size(d, new_size);
   return 0;
 }
 
@@ -284,7 +287,7 @@ json_t *ts__dev_status(ts_dev *d)
   json_t *o = json_object();
   json_object_set_new(o, "name", json_string(d->name));
   json_object_set_new(o, "type", json_string(d->type->name));
-  json_object_set_new(o, "size", json_integer((json_int_t)d->limits.size));
+  json_object_set_new(o, "size", json_integer((json_int_t)ts__node_size(d)));
   json_t *req = json_object();
   for (int op = 0; op < TS_OP_COUNT; op++) {
     json_t *c = json_object();

@@ -4,6 +4,7 @@
  * files in temporary folders; Debian's thin_check after every workload. */
 #include "thin-helpers.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -348,6 +349,101 @@ START_TEST(snapshots_and_sharing)
   close_and_check(s, dir);
   free(a);
   free(b);
+  ts_test_rmdir(dir);
+  free(dir);
+}
+END_TEST
+
+/* Requests the data layer has seen (every node counts them in its status). */
+static void data_ops(ts_stack *s, uint64_t *reads, uint64_t *writes)
+{
+  char *st = ts_dev_status_json(node(s, "data"));
+  ck_assert_ptr_nonnull(st);
+  json_t *j = json_loads(st, 0, NULL);
+  ck_assert_msg(j != NULL, "status is not JSON: %s", st);
+  json_t *req = json_object_get(j, "requests");
+  *reads = (uint64_t)json_integer_value(json_object_get(json_object_get(req, "read"), "requests"));
+  *writes =
+      (uint64_t)json_integer_value(json_object_get(json_object_get(req, "write"), "requests"));
+  json_decref(j);
+  free(st);
+}
+
+/* Partial writes into blocks shared with a snapshot, at a block's head,
+ * middle and tail, unaligned, across blocks, and zeroes: both volumes
+ * match a model, before and after reopening, and a partly covered shared
+ * block costs one read of the old block and one write of the new one. */
+START_TEST(partial_writes_into_shared_blocks)
+{
+  char *dir = ts_test_mkdtemp();
+  const size_t n = 16 * K64;
+  unsigned char *org = malloc(n), *snap = malloc(n), *buf = malloc(4 * K64);
+  fill(org, n, 90);
+  struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
+  ts_stack *s = pool_open(dir, &o);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_pwrite(v, org, n, 0, 0), 0);
+  ts_error e = { 0 };
+  ck_assert_msg(ts_pool_create_snap(pool, 1, 0, &e) == 0, "%s", e.msg);
+  memcpy(snap, org, n);
+
+  static const struct {
+    uint64_t off, len, reads;
+    const char *what;
+  } cases[] = {
+    { 1 * K64, 4096, 1, "head" },
+    { 3 * K64 + 20480, 8192, 1, "middle" },
+    { 6 * K64 - 4096, 4096, 1, "tail" },
+    { 7 * K64 + 1536, 512, 1, "unaligned" },
+    { 9 * K64 + 32768, 2 * K64 + 4096, 2, "across blocks (partial, whole, partial)" },
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint64_t r0, w0, r1, w1;
+    fill(buf, cases[i].len, 100 + i);
+    data_ops(s, &r0, &w0);
+    ck_assert_int_eq(ts_pwrite(v, buf, cases[i].len, cases[i].off, 0), 0);
+    data_ops(s, &r1, &w1);
+    memcpy(org + cases[i].off, buf, cases[i].len);
+    ck_assert_msg(r1 - r0 == cases[i].reads, "%s: %llu data reads, want %llu", cases[i].what,
+                  (unsigned long long)(r1 - r0), (unsigned long long)cases[i].reads);
+    if (cases[i].reads == 1)
+      ck_assert_msg(w1 - w0 == 1, "%s: %llu data writes, want 1", cases[i].what,
+                    (unsigned long long)(w1 - w0));
+    read_expect(v, 0, org, n);
+    read_expect(node(s, "v0"), cases[i].off, buf, cases[i].len);
+  }
+  /* Zeroes into the middle of a shared block, without unmapping. */
+  ck_assert_int_eq(ts_write_zeroes(v, 14 * K64 + 4096, 8192, 0), 0);
+  memset(org + 14 * K64 + 4096, 0, 8192);
+  read_expect(v, 0, org, n);
+  close_and_check(s, dir);
+
+  /* The snapshot reads its old data; writes into its still-shared blocks
+   * leave the origin alone. */
+  const char *vols =
+      "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"64M\" },"
+      "\"s1\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"64M\" }";
+  struct pool_opts o2 = { .vols = vols, .exports = "\"v0\", \"s1\"" };
+  s = pool_open(dir, &o2);
+  v = node(s, "v0");
+  ts_dev *sn = node(s, "s1");
+  read_expect(sn, 0, snap, n);
+  fill(buf, 12288, 120);
+  ck_assert_int_eq(ts_pwrite(sn, buf, 12288, 13 * K64 + 40960, 0), 0);
+  memcpy(snap + 13 * K64 + 40960, buf, 12288);
+  fill(buf, 4096, 121);
+  ck_assert_int_eq(ts_pwrite(sn, buf, 4096, 15 * K64 - 4096, 0), 0);
+  memcpy(snap + 15 * K64 - 4096, buf, 4096);
+  read_expect(sn, 0, snap, n);
+  read_expect(v, 0, org, n);
+  close_and_check(s, dir);
+  s = pool_open(dir, &o2);
+  read_expect(node(s, "s1"), 0, snap, n);
+  read_expect(node(s, "v0"), 0, org, n);
+  close_and_check(s, dir);
+  free(org);
+  free(snap);
+  free(buf);
   ts_test_rmdir(dir);
   free(dir);
 }
@@ -1009,6 +1105,7 @@ int main(void)
   tcase_add_test(t, discard_and_zeroes);
   tcase_add_test(t, snapshots_and_sharing);
   tcase_add_test(t, shared_block_ops);
+  tcase_add_test(t, partial_writes_into_shared_blocks);
   tcase_add_test(t, provision_after_snapshot);
   tcase_add_test(t, out_of_space_error);
   tcase_add_test(t, out_of_space_partial_allocation);

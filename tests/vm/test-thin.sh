@@ -3,7 +3,8 @@
 # device compared by sha256 as the library reads it, as the kernel reads it
 # and as a model of the writes predicts:
 #  a) library -> kernel -> library, at 64K and 1M blocks: snapshots of
-#     snapshots, writes before and after them, discards of shared and
+#     snapshots, writes before and after them (partial writes into shared
+#     blocks at head, middle, tail and across two), discards of shared and
 #     unshared blocks, a provision, a partial last block, the largest id;
 #     then the kernel writes, breaks sharing, creates a thin and a snapshot
 #     and the library reads it all back;
@@ -69,6 +70,11 @@ make_a() { # DIR PREFIX BLOCK_BYTES BLOCK_NAME
   vol "$d/s.json" "${p}pool" snap 2 1; cp "$d/m1" "$d/m2"
   cfg "$d" "$p" v1:1 v2:2
   lib write "$d/s.json" "${p}v1" $((2 * bs + 4096)) -i "$d/w1"; mwrite "$d/m1" $((2 * bs + 4096)) "$d/w1"
+  # Partial writes into shared blocks at a block's head and tail, and one
+  # across two shared blocks of the snapshot.
+  lib write "$d/s.json" "${p}v1" $((3 * bs)) -i "$d/w1"; mwrite "$d/m1" $((3 * bs)) "$d/w1"
+  lib write "$d/s.json" "${p}v1" $((bs - 4096)) -i "$d/w3"; mwrite "$d/m1" $((bs - 4096)) "$d/w3"
+  lib write "$d/s.json" "${p}v2" $((2 * bs - 4096)) -i "$d/w1"; mwrite "$d/m2" $((2 * bs - 4096)) "$d/w1"
   lib write "$d/s.json" "${p}v2" 0 -i "$d/w2"; mwrite "$d/m2" 0 "$d/w2"
   vol "$d/s.json" "${p}pool" snap 3 2; cp "$d/m2" "$d/m3"
   cfg "$d" "$p" v1:1 v2:2 v3:3

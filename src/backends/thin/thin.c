@@ -251,148 +251,255 @@ struct plan {
   enum kind kind;
   uint64_t d;    /* target data block */
   uint64_t old;  /* K_BREAK: the shared block */
+  bool whole;    /* the new block already holds its final contents (merged copy) */
 };
 
-/* The slow path for blocks [sb, se) that were unmapped or shared: lock the
- * blocks, look again (another request may have got there first), allocate,
- * fill the new blocks outside the metadata lock, then map them. */
-static int write_slow(struct tp_vol *vol, const struct src *s, uint64_t off, uint64_t end,
-                      uint64_t sb, uint64_t se, bool skip_unmapped)
-{
-  struct tp_pool *p = vol->pool;
-  uint64_t bs = p->bs, nb = se - sb;
-  struct plan *pl = calloc(nb, sizeof *pl);
-  if (!pl)
-    return -ENOMEM;
+/* One slow-path write: virtual blocks [sb, se) of a request. */
+struct slow {
+  struct tp_vol *vol;
+  const struct src *s;
+  uint64_t off, end; /* the request's virtual bytes */
+  uint64_t sb, se, nb;
+  bool skip_unmapped;
+  struct plan *pl;
   struct runs runs;
-  runs_init(&runs);
-  struct tp_druns alloc = { 0 };
-  struct timespec deadline = { 0, 0 };
-  struct tp_cell cell;
-  int r;
+  struct tp_druns alloc;
+};
 
-again:
-  tp_cell_lock(p, &cell, vol->id, sb, se);
-  pthread_rwlock_rdlock(&p->txn);
-  pthread_rwlock_wrlock(&p->lock);
-  r = lookup(p, vol->id, sb, se, &runs);
+/* The request's bytes [cs, ce) of block i, relative to the block. */
+static void covered(const struct slow *w, uint64_t i, uint64_t *cs, uint64_t *ce)
+{
+  uint64_t bs = w->vol->pool->bs, vs = (w->sb + i) * bs;
+  *cs = w->off > vs ? w->off - vs : 0;
+  *ce = w->end < vs + bs ? w->end - vs : bs;
+}
+
+/* Phase 1, under the write lock: what each block needs, and how many new
+ * data blocks that takes. */
+static int plan_blocks(struct slow *w, uint64_t *need)
+{
+  struct tp_pool *p = w->vol->pool;
+  int r = lookup(p, w->vol->id, w->sb, w->se, &w->runs);
   if (r)
-    goto unlock;
-  uint64_t need = 0;
-  for (uint64_t i = 0; i < nb; i++)
-    pl[i] = (struct plan){ skip_unmapped ? K_SKIP : K_NEW, 0, 0 };
-  for (size_t k = 0; k < runs.n; k++)
-    for (uint64_t j = 0; j < runs.v[k].len; j++) {
-      struct plan *x = &pl[runs.v[k].vbegin + j - sb];
-      x->kind = runs.v[k].shared ? K_BREAK : K_PRIVATE;
-      x->d = x->old = runs.v[k].dbegin + j;
+    return r;
+  for (uint64_t i = 0; i < w->nb; i++)
+    w->pl[i] = (struct plan){ w->skip_unmapped ? K_SKIP : K_NEW, 0, 0, false };
+  for (size_t k = 0; k < w->runs.n; k++)
+    for (uint64_t j = 0; j < w->runs.v[k].len; j++) {
+      struct plan *x = &w->pl[w->runs.v[k].vbegin + j - w->sb];
+      x->kind = w->runs.v[k].shared ? K_BREAK : K_PRIVATE;
+      x->d = x->old = w->runs.v[k].dbegin + j;
     }
-  for (uint64_t i = 0; i < nb; i++)
-    need += is_new(pl[i].kind);
-  alloc.n = 0;
-  uint64_t gen = 0;
-  r = tp_alloc(p, need, &alloc, &gen);
-  if (r) {
-    tp_release(p, &alloc);
-    pthread_rwlock_unlock(&p->lock);
-    pthread_rwlock_unlock(&p->txn);
-    tp_cell_unlock(p, &cell);
-    if (r == -ENOSPC && (r = tp_wait_space(p, gen, &deadline)) == 0)
-      goto again;
-    goto out;
-  }
-  /* Hand the allocated runs out to the blocks in order. */
+  *need = 0;
+  for (uint64_t i = 0; i < w->nb; i++)
+    *need += is_new(w->pl[i].kind);
+  return 0;
+}
+
+/* Phase 2: hand the allocated runs out to the new blocks in order. */
+static void hand_out(struct slow *w)
+{
   size_t ai = 0;
   uint64_t aoff = 0;
-  for (uint64_t i = 0; i < nb; i++) {
-    if (!is_new(pl[i].kind))
+  for (uint64_t i = 0; i < w->nb; i++) {
+    if (!is_new(w->pl[i].kind))
       continue;
-    pl[i].d = alloc.v[ai].d + aoff;
-    if (++aoff == alloc.v[ai].n) {
+    w->pl[i].d = w->alloc.v[ai].d + aoff;
+    if (++aoff == w->alloc.v[ai].n) {
       ai++;
       aoff = 0;
     }
   }
-  pthread_rwlock_unlock(&p->lock);
+}
 
-  /* Data I/O, with the blocks' cell and txn shared held: nobody else maps
-   * these virtual blocks, and the new data blocks belong to us alone. */
-  for (uint64_t i = 0; i < nb && !r; i++) {
-    uint64_t vs = (sb + i) * bs;
-    uint64_t cs = off > vs ? off - vs : 0, ce = end < vs + bs ? end - vs : bs;
-    uint64_t nd = pl[i].d * bs;
-    if (pl[i].kind == K_NEW) {
-      if (!s->iov && p->zero_new) {
+/* Break the sharing of a partly covered block in one copy: read the old
+ * block whole, lay the request's bytes (or zeroes) over it in memory, write
+ * the new block whole. No extent query: one read and one write, where
+ * copying head and tail apart took two of each plus the request's own. */
+static int merge_block(struct tp_pool *p, const struct src *s, uint64_t vs, uint64_t cs,
+                       uint64_t ce, const struct plan *x, unsigned char **buf)
+{
+  uint64_t bs = p->bs;
+  if (!*buf) {
+    void *m;
+    if (posix_memalign(&m, 4096, (size_t)bs))
+      return -ENOMEM;
+    *buf = m;
+  }
+  int r = ts_pread(p->data, *buf, (size_t)bs, x->old * bs);
+  if (r)
+    return r;
+  if (s->iov)
+    ts_iov_to_buf(s->iov, s->iovcnt, (size_t)(vs + cs - s->off), *buf + cs, (size_t)(ce - cs));
+  else
+    memset(*buf + cs, 0, (size_t)(ce - cs));
+  return ts_pwrite(p->data, *buf, (size_t)bs, x->d * bs, 0);
+}
+
+/* Phase 3, outside the metadata lock: give each new block what the request
+ * leaves of it (zeroes for a fresh block, the old data for a broken share). */
+static int fill_blocks(struct slow *w)
+{
+  struct tp_pool *p = w->vol->pool;
+  uint64_t bs = p->bs;
+  unsigned char *buf = NULL;
+  int r = 0;
+  for (uint64_t i = 0; i < w->nb && !r; i++) {
+    struct plan *x = &w->pl[i];
+    uint64_t cs, ce, nd = x->d * bs;
+    covered(w, i, &cs, &ce);
+    if (x->kind == K_NEW) {
+      if (!w->s->iov && p->zero_new) {
         r = make_zero(p, nd, bs); /* the whole block, covered part included */
-        pl[i].kind = K_DONE;
+        x->kind = K_DONE;
         continue;
       }
       if (p->zero_new && cs)
         r = make_zero(p, nd, cs);
       if (!r && p->zero_new && ce < bs)
         r = make_zero(p, nd + ce, bs - ce);
-    } else if (pl[i].kind == K_BREAK) {
+    } else if (x->kind == K_BREAK && (cs || ce < bs)) {
       atomic_fetch_add(&p->n_copied_blocks, 1);
+      if (bs <= COPY_CHUNK) {
+        r = merge_block(p, w->s, (w->sb + i) * bs, cs, ce, x, &buf);
+        x->whole = !r;
+        continue;
+      }
+      /* Huge blocks: copy around the request, skipping what reads as zero. */
       if (cs)
-        r = copy_data(p, pl[i].old * bs, nd, cs);
+        r = copy_data(p, x->old * bs, nd, cs);
       if (!r && ce < bs)
-        r = copy_data(p, pl[i].old * bs + ce, nd + ce, bs - ce);
+        r = copy_data(p, x->old * bs + ce, nd + ce, bs - ce);
+    } else if (x->kind == K_BREAK) {
+      atomic_fetch_add(&p->n_copied_blocks, 1);
     }
   }
-  /* The covered bytes, one data write per run of consecutive data blocks. */
-  for (uint64_t i = 0; i < nb && !r;) {
-    if (!to_put(pl[i].kind)) {
+  free(buf);
+  return r;
+}
+
+/* Phase 4: the covered bytes of the blocks not written whole yet, one data
+ * write per run of consecutive data blocks. */
+static int put_covered(struct slow *w)
+{
+  struct tp_pool *p = w->vol->pool;
+  uint64_t bs = p->bs;
+  int r = 0;
+  for (uint64_t i = 0; i < w->nb && !r;) {
+    if (!to_put(w->pl[i].kind) || w->pl[i].whole) {
       i++;
       continue;
     }
     uint64_t j = i + 1;
-    while (j < nb && to_put(pl[j].kind) && pl[j].d == pl[j - 1].d + 1)
+    while (j < w->nb && to_put(w->pl[j].kind) && !w->pl[j].whole &&
+           w->pl[j].d == w->pl[j - 1].d + 1)
       j++;
-    uint64_t vs = (sb + i) * bs, ve = (sb + j) * bs;
-    uint64_t ws = off > vs ? off : vs, we = end < ve ? end : ve;
-    r = put(p, s, ws, pl[i].d * bs + (ws - vs), we - ws);
+    uint64_t vs = (w->sb + i) * bs, ve = (w->sb + j) * bs;
+    uint64_t ws = w->off > vs ? w->off : vs, we = w->end < ve ? w->end : ve;
+    r = put(p, w->s, ws, w->pl[i].d * bs + (ws - vs), we - ws);
     i = j;
   }
+  return r;
+}
 
-  pthread_rwlock_wrlock(&p->lock);
-  if (r) {
-    tp_release(p, &alloc);
-    goto unlock;
-  }
-  /* Map the new blocks: runs of consecutive virtual and data blocks. */
-  for (uint64_t i = 0; i < nb;) {
-    if (!is_new(pl[i].kind)) {
+/* Phase 5, under the write lock: map the new blocks, runs of consecutive
+ * virtual and data blocks at a time; a broken share drops its reference to
+ * the old block. */
+static int map_blocks(struct slow *w)
+{
+  struct tp_pool *p = w->vol->pool;
+  for (uint64_t i = 0; i < w->nb;) {
+    if (!is_new(w->pl[i].kind)) {
       i++;
       continue;
     }
     uint64_t j = i + 1;
-    while (j < nb && is_new(pl[j].kind) && pl[j].d == pl[j - 1].d + 1)
+    while (j < w->nb && is_new(w->pl[j].kind) && w->pl[j].d == w->pl[j - 1].d + 1)
       j++;
     uint64_t done = 0;
-    int e = tmd_insert_run(p->md, vol->id, sb + i, j - i, pl[i].d, &done);
+    int e = tmd_insert_run(p->md, w->vol->id, w->sb + i, j - i, w->pl[i].d, &done);
     tp_changed(p);
     for (uint64_t x = i; x < i + done; x++)
-      if (pl[x].kind == K_BREAK)
-        tp_note_unref(p, pl[x].old);
+      if (w->pl[x].kind == K_BREAK)
+        tp_note_unref(p, w->pl[x].old);
     if (e) {
       /* Give back the references of every block not mapped. */
-      for (uint64_t x = i + done; x < nb; x++)
-        if (is_new(pl[x].kind))
-          tmd_data_dec(p->md, pl[x].d);
-      r = tp_data_err(p, e);
-      break;
+      for (uint64_t x = i + done; x < w->nb; x++)
+        if (is_new(w->pl[x].kind))
+          tmd_data_dec(p->md, w->pl[x].d);
+      return tp_data_err(p, e);
     }
     i = j;
   }
+  return 0;
+}
+
+/* The slow path for blocks [sb, se) that were unmapped or shared: lock the
+ * blocks, look again (another request may have got there first), allocate
+ * (waiting for space if the pool says so), fill the new blocks and write
+ * the request outside the metadata lock, then map them. */
+static int write_slow(struct tp_vol *vol, const struct src *s, uint64_t off, uint64_t end,
+                      uint64_t sb, uint64_t se, bool skip_unmapped)
+{
+  struct tp_pool *p = vol->pool;
+  struct slow w = { .vol = vol,
+                    .s = s,
+                    .off = off,
+                    .end = end,
+                    .sb = sb,
+                    .se = se,
+                    .nb = se - sb,
+                    .skip_unmapped = skip_unmapped };
+  w.pl = calloc(w.nb, sizeof *w.pl);
+  if (!w.pl)
+    return -ENOMEM;
+  runs_init(&w.runs);
+  struct timespec deadline = { 0, 0 };
+  struct tp_cell cell;
+  int r;
+
+  for (;;) {
+    tp_cell_lock(p, &cell, vol->id, sb, se);
+    pthread_rwlock_rdlock(&p->txn);
+    pthread_rwlock_wrlock(&p->lock);
+    uint64_t need = 0, gen = 0;
+    r = plan_blocks(&w, &need);
+    if (r)
+      goto unlock;
+    w.alloc.n = 0;
+    r = tp_alloc(p, need, &w.alloc, &gen);
+    if (!r)
+      break;
+    tp_release(p, &w.alloc);
+    pthread_rwlock_unlock(&p->lock);
+    pthread_rwlock_unlock(&p->txn);
+    tp_cell_unlock(p, &cell);
+    if (r != -ENOSPC || (r = tp_wait_space(p, gen, &deadline)) != 0)
+      goto out;
+  }
+  hand_out(&w);
+  pthread_rwlock_unlock(&p->lock);
+
+  /* Data I/O, with the blocks' cell and txn shared held: nobody else maps
+   * these virtual blocks, and the new data blocks belong to us alone. */
+  r = fill_blocks(&w);
+  if (!r)
+    r = put_covered(&w);
+
+  pthread_rwlock_wrlock(&p->lock);
+  if (r)
+    tp_release(p, &w.alloc);
+  else
+    r = map_blocks(&w);
 unlock:
   pthread_rwlock_unlock(&p->lock);
   pthread_rwlock_unlock(&p->txn);
   tp_cell_unlock(p, &cell);
 out:
   tp_fire_events(p);
-  tp_druns_free(&alloc);
-  runs_free(&runs);
-  free(pl);
+  tp_druns_free(&w.alloc);
+  runs_free(&w.runs);
+  free(w.pl);
   return r;
 }
 
