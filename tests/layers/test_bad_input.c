@@ -188,6 +188,13 @@ static const struct cfg_case {
     "version: missing" },
   { "unsupported version", "{ \"version\": 2, \"layers\": {} }", -EINVAL, "version: unsupported" },
   { "unknown top-level key", "{ \"version\": 1, \"layer\": {} }", -EINVAL, "layer: unknown top-level key" },
+  { "plugins not an array", "{ \"version\": 1, \"plugins\": \"x.so\", \"layers\": { \"x\": 5 } }", -EINVAL,
+    "plugins: expected an array of paths, got a string" },
+  { "plugin not a path", "{ \"version\": 1, \"plugins\": [5], \"layers\": { \"x\": 5 } }", -EINVAL,
+    "plugins[0]: expected a path, got an integer" },
+  /* Entries load in order: a missing module is met before a later bad entry. */
+  { "missing plugin before a bad entry", "{ \"version\": 1, \"plugins\": [\"missing.so\", 5], \"layers\": {} }",
+    -ENOENT, "plugins[0]: " },
   { "layers not an object", "{ \"version\": 1, \"layers\": [] }", -EINVAL, "layers: expected an object" },
   { "no layers", "{ \"version\": 1, \"layers\": {} }", -EINVAL, "layers: empty" },
   { "layer not an object", HEAD "\"x\": 5 } }", -EINVAL, "layers.x: expected an object, got an integer" },
