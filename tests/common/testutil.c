@@ -30,6 +30,33 @@ void ts_test_rmdir(const char *dir)
 
 char *ts_test_path(const char *dir, const char *name) { return ts_test_fmt("%s/%s", dir, name); }
 
+char *ts_test_dir;
+static char **dir_files;
+static size_t dir_nfiles;
+
+void ts_test_dir_setup(void) { ts_test_dir = ts_test_mkdtemp(); }
+
+void ts_test_dir_teardown(void)
+{
+  ts_test_rmdir(ts_test_dir);
+  free(ts_test_dir);
+  ts_test_dir = NULL;
+  for (size_t i = 0; i < dir_nfiles; i++)
+    free(dir_files[i]);
+  free(dir_files);
+  dir_files = NULL;
+  dir_nfiles = 0;
+}
+
+char *ts_test_file(const char *name)
+{
+  ck_assert_ptr_nonnull(ts_test_dir);
+  char **v = realloc(dir_files, (dir_nfiles + 1) * sizeof *v);
+  ck_assert_ptr_nonnull(v);
+  dir_files = v;
+  return dir_files[dir_nfiles++] = ts_test_path(ts_test_dir, name);
+}
+
 char *ts_test_fmt(const char *fmt, ...)
 {
   va_list ap;

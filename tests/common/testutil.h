@@ -17,6 +17,18 @@ void ts_test_rmdir(const char *dir);
 /* Path of `name` inside `dir`; returns a static-per-call malloc'd string. */
 char *ts_test_path(const char *dir, const char *name);
 
+/* The temporary folder fixture every suite uses. Between ts_test_dir_setup
+ * and ts_test_dir_teardown, ts_test_dir is a fresh folder; the teardown
+ * removes it with everything in it and frees what ts_test_file returned.
+ * Add both as a checked fixture (once per test, in the test's process):
+ *   tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
+ * or call them first and last from a suite's own setup and teardown. */
+extern char *ts_test_dir;
+void ts_test_dir_setup(void);
+void ts_test_dir_teardown(void);
+/* The path of `name` in ts_test_dir, valid until the teardown. */
+char *ts_test_file(const char *name);
+
 /* Open a stack from JSON text whose paths are relative to `dir`; the test
  * fails with the library's message if it does not open. */
 ts_stack *ts_test_open(const char *dir, const char *json);

@@ -8,19 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *dir, *img;
+static char *img;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  img = ts_test_path(dir, "disk.img");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(img);
+  ts_test_dir_setup();
+  img = ts_test_file("disk.img");
 }
 
 #define FILE_STACK(extra)                                                                     \
@@ -29,7 +22,7 @@ static void teardown(void)
 
 START_TEST(create_and_reopen)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_uint_eq(ts_dev_size(d), 64 << 20);
   ck_assert_uint_lt(ts_test_allocated(img), 1 << 20); /* created sparse */
@@ -38,7 +31,7 @@ START_TEST(create_and_reopen)
   ck_assert_int_eq(ts_pwrite(d, buf, sizeof buf, 1 << 20, TS_IO_FUA), 0);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   /* Reopen: create:true opens what exists and checks the size. */
-  s = ts_test_open(dir, FILE_STACK(""));
+  s = ts_test_open(ts_test_dir, FILE_STACK(""));
   d = ts_stack_dev(s, "d");
   ck_assert_int_eq(ts_pread(d, back, sizeof back, 1 << 20), 0);
   ck_assert_mem_eq(buf, back, sizeof buf);
@@ -53,7 +46,7 @@ END_TEST
 
 START_TEST(provision_discard_zero)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   const ts_limits *l = ts_dev_limits(d);
   ck_assert_int_eq(ts_limits_cap(l, TS_OP_PROVISION), TS_CAP_NATIVE);
@@ -101,7 +94,7 @@ END_TEST
  * the extent unwritten until writeback, yet the bytes are data. */
 START_TEST(written_into_provisioned)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_int_eq(ts_provision(d, 0, 1 << 20), 0);
   char *buf = malloc(64 << 10);
@@ -123,7 +116,7 @@ END_TEST
 
 START_TEST(direct_io_unaligned_buffers)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(", \"direct\": true"));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(", \"direct\": true"));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_uint_eq(ts_dev_limits(d)->logical_block_size, 4096);
   /* Deliberately misaligned memory: the layer must bounce it. */
@@ -141,8 +134,8 @@ END_TEST
 
 START_TEST(read_only_open)
 {
-  ts_stack_close(ts_test_open(dir, FILE_STACK("")), NULL);
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
+  ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK("")), NULL);
+  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
                                   "\"path\": \"disk.img\", \"read_only\": true } } }");
   ts_dev *d = ts_stack_node(s, "d");
   char buf[512] = { 0 };
@@ -156,7 +149,7 @@ END_TEST
 
 START_TEST(iovec_requests)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   char a[512], b[1536], back[2048];
   ts_test_pattern(a, sizeof a, 4);
@@ -182,7 +175,7 @@ int main(void)
 {
   Suite *s = suite_create("file");
   TCase *tc = tcase_create("file");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, create_and_reopen);
   tcase_add_test(tc, provision_discard_zero);
   tcase_add_test(tc, written_into_provisioned);

@@ -1,0 +1,86 @@
+/* The temporary folder fixture the suites share: every test gets a fresh,
+ * empty folder, and nothing of it (files, subfolders, read-only files) is
+ * left behind once the test ends. */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool exists(const char *path)
+{
+  struct stat st;
+  return lstat(path, &st) == 0;
+}
+
+static void touch(const char *path, mode_t mode)
+{
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
+  ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+  ck_assert_int_eq(write(fd, "x", 1), 1);
+  close(fd);
+}
+
+START_TEST(teardown_removes_everything)
+{
+  ts_test_dir_setup();
+  char *top = strdup(ts_test_dir);
+  struct stat st;
+  ck_assert_int_eq(stat(top, &st), 0);
+  ck_assert(S_ISDIR(st.st_mode));
+  char *f = ts_test_file("a.img"), *want = ts_test_fmt("%s/a.img", top);
+  ck_assert_str_eq(f, want);
+  free(want);
+  touch(f, 0644);
+  char *sub = ts_test_file("sub");
+  ck_assert_int_eq(mkdir(sub, 0755), 0);
+  char *deep = ts_test_file("sub/ro.img");
+  touch(deep, 0444);
+  ck_assert_int_eq(symlink("/etc/hostname", ts_test_file("link")), 0);
+
+  ts_test_dir_teardown();
+  ck_assert_ptr_null(ts_test_dir);
+  ck_assert_msg(!exists(top), "%s is still there", top);
+  ck_assert(exists("/etc/hostname"));
+  free(top);
+}
+END_TEST
+
+START_TEST(each_setup_is_fresh)
+{
+  ts_test_dir_setup();
+  char *first = strdup(ts_test_dir);
+  touch(ts_test_file("left.img"), 0644);
+  ts_test_dir_teardown();
+  ts_test_dir_setup();
+  ck_assert_str_ne(ts_test_dir, first);
+  ck_assert(!exists(ts_test_file("left.img")));
+  ts_test_dir_teardown();
+  free(first);
+}
+END_TEST
+
+/* As a checked fixture: each test runs inside its own empty folder. */
+START_TEST(fixture_is_in_place)
+{
+  ck_assert_ptr_nonnull(ts_test_dir);
+  ck_assert(exists(ts_test_dir));
+  touch(ts_test_file("mine.img"), 0644);
+}
+END_TEST
+
+int main(void)
+{
+  Suite *s = suite_create("fixture");
+  TCase *tc = tcase_create("direct");
+  tcase_add_test(tc, teardown_removes_everything);
+  tcase_add_test(tc, each_setup_is_fresh);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("checked");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
+  tcase_add_loop_test(tc, fixture_is_in_place, 0, 2);
+  suite_add_tcase(s, tc);
+  return ts_test_main(s);
+}
