@@ -310,7 +310,8 @@ static int check_layers(struct cfg *c, const json_t *layers)
     if (!type)
       return ts_error_set(err, -EINVAL, "%s: missing required key \"type\"", path);
     if (!json_is_string(type))
-      return ts_error_set(err, -EINVAL, "%s.type: expected a string, got %s", path, json_kind(type));
+      return ts_error_set(err, -EINVAL, "%s.type: expected a string, got %s", path,
+                          json_kind(type));
     const ts_layer_type *t = ts_find_layer_type(json_string_value(type));
     if (!t) {
       char known[300] = "";
@@ -341,9 +342,10 @@ static int check_parents(const struct cfg *c)
       /* One parent may name a child several times (linear segments). */
       if (ra->to != rb->to || ra->from == rb->from || (ra->shared && rb->shared))
         continue;
-      return ts_error_set(c->err, -EBUSY,
-                          "%s: layer \"%s\" is already used by %s; a layer of this kind has one parent",
-                          ra->path, c->names[ra->to], rb->path);
+      return ts_error_set(
+          c->err, -EBUSY,
+          "%s: layer \"%s\" is already used by %s; a layer of this kind has one parent", ra->path,
+          c->names[ra->to], rb->path);
     }
   }
   return 0;
@@ -395,7 +397,8 @@ static int check_exports(const json_t *exports, struct ts__plan *plan, ts_error 
   for (size_t i = 0; i < nexp; i++) {
     json_t *e = json_array_get(exports, i);
     if (!json_is_string(e))
-      return ts_error_set(err, -EINVAL, "exports[%zu]: expected a layer name, got %s", i, json_kind(e));
+      return ts_error_set(err, -EINVAL, "exports[%zu]: expected a layer name, got %s", i,
+                          json_kind(e));
     size_t k = plan->nlayers;
     for (size_t j = 0; j < plan->nlayers; j++)
       if (strcmp(plan->layers[j].name, json_string_value(e)) == 0)
@@ -435,7 +438,8 @@ int ts__config_check_layers(const json_t *root, struct ts__plan *plan, ts_error 
   }
   const char *key;
   json_t *v;
-  json_object_foreach(layers, key, v) c.names[c.n++] = key;
+  json_object_foreach(layers, key, v)
+    c.names[c.n++] = key;
 
   /* Schema of every layer first, so the first error reported is the first
    * mistake in the document, not a consequence of it. */

@@ -67,16 +67,16 @@ void ts__ctl_event(struct ts_stack *s, const char *node, const char *event, cons
 struct ts__plan_layer {
   const char *name;
   const ts_layer_type *type;
-  json_t *params;          /* the layer's object in the document */
-  size_t *children;        /* indices into plan->layers, as the params name them */
+  json_t *params;   /* the layer's object in the document */
+  size_t *children; /* indices into plan->layers, as the params name them */
   size_t nchildren;
 };
 struct ts__plan {
-  char **plugins;          /* module paths, resolved against the base folder */
+  char **plugins; /* module paths, resolved against the base folder */
   size_t nplugins;
   struct ts__plan_layer *layers; /* dependency order: every child before its parents */
   size_t nlayers;
-  size_t *exports;         /* indices into layers, in document order */
+  size_t *exports; /* indices into layers, in document order */
   size_t nexports;
 };
 

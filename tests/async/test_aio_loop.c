@@ -175,14 +175,15 @@ END_TEST
 
 START_TEST(failed_requests_complete_with_their_errno)
 {
-  stack = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
-                            " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\","
-                            " \"create\": true },"
-                            " \"x\": { \"type\": \"fault\", \"child\": \"f\", \"rules\": ["
-                            "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"64K\","
-                            "     \"length\": \"64K\" },"
-                            "   { \"op\": \"provision\", \"errno\": \"ENOSPC\" } ] } },"
-                            " \"exports\": [\"x\"] }");
+  stack = ts_test_open(ts_test_dir,
+                       "{ \"version\": 1, \"layers\": {"
+                       " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\","
+                       " \"create\": true },"
+                       " \"x\": { \"type\": \"fault\", \"child\": \"f\", \"rules\": ["
+                       "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"64K\","
+                       "     \"length\": \"64K\" },"
+                       "   { \"op\": \"provision\", \"errno\": \"ENOSPC\" } ] } },"
+                       " \"exports\": [\"x\"] }");
   ts_dev *x = ts_stack_dev(stack, "x");
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);

@@ -230,10 +230,12 @@ END_TEST
 START_TEST(dumpable_again_after_close)
 {
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
-                                  " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"
-                                  " \"c\": { \"type\": \"crypt\", \"child\": \"m\", \"key_file\": \"disk.key\" } },"
-                                  " \"exports\": [\"c\"] }");
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
+      " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"
+      " \"c\": { \"type\": \"crypt\", \"child\": \"m\", \"key_file\": \"disk.key\" } },"
+      " \"exports\": [\"c\"] }");
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);

@@ -135,8 +135,9 @@ END_TEST
 START_TEST(read_only_open)
 {
   ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK("")), NULL);
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
-                                  "\"path\": \"disk.img\", \"read_only\": true } } }");
+  ts_stack *s =
+      ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
+                                "\"path\": \"disk.img\", \"read_only\": true } } }");
   ts_dev *d = ts_stack_node(s, "d");
   char buf[512] = { 0 };
   ck_assert(ts_dev_limits(d)->read_only);

@@ -25,7 +25,9 @@ static long long matched(ts_dev *f, int rule)
 
 START_TEST(linear_spans_children)
 {
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"d\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\", \"offset\": \"1M\", \"length\": \"4M\" },"
       "                                           { \"child\": \"b\" } ] } }, \"exports\": [\"d\"] }");
   ts_dev *d = ts_stack_dev(s, "d"), *a = ts_stack_node(s, "a"), *b = ts_stack_node(s, "b");
@@ -65,7 +67,9 @@ END_TEST
 START_TEST(linear_limits_stack)
 {
   /* One child without PROVISION turns it off for the whole linear device. */
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"nb\": { \"type\": \"fault\", \"child\": \"b\", \"limits\": { \"max_provision_bytes\": 0, \"max_io_bytes\": \"128K\" } },"
       "\"d\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" }, { \"child\": \"nb\" } ] } } }");
   ts_dev *d = ts_stack_node(s, "d");
@@ -83,7 +87,9 @@ END_TEST
 
 START_TEST(fault_eio_through_linear)
 {
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"fb\": { \"type\": \"fault\", \"child\": \"b\", \"rules\": ["
       "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"1M\", \"length\": \"64K\" },"
       "   { \"op\": \"provision\", \"errno\": \"ENOSPC\", \"after\": 1, \"count\": 1 } ] },"
@@ -108,7 +114,9 @@ END_TEST
 
 START_TEST(fault_drop_loses_writes)
 {
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"f\": { \"type\": \"fault\", \"child\": \"a\", \"rules\": [ { \"op\": \"all\", \"action\": \"drop\", \"after\": 2 } ] } } }");
   ts_dev *f = ts_stack_node(s, "f"), *a = ts_stack_node(s, "a");
   char w[512], r[512];
@@ -130,7 +138,9 @@ END_TEST
 
 START_TEST(core_splits_and_emulates)
 {
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
       "\"m\": { \"type\": \"memory\", \"size\": \"4M\" },"
       "\"f\": { \"type\": \"fault\", \"child\": \"m\", \"rules\": ["
       "   { \"op\": \"write\", \"action\": \"error\", \"after\": 1000000 },"
@@ -169,7 +179,9 @@ END_TEST
 
 START_TEST(zero_and_error_layers)
 {
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
       "\"z\": { \"type\": \"zero\", \"size\": \"1T\" }, \"e\": { \"type\": \"error\", \"size\": \"1M\" } } }");
   ts_dev *z = ts_stack_node(s, "z"), *e = ts_stack_node(s, "e");
   char buf[4096];

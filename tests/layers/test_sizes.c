@@ -77,13 +77,13 @@ START_TEST(linear_sum_cannot_wrap)
           " \"exports\": [\"lin\"] }",
           -ERANGE, "layers.lin.segments[1]");
   /* Up to the limit they add up exactly. */
-  ts_stack *s = ts_test_open(ts_test_dir,
-                             "{ \"version\": 1, \"layers\": {"
-                             " \"a\": { \"type\": \"memory\", \"size\": \"4096P\" },"
-                             " \"b\": { \"type\": \"memory\", \"size\": \"4095P\" },"
-                             " \"lin\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" },"
-                             "   { \"child\": \"b\" } ] } },"
-                             " \"exports\": [\"lin\"] }");
+  ts_stack *s = ts_test_open(
+      ts_test_dir, "{ \"version\": 1, \"layers\": {"
+                   " \"a\": { \"type\": \"memory\", \"size\": \"4096P\" },"
+                   " \"b\": { \"type\": \"memory\", \"size\": \"4095P\" },"
+                   " \"lin\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" },"
+                   "   { \"child\": \"b\" } ] } },"
+                   " \"exports\": [\"lin\"] }");
   ck_assert_uint_eq(ts_dev_size(ts_stack_dev(s, "lin")), 8191ull << 50);
   ts_stack_close(s, NULL);
 }
@@ -93,8 +93,9 @@ START_TEST(memory_index_grows_with_writes)
 {
   long rss0 = max_rss_kib();
   double t0 = now();
-  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"m\": { \"type\": \"memory\","
-                                  " \"size\": \"111T\" } }, \"exports\": [\"m\"] }");
+  ts_stack *s =
+      ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"m\": { \"type\": \"memory\","
+                                " \"size\": \"111T\" } }, \"exports\": [\"m\"] }");
   ts_dev *d = ts_stack_dev(s, "m");
   uint64_t size = ts_dev_size(d);
   ck_assert_uint_eq(size, 111ull << 40);

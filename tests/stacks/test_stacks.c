@@ -55,11 +55,14 @@ static uint64_t extent_bytes(ts_dev *d, uint64_t off, uint64_t len, uint32_t fla
 
 START_TEST(crypt_over_thin_over_file)
 {
+  /* The stack as JSON, a layer a line. */
+  // clang-format off
   ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
       "\"data\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"128M\", \"create\": true },"
       POOL_ON("data")
       "\"enc\": { \"type\": \"crypt\", \"child\": \"vm\", \"key_file\": \"vm.key\", \"allow_discards\": true } },"
       "\"exports\": [\"enc\"] }");
+  // clang-format on
   ts_dev *enc = ts_stack_dev(s, "enc"), *vm = ts_stack_node(s, "vm");
   char *datafile = ts_test_path(ts_test_dir, "pool.data");
 

@@ -652,8 +652,8 @@ static struct tp_pool *pool_new(ts_layer *l, const json_t *params, const struct 
 
 /* The metadata layer holds no pool: format one when the config says create
  * and the open may write. */
-static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks, const struct tmd_config *cfg,
-                       ts_error *err)
+static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks,
+                       const struct tmd_config *cfg, ts_error *err)
 {
   ts_layer *l = p->layer;
   if (!create)
@@ -663,7 +663,8 @@ static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks, const s
   if (p->read_only)
     return ts_layer_error(l, err, -ENODATA, "metadata",
                           "layer \"%s\" holds no pool, and a read-only open formats nothing: "
-                          "open the stack for writing to create it", ts_dev_name(p->meta));
+                          "open the stack for writing to create it",
+                          ts_dev_name(p->meta));
   ts_error_clear(err);
   uint64_t msize = ts_dev_limits(p->meta)->size;
   if (msize > TMD_MAX_METADATA_BLOCKS * 4096)
@@ -671,7 +672,8 @@ static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks, const s
   msize -= msize % 4096;
   int r = reserve_metadata(p, msize);
   if (r)
-    return ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+    return ts_layer_error(l, err, r, "metadata",
+                          "cannot reserve %llu bytes for the metadata on \"%s\": %s",
                           (unsigned long long)msize, ts_dev_name(p->meta), ts_strerror(r));
   r = tmd_format(&p->bdev, (uint32_t)(p->bs / 512), nblocks, cfg, &p->md, err);
   if (r)
@@ -692,12 +694,14 @@ static int check_pool(struct tp_pool *p, uint64_t nblocks, ts_error *err)
     return ts_layer_error(l, err, -EINVAL, "block_size", "the pool on \"%s\" has %s blocks, not %s",
                           ts_dev_name(p->meta), a, b);
   if (!p->read_only && tmd_needs_check(p->md))
-    return ts_layer_error(l, err, -EUCLEAN, "metadata",
-                          "the pool metadata is flagged for checking: run thin_check (open read-only to inspect it)");
+    return ts_layer_error(
+        l, err, -EUCLEAN, "metadata",
+        "the pool metadata is flagged for checking: run thin_check (open read-only to inspect it)");
   if (nblocks < nr)
-    return ts_layer_error(l, err, -EINVAL, "data",
-                          "layer \"%s\" holds %llu blocks but the pool has %llu: the data device shrank",
-                          ts_dev_name(p->data), (unsigned long long)nblocks, (unsigned long long)nr);
+    return ts_layer_error(
+        l, err, -EINVAL, "data",
+        "layer \"%s\" holds %llu blocks but the pool has %llu: the data device shrank",
+        ts_dev_name(p->data), (unsigned long long)nblocks, (unsigned long long)nr);
   return 0;
 }
 
@@ -721,10 +725,12 @@ static int take_grown_space(struct tp_pool *p, uint64_t nblocks, ts_error *err)
     mblocks = TMD_MAX_METADATA_BLOCKS;
   if (mblocks > tmd_metadata_nr_blocks(p->md)) {
     if ((r = reserve_metadata(p, mblocks * 4096)))
-      return ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
-                            (unsigned long long)(mblocks * 4096), ts_dev_name(p->meta), ts_strerror(r));
+      return ts_layer_error(
+          l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+          (unsigned long long)(mblocks * 4096), ts_dev_name(p->meta), ts_strerror(r));
     if ((r = tmd_resize_metadata(p->md, mblocks)))
-      return ts_layer_error(l, err, r, "metadata", "cannot grow the metadata space to %llu blocks: %s",
+      return ts_layer_error(l, err, r, "metadata",
+                            "cannot grow the metadata space to %llu blocks: %s",
                             (unsigned long long)mblocks, ts_strerror(r));
     tp_changed(p);
   }
