@@ -22,7 +22,9 @@ char *ts_test_path(const char *dir, const char *name);
  * removes it with everything in it and frees what ts_test_file returned.
  * Add both as a checked fixture (once per test, in the test's process):
  *   tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
- * or call them first and last from a suite's own setup and teardown. */
+ * or call them first and last from a suite's own setup and teardown. A test
+ * that fails (Check then exits before any teardown) leaves its folder until
+ * its suite ends (ts_test_run_suite). */
 extern char *ts_test_dir;
 void ts_test_dir_setup(void);
 void ts_test_dir_teardown(void);
@@ -72,5 +74,9 @@ int64_t ts_test_op_errors(ts_dev *d, const char *op);
 
 /* Run a suite, returning the process exit status. */
 int ts_test_main(Suite *s);
+/* Run a suite, returning how many of its tests failed. The folders its
+ * tests make (ts_test_mkdtemp, the fixture) are inside one folder that is
+ * removed when the suite ends, failed tests' folders too. */
+int ts_test_run_suite(Suite *s, enum print_output mode);
 
 #endif

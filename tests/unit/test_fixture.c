@@ -71,12 +71,46 @@ START_TEST(fixture_is_in_place)
 }
 END_TEST
 
+/* A failed assertion ends a forked test before its teardown runs: the
+ * folder goes with its suite all the same. The inner suite's test reports
+ * its folder through a pipe, then fails. */
+static int report_fd = -1;
+
+START_TEST(inner_fails)
+{
+  touch(ts_test_file("left.img"), 0644);
+  ck_assert_int_eq(write(report_fd, ts_test_dir, strlen(ts_test_dir)),
+                   (ssize_t)strlen(ts_test_dir));
+  ck_abort_msg("failing on purpose");
+}
+END_TEST
+
+START_TEST(failed_test_leaves_nothing)
+{
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  report_fd = p[1];
+  Suite *s = suite_create("inner");
+  TCase *tc = tcase_create("inner");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
+  tcase_add_test(tc, inner_fails);
+  suite_add_tcase(s, tc);
+  ck_assert_int_eq(ts_test_run_suite(s, CK_SILENT), 1);
+  close(p[1]);
+  char path[4096] = "";
+  ck_assert_int_gt(read(p[0], path, sizeof path - 1), 0);
+  close(p[0]);
+  ck_assert_msg(!exists(path), "%s is still there after a failed test", path);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("fixture");
   TCase *tc = tcase_create("direct");
   tcase_add_test(tc, teardown_removes_everything);
   tcase_add_test(tc, each_setup_is_fresh);
+  tcase_add_test(tc, failed_test_leaves_nothing);
   suite_add_tcase(s, tc);
   tc = tcase_create("checked");
   tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
