@@ -68,4 +68,11 @@ git merge -q --no-ff -m "merge work" work
 published
 refuses "main, merge of a badly laid out branch" "int  bad_branch"
 untouched_ignored "merge"
+# A shallow clone does not pass for a first commit.
+git clone -q --depth 1 "file://$repo" "$TMP/shallow"
+cp tools/check-format "$TMP/shallow/tools/"
+if (cd "$TMP/shallow" && tools/check-format > "$repo/out.txt" 2>&1); then
+  fail "shallow clone: judged: $(cat out.txt)"
+fi
+grep -q "shallow clone" out.txt || fail "shallow clone: no reason given: $(cat out.txt)"
 echo "check_format: ok"
