@@ -12,10 +12,12 @@ packages=(
   libuv1-dev libjansson-dev libxxhash-dev libssl-dev check libfuse3-dev fuse3
   thin-provisioning-tools
   python3 python3-cryptography python3-pytest
-  fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod
+  fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod strace
   clang libclang-rt-14-dev clang-format
   # tests/vm: a VM running Debian's kernel with the host's dm tools
   qemu-system-x86 busybox-static dmsetup cryptsetup-bin keyutils cpio xz-utils binutils
+  # bench/vhost.sh: qemu-storage-daemon, the vhost-user-blk export to compare with
+  qemu-system-common
   # rbd and nbd layers, and the throwaway Ceph cluster tests/ceph starts
   ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime iproute2
 )

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <linux/falloc.h>
@@ -239,6 +240,39 @@ static int tsf_read(const char *path, char *buf, size_t size, off_t off,
   return r ? r : (int)size;
 }
 
+/* Reads land in a page-aligned buffer of ours (libfuse frees it with free()
+ * once the reply is sent): the one libfuse would pass to .read is a plain
+ * malloc, 16 bytes off a page, which a direct-I/O data layer could only take
+ * through a copy. */
+static int tsf_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
+                        struct fuse_file_info *fi)
+{
+  struct export *e = file_export(path, fi);
+  uint64_t dsize = ts_dev_size(e->dev);
+  if (off < 0)
+    return -EINVAL;
+  if ((uint64_t)off >= dsize)
+    size = 0;
+  else if (size > dsize - (uint64_t)off)
+    size = (size_t)(dsize - (uint64_t)off);
+  struct fuse_bufvec *bv = malloc(sizeof *bv);
+  void *mem = NULL;
+  if (!bv || posix_memalign(&mem, 4096, size ? size : 1)) {
+    free(bv);
+    return -ENOMEM;
+  }
+  int r = size ? bd_read(&e->bd, mem, size, (uint64_t)off) : 0;
+  if (r) {
+    free(mem);
+    free(bv);
+    return r;
+  }
+  *bv = (struct fuse_bufvec)FUSE_BUFVEC_INIT(size);
+  bv->buf[0].mem = mem;
+  *bufp = bv;
+  return 0;
+}
+
 static int tsf_write(const char *path, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi)
 {
@@ -402,6 +436,7 @@ static const struct fuse_operations ops = {
   .readdir = tsf_readdir,
   .open = tsf_open,
   .read = tsf_read,
+  .read_buf = tsf_read_buf,
   .write = tsf_write,
   .fsync = tsf_fsync,
   .fallocate = tsf_fallocate,
@@ -605,6 +640,12 @@ int main(int argc, char **argv)
   int status = 1, status_fd = -1;
   struct fuse *f = NULL;
 
+  /* Request buffers are up to 1 MiB (libfuse's own per thread, ours for
+   * reads): from the heap, kept, they are reused; above glibc's default
+   * mmap threshold each one was a fresh mapping, page-faulted as it filled
+   * and unmapped when freed. */
+  mallopt(M_MMAP_THRESHOLD, 8 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   if (fuse_opt_parse(&args, &g, tsf_opts, opt_proc) != 0)
     return 2;
   if (g.show_help) {

@@ -6,7 +6,7 @@
  * This umbrella header is the one to include (it brings the synchronous API
  * of io.h, thin pool management of thin.h, the offline metadata and log
  * tools of tools.h, the asynchronous API of async.h and the control socket
- * of ctl.h). Layer authors also include
+ * of ctl.h, the vhost-user-blk server of vhost.h). Layer authors also include
  * <libthinstack/layer.h>.
  */
 #ifndef LIBTHINSTACK_THINSTACK_H
@@ -18,5 +18,6 @@
 #include <libthinstack/tools.h>
 #include <libthinstack/async.h>
 #include <libthinstack/ctl.h>
+#include <libthinstack/vhost.h>
 
 #endif

@@ -235,6 +235,9 @@ static int file_status(ts_layer *l, json_t *out)
   if (fstat(f->io.fd, &st) == 0)
     json_object_set_new(out, "allocated_bytes", json_integer((json_int_t)st.st_blocks * 512));
   json_object_set_new(out, "direct", json_boolean(f->direct));
+  /* Only the unaligned pieces of O_DIRECT requests are copied. */
+  json_object_set_new(out, "bounced_bytes",
+                      json_integer((json_int_t)atomic_load(&f->io.bounced)));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
   json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
   json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -19,6 +20,7 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
   f->align = direct ? align : 0;
   f->eof_zeroes = eof_zeroes;
   atomic_init(&f->fiemap, true);
+  atomic_init(&f->bounced, 0);
 }
 
 static bool iov_aligned(const struct iovec *iov, int iovcnt, uint32_t a)
@@ -58,30 +60,183 @@ static int rw_all(struct ts__fio *f, bool write, const struct iovec *iov, int io
   return 0;
 }
 
+/* The calling thread's bounce buffer: kept between requests (a fresh
+ * allocation per request page-faults as it fills and unmaps when freed),
+ * grown on demand up to TS__FIO_BOUNCE_MAX, freed when the thread exits. */
+struct bounce {
+  void *p;
+  size_t cap;
+};
+
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *arg)
+{
+  struct bounce *b = arg;
+  free(b->p);
+  free(b);
+}
+
+static void bounce_key_init(void) { (void)pthread_key_create(&bounce_key, bounce_free); }
+
+static void *bounce_get(size_t need)
+{
+  pthread_once(&bounce_once, bounce_key_init);
+  struct bounce *b = pthread_getspecific(bounce_key);
+  if (!b) {
+    if (!(b = calloc(1, sizeof *b)))
+      return NULL;
+    if (pthread_setspecific(bounce_key, b)) {
+      free(b);
+      return NULL;
+    }
+  }
+  if (b->cap < need) {
+    /* Grow in large steps so a thread settles on one size quickly. */
+    size_t cap = need < (64u << 10) ? (64u << 10) : need;
+    if (cap > TS__FIO_BOUNCE_MAX)
+      cap = need > TS__FIO_BOUNCE_MAX ? need : TS__FIO_BOUNCE_MAX;
+    void *p;
+    if (posix_memalign(&p, 65536, cap)) /* any block size up to 64K */
+      return NULL;
+    free(b->p);
+    b->p = p;
+    b->cap = cap;
+  }
+  return b->p;
+}
+
+/* Where the request stands: segment `i`, `k` bytes into it. */
+struct iov_pos {
+  const struct iovec *iov;
+  int iovcnt, i;
+  size_t k;
+};
+
+static void pos_advance(struct iov_pos *p, uint64_t n)
+{
+  while (n && p->i < p->iovcnt) {
+    size_t left = p->iov[p->i].iov_len - p->k;
+    if (n < left) {
+      p->k += (size_t)n;
+      return;
+    }
+    n -= left;
+    p->i++;
+    p->k = 0;
+  }
+  while (p->i < p->iovcnt && p->iov[p->i].iov_len == p->k) {
+    p->i++;
+    p->k = 0;
+  }
+}
+
+/* At `p`, the memory is aligned and at least one aligned block follows in
+ * the same segment: O_DIRECT can take it as it is. */
+static bool pos_direct(const struct iov_pos *p, uint32_t a)
+{
+  if (p->i >= p->iovcnt)
+    return false;
+  const struct iovec *v = &p->iov[p->i];
+  return !(((uintptr_t)v->iov_base + p->k) & (a - 1)) && v->iov_len - p->k >= a;
+}
+
+/* Aligned pieces from `p` on, straight into `out`: each segment's aligned
+ * prefix, continuing into the next segment only while the pieces stay
+ * whole. Returns the pieces' count; their bytes in *n. */
+static int direct_run(const struct iov_pos *p, uint32_t a, uint64_t limit, struct iovec *out,
+                      uint64_t *n)
+{
+  int cnt = 0;
+  size_t k = p->k;
+  *n = 0;
+  for (int i = p->i; i < p->iovcnt && cnt < FIO_IOV_STEP && *n < limit; i++, k = 0) {
+    const struct iovec *v = &p->iov[i];
+    char *base = (char *)v->iov_base + k;
+    size_t len = v->iov_len - k;
+    if (!len)
+      continue;
+    if (((uintptr_t)base & (a - 1)) || len < a)
+      break;
+    size_t take = len & ~(size_t)(a - 1);
+    if (take > limit - *n)
+      take = (size_t)(limit - *n);
+    out[cnt].iov_base = base;
+    out[cnt++].iov_len = take;
+    *n += take;
+    if (take != len)
+      break;
+  }
+  return cnt;
+}
+
+/* Bytes from `p` that must go through the bounce buffer: up to the next
+ * place O_DIRECT can take directly that keeps the file offset aligned
+ * (a whole number of blocks from `p`), or `limit`. */
+static uint64_t bounce_run(const struct iov_pos *p, uint32_t a, uint64_t limit)
+{
+  uint64_t at = 0; /* bytes from p to the start of segment i (k in the first) */
+  size_t k = p->k;
+  for (int i = p->i; i < p->iovcnt && at < limit; i++, k = 0) {
+    const struct iovec *v = &p->iov[i];
+    uintptr_t addr = (uintptr_t)v->iov_base + k;
+    size_t len = v->iov_len - k;
+    /* The first aligned address in this segment, and whether it falls on a
+     * block boundary of the file offset too. */
+    size_t skip = (size_t)((a - (addr & (a - 1))) & (a - 1));
+    uint64_t q = at + skip;
+    if (q > 0 && q % a == 0 && len >= skip + a)
+      return q < limit ? q : limit;
+    at += len;
+  }
+  return at < limit ? at : limit;
+}
+
 int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
                uint64_t len, int rwf)
 {
-  if (!f->align || iov_aligned(iov, iovcnt, f->align))
+  uint32_t a = f->align;
+  if (!a || iov_aligned(iov, iovcnt, a))
     return rw_all(f, write, iov, iovcnt, off, len, rwf);
-  /* O_DIRECT wants memory and lengths aligned: copy through an aligned
-   * buffer, in bounded steps so a large request does not double its memory. */
-  size_t chunk = len < TS__FIO_BOUNCE_MAX ? (size_t)len : TS__FIO_BOUNCE_MAX;
-  void *bounce;
-  if (posix_memalign(&bounce, f->align > 4096 ? f->align : 4096, chunk))
-    return -ENOMEM;
-  int r = 0;
-  for (uint64_t done = 0; done < len && !r;) {
-    size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
-    struct iovec v = { bounce, n };
-    if (write)
-      ts_iov_to_buf(iov, iovcnt, (size_t)done, bounce, n);
-    r = rw_all(f, write, &v, 1, off + done, n, rwf);
-    if (!r && !write)
-      ts_iov_from_buf(iov, iovcnt, (size_t)done, bounce, n);
+  /* O_DIRECT wants memory and lengths aligned: the aligned pieces go to the
+   * file as they are, only the rest is copied through the thread's bounce
+   * buffer, in steps of at most TS__FIO_BOUNCE_MAX. */
+  struct iov_pos p = { iov, iovcnt, 0, 0 };
+  uint64_t cap = TS__FIO_BOUNCE_MAX & ~(uint64_t)(a - 1);
+  if (cap < a)
+    cap = a;
+  pos_advance(&p, 0);
+  for (uint64_t done = 0; done < len;) {
+    uint64_t n;
+    int r;
+    if (pos_direct(&p, a)) {
+      struct iovec piece[FIO_IOV_STEP];
+      int cnt = direct_run(&p, a, len - done, piece, &n);
+      r = rw_all(f, write, piece, cnt, off + done, n, rwf);
+    } else {
+      n = bounce_run(&p, a, len - done);
+      if (n > cap)
+        n = cap;
+      if (!n)
+        return -EINVAL; /* the iovec holds less than len */
+      void *buf = bounce_get((size_t)n);
+      if (!buf)
+        return -ENOMEM;
+      struct iovec v = { buf, (size_t)n };
+      if (write)
+        ts_iov_to_buf(iov, iovcnt, (size_t)done, buf, (size_t)n);
+      r = rw_all(f, write, &v, 1, off + done, n, rwf);
+      if (!r && !write)
+        ts_iov_from_buf(iov, iovcnt, (size_t)done, buf, (size_t)n);
+      atomic_fetch_add_explicit(&f->bounced, n, memory_order_relaxed);
+    }
+    if (r)
+      return r;
     done += n;
+    pos_advance(&p, n);
   }
-  free(bounce);
-  return r;
+  return 0;
 }
 
 int ts__fio_sync(struct ts__fio *f)
@@ -106,84 +261,113 @@ int ts__fio_fallocate(struct ts__fio *f, int mode, uint64_t off, uint64_t len)
   return 0;
 }
 
+/* What one SEEK_DATA answered during a walk: no data (not even cached
+ * pages) in [from, data). Extents are visited in ascending order, so one
+ * answer covers every unwritten extent up to `data`: without it each extent
+ * asked again, and each SEEK_DATA over unwritten extents scans to the next
+ * data or the end of the file, which made a walk quadratic in the size. */
+struct seek_hint {
+  uint64_t from, data; /* data == UINT64_MAX: none before the end */
+  bool valid;
+};
+
 static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact);
+                         bool exact, struct seek_hint *hint);
 
 /* An unwritten (preallocated) extent reads as zeroes only where no newer
  * data sits in the page cache: file systems such as ext4 keep the extent
  * unwritten until writeback, so FIEMAP alone would call freshly written
  * data zeroes. When SEEK_DATA sees cached pages in the extent (dirty, or
  * merely read), write the range back and map it again: the extent states
- * are then exact. Without cached pages this costs one lseek. */
-static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_list *out)
+ * are then exact. Without cached pages this costs at most one lseek per
+ * walk (see struct seek_hint). */
+static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_list *out,
+                         struct seek_hint *hint)
 {
-  off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
-  if ((d < 0 && errno == ENXIO) || (d >= 0 && (uint64_t)d >= e))
-    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-  if (d < 0 || sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
-                               SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                   SYNC_FILE_RANGE_WAIT_AFTER) != 0)
-    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
-  for (uint64_t pos = s; pos < e;) {
-    size_t before = out->n;
-    int r = status_fiemap(f, pos, e - pos, out, true);
-    if (r || out->n == before)
-      return r ? r : (ts_extent_list_add(out, pos, e - pos, 0) ? -ENOMEM : 0);
-    pos = out->v[out->n - 1].offset + out->v[out->n - 1].length;
+  if (!hint->valid || s < hint->from || s >= hint->data) {
+    off_t d = lseek(f->fd, (off_t)s, SEEK_DATA);
+    if (d < 0 && errno != ENXIO)
+      return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+    hint->from = s;
+    hint->data = d < 0 ? UINT64_MAX : (uint64_t)d;
+    hint->valid = true;
   }
-  return 0;
+  if (hint->data >= e)
+    return ts_extent_list_add(out, s, e - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+  if (sync_file_range(f->fd, (off_t)s, (off_t)(e - s),
+                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                          SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+    return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+  size_t before = out->n;
+  int r = status_fiemap(f, s, e - s, out, true, NULL);
+  if (r)
+    return r;
+  uint64_t got = out->n > before ? out->v[out->n - 1].offset + out->v[out->n - 1].length : s;
+  /* What the second pass left out is unknown: data. */
+  return got < e && ts_extent_list_add(out, got, e - got, 0) ? -ENOMEM : 0;
 }
 
 /* Allocated extents are data, unwritten ones allocated zeroes (see
  * add_unwritten), gaps holes. `exact`: the range was just written back, so
- * unwritten extents are zeroes. */
+ * unwritten extents are zeroes. One forward pass: FIEMAP in batches until
+ * the range is covered. */
 static int status_fiemap(struct ts__fio *f, uint64_t off, uint64_t len, ts_extent_list *out,
-                         bool exact)
+                         bool exact, struct seek_hint *hint)
 {
-  enum { N = 64 };
+  enum { N = 128 };
   struct {
     struct fiemap fm;
     struct fiemap_extent ext[N];
   } req;
   uint64_t end = off + len, pos = off;
   bool last = false;
-  memset(&req, 0, sizeof req);
-  req.fm.fm_start = off;
-  req.fm.fm_length = len;
-  req.fm.fm_extent_count = N;
-  if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0)
-    return errno == ENOTTY || errno == ENOTSUP ? -EOPNOTSUPP : -errno;
-  for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
-    const struct fiemap_extent *e = &req.ext[i];
-    uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
-    last = e->fe_flags & FIEMAP_EXTENT_LAST;
-    if (ee <= pos)
-      continue;
-    if (es > pos) {
-      uint64_t gap_end = es < end ? es : end;
-      if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
-        return -ENOMEM;
-      pos = gap_end;
+  while (pos < end && !last) {
+    memset(&req.fm, 0, sizeof req.fm);
+    req.fm.fm_start = pos;
+    req.fm.fm_length = end - pos;
+    req.fm.fm_extent_count = N;
+    if (ioctl(f->fd, FS_IOC_FIEMAP, &req.fm) != 0) {
+      if (pos > off)
+        return 0; /* report the prefix: the core asks again */
+      return errno == ENOTTY || errno == ENOTSUP ? -EOPNOTSUPP : -errno;
     }
-    if (pos >= end)
-      break;
-    uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
-    int r;
-    if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
-      r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
-    else if (exact)
-      r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
-    else
-      r = add_unwritten(f, s, e2, out);
-    if (r)
-      return r;
-    pos = e2;
-    if (last)
-      break;
+    uint64_t batch_start = pos;
+    for (unsigned i = 0; i < req.fm.fm_mapped_extents && pos < end; i++) {
+      const struct fiemap_extent *e = &req.ext[i];
+      uint64_t es = e->fe_logical, ee = e->fe_logical + e->fe_length;
+      last = e->fe_flags & FIEMAP_EXTENT_LAST;
+      if (ee <= pos)
+        continue;
+      if (es > pos) {
+        uint64_t gap_end = es < end ? es : end;
+        if (ts_extent_list_add(out, pos, gap_end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
+          return -ENOMEM;
+        pos = gap_end;
+      }
+      if (pos >= end)
+        break;
+      uint64_t s = es > pos ? es : pos, e2 = ee < end ? ee : end;
+      int r;
+      if (!(e->fe_flags & FIEMAP_EXTENT_UNWRITTEN))
+        r = ts_extent_list_add(out, s, e2 - s, 0) ? -ENOMEM : 0;
+      else if (exact || !hint)
+        r = ts_extent_list_add(out, s, e2 - s, TS_EXTENT_ZERO) ? -ENOMEM : 0;
+      else
+        r = add_unwritten(f, s, e2, out, hint);
+      if (r)
+        return r;
+      pos = e2;
+      if (last)
+        break;
+    }
+    /* Fewer extents than asked for: nothing more is mapped in the range. */
+    if (req.fm.fm_mapped_extents < N)
+      last = true;
+    if (!last && pos == batch_start)
+      break; /* no progress (a full batch ending before pos): let the core ask again */
   }
-  /* Past the last extent it is all hole; with a full answer and no LAST
-   * flag, report what we have and the core asks again. */
-  if (pos < end && (last || req.fm.fm_mapped_extents < N || pos == off))
+  /* Past the last extent it is all hole. */
+  if (pos < end && (last || pos == off))
     if (ts_extent_list_add(out, pos, end - pos, TS_EXTENT_HOLE | TS_EXTENT_ZERO))
       return -ENOMEM;
   return 0;
@@ -210,7 +394,8 @@ int ts__fio_block_status(struct ts__fio *f, uint64_t off, uint64_t len, ts_exten
 {
   if (atomic_load(&f->fiemap)) {
     size_t before = out->n;
-    int r = status_fiemap(f, off, len, out, false);
+    struct seek_hint hint = { 0, 0, false };
+    int r = status_fiemap(f, off, len, out, false, &hint);
     if (r == 0 && out->n > before)
       return 0;
     if (r == -ENOMEM)

@@ -4,7 +4,7 @@
  * Opening, claiming and limits policy stay with each layer.
  *
  * Thread safety: every call may run concurrently on the same ts__fio; the
- * only shared state is the atomic FIEMAP flag. */
+ * only shared state is the atomic FIEMAP flag and bounce counter. */
 #ifndef TS_BACKENDS_FILEIO_H
 #define TS_BACKENDS_FILEIO_H
 
@@ -15,8 +15,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-/* The bounce buffer for unaligned O_DIRECT requests is at most this large;
- * longer requests go through it in steps. */
+/* The bounce buffer for the unaligned pieces of O_DIRECT requests (one per
+ * thread, reused) is at most this large; longer runs go through it in
+ * steps. */
 #define TS__FIO_BOUNCE_MAX (1u << 20)
 
 struct ts__fio {
@@ -24,13 +25,17 @@ struct ts__fio {
   uint32_t align;      /* O_DIRECT: memory and length alignment; 0 without O_DIRECT */
   bool eof_zeroes;     /* reads past the end see zeroes (a file that shrank) */
   _Atomic bool fiemap; /* FIEMAP works here; cleared when it answers "unsupported" */
+  _Atomic uint64_t bounced; /* bytes copied through the bounce buffer (status) */
 };
 
 /* Set up `f` for `fd` (not taken over: the caller closes it). */
 void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool eof_zeroes);
 
 /* Transfer all of [off, off+len) between the file and the iovec; `rwf` is
- * pwritev2's flags for writes (RWF_DSYNC for FUA). 0 or -errno. */
+ * pwritev2's flags for writes (RWF_DSYNC for FUA). With O_DIRECT, aligned
+ * pieces of the iovec go to the file directly and only the unaligned ones
+ * are copied, through a buffer of the calling thread's (freed when it
+ * exits). 0 or -errno. */
 int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
                uint64_t len, int rwf);
 

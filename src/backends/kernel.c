@@ -146,7 +146,7 @@ static const ts_param kernel_params[] = {
   { "path", TS_PARAM_PATH, TS_PARAM_REQUIRED, NULL, NULL, "a block device or a regular file" },
   { "read_only", TS_PARAM_BOOL, 0, NULL, NULL, "open read-only" },
   { "direct", TS_PARAM_BOOL, 0, NULL, NULL,
-    "bypass the page cache (O_DIRECT); unaligned buffers go through a bounce buffer" },
+    "bypass the page cache (O_DIRECT); only unaligned buffer pieces are copied" },
   { "sysfs_root", TS_PARAM_PATH, 0, NULL, NULL,
     "where sysfs is mounted (default /sys); queue limits are read from it" },
   { "provision", TS_PARAM_ENUM, 0, "auto|emulate|off", NULL,
@@ -745,6 +745,8 @@ static int kernel_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "kernel", json_string(k->release));
   json_object_set_new(out, "direct", json_boolean(k->direct));
   json_object_set_new(out, "read_only", json_boolean(k->read_only));
+  json_object_set_new(out, "bounced_bytes",
+                      json_integer((json_int_t)atomic_load(&k->io.bounced)));
   if (k->ro_reason)
     json_object_set_new(out, "read_only_reason", json_string(k->ro_reason));
   json_object_set_new(out, "provision_policy", json_string(policy_name[k->policy]));

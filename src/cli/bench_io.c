@@ -12,9 +12,16 @@
  *                 block mapped first
  *   crypt/thin    a `crypt` layer (aes-xts-plain64, 4 KiB sectors) over
  *                 another such volume of the same pool
+ *   fio           fio with ioengine=io_uring, direct=1 (or buffered with
+ *                 --cached) at the cell's depth on another such file: the
+ *                 peer a user would measure; only when fio is installed
  * thin and crypt columns appear only when those layer types are registered.
- * Every cell runs the baseline and then each column back to back, and ratios
- * are against that baseline. Completions run on the async workers (--mode
+ * Every cell runs the baseline and then each column back to back, `--runs`
+ * times over (default 3), and each figure is the median of those runs, with
+ * the minimum and maximum beside it; ratios are of medians against the
+ * baseline's. Every file and volume is prefilled the same way (1 MiB writes
+ * through the same kind of descriptor: O_DIRECT unless --cached), since how
+ * a file was written changes how fast it later takes random writes. Completions run on the async workers (--mode
  * worker, the default: a resubmitting callback keeps its worker, as a thread
  * calling pwrite in a loop does) or on a libuv loop (--mode loop: two thread
  * hand-offs per request, which small requests feel). By default every file is opened with
@@ -48,7 +55,8 @@
 #define DEPTH_MAX 32
 #define NDEPTHS 2
 #define NTESTS 4
-#define NTARGETS 4
+#define NTARGETS 5
+#define RUNS_MAX 15
 
 static const unsigned depths[NDEPTHS] = { 1, DEPTH_MAX };
 
@@ -66,13 +74,18 @@ static const struct test tests[NTESTS] = {
   { "seqread", "1M seq read   MB/s", false, false, 1u << 20 },
 };
 
-enum { T_BASE, T_FILE, T_THIN, T_CRYPT };
-static const char *const target_names[NTARGETS] = { "pread/pwrite", "file", "thin", "crypt/thin" };
+enum { T_BASE, T_FILE, T_THIN, T_CRYPT, T_FIO };
+static const char *const target_names[NTARGETS] = { "pread/pwrite", "file", "thin", "crypt/thin",
+                                                    "fio io_uring" };
 
+/* One cell: every run's figure (IOPS or MB/s), and the ops and time of
+ * the median run. */
 struct result {
   uint64_t ops;
   double secs;
   bool done;
+  int n;
+  double v[RUNS_MAX];
 };
 
 struct bench {
@@ -87,6 +100,7 @@ struct bench {
   bool direct;
   const char *control; /* --control: serve the thin stack's socket here */
   bool have[NTARGETS];
+  int runs;
   struct result res[NTARGETS][NTESTS][NDEPTHS];
   const char *stack_path;   /* --stack: measure this stack's device alone */
   const char *stack_dev;    /* --dev: which device (default: the first export) */
@@ -328,7 +342,10 @@ static void remove_file(struct bench *b, const char *name)
 }
 
 /* Make every block of the file hold data: with O_DIRECT, reads of
- * preallocated but unwritten extents never reach the disk. */
+ * preallocated but unwritten extents never reach the disk. `fd` is of the
+ * kind measured (O_DIRECT unless --cached), as the volumes' data file is:
+ * a file laid out by buffered writes takes later O_DIRECT random writes at
+ * a different speed. */
 static int prefill_fd(int fd, uint64_t size)
 {
   size_t chunk = 1u << 20;
@@ -360,6 +377,80 @@ static int prefill_dev(ts_dev *dev, uint64_t size)
   return r ? r : ts_flush(dev);
 }
 
+/* ------------------------------------------------------------------------ */
+/* fio: the same cell through fio's io_uring engine on a file of its own    */
+
+static int fio_cell(struct bench *b, const struct test *t, unsigned depth, struct result *res)
+{
+  char path[4200], cmd[8800];
+  snprintf(path, sizeof path, "%s/fio.img", b->dir);
+  const char *rw = t->random ? (t->write ? "randwrite" : "randread") : (t->write ? "write" : "read");
+  long ms = (long)(b->seconds * 1000 + 0.5);
+  snprintf(cmd, sizeof cmd,
+           "fio --name=cell --filename='%s' --ioengine=io_uring --direct=%d --rw=%s --bs=%u"
+           " --iodepth=%u --size=%llu --runtime=%ldms --time_based --norandommap --randrepeat=0"
+           " --invalidate=0 --output-format=json 2>&1",
+           path, b->direct ? 1 : 0, rw, t->bs, depth, (unsigned long long)b->size, ms > 0 ? ms : 1);
+  FILE *f = popen(cmd, "r");
+  if (!f)
+    return -errno;
+  size_t cap = 1 << 16, len = 0;
+  char *out = malloc(cap);
+  int r = out ? 0 : -ENOMEM;
+  while (!r) {
+    if (len + 4096 > cap) {
+      char *n = realloc(out, cap *= 2);
+      if (!n) {
+        r = -ENOMEM;
+        break;
+      }
+      out = n;
+    }
+    size_t k = fread(out + len, 1, cap - len - 1, f);
+    if (!k)
+      break;
+    len += k;
+  }
+  int st = pclose(f);
+  if (!r && st != 0)
+    r = -EIO;
+  json_t *j = NULL;
+  if (!r) {
+    out[len] = 0;
+    const char *brace = strchr(out, '{'); /* fio may print notes first */
+    j = brace ? json_loads(brace, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+    json_t *job = json_array_get(json_object_get(j, "jobs"), 0);
+    json_t *dir = json_object_get(job, t->write ? "write" : "read");
+    json_t *ios = json_object_get(dir, "total_ios"), *rt = json_object_get(job, "job_runtime");
+    if (!json_is_integer(ios) || !json_is_integer(rt) || json_integer_value(rt) <= 0)
+      r = -EPROTO;
+    else {
+      res->ops = (uint64_t)json_integer_value(ios);
+      res->secs = (double)json_integer_value(rt) / 1e3;
+      res->done = true;
+    }
+  }
+  if (r)
+    ts_cli_err("bench io: fio %s at depth %u: %s%s%.300s", rw, depth,
+               r == -EPROTO ? "no figures in its output" : ts_strerror(r), len ? ": " : "",
+               out ? out : "");
+  json_decref(j);
+  free(out);
+  if (!r && t->write) {
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+      (void)fdatasync(fd);
+      close(fd);
+    }
+  }
+  return r;
+}
+
+static bool have_fio(void)
+{
+  return system("fio --version >/dev/null 2>&1") == 0;
+}
+
 /* Everything measured, open at once, so that each cell runs the baseline
  * and every target back to back: the disk's speed drifts over a run (host
  * caches, writeback), and ratios of neighbours are what stay comparable. */
@@ -369,29 +460,33 @@ struct targets {
   ts_dev *dev[NTARGETS];
 };
 
+/* A new file of --size at `path`, open as measured (O_DIRECT unless
+ * --cached): written in full through that descriptor, or with --cached
+ * preallocated. The fd, or -errno. */
+static int open_prefilled(struct bench *b, const char *path)
+{
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | (b->direct ? O_DIRECT : 0), 0600);
+  if (fd < 0)
+    return -errno;
+  int r = b->direct ? prefill_fd(fd, b->size) : -posix_fallocate(fd, 0, (off_t)b->size);
+  if (r) {
+    close(fd);
+    return r;
+  }
+  return fd;
+}
+
 /* The baseline's file and a `file` layer on it: written in full, or with
  * --cached preallocated. */
 static int open_file_targets(struct bench *b, struct targets *tg)
 {
   char path[4200];
   snprintf(path, sizeof path, "%s/raw.img", b->dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    ts_cli_err("bench io: cannot create %s: %s", path, strerror(errno));
-    return -errno;
-  }
-  int r = b->direct ? prefill_fd(fd, b->size) : -posix_fallocate(fd, 0, (off_t)b->size);
-  if (!r && b->direct) {
-    close(fd);
-    fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-    if (fd < 0)
-      r = -errno;
-  }
+  int fd = open_prefilled(b, path);
+  int r = fd < 0 ? fd : 0;
   if (r) {
     ts_cli_err("bench io: cannot prepare %s: %s%s", path, ts_strerror(r),
                r == -EINVAL && b->direct ? " (no O_DIRECT on this file system? try --cached)" : "");
-    if (fd >= 0)
-      close(fd);
     return r;
   }
   tg->fd = fd;
@@ -473,6 +568,7 @@ static int close_targets(struct bench *b, struct targets *tg)
   if (b->stack_path)
     return r;
   remove_file(b, "raw.img");
+  remove_file(b, "fio.img");
   remove_file(b, "pool.meta");
   remove_file(b, "pool.data");
   return r;
@@ -517,6 +613,17 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
   int r = b->stack_path ? open_stack_target(b, &tg) : open_file_targets(b, &tg);
   if (!r && b->have[T_THIN])
     r = open_thin_targets(b, &tg);
+  if (!r && b->have[T_FIO]) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/fio.img", b->dir);
+    int fd = open_prefilled(b, path);
+    if (fd < 0) {
+      r = fd;
+      ts_cli_err("bench io: cannot prepare %s: %s", path, ts_strerror(r));
+    } else {
+      close(fd);
+    }
+  }
   if (!r && b->control) {
     /* A control client beside the data path: what its requests cost the
      * cells is what this measures. */
@@ -526,18 +633,30 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
     if (r)
       ts_cli_err("bench io: %s", err.msg);
   }
+  /* Each cell's runs interleave the targets, so drift hits all alike. */
   for (int ti = 0; ti < NTESTS && !r; ti++)
     for (int di = 0; di < NDEPTHS && !r; di++)
-      for (int k = 0; k < NTARGETS && !r; k++) {
-        if (!b->have[k])
-          continue;
-        struct result *res = &b->res[k][ti][di];
-        r = k == T_BASE ? base_cell(b, tg.fd, &tests[ti], depths[di], res)
-                        : aio_cell(b, loop, ctx, tg.dev[k], &tests[ti], depths[di], res);
-        if (r)
-          ts_cli_err("bench io: %s %s at depth %u: %s", target_names[k], tests[ti].name,
-                     depths[di], ts_strerror(r));
-      }
+      for (int run = 0; run < b->runs && !r; run++)
+        for (int k = 0; k < NTARGETS && !r; k++) {
+          if (!b->have[k])
+            continue;
+          struct result one = { 0 }, *res = &b->res[k][ti][di];
+          const struct test *t = &tests[ti];
+          r = k == T_BASE  ? base_cell(b, tg.fd, t, depths[di], &one)
+              : k == T_FIO ? fio_cell(b, t, depths[di], &one)
+                           : aio_cell(b, loop, ctx, tg.dev[k], t, depths[di], &one);
+          if (r) {
+            if (k != T_FIO)
+              ts_cli_err("bench io: %s %s at depth %u: %s", target_names[k], t->name, depths[di],
+                         ts_strerror(r));
+            break;
+          }
+          res->ops += one.ops;
+          res->secs += one.secs;
+          res->done = true;
+          res->v[res->n++] = one.secs > 0 ? (double)one.ops / one.secs * (t->bs == 4096 ? 1 : t->bs / 1e6)
+                                          : 0;
+        }
   int c = close_targets(b, &tg);
   return r ? r : c;
 }
@@ -545,12 +664,37 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
 /* ------------------------------------------------------------------------ */
 /* Report                                                                     */
 
+static int cmp_double(const void *a, const void *b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The median run's figure (IOPS or MB/s); *lo and *hi (may be NULL) the
+ * smallest and largest. */
+static double value_range(const struct result *r, double *lo, double *hi)
+{
+  double v[RUNS_MAX];
+  if (!r->done || !r->n) {
+    if (lo)
+      *lo = 0;
+    if (hi)
+      *hi = 0;
+    return 0;
+  }
+  memcpy(v, r->v, sizeof(double) * (size_t)r->n);
+  qsort(v, (size_t)r->n, sizeof v[0], cmp_double);
+  if (lo)
+    *lo = v[0];
+  if (hi)
+    *hi = v[r->n - 1];
+  return r->n % 2 ? v[r->n / 2] : (v[r->n / 2 - 1] + v[r->n / 2]) / 2;
+}
+
 static double value(const struct test *t, const struct result *r)
 {
-  if (!r->done || r->secs <= 0)
-    return 0;
-  double per_sec = (double)r->ops / r->secs;
-  return t->bs == 4096 ? per_sec : per_sec * t->bs / 1e6;
+  (void)t;
+  return value_range(r, NULL, NULL);
 }
 
 static void print_table(struct bench *b)
@@ -569,35 +713,50 @@ static void print_table(struct bench *b)
     return;
   }
   printf("bench io: %s files in %s (%s), %.1f s per cell, %u async workers, completions on %s;\n"
-         "ratios against pread/pwrite run just before (depth 32 = %u threads)\n\n",
+         "medians of %d runs, targets interleaved; ratios against the pread/pwrite median\n"
+         "(depth 32 = %u threads), [min-max] of the runs against it\n\n",
          sz, b->base, b->direct ? "O_DIRECT" : "page cache", b->seconds, b->workers,
-         b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop", DEPTH_MAX);
+         b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop", b->runs, DEPTH_MAX);
   printf("%-20s %5s", "test", "depth");
   for (int k = 0; k < NTARGETS; k++)
     if (b->have[k])
-      printf(k == T_BASE ? " %12s" : " %18s", target_names[k]);
+      printf(k == T_BASE ? " %16s" : " %25s", target_names[k]);
   printf("\n");
   for (int ti = 0; ti < NTESTS; ti++)
     for (int di = 0; di < NDEPTHS; di++) {
       const struct test *t = &tests[ti];
-      double base = value(t, &b->res[T_BASE][ti][di]);
-      printf("%-20s %5u %12.0f", t->label, depths[di], base);
+      double blo, bhi, base = value_range(&b->res[T_BASE][ti][di], &blo, &bhi);
+      char cell[64];
+      snprintf(cell, sizeof cell, "%.0f [%.0f-%.0f]", base, blo, bhi);
+      printf("%-20s %5u %16s", t->label, depths[di], cell);
       for (int k = T_FILE; k < NTARGETS; k++)
         if (b->have[k]) {
-          double v = value(t, &b->res[k][ti][di]);
-          printf(" %11.0f %5.2fx", v, base > 0 ? v / base : 0);
+          double lo, hi, v = value_range(&b->res[k][ti][di], &lo, &hi);
+          double q = base > 0 ? 1 / base : 0;
+          snprintf(cell, sizeof cell, "%.0f %.2fx [%.2f-%.2f]", v, v * q, lo * q, hi * q);
+          printf(" %25s", cell);
         }
       printf("\n");
     }
-  if (b->have[T_THIN]) {
+  const int peers[] = { T_BASE, T_FIO };
+  for (int pi = 0; pi < 2 && b->have[T_THIN]; pi++) {
+    if (!b->have[peers[pi]])
+      continue;
     double worst = 1e9;
-    for (int ti = 0; ti < NTESTS; ti++) {
-      double base = value(&tests[ti], &b->res[T_BASE][ti][1]);
-      double v = value(&tests[ti], &b->res[T_THIN][ti][1]);
-      if (base > 0 && v / base < worst)
-        worst = v / base;
-    }
-    printf("\nthin (mapped blocks) at depth 32: worst ratio %.2fx (target 0.90x)\n", worst);
+    const char *where = "";
+    unsigned wd = 0;
+    for (int ti = 0; ti < NTESTS; ti++)
+      for (int di = 0; di < NDEPTHS; di++) {
+        double base = value(&tests[ti], &b->res[peers[pi]][ti][di]);
+        double v = value(&tests[ti], &b->res[T_THIN][ti][di]);
+        if (base > 0 && v / base < worst) {
+          worst = v / base;
+          where = tests[ti].name;
+          wd = depths[di];
+        }
+      }
+    printf("%sthin (mapped blocks) against %s: worst ratio %.2fx (%s, depth %u)\n", pi ? "" : "\n",
+           target_names[peers[pi]], worst, where, wd);
   }
 }
 
@@ -609,6 +768,7 @@ static void print_json(struct bench *b)
   json_object_set_new(o, "workers", json_integer(b->workers));
   json_object_set_new(o, "direct", json_boolean(b->direct));
   json_object_set_new(o, "mode", json_string(b->mode == TS_AIO_MODE_WORKER ? "worker" : "loop"));
+  json_object_set_new(o, "runs", json_integer(b->runs));
   if (b->stack_path)
     json_object_set_new(o, "stack", json_string(b->stack_path));
   else
@@ -619,7 +779,7 @@ static void print_json(struct bench *b)
       for (int di = 0; di < NDEPTHS; di++) {
         const struct test *t = &tests[ti];
         const struct result *r = &b->res[k][ti][di];
-        double v = value(t, r), base = value(t, &b->res[T_BASE][ti][di]);
+        double lo, hi, v = value_range(r, &lo, &hi), base = value(t, &b->res[T_BASE][ti][di]);
         json_t *row = json_object();
         json_object_set_new(row, "target", json_string(b->stack_path ? b->stack_label
                                                                      : target_names[k]));
@@ -629,6 +789,8 @@ static void print_json(struct bench *b)
         json_object_set_new(row, "ops", json_integer((json_int_t)r->ops));
         json_object_set_new(row, "seconds", json_real(r->secs));
         json_object_set_new(row, t->bs == 4096 ? "iops" : "mb_per_s", json_real(v));
+        json_object_set_new(row, "min", json_real(lo));
+        json_object_set_new(row, "max", json_real(hi));
         if (!b->stack_path)
           json_object_set_new(row, "ratio", json_real(base > 0 ? v / base : 0));
         json_array_append_new(rows, row);
@@ -654,14 +816,18 @@ int ts_cli_bench_io(int argc, char **argv)
   b->workers = DEPTH_MAX;
   b->direct = true;
   b->mode = TS_AIO_MODE_WORKER;
+  b->runs = 3;
+  bool no_fio = false;
   int status = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-      printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE]\n"
-             "                          [--cached] [--workers N] [--mode worker|loop]\n"
+      printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE] [--runs N]\n"
+             "                          [--cached] [--workers N] [--mode worker|loop] [--no-fio]\n"
              "                          [--control PATH] [--stack STACK.json [--dev NAME]]\n"
              "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
-             "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file.\n"
+             "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file\n"
+             "  and (when fio is installed, unless --no-fio) fio's io_uring engine on another.\n"
+             "  --runs: runs per cell, targets interleaved, medians with min/max (default 3).\n"
              "  --stack: the same cells on one device of STACK.json (--dev, default the first\n"
              "  export), writes first; --size then caps the range used (default: all of it).\n"
              "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
@@ -687,6 +853,16 @@ int ts_cli_bench_io(int argc, char **argv)
       b->control = argv[++i];
     } else if (strcmp(argv[i], "--cached") == 0) {
       b->direct = false;
+    } else if (strcmp(argv[i], "--no-fio") == 0) {
+      no_fio = true;
+    } else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
+      char *end;
+      unsigned long n = strtoul(argv[++i], &end, 10);
+      if (*end || n < 1 || n > RUNS_MAX) {
+        ts_cli_err("bench io: --runs: \"%s\" is not a count from 1 to %d", argv[i], RUNS_MAX);
+        goto out;
+      }
+      b->runs = (int)n;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       char *end;
       unsigned long w = strtoul(argv[++i], &end, 10);
@@ -731,6 +907,7 @@ int ts_cli_bench_io(int argc, char **argv)
     b->have[T_BASE] = b->have[T_FILE] = true;
     b->have[T_THIN] = ts_find_layer_type("thin") && ts_find_layer_type("thin-pool");
     b->have[T_CRYPT] = b->have[T_THIN] && ts_find_layer_type("crypt");
+    b->have[T_FIO] = !no_fio && have_fio();
   }
 
   snprintf(b->dir, sizeof b->dir, "%s/ts-bench-io-XXXXXX", b->base);

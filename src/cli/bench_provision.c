@@ -26,31 +26,47 @@
 
 struct timing {
   double op, durable; /* seconds; durable includes the flush */
+  double min, max;    /* of durable, over the runs */
 };
 
 struct bench {
   const char *dir;
   int seq;
+  bool zero_data; /* --data zero: a zero layer holds the data, only metadata is timed */
   char meta[4096], data[4096];
 };
+
+/* The metadata file: 1 GiB per TiB of 64K blocks holds every mapping (about
+ * 16.7 bytes each in full leaves) and the space maps, with room to spare. */
+static uint64_t meta_size(uint64_t size)
+{
+  uint64_t m = size / 1024;
+  return m < (256u << 20) ? (256u << 20) : (m + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+}
 
 static ts_stack *bench_pool(struct bench *b, uint64_t size, ts_dev **vol)
 {
   b->seq++;
   snprintf(b->meta, sizeof b->meta, "%s/pool%d.meta", b->dir, b->seq);
   snprintf(b->data, sizeof b->data, "%s/pool%d.data", b->dir, b->seq);
-  char sz[32];
+  char sz[32], msz[32], data[4200];
   ts_format_size(size, sz, sizeof sz);
+  ts_format_size(meta_size(size), msz, sizeof msz);
+  if (b->zero_data)
+    snprintf(data, sizeof data, "{ \"type\": \"zero\", \"size\": \"%s\" }", sz);
+  else
+    snprintf(data, sizeof data, "{ \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true }",
+             b->data, sz);
   char *json = NULL;
   if (asprintf(&json,
                "{ \"version\": 1, \"layers\": {"
-               " \"meta\": { \"type\": \"file\", \"path\": \"%s\", \"size\": \"256M\", \"create\": true },"
-               " \"data\": { \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true },"
+               " \"meta\": { \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true },"
+               " \"data\": %s,"
                " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
                "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
                " \"vol\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"%s\", \"create\": true } },"
                " \"exports\": [\"vol\"] }",
-               b->meta, b->data, sz, sz) < 0)
+               b->meta, msz, data, sz) < 0)
     return NULL;
   ts_stack *s = NULL;
   ts_error err = { 0 };
@@ -157,6 +173,8 @@ static int measure(struct bench *b, uint64_t size, int w, int runs, struct timin
   qsort(du, (size_t)runs, sizeof du[0], cmp_double);
   t->op = op[runs / 2];
   t->durable = du[runs / 2];
+  t->min = du[0];
+  t->max = du[runs - 1];
   return 0;
 }
 
@@ -198,7 +216,7 @@ static void ms(char *buf, size_t n, double s)
 int ts_cli_bench_provision(int argc, char **argv)
 {
   const char *sizes = "512M,1G,2G,4G,8G", *dir = NULL;
-  bool json = false;
+  bool json = false, no_write = false, zero_data = false;
   int runs = 3;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
@@ -213,12 +231,26 @@ int ts_cli_bench_provision(int argc, char **argv)
       dir = argv[++i];
     else if (!strcmp(argv[i], "--json"))
       json = true;
+    else if (!strcmp(argv[i], "--no-write"))
+      no_write = true;
+    else if (!strcmp(argv[i], "--data") && i + 1 < argc) {
+      const char *d = argv[++i];
+      if (!strcmp(d, "zero"))
+        zero_data = true;
+      else if (strcmp(d, "file")) {
+        ts_cli_err("bench provision: --data takes file or zero, not \"%s\"", d);
+        return 2;
+      }
+    }
     else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: thinstack bench provision [--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N] [--json]\n"
+      printf("usage: thinstack bench provision [--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N]\n"
+             "                                 [--data file|zero] [--no-write] [--json]\n"
              "  Times writing zeroes, PROVISION and WRITE_ZEROES through a thin volume on a\n"
              "  pool over sparse files in a temporary folder under DIR (default $TMPDIR or\n"
              "  /tmp), against fallocate of a plain file of the same size. Each figure is the\n"
-             "  median of N runs (default 3) on fresh files; writing zeroes runs once.\n");
+             "  median of N runs (default 3) on fresh files; writing zeroes runs once\n"
+             "  (--no-write skips it). --data zero puts the pool's data on a zero layer, so\n"
+             "  PROVISION+flush is the metadata's own cost (mappings, space map, commit).\n");
       return 0;
     } else {
       ts_cli_err("bench provision: unexpected argument \"%s\"", argv[i]);
@@ -252,10 +284,16 @@ int ts_cli_bench_provision(int argc, char **argv)
     ts_cli_err("bench provision: cannot make a folder under %s: %s", base, strerror(errno));
     return 1;
   }
-  struct bench b = { .dir = tmp };
+  struct bench b = { .dir = tmp, .zero_data = zero_data };
   json_t *rows = json_array();
   int status = 0;
-  if (!json)
+  if (!json && zero_data)
+    printf("thin volume on a zero data layer (metadata on a file under %s); 64K pool blocks.\n"
+           "PROVISION of the whole volume: op = the request alone; +flush = with the metadata commit.\n"
+           "Medians of %d runs, [min, max] of +flush.\n\n"
+           "%6s | %10s %10s %21s | %10s\n",
+           base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB");
+  else if (!json)
     printf("thin volume over sparse files on the file system of %s; 64K pool blocks.\n"
            "op = the request alone; +flush = until durable (thin: data fdatasync + metadata commit).\n"
            "Medians of %d runs (writing zeroes: 1). Ratios use +flush times.\n\n"
@@ -265,28 +303,54 @@ int ts_cli_bench_provision(int argc, char **argv)
            "write/", "", "op", "+flush", "op", "+flush", "op", "+flush", "op", "+flush", "falloc", "prov",
            "prov");
   for (int i = 0; i < nsz && !status; i++) {
-    struct timing tw, tp, tz, tf;
-    if (measure(&b, sz[i], W_WRITE, 1, &tw) || measure(&b, sz[i], W_PROVISION, runs, &tp) ||
+    struct timing tw = { 0, 0, 0, 0 }, tp, tz, tf;
+    char s[32];
+    ts_format_size(sz[i], s, sizeof s);
+    double gib = (double)sz[i] / (1u << 30);
+    if (zero_data) {
+      if (measure(&b, sz[i], W_PROVISION, runs, &tp)) {
+        status = 1;
+        break;
+      }
+      if (json) {
+        json_array_append_new(rows, json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:f}", "size", s, "bytes",
+                                              (json_int_t)sz[i], "data", "zero", "provision", "op_s", tp.op,
+                                              "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s",
+                                              tp.max, "ms_per_gib", tp.durable * 1e3 / gib));
+      } else {
+        char c[4][32], mm[48];
+        ms(c[0], 32, tp.op), ms(c[1], 32, tp.durable), ms(c[2], 32, tp.min), ms(c[3], 32, tp.max);
+        snprintf(mm, sizeof mm, "[%s, %s]", c[2], c[3]);
+        printf("%6s | %10s %10s %21s | %10.3f\n", s, c[0], c[1], mm, tp.durable * 1e3 / gib);
+        fflush(stdout);
+      }
+      continue;
+    }
+    if ((!no_write && measure(&b, sz[i], W_WRITE, 1, &tw)) || measure(&b, sz[i], W_PROVISION, runs, &tp) ||
         measure(&b, sz[i], W_WZEROES, runs, &tz) || measure(&b, sz[i], W_FALLOCATE, runs, &tf)) {
       status = 1;
       break;
     }
-    char s[32];
-    ts_format_size(sz[i], s, sizeof s);
     if (json) {
-      json_array_append_new(rows, json_pack("{s:s,s:I,s:{s:f,s:f},s:{s:f,s:f},s:{s:f,s:f},s:{s:f,s:f}}",
-                                            "size", s, "bytes", (json_int_t)sz[i],
-                                            "write_zero_buffers", "op_s", tw.op, "flush_s", tw.durable,
-                                            "provision", "op_s", tp.op, "flush_s", tp.durable,
-                                            "write_zeroes", "op_s", tz.op, "flush_s", tz.durable,
-                                            "fallocate", "op_s", tf.op, "flush_s", tf.durable));
+      json_t *row = json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:{s:f,s:f},s:{s:f,s:f,s:f,s:f}}", "size", s,
+                              "bytes", (json_int_t)sz[i], "data", "file", "provision", "op_s", tp.op,
+                              "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s", tp.max,
+                              "write_zeroes", "op_s", tz.op, "flush_s", tz.durable, "fallocate", "op_s",
+                              tf.op, "flush_s", tf.durable, "flush_min_s", tf.min, "flush_max_s", tf.max);
+      if (!no_write)
+        json_object_set_new(row, "write_zero_buffers",
+                            json_pack("{s:f,s:f}", "op_s", tw.op, "flush_s", tw.durable));
+      json_array_append_new(rows, row);
     } else {
-      char c[8][32];
+      char c[8][32], wr[16] = "-";
       ms(c[0], 32, tw.op), ms(c[1], 32, tw.durable), ms(c[2], 32, tp.op), ms(c[3], 32, tp.durable);
       ms(c[4], 32, tz.op), ms(c[5], 32, tz.durable), ms(c[6], 32, tf.op), ms(c[7], 32, tf.durable);
-      printf("%6s | %10s %10s | %10s %10s | %10s %10s | %10s %10s | %7.2fx %7.2fx %7.0fx\n", s, c[0], c[1],
-             c[2], c[3], c[4], c[5], c[6], c[7], tp.durable / tf.durable, tz.durable / tp.durable,
-             tw.durable / tp.durable);
+      if (no_write)
+        strcpy(c[0], "-"), strcpy(c[1], "-");
+      else
+        snprintf(wr, sizeof wr, "%7.0fx", tw.durable / tp.durable);
+      printf("%6s | %10s %10s | %10s %10s | %10s %10s | %10s %10s | %7.2fx %7.2fx %8s\n", s, c[0], c[1],
+             c[2], c[3], c[4], c[5], c[6], c[7], tp.durable / tf.durable, tz.durable / tp.durable, wr);
       fflush(stdout);
     }
   }

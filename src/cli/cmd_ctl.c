@@ -707,16 +707,72 @@ int ts_cli_ctl(int argc, char **argv)
 /* ------------------------------------------------------------------------ */
 /* thinstack serve                                                           */
 
+/* The vhost-user-blk exports serve starts: SOCKET:DEVICE[,queues=N,...]. */
+#define SERVE_MAX_VHOST 16
+struct serve_vhost {
+  char *socket;
+  const char *device;
+  ts_vhost_blk_opts opts;
+  ts_vhost_blk *srv;
+};
+
+static int parse_vhost(char *arg, struct serve_vhost *v)
+{
+  char *opts = NULL, *colon = strrchr(arg, ':');
+  if (colon && (opts = strchr(colon, ',')))
+    *opts++ = 0;
+  if (!colon || colon == arg || !colon[1]) {
+    ts_cli_err("serve: --vhost-user-blk %s: expected SOCKET:DEVICE[,queues=N]", arg);
+    return -1;
+  }
+  *colon = 0;
+  v->socket = arg;
+  v->device = colon + 1;
+  v->opts = (ts_vhost_blk_opts){ .struct_size = sizeof v->opts };
+  for (char *o = opts ? strtok(opts, ",") : NULL; o; o = strtok(NULL, ",")) {
+    char *end = NULL;
+    if (!strncmp(o, "queues=", 7))
+      v->opts.queues = (uint32_t)strtoul(o + 7, &end, 10);
+    else if (!strncmp(o, "workers=", 8))
+      v->opts.workers = (uint32_t)strtoul(o + 8, &end, 10);
+    else if (!strncmp(o, "serial=", 7))
+      v->opts.serial = o + 7;
+    else if (!strcmp(o, "readonly"))
+      v->opts.flags |= TS_VHOST_READ_ONLY;
+    if ((end && *end) || (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly"))) {
+      ts_cli_err("serve: --vhost-user-blk: unknown option \"%s\" (queues=N, workers=N,"
+                 " serial=ID, readonly)", o);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void stop_vhost(struct serve_vhost *v, int n)
+{
+  for (int i = 0; i < n; i++)
+    ts_vhost_blk_stop(v[i].srv);
+}
+
 int ts_cli_serve(int argc, char **argv)
 {
   const char *config = NULL, *control = NULL;
   bool no_control = false;
+  struct serve_vhost vh[SERVE_MAX_VHOST];
+  int nvh = 0;
   if (ts_cli_help(argc, argv))
     return 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--control") && i + 1 < argc)
       control = argv[++i];
-    else if (!strcmp(argv[i], "--no-control"))
+    else if (!strcmp(argv[i], "--vhost-user-blk") && i + 1 < argc) {
+      if (nvh == SERVE_MAX_VHOST) {
+        ts_cli_err("serve: at most %d --vhost-user-blk exports", SERVE_MAX_VHOST);
+        return 2;
+      }
+      if (parse_vhost(argv[++i], &vh[nvh++]))
+        return 2;
+    } else if (!strcmp(argv[i], "--no-control"))
       no_control = true;
     else if (argv[i][0] != '-' && !config)
       config = argv[i];
@@ -753,10 +809,27 @@ int ts_cli_serve(int argc, char **argv)
     ts_cli_err("%s", err.msg);
     return ts_cli_close(s, 1);
   }
+  for (int i = 0; i < nvh; i++) {
+    ts_dev *d = ts_stack_dev(s, vh[i].device);
+    if (!d) {
+      ts_cli_err("serve: --vhost-user-blk %s: the stack exports no device \"%s\"",
+                 vh[i].socket, vh[i].device);
+      stop_vhost(vh, i);
+      return ts_cli_close(s, 1);
+    }
+    if (ts_vhost_blk_serve(d, vh[i].socket, &vh[i].opts, &vh[i].srv, &err)) {
+      ts_cli_err("serve: %s", err.msg);
+      stop_vhost(vh, i);
+      return ts_cli_close(s, 1);
+    }
+    fprintf(stderr, "thinstack: vhost-user-blk %s on %s\n", vh[i].device, vh[i].socket);
+  }
   fprintf(stderr, "thinstack: serving %s%s%s until SIGTERM\n", config,
           control ? ", control socket " : "", control ? control : "");
   int sig = 0;
   sigwait(&set, &sig);
+  /* Guests' requests in flight finish before the stack closes. */
+  stop_vhost(vh, nvh);
   /* The final commit: ts_stack_close stops the server, flushes and commits. */
   return ts_cli_close(s, 0);
 }

@@ -44,8 +44,9 @@ static const struct ts_cli_command commands[] = {
     "create, snapshot, delete, resize and list thin volumes (pool and CONFIG together)" },
   { "message", ts_cli_message, "CONFIG NODE MESSAGE",
     "send a layer one of its verbs (log-writes: \"mark NAME\")" },
-  { "serve", ts_cli_serve, "CONFIG [--control PATH | --no-control]",
-    "hold a stack and serve its control socket (CONFIG.ctl) until SIGTERM" },
+  { "serve", ts_cli_serve,
+    "CONFIG [--control PATH | --no-control] [--vhost-user-blk SOCKET:DEVICE[,queues=N]]...",
+    "hold a stack, serve its control socket (CONFIG.ctl) and exports until SIGTERM" },
   { "ctl", ts_cli_ctl, "CONFIG|SOCKET METHOD [PARAMS_JSON]",
     "send one request to a holder's control socket (docs/control.md lists the methods)" },
 };

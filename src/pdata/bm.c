@@ -142,13 +142,96 @@ static void hash_remove(struct pd_bm *bm, struct pd_block *b)
   *pp = b->hnext;
 }
 
+/* Evicted blocks are kept for reuse, up to this many: a long run of new
+ * blocks (a large provision) would otherwise allocate, page-fault and free
+ * one 4 KiB buffer per block. */
+#define BM_SPARE_MAX 256
+
 static void block_free(struct pd_bm *bm, struct pd_block *b)
 {
   hash_remove(bm, b);
   lru_unlink(b);
   bm->nr_cached--;
+  if (bm->nr_spare < BM_SPARE_MAX) {
+    b->hnext = bm->spare;
+    bm->spare = b;
+    bm->nr_spare++;
+    return;
+  }
   free(b->data);
   free(b);
+}
+
+static struct pd_block *block_alloc(struct pd_bm *bm)
+{
+  struct pd_block *b = bm->spare;
+  if (b) {
+    bm->spare = b->hnext;
+    bm->nr_spare--;
+    uint8_t *data = b->data;
+    memset(b, 0, sizeof(*b));
+    b->data = data;
+    return b;
+  }
+  b = calloc(1, sizeof(*b));
+  if (!b || posix_memalign((void **)&b->data, PD_BLOCK_SIZE, PD_BLOCK_SIZE)) {
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+static void spare_drop(struct pd_bm *bm)
+{
+  while (bm->spare) {
+    struct pd_block *b = bm->spare;
+    bm->spare = b->hnext;
+    free(b->data);
+    free(b);
+  }
+  bm->nr_spare = 0;
+}
+
+static int cmp_block(const void *a, const void *b)
+{
+  uint64_t x = (*(struct pd_block *const *)a)->nr, y = (*(struct pd_block *const *)b)->nr;
+  return x < y ? -1 : x > y;
+}
+
+/* Write blocks v[0..n) (sorted, dirty), contiguous ones in one request of
+ * at most BM_RUN_MAX blocks, and mark them clean. */
+#define BM_RUN_MAX 64
+
+static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
+{
+  int r = 0;
+  size_t i = 0;
+  while (!r && i < n) {
+    size_t j = i + 1;
+    while (j < n && j - i < BM_RUN_MAX && v[j]->nr == v[j - 1]->nr + 1)
+      j++;
+    for (size_t k = i; k < j; k++)
+      pd_block_prepare(v[k]->data, v[k]->nr, (enum pd_btype)v[k]->type);
+    if (j - i == 1) {
+      r = pd_bdev_write(&bm->bdev, v[i]->nr, 1, v[i]->data);
+    } else {
+      if (!bm->run_buf && posix_memalign((void **)&bm->run_buf, PD_BLOCK_SIZE,
+                                         BM_RUN_MAX * (size_t)PD_BLOCK_SIZE)) {
+        bm->run_buf = NULL;
+        return -ENOMEM;
+      }
+      for (size_t k = i; k < j; k++)
+        memcpy(bm->run_buf + (k - i) * PD_BLOCK_SIZE, v[k]->data, PD_BLOCK_SIZE);
+      r = pd_bdev_write(&bm->bdev, v[i]->nr, (uint32_t)(j - i), bm->run_buf);
+    }
+    if (!r) {
+      for (size_t k = i; k < j; k++)
+        v[k]->dirty = false;
+      bm->writes += j - i;
+    }
+    i = j;
+  }
+  return r;
 }
 
 static int write_out(struct pd_bm *bm, struct pd_block *b)
@@ -164,7 +247,13 @@ static int write_out(struct pd_bm *bm, struct pd_block *b)
 
 /* Make room for one more block: evict least recently used unlocked blocks.
  * Dirty ones are written first; they belong to the open transaction and sit
- * at locations free in the last commit, so writing them early is safe. */
+ * at locations free in the last commit, so writing them early is safe. They
+ * are written a batch at a time, the oldest unlocked dirty blocks sorted so
+ * neighbours go in one request: a transaction larger than the cache (a
+ * large provision) then writes at the device's sequential rate instead of
+ * one request per block. */
+#define BM_EVICT_BATCH 256
+
 static void evict(struct pd_bm *bm)
 {
   struct pd_block *b = bm->lru.prev;
@@ -172,7 +261,13 @@ static void evict(struct pd_bm *bm)
     struct pd_block *prev = b->prev;
     if (!b->readers && !b->writer) {
       if (b->dirty) {
-        int r = write_out(bm, b);
+        struct pd_block *v[BM_EVICT_BATCH];
+        size_t n = 0;
+        for (struct pd_block *x = b; x != &bm->lru && n < BM_EVICT_BATCH; x = x->prev)
+          if (x->dirty && !x->readers && !x->writer && (x == b || x->nr != 0))
+            v[n++] = x;
+        qsort(v, n, sizeof(v[0]), cmp_block);
+        int r = write_sorted(bm, v, n);
         if (r) {
           if (!bm->io_error)
             bm->io_error = r;
@@ -216,9 +311,8 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     }
   } else {
     evict(bm);
-    b = calloc(1, sizeof(*b));
-    if (!b || posix_memalign((void **)&b->data, PD_BLOCK_SIZE, PD_BLOCK_SIZE)) {
-      free(b);
+    b = block_alloc(bm);
+    if (!b) {
       pthread_mutex_unlock(&bm->lock);
       return -ENOMEM;
     }
@@ -231,8 +325,9 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
       if (!r)
         r = pd_block_validate(b->data, nr, t, bm->why, sizeof(bm->why));
       if (r) {
-        free(b->data);
-        free(b);
+        b->hnext = bm->spare; /* back to the spares (not in the cache yet) */
+        bm->spare = b;
+        bm->nr_spare++;
         pthread_mutex_unlock(&bm->lock);
         return r;
       }
@@ -283,12 +378,6 @@ void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
   pthread_mutex_unlock(&bm->lock);
 }
 
-static int cmp_block(const void *a, const void *b)
-{
-  uint64_t x = (*(struct pd_block *const *)a)->nr, y = (*(struct pd_block *const *)b)->nr;
-  return x < y ? -1 : x > y;
-}
-
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
 {
   pthread_mutex_lock(&bm->lock);
@@ -309,33 +398,8 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
       v[n++] = b;
   /* Ascending order, contiguous runs in one request. */
   qsort(v, n, sizeof(*v), cmp_block);
-  uint8_t *buf = NULL;
-  size_t i = 0;
-  while (!r && i < n) {
-    size_t j = i + 1;
-    while (j < n && j - i < 64 && v[j]->nr == v[j - 1]->nr + 1)
-      j++;
-    for (size_t k = i; k < j; k++)
-      pd_block_prepare(v[k]->data, v[k]->nr, (enum pd_btype)v[k]->type);
-    if (j - i == 1) {
-      r = pd_bdev_write(&bm->bdev, v[i]->nr, 1, v[i]->data);
-    } else {
-      if (!buf && !(buf = malloc(64 * (size_t)PD_BLOCK_SIZE))) {
-        r = -ENOMEM;
-        break;
-      }
-      for (size_t k = i; k < j; k++)
-        memcpy(buf + (k - i) * PD_BLOCK_SIZE, v[k]->data, PD_BLOCK_SIZE);
-      r = pd_bdev_write(&bm->bdev, v[i]->nr, (uint32_t)(j - i), buf);
-    }
-    if (!r) {
-      for (size_t k = i; k < j; k++)
-        v[k]->dirty = false;
-      bm->writes += j - i;
-    }
-    i = j;
-  }
-  free(buf);
+  if (!r)
+    r = write_sorted(bm, v, n);
   free(v);
   pthread_mutex_unlock(&bm->lock);
   return r;
@@ -375,6 +439,8 @@ void pd_bm_destroy(struct pd_bm *bm)
   if (!bm)
     return;
   pd_bm_drop_all(bm);
+  spare_drop(bm);
+  free(bm->run_buf);
   pthread_mutex_destroy(&bm->lock);
   free(bm->hash);
   free(bm);

@@ -98,6 +98,9 @@ struct pd_bm {
   size_t nr_cached, max_cached;
   uint64_t reads, writes; /* statistics, blocks */
   int io_error;           /* first write error met while evicting */
+  struct pd_block *spare; /* evicted blocks kept for reuse (chained by hnext) */
+  size_t nr_spare;
+  uint8_t *run_buf;       /* staging for multi-block writes */
   char why[200];          /* why the last block was refused (under lock) */
 };
 

@@ -13,6 +13,22 @@ for s in d["sizes"]:
         assert s[k]["flush_s"] >= s[k]["op_s"] > 0, (k, s)
 assert d["snapshot"]["empty_s"] > 0, d
 PY
+# The metadata alone: a zero data layer, sizes no file system would hold,
+# and the metadata file sized for them; --no-write leaves its column out.
+"$THINSTACK" bench provision --data zero --sizes 64G,256G --runs 3 --dir "$TMP" --json > zero.json
+python3 - <<'PY'
+import json
+d = json.load(open("zero.json"))
+assert [s["size"] for s in d["sizes"]] == ["64G", "256G"], d
+for s in d["sizes"]:
+    p = s["provision"]
+    assert s["data"] == "zero" and p["flush_max_s"] >= p["flush_s"] >= p["flush_min_s"] > 0, s
+    assert abs(s["ms_per_gib"] - p["flush_s"] * 1e3 / (s["bytes"] / 2**30)) < 1e-6, s
+PY
+"$THINSTACK" bench provision --sizes 16M --runs 1 --no-write --dir "$TMP" > nowrite.txt
+grep -Eq '^ +16M \| +- +- \|' nowrite.txt || fail "--no-write: $(cat nowrite.txt)"
+"$THINSTACK" bench provision --data disk 2> err.txt && fail "--data disk accepted"
+grep -q 'takes file or zero' err.txt || fail "unclear --data error: $(cat err.txt)"
 "$THINSTACK" bench crypt --seconds 0.05 --sector-size 4096 --json > crypt.json
 python3 -c '
 import json

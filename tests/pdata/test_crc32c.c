@@ -31,6 +31,12 @@ START_TEST(test_hw_matches_table)
     for (size_t len = 0; len < 300; len += 7)
       ck_assert_uint_eq(pd_crc32c_update(~0u, buf + off, len), pd_crc32c_sw(~0u, buf + off, len));
   ck_assert_uint_eq(pd_crc32c_update(~0u, buf, 4096), pd_crc32c_sw(~0u, buf, 4096));
+  /* Around the length where the instruction path runs three chains at once
+   * (a block's checksummed 4092 bytes and every split of head and tail). */
+  for (size_t off = 0; off < 9; off++)
+    for (size_t len = 4060; len < 4100; len++)
+      ck_assert_uint_eq(pd_crc32c_update(~0u, buf + off, len), pd_crc32c_sw(~0u, buf + off, len));
+  ck_assert_uint_eq(pd_crc32c_update(0x12345678u, buf + 3, 4990), pd_crc32c_sw(0x12345678u, buf + 3, 4990));
   /* Both paths against values from a bit-at-a-time CRC-32C written apart
    * (polynomial 0x82F63B78), so a CPU without SSE4.2, where both calls take
    * the table path, still checks the table. */
@@ -42,6 +48,23 @@ START_TEST(test_hw_matches_table)
     ck_assert_uint_eq(pd_crc32c_sw(~0u, buf + known[i].off, known[i].len), known[i].crc);
     ck_assert_uint_eq(pd_crc32c_update(~0u, buf + known[i].off, known[i].len), known[i].crc);
   }
+}
+END_TEST
+
+/* Several three-chain rounds in one call, and a chained update. */
+START_TEST(test_hw_long_buffers)
+{
+  size_t n = 64 << 10;
+  uint8_t *buf = malloc(n + 8);
+  for (size_t i = 0; i < n + 8; i++)
+    buf[i] = (uint8_t)(i * 131 + (i >> 9));
+  for (size_t off = 0; off < 8; off += 3) {
+    ck_assert_uint_eq(pd_crc32c_update(~0u, buf + off, n), pd_crc32c_sw(~0u, buf + off, n));
+    uint32_t c = pd_crc32c_update(~0u, buf + off, 10000);
+    ck_assert_uint_eq(pd_crc32c_update(c, buf + off + 10000, n - 10000),
+                      pd_crc32c_sw(~0u, buf + off, n));
+  }
+  free(buf);
 }
 END_TEST
 
@@ -74,6 +97,7 @@ int main(void)
   TCase *tc = tcase_create("crc32c");
   tcase_add_test(tc, test_vectors);
   tcase_add_test(tc, test_hw_matches_table);
+  tcase_add_test(tc, test_hw_long_buffers);
   tcase_add_test(tc, test_block_checksum_rule);
   suite_add_tcase(s, tc);
   return ts_test_main(s);

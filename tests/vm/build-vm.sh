@@ -7,7 +7,8 @@
 # Everything comes from Debian packages: the kernel package is fetched with
 # `apt-get download` and unpacked with `dpkg -x`, never installed on the host.
 # The initramfs holds busybox, the dm modules and the host's dmsetup,
-# pdata_tools, cryptsetup, keyctl and e2fsprogs with the libraries they load.
+# pdata_tools, cryptsetup, keyctl, e2fsprogs, fio and util-linux's fallocate
+# and fstrim with the libraries they load.
 #
 # The result is cached in $TS_VM_CACHE (default
 # ${XDG_CACHE_HOME:-$HOME/.cache}/thinstack-vm), in a folder named after the
@@ -19,7 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${TS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/thinstack-vm}
 
 host_pkgs=(qemu-system-x86 busybox-static dmsetup thin-provisioning-tools cryptsetup-bin
-           keyutils e2fsprogs util-linux coreutils kmod cpio gzip xz-utils binutils)
+           keyutils e2fsprogs util-linux coreutils kmod cpio gzip xz-utils binutils fio)
 missing=()
 for p in "${host_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -111,7 +112,8 @@ done < "$r/etc/modules"
 
 bins=(/usr/sbin/dmsetup /usr/sbin/pdata_tools /usr/sbin/cryptsetup /usr/bin/keyctl
       /usr/sbin/blkdiscard /usr/sbin/blockdev /usr/sbin/losetup /usr/bin/dd /usr/bin/sha256sum
-      /usr/bin/cmp /bin/bash /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/bin/truncate /usr/bin/stat)
+      /usr/bin/cmp /bin/bash /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck /usr/bin/truncate /usr/bin/stat
+      /usr/bin/fio /usr/bin/fallocate /usr/sbin/fstrim /usr/sbin/debugfs)
 for b in "${bins[@]}"; do
   [ -e "$b" ] || { log "$b is missing on the host"; exit 1; }
   rm -f "$r/bin/$(basename "$b")"

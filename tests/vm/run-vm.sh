@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Boot the test VM (tests/vm/build-vm.sh) and run a script inside it.
 #
-#   tests/vm/run-vm.sh [-d IMG[:ro]]... [-f FILE]... [-t SECONDS] SCRIPT
+#   tests/vm/run-vm.sh [-d IMG[:ro]]... [-V SOCKET[:QUEUES]]... [-f FILE]...
+#                      [-q QEMU_ARG]... [-t SECONDS] SCRIPT
 #
-# Each -d attaches a raw image as a virtio disk: /dev/vda, /dev/vdb, ... in
-# order. Each -f copies a file into the guest's /test. SCRIPT runs there as
+# Each -d attaches a raw image as a virtio disk, each -V a vhost-user-blk
+# disk served on SOCKET (with QUEUES queues, default 1; the guest's memory
+# is then a shared memfd the server maps): /dev/vda, /dev/vdb, ... in the
+# order given. Each -f copies a file into the guest's /test; each -q passes
+# one more argument to QEMU. SCRIPT runs there as
 # root under bash with the dm modules loaded and DM_DISABLE_UDEV=1.
 # What the script prints comes out on stdout; the kernel's console goes to
 # $TS_VM_CONSOLE (default: a temporary file, shown on stderr when the VM dies).
@@ -17,17 +21,19 @@
 # loaded), TS_VM_MEM (MiB, default 1024), TS_VM_CPUS (default 2).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-disks=() files=() timeout=600
-while getopts "d:f:t:" o; do
+disks=() files=() extra=() timeout=600 shared=
+while getopts "d:V:f:q:t:" o; do
   case $o in
     d) disks+=("$OPTARG") ;;
+    V) disks+=("vhost:$OPTARG") shared=1 ;;
+    q) extra+=("$OPTARG") ;;
     f) files+=("$OPTARG") ;;
     t) timeout=$OPTARG ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,23p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# = 1 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# = 1 ] || { sed -n '2,23p' "$0" >&2; exit 2; }
 script=$1
 vm=${TS_VM_DIR:-$("$here/build-vm.sh")}
 [ -f "$vm/ready" ] || { echo "run-vm: $vm is not a built VM" >&2; exit 2; }
@@ -65,8 +71,19 @@ q=(qemu-system-x86_64 -machine q35 "${qaccel[@]}" -m "${TS_VM_MEM:-1024}" -smp "
    -kernel "$kernel" -initrd "$work/initrd"
    -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off tsvm.disks=${#disks[@]}"
    -serial "file:$console" -serial "file:$work/out")
+if [ -n "$shared" ]; then
+  # vhost-user servers map the guest's memory: it must be a shareable fd.
+  q+=(-object "memory-backend-memfd,id=mem,size=${TS_VM_MEM:-1024}M,share=on" -numa node,memdev=mem)
+fi
 i=0
 for d in "${disks[@]+"${disks[@]}"}"; do
+  if [ "${d#vhost:}" != "$d" ]; then
+    d=${d#vhost:} sock=${d%:*} nq=1
+    [ "$sock" = "$d" ] || nq=${d##*:}
+    q+=(-chardev "socket,id=c$i,path=$sock" -device "vhost-user-blk-pci,chardev=c$i,num-queues=$nq")
+    i=$((i + 1))
+    continue
+  fi
   f=${d%:ro} ro=
   [ "$f" = "$d" ] || ro=,readonly=on
   [ -f "$f" ] || { echo "run-vm: no disk image $f" >&2; exit 2; }
@@ -74,6 +91,8 @@ for d in "${disks[@]+"${disks[@]}"}"; do
       -device "virtio-blk-pci,drive=d$i,serial=ts$i")
   i=$((i + 1))
 done
+
+q+=("${extra[@]+"${extra[@]}"}")
 
 t0=$(date +%s.%N)
 set +e
