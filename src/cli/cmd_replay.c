@@ -41,25 +41,29 @@ static int list_entry(void *arg, const ts_log_entry *e)
   return 0;
 }
 
-int ts_cli_replay_log(int argc, char **argv)
+struct replay_args {
+  const char *log, *target; /* target is NULL with --list */
+  bool list, json;
+  const char *end_mark;
+  uint64_t limit;
+};
+
+/* 0, or the exit status for a bad command line (the usage printed). */
+static int parse_args(int argc, char **argv, struct replay_args *a)
 {
-  if (ts_cli_help(argc, argv))
-    return 0;
   const char *pos[2] = { NULL, NULL };
   int npos = 0;
-  bool list = false, json = false;
-  const char *end_mark = NULL;
-  uint64_t limit = UINT64_MAX;
+  *a = (struct replay_args){ .limit = UINT64_MAX };
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--list"))
-      list = true;
+      a->list = true;
     else if (!strcmp(argv[i], "--json"))
-      json = true;
+      a->json = true;
     else if (!strcmp(argv[i], "--end-mark") && i + 1 < argc)
-      end_mark = argv[++i];
+      a->end_mark = argv[++i];
     else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
       char *end;
-      limit = strtoull(argv[++i], &end, 10);
+      a->limit = strtoull(argv[++i], &end, 10);
       if (*end || argv[i][0] == '-') {
         ts_cli_err("replay-log: --limit: \"%s\" is not a number of entries", argv[i]);
         return 2;
@@ -71,15 +75,28 @@ int ts_cli_replay_log(int argc, char **argv)
       pos[npos++] = argv[i];
     }
   }
-  if (npos != (list ? 1 : 2)) {
+  if (npos != (a->list ? 1 : 2)) {
     ts_cli_usage(stderr, argv[0]);
     return 2;
   }
-  json_t *arr = json ? json_array() : NULL;
+  a->log = pos[0];
+  a->target = a->list ? NULL : pos[1];
+  return 0;
+}
+
+int ts_cli_replay_log(int argc, char **argv)
+{
+  if (ts_cli_help(argc, argv))
+    return 0;
+  struct replay_args a;
+  int rc = parse_args(argc, argv, &a);
+  if (rc)
+    return rc;
+  json_t *arr = a.json ? json_array() : NULL;
   ts_error err = { 0 };
   uint64_t nr = 0, replayed = 0;
-  int r = ts_log_replay(pos[0], list ? NULL : pos[1], end_mark, limit, list ? list_entry : NULL,
-                        arr, &nr, &replayed, &err);
+  int r = ts_log_replay(a.log, a.target, a.end_mark, a.limit, a.list ? list_entry : NULL, arr, &nr,
+                        &replayed, &err);
   if (r) {
     ts_cli_err("replay-log: %s", err.msg);
     json_decref(arr);
@@ -90,9 +107,9 @@ int ts_cli_replay_log(int argc, char **argv)
     if (s)
       puts(s);
     free(s);
-  } else if (!list) {
+  } else if (!a.list) {
     fprintf(stderr, "replayed %llu of %llu entries onto %s\n", (unsigned long long)replayed,
-            (unsigned long long)nr, pos[1]);
+            (unsigned long long)nr, a.target);
   }
   json_decref(arr);
   return 0;

@@ -1,5 +1,7 @@
 /* Stack configuration: check a JSON document against each layer type's schema
- * and order its graph, before anything is opened or created.
+ * and order its graph into a plan (struct ts__plan), before anything is
+ * opened or created. Nothing here allocates a node, loads a module or
+ * touches a file: the stack (stack.c) builds and owns the nodes.
  *
  * Every error names the JSON path of the offending value, so a user can find
  * it without reading code: "layers.pool.block_size: expected a size ...". */
@@ -19,7 +21,6 @@ struct childref {
 };
 
 struct cfg {
-  struct ts_stack *s;
   ts_error *err;
   const char **names;   /* node names in JSON order */
   size_t n;
@@ -224,38 +225,62 @@ static int visit(struct cfg *c, size_t i, unsigned char *state, size_t *order, s
   return 0;
 }
 
-static int load_plugins(struct ts_stack *s, const json_t *plugins, ts_error *err)
+char *ts__config_path(const char *base_dir, const char *path)
+{
+  if (path[0] == '/' || !base_dir)
+    return strdup(path);
+  size_t n = strlen(base_dir) + strlen(path) + 2;
+  char *p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s/%s", base_dir, path);
+  return p;
+}
+
+void ts__plan_free(struct ts__plan *plan)
+{
+  for (size_t i = 0; i < plan->nplugins; i++)
+    free(plan->plugins[i]);
+  free(plan->plugins);
+  for (size_t i = 0; i < plan->nlayers; i++)
+    free(plan->layers[i].children);
+  free(plan->layers);
+  free(plan->exports);
+  memset(plan, 0, sizeof *plan);
+}
+
+static int check_plugins(struct ts__plan *plan, const json_t *plugins, const char *base_dir,
+                         ts_error *err)
 {
   if (!plugins)
     return 0;
   if (!json_is_array(plugins))
     return ts_error_set(err, -EINVAL, "plugins: expected an array of paths, got %s",
                         json_kind(plugins));
+  plan->plugins = calloc(json_array_size(plugins) + 1, sizeof *plan->plugins);
+  if (!plan->plugins)
+    return ts_error_set(err, -ENOMEM, "out of memory");
   size_t i;
   json_t *p;
   json_array_foreach(plugins, i, p) {
     if (!json_is_string(p))
       return ts_error_set(err, -EINVAL, "plugins[%zu]: expected a path, got %s", i, json_kind(p));
-    char *path = ts__stack_path(s, json_string_value(p));
+    char *path = ts__config_path(base_dir, json_string_value(p));
     if (!path)
       return ts_error_set(err, -ENOMEM, "plugins[%zu]: out of memory", i);
-    ts_error e2;
-    int r = ts_load_layer_module(path, &e2);
-    free(path);
-    if (r)
-      return ts_error_set(err, r, "plugins[%zu]: %s", i, e2.msg);
+    plan->plugins[plan->nplugins++] = path;
   }
   return 0;
 }
 
-int ts__config_load(struct ts_stack *s, ts_error *err)
+int ts__config_check_header(const json_t *root, const char *base_dir, struct ts__plan *plan,
+                            ts_error *err)
 {
-  json_t *root = s->config;
+  memset(plan, 0, sizeof *plan);
   if (!json_is_object(root))
     return ts_error_set(err, -EINVAL, "(top level): expected an object, got %s", json_kind(root));
   const char *key;
   json_t *v;
-  json_object_foreach(root, key, v) {
+  json_object_foreach((json_t *)root, key, v) {
     if (strcmp(key, "version") && strcmp(key, "layers") && strcmp(key, "exports") &&
         strcmp(key, "plugins") && strcmp(key, "comment"))
       return ts_error_set(err, -EINVAL,
@@ -267,10 +292,131 @@ int ts__config_load(struct ts_stack *s, ts_error *err)
     return ts_error_set(err, -EINVAL, "version: missing; this format is \"version\": 1");
   if (!json_is_integer(ver) || json_integer_value(ver) != 1)
     return ts_error_set(err, -EINVAL, "version: unsupported configuration version (expected 1)");
-  int r = load_plugins(s, json_object_get(root, "plugins"), err);
-  if (r)
-    return r;
+  return check_plugins(plan, json_object_get(root, "plugins"), base_dir, err);
+}
 
+/* Every layer's object against its type's schema, collecting the references
+ * to children in c->refs. */
+static int check_layers(struct cfg *c, const json_t *layers)
+{
+  ts_error *err = c->err;
+  for (size_t i = 0; i < c->n; i++) {
+    char path[300];
+    snprintf(path, sizeof path, "layers.%s", c->names[i]);
+    json_t *obj = json_object_get(layers, c->names[i]);
+    if (!json_is_object(obj))
+      return ts_error_set(err, -EINVAL, "%s: expected an object, got %s", path, json_kind(obj));
+    json_t *type = json_object_get(obj, "type");
+    if (!type)
+      return ts_error_set(err, -EINVAL, "%s: missing required key \"type\"", path);
+    if (!json_is_string(type))
+      return ts_error_set(err, -EINVAL, "%s.type: expected a string, got %s", path,
+                          json_kind(type));
+    const ts_layer_type *t = ts_find_layer_type(json_string_value(type));
+    if (!t) {
+      char known[300] = "";
+      size_t len = 0;
+      for (size_t k = 0; ts_layer_type_at(k) && len < sizeof known - 1; k++)
+        len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", k ? ", " : "",
+                                ts_layer_type_at(k)->name);
+      return ts_error_set(err, -EINVAL, "%s.type: unknown layer type \"%s\" (known: %s)", path,
+                          json_string_value(type), known);
+    }
+    int r = check_object(c, i, path, obj, t->params, true);
+    if (r)
+      return r;
+  }
+  return 0;
+}
+
+/* A child without TS_PARAM_SHARED belongs to one parent. */
+static int check_parents(const struct cfg *c)
+{
+  for (size_t a = 0; a < c->nrefs; a++) {
+    const struct childref *ra = &c->refs[a];
+    if (ra->from == ra->to)
+      return ts_error_set(c->err, -ELOOP, "%s: layer \"%s\" refers to itself", ra->path,
+                          c->names[ra->from]);
+    for (size_t b = 0; b < a; b++) {
+      const struct childref *rb = &c->refs[b];
+      /* One parent may name a child several times (linear segments). */
+      if (ra->to != rb->to || ra->from == rb->from || (ra->shared && rb->shared))
+        continue;
+      return ts_error_set(
+          c->err, -EBUSY,
+          "%s: layer \"%s\" is already used by %s; a layer of this kind has one parent", ra->path,
+          c->names[ra->to], rb->path);
+    }
+  }
+  return 0;
+}
+
+/* plan->layers in dependency order (`order`, indices into c->names), each
+ * with its children in the order the document names them. */
+static int fill_layers(const struct cfg *c, const json_t *layers, const size_t *order,
+                       struct ts__plan *plan)
+{
+  size_t *pos = calloc(c->n, sizeof *pos);
+  plan->layers = calloc(c->n, sizeof *plan->layers);
+  if (!pos || !plan->layers) {
+    free(pos);
+    return ts_error_set(c->err, -ENOMEM, "out of memory");
+  }
+  for (size_t k = 0; k < c->n; k++) {
+    size_t i = order[k];
+    struct ts__plan_layer *pl = &plan->layers[k];
+    pl->name = c->names[i];
+    pl->params = json_object_get(layers, c->names[i]);
+    pl->type = ts_find_layer_type(json_string_value(json_object_get(pl->params, "type")));
+    pos[i] = k;
+  }
+  plan->nlayers = c->n;
+  for (size_t k = 0; k < c->nrefs; k++) {
+    struct ts__plan_layer *from = &plan->layers[pos[c->refs[k].from]];
+    size_t *ch = realloc(from->children, (from->nchildren + 1) * sizeof *ch);
+    if (!ch) {
+      free(pos);
+      return ts_error_set(c->err, -ENOMEM, "out of memory");
+    }
+    from->children = ch;
+    ch[from->nchildren++] = pos[c->refs[k].to];
+  }
+  free(pos);
+  return 0;
+}
+
+static int check_exports(const json_t *exports, struct ts__plan *plan, ts_error *err)
+{
+  if (exports && !json_is_array(exports))
+    return ts_error_set(err, -EINVAL, "exports: expected an array of layer names, got %s",
+                        json_kind(exports));
+  size_t nexp = exports ? json_array_size(exports) : 0;
+  plan->exports = calloc(nexp ? nexp : 1, sizeof *plan->exports);
+  if (!plan->exports)
+    return ts_error_set(err, -ENOMEM, "out of memory");
+  for (size_t i = 0; i < nexp; i++) {
+    json_t *e = json_array_get(exports, i);
+    if (!json_is_string(e))
+      return ts_error_set(err, -EINVAL, "exports[%zu]: expected a layer name, got %s", i,
+                          json_kind(e));
+    size_t k = plan->nlayers;
+    for (size_t j = 0; j < plan->nlayers; j++)
+      if (strcmp(plan->layers[j].name, json_string_value(e)) == 0)
+        k = j;
+    if (k == plan->nlayers)
+      return ts_error_set(err, -ENOENT, "exports[%zu]: no layer named \"%s\" in \"layers\"", i,
+                          json_string_value(e));
+    for (size_t j = 0; j < plan->nexports; j++)
+      if (plan->exports[j] == k)
+        return ts_error_set(err, -EINVAL, "exports[%zu]: \"%s\" is exported twice", i,
+                            plan->layers[k].name);
+    plan->exports[plan->nexports++] = k;
+  }
+  return 0;
+}
+
+int ts__config_check_layers(const json_t *root, struct ts__plan *plan, ts_error *err)
+{
   json_t *layers = json_object_get(root, "layers");
   if (!layers)
     return ts_error_set(err, -EINVAL, "layers: missing; a stack needs at least one layer");
@@ -279,153 +425,34 @@ int ts__config_load(struct ts_stack *s, ts_error *err)
   if (json_object_size(layers) == 0)
     return ts_error_set(err, -EINVAL, "layers: empty; a stack needs at least one layer");
 
-  struct cfg c = { .s = s, .err = err };
+  struct cfg c = { .err = err };
   size_t n = json_object_size(layers);
   c.names = calloc(n, sizeof *c.names);
   size_t *order = calloc(n, sizeof *order);
   size_t *trail = calloc(n + 1, sizeof *trail);
   unsigned char *state = calloc(n, 1);
+  int r = 0;
   if (!c.names || !order || !trail || !state) {
     r = ts_error_set(err, -ENOMEM, "out of memory");
     goto out;
   }
-  json_object_foreach(layers, key, v) c.names[c.n++] = key;
+  const char *key;
+  json_t *v;
+  json_object_foreach(layers, key, v)
+    c.names[c.n++] = key;
 
   /* Schema of every layer first, so the first error reported is the first
    * mistake in the document, not a consequence of it. */
-  for (size_t i = 0; i < c.n; i++) {
-    char path[300];
-    snprintf(path, sizeof path, "layers.%s", c.names[i]);
-    json_t *obj = json_object_get(layers, c.names[i]);
-    if (!json_is_object(obj)) {
-      r = ts_error_set(err, -EINVAL, "%s: expected an object, got %s", path, json_kind(obj));
-      goto out;
-    }
-    json_t *type = json_object_get(obj, "type");
-    if (!type) {
-      r = ts_error_set(err, -EINVAL, "%s: missing required key \"type\"", path);
-      goto out;
-    }
-    if (!json_is_string(type)) {
-      r = ts_error_set(err, -EINVAL, "%s.type: expected a string, got %s", path, json_kind(type));
-      goto out;
-    }
-    const ts_layer_type *t = ts_find_layer_type(json_string_value(type));
-    if (!t) {
-      char known[300] = "";
-      size_t len = 0;
-      for (size_t k = 0; ts_layer_type_at(k) && len < sizeof known - 1; k++)
-        len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", k ? ", " : "",
-                                ts_layer_type_at(k)->name);
-      r = ts_error_set(err, -EINVAL, "%s.type: unknown layer type \"%s\" (known: %s)", path,
-                       json_string_value(type), known);
-      goto out;
-    }
-    r = check_object(&c, i, path, obj, t->params, true);
-    if (r)
-      goto out;
-  }
-
-  /* A child without TS_PARAM_SHARED belongs to one parent. */
-  for (size_t a = 0; a < c.nrefs; a++) {
-    if (c.refs[a].from == c.refs[a].to) {
-      r = ts_error_set(err, -ELOOP, "%s: layer \"%s\" refers to itself", c.refs[a].path,
-                       c.names[c.refs[a].from]);
-      goto out;
-    }
-    for (size_t b = 0; b < a; b++) {
-      /* One parent may name a child several times (linear segments). */
-      if (c.refs[a].to != c.refs[b].to || c.refs[a].from == c.refs[b].from ||
-          (c.refs[a].shared && c.refs[b].shared))
-        continue;
-      r = ts_error_set(err, -EBUSY,
-                       "%s: layer \"%s\" is already used by %s; a layer of this kind has one parent",
-                       c.refs[a].path, c.names[c.refs[a].to], c.refs[b].path);
-      goto out;
-    }
-  }
-
+  r = check_layers(&c, layers);
+  if (!r)
+    r = check_parents(&c);
   size_t norder = 0;
-  for (size_t i = 0; i < c.n; i++) {
+  for (size_t i = 0; i < c.n && !r; i++)
     r = visit(&c, i, state, order, &norder, trail, 0);
-    if (r)
-      goto out;
-  }
-
-  s->nodes = calloc(c.n, sizeof *s->nodes);
-  if (!s->nodes) {
-    r = ts_error_set(err, -ENOMEM, "out of memory");
-    goto out;
-  }
-  size_t *pos = calloc(c.n, sizeof *pos);
-  if (!pos) {
-    r = ts_error_set(err, -ENOMEM, "out of memory");
-    goto out;
-  }
-  for (size_t k = 0; k < norder; k++) {
-    size_t i = order[k];
-    struct ts_node *node = calloc(1, sizeof *node);
-    if (!node || !(node->name = strdup(c.names[i]))) {
-      free(node);
-      free(pos);
-      r = ts_error_set(err, -ENOMEM, "out of memory");
-      goto out;
-    }
-    node->stack = s;
-    node->params = json_object_get(layers, c.names[i]);
-    node->type = ts_find_layer_type(json_string_value(json_object_get(node->params, "type")));
-    pthread_mutex_init(&node->serial, NULL);
-    pos[i] = s->nnodes;
-    s->nodes[s->nnodes++] = node;
-  }
-  for (size_t k = 0; k < c.nrefs; k++) {
-    struct ts_node *from = s->nodes[pos[c.refs[k].from]];
-    struct ts_node **ch = realloc(from->children, (from->nchildren + 1) * sizeof *ch);
-    if (!ch) {
-      free(pos);
-      r = ts_error_set(err, -ENOMEM, "out of memory");
-      goto out;
-    }
-    from->children = ch;
-    ch[from->nchildren++] = s->nodes[pos[c.refs[k].to]];
-  }
-  free(pos);
-
-  json_t *exports = json_object_get(root, "exports");
-  if (exports && !json_is_array(exports)) {
-    r = ts_error_set(err, -EINVAL, "exports: expected an array of layer names, got %s",
-                     json_kind(exports));
-    goto out;
-  }
-  size_t nexp = exports ? json_array_size(exports) : 0;
-  s->exports = calloc(nexp ? nexp : 1, sizeof *s->exports);
-  if (!s->exports) {
-    r = ts_error_set(err, -ENOMEM, "out of memory");
-    goto out;
-  }
-  for (size_t i = 0; i < nexp; i++) {
-    json_t *e = json_array_get(exports, i);
-    if (!json_is_string(e)) {
-      r = ts_error_set(err, -EINVAL, "exports[%zu]: expected a layer name, got %s", i, json_kind(e));
-      goto out;
-    }
-    struct ts_node *node = NULL;
-    for (size_t k = 0; k < s->nnodes; k++)
-      if (strcmp(s->nodes[k]->name, json_string_value(e)) == 0)
-        node = s->nodes[k];
-    if (!node) {
-      r = ts_error_set(err, -ENOENT, "exports[%zu]: no layer named \"%s\" in \"layers\"", i,
-                       json_string_value(e));
-      goto out;
-    }
-    if (node->exported) {
-      r = ts_error_set(err, -EINVAL, "exports[%zu]: \"%s\" is exported twice", i, node->name);
-      goto out;
-    }
-    node->exported = true;
-    s->exports[s->nexports++] = node;
-  }
-  r = 0;
+  if (!r)
+    r = fill_layers(&c, layers, order, plan);
+  if (!r)
+    r = check_exports(json_object_get(root, "exports"), plan, err);
 out:
   free(c.names);
   free(c.refs);

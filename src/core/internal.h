@@ -76,9 +76,39 @@ json_t *ts__dev_status(ts_dev *d);
 /* ctl.c: hand an event to the stack's control server, if it serves one. */
 void ts__ctl_event(struct ts_stack *s, const char *node, const char *event, const char *detail);
 
-/* config.c: schema validation and graph ordering of a parsed config. Fills
- * stack->nodes (bottom-up order, nothing opened) and stack->exports. */
-int ts__config_load(struct ts_stack *s, ts_error *err);
+/* config.c: a checked configuration, as plain data borrowed from the JSON
+ * document (which must outlive it). stack.c builds the nodes from it. */
+struct ts__plan_layer {
+  const char *name;
+  const ts_layer_type *type;
+  json_t *params;   /* the layer's object in the document */
+  size_t *children; /* indices into plan->layers, as the params name them */
+  size_t nchildren;
+};
+struct ts__plan {
+  char **plugins; /* module paths, resolved against the base folder */
+  size_t nplugins;
+  struct ts__plan_layer *layers; /* dependency order: every child before its parents */
+  size_t nlayers;
+  size_t *exports; /* indices into layers, in document order */
+  size_t nexports;
+};
+
+/* config.c: check the top level (keys, version, "plugins") and fill
+ * plan->plugins. On a bad "plugins" entry, plan->plugins holds the entries
+ * before it, which the caller loads first so that the first mistake in the
+ * document is the one reported. Side-effect free; call ts__plan_free on
+ * success and failure alike. */
+int ts__config_check_header(const json_t *config, const char *base_dir, struct ts__plan *plan,
+                            ts_error *err);
+/* config.c: check "layers" against the registered types' schemas, order the
+ * graph and check "exports", filling the rest of the plan. Reads the
+ * registry, so the plugins must be loaded first. Side-effect free. */
+int ts__config_check_layers(const json_t *config, struct ts__plan *plan, ts_error *err);
+void ts__plan_free(struct ts__plan *plan);
+/* config.c: `path` resolved against `base_dir` (absolute paths and a NULL
+ * base_dir leave it as it is); malloc'd, NULL when out of memory. */
+char *ts__config_path(const char *base_dir, const char *path);
 
 /* claim.c: forget the claims (the locks go with the layers' fds). */
 void ts__claims_free(struct ts_stack *s);

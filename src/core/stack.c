@@ -1,5 +1,7 @@
-/* Stacks: open a checked configuration bottom-up, compute limits, close
- * top-down; and the services the core offers to layer code. */
+/* Stacks: load the layer modules, have config.c check the configuration
+ * into a plan, build the nodes from it and open them bottom-up, compute
+ * limits, close top-down and free; and the services the core offers to
+ * layer code. This file alone creates and frees nodes. */
 #include "core/internal.h"
 
 #include <errno.h>
@@ -74,6 +76,63 @@ static int compute_limits(struct ts_node *n, ts_error *err)
   return 0;
 }
 
+/* Load the layer modules (the plugin folder's, then the config's) and check
+ * the config against the types they register. */
+static int check_config(struct ts_stack *s, struct ts__plan *plan, ts_error *err)
+{
+  const char *pdir = s->opts.plugin_dir ? s->opts.plugin_dir : getenv("TS_PLUGIN_DIR");
+  memset(plan, 0, sizeof *plan);
+  int r = ts__load_plugin_dir(pdir ? pdir : TS_PLUGIN_DIR, err);
+  if (r)
+    return r;
+  ts_error bad = { 0 };
+  int bad_r = ts__config_check_header(s->config, s->base_dir, plan, &bad);
+  for (size_t i = 0; i < plan->nplugins; i++) {
+    ts_error e2;
+    r = ts_load_layer_module(plan->plugins[i], &e2);
+    if (r)
+      return ts_error_set(err, r, "plugins[%zu]: %s", i, e2.msg);
+  }
+  if (bad_r)
+    return ts_error_set(err, bad_r, "%s", bad.msg);
+  return ts__config_check_layers(s->config, plan, err);
+}
+
+/* The stack's nodes from a checked plan, in its bottom-up order; nothing
+ * opened. free_stack frees them. */
+static int build_nodes(struct ts_stack *s, const struct ts__plan *plan, ts_error *err)
+{
+  s->nodes = calloc(plan->nlayers, sizeof *s->nodes);
+  s->exports = calloc(plan->nexports ? plan->nexports : 1, sizeof *s->exports);
+  if (!s->nodes || !s->exports)
+    return ts_error_set(err, -ENOMEM, "out of memory");
+  for (size_t i = 0; i < plan->nlayers; i++) {
+    const struct ts__plan_layer *pl = &plan->layers[i];
+    struct ts_node *n = calloc(1, sizeof *n);
+    if (!n || !(n->name = strdup(pl->name)) ||
+        (pl->nchildren && !(n->children = calloc(pl->nchildren, sizeof *n->children)))) {
+      if (n)
+        free(n->name);
+      free(n);
+      return ts_error_set(err, -ENOMEM, "out of memory");
+    }
+    n->stack = s;
+    n->params = pl->params;
+    n->type = pl->type;
+    pthread_mutex_init(&n->serial, NULL);
+    s->nodes[s->nnodes++] = n;
+    /* Children come first in the plan, so they exist already. */
+    for (size_t k = 0; k < pl->nchildren; k++)
+      n->children[n->nchildren++] = s->nodes[pl->children[k]];
+  }
+  for (size_t i = 0; i < plan->nexports; i++) {
+    struct ts_node *n = s->nodes[plan->exports[i]];
+    n->exported = true;
+    s->exports[s->nexports++] = n;
+  }
+  return 0;
+}
+
 /* Takes `config` and `config_path` (may be NULL) over, even on failure. */
 static int open_stack(json_t *config, const char *base_dir, const ts_open_opts *opts,
                       char *config_path, ts_stack **out, ts_error *err)
@@ -106,10 +165,11 @@ static int open_stack(json_t *config, const char *base_dir, const ts_open_opts *
   }
   s->base_dir = base_dir ? strdup(base_dir) : NULL;
 
-  const char *pdir = s->opts.plugin_dir ? s->opts.plugin_dir : getenv("TS_PLUGIN_DIR");
-  int r = ts__load_plugin_dir(pdir ? pdir : TS_PLUGIN_DIR, err);
-  if (!r)
-    r = ts__config_load(s, err);
+  struct ts__plan plan;
+  int r = check_config(s, &plan, err);
+  if (!r && !(s->opts.flags & TS_OPEN_VALIDATE_ONLY))
+    r = build_nodes(s, &plan, err);
+  ts__plan_free(&plan);
   if (r || (s->opts.flags & TS_OPEN_VALIDATE_ONLY)) {
     free_stack(s);
     return r;
@@ -340,13 +400,7 @@ ts_layer *ts_layer_child(ts_layer *l, const char *name)
 
 char *ts__stack_path(const struct ts_stack *s, const char *path)
 {
-  if (path[0] == '/' || !s->base_dir)
-    return strdup(path);
-  size_t n = strlen(s->base_dir) + strlen(path) + 2;
-  char *p = malloc(n);
-  if (p)
-    snprintf(p, n, "%s/%s", s->base_dir, path);
-  return p;
+  return ts__config_path(s->base_dir, path);
 }
 
 char *ts_layer_path(ts_layer *l, const char *path)

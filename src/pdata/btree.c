@@ -325,120 +325,155 @@ static int split_child(struct pd_btree *t, struct pd_block *parent, uint32_t i, 
   return 0;
 }
 
+/* Write-lock the (already shadowed) root and split it beneath itself when
+ * full, so every level of the descent has room for one more entry. */
+static int lock_root(struct pd_btree *t, uint64_t root, struct pd_block **out)
+{
+  struct pd_block *node;
+  int r = pd_bm_write(t->tm->bm, root, BT, &node);
+  if (r)
+    return r;
+  r = node_check(t, node);
+  if (!r && pd_node_nr(node->data) == pd_node_maxe(node->data))
+    r = split_beneath(t, node);
+  if (r) {
+    pd_tm_unlock(t->tm, node);
+    return r;
+  }
+  *out = node;
+  return 0;
+}
+
+/* Child i of node is full: replace *child with a locked child that has room
+ * for kcur, narrowing *ub to that child's upper key bound. Appending past a
+ * full leaf with enough keys to fill a new one starts a fresh leaf instead of
+ * halving this one, so sequential fills produce full leaves. On failure
+ * *child has been unlocked. */
+static int make_room(struct pd_btree *t, struct pd_block *node, uint32_t i, uint64_t kcur,
+                     uint64_t remaining, uint64_t *ub, struct pd_block **child)
+{
+  uint8_t *n = node->data, *c = (*child)->data;
+  uint64_t fit = *ub - kcur < remaining ? *ub - kcur : remaining;
+  struct pd_block *other;
+  int r;
+  if (pd_node_is_leaf(c) && kcur > pd_node_key(c, pd_node_nr(c) - 1) && fit >= min_entries(c)) {
+    uint32_t vs = pd_node_vsize(c);
+    r = pd_tm_new_block(t->tm, BT, &other);
+    pd_tm_unlock(t->tm, *child);
+    if (r)
+      return r;
+    node_init(other->data, true, vs);
+    uint8_t v[8];
+    ts__put64(v, other->nr);
+    insert_entry(n, i + 1, kcur, v);
+    *child = other;
+    return 0;
+  }
+  r = split_child(t, node, i, *child, &other);
+  if (r) {
+    pd_tm_unlock(t->tm, *child);
+  } else if (kcur >= pd_node_key(n, i + 1)) {
+    pd_tm_unlock(t->tm, *child);
+    *child = other;
+  } else {
+    *ub = pd_node_key(n, i + 1);
+    pd_tm_unlock(t->tm, other);
+  }
+  return r;
+}
+
+/* From the locked root *node down to the leaf that takes kcur, shadowing each
+ * child on the way and making room in full ones; *ub becomes the leaf's
+ * exclusive upper key bound. On success *node is that leaf, locked; on
+ * failure nothing is left locked. */
+static int descend(struct pd_btree *t, struct pd_block **node, uint64_t kcur, uint64_t remaining,
+                   uint64_t *ub)
+{
+  *ub = UINT64_MAX;
+  while (!pd_node_is_leaf((*node)->data)) {
+    uint8_t *n = (*node)->data;
+    uint32_t i = upper(n, kcur);
+    if (i == 0) {
+      set_key(n, 0, kcur); /* keep key[0] equal to the lowest key below it */
+      i = 1;
+    }
+    i--;
+    if (i + 1 < pd_node_nr(n))
+      *ub = pd_node_key(n, i + 1);
+    struct pd_block *child;
+    int r = shadow_child(t, *node, i, &child);
+    if (!r && pd_node_nr(child->data) == pd_node_maxe(child->data))
+      r = make_room(t, *node, i, kcur, remaining, ub, &child);
+    pd_tm_unlock(t->tm, *node);
+    if (r)
+      return r;
+    *node = child;
+  }
+  return 0;
+}
+
+/* Merge keys k0 + *processed ... k0 + count - 1 into leaf n, up to its
+ * exclusive key bound ub and its capacity: a key already there gets the new
+ * value (the old one released through vt.dec), absent keys go in as runs. */
+static int merge_run(struct pd_btree *t, uint8_t *n, uint64_t k0, uint64_t count,
+                     const struct vgen *g, uint64_t ub, uint64_t *processed, uint64_t *added)
+{
+  uint32_t vs = pd_node_vsize(n), maxe = pd_node_maxe(n);
+  while (*processed < count) {
+    uint64_t kcur = k0 + *processed;
+    if (kcur >= ub)
+      return 0;
+    uint32_t nr = pd_node_nr(n), j = lower(n, kcur);
+    if (j < nr && pd_node_key(n, j) == kcur) {
+      int r = t->vt.dec ? t->vt.dec(t->vt.ctx, pd_node_val(n, j)) : 0;
+      if (r)
+        return r;
+      gen_value(g, *processed, pd_node_val(n, j), vs);
+      (*processed)++;
+      continue;
+    }
+    if (nr == maxe)
+      return 0;
+    uint64_t next = j < nr ? pd_node_key(n, j) : ub;
+    uint64_t m = count - *processed;
+    if (next - kcur < m)
+      m = next - kcur;
+    if (maxe - nr < m)
+      m = maxe - nr;
+    open_gap(n, j, (uint32_t)m);
+    for (uint32_t x = 0; x < m; x++) {
+      set_key(n, j + x, kcur + x);
+      gen_value(g, *processed + x, pd_node_val(n, j + x), vs);
+    }
+    *processed += m;
+    *added += m;
+  }
+  return 0;
+}
+
+/* Insert keys k0 .. k0 + count - 1 (values from g): one descent from the
+ * root per leaf the run touches. */
 static int insert_core(struct pd_btree *t, uint64_t root, uint64_t k0, uint64_t count,
                        const struct vgen *g, uint64_t *new_root, uint64_t *done, uint64_t *added)
 {
   uint64_t processed = 0, nadded = 0;
-  struct pd_block *rb;
+  struct pd_block *node;
   *new_root = root;
-  int r = shadow(t, root, &rb);
-  if (r)
-    goto out;
-  *new_root = root = rb->nr;
-  pd_tm_unlock(t->tm, rb);
-  while (processed < count) {
-    uint64_t kcur = k0 + processed, remaining = count - processed;
-    struct pd_block *node, *child;
-    if ((r = pd_bm_write(t->tm->bm, root, BT, &node)))
-      break;
-    if ((r = node_check(t, node))) {
-      pd_tm_unlock(t->tm, node);
-      break;
-    }
-    if (pd_node_nr(node->data) == pd_node_maxe(node->data) && (r = split_beneath(t, node))) {
-      pd_tm_unlock(t->tm, node);
-      break;
-    }
-    uint64_t ub = UINT64_MAX;
-    while (!pd_node_is_leaf(node->data)) {
-      uint8_t *n = node->data;
-      uint32_t i = upper(n, kcur);
-      if (i == 0) {
-        set_key(n, 0, kcur); /* keep key[0] equal to the lowest key below it */
-        i = 1;
-      }
-      i--;
-      if (i + 1 < pd_node_nr(n))
-        ub = pd_node_key(n, i + 1);
-      if ((r = shadow_child(t, node, i, &child)))
-        break;
-      uint8_t *c = child->data;
-      uint32_t cnr = pd_node_nr(c);
-      if (cnr == pd_node_maxe(c)) {
-        uint64_t fit = ub - kcur < remaining ? ub - kcur : remaining;
-        if (pd_node_is_leaf(c) && kcur > pd_node_key(c, cnr - 1) && fit >= min_entries(c)) {
-          /* Appending past a full leaf with enough keys to fill a new one:
-           * start a fresh leaf instead of halving this one, so sequential
-           * fills produce full leaves. */
-          struct pd_block *nl;
-          if ((r = pd_tm_new_block(t->tm, BT, &nl))) {
-            pd_tm_unlock(t->tm, child);
-            break;
-          }
-          node_init(nl->data, true, pd_node_vsize(c));
-          uint8_t v[8];
-          ts__put64(v, nl->nr);
-          insert_entry(n, i + 1, kcur, v);
-          pd_tm_unlock(t->tm, child);
-          child = nl;
-        } else {
-          struct pd_block *right;
-          if ((r = split_child(t, node, i, child, &right))) {
-            pd_tm_unlock(t->tm, child);
-            break;
-          }
-          if (kcur >= pd_node_key(n, i + 1)) {
-            pd_tm_unlock(t->tm, child);
-            child = right;
-          } else {
-            ub = pd_node_key(n, i + 1);
-            pd_tm_unlock(t->tm, right);
-          }
-        }
-      }
-      pd_tm_unlock(t->tm, node);
-      node = child;
-    }
-    if (r) {
-      pd_tm_unlock(t->tm, node);
-      break;
-    }
-    /* merge the run into this leaf, up to its key bound and capacity */
-    uint8_t *n = node->data;
-    uint32_t vs = pd_node_vsize(n), maxe = pd_node_maxe(n);
-    while (processed < count) {
-      kcur = k0 + processed;
-      if (kcur >= ub)
-        break;
-      uint32_t nr = pd_node_nr(n), j = lower(n, kcur);
-      if (j < nr && pd_node_key(n, j) == kcur) {
-        if (t->vt.dec && (r = t->vt.dec(t->vt.ctx, pd_node_val(n, j))))
-          break;
-        gen_value(g, processed, pd_node_val(n, j), vs);
-        processed++;
-        continue;
-      }
-      if (nr == maxe)
-        break;
-      uint64_t next = j < nr ? pd_node_key(n, j) : ub;
-      uint64_t m = count - processed;
-      if (next - kcur < m)
-        m = next - kcur;
-      if (maxe - nr < m)
-        m = maxe - nr;
-      open_gap(n, j, (uint32_t)m);
-      for (uint32_t x = 0; x < m; x++) {
-        set_key(n, j + x, kcur + x);
-        gen_value(g, processed + x, pd_node_val(n, j + x), vs);
-      }
-      processed += m;
-      nadded += m;
-    }
+  int r = shadow(t, root, &node);
+  if (!r) {
+    *new_root = root = node->nr;
     pd_tm_unlock(t->tm, node);
-    if (r)
-      break;
   }
-out:
+  while (!r && processed < count) {
+    uint64_t ub;
+    r = lock_root(t, root, &node);
+    if (!r)
+      r = descend(t, &node, k0 + processed, count - processed, &ub);
+    if (!r) {
+      r = merge_run(t, node->data, k0, count, g, ub, &processed, &nadded);
+      pd_tm_unlock(t->tm, node);
+    }
+  }
   if (done)
     *done = processed;
   if (added)

@@ -11,16 +11,14 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
-
-static char *dir;
 static ts_stack *stack;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   total_calls = 0;
   gate_setup();
-  stack = open_gated_file(dir, "8M");
+  stack = open_gated_file(ts_test_dir, "8M");
 }
 
 static void teardown(void)
@@ -28,8 +26,7 @@ static void teardown(void)
   ts_error err = { 0 };
   gate_open_all(); /* closing the stack flushes through the gate */
   ck_assert_int_eq(ts_stack_close(stack, &err), 0);
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 /* Act as the host's event loop until `want` callbacks have run in total. */

@@ -9,13 +9,11 @@
 
 #include <unistd.h>
 
-
-static char *dir;
 static ts_stack *stack;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   total_calls = 0;
   gate_setup();
   stack = NULL;
@@ -27,13 +25,12 @@ static void teardown(void)
   gate_open_all(); /* closing the stack flushes through the gate */
   if (stack)
     ck_assert_int_eq(ts_stack_close(stack, &err), 0);
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 static ts_dev *open_file_dev(const char *size)
 {
-  stack = open_gated_file(dir, size);
+  stack = open_gated_file(ts_test_dir, size);
   return ts_stack_dev(stack, "f");
 }
 
@@ -96,7 +93,7 @@ START_TEST(invalid_requests_never_call_back)
     " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\", \"create\": true },"
     " \"nd\": { \"type\": \"fault\", \"child\": \"f\", \"limits\": { \"max_discard_bytes\": 0 } } },"
     " \"exports\": [\"f\", \"nd\"] }");
-  stack = ts_test_open(dir, json);
+  stack = ts_test_open(ts_test_dir, json);
   free(json);
   /* The same file read-only beside its writer: force-share skips the shared lock. */
   ts_stack *ro = NULL;
@@ -105,7 +102,7 @@ START_TEST(invalid_requests_never_call_back)
   ck_assert_msg(ts_stack_open_string("{ \"version\": 1, \"layers\": {"
                                      " \"r\": { \"type\": \"file\", \"path\": \"d.img\","
                                      " \"read_only\": true } }, \"exports\": [\"r\"] }",
-                                     dir, &o, &ro, &oerr) == 0,
+                                     ts_test_dir, &o, &ro, &oerr) == 0,
                 "%s", oerr.msg);
   ts_dev *f = ts_stack_dev(stack, "f"), *nd = ts_stack_dev(stack, "nd");
   ts_dev *rdev = ts_stack_dev(ro, "r");
@@ -178,14 +175,15 @@ END_TEST
 
 START_TEST(failed_requests_complete_with_their_errno)
 {
-  stack = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
-                            " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\","
-                            " \"create\": true },"
-                            " \"x\": { \"type\": \"fault\", \"child\": \"f\", \"rules\": ["
-                            "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"64K\","
-                            "     \"length\": \"64K\" },"
-                            "   { \"op\": \"provision\", \"errno\": \"ENOSPC\" } ] } },"
-                            " \"exports\": [\"x\"] }");
+  stack = ts_test_open(ts_test_dir,
+                       "{ \"version\": 1, \"layers\": {"
+                       " \"f\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\","
+                       " \"create\": true },"
+                       " \"x\": { \"type\": \"fault\", \"child\": \"f\", \"rules\": ["
+                       "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"64K\","
+                       "     \"length\": \"64K\" },"
+                       "   { \"op\": \"provision\", \"errno\": \"ENOSPC\" } ] } },"
+                       " \"exports\": [\"x\"] }");
   ts_dev *x = ts_stack_dev(stack, "x");
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -370,7 +368,7 @@ END_TEST
 
 START_TEST(backpressure_eagain)
 {
-  stack = open_gated_file(dir, "1M");
+  stack = open_gated_file(ts_test_dir, "1M");
   ts_dev *g = ts_stack_dev(stack, "g"), *f = ts_stack_dev(stack, "f");
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -415,7 +413,7 @@ static void *open_gate_later(void *arg)
 
 START_TEST(backpressure_blocks)
 {
-  stack = open_gated_file(dir, "1M");
+  stack = open_gated_file(ts_test_dir, "1M");
   ts_dev *g = ts_stack_dev(stack, "g");
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -456,7 +454,7 @@ static void cancel_cb(ts_aio_req *req)
 START_TEST(close_cancels_queued)
 {
   enum { N = 11 };
-  stack = open_gated_file(dir, "1M");
+  stack = open_gated_file(ts_test_dir, "1M");
   ts_dev *g = ts_stack_dev(stack, "g"), *f = ts_stack_dev(stack, "f");
   uv_loop_t loop;
   ck_assert_int_eq(uv_loop_init(&loop), 0);

@@ -91,7 +91,7 @@ static void *run_worker(void *arg)
 
 START_TEST(two_loops_thousands_in_flight)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *json = ts_test_fmt("{ \"version\": 1, \"layers\": { \"f\": { \"type\": \"file\","
                            " \"path\": \"d.img\", \"size\": %llu, \"create\": true } },"
                            " \"exports\": [\"f\"] }",
@@ -147,8 +147,6 @@ START_TEST(two_loops_thousands_in_flight)
   }
   ts_error err = { 0 };
   ck_assert_int_eq(ts_stack_close(s, &err), 0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -156,6 +154,7 @@ int main(void)
 {
   Suite *s = suite_create("aio_stress");
   TCase *tc = tcase_create("stress");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, two_loops_thousands_in_flight);
   suite_add_tcase(s, tc);

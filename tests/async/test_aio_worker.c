@@ -12,7 +12,6 @@
 
 #include <stdatomic.h>
 
-static char *dir;
 static ts_stack *stack;
 
 static struct {
@@ -23,9 +22,9 @@ static struct {
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   gate_setup();
-  stack = open_gated_file(dir, "8M");
+  stack = open_gated_file(ts_test_dir, "8M");
   pthread_mutex_lock(&wait_for.m);
   wait_for.done = 0;
   pthread_mutex_unlock(&wait_for.m);
@@ -36,8 +35,7 @@ static void teardown(void)
   ts_error err = { 0 };
   gate_open_all(); /* closing the stack flushes through the gate */
   ck_assert_int_eq(ts_stack_close(stack, &err), 0);
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 static void mark_done(void)
@@ -435,7 +433,7 @@ START_TEST(stress_two_submitters)
                            " \"g\": { \"type\": \"gate\", \"child\": \"f\" } },"
                            " \"exports\": [\"f\", \"g\"] }",
                            (unsigned long long)SUBMITTERS * BLOCKS * BS);
-  stack = ts_test_open(dir, json);
+  stack = ts_test_open(ts_test_dir, json);
   free(json);
   stress_dev = ts_stack_dev(stack, "f");
   sbuf = malloc((size_t)SUBMITTERS * BLOCKS * BS);

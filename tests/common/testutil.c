@@ -9,9 +9,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The folder of the running suite, which holds every test's folder: a
+ * failed assertion ends a forked test before its teardown runs, and this
+ * folder goes when the suite ends, so no test leaves one behind. */
+static char *run_dir;
+
 char *ts_test_mkdtemp(void)
 {
-  const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  const char *base = run_dir ? run_dir : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   char *d = ts_test_fmt("%s/ts-test-XXXXXX", base);
   ck_assert_ptr_nonnull(mkdtemp(d));
   return d;
@@ -29,6 +34,33 @@ void ts_test_rmdir(const char *dir)
 }
 
 char *ts_test_path(const char *dir, const char *name) { return ts_test_fmt("%s/%s", dir, name); }
+
+char *ts_test_dir;
+static char **dir_files;
+static size_t dir_nfiles;
+
+void ts_test_dir_setup(void) { ts_test_dir = ts_test_mkdtemp(); }
+
+void ts_test_dir_teardown(void)
+{
+  ts_test_rmdir(ts_test_dir);
+  free(ts_test_dir);
+  ts_test_dir = NULL;
+  for (size_t i = 0; i < dir_nfiles; i++)
+    free(dir_files[i]);
+  free(dir_files);
+  dir_files = NULL;
+  dir_nfiles = 0;
+}
+
+char *ts_test_file(const char *name)
+{
+  ck_assert_ptr_nonnull(ts_test_dir);
+  char **v = realloc(dir_files, (dir_nfiles + 1) * sizeof *v);
+  ck_assert_ptr_nonnull(v);
+  dir_files = v;
+  return dir_files[dir_nfiles++] = ts_test_path(ts_test_dir, name);
+}
 
 char *ts_test_fmt(const char *fmt, ...)
 {
@@ -168,14 +200,27 @@ void ts_test_pattern(void *buf, size_t len, uint64_t seed)
   }
 }
 
-int ts_test_main(Suite *s)
+int ts_test_run_suite(Suite *s, enum print_output mode)
 {
+  char *outer = run_dir;
+  const char *base = outer ? outer : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  char *mine = ts_test_fmt("%s/ts-run-XXXXXX", base);
+  if (!mkdtemp(mine)) {
+    fprintf(stderr, "%s: %s\n", mine, strerror(errno));
+    abort();
+  }
+  run_dir = mine;
   SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
+  srunner_run_all(sr, mode);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  ts_test_rmdir(mine);
+  free(mine);
+  run_dir = outer;
+  return failed;
 }
+
+int ts_test_main(Suite *s) { return ts_test_run_suite(s, CK_NORMAL) ? EXIT_FAILURE : EXIT_SUCCESS; }
 
 int ts_test_thin_check(const char *meta, char **complaints)
 {

@@ -17,6 +17,20 @@ void ts_test_rmdir(const char *dir);
 /* Path of `name` inside `dir`; returns a static-per-call malloc'd string. */
 char *ts_test_path(const char *dir, const char *name);
 
+/* The temporary folder fixture every suite uses. Between ts_test_dir_setup
+ * and ts_test_dir_teardown, ts_test_dir is a fresh folder; the teardown
+ * removes it with everything in it and frees what ts_test_file returned.
+ * Add both as a checked fixture (once per test, in the test's process):
+ *   tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
+ * or call them first and last from a suite's own setup and teardown. A test
+ * that fails (Check then exits before any teardown) leaves its folder until
+ * its suite ends (ts_test_run_suite). */
+extern char *ts_test_dir;
+void ts_test_dir_setup(void);
+void ts_test_dir_teardown(void);
+/* The path of `name` in ts_test_dir, valid until the teardown. */
+char *ts_test_file(const char *name);
+
 /* Open a stack from JSON text whose paths are relative to `dir`; the test
  * fails with the library's message if it does not open. */
 ts_stack *ts_test_open(const char *dir, const char *json);
@@ -60,5 +74,9 @@ int64_t ts_test_op_errors(ts_dev *d, const char *op);
 
 /* Run a suite, returning the process exit status. */
 int ts_test_main(Suite *s);
+/* Run a suite, returning how many of its tests failed. The folders its
+ * tests make (ts_test_mkdtemp, the fixture) are inside one folder that is
+ * removed when the suite ends, failed tests' folders too. */
+int ts_test_run_suite(Suite *s, enum print_output mode);
 
 #endif

@@ -227,7 +227,7 @@ END_TEST
 /* The same key as hex and as a raw key file gives the same ciphertext. */
 START_TEST(key_file_equals_hex)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *kf = ts_test_path(dir, "k.key");
   unsigned char key[64];
   for (int i = 0; i < 64; i++)
@@ -251,9 +251,7 @@ START_TEST(key_file_equals_hex)
   ck_assert(memcmp(a, b, sizeof a) == 0);
   ck_assert(memcmp(a, buf, sizeof a) != 0);
   close_ok(s);
-  ts_test_rmdir(dir);
   free(kf);
-  free(dir);
 }
 END_TEST
 
@@ -311,7 +309,7 @@ END_TEST
 
 START_TEST(provision_passes_down)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *img = ts_test_path(dir, "disk.img");
   ts_dev *c, *d;
   ts_stack *s = open_file(dir, "8M", KEY512, &c, &d);
@@ -330,15 +328,13 @@ START_TEST(provision_passes_down)
   ck_assert_int_eq(ts_pread(c, sec, sizeof sec, 1 << 20), 0);
   ck_assert(!all_zero(sec, sizeof sec));
   close_ok(s);
-  ts_test_rmdir(dir);
   free(img);
-  free(dir);
 }
 END_TEST
 
 START_TEST(discard_needs_allow_discards)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *img = ts_test_path(dir, "disk.img");
   unsigned char *buf = malloc(1 << 20), *got = malloc(1 << 20);
   ts_test_pattern(buf, 1 << 20, 5);
@@ -377,17 +373,15 @@ START_TEST(discard_needs_allow_discards)
   ck_assert_int_eq(ts_pread(c, got, 4096, 0), 0);
   ck_assert(!all_zero(got, 4096));
   close_ok(s);
-  ts_test_rmdir(dir);
   free(buf);
   free(got);
   free(img);
-  free(dir);
 }
 END_TEST
 
 START_TEST(write_zeroes_writes_ciphertext)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *img = ts_test_path(dir, "disk.img");
   const size_t n = 1 << 20;
   unsigned char *buf = malloc(n), *got = malloc(n);
@@ -423,17 +417,15 @@ START_TEST(write_zeroes_writes_ciphertext)
     ck_assert_uint_eq(l.v[i].flags, 0);
   ts_extent_list_free(&l);
   close_ok(s);
-  ts_test_rmdir(dir);
   free(buf);
   free(got);
   free(img);
-  free(dir);
 }
 END_TEST
 
 START_TEST(block_status_never_zero)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   unsigned char buf[65536];
   ts_test_pattern(buf, sizeof buf, 1);
   ts_dev *c, *d;
@@ -460,8 +452,6 @@ START_TEST(block_status_never_zero)
   ck_assert_uint_eq(l.v[0].flags, TS_EXTENT_HOLE); /* nothing written at 0 */
   ts_extent_list_free(&l);
   close_ok(s);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -583,7 +573,7 @@ static uint64_t file_sum(const char *path)
 
 START_TEST(bad_configs)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *img = ts_test_path(dir, "disk.img");
   char *made = ts_test_path(dir, "new.img");
   const char *hex64 = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -663,8 +653,6 @@ START_TEST(bad_configs)
   free(khex);
   free(made);
   free(img);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -672,12 +660,14 @@ int main(void)
 {
   Suite *s = suite_create("crypt");
   TCase *kat = tcase_create("vectors");
+  tcase_add_checked_fixture(kat, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(kat, ieee1619_vectors);
   tcase_add_test(kat, plain64_iv_numbering);
   tcase_add_test(kat, key_file_equals_hex);
   tcase_add_test(kat, iovec_and_caller_buffer);
   suite_add_tcase(s, kat);
   TCase *ops = tcase_create("ops");
+  tcase_add_checked_fixture(ops, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(ops, provision_passes_down);
   tcase_add_test(ops, discard_needs_allow_discards);
   tcase_add_test(ops, write_zeroes_writes_ciphertext);
@@ -688,6 +678,7 @@ int main(void)
   tcase_add_test(ops, key_never_shown);
   suite_add_tcase(s, ops);
   TCase *cfg = tcase_create("config");
+  tcase_add_checked_fixture(cfg, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(cfg, bad_configs);
   suite_add_tcase(s, cfg);
   return ts_test_main(s);

@@ -20,7 +20,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char *dir;
 static unsigned char hexkey[64], filekey[64];
 static char saved_pattern[256];
 static bool pattern_changed;
@@ -72,22 +71,20 @@ static void core_pattern_restore(void)
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   random_bytes(hexkey, sizeof hexkey);
   random_bytes(filekey, sizeof filekey);
-  char *kf = ts_test_path(dir, "disk.key");
+  char *kf = ts_test_file("disk.key");
   int fd = open(kf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(write(fd, filekey, sizeof filekey), (ssize_t)sizeof filekey);
   close(fd);
-  free(kf);
 }
 
 static void teardown(void)
 {
   core_pattern_restore();
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 /* In the child: open, use, report the dumpable flag on `fd`, abort. */
@@ -154,10 +151,10 @@ static void child(const char *cwd, bool core_dumps, bool from_file, int fd)
   abort();
 }
 
-/* Run the child in dir/SUB; returns its report; *core = path of the core or NULL. */
+/* Run the child in ts_test_dir/SUB; returns its report; *core = path of the core or NULL. */
 static char *run_child(const char *sub, bool core_dumps, bool from_file, char **core, int *status)
 {
-  char *cwd = ts_test_path(dir, sub);
+  char *cwd = ts_test_path(ts_test_dir, sub);
   ck_assert_int_eq(mkdir(cwd, 0700), 0);
   int p[2];
   ck_assert_int_eq(pipe(p), 0);
@@ -233,10 +230,12 @@ END_TEST
 START_TEST(dumpable_again_after_close)
 {
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
-                                  " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"
-                                  " \"c\": { \"type\": \"crypt\", \"child\": \"m\", \"key_file\": \"disk.key\" } },"
-                                  " \"exports\": [\"c\"] }");
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
+      " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"
+      " \"c\": { \"type\": \"crypt\", \"child\": \"m\", \"key_file\": \"disk.key\" } },"
+      " \"exports\": [\"c\"] }");
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
@@ -245,7 +244,7 @@ END_TEST
 
 START_TEST(shared_key_file_refused)
 {
-  char *kf = ts_test_path(dir, "disk.key");
+  char *kf = ts_test_path(ts_test_dir, "disk.key");
   ck_assert_int_eq(chmod(kf, 0644), 0);
 #define CFG "{ \"version\": 1, \"layers\": {"                                                \
             " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"                           \
@@ -254,18 +253,18 @@ START_TEST(shared_key_file_refused)
   char *j = ts_test_fmt(CFG, "");
   ts_stack *s = NULL;
   ts_error e = { 0 };
-  ck_assert_int_eq(ts_test_try_open(dir, j, &s, &e), -EACCES);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, j, &s, &e), -EACCES);
   ck_assert_msg(strstr(e.msg, "layers.c.key_file") && strstr(e.msg, "mode 0644") &&
                     strstr(e.msg, "chmod 600"),
                 "%s", e.msg);
   free(j);
   ck_assert_int_eq(chmod(kf, 0640), 0);
   j = ts_test_fmt(CFG, "");
-  ck_assert_int_eq(ts_test_try_open(dir, j, &s, &e), -EACCES);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, j, &s, &e), -EACCES);
   free(j);
   /* Said explicitly, it is accepted. */
   j = ts_test_fmt(CFG, ", \"key_file_shared\": true");
-  s = ts_test_open(dir, j);
+  s = ts_test_open(ts_test_dir, j);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   free(j);
   free(kf);
@@ -280,7 +279,7 @@ START_TEST(secret_dump_still_has_the_key)
                         " \"m\": { \"type\": \"memory\", \"size\": \"1M\" },"
                         " \"c\": { \"type\": \"crypt\", \"child\": \"m\", \"key\": \"%s\" } },"
                         " \"exports\": [\"c\"] }", hex);
-  ts_stack *s = ts_test_open(dir, j);
+  ts_stack *s = ts_test_open(ts_test_dir, j);
   char *masked = ts_stack_config_json(s, 0), *full = ts_stack_config_json(s, TS_CONFIG_SECRETS);
   ck_assert_ptr_null(strstr(masked, hex));
   ck_assert_ptr_nonnull(strstr(masked, "(hidden)"));

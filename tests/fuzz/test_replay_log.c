@@ -11,21 +11,13 @@
 #include "backends/logwrites.h"
 #include "core/le.h"
 
-static char *dir, *logp, *tgt;
+static char *logp, *tgt;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  logp = ts_test_path(dir, "log");
-  tgt = ts_test_path(dir, "target");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(logp);
-  free(tgt);
+  ts_test_dir_setup();
+  logp = ts_test_file("log");
+  tgt = ts_test_file("target");
 }
 
 /* A log of 512-byte sectors: superblock claiming `claimed` entries, then
@@ -164,7 +156,7 @@ START_TEST(test_target_is_the_log)
 {
   struct ent e[] = {{0, 1, 0, 1}};
   write_log(e, 1, 1);
-  char *hard = ts_test_path(dir, "hard");
+  char *hard = ts_test_path(ts_test_dir, "hard");
   ck_assert_int_eq(link(logp, hard), 0);
   void *before, *after;
   size_t l0, l1;
@@ -186,7 +178,7 @@ int main(void)
 {
   Suite *s = suite_create("replay_log");
   TCase *tc = tcase_create("replay_log");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, test_wrapping_count_is_refused);
   tcase_add_test(tc, test_claimed_entries_past_the_log);
   tcase_add_test(tc, test_past_the_target);

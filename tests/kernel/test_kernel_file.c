@@ -6,25 +6,18 @@
 
 #define MIB (1024 * 1024)
 
-static char *dir, *img;
+static char *img;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  img = ts_test_path(dir, "disk.img");
+  ts_test_dir_setup();
+  img = ts_test_file("disk.img");
   kt_sparse(img, 16 * MIB);
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(img);
-  free(dir);
 }
 
 START_TEST(provision_allocates)
 {
-  ts_stack *s = kt_open(dir, img, "");
+  ts_stack *s = kt_open(ts_test_dir, img, "");
   ts_dev *d = ts_stack_dev(s, "k");
   const ts_limits *lim = ts_dev_limits(d);
   ck_assert_uint_eq(lim->size, 16 * MIB);
@@ -84,7 +77,7 @@ END_TEST
  * the zero flag skip them. */
 START_TEST(written_into_provisioned)
 {
-  ts_stack *s = kt_open(dir, img, "");
+  ts_stack *s = kt_open(ts_test_dir, img, "");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_int_eq(ts_provision(d, 0, MIB), 0);
   char *buf = malloc(64 * 1024), *back = malloc(64 * 1024);
@@ -109,7 +102,7 @@ END_TEST
 
 START_TEST(data_ops)
 {
-  ts_stack *s = kt_open(dir, img, "");
+  ts_stack *s = kt_open(ts_test_dir, img, "");
   ts_dev *d = ts_stack_dev(s, "k");
   char *buf = malloc(2 * MIB), *back = malloc(2 * MIB);
   ts_test_pattern(buf, 2 * MIB, 1);
@@ -153,7 +146,7 @@ END_TEST
  * buffer; scattered iovecs still land in the right places. */
 START_TEST(direct_unaligned)
 {
-  ts_stack *s = kt_open(dir, img, "\"direct\": true");
+  ts_stack *s = kt_open(ts_test_dir, img, "\"direct\": true");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_uint_eq(ts_dev_limits(d)->logical_block_size, 4096);
   size_t len = 3 * MIB;
@@ -174,7 +167,7 @@ END_TEST
 
 START_TEST(provision_off_and_emulate)
 {
-  ts_stack *s = kt_open(dir, img, "\"provision\": \"off\"");
+  ts_stack *s = kt_open(ts_test_dir, img, "\"provision\": \"off\"");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_uint_eq(ts_dev_limits(d)->max_provision_bytes, 0);
   uint64_t a = ts_test_allocated(img);
@@ -187,7 +180,7 @@ START_TEST(provision_off_and_emulate)
 
   /* emulate keeps fallocate first; zero writes only if the file system
    * lacked it (ext4, tmpfs and xfs all have it). */
-  s = kt_open(dir, img, "\"provision\": \"emulate\"");
+  s = kt_open(ts_test_dir, img, "\"provision\": \"emulate\"");
   d = ts_stack_dev(s, "k");
   st = kt_status(d);
   ck_assert_str_eq(kt_ladder(st, "provision", "initial"), "fallocate(KEEP_SIZE)");
@@ -203,7 +196,7 @@ END_TEST
 
 START_TEST(read_only)
 {
-  ts_stack *s = kt_open(dir, img, "\"read_only\": true");
+  ts_stack *s = kt_open(ts_test_dir, img, "\"read_only\": true");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert(ts_dev_limits(d)->read_only);
   char buf[512] = { 1 };
@@ -223,22 +216,22 @@ START_TEST(bad_inputs)
 {
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  ck_assert_int_eq(kt_try_open(dir, "missing.img", "", &s, &err), -ENOENT);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, "missing.img", "", &s, &err), -ENOENT);
   ck_assert_ptr_nonnull(strstr(err.msg, "layers.k.path"));
   ck_assert_ptr_nonnull(strstr(err.msg, "missing.img"));
 
-  ck_assert_int_eq(kt_try_open(dir, dir, "", &s, &err), -ENOTBLK);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, ts_test_dir, "", &s, &err), -ENOTBLK);
   ck_assert_ptr_nonnull(strstr(err.msg, "neither a block device nor a regular file"));
 
-  char *odd = ts_test_path(dir, "odd.img");
+  char *odd = ts_test_path(ts_test_dir, "odd.img");
   kt_sparse(odd, 1000);
-  ck_assert_int_eq(kt_try_open(dir, odd, "", &s, &err), -EINVAL);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, odd, "", &s, &err), -EINVAL);
   ck_assert_ptr_nonnull(strstr(err.msg, "not a non-zero multiple of 512"));
   free(odd);
 
-  ck_assert_int_eq(kt_try_open(dir, img, "\"provision\": \"always\"", &s, &err), -EINVAL);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, img, "\"provision\": \"always\"", &s, &err), -EINVAL);
   ck_assert_ptr_nonnull(strstr(err.msg, "layers.k.provision"));
-  ck_assert_int_eq(kt_try_open(dir, img, "\"sizes\": 1", &s, &err), -EINVAL);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, img, "\"sizes\": 1", &s, &err), -EINVAL);
   ck_assert_ptr_null(s);
   /* A failed open leaves the file as it was. */
   ck_assert_uint_eq(ts_test_allocated(img), 0);
@@ -249,7 +242,7 @@ static Suite *suite(void)
 {
   Suite *s = suite_create("kernel_file");
   TCase *tc = tcase_create("file");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, provision_allocates);
   tcase_add_test(tc, written_into_provisioned);
   tcase_add_test(tc, data_ops);

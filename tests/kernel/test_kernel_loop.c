@@ -22,21 +22,15 @@
 #define MIB (1024 * 1024)
 #define DEV_SIZE (64 * MIB)
 
-static char *dir;
-
-static void setup(void) { dir = ts_test_mkdtemp(); }
-
 static void teardown(void)
 {
-  kt_loop_detach_all(dir);
-  ts_test_rmdir(dir);
-  free(dir);
-  dir = NULL;
+  kt_loop_detach_all(ts_test_dir);
+  ts_test_dir_teardown();
 }
 
 static struct kt_loop attach(const char *name, bool ro)
 {
-  return kt_loop_attach(dir, name, DEV_SIZE, ro);
+  return kt_loop_attach(ts_test_dir, name, DEV_SIZE, ro);
 }
 
 static void release(struct kt_loop *l) { kt_loop_release(l); }
@@ -60,7 +54,7 @@ static long long real_attr(const struct kt_loop *l, const char *name)
  * ("name=value" pairs, NULL-terminated) on top. Returns the root. */
 static char *fake_sysfs(const struct kt_loop *l, const char *tag, const char *const *overrides)
 {
-  char *root = ts_test_path(dir, tag);
+  char *root = ts_test_path(ts_test_dir, tag);
   char *q = ts_test_fmt("%s/dev/block/%u:%u/queue", root, l->maj, l->min);
   char *o = NULL;
   ck_assert_int_eq(ts_test_run(&o, "mkdir -p %s && for f in /sys/dev/block/%u:%u/queue/*; do "
@@ -97,7 +91,7 @@ static const char *expected_provision_path(const struct kt_loop *l, bool emulate
 START_TEST(limits_follow_sysfs)
 {
   struct kt_loop l = attach("a.img", false);
-  ts_stack *s = kt_open(dir, l.dev, "");
+  ts_stack *s = kt_open(ts_test_dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   const ts_limits *lim = ts_dev_limits(d);
   ck_assert_uint_eq(lim->size, DEV_SIZE);
@@ -145,7 +139,7 @@ END_TEST
 START_TEST(ops_on_loop)
 {
   struct kt_loop l = attach("b.img", false);
-  ts_stack *s = kt_open(dir, l.dev, "");
+  ts_stack *s = kt_open(ts_test_dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   char *buf = malloc(4 * MIB), *back = malloc(4 * MIB);
 
@@ -236,7 +230,7 @@ END_TEST
 START_TEST(direct_on_loop)
 {
   struct kt_loop l = attach("c.img", false);
-  ts_stack *s = kt_open(dir, l.dev, "\"direct\": true");
+  ts_stack *s = kt_open(ts_test_dir, l.dev, "\"direct\": true");
   ts_dev *d = ts_stack_dev(s, "k");
   size_t len = 2 * MIB + 4096;
   char *raw = malloc(len + 1), *data = raw + 1, *back = malloc(len);
@@ -266,7 +260,7 @@ END_TEST
 START_TEST(provision_emulate_reaches_backing_file)
 {
   struct kt_loop l = attach("d.img", false);
-  ts_stack *s = kt_open(dir, l.dev, "\"provision\": \"emulate\"");
+  ts_stack *s = kt_open(ts_test_dir, l.dev, "\"provision\": \"emulate\"");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_str_eq(expected_provision_path(&l, true), "ioctl(BLKZEROOUT)");
   ck_assert_uint_eq(ts_dev_limits(d)->max_provision_bytes, UINT64_MAX);
@@ -302,7 +296,7 @@ START_TEST(provision_emulate_reaches_backing_file)
 
   /* With the default policy the same device cannot provision, and the
    * backing file is left alone. */
-  s = kt_open(dir, l.dev, "");
+  s = kt_open(ts_test_dir, l.dev, "");
   d = ts_stack_dev(s, "k");
   a = ts_test_allocated(l.img);
   ck_assert_int_eq(ts_provision(d, 40 * MIB, MIB), -EOPNOTSUPP);
@@ -324,7 +318,7 @@ START_TEST(patched_kernel_path_downgrades)
                                     "write_zeroes_unmap_max_bytes=0", NULL };
   char *root = fake_sysfs(&l, "sys-patched", ov);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
-  ts_stack *s = kt_open(dir, l.dev, extra);
+  ts_stack *s = kt_open(ts_test_dir, l.dev, extra);
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_uint_eq(ts_dev_limits(d)->max_provision_bytes, 1073741824);
   json_t *st = kt_status(d);
@@ -358,7 +352,7 @@ START_TEST(patched_kernel_path_downgrades)
   /* With emulate, the same request carries on down the ladder. */
   free(extra);
   extra = ts_test_fmt("\"sysfs_root\": \"%s\", \"provision\": \"emulate\"", root);
-  s = kt_open(dir, l.dev, extra);
+  s = kt_open(ts_test_dir, l.dev, extra);
   d = ts_stack_dev(s, "k");
   ck_assert_int_eq(kt_provision_may_zero(d, 0, MIB), 0);
   ck_assert_uint_ge(ts_test_allocated(l.img), a + MIB);
@@ -383,7 +377,7 @@ START_TEST(write_zeroes_path_chosen)
   static const char *const ov[] = { "write_zeroes_unmap_max_bytes=268435456", NULL };
   char *root = fake_sysfs(&l, "sys-617", ov);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
-  ts_stack *s = kt_open(dir, l.dev, extra);
+  ts_stack *s = kt_open(ts_test_dir, l.dev, extra);
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_uint_eq(ts_dev_limits(d)->max_provision_bytes, 268435456);
   ck_assert(ts_dev_limits(d)->write_zeroes_unmap);
@@ -423,7 +417,7 @@ START_TEST(nofallback_rechecks_queue)
   ck_assert_int_gt(real_attr(&l, "write_zeroes_max_bytes"), 0);
   char *root = fake_sysfs(&l, "sys-nowz", NULL);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
-  ts_stack *s = kt_open(dir, l.dev, extra);
+  ts_stack *s = kt_open(ts_test_dir, l.dev, extra);
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert_int_eq(ts_write_zeroes(d, 0, MIB, TS_IO_NOFALLBACK), 0);
 
@@ -470,7 +464,7 @@ START_TEST(downgrade_is_thread_safe)
   static const char *const ov[] = { "provision_max_bytes=1048576", NULL };
   char *root = fake_sysfs(&l, "sys-race", ov);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
-  ts_stack *s = kt_open(dir, l.dev, extra);
+  ts_stack *s = kt_open(ts_test_dir, l.dev, extra);
   ts_dev *d = ts_stack_dev(s, "k");
   enum { T = 6 };
   pthread_t th[T];
@@ -500,7 +494,7 @@ END_TEST
 START_TEST(read_only_device)
 {
   struct kt_loop l = attach("h.img", true);
-  ts_stack *s = kt_open(dir, l.dev, "");
+  ts_stack *s = kt_open(ts_test_dir, l.dev, "");
   ts_dev *d = ts_stack_dev(s, "k");
   ck_assert(ts_dev_limits(d)->read_only);
   char buf[4096];
@@ -523,14 +517,14 @@ START_TEST(bad_inputs)
   ts_stack *s = NULL, *s2 = NULL;
   ts_error err = { 0 };
 
-  ck_assert_int_eq(kt_try_open(dir, "/dev/null", "", &s, &err), -ENOTBLK);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, "/dev/null", "", &s, &err), -ENOTBLK);
   ck_assert_ptr_nonnull(strstr(err.msg, "layers.k.path"));
 
   /* A sysfs root without this device's queue. */
-  char *empty = ts_test_path(dir, "nosys");
+  char *empty = ts_test_path(ts_test_dir, "nosys");
   ck_assert_int_eq(mkdir(empty, 0755), 0);
   char *extra = ts_test_fmt("\"sysfs_root\": \"%s\"", empty);
-  ck_assert_int_eq(kt_try_open(dir, l.dev, extra, &s, &err), -ENOENT);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, l.dev, extra, &s, &err), -ENOENT);
   ck_assert_ptr_nonnull(strstr(err.msg, "layers.k.sysfs_root"));
   ck_assert_ptr_nonnull(strstr(err.msg, "does not exist"));
   free(extra);
@@ -539,14 +533,14 @@ START_TEST(bad_inputs)
   static const char *const ov[] = { "logical_block_size=4096", NULL };
   char *root = fake_sysfs(&l, "sys-wrong", ov);
   extra = ts_test_fmt("\"sysfs_root\": \"%s\"", root);
-  ck_assert_int_eq(kt_try_open(dir, l.dev, extra, &s, &err), -EINVAL);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, l.dev, extra, &s, &err), -EINVAL);
   ck_assert_ptr_nonnull(strstr(err.msg, "says a logical block size of 4096"));
   free(extra);
   free(root);
 
   /* A block device we write is ours alone while the stack is open. */
-  ck_assert_int_eq(kt_try_open(dir, l.dev, "", &s, &err), 0);
-  ck_assert_int_eq(kt_try_open(dir, l.dev, "", &s2, &err), -EBUSY);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, l.dev, "", &s, &err), 0);
+  ck_assert_int_eq(kt_try_open(ts_test_dir, l.dev, "", &s2, &err), -EBUSY);
   ck_assert_ptr_nonnull(strstr(err.msg, "in use"));
   ts_stack_close(s, NULL);
 
@@ -559,7 +553,7 @@ static Suite *suite(void)
 {
   Suite *s = suite_create("kernel_loop");
   TCase *tc = tcase_create("loop");
-  tcase_add_unchecked_fixture(tc, setup, teardown);
+  tcase_add_unchecked_fixture(tc, ts_test_dir_setup, teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, limits_follow_sysfs);
   tcase_add_test(tc, ops_on_loop);

@@ -21,16 +21,10 @@
 
 #define MIB (1024 * 1024)
 
-static char *dir;
-
-static void setup(void) { dir = ts_test_mkdtemp(); }
-
 static void teardown(void)
 {
-  kt_loop_detach_all(dir);
-  ts_test_rmdir(dir);
-  free(dir);
-  dir = NULL;
+  kt_loop_detach_all(ts_test_dir);
+  ts_test_dir_teardown();
 }
 
 static const struct {
@@ -63,7 +57,7 @@ START_TEST(provision_through_thin)
 {
   /* Files of their own per case: the folder is shared by the cases. */
   char *name = ts_test_fmt("data%d.img", _i);
-  struct kt_loop l = kt_loop_attach(dir, name, 64 * MIB, false);
+  struct kt_loop l = kt_loop_attach(ts_test_dir, name, 64 * MIB, false);
   free(name);
   char *json = ts_test_fmt(
       "{\"version\": 1, \"layers\": {"
@@ -74,7 +68,7 @@ START_TEST(provision_through_thin)
       "\"vol\": {\"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"128M\","
       " \"create\": true}}, \"exports\": [\"vol\"]}",
       _i, l.dev, cases[_i].policy, cases[_i].zero_new ? "true" : "false");
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   free(json);
   ts_dev *vol = ts_stack_dev(s, "vol");
   ts_dev *pool = ts_stack_node(s, "pool");
@@ -142,7 +136,7 @@ static Suite *suite(void)
 {
   Suite *s = suite_create("kernel_thin");
   TCase *tc = tcase_create("thin_over_loop");
-  tcase_add_unchecked_fixture(tc, setup, teardown);
+  tcase_add_unchecked_fixture(tc, ts_test_dir_setup, teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_loop_test(tc, provision_through_thin, 0, (int)(sizeof cases / sizeof cases[0]));
   suite_add_tcase(s, tc);

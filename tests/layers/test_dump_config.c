@@ -18,14 +18,6 @@
 #define KEY "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 #define MIB (1024 * 1024)
 
-static char *dir;
-static void setup(void) { dir = ts_test_mkdtemp(); }
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-}
-
 static const char *stack_json =
   "{ \"version\": 1, \"comment\": \"kept as written\", \"layers\": {"
   " \"meta\": { \"type\": \"file\", \"path\": \"m.img\", \"size\": \"8M\", \"create\": true },"
@@ -44,9 +36,9 @@ static json_t *layer(json_t *root, const char *name)
 
 START_TEST(round_trip_from_anywhere)
 {
-  char *sub = ts_test_fmt("%s/sub", dir);
+  char *sub = ts_test_fmt("%s/sub", ts_test_dir);
   ck_assert_int_eq(mkdir(sub, 0700), 0);
-  ts_stack *s = ts_test_open(dir, stack_json);
+  ts_stack *s = ts_test_open(ts_test_dir, stack_json);
   ts_dev *enc = ts_stack_dev(s, "enc"), *lin = ts_stack_dev(s, "lin");
   char buf[4096], back[4096];
   ts_test_pattern(buf, sizeof buf, 42);
@@ -68,10 +60,10 @@ START_TEST(round_trip_from_anywhere)
   ck_assert_str_eq(json_string_value(json_object_get(layer(root, "vol"), "size")), "32M");
   ck_assert_str_eq(json_string_value(json_object_get(layer(root, "enc"), "key")), KEY);
   /* ...paths become absolute, and the grown data file has its new size. */
-  char *want = ts_test_fmt("%s/d.img", dir);
+  char *want = ts_test_fmt("%s/d.img", ts_test_dir);
   ck_assert_str_eq(json_string_value(json_object_get(layer(root, "data"), "path")), want);
   free(want);
-  want = ts_test_fmt("%s/sub/../x.img", dir);
+  want = ts_test_fmt("%s/sub/../x.img", ts_test_dir);
   ck_assert_str_eq(json_string_value(json_object_get(layer(root, "x"), "path")), want);
   free(want);
   ck_assert_int_eq(json_integer_value(json_object_get(layer(root, "data"), "size")), 128 * MIB);
@@ -108,10 +100,10 @@ END_TEST
 
 START_TEST(keys_masked_unless_asked)
 {
-  char *sub = ts_test_fmt("%s/sub", dir);
+  char *sub = ts_test_fmt("%s/sub", ts_test_dir);
   ck_assert_int_eq(mkdir(sub, 0700), 0);
   free(sub);
-  ts_stack *s = ts_test_open(dir, stack_json);
+  ts_stack *s = ts_test_open(ts_test_dir, stack_json);
   char *dump = ts_stack_config_json(s, 0);
   ck_assert_ptr_nonnull(dump);
   ck_assert_ptr_null(strstr(dump, KEY));
@@ -135,7 +127,7 @@ int main(void)
 {
   Suite *s = suite_create("dump_config");
   TCase *tc = tcase_create("dump");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, round_trip_from_anywhere);
   tcase_add_test(tc, keys_masked_unless_asked);
   suite_add_tcase(s, tc);

@@ -9,19 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *dir, *img;
+static char *img;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  img = ts_test_path(dir, "disk.img");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(img);
+  ts_test_dir_setup();
+  img = ts_test_file("disk.img");
 }
 
 #define FILE_STACK(extra)                                                                     \
@@ -30,7 +23,7 @@ static void teardown(void)
 
 START_TEST(create_and_reopen)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_uint_eq(ts_dev_size(d), 64 << 20);
   ck_assert_uint_lt(ts_test_allocated(img), 1 << 20); /* created sparse */
@@ -39,7 +32,7 @@ START_TEST(create_and_reopen)
   ck_assert_int_eq(ts_pwrite(d, buf, sizeof buf, 1 << 20, TS_IO_FUA), 0);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   /* Reopen: create:true opens what exists and checks the size. */
-  s = ts_test_open(dir, FILE_STACK(""));
+  s = ts_test_open(ts_test_dir, FILE_STACK(""));
   d = ts_stack_dev(s, "d");
   ck_assert_int_eq(ts_pread(d, back, sizeof back, 1 << 20), 0);
   ck_assert_mem_eq(buf, back, sizeof buf);
@@ -54,7 +47,7 @@ END_TEST
 
 START_TEST(provision_discard_zero)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   const ts_limits *l = ts_dev_limits(d);
   ck_assert_int_eq(ts_limits_cap(l, TS_OP_PROVISION), TS_CAP_NATIVE);
@@ -102,7 +95,7 @@ END_TEST
  * the extent unwritten until writeback, yet the bytes are data. */
 START_TEST(written_into_provisioned)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_int_eq(ts_provision(d, 0, 1 << 20), 0);
   char *buf = malloc(64 << 10);
@@ -124,7 +117,7 @@ END_TEST
 
 START_TEST(direct_io_unaligned_buffers)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(", \"direct\": true"));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(", \"direct\": true"));
   ts_dev *d = ts_stack_dev(s, "d");
   ck_assert_uint_eq(ts_dev_limits(d)->logical_block_size, 4096);
   /* Deliberately misaligned memory: the layer must bounce it. */
@@ -157,7 +150,7 @@ static uint64_t bounced(ts_dev *d)
  * requests and aligned pieces reach the file as they are. */
 START_TEST(direct_io_bounces_only_unaligned)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(", \"direct\": true"));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(", \"direct\": true"));
   ts_dev *d = ts_stack_dev(s, "d");
   char *mem, *back;
   ck_assert_int_eq(posix_memalign((void **)&mem, 4096, 64 << 10), 0);
@@ -214,9 +207,10 @@ END_TEST
 
 START_TEST(read_only_open)
 {
-  ts_stack_close(ts_test_open(dir, FILE_STACK("")), NULL);
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
-                                  "\"path\": \"disk.img\", \"read_only\": true } } }");
+  ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK("")), NULL);
+  ts_stack *s =
+      ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", "
+                                "\"path\": \"disk.img\", \"read_only\": true } } }");
   ts_dev *d = ts_stack_node(s, "d");
   char buf[512] = { 0 };
   ck_assert(ts_dev_limits(d)->read_only);
@@ -229,7 +223,7 @@ END_TEST
 
 START_TEST(iovec_requests)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK(""));
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK(""));
   ts_dev *d = ts_stack_dev(s, "d");
   char a[512], b[1536], back[2048];
   ts_test_pattern(a, sizeof a, 4);
@@ -255,7 +249,7 @@ int main(void)
 {
   Suite *s = suite_create("file");
   TCase *tc = tcase_create("file");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, create_and_reopen);
   tcase_add_test(tc, provision_discard_zero);
   tcase_add_test(tc, written_into_provisioned);

@@ -6,14 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *dir;
-static void setup(void) { dir = ts_test_mkdtemp(); }
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-}
-
 /* Counts of requests a fault layer saw, from its status. */
 static long long matched(ts_dev *f, int rule)
 {
@@ -33,7 +25,9 @@ static long long matched(ts_dev *f, int rule)
 
 START_TEST(linear_spans_children)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"d\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\", \"offset\": \"1M\", \"length\": \"4M\" },"
       "                                           { \"child\": \"b\" } ] } }, \"exports\": [\"d\"] }");
   ts_dev *d = ts_stack_dev(s, "d"), *a = ts_stack_node(s, "a"), *b = ts_stack_node(s, "b");
@@ -48,7 +42,7 @@ START_TEST(linear_spans_children)
   ck_assert_mem_eq(back, buf + 32768, 32768);
 
   /* Provision across the edge reaches both files. */
-  char *pa = ts_test_path(dir, "a.img"), *pb = ts_test_path(dir, "b.img");
+  char *pa = ts_test_path(ts_test_dir, "a.img"), *pb = ts_test_path(ts_test_dir, "b.img");
   ck_assert_int_eq(ts_provision(d, 2 << 20, 4 << 20), 0);
   ck_assert_uint_ge(ts_test_allocated(pa), 2 << 20);
   ck_assert_uint_ge(ts_test_allocated(pb), 2 << 20);
@@ -73,7 +67,9 @@ END_TEST
 START_TEST(linear_limits_stack)
 {
   /* One child without PROVISION turns it off for the whole linear device. */
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"nb\": { \"type\": \"fault\", \"child\": \"b\", \"limits\": { \"max_provision_bytes\": 0, \"max_io_bytes\": \"128K\" } },"
       "\"d\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" }, { \"child\": \"nb\" } ] } } }");
   ts_dev *d = ts_stack_node(s, "d");
@@ -91,7 +87,9 @@ END_TEST
 
 START_TEST(fault_eio_through_linear)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"fb\": { \"type\": \"fault\", \"child\": \"b\", \"rules\": ["
       "   { \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"1M\", \"length\": \"64K\" },"
       "   { \"op\": \"provision\", \"errno\": \"ENOSPC\", \"after\": 1, \"count\": 1 } ] },"
@@ -116,7 +114,9 @@ END_TEST
 
 START_TEST(fault_drop_loses_writes)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {" TWO_FILES
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {" TWO_FILES
       "\"f\": { \"type\": \"fault\", \"child\": \"a\", \"rules\": [ { \"op\": \"all\", \"action\": \"drop\", \"after\": 2 } ] } } }");
   ts_dev *f = ts_stack_node(s, "f"), *a = ts_stack_node(s, "a");
   char w[512], r[512];
@@ -138,7 +138,9 @@ END_TEST
 
 START_TEST(core_splits_and_emulates)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
       "\"m\": { \"type\": \"memory\", \"size\": \"4M\" },"
       "\"f\": { \"type\": \"fault\", \"child\": \"m\", \"rules\": ["
       "   { \"op\": \"write\", \"action\": \"error\", \"after\": 1000000 },"
@@ -177,7 +179,9 @@ END_TEST
 
 START_TEST(zero_and_error_layers)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
+  ts_stack *s = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
       "\"z\": { \"type\": \"zero\", \"size\": \"1T\" }, \"e\": { \"type\": \"error\", \"size\": \"1M\" } } }");
   ts_dev *z = ts_stack_node(s, "z"), *e = ts_stack_node(s, "e");
   char buf[4096];
@@ -203,7 +207,7 @@ int main(void)
 {
   Suite *s = suite_create("linear_fault");
   TCase *tc = tcase_create("layers");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, linear_spans_children);
   tcase_add_test(tc, linear_limits_stack);
   tcase_add_test(tc, fault_eio_through_linear);

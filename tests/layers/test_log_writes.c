@@ -18,17 +18,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static char *dir;
-static void setup(void) { dir = ts_test_mkdtemp(); }
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-}
-
 static unsigned char *slurp(const char *name, size_t *len)
 {
-  char *path = ts_test_path(dir, name);
+  char *path = ts_test_path(ts_test_dir, name);
   int fd = open(path, O_RDONLY);
   ck_assert_int_ge(fd, 0);
   off_t n = lseek(fd, 0, SEEK_END);
@@ -61,7 +53,7 @@ struct want {
 
 START_TEST(layout_and_order)
 {
-  ts_stack *s = ts_test_open(dir, stack_json("1M"));
+  ts_stack *s = ts_test_open(ts_test_dir, stack_json("1M"));
   ts_dev *lw = ts_stack_dev(s, "lw");
   ts_error err = { 0 };
   ck_assert_str_eq(ts_dev_type(lw), "log-writes");
@@ -167,7 +159,7 @@ START_TEST(full_log_stops_logging)
   ts_stack *s = NULL;
   ts_error err = { 0 };
   char *json = strdup(stack_json("5120"));
-  char *d = ts_test_fmt("%s", dir);
+  char *d = ts_test_fmt("%s", ts_test_dir);
   ck_assert_msg(ts_stack_open_string(json, d, &o, &s, &err) == 0, "%s", err.msg);
   ts_dev *lw = ts_stack_dev(s, "lw");
   unsigned char a[4096];
@@ -208,7 +200,7 @@ START_TEST(failed_flush_keeps_writes_waiting)
                      " \"log\": { \"type\": \"file\", \"path\": \"log.img\", \"size\": \"1M\", \"create\": true },"
                      " \"lw\": { \"type\": \"log-writes\", \"child\": \"d\", \"log\": \"log\" } },"
                      " \"exports\": [\"lw\"] }";
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   ts_dev *lw = ts_stack_dev(s, "lw");
   ts_error err = { 0 };
   unsigned char a[512], b[512];
@@ -244,7 +236,7 @@ START_TEST(bad_configs)
   ts_stack *s = NULL;
   ts_error err = { 0 };
   /* A log too small for a super block and one entry block. */
-  ck_assert_int_eq(ts_stack_open_string(stack_json("512"), dir, NULL, &s, &err), -EINVAL);
+  ck_assert_int_eq(ts_stack_open_string(stack_json("512"), ts_test_dir, NULL, &s, &err), -EINVAL);
   ck_assert_msg(strstr(err.msg, "layers.lw.log") && strstr(err.msg, "smaller than two"), "%s",
                 err.msg);
   ck_assert_ptr_null(s);
@@ -253,7 +245,7 @@ START_TEST(bad_configs)
                      " \"d\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"1M\", \"create\": true },"
                      " \"lw\": { \"type\": \"log-writes\", \"child\": \"d\", \"log\": \"d\" } },"
                      " \"exports\": [\"lw\"] }";
-  ck_assert_int_eq(ts_stack_open_string(same, dir, NULL, &s, &err), -EINVAL);
+  ck_assert_int_eq(ts_stack_open_string(same, ts_test_dir, NULL, &s, &err), -EINVAL);
   ck_assert_ptr_null(s);
 }
 END_TEST
@@ -262,7 +254,7 @@ int main(void)
 {
   Suite *s = suite_create("log_writes");
   TCase *tc = tcase_create("log");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, layout_and_order);
   tcase_add_test(tc, full_log_stops_logging);
   tcase_add_test(tc, failed_flush_keeps_writes_waiting);

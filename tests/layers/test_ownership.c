@@ -12,19 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char *dir, *img;
+static char *img;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  img = ts_test_path(dir, "disk.img");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(img);
+  ts_test_dir_setup();
+  img = ts_test_file("disk.img");
 }
 
 #define FILE_STACK                                                                            \
@@ -54,7 +47,7 @@ static int try_open(const char *json, uint32_t flags, struct events *ev, ts_stac
                      .event_arg = ev };
   *out = NULL;
   memset(err, 0, sizeof *err);
-  return ts_stack_open_string(json, dir, &o, out, err);
+  return ts_stack_open_string(json, ts_test_dir, &o, out, err);
 }
 
 /* "pid N (" for this process: the holder the messages must name. */
@@ -62,7 +55,7 @@ static char *me(void) { return ts_test_fmt("pid %d (", (int)getpid()); }
 
 START_TEST(second_writer_same_process)
 {
-  ts_stack *a = ts_test_open(dir, FILE_STACK), *b = NULL;
+  ts_stack *a = ts_test_open(ts_test_dir, FILE_STACK), *b = NULL;
   ts_error err;
   ck_assert_int_eq(try_open(FILE_STACK, 0, NULL, &b, &err), -EBUSY);
   ck_assert_ptr_null(b);
@@ -76,14 +69,14 @@ START_TEST(second_writer_same_process)
   ck_assert_msg(strstr(err.msg, "disk.img is open for writing by pid "), "%s", err.msg);
   ck_assert_int_eq(ts_stack_close(a, NULL), 0);
   /* Closing released it. */
-  a = ts_test_open(dir, FILE_STACK);
+  a = ts_test_open(ts_test_dir, FILE_STACK);
   ts_stack_close(a, NULL);
 }
 END_TEST
 
 START_TEST(readers_share_and_keep_writers_out)
 {
-  ts_stack *w = ts_test_open(dir, FILE_STACK), *r1 = NULL, *r2 = NULL, *x = NULL;
+  ts_stack *w = ts_test_open(ts_test_dir, FILE_STACK), *r1 = NULL, *r2 = NULL, *x = NULL;
   ts_stack_close(w, NULL);
   ts_error err;
   ck_assert_int_eq(try_open(FILE_STACK, TS_OPEN_READ_ONLY, NULL, &r1, &err), 0);
@@ -100,7 +93,7 @@ END_TEST
 
 START_TEST(force_share_reads_beside_a_writer)
 {
-  ts_stack *w = ts_test_open(dir, FILE_STACK), *r = NULL;
+  ts_stack *w = ts_test_open(ts_test_dir, FILE_STACK), *r = NULL;
   char buf[4096], back[4096];
   ts_test_pattern(buf, sizeof buf, 7);
   ck_assert_int_eq(ts_pwrite(ts_stack_dev(w, "d"), buf, sizeof buf, 8192, TS_IO_FUA), 0);
@@ -147,8 +140,8 @@ static void two_layers_refused(const char *json, const char *second)
 
 START_TEST(same_file_twice_in_one_stack)
 {
-  ts_stack_close(ts_test_open(dir, FILE_STACK), NULL);
-  char *sym = ts_test_path(dir, "sym.img"), *hard = ts_test_path(dir, "hard.img");
+  ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK), NULL);
+  char *sym = ts_test_path(ts_test_dir, "sym.img"), *hard = ts_test_path(ts_test_dir, "hard.img");
   ck_assert_int_eq(symlink("disk.img", sym), 0);
   ck_assert_int_eq(link(img, hard), 0);
   two_layers_refused(TWO_FILES("sym.img"), "sym.img");
@@ -184,7 +177,7 @@ END_TEST
  * writer like any other process's. */
 START_TEST(forked_child_is_refused)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK);
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK);
   int parent = (int)getpid();
   int p[2];
   ck_assert_int_eq(pipe(p), 0);
@@ -221,7 +214,7 @@ END_TEST
  * after the stack closes. */
 START_TEST(exec_child_does_not_keep_the_lock)
 {
-  ts_stack *s = ts_test_open(dir, FILE_STACK);
+  ts_stack *s = ts_test_open(ts_test_dir, FILE_STACK);
   pid_t c = fork();
   ck_assert_int_ge(c, 0);
   if (c == 0) {
@@ -243,15 +236,15 @@ END_TEST
 START_TEST(created_files_are_0600_and_mode_widens)
 {
   umask(022);
-  ts_stack_close(ts_test_open(dir, FILE_STACK), NULL);
+  ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK), NULL);
   struct stat st;
   ck_assert_int_eq(stat(img, &st), 0);
   ck_assert_uint_eq(st.st_mode & 07777, 0600);
   const char *wide = "{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"file\", \"path\": "
                      "\"wide.img\", \"size\": \"1M\", \"create\": true, \"mode\": \"0640\" } }, "
                      "\"exports\": [\"d\"] }";
-  ts_stack_close(ts_test_open(dir, wide), NULL);
-  char *w = ts_test_path(dir, "wide.img");
+  ts_stack_close(ts_test_open(ts_test_dir, wide), NULL);
+  char *w = ts_test_path(ts_test_dir, "wide.img");
   ck_assert_int_eq(stat(w, &st), 0);
   ck_assert_uint_eq(st.st_mode & 07777, 0640);
   free(w);
@@ -268,7 +261,7 @@ END_TEST
 static int count_entries(void)
 {
   char *out = NULL;
-  ts_test_run(&out, "ls -A '%s' | wc -l", dir);
+  ts_test_run(&out, "ls -A '%s' | wc -l", ts_test_dir);
   int n = atoi(out ? out : "-1");
   free(out);
   return n;
@@ -292,7 +285,7 @@ START_TEST(read_only_creates_nothing)
       "   \"block_size\": \"64K\", \"create\": true } }, \"exports\": [\"pool\"] }";
   ck_assert_int_eq(try_open(pool, TS_OPEN_READ_ONLY, NULL, &s, &err), -ENOENT);
   ck_assert_int_eq(count_entries(), 0);
-  char *meta = ts_test_path(dir, "meta.img"), *data = ts_test_path(dir, "data.img");
+  char *meta = ts_test_path(ts_test_dir, "meta.img"), *data = ts_test_path(ts_test_dir, "data.img");
   ck_assert_int_eq(truncate(meta, 0), -1);
   int fd = open(meta, O_RDWR | O_CREAT, 0600);
   ck_assert_int_eq(ftruncate(fd, 4 << 20), 0);
@@ -371,17 +364,17 @@ START_TEST(plugin_layers_claim_through_the_helper)
 {
   int r = ts_register_layer_type(&raw_type);
   ck_assert(r == 0 || r == -EEXIST);
-  ts_stack_close(ts_test_open(dir, FILE_STACK), NULL);
+  ts_stack_close(ts_test_open(ts_test_dir, FILE_STACK), NULL);
   const char *raw = "{ \"version\": 1, \"layers\": { \"r\": { \"type\": \"test-raw\", "
                     "\"path\": \"disk.img\" } }, \"exports\": [\"r\"] }";
-  ts_stack *p = ts_test_open(dir, raw), *f = NULL;
+  ts_stack *p = ts_test_open(ts_test_dir, raw), *f = NULL;
   ts_error err;
   /* The file layer is refused while the plugin layer holds the file ... */
   ck_assert_int_eq(try_open(FILE_STACK, 0, NULL, &f, &err), -EBUSY);
   ck_assert_msg(strstr(err.msg, "disk.img is in use by pid "), "%s", err.msg);
   ts_stack_close(p, NULL);
   /* ... and the other way round. */
-  f = ts_test_open(dir, FILE_STACK);
+  f = ts_test_open(ts_test_dir, FILE_STACK);
   ck_assert_int_eq(try_open(raw, 0, NULL, &p, &err), -EBUSY);
   ck_assert_msg(strstr(err.msg, "layers.r: ") && strstr(err.msg, "disk.img is in use by pid "),
                 "%s", err.msg);
@@ -399,7 +392,7 @@ static Suite *suite(void)
 {
   Suite *s = suite_create("ownership");
   TCase *t = tcase_create("ownership");
-  tcase_add_checked_fixture(t, setup, teardown);
+  tcase_add_checked_fixture(t, setup, ts_test_dir_teardown);
   tcase_add_test(t, second_writer_same_process);
   tcase_add_test(t, readers_share_and_keep_writers_out);
   tcase_add_test(t, force_share_reads_beside_a_writer);

@@ -44,7 +44,7 @@ END_TEST
 
 START_TEST(load_from_plugin_dir)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *link = ts_test_path(dir, "offset.so");
   ck_assert_int_eq(symlink(MODULE, link), 0);
   char *json = ts_test_fmt(STACK_FMT, "");
@@ -54,10 +54,8 @@ START_TEST(load_from_plugin_dir)
   ck_assert_msg(ts_stack_open_string(json, "/", &o, &s, &err) == 0, "%s", err.msg);
   check_offset_stack(s);
   ts_stack_close(s, NULL);
-  ts_test_rmdir(dir);
   free(json);
   free(link);
-  free(dir);
 }
 END_TEST
 
@@ -81,6 +79,7 @@ int main(void)
 {
   Suite *s = suite_create("plugin");
   TCase *tc = tcase_create("dlopen");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, load_from_config);
   tcase_add_test(tc, load_from_plugin_dir);
   tcase_add_test(tc, bad_modules);

@@ -9,22 +9,12 @@
 #include <sys/resource.h>
 #include <time.h>
 
-static char *dir;
-
-static void setup(void) { dir = ts_test_mkdtemp(); }
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-}
-
 /* Open must fail with `code` and a message holding `path`. */
 static void refused(const char *json, int code, const char *path)
 {
   ts_stack *s = NULL;
   ts_error e = { 0 };
-  int r = ts_test_try_open(dir, json, &s, &e);
+  int r = ts_test_try_open(ts_test_dir, json, &s, &e);
   ck_assert_msg(r == code, "expected %s, got %s: %s", ts_err_name(code), ts_err_name(r), e.msg);
   ck_assert_ptr_null(s);
   ck_assert_msg(strstr(e.msg, path), "message does not name %s: %s", path, e.msg);
@@ -87,13 +77,13 @@ START_TEST(linear_sum_cannot_wrap)
           " \"exports\": [\"lin\"] }",
           -ERANGE, "layers.lin.segments[1]");
   /* Up to the limit they add up exactly. */
-  ts_stack *s = ts_test_open(dir,
-                             "{ \"version\": 1, \"layers\": {"
-                             " \"a\": { \"type\": \"memory\", \"size\": \"4096P\" },"
-                             " \"b\": { \"type\": \"memory\", \"size\": \"4095P\" },"
-                             " \"lin\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" },"
-                             "   { \"child\": \"b\" } ] } },"
-                             " \"exports\": [\"lin\"] }");
+  ts_stack *s = ts_test_open(
+      ts_test_dir, "{ \"version\": 1, \"layers\": {"
+                   " \"a\": { \"type\": \"memory\", \"size\": \"4096P\" },"
+                   " \"b\": { \"type\": \"memory\", \"size\": \"4095P\" },"
+                   " \"lin\": { \"type\": \"linear\", \"segments\": [ { \"child\": \"a\" },"
+                   "   { \"child\": \"b\" } ] } },"
+                   " \"exports\": [\"lin\"] }");
   ck_assert_uint_eq(ts_dev_size(ts_stack_dev(s, "lin")), 8191ull << 50);
   ts_stack_close(s, NULL);
 }
@@ -103,8 +93,9 @@ START_TEST(memory_index_grows_with_writes)
 {
   long rss0 = max_rss_kib();
   double t0 = now();
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": { \"m\": { \"type\": \"memory\","
-                                  " \"size\": \"111T\" } }, \"exports\": [\"m\"] }");
+  ts_stack *s =
+      ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": { \"m\": { \"type\": \"memory\","
+                                " \"size\": \"111T\" } }, \"exports\": [\"m\"] }");
   ts_dev *d = ts_stack_dev(s, "m");
   uint64_t size = ts_dev_size(d);
   ck_assert_uint_eq(size, 111ull << 40);
@@ -153,7 +144,7 @@ int main(void)
 {
   Suite *s = suite_create("sizes");
   TCase *tc = tcase_create("sizes");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, parse_refuses_past_2_63);
   tcase_add_test(tc, schema_refuses_huge_sizes);
   tcase_add_test(tc, linear_sum_cannot_wrap);

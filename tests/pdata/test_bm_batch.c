@@ -5,19 +5,12 @@
 
 #include "pdata/pdata-internal.h"
 
-static char *dir, *meta;
+static char *meta;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 /* Counts write requests and the blocks they carry. */
@@ -96,7 +89,7 @@ int main(void)
   Suite *s = suite_create("bm_batch");
   TCase *tc = tcase_create("bm_batch");
   tcase_set_timeout(tc, 120);
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, large_transaction_writes_in_batches);
   suite_add_tcase(s, tc);
   return ts_test_main(s);

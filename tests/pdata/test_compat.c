@@ -3,21 +3,13 @@
  * our view; pools thin_restore writes open here with identical contents. */
 #include "pdtest.h"
 
-static char *dir;
 static char *meta;
 
 static void setup(void)
 {
   pdt_require_tools();
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 static char *thin_dump(const char *path, bool snap)
@@ -134,7 +126,7 @@ START_TEST(test_thin_restore_pools_open_here)
       }
     }
   }
-  char *xml = pdt_model_xml(&m), *xpath = ts_test_path(dir, "in.xml");
+  char *xml = pdt_model_xml(&m), *xpath = ts_test_path(ts_test_dir, "in.xml");
   FILE *f = fopen(xpath, "w");
   fputs(xml, f);
   fclose(f);
@@ -227,7 +219,7 @@ int main(void)
 {
   Suite *s = suite_create("thin-tools-compat");
   TCase *tc = tcase_create("compat");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_our_pools_pass_thin_tools);
   tcase_add_loop_test(tc, test_thin_restore_pools_open_here, 0, 2);

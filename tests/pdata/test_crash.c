@@ -9,21 +9,13 @@
 
 #define ROUNDS 8
 
-static char *dir;
 static char *meta;
 
 static void setup(void)
 {
   pdt_require_tools();
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 /* ---- a bdev that stops persisting after `limit` writes ---- */
@@ -191,7 +183,7 @@ START_TEST(test_crash_points_fault_layer)
     char *json = ts_test_fmt("{\"version\":1,\"layers\":{\"m\":{\"type\":\"file\",\"path\":\"meta\",\"size\":\"16M\","
                              "\"create\":true},\"f\":{\"type\":\"fault\",\"child\":\"m\",\"rules\":[{\"op\":\"all\","
                              "\"action\":\"drop\",\"after\":%llu}]}},\"exports\":[\"f\"]}", (unsigned long long)n);
-    ts_stack *st = ts_test_open(dir, json);
+    ts_stack *st = ts_test_open(ts_test_dir, json);
     free(json);
     struct counted cnt = {{0}, 0, n};
     ts_error err = {0};
@@ -230,7 +222,7 @@ int main(void)
 {
   Suite *s = suite_create("crash");
   TCase *tc = tcase_create("crash");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, test_crash_points_wrapper);
   tcase_add_test(tc, test_crash_points_fault_layer);

@@ -4,23 +4,14 @@
 #include "pdtest.h"
 #include "pdata/pdata-internal.h"
 
-static char *dir;
 static char *meta;
-
 
 static void setup(void)
 {
   pdt_require_tools();
 
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 /* A small committed pool: two devices, a snapshot, a few hundred mappings. */
@@ -228,7 +219,7 @@ int main(void)
 {
   Suite *s = suite_create("damage");
   TCase *tc = tcase_create("damage");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, test_clean_baseline);
   tcase_add_test(tc, test_flipped_byte_in_node);
   tcase_add_test(tc, test_wrong_refcount);

@@ -7,20 +7,12 @@
 #include "pdtest.h"
 #include "pdata/pdata-internal.h"
 
-static char *dir;
 static char *meta;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 /* One committed device with 600 mappings, so its tree has internal nodes. */
@@ -299,7 +291,7 @@ START_TEST(test_restore_closing_superblock_only)
   ts_error err = {0};
   ck_assert_int_eq(restore_string("</superblock>", &err), -EINVAL);
   ck_assert_msg(strstr(err.msg, "line 1: </superblock> without <superblock>"), "%s", err.msg);
-  char *xml = ts_test_path(dir, "x.xml");
+  char *xml = ts_test_path(ts_test_dir, "x.xml");
   FILE *f = fopen(xml, "w");
   fputs("</superblock>", f);
   fclose(f);
@@ -443,7 +435,7 @@ START_TEST(test_restore_from_pipe)
   pdt_open_bdev(&b, meta);
   char *xml = pdt_dump(&b, false);
   pd_bdev_close(&b);
-  char *xp = ts_test_path(dir, "pool.xml");
+  char *xp = ts_test_path(ts_test_dir, "pool.xml");
   FILE *f = fopen(xp, "w");
   fputs(xml, f);
   fclose(f);
@@ -469,7 +461,7 @@ START_TEST(test_no_output_over_input)
   build_pool();
   size_t len0, len1;
   char *before = slurp_file(meta, &len0);
-  char *hard = ts_test_path(dir, "hard"), *sym = ts_test_path(dir, "sym");
+  char *hard = ts_test_path(ts_test_dir, "hard"), *sym = ts_test_path(ts_test_dir, "sym");
   ck_assert_int_eq(link(meta, hard), 0);
   ck_assert_int_eq(symlink(meta, sym), 0);
   const char *outs[] = {meta, hard, sym};
@@ -495,7 +487,7 @@ int main(void)
 {
   Suite *s = suite_create("hostile");
   TCase *tc = tcase_create("hostile");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, test_top_leaf_value_size_lie);
   tcase_add_test(tc, test_mapping_node_lie_every_path);
   tcase_add_test(tc, test_bad_flags_and_counts);

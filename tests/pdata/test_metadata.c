@@ -5,20 +5,12 @@
 
 #include "pdtest.h"
 
-static char *dir;
 static char *meta;
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  meta = ts_test_path(dir, "meta");
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-  free(meta);
+  ts_test_dir_setup();
+  meta = ts_test_file("meta");
 }
 
 static struct tmd *format(struct pd_bdev *b, uint64_t meta_bytes, uint64_t nr_data)
@@ -451,7 +443,7 @@ int main(void)
 {
   Suite *s = suite_create("thin-metadata");
   TCase *tc = tcase_create("api");
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_format_open);
   tcase_add_loop_test(tc, test_random_model, 0, 3);

@@ -12,7 +12,7 @@
 #ifdef TS_HAVE_RBD
 #define MiB (1024u * 1024)
 
-static char *dir, *image, *json;
+static char *image, *json;
 static int counter;
 
 static char *rbd_stack(const char *img, const char *extra)
@@ -24,7 +24,7 @@ static char *rbd_stack(const char *img, const char *extra)
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   image = ts_test_fmt("ts-test-%d-%d", (int)getpid(), counter++);
   json = rbd_stack(image, ", \"create\": true, \"size\": \"64M\"");
 }
@@ -32,8 +32,7 @@ static void setup(void)
 static void teardown(void)
 {
   ts_test_run(NULL, "rbd snap purge rbd/%s; rbd rm rbd/%s", image, image);
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
   free(image);
   free(json);
 }
@@ -65,7 +64,7 @@ static bool all_zero(const unsigned char *b, size_t n)
 
 START_TEST(every_op)
 {
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   ts_dev *d = ts_stack_dev(s, "d");
   const ts_limits *lim = ts_dev_limits(d);
   ck_assert_uint_eq(lim->size, 64 * MiB);
@@ -153,7 +152,7 @@ END_TEST
 
 START_TEST(snapshots_by_message)
 {
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   ts_dev *d = ts_stack_dev(s, "d");
   unsigned char a[4096], b[4096], r[4096];
   memset(a, 'a', sizeof a);
@@ -174,7 +173,7 @@ START_TEST(snapshots_by_message)
 
   /* The snapshot opens read-only beside the writer and holds the old data. */
   char *sj = rbd_stack(image, ", \"snapshot\": \"s1\"");
-  ts_stack *ss = ts_test_open(dir, sj);
+  ts_stack *ss = ts_test_open(ts_test_dir, sj);
   ts_dev *sd = ts_stack_dev(ss, "d");
   ck_assert(ts_dev_limits(sd)->read_only);
   ck_assert_int_eq(ts_pread(sd, r, sizeof r, 0), 0);
@@ -185,7 +184,7 @@ START_TEST(snapshots_by_message)
   ts_stack_close(ss, NULL);
 
   ck_assert_int_eq(ts_dev_message(d, "snap-remove s1", &err), 0);
-  ck_assert_int_eq(ts_test_try_open(dir, sj, &ss, &err), -ENOENT);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, sj, &ss, &err), -ENOENT);
   ck_assert_msg(strstr(err.msg, "snapshot"), "%s", err.msg);
   free(sj);
   ts_stack_close(s, NULL);
@@ -194,13 +193,13 @@ END_TEST
 
 START_TEST(one_writer)
 {
-  ts_stack *s = ts_test_open(dir, json), *t = NULL;
+  ts_stack *s = ts_test_open(ts_test_dir, json), *t = NULL;
   ts_error err = { 0 };
   /* A second stack of this process: RBD's lock owner refuses to hand over. */
-  ck_assert_int_eq(ts_test_try_open(dir, json, &t, &err), -EBUSY);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, json, &t, &err), -EBUSY);
   ck_assert_msg(strstr(err.msg, "is in use by") && strstr(err.msg, image), "%s", err.msg);
   /* Another process, as another host would be. */
-  char *path = ts_test_path(dir, "s.json");
+  char *path = ts_test_path(ts_test_dir, "s.json");
   FILE *f = fopen(path, "w");
   fputs(json, f);
   fclose(f);
@@ -227,17 +226,17 @@ START_TEST(errors_name_the_cluster)
   char *j = ts_test_fmt("{ \"version\": 1, \"layers\": { \"d\": { \"type\": \"rbd\", \"pool\": "
                         "\"nopool\", \"image\": \"x\", \"conf\": \"%s\" } }, \"exports\": [\"d\"] }",
                         getenv("CEPH_CONF"));
-  ck_assert_int_eq(ts_test_try_open(dir, j, &s, &err), -ENOENT);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, j, &s, &err), -ENOENT);
   ck_assert_msg(strstr(err.msg, "layers.d.pool") && strstr(err.msg, "nopool"), "%s", err.msg);
   free(j);
   j = rbd_stack("no-such-image", NULL);
-  ck_assert_int_eq(ts_test_try_open(dir, j, &s, &err), -ENOENT);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, j, &s, &err), -ENOENT);
   ck_assert_msg(strstr(err.msg, "rbd/no-such-image"), "%s", err.msg);
   free(j);
   /* A size that disagrees with the image is refused. */
-  ts_stack_close(ts_test_open(dir, json), NULL);
+  ts_stack_close(ts_test_open(ts_test_dir, json), NULL);
   j = rbd_stack(image, ", \"size\": \"32M\"");
-  ck_assert_int_eq(ts_test_try_open(dir, j, &s, &err), -EINVAL);
+  ck_assert_int_eq(ts_test_try_open(ts_test_dir, j, &s, &err), -EINVAL);
   ck_assert_msg(strstr(err.msg, "layers.d.size"), "%s", err.msg);
   free(j);
 }

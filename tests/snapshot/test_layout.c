@@ -34,7 +34,7 @@ static void assert_record(const unsigned char *cow, uint64_t chunk, unsigned idx
 
 START_TEST(known_workload)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", 2 * MiB, 1);
   unsigned char *base0 = malloc(2 * MiB), *buf = malloc(MiB);
   ts_test_pattern(base0, 2 * MiB, 1);
@@ -98,8 +98,6 @@ START_TEST(known_workload)
   free(got);
   free(buf);
   free(base0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -107,6 +105,7 @@ int main(void)
 {
   Suite *s = suite_create("snapshot-layout");
   TCase *tc = tcase_create("layout");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, known_workload);
   suite_add_tcase(s, tc);
   return ts_test_main(s);

@@ -62,7 +62,7 @@ static void assert_contents(ts_stack *s, const char *name, const unsigned char *
 
 START_TEST(origin_writes_copy_out)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *snap = malloc(SIZE), *orig = malloc(SIZE);
   ts_test_pattern(snap, SIZE, 1);
@@ -88,14 +88,12 @@ START_TEST(origin_writes_copy_out)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(snapshot_writes)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *snap = malloc(SIZE), *orig = malloc(SIZE);
   ts_test_pattern(snap, SIZE, 1);
@@ -123,14 +121,12 @@ START_TEST(snapshot_writes)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(several_snapshots)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *t0 = malloc(SIZE), *t1, *orig = malloc(SIZE);
   ts_test_pattern(t0, SIZE, 1);
@@ -185,14 +181,12 @@ START_TEST(several_snapshots)
   free(t1);
   free(t3);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(origin_ops)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *snap = malloc(SIZE), *orig = malloc(SIZE);
   ts_test_pattern(snap, SIZE, 1);
@@ -227,14 +221,12 @@ START_TEST(origin_ops)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(snapshot_ops)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   /* Base: 1M with only its first half written, so block status has holes. */
   {
     char *j = ts_test_fmt("{\"version\":1,\"layers\":{\"f\":{\"type\":\"file\",\"path\":\"base.img\","
@@ -312,8 +304,6 @@ START_TEST(snapshot_ops)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -331,7 +321,7 @@ static uint32_t header_valid(const char *dir, const char *file)
 
 START_TEST(overflow_by_origin)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *orig = malloc(SIZE), *snap = malloc(SIZE);
   ts_test_pattern(orig, SIZE, 1);
@@ -375,14 +365,12 @@ START_TEST(overflow_by_origin)
   free(json);
   free(orig);
   free(snap);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(overflow_by_snapshot_write)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   char *json = conf1("64K", "");
   struct events ev = { 0 };
@@ -398,14 +386,12 @@ START_TEST(overflow_by_snapshot_write)
   ck_assert_uint_eq(header_valid(dir, "cow1.img"), 0);
   free(b);
   free(json);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(provision_prevents_overflow)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *snap = malloc(SIZE), *orig = malloc(SIZE);
   ts_test_pattern(snap, SIZE, 1);
@@ -435,8 +421,6 @@ START_TEST(provision_prevents_overflow)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -483,7 +467,7 @@ static char *confx(const char *extra)
 
 START_TEST(bad_stores)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   char *nocreate = confx(""), *create = confx(",\"create\":true");
   /* A COW whose first word is zero, without "create". */
@@ -553,8 +537,6 @@ START_TEST(bad_stores)
   free(nocreate);
   free(create);
   free(json);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -601,7 +583,7 @@ static void *conc_reader(void *arg)
 
 START_TEST(concurrent_copy_out)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *frozen = malloc(SIZE);
   ts_test_pattern(frozen, SIZE, 1);
@@ -638,14 +620,12 @@ START_TEST(concurrent_copy_out)
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   free(json);
   free(frozen);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(transient_store)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   unsigned char *orig = malloc(SIZE), *snap = malloc(SIZE);
   ts_test_pattern(orig, SIZE, 1);
@@ -668,14 +648,12 @@ START_TEST(transient_store)
   free(json);
   free(orig);
   free(snap);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(dm_table_and_status)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", SIZE, 1);
   char *json = conf1("1M", "");
   ts_stack *s = snap_open(dir, json, NULL, NULL);
@@ -695,8 +673,6 @@ START_TEST(dm_table_and_status)
   json_decref(st);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
   free(json);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -704,7 +680,7 @@ END_TEST
  * is partial, on both sides. */
 START_TEST(partial_last_chunk)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   uint64_t size = SIZE + 1536;
   prefill(dir, "base.img", size, 1);
   unsigned char *snap = malloc(size), *orig = malloc(size);
@@ -733,8 +709,6 @@ START_TEST(partial_last_chunk)
   free(json);
   free(snap);
   free(orig);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -742,6 +716,7 @@ int main(void)
 {
   Suite *s = suite_create("snapshot");
   TCase *tc = tcase_create("layers");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, origin_writes_copy_out);
   tcase_add_test(tc, snapshot_writes);

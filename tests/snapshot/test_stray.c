@@ -58,7 +58,7 @@ static void get_record(const char *dir, unsigned idx, uint64_t *old, uint64_t *n
 
 START_TEST(stray_records_never_become_live)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   prefill(dir, "base.img", 2 * MiB, 1);
   unsigned char *base0 = malloc(2 * MiB), *buf = malloc(CH);
   ts_test_pattern(base0, 2 * MiB, 1);
@@ -113,8 +113,6 @@ START_TEST(stray_records_never_become_live)
   free(got);
   free(buf);
   free(base0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -122,6 +120,7 @@ int main(void)
 {
   Suite *s = suite_create("snapshot-stray");
   TCase *tc = tcase_create("stray");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, stray_records_never_become_live);
   suite_add_tcase(s, tc);
   return ts_test_main(s);

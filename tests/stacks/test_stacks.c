@@ -11,30 +11,21 @@
 
 #define MiB (1ull << 20)
 
-static char *dir;
-
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  char *key = ts_test_path(dir, "vm.key");
+  ts_test_dir_setup();
+  char *key = ts_test_file("vm.key");
   FILE *f = fopen(key, "wb");
   unsigned char k[64];
   ts_test_pattern(k, sizeof k, 99);
   ck_assert_uint_eq(fwrite(k, 1, sizeof k, f), sizeof k);
   fclose(f);
   chmod(key, 0600); /* a key file others can read is refused */
-  free(key);
-}
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
 }
 
 static void assert_thin_check(const char *meta)
 {
-  char *path = ts_test_path(dir, meta);
+  char *path = ts_test_path(ts_test_dir, meta);
   ts_test_assert_thin_check(path);
   free(path);
 }
@@ -64,13 +55,16 @@ static uint64_t extent_bytes(ts_dev *d, uint64_t off, uint64_t len, uint32_t fla
 
 START_TEST(crypt_over_thin_over_file)
 {
-  ts_stack *s = ts_test_open(dir, "{ \"version\": 1, \"layers\": {"
+  /* The stack as JSON, a layer a line. */
+  // clang-format off
+  ts_stack *s = ts_test_open(ts_test_dir, "{ \"version\": 1, \"layers\": {"
       "\"data\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"128M\", \"create\": true },"
       POOL_ON("data")
       "\"enc\": { \"type\": \"crypt\", \"child\": \"vm\", \"key_file\": \"vm.key\", \"allow_discards\": true } },"
       "\"exports\": [\"enc\"] }");
+  // clang-format on
   ts_dev *enc = ts_stack_dev(s, "enc"), *vm = ts_stack_node(s, "vm");
-  char *datafile = ts_test_path(dir, "pool.data");
+  char *datafile = ts_test_path(ts_test_dir, "pool.data");
 
   /* Limits: provision passes through crypt 1:1, with thin's granularity. */
   const ts_limits *le = ts_dev_limits(enc), *lv = ts_dev_limits(vm);
@@ -122,7 +116,7 @@ static void thin_over_crypt(const char *data_layer_json, const char *backing_fil
       "\"cdata\": { \"type\": \"crypt\", \"child\": \"raw\", \"key_file\": \"vm.key\", \"allow_discards\": true },"
       POOL_ON("cdata") "\"x\": { \"type\": \"zero\", \"size\": 512 } }, \"exports\": [\"vm\"] }",
       data_layer_json);
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   free(json);
   ts_dev *vm = ts_stack_dev(s, "vm");
   char *buf = malloc(MiB), *zero = calloc(1, MiB);
@@ -157,7 +151,7 @@ static void thin_over_crypt(const char *data_layer_json, const char *backing_fil
       "\"cdata\": { \"type\": \"crypt\", \"child\": \"raw\", \"key_file\": \"vm.key\", \"allow_discards\": true },"
       POOL_ON("cdata") "\"x\": { \"type\": \"zero\", \"size\": 512 } }, \"exports\": [\"vm\"] }",
       data_layer_json);
-  s = ts_test_open(dir, json);
+  s = ts_test_open(ts_test_dir, json);
   free(json);
   vm = ts_stack_dev(s, "vm");
   char *back = malloc(MiB);
@@ -172,7 +166,7 @@ static void thin_over_crypt(const char *data_layer_json, const char *backing_fil
 
 START_TEST(thin_over_crypt_over_file)
 {
-  char *f = ts_test_path(dir, "raw.img");
+  char *f = ts_test_path(ts_test_dir, "raw.img");
   thin_over_crypt("\"raw\": { \"type\": \"file\", \"path\": \"raw.img\", \"size\": \"128M\", \"create\": true },", f);
   free(f);
 }
@@ -217,7 +211,7 @@ int main(void)
   Suite *s = suite_create("stacks");
   TCase *tc = tcase_create("stacks");
   tcase_set_timeout(tc, 300);
-  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_checked_fixture(tc, setup, ts_test_dir_teardown);
   tcase_add_test(tc, crypt_over_thin_over_file);
   tcase_add_test(tc, thin_over_crypt_over_file);
   /* The loop-device stack needs root; the rest runs anywhere. */

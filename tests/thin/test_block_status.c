@@ -33,7 +33,7 @@ static ts_stack *open_huge(const char *dir)
 
 START_TEST(huge_hole_is_one_extent)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   ts_stack *s = open_huge(dir);
   ts_dev *v = ts_stack_dev(s, "v");
   ck_assert_uint_eq(ts_dev_size(v), HUGE_SIZE);
@@ -49,14 +49,12 @@ START_TEST(huge_hole_is_one_extent)
   ck_assert_uint_eq(l.v[2].offset + l.v[2].length, HUGE_SIZE);
   ts_extent_list_free(&l);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 START_TEST(bounded_steps_cover_a_fragmented_volume)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   ts_stack *s = open_huge(dir);
   ts_dev *v = ts_stack_dev(s, "v");
   /* Every other block: RUNS mapped runs with holes between. */
@@ -99,8 +97,6 @@ START_TEST(bounded_steps_cover_a_fragmented_volume)
   ck_assert_uint_eq(l.n, 10);
   ts_extent_list_free(&l);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -108,6 +104,7 @@ int main(void)
 {
   Suite *s = suite_create("block_status");
   TCase *tc = tcase_create("huge");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, huge_hole_is_one_extent);
   tcase_add_test(tc, bounded_steps_cover_a_fragmented_volume);

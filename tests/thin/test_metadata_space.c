@@ -12,7 +12,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
-static char *dir, *mnt;
+static char *mnt;
 static char events[1024];
 
 static void on_event(ts_stack *s, const char *node, const char *event, const char *detail, void *arg)
@@ -23,8 +23,8 @@ static void on_event(ts_stack *s, const char *node, const char *event, const cha
 
 static void setup(void)
 {
-  dir = ts_test_mkdtemp();
-  mnt = ts_test_path(dir, "fs");
+  ts_test_dir_setup();
+  mnt = ts_test_file("fs");
   events[0] = '\0';
 }
 
@@ -32,9 +32,7 @@ static void teardown(void)
 {
   if (mnt)
     umount2(mnt, MNT_DETACH);
-  free(mnt);
-  ts_test_rmdir(dir);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 static void mount_small_fs(void)

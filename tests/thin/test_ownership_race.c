@@ -9,16 +9,6 @@
 
 #define ROUNDS 50
 
-static char *dir;
-
-static void setup(void) { dir = ts_test_mkdtemp(); }
-
-static void teardown(void)
-{
-  ts_test_rmdir(dir);
-  free(dir);
-}
-
 static const struct pool_opts opts = {
   .data_size = "64M",
   .vols = "\"v\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"32M\", "
@@ -45,7 +35,7 @@ static void contend(const char *json, int go, int result, int done, int round)
   read_all(go, &c, 1);
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  int r = ts_stack_open_string(json, dir, NULL, &s, &err);
+  int r = ts_stack_open_string(json, ts_test_dir, NULL, &s, &err);
   if (r == 0) {
     char buf[4096];
     memset(buf, round + 1, sizeof buf);
@@ -64,7 +54,7 @@ static void contend(const char *json, int go, int result, int done, int round)
 START_TEST(two_writers_at_once)
 {
   char *json = pool_json(&opts);
-  ts_stack_close(ts_test_open(dir, json), NULL);
+  ts_stack_close(ts_test_open(ts_test_dir, json), NULL);
   int wins[2] = { 0, 0 };
   for (int round = 0; round < ROUNDS; round++) {
     int go[2], result[2], done[2];
@@ -103,14 +93,14 @@ START_TEST(two_writers_at_once)
     wins[r[0] == 0 ? 0 : 1]++;
   }
   /* Every winner's block is there. */
-  ts_stack *s = ts_test_open(dir, json);
+  ts_stack *s = ts_test_open(ts_test_dir, json);
   for (int round = 0; round < ROUNDS; round++) {
     unsigned char buf[4096];
     ck_assert_int_eq(ts_pread(ts_stack_dev(s, "v"), buf, sizeof buf, (uint64_t)round * 65536), 0);
     ck_assert_msg(buf[0] == round + 1 && buf[4095] == round + 1, "round %d's block is lost", round);
   }
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
-  thin_check_clean(dir);
+  thin_check_clean(ts_test_dir);
   fprintf(stderr, "two_writers_at_once: %d rounds, first child won %d, second %d\n", ROUNDS,
           wins[0], wins[1]);
   free(json);
@@ -128,7 +118,7 @@ START_TEST(killed_holder_releases_at_once)
     close(ready[0]);
     ts_stack *s = NULL;
     ts_error err = { 0 };
-    if (ts_stack_open_string(json, dir, NULL, &s, &err))
+    if (ts_stack_open_string(json, ts_test_dir, NULL, &s, &err))
       _exit(1);
     char buf[65536];
     memset(buf, 0x77, sizeof buf);
@@ -146,7 +136,7 @@ START_TEST(killed_holder_releases_at_once)
   close(ready[0]);
   ts_stack *s = NULL;
   ts_error err = { 0 };
-  ck_assert_int_eq(ts_stack_open_string(json, dir, NULL, &s, &err), -EBUSY);
+  ck_assert_int_eq(ts_stack_open_string(json, ts_test_dir, NULL, &s, &err), -EBUSY);
   char *holder = ts_test_fmt("pid %d (", (int)kid);
   ck_assert_msg(strstr(err.msg, holder), "%s", err.msg);
   free(holder);
@@ -154,12 +144,12 @@ START_TEST(killed_holder_releases_at_once)
   ck_assert_int_eq(waitpid(kid, NULL, 0), kid);
   /* No retry, no wait: the kernel dropped the locks with the process. */
   memset(&err, 0, sizeof err);
-  ck_assert_msg(ts_stack_open_string(json, dir, NULL, &s, &err) == 0, "%s", err.msg);
+  ck_assert_msg(ts_stack_open_string(json, ts_test_dir, NULL, &s, &err) == 0, "%s", err.msg);
   unsigned char buf[4096];
   ck_assert_int_eq(ts_pread(ts_stack_dev(s, "v"), buf, sizeof buf, 0), 0);
   ck_assert_uint_eq(buf[0], 0x77);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
-  thin_check_clean(dir);
+  thin_check_clean(ts_test_dir);
   free(json);
 }
 END_TEST
@@ -168,7 +158,7 @@ static Suite *suite(void)
 {
   Suite *s = suite_create("ownership_race");
   TCase *t = tcase_create("race");
-  tcase_add_checked_fixture(t, setup, teardown);
+  tcase_add_checked_fixture(t, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(t, 300);
   tcase_add_test(t, two_writers_at_once);
   tcase_add_test(t, killed_holder_releases_at_once);

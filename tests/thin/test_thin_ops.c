@@ -54,7 +54,7 @@ static uint64_t mapped_blocks(ts_dev *pool, uint32_t id)
 /* Limits the thin layer declares. */
 START_TEST(limits)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .block_size = "128K", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   const ts_limits *l = ts_dev_limits(node(s, "v0"));
@@ -71,15 +71,13 @@ START_TEST(limits)
   ck_assert_int_eq(ts_pread(node(s, "pool"), b, 512, 0), -EINVAL);
   ck_assert_int_eq(ts_flush(node(s, "pool")), 0);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 /* Reads, writes, partial writes, block status on unmapped and mapped blocks. */
 START_TEST(unmapped_and_mapped)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -119,15 +117,13 @@ START_TEST(unmapped_and_mapped)
   read_expect(v, 9 * K64, buf, 512);
   read_zero(v, 9 * K64 + 512, K64 - 512);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 /* Unaligned requests spanning many blocks against a model of the volume. */
 START_TEST(unaligned_spans)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0");
@@ -168,8 +164,6 @@ START_TEST(unaligned_spans)
   free(model);
   free(buf);
   free(got);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -177,7 +171,7 @@ END_TEST
  * block status, and passdown to the data file. */
 START_TEST(provision_basics)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -209,8 +203,6 @@ START_TEST(provision_basics)
   ck_assert_uint_eq(mapped_blocks(pool, 0), 16);
   close_and_check(s, dir);
   free(data);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -218,7 +210,7 @@ END_TEST
  * provisioned and unmapped blocks, partial ends included. */
 START_TEST(discard_and_zeroes)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -274,8 +266,6 @@ START_TEST(discard_and_zeroes)
   read_zero(v, 50 * K64, 2 * K64);
   close_and_check(s, dir);
   free(buf);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -283,7 +273,7 @@ END_TEST
  * blocks frees nothing until the last owner lets go. */
 START_TEST(snapshots_and_sharing)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -349,8 +339,6 @@ START_TEST(snapshots_and_sharing)
   close_and_check(s, dir);
   free(a);
   free(b);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -453,7 +441,7 @@ END_TEST
  * with a snapshot: the snapshot never changes. */
 START_TEST(shared_block_ops)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -488,8 +476,6 @@ START_TEST(shared_block_ops)
   read_expect(node(s, "s1"), 0, a, n);
   close_and_check(s, dir);
   free(a);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -498,7 +484,7 @@ END_TEST
  * blocks shared by a later snapshot keep reading as zeroes in both. */
 START_TEST(provision_after_snapshot)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   /* 20 blocks of data space. */
   struct pool_opts o = { .data_size = "1280K", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
@@ -539,8 +525,6 @@ START_TEST(provision_after_snapshot)
   read_zero(node(s, "s1"), 0, 2 * K64);
   ck_assert_uint_eq(extent_flags_at(node(s, "s1"), 0, 2 * K64), TS_EXTENT_ZERO);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -548,7 +532,7 @@ END_TEST
  * PROVISION is visible in block status. */
 START_TEST(out_of_space_error)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .data_size = "1M", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -579,8 +563,6 @@ START_TEST(out_of_space_error)
   ck_assert(!pool_status(pool).out_of_data_space);
   ck_assert_int_eq(ts_pwrite(v, buf, 512, 30 * K64, 0), 0);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -589,7 +571,7 @@ END_TEST
  * commit-and-retry -- and the blocks it gave back serve smaller requests. */
 START_TEST(out_of_space_partial_allocation)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .data_size = "4M", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -606,8 +588,6 @@ START_TEST(out_of_space_partial_allocation)
   read_expect(v, 100 * K64, buf, 8 * K64);
   free(buf);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -619,7 +599,7 @@ END_TEST
  * every mapping, thin_check-clean. */
 START_TEST(out_of_metadata_space)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = {
     .meta_size = "256K", .data_size = "4G", .exports = "\"v0\"",
     .vols = "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"4G\", \"create\": true }",
@@ -695,8 +675,6 @@ START_TEST(out_of_metadata_space)
   s = pool_open(dir, &o);
   ck_assert_uint_eq(pool_status(node(s, "pool")).metadata_blocks, 512);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -719,7 +697,7 @@ static void *bg_write_fn(void *arg)
  * pool, then succeeds; without an extend it fails after the timeout. */
 START_TEST(out_of_space_queue)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .data_size = "256K",
                          .extra = "\"out_of_space\": \"queue\", \"queue_timeout\": 30",
                          .vols = VOL0, .exports = "\"v0\"" };
@@ -760,8 +738,6 @@ START_TEST(out_of_space_queue)
   ck_assert_int_eq(ts_pwrite(v, buf, 512, 40 * K64, 0), -ENOSPC);
   ck_assert_int_eq(ts_provision(v, 40 * K64, K64), -ENOSPC);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -771,7 +747,7 @@ END_TEST
  * freed blocks still hold the secrets on the data file). */
 static void stale_promise(bool passdown, bool by_delete)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char extra[128];
   snprintf(extra, sizeof extra, "\"discard_passdown\": %s", passdown ? "true" : "false");
   const char *va = "\"a\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"1M\", \"create\": true }";
@@ -818,8 +794,6 @@ static void stale_promise(bool passdown, bool by_delete)
   free(dataf);
   free(secret);
   free(got);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 
 START_TEST(stale_data_delete_passdown) { stale_promise(true, true); }
@@ -834,7 +808,7 @@ END_TEST
 /* Management calls and their errors; status; reopen checks. */
 START_TEST(management)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *pool = node(s, "pool"), *v = node(s, "v0");
@@ -936,8 +910,6 @@ START_TEST(management)
   ck_assert_uint_eq(pool_status(node(s, "pool")).data_blocks, 512 * MIB / K64);
   close_and_check(s, dir);
   free(meta);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -957,7 +929,7 @@ static void on_event(ts_stack *s, const char *node_name, const char *event, cons
 /* The low-water-mark event fires once per crossing and shows in status. */
 START_TEST(low_water_mark)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .data_size = "1M", .extra = "\"low_water_mark\": \"256K\"", .vols = VOL0,
                          .exports = "\"v0\"" };
   char *j = pool_json(&o);
@@ -988,8 +960,6 @@ START_TEST(low_water_mark)
   ck_assert_int_eq(ts_provision(v, 20 * K64, 2 * K64), -ENOSPC);
   ck_assert_int_eq(ev.oos, 1);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -997,7 +967,7 @@ END_TEST
  * right after them (as a crash would leave them) holds the data. */
 START_TEST(fua_is_durable)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .extra = "\"commit_interval\": 0", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0");
@@ -1023,15 +993,13 @@ START_TEST(fua_is_durable)
   close_and_check(s, dir);
   free(copy);
   free(copy2);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 /* The periodic commit makes changes durable without a flush. */
 START_TEST(periodic_commit)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .extra = "\"commit_interval\": 0.05", .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
@@ -1041,15 +1009,13 @@ START_TEST(periodic_commit)
     usleep(10000);
   ck_assert_uint_gt(pool_status(pool).commits, c0);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
 /* A read-only pool serves reads, refuses writes and changes nothing. */
 START_TEST(read_only_pool)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct pool_opts o = { .vols = VOL0, .exports = "\"v0\"" };
   ts_stack *s = pool_open(dir, &o);
   unsigned char buf[4096];
@@ -1087,8 +1053,6 @@ START_TEST(read_only_pool)
   ck_assert(ts_test_files_equal(meta, copy));
   free(meta);
   free(copy);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -1097,6 +1061,7 @@ int main(void)
   require_thin_tools();
   Suite *s = suite_create("thin_ops");
   TCase *t = tcase_create("ops");
+  tcase_add_checked_fixture(t, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(t, 120);
   tcase_add_test(t, limits);
   tcase_add_test(t, unmapped_and_mapped);

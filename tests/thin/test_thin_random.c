@@ -133,7 +133,7 @@ static void random_ops(ts_stack *s, struct model *m, const bool *open, uint64_t 
 
 START_TEST(randomized_with_snapshots)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   static struct model m;
   memset(&m, 0, sizeof m);
   uint64_t zh = zero_hash(), seed = 0x1234567ull + (uint64_t)_i;
@@ -198,8 +198,6 @@ START_TEST(randomized_with_snapshots)
     close_and_check(s, dir);
     free(vols);
   }
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -289,7 +287,7 @@ static void *same_blocks(void *arg)
 
 START_TEST(concurrent_writers)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   const char *vol = "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"16M\", \"create\": true }";
   struct pool_opts o = { .data_size = "64M", .extra = "\"commit_interval\": 0.02", .vols = vol };
   ts_stack *s = pool_open(dir, &o);
@@ -352,8 +350,6 @@ START_TEST(concurrent_writers)
   free(buf);
   free(snap);
   close_and_check(s, dir);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -362,7 +358,7 @@ END_TEST
 
 START_TEST(provision_sparse_gib)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   const char *vol = "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"2G\", \"create\": true }";
   struct pool_opts o = { .data_size = "1536M", .vols = vol };
   ts_stack *s = pool_open(dir, &o);
@@ -404,8 +400,6 @@ START_TEST(provision_sparse_gib)
   ck_assert_uint_le(ts_test_allocated(dataf), before + 16 * MIB);
   close_and_check(s, dir);
   free(dataf);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -414,6 +408,7 @@ int main(void)
   require_thin_tools();
   Suite *s = suite_create("thin_random");
   TCase *t = tcase_create("random");
+  tcase_add_checked_fixture(t, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(t, 300);
   tcase_add_loop_test(t, randomized_with_snapshots, 0, 2);
   tcase_add_test(t, concurrent_writers);

@@ -45,7 +45,7 @@ static void *run(void *arg)
 
 static void hammer(const char *json, const char *devname)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   ts_stack *s = ts_test_open(dir, json);
   ts_dev *d = ts_stack_node(s, devname);
   pthread_t t[THREADS];
@@ -60,8 +60,6 @@ static void hammer(const char *json, const char *devname)
   }
   ck_assert_int_eq(ts_test_op_errors(d, NULL), 0);
   ck_assert_int_eq(ts_stack_close(s, NULL), 0);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 
 START_TEST(linear_over_files)
@@ -85,6 +83,7 @@ int main(void)
 {
   Suite *s = suite_create("concurrent");
   TCase *tc = tcase_create("threads");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, linear_over_files);
   tcase_add_test(tc, serialised_memory);

@@ -100,7 +100,7 @@ static void *hammer(void *p)
 
 START_TEST(concurrent_threads)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *extra = ts_test_fmt("%s, \"threads\": 3, \"sector_size\": 4096", KEY512);
   ts_dev *c, *d;
   ts_stack *s = open_stack(dir, "16M", extra, &c, &d);
@@ -117,8 +117,6 @@ START_TEST(concurrent_threads)
     ck_assert_msg(a[i].failures == 0, "thread %u saw %d bad round trips", i, a[i].failures);
   }
   close_ok(s);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -126,6 +124,7 @@ int main(void)
 {
   Suite *s = suite_create("crypt-threads");
   TCase *tc = tcase_create("pool");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_add_test(tc, parallel_matches_inline);
   tcase_add_test(tc, concurrent_threads);
   suite_add_tcase(s, tc);

@@ -105,7 +105,7 @@ static void ok(int fd, const char *req, int *events)
 
 START_TEST(ctl_beside_io)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   char *sock = ts_test_path(dir, "ctl.sock");
   ts_stack *s = NULL;
   ts_error err = { 0 };
@@ -174,9 +174,7 @@ START_TEST(ctl_beside_io)
   ck_assert_int_le(read(other, &c, 1), 0);
   close(other);
   close(fd);
-  ts_test_rmdir(dir);
   free(sock);
-  free(dir);
 }
 END_TEST
 
@@ -184,6 +182,7 @@ int main(void)
 {
   Suite *s = suite_create("ctl-threads");
   TCase *tc = tcase_create("threads");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, ctl_beside_io);
   suite_add_tcase(s, tc);

@@ -117,7 +117,7 @@ static long long layer_int(ts_stack *s, const char *name, const char *key)
 
 START_TEST(snapshot_load)
 {
-  char *dir = ts_test_mkdtemp();
+  const char *dir = ts_test_dir;
   struct shared sh = { 0 };
   sh.frozen = malloc(SIZE);
   ts_test_pattern(sh.frozen, SIZE, 1);
@@ -170,8 +170,6 @@ START_TEST(snapshot_load)
   free(sh.frozen);
   free(sh.snapview[0]);
   free(sh.snapview[1]);
-  ts_test_rmdir(dir);
-  free(dir);
 }
 END_TEST
 
@@ -179,6 +177,7 @@ int main(void)
 {
   Suite *s = suite_create("snapshot-threads");
   TCase *tc = tcase_create("threads");
+  tcase_add_checked_fixture(tc, ts_test_dir_setup, ts_test_dir_teardown);
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, snapshot_load);
   suite_add_tcase(s, tc);

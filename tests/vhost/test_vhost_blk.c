@@ -62,7 +62,6 @@ struct fe {
   struct dq q[2];
 };
 
-static char *dir;
 static ts_stack *stack;
 static ts_dev *vol;
 static ts_vhost_blk *srv;
@@ -308,7 +307,7 @@ static int simple_req(struct fe *f, unsigned qi, uint32_t type, uint64_t sector,
 static void setup(void)
 {
   ts_test_require_tool("thin_check");
-  dir = ts_test_mkdtemp();
+  ts_test_dir_setup();
   char *json = ts_test_fmt(
     "{ \"version\": 1, \"layers\": {"
     " \"meta\": { \"type\": \"file\", \"path\": \"meta.img\", \"size\": \"8M\", \"create\": true },"
@@ -317,13 +316,13 @@ static void setup(void)
     "             \"block_size\": \"64K\", \"create\": true },"
     " \"vm0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": %u, \"create\": true } },"
     " \"exports\": [ \"vm0\" ] }", DEV_SIZE);
-  stack = ts_test_open(dir, json);
+  stack = ts_test_open(ts_test_dir, json);
   free(json);
   vol = ts_stack_dev(stack, "vm0");
   model = malloc(DEV_SIZE);
   ts_test_pattern(model, DEV_SIZE, 7);
   ck_assert_int_eq(ts_pwrite(vol, model, DEV_SIZE, 0, 0), 0);
-  sock_path = ts_test_path(dir, "vm0.sock");
+  sock_path = ts_test_file("vm0.sock");
   ts_vhost_blk_opts o = { .struct_size = sizeof o, .queues = 2, .serial = "serial-vm0" };
   ts_error err = { 0 };
   ck_assert_msg(ts_vhost_blk_serve(vol, sock_path, &o, &srv, &err) == 0, "%s", err.msg);
@@ -338,13 +337,11 @@ static void teardown(void)
   ck_assert_int_ne(access(sock_path, F_OK), 0); /* the socket is removed */
   ts_error err = { 0 };
   ck_assert_int_eq(ts_stack_close(stack, &err), 0);
-  char *meta = ts_test_path(dir, "meta.img");
+  char *meta = ts_test_path(ts_test_dir, "meta.img");
   ts_test_assert_thin_check(meta);
   free(meta);
-  ts_test_rmdir(dir);
-  free(sock_path);
   free(model);
-  free(dir);
+  ts_test_dir_teardown();
 }
 
 static void assert_device_is_model(uint64_t from, uint64_t to)

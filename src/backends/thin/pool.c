@@ -572,22 +572,27 @@ static int reserve_metadata(struct tp_pool *p, uint64_t bytes)
   return r;
 }
 
-static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
+/* What pool_open reads from the config, checked against the two children. */
+struct pool_params {
+  ts_layer *meta, *data;
+  uint64_t bs;
+  bool create, ro;
+  double qt, ci;
+};
+
+static int read_params(ts_layer *l, const json_t *params, struct pool_params *pp, ts_error *err)
 {
   ts_layer *meta = ts_layer_child(l, ts_param_string(params, "metadata", ""));
   ts_layer *data = ts_layer_child(l, ts_param_string(params, "data", ""));
   uint64_t bs = ts_param_size(params, "block_size", MIN_BLOCK);
-  bool create = ts_param_bool(params, "create", false);
-  bool ro = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
-  double qt, ci;
   int r;
 
   if (meta == data)
     return ts_layer_error(l, err, -EINVAL, "data", "metadata and data must be different layers");
   if (bs < MIN_BLOCK || bs > MAX_BLOCK || bs % MIN_BLOCK)
     return ts_layer_error(l, err, -EINVAL, "block_size", "must be a multiple of 64K from 64K to 1G");
-  if ((r = seconds_param(l, params, "queue_timeout", 60, &qt, err)) ||
-      (r = seconds_param(l, params, "commit_interval", 1, &ci, err)))
+  if ((r = seconds_param(l, params, "queue_timeout", 60, &pp->qt, err)) ||
+      (r = seconds_param(l, params, "commit_interval", 1, &pp->ci, err)))
     return r;
   const ts_limits *dl = ts_dev_limits(data), *ml = ts_dev_limits(meta);
   if (dl->size < bs)
@@ -599,26 +604,37 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
   if (ml->logical_block_size > PD_BLOCK_SIZE)
     return ts_layer_error(l, err, -EINVAL, "metadata", "layer \"%s\" has %u-byte blocks; metadata needs 4K or less",
                           ts_dev_name(meta), ml->logical_block_size);
+  pp->create = ts_param_bool(params, "create", false);
   /* A stack opened read-only still opens an existing pool whose config says
    * create; only formatting (below) needs to write. */
-  if (create && ts_param_bool(params, "read_only", false))
+  if (pp->create && ts_param_bool(params, "read_only", false))
     return ts_layer_error(l, err, -EINVAL, "create", "cannot create a read-only pool");
-  ro = ro || dl->read_only || ml->read_only;
+  pp->meta = meta;
+  pp->data = data;
+  pp->bs = bs;
+  pp->ro = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l) ||
+           dl->read_only || ml->read_only;
+  return 0;
+}
 
+/* A pool with its settings and locks, no metadata yet; NULL when out of memory. */
+static struct tp_pool *pool_new(ts_layer *l, const json_t *params, const struct pool_params *pp)
+{
   struct tp_pool *p = calloc(1, sizeof *p);
   if (!p)
-    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+    return NULL;
+  const ts_limits *dl = ts_dev_limits(pp->data);
   p->layer = l;
-  p->meta = meta;
-  p->data = data;
-  p->bs = bs;
+  p->meta = pp->meta;
+  p->data = pp->data;
+  p->bs = pp->bs;
   p->low_water = ts_param_size(params, "low_water_mark", 0);
   p->queue = strcmp(ts_param_string(params, "out_of_space", "error"), "queue") == 0;
-  p->queue_timeout = qt;
-  p->commit_interval = ci;
+  p->queue_timeout = pp->qt;
+  p->commit_interval = pp->ci;
   p->passdown = ts_param_bool(params, "discard_passdown", true);
   p->zero_new = ts_param_bool(params, "zero_new_blocks", true);
-  p->read_only = ro;
+  p->read_only = pp->ro;
   p->config_read_only = ts_param_bool(params, "read_only", false);
   p->data_discard = ts_limits_cap(dl, TS_OP_DISCARD) != TS_CAP_NONE;
   p->data_provision = ts_limits_cap(dl, TS_OP_PROVISION) != TS_CAP_NONE;
@@ -631,95 +647,126 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
   pthread_mutex_init(&p->ct_mu, NULL);
   cond_init_monotonic(&p->ct_cv);
   pthread_mutex_init(&p->vol_mu, NULL);
+  return p;
+}
 
-  uint64_t nblocks = dl->size / bs;
-  struct tmd_config cfg = { .read_only = ro };
-  if ((r = pd_bdev_from_ts_dev(&p->bdev, meta, ro, err))) {
-    r = md_error(l, err, r, "metadata", "unusable metadata layer");
-    goto fail;
+/* The metadata layer holds no pool: format one when the config says create
+ * and the open may write. */
+static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks,
+                       const struct tmd_config *cfg, ts_error *err)
+{
+  ts_layer *l = p->layer;
+  if (!create)
+    return ts_layer_error(l, err, -ENODATA, "metadata",
+                          "layer \"%s\" holds no pool (set \"create\": true to format one)",
+                          ts_dev_name(p->meta));
+  if (p->read_only)
+    return ts_layer_error(l, err, -ENODATA, "metadata",
+                          "layer \"%s\" holds no pool, and a read-only open formats nothing: "
+                          "open the stack for writing to create it",
+                          ts_dev_name(p->meta));
+  ts_error_clear(err);
+  uint64_t msize = ts_dev_limits(p->meta)->size;
+  if (msize > TMD_MAX_METADATA_BLOCKS * 4096)
+    msize = TMD_MAX_METADATA_BLOCKS * 4096;
+  msize -= msize % 4096;
+  int r = reserve_metadata(p, msize);
+  if (r)
+    return ts_layer_error(l, err, r, "metadata",
+                          "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+                          (unsigned long long)msize, ts_dev_name(p->meta), ts_strerror(r));
+  r = tmd_format(&p->bdev, (uint32_t)(p->bs / 512), nblocks, cfg, &p->md, err);
+  if (r)
+    return md_error(l, err, r, "metadata", "cannot format the pool metadata");
+  return 0;
+}
+
+/* An existing pool must match the config and its data layer. */
+static int check_pool(struct tp_pool *p, uint64_t nblocks, ts_error *err)
+{
+  ts_layer *l = p->layer;
+  uint64_t have = (uint64_t)tmd_data_block_size(p->md) * 512;
+  uint64_t nr = tmd_data_nr_blocks(p->md);
+  char a[32], b[32];
+  ts_format_size(have, a, sizeof a);
+  ts_format_size(p->bs, b, sizeof b);
+  if (have != p->bs)
+    return ts_layer_error(l, err, -EINVAL, "block_size", "the pool on \"%s\" has %s blocks, not %s",
+                          ts_dev_name(p->meta), a, b);
+  if (!p->read_only && tmd_needs_check(p->md))
+    return ts_layer_error(
+        l, err, -EUCLEAN, "metadata",
+        "the pool metadata is flagged for checking: run thin_check (open read-only to inspect it)");
+  if (nblocks < nr)
+    return ts_layer_error(
+        l, err, -EINVAL, "data",
+        "layer \"%s\" holds %llu blocks but the pool has %llu: the data device shrank",
+        ts_dev_name(p->data), (unsigned long long)nblocks, (unsigned long long)nr);
+  return 0;
+}
+
+/* The data or metadata device grew while the pool was closed: take the
+ * space, as the kernel does when a pool is resumed (committed with the next
+ * commit, so a failed stack open changes nothing). */
+static int take_grown_space(struct tp_pool *p, uint64_t nblocks, ts_error *err)
+{
+  ts_layer *l = p->layer;
+  int r;
+  if (p->read_only)
+    return 0;
+  if (nblocks > tmd_data_nr_blocks(p->md)) {
+    if ((r = tmd_resize_data(p->md, nblocks)))
+      return ts_layer_error(l, err, r, "data", "cannot grow the data space to %llu blocks: %s",
+                            (unsigned long long)nblocks, ts_strerror(r));
+    tp_changed(p);
   }
+  uint64_t mblocks = ts_dev_size(p->meta) / 4096;
+  if (mblocks > TMD_MAX_METADATA_BLOCKS)
+    mblocks = TMD_MAX_METADATA_BLOCKS;
+  if (mblocks > tmd_metadata_nr_blocks(p->md)) {
+    if ((r = reserve_metadata(p, mblocks * 4096)))
+      return ts_layer_error(
+          l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
+          (unsigned long long)(mblocks * 4096), ts_dev_name(p->meta), ts_strerror(r));
+    if ((r = tmd_resize_metadata(p->md, mblocks)))
+      return ts_layer_error(l, err, r, "metadata",
+                            "cannot grow the metadata space to %llu blocks: %s",
+                            (unsigned long long)mblocks, ts_strerror(r));
+    tp_changed(p);
+  }
+  return 0;
+}
+
+/* Open the pool's metadata: format it, or check and grow the existing one. */
+static int load_metadata(struct tp_pool *p, bool create, ts_error *err)
+{
+  uint64_t nblocks = ts_dev_limits(p->data)->size / p->bs;
+  struct tmd_config cfg = { .read_only = p->read_only };
+  int r = pd_bdev_from_ts_dev(&p->bdev, p->meta, p->read_only, err);
+  if (r)
+    return md_error(p->layer, err, r, "metadata", "unusable metadata layer");
   r = tmd_open(&p->bdev, &cfg, &p->md, err);
-  if (r == -ENODATA) {
-    if (!create) {
-      r = ts_layer_error(l, err, -ENODATA, "metadata",
-                         "layer \"%s\" holds no pool (set \"create\": true to format one)",
-                         ts_dev_name(meta));
-      goto fail;
-    }
-    if (ro) {
-      r = ts_layer_error(l, err, -ENODATA, "metadata",
-                         "layer \"%s\" holds no pool, and a read-only open formats nothing: "
-                         "open the stack for writing to create it", ts_dev_name(meta));
-      goto fail;
-    }
-    ts_error_clear(err);
-    uint64_t msize = ml->size < TMD_MAX_METADATA_BLOCKS * 4096 ? ml->size
-                                                               : TMD_MAX_METADATA_BLOCKS * 4096;
-    if ((r = reserve_metadata(p, msize - msize % 4096))) {
-      r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
-                         (unsigned long long)(msize - msize % 4096), ts_dev_name(meta), ts_strerror(r));
-      goto fail;
-    }
-    r = tmd_format(&p->bdev, (uint32_t)(bs / 512), nblocks, &cfg, &p->md, err);
-    if (r) {
-      r = md_error(l, err, r, "metadata", "cannot format the pool metadata");
-      goto fail;
-    }
-  } else if (r) {
-    r = md_error(l, err, r, "metadata", "cannot open the pool metadata");
+  if (r == -ENODATA)
+    return format_pool(p, create, nblocks, &cfg, err);
+  if (r)
+    return md_error(p->layer, err, r, "metadata", "cannot open the pool metadata");
+  if ((r = check_pool(p, nblocks, err)))
+    return r;
+  return take_grown_space(p, nblocks, err);
+}
+
+static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
+{
+  struct pool_params pp;
+  int r = read_params(l, params, &pp, err);
+  if (r)
+    return r;
+  struct tp_pool *p = pool_new(l, params, &pp);
+  if (!p)
+    return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
+  if ((r = load_metadata(p, pp.create, err)))
     goto fail;
-  } else {
-    uint64_t have = (uint64_t)tmd_data_block_size(p->md) * 512;
-    uint64_t nr = tmd_data_nr_blocks(p->md);
-    char a[32], b[32];
-    ts_format_size(have, a, sizeof a);
-    ts_format_size(bs, b, sizeof b);
-    if (have != bs) {
-      r = ts_layer_error(l, err, -EINVAL, "block_size", "the pool on \"%s\" has %s blocks, not %s",
-                         ts_dev_name(meta), a, b);
-      goto fail;
-    }
-    if (!ro && tmd_needs_check(p->md)) {
-      r = ts_layer_error(l, err, -EUCLEAN, "metadata",
-                         "the pool metadata is flagged for checking: run thin_check (open read-only to inspect it)");
-      goto fail;
-    }
-    if (nblocks < nr) {
-      r = ts_layer_error(l, err, -EINVAL, "data",
-                         "layer \"%s\" holds %llu blocks but the pool has %llu: the data device shrank",
-                         ts_dev_name(data), (unsigned long long)nblocks, (unsigned long long)nr);
-      goto fail;
-    }
-    /* The data device grew while the pool was closed: take the space, as
-     * the kernel does when a pool is resumed (committed with the next
-     * commit, so a failed stack open changes nothing). */
-    if (nblocks > nr && !ro) {
-      if ((r = tmd_resize_data(p->md, nblocks))) {
-        r = ts_layer_error(l, err, r, "data", "cannot grow the data space to %llu blocks: %s",
-                           (unsigned long long)nblocks, ts_strerror(r));
-        goto fail;
-      }
-      tp_changed(p);
-    }
-    /* Likewise a metadata device that grew. */
-    uint64_t mblocks = ts_dev_size(meta) / 4096;
-    if (mblocks > TMD_MAX_METADATA_BLOCKS)
-      mblocks = TMD_MAX_METADATA_BLOCKS;
-    if (mblocks > tmd_metadata_nr_blocks(p->md) && !ro) {
-      if ((r = reserve_metadata(p, mblocks * 4096))) {
-        r = ts_layer_error(l, err, r, "metadata", "cannot reserve %llu bytes for the metadata on \"%s\": %s",
-                           (unsigned long long)(mblocks * 4096), ts_dev_name(meta), ts_strerror(r));
-        goto fail;
-      }
-      if ((r = tmd_resize_metadata(p->md, mblocks))) {
-        r = ts_layer_error(l, err, r, "metadata", "cannot grow the metadata space to %llu blocks: %s",
-                           (unsigned long long)mblocks, ts_strerror(r));
-        goto fail;
-      }
-      tp_changed(p);
-    }
-  }
-  if (!ro && ci > 0) {
+  if (!p->read_only && pp.ci > 0) {
     if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
       r = ts_layer_error(l, err, -EAGAIN, "commit_interval", "cannot start the commit thread");
       goto fail;
