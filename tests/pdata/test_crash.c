@@ -54,7 +54,7 @@ static int cut_flush(void *ctx)
   return c->dropped ? 0 : c->inner.ops->flush(c->inner.ctx);
 }
 
-static const struct pd_bdev_ops cut_ops = {cut_read, cut_write, cut_flush, NULL};
+static const struct pd_bdev_ops cut_ops = {cut_read, cut_write, cut_flush, NULL, NULL};
 
 /* Counts the requests a stack's fault layer sees (writes and flushes). */
 struct counted {
@@ -82,7 +82,7 @@ static int cnt_flush(void *ctx)
   return c->inner.ops->flush(c->inner.ctx);
 }
 
-static const struct pd_bdev_ops cnt_ops = {cnt_read, cnt_write, cnt_flush, NULL};
+static const struct pd_bdev_ops cnt_ops = {cnt_read, cnt_write, cnt_flush, NULL, NULL};
 
 static bool cut_lost(void *arg) { return ((struct cut *)arg)->dropped != 0; }
 static bool counted_lost(void *arg) { return ((struct counted *)arg)->reqs > ((struct counted *)arg)->cut; }
