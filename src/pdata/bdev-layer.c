@@ -16,12 +16,20 @@ static int layer_write(void *ctx, uint64_t block, uint32_t count, const void *bu
   return ts_pwrite(ctx, buf, (size_t)count * PD_BLOCK_SIZE, block * PD_BLOCK_SIZE, 0);
 }
 
+static int layer_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov,
+                        int iovcnt)
+{
+  (void)count;
+  return ts_pwritev(ctx, iov, iovcnt, block * PD_BLOCK_SIZE, 0);
+}
+
 static int layer_flush(void *ctx)
 {
   return ts_flush(ctx);
 }
 
-static const struct pd_bdev_ops layer_ops = {layer_read, layer_write, layer_flush, NULL};
+static const struct pd_bdev_ops layer_ops = {layer_read, layer_write, layer_flush, NULL,
+                                           layer_writev};
 
 int pd_bdev_from_ts_dev(struct pd_bdev *out, ts_dev *dev, bool read_only, ts_error *err)
 {

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <libthinstack/thinstack.h>
 
@@ -26,6 +27,10 @@ struct pd_bdev_ops {
   int (*flush)(void *ctx);
   /* Release ctx (close the fd, free the wrapper); may be NULL. */
   void (*close)(void *ctx);
+  /* Write iovcnt buffers (each a multiple of 4 KiB, together `count`
+   * blocks) at `block` in one request, so neighbouring cache blocks need no
+   * staging copy. May be NULL: pd_bdev_writev then falls back to `write`. */
+  int (*writev)(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov, int iovcnt);
 };
 
 struct pd_bdev {
@@ -63,5 +68,12 @@ void pd_bdev_close(struct pd_bdev *bdev);
 int pd_bdev_read(const struct pd_bdev *bdev, uint64_t block, uint32_t count, void *buf);
 int pd_bdev_write(const struct pd_bdev *bdev, uint64_t block, uint32_t count, const void *buf);
 int pd_bdev_flush(const struct pd_bdev *bdev);
+/* Whether ops->writev is set (writing a run with pd_bdev_writev costs one
+ * request rather than one per iovec). */
+bool pd_bdev_has_writev(const struct pd_bdev *bdev);
+/* Write `count` blocks gathered from iov[0..iovcnt) at `block`; without
+ * ops->writev, one `write` per iovec. */
+int pd_bdev_writev(const struct pd_bdev *bdev, uint64_t block, uint32_t count,
+                   const struct iovec *iov, int iovcnt);
 
 #endif
