@@ -4,6 +4,8 @@
 #   bench/rbd.sh [BUILD_DIR]     (default: build)
 # Uses the cluster of $CEPH_CONF, or starts a throwaway one with
 # tests/ceph/start-ceph.sh (and stops it). Env: SECONDS_PER_CELL (default 2),
+# RUNS (interleaved runs per cell, default 3), CACHE_MODES (librbd cache
+# modes to measure, both sides alike: "writearound off"),
 # PROVISION_SIZE (default 8G; memstore keeps what is written in RAM, so the
 # throwaway cluster is sized for it).
 set -euo pipefail
@@ -39,22 +41,16 @@ rbdb() { # TYPE SIZE THREADS PATTERN TOTAL
   if [ "$2" = 1M ]; then python3 -c "print(round($ops * 1048576 / 1e6))"; else python3 -c "print(round($ops))"; fi
 }
 
-rbd create --size 1G rbd/bench-img
-rbd bench --io-type write --io-size 4M --io-threads 16 --io-total 1G rbd/bench-img >/dev/null
-declare -A ref
-for d in 1 32; do
-  ref[seqwrite,$d]=$(rbdb write 1M $d seq 1G)
-  ref[randwrite,$d]=$(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))
-  ref[randread,$d]=$(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))
-  ref[seqread,$d]=$(rbdb read 1M $d seq 1G)
-done
-
+# librbd's cache must be in the same mode on both sides. By default it is
+# writethrough until the first flush: `rbd bench` never flushes while it
+# runs, while bench io flushes after each write cell, so its later cells ran
+# in writearound mode (writes acknowledged before the OSD has them) against
+# a writethrough rbd bench. Each mode gets a config both sides read.
+cluster_conf=$CEPH_CONF
 cat > img.json <<JSON
 { "version": 1, "layers": { "img": { "type": "rbd", "pool": "rbd", "image": "bench-img" } },
   "exports": ["img"] }
 JSON
-"$T" bench io --stack img.json --seconds "$secs" --json > img.out
-
 cat > thin.json <<JSON
 { "version": 1,
   "layers": {
@@ -65,35 +61,70 @@ cat > thin.json <<JSON
     "vol": { "type": "thin", "pool": "pool", "id": 1, "size": "1G", "create": true } },
   "exports": ["vol"] }
 JSON
+rbd create --size 1G rbd/bench-img
+rbd bench --io-type write --io-size 4M --io-threads 16 --io-total 1G rbd/bench-img >/dev/null
 # Map every block first, as bench io does for its own thin column.
 head -c 1G /dev/zero | tr '\0' k > fill.bin
 "$T" write thin.json vol 0 -i fill.bin >/dev/null
 rm fill.bin
-"$T" bench io --stack thin.json --seconds "$secs" --json > thin.out
 
-for k in "${!ref[@]}"; do echo "$k ${ref[$k]}"; done > ref.txt
-python3 - <<'PY'
-import json
+runs=${RUNS:-3}
+: > ref.txt
+for mode in ${CACHE_MODES:-writearound off}; do
+  cp "$cluster_conf" "$mode.conf"
+  case $mode in
+    writearound) printf '[client]\nrbd cache writethrough until flush = false\n' >> "$mode.conf" ;;
+    off) printf '[client]\nrbd cache = false\n' >> "$mode.conf" ;;
+    *) echo "bench/rbd.sh: CACHE_MODES: \"$mode\" is not writearound or off" >&2; exit 2 ;;
+  esac
+  export CEPH_CONF=$PWD/$mode.conf
+  # Interleaved: each run measures rbd bench, the layer and the thin volume.
+  for run in $(seq "$runs"); do
+    for d in 1 32; do
+      echo "$mode $run seqwrite $d $(rbdb write 1M $d seq 1G)" >> ref.txt
+      echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))" >> ref.txt
+      echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))" >> ref.txt
+      echo "$mode $run seqread $d $(rbdb read 1M $d seq 1G)" >> ref.txt
+    done
+    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out"
+    "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out"
+  done
+  export CEPH_CONF=$cluster_conf
+done
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$runs" ${CACHE_MODES:-writearound off} <<'PY'
+import json, statistics, sys
+runs, modes = int(sys.argv[1]), sys.argv[2:]
 ref = {}
 for line in open("ref.txt"):
-    k, v = line.split()
-    t, d = k.split(",")
-    ref[(t, int(d))] = float(v)
-img = {(r["test"], r["depth"]): r for r in json.load(open("img.out"))["results"]}
-thin = {(r["test"], r["depth"]): r for r in json.load(open("thin.out"))["results"]}
-print("%-10s %5s %12s %12s %6s %12s %6s" % ("test", "depth", "rbd bench", "rbd layer", "ratio",
-                                            "thin/rbd", "ratio"))
-worst = {"img": {1: 9, 32: 9}, "thin": {1: 9, 32: 9}}
-for t in ("seqwrite", "randwrite", "randread", "seqread"):
-    for d in (1, 32):
-        unit = "iops" if t.startswith("rand") else "mb_per_s"
-        r, a, b = ref[(t, d)], img[(t, d)][unit], thin[(t, d)][unit]
-        worst["img"][d] = min(worst["img"][d], a / r)
-        worst["thin"][d] = min(worst["thin"][d], b / r)
-        print("%-10s %5d %12.0f %12.0f %5.2fx %12.0f %5.2fx" % (t, d, r, a, a / r, b, b / r))
-print("(4K: IOPS, 1M: MB/s) worst ratio: rbd layer %.2fx at depth 1, %.2fx at depth 32; "
-      "thin over rbd %.2fx / %.2fx" % (worst["img"][1], worst["img"][32], worst["thin"][1],
-                                       worst["thin"][32]))
+    m, run, t, d, v = line.split()
+    ref.setdefault((m, t, int(d)), []).append(float(v))
+def cells(kind, m):
+    out = {}
+    for run in range(1, runs + 1):
+        for r in json.load(open("%s.%s.%d.out" % (kind, m, run)))["results"]:
+            unit = "iops" if r["test"].startswith("rand") else "mb_per_s"
+            out.setdefault((r["test"], r["depth"]), []).append(r[unit])
+    return out
+med = statistics.median
+for m in modes:
+    img, thin = cells("img", m), cells("thin", m)
+    print("\nlibrbd cache: %s (both sides), medians of %d interleaved runs" % (
+        {"writearound": "rbd cache writethrough until flush = false",
+         "off": "rbd cache = false"}[m], runs))
+    print("%-10s %5s %12s %12s %6s %12s %6s" % ("test", "depth", "rbd bench", "rbd layer",
+                                                "ratio", "thin/rbd", "ratio"))
+    worst = {"img": {1: 9, 32: 9}, "thin": {1: 9, 32: 9}}
+    for t in ("seqwrite", "randwrite", "randread", "seqread"):
+        for d in (1, 32):
+            r, a, b = med(ref[(m, t, d)]), med(img[(t, d)]), med(thin[(t, d)])
+            worst["img"][d] = min(worst["img"][d], a / r)
+            worst["thin"][d] = min(worst["thin"][d], b / r)
+            print("%-10s %5d %12.0f %12.0f %5.2fx %12.0f %5.2fx" % (t, d, r, a, a / r, b, b / r))
+    print("(4K: IOPS, 1M: MB/s) worst ratio: rbd layer %.2fx at depth 1, %.2fx at depth 32; "
+          "thin over rbd %.2fx / %.2fx" % (worst["img"][1], worst["img"][32], worst["thin"][1],
+                                           worst["thin"][32]))
 PY
 rbd rm --no-progress rbd/bench-img
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data

@@ -384,7 +384,7 @@ static char *rbd_layer_dm_table(ts_layer *l)
   char wh[512], *s = NULL;
   where(r, wh, sizeof wh);
   /* `rbd map POOL/[NS/]IMAGE[@SNAP]` makes /dev/rbd/POOL/[NS/]IMAGE[@SNAP]. */
-  if (asprintf(&s, "0 %" PRIu64 " linear /dev/rbd/%s 0\n", r->size / 512, wh) < 0)
+  if (asprintf(&s, "0 %" PRIu64 " linear /dev/rbd/%s 0", r->size / 512, wh) < 0)
     return NULL;
   return s;
 }
