@@ -255,6 +255,55 @@ START_TEST(short_read_past_a_shrunk_end)
 }
 END_TEST
 
+/* Threads that submit and exit at once: the kernel cancels an exiting
+ * thread's ring requests, so the exit has to wait for them. Writes into a
+ * fresh sparse file (allocating, so the kernel queues them for its own
+ * workers) are the ones it would cancel. */
+enum { EXIT_THREADS = 8, EXIT_PER = 32 };
+static struct treq ex_req[EXIT_THREADS][EXIT_PER];
+static struct {
+  ts_aio_ctx *ctx;
+  ts_dev *dev;
+} ex;
+
+static void *submit_and_exit(void *arg)
+{
+  int th = (int)(intptr_t)arg;
+  for (int i = 0; i < EXIT_PER; i++) {
+    struct treq *t = &ex_req[th][i];
+    uint64_t off = ((uint64_t)(th * EXIT_PER + i) * 7 % 2048) * BS;
+    treq_init(t, TS_OP_WRITE, off, wbuf + (size_t)(i % N) * BS, BS, count_cb);
+    ck_assert_int_eq(treq_submit_buf(ex.ctx, ex.dev, t), 0);
+  }
+  return NULL;
+}
+
+START_TEST(submitters_that_exit)
+{
+  ts_dev *f = open_file(false);
+  alloc_bufs(0);
+  ex.dev = f;
+  /* A small depth that submitters block on: they exit with requests in
+   * flight. The cancellation is a race, so several rounds. */
+  ex.ctx = make_ctx(TS_AIO_MODE_EVENTFD, NULL, 2, 16, TS_AIO_BLOCK);
+  for (int round = 0; round < 12; round++) {
+    pthread_t th[EXIT_THREADS];
+    int before = total_calls;
+    for (int i = 0; i < EXIT_THREADS; i++)
+      ck_assert_int_eq(pthread_create(&th[i], NULL, submit_and_exit, (void *)(intptr_t)i), 0);
+    host_wait(ex.ctx, before + EXIT_THREADS * EXIT_PER);
+    for (int i = 0; i < EXIT_THREADS; i++)
+      pthread_join(th[i], NULL);
+    for (int t = 0; t < EXIT_THREADS; t++)
+      for (int i = 0; i < EXIT_PER; i++)
+        ck_assert_msg(ex_req[t][i].result == 0, "round %d thread %d request %d: %s", round, t,
+                      i, strerror(-ex_req[t][i].result));
+    ck_assert_int_eq(ts_discard(f, 0, ts_dev_size(f)), 0); /* allocate again next round */
+  }
+  ck_assert_int_eq(ts_aio_ctx_close(ex.ctx), 0);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("aio_uring");
@@ -265,6 +314,7 @@ int main(void)
   tcase_add_test(tc, loop_direct_unaligned_falls_back);
   tcase_add_test(tc, worker_mode_keeps_its_workers);
   tcase_add_test(tc, short_read_past_a_shrunk_end);
+  tcase_add_test(tc, submitters_that_exit);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
 }
