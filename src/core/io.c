@@ -258,12 +258,18 @@ int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, voi
   if (io->op != TS_OP_FLUSH &&
       piece_len(n, io->op, io->offset, io->offset + io->length) != io->length)
     return -EAGAIN;
-  if (t->submit_async(n, io, done, arg) != 0)
-    return -EAGAIN;
+  /* Counted first: once started, the request may complete, and the caller
+   * close the stack, before the hook returns. */
   atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
   atomic_fetch_add_explicit(&n->nr_async, 1, memory_order_relaxed);
-  return 0;
+  if (t->submit_async(n, io, done, arg) == 0)
+    return 0;
+  /* Declined: the synchronous path counts it instead. */
+  atomic_fetch_sub_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&n->nr_async, 1, memory_order_relaxed);
+  return -EAGAIN;
 }
 
 void ts__count_error(struct ts_node *n, uint32_t op)
