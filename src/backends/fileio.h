@@ -64,7 +64,7 @@ void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t a
 /* Set up the io_uring that ts__fio_submit_async() uses, with the thread
  * that reaps its completions. When the kernel refuses a ring (EPERM from
  * kernel.io_uring_disabled, ENOSYS), the library was built without
- * liburing, or TS_IO_URING=0 is in the environment, `f->ring` stays NULL
+ * liburing, or TS_IO_URING=1 is not in the environment, `f->ring` stays NULL
  * and `f->ring_state` says why; never an error. Call once, from open. */
 void ts__fio_ring_start(struct ts__fio *f);
 /* Stop the reaper and free the ring; no request may be in flight. */
