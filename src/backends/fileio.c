@@ -510,8 +510,9 @@ struct ring_req {
   const ts_io *io;
   ts_io_done_fn done;
   void *arg;
-  /* Published before the SQE is submitted and read by the reaper first:
-   * the kernel's ordering is invisible to ThreadSanitizer, this is not. */
+  /* Published just before the SQE is submitted, after the last read of
+   * the request, and read by the reaper first: the kernel's ordering is
+   * invisible to ThreadSanitizer, this is not. */
   _Atomic bool armed;
 };
 
@@ -668,7 +669,6 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   q->io = io;
   q->done = done;
   q->arg = arg;
-  atomic_store_explicit(&q->armed, true, memory_order_release);
   pthread_mutex_lock(&R->sq_lock);
   struct io_uring_sqe *sqe = io_uring_get_sqe(&R->ring);
   if (!sqe) {
@@ -685,6 +685,8 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   else
     io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
   io_uring_sqe_set_data(sqe, q);
+  /* After every read of `io`: the caller may reuse it once done has run. */
+  atomic_store_explicit(&q->armed, true, memory_order_release);
   ring_push(R);
   pthread_mutex_unlock(&R->sq_lock);
   return 0;
