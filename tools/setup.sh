@@ -20,6 +20,8 @@ packages=(
   qemu-system-common
   # rbd and nbd layers, and the throwaway Ceph cluster tests/ceph starts
   ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime iproute2
+  # the file layer's io_uring path
+  liburing-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -35,6 +37,6 @@ fi
 
 build=${BUILD_DIR:-build}
 remote=""
-[ "${CI:-}" = true ] && remote=-DTS_REQUIRE_REMOTE=ON   # CI must build the rbd and nbd layers
+[ "${CI:-}" = true ] && remote="-DTS_REQUIRE_REMOTE=ON -DTS_REQUIRE_URING=ON"   # CI builds rbd, nbd, io_uring
 cmake -S . -B "$build" -DTS_WERROR=ON $remote ${TS_SANITIZE:+-DTS_SANITIZE=$TS_SANITIZE} ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" -j"$(nproc)"

@@ -85,6 +85,10 @@ typedef enum ts_thread_model {
   TS_THREAD_SERIALIZE = 1,  /* the core holds a per-node lock around each call */
 } ts_thread_model;
 
+/* How a layer reports the end of a request started by `submit_async`:
+ * `result` is 0 or -errno, as `submit` would have returned. */
+typedef void (*ts_io_done_fn)(void *arg, int result);
+
 typedef struct ts_layer_type {
   /* Filled by TS_LAYER_TYPE_INIT: lets the core load types built against an
    * older header. New slots are only ever added at the end. */
@@ -152,6 +156,20 @@ typedef struct ts_layer_type {
    * "mark NAME"). May run concurrently with requests. Returns 0 or -errno
    * with a message in `err`. Optional: absent means no messages. */
   int (*message)(ts_layer *l, const char *message, ts_error *err);
+
+  /* Start one request and return at once (the async API's path around its
+   * worker threads). The request meets the same guarantees as for `submit`;
+   * `io` and its iovec array stay valid, and the buffers untouched, until
+   * `done(arg, result)` runs. Returns 0 when the request was started: `done`
+   * then runs exactly once, on any thread (possibly before this returns),
+   * and must not block. Any negative return means it was not started and
+   * `done` never runs; the core then sends the same request through `submit`
+   * on a worker (so a layer declines what it cannot start cheaply: say,
+   * unaligned O_DIRECT pieces). Only READ, WRITE and FLUSH arrive here, never
+   * split and never for TS_THREAD_SERIALIZE types. May run concurrently with
+   * itself and with `submit`. Optional; the core reads it only from tables
+   * whose struct_size covers it. */
+  int (*submit_async)(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg);
 } ts_layer_type;
 
 #define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)

@@ -12,6 +12,10 @@
  * extents, or punches with MAY_UNMAP; FLUSH is fdatasync; BLOCK_STATUS reads
  * the file's extent map (FIEMAP), so provisioned-but-unwritten ranges show as
  * allocated zeroes, falling back to SEEK_DATA/SEEK_HOLE.
+ *
+ * The async API's READ, WRITE and FLUSH go to an io_uring of the layer's
+ * (submit_async), set up at the first such request, so that plain
+ * synchronous users never pay for the ring or its thread.
  */
 #include <libthinstack/layer.h>
 
@@ -20,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,6 +38,8 @@ struct file_layer {
   bool read_only;
   bool direct;
   char *path;
+  pthread_mutex_t ring_lock;  /* the ring's first start */
+  _Atomic bool ring_tried;    /* ts__fio_ring_start has run */
 };
 
 static const ts_param file_params[] = {
@@ -157,6 +164,7 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   f->read_only = ro;
   f->direct = direct;
   ts__fio_init(&f->io, fd, direct, (uint32_t)bs, true);
+  pthread_mutex_init(&f->ring_lock, NULL);
   f->path = path;
   ts_layer_set_priv(l, f);
   return 0;
@@ -170,6 +178,8 @@ static void file_close(ts_layer *l)
   struct file_layer *f = ts_layer_priv(l);
   if (!f)
     return;
+  ts__fio_ring_stop(&f->io);
+  pthread_mutex_destroy(&f->ring_lock);
   close(f->io.fd);
   free(f->path);
   free(f);
@@ -221,6 +231,20 @@ static int file_submit(ts_layer *l, const ts_io *io)
   return r;
 }
 
+static int file_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  if (!atomic_load_explicit(&f->ring_tried, memory_order_acquire)) {
+    pthread_mutex_lock(&f->ring_lock);
+    if (!atomic_load_explicit(&f->ring_tried, memory_order_relaxed)) {
+      ts__fio_ring_start(&f->io);
+      atomic_store_explicit(&f->ring_tried, true, memory_order_release);
+    }
+    pthread_mutex_unlock(&f->ring_lock);
+  }
+  return ts__fio_submit_async(&f->io, io, done, arg);
+}
+
 static int file_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct file_layer *f = ts_layer_priv(l);
@@ -238,6 +262,12 @@ static int file_status(ts_layer *l, json_t *out)
   /* Only the unaligned pieces of O_DIRECT requests are copied. */
   json_object_set_new(out, "bounced_bytes",
                       json_integer((json_int_t)atomic_load(&f->io.bounced)));
+  /* How the async API runs this file's requests: its io_uring, or its
+   * workers and why; "threads" until the first async request. */
+  pthread_mutex_lock(&f->ring_lock);
+  json_object_set_new(out, "async_engine", json_string(f->io.ring_state));
+  pthread_mutex_unlock(&f->ring_lock);
+  json_object_set_new(out, "ring_ops", json_integer((json_int_t)atomic_load(&f->io.ring_ops)));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
   json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
   json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));
@@ -282,4 +312,5 @@ const ts_layer_type ts__file_layer_type = {
   .status = file_status,
   .grow = file_grow,
   .config = file_config,
+  .submit_async = file_submit_async,
 };

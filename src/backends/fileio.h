@@ -20,12 +20,17 @@
  * steps. */
 #define TS__FIO_BOUNCE_MAX (1u << 20)
 
+struct ts__fio_ring;
+
 struct ts__fio {
   int fd;
   uint32_t align;      /* O_DIRECT: memory and length alignment; 0 without O_DIRECT */
   bool eof_zeroes;     /* reads past the end see zeroes (a file that shrank) */
   _Atomic bool fiemap; /* FIEMAP works here; cleared when it answers "unsupported" */
   _Atomic uint64_t bounced; /* bytes copied through the bounce buffer (status) */
+  struct ts__fio_ring *ring;  /* the async path's io_uring; NULL: workers only */
+  char ring_state[96];        /* "io_uring", or why the workers run it (status) */
+  _Atomic uint64_t ring_ops;  /* requests completed through the ring (status) */
 };
 
 /* Set up `f` for `fd` (not taken over: the caller closes it). */
@@ -55,5 +60,21 @@ int ts__fio_block_status(struct ts__fio *f, uint64_t off, uint64_t len, ts_exten
  * allocation unit `alloc_unit` (st_blksize): unlimited requests, discard and
  * write-zeroes as hole punching, provisioning in allocation units. */
 void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t alloc_unit);
+
+/* Set up the io_uring that ts__fio_submit_async() uses, with the thread
+ * that reaps its completions. When the kernel refuses a ring (EPERM from
+ * kernel.io_uring_disabled, ENOSYS), the library was built without
+ * liburing, or TS_IO_URING=1 is not in the environment, `f->ring` stays NULL
+ * and `f->ring_state` says why; never an error. Call once, from open. */
+void ts__fio_ring_start(struct ts__fio *f);
+/* Stop the reaper and free the ring; no request may be in flight. */
+void ts__fio_ring_stop(struct ts__fio *f);
+
+/* Start a READ, WRITE (FUA as RWF_DSYNC) or FLUSH on the ring; `done` runs
+ * on the reaper thread. A short transfer or EAGAIN finishes synchronously
+ * there. Declines (-EAGAIN) without a ring, for other ops, for O_DIRECT
+ * requests with unaligned pieces (they bounce on the worker path) and when
+ * the ring is full. Thread-safe. */
+int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done, void *arg);
 
 #endif

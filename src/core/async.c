@@ -24,12 +24,21 @@
  * worker's next request, with no lock, no queue and no wake-up. A callback that
  * resubmits thus keeps its worker running exactly like a thread calling
  * pread in a loop, which is what a VMM's I/O thread competes with.
+ *
+ * LOOP and EVENTFD modes skip the workers for a device whose layer can start
+ * a request itself (the submit_async hook: the file layer's io_uring): the
+ * request starts on the submitting thread, and the layer's completion goes
+ * straight onto the done queue, so a request makes one thread hand-off
+ * (completion to the caller) instead of two. Whatever the layer declines
+ * takes the worker path as before. Such requests are counted in `nasync`,
+ * which close waits to reach zero before it tears anything down.
  */
 #include "core/internal.h"
 
 #include <libthinstack/async.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -49,6 +58,8 @@ struct ts_aio_ctx {
   uv_mutex_t lock;
   uv_cond_t work_cond;      /* workers wait here for work or stop */
   uv_cond_t space_cond;     /* TS_AIO_BLOCK submitters wait here for a slot */
+  uv_cond_t idle_cond;      /* close waits here for nasync to reach 0 */
+  uint32_t nasync;          /* started through submit_async, not completed */
   ts_aio_req *q_head, *q_tail;        /* accepted, not started */
   ts_aio_req *done_head, *done_tail;  /* finished or cancelled, callback not run */
   ts_aio_req *batch;        /* taken from the done queue, being delivered */
@@ -203,6 +214,33 @@ static void worker_main(void *arg)
   this_worker = NULL;
 }
 
+/* The end of a request a layer started itself (submit_async), on whatever
+ * thread the layer completes it. Close waits for `nasync` under the lock,
+ * so the context stays alive until the unlock here, and the completer is
+ * woken before it. */
+static void async_done(void *arg, int result)
+{
+  ts_aio_req *req = arg;
+  ts_aio_ctx *ctx = req->priv.ctx;
+  req->result = result;
+  if (result)
+    ts__count_error(req->priv.dev, req->priv.io.op);
+  release_slots(ctx, 1);
+  uv_mutex_lock(&ctx->lock);
+  if (push_done(ctx, req))
+    wake_completer(ctx);
+  if (--ctx->nasync == 0)
+    uv_cond_broadcast(&ctx->idle_cond);
+  uv_mutex_unlock(&ctx->lock);
+}
+
+static bool layer_has_async(const ts_dev *dev)
+{
+  const ts_layer_type *t = dev->type;
+  return t->struct_size >= offsetof(ts_layer_type, submit_async) + sizeof t->submit_async &&
+         t->submit_async && t->thread_model != TS_THREAD_SERIALIZE;
+}
+
 /* Completer side --------------------------------------------------------- */
 
 /* Hand the struct back clean, with nothing left for the caller to release,
@@ -254,6 +292,7 @@ static void on_async(uv_async_t *h)
 
 static void destroy(ts_aio_ctx *ctx)
 {
+  uv_cond_destroy(&ctx->idle_cond);
   uv_cond_destroy(&ctx->space_cond);
   uv_cond_destroy(&ctx->work_cond);
   uv_mutex_destroy(&ctx->lock);
@@ -337,6 +376,14 @@ int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
     return ts_error_set(err, r, "aio: cannot create a condition variable: %s", uv_strerror(r));
   }
   if ((r = uv_cond_init(&ctx->space_cond)) != 0) {
+    uv_cond_destroy(&ctx->work_cond);
+    uv_mutex_destroy(&ctx->lock);
+    free(ctx->threads);
+    free(ctx);
+    return ts_error_set(err, r, "aio: cannot create a condition variable: %s", uv_strerror(r));
+  }
+  if ((r = uv_cond_init(&ctx->idle_cond)) != 0) {
+    uv_cond_destroy(&ctx->space_cond);
     uv_cond_destroy(&ctx->work_cond);
     uv_mutex_destroy(&ctx->lock);
     free(ctx->threads);
@@ -448,13 +495,28 @@ int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
     req->priv.dev = NULL;
     return r;
   }
+  uint64_t before = atomic_fetch_add(&ctx->pending, 1);
+  if (ctx->mode != TS_AIO_MODE_WORKER && layer_has_async(dev)) {
+    ctx->nasync++;
+    uv_mutex_unlock(&ctx->lock);
+    /* LOOP mode submits on the loop thread, as deliver() runs, so the
+     * reference follows `pending` without a race. */
+    if (ctx->mode == TS_AIO_MODE_LOOP && before == 0)
+      uv_ref((uv_handle_t *)&ctx->async);
+    if (ts__submit_async(dev, &req->priv.io, async_done, req) == 0)
+      return 0;
+    /* Declined: the workers run it after all. */
+    uv_mutex_lock(&ctx->lock);
+    if (--ctx->nasync == 0)
+      uv_cond_broadcast(&ctx->idle_cond);
+    before = 1; /* referenced already */
+  }
   if (ctx->q_tail)
     ctx->q_tail->priv.next = req;
   else
     ctx->q_head = req;
   ctx->q_tail = req;
   atomic_fetch_add(&ctx->nqueued, 1);
-  uint64_t before = atomic_fetch_add(&ctx->pending, 1);
   uv_cond_signal(&ctx->work_cond);
   uv_mutex_unlock(&ctx->lock);
   /* LOOP mode submits on the loop thread, as deliver() runs, so the
@@ -523,6 +585,10 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
    * callback can release whatever a running request waits on. */
   deliver(ctx);
   stop_workers(ctx);
+  uv_mutex_lock(&ctx->lock);
+  while (ctx->nasync)
+    uv_cond_wait(&ctx->idle_cond, &ctx->lock);
+  uv_mutex_unlock(&ctx->lock);
   deliver(ctx);
 
   if (ctx->mode == TS_AIO_MODE_LOOP) {

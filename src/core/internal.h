@@ -26,6 +26,7 @@ struct ts_node {
   _Atomic uint64_t nr_req[TS_OP_COUNT];
   _Atomic uint64_t nr_bytes[TS_OP_COUNT];
   _Atomic uint64_t nr_err[TS_OP_COUNT];
+  _Atomic uint64_t nr_async; /* requests started through submit_async */
 };
 
 /* A node's size changes live (ts_dev_grow) while I/O threads check requests
@@ -150,5 +151,13 @@ int ts__io_check(struct ts_node *n, const ts_io *io);
 /* ts_submit() for a request ts__io_check() has passed (the async engine
  * checks at submit, so its workers need not check again). */
 int ts__submit_checked(struct ts_node *n, const ts_io *io);
+/* Start a checked request through the layer's submit_async hook: 0 when
+ * started (`done` then runs once, on any thread, and has to count a failure
+ * in nr_err itself with ts__count_error), or -EAGAIN when this request
+ * must take the synchronous path instead (no hook, a split, an emulated
+ * FUA, a serialized layer, an op the hook does not take, or the layer
+ * declined it). */
+int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, void *arg);
+void ts__count_error(struct ts_node *n, uint32_t op);
 
 #endif

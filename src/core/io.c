@@ -5,6 +5,7 @@
 #include "core/internal.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -242,6 +243,39 @@ int ts__submit_checked(struct ts_node *n, const ts_io *io)
   if (r)
     atomic_fetch_add_explicit(&n->nr_err[io->op], 1, memory_order_relaxed);
   return r;
+}
+
+int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, void *arg)
+{
+  const ts_layer_type *t = n->type;
+  if (t->struct_size < offsetof(ts_layer_type, submit_async) + sizeof t->submit_async ||
+      !t->submit_async || t->thread_model == TS_THREAD_SERIALIZE)
+    return -EAGAIN;
+  if (io->op != TS_OP_READ && io->op != TS_OP_WRITE && io->op != TS_OP_FLUSH)
+    return -EAGAIN;
+  if ((io->flags & TS_IO_FUA) && !n->limits.fua)
+    return -EAGAIN;
+  if (io->op != TS_OP_FLUSH &&
+      piece_len(n, io->op, io->offset, io->offset + io->length) != io->length)
+    return -EAGAIN;
+  /* Counted first: once started, the request may complete, and the caller
+   * close the stack, before the hook returns. */
+  atomic_fetch_add_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
+  atomic_fetch_add_explicit(&n->nr_async, 1, memory_order_relaxed);
+  if (t->submit_async(n, io, done, arg) == 0)
+    return 0;
+  /* Declined: the synchronous path counts it instead. */
+  atomic_fetch_sub_explicit(&n->nr_req[io->op], 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&n->nr_bytes[io->op], io->length, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&n->nr_async, 1, memory_order_relaxed);
+  return -EAGAIN;
+}
+
+void ts__count_error(struct ts_node *n, uint32_t op)
+{
+  if (op < TS_OP_COUNT)
+    atomic_fetch_add_explicit(&n->nr_err[op], 1, memory_order_relaxed);
 }
 
 int ts_preadv(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset)

@@ -357,6 +357,7 @@ json_t *ts__dev_status(ts_dev *d)
     json_object_set_new(req, ts_op_name(op), c);
   }
   json_object_set_new(o, "requests", req);
+  json_object_set_new(o, "async_submits", json_integer((json_int_t)atomic_load(&d->nr_async)));
   if (d->type->status) {
     json_t *ls = json_object();
     if (d->type->thread_model == TS_THREAD_SERIALIZE)
