@@ -49,7 +49,10 @@ static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
 
 static int report(const char *what, ts_dev *d, int r)
 {
-  if (r)
+  if (r && ts_last_errno() == r && ts_last_error())
+    ts_cli_err("%s on %s failed: %s: %s (%s)", what, ts_dev_name(d), ts_last_error(),
+               ts_strerror(r), ts_err_name(r));
+  else if (r)
     ts_cli_err("%s on %s failed: %s (%s)", what, ts_dev_name(d), ts_strerror(r), ts_err_name(r));
   return r ? 1 : 0;
 }
