@@ -384,6 +384,8 @@ TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);
 #define TS_HAVE_TS_STRERROR 1
 #define TS_HAVE_TS_ERR_NAME 1
 #define TS_HAVE_TS_ERR_FROM_NAME 1
+#define TS_HAVE_TS_LAST_ERROR 1
+#define TS_HAVE_TS_LAST_ERRNO 1
 #define TS_HAVE_TS_OP_NAME 1
 #define TS_HAVE_TS_OP_FROM_NAME 1
 #define TS_HAVE_TS_LIMITS_CAP 1
