@@ -15,7 +15,8 @@
  *  - Byte offsets and lengths; both must be multiples of the device's
  *    logical_block_size (512 unless a layer says more).
  *  - Data-path calls never allocate an error message; open and management calls
- *    also fill a caller-provided ts_error.
+ *    also fill a caller-provided ts_error. A failed data-path call leaves its
+ *    reason in a per-thread record, read with ts_last_error().
  *  - All data-path calls are thread-safe: any thread may call them at any time
  *    on an open stack.
  */
@@ -57,6 +58,18 @@ TS_EXTERN const char *ts_strerror(int code);
 TS_EXTERN const char *ts_err_name(int code);
 /* Inverse of ts_err_name: "ENOSPC" -> -ENOSPC; 0 if unknown. */
 TS_EXTERN int ts_err_from_name(const char *name);
+
+/* Why the last data-path call (ts_pread ... ts_submit, ts_block_status, and
+ * the request checks of ts_aio submission) that failed on the calling thread
+ * failed: "read at offset 0 + length 100 is not a multiple of the logical
+ * block size 4096 of vm0", "read at offset 2G is past the end of vm0 (1 GiB)".
+ * Set on every failure, never cleared by a success, so read it right after a
+ * call returned a negative errno; NULL if nothing on this thread has failed.
+ * The string is thread-local and owned by the library: valid until the next
+ * failing data-path call on the same thread; copy it to keep it. */
+TS_EXTERN const char *ts_last_error(void);
+/* The negative errno that goes with ts_last_error(); 0 if none. Thread-local. */
+TS_EXTERN int ts_last_errno(void);
 
 /* ------------------------------------------------------------------------ */
 /* Operations and flags                                                      */
@@ -371,6 +384,8 @@ TS_EXTERN void ts_format_size(uint64_t bytes, char *buf, size_t buflen);
 #define TS_HAVE_TS_STRERROR 1
 #define TS_HAVE_TS_ERR_NAME 1
 #define TS_HAVE_TS_ERR_FROM_NAME 1
+#define TS_HAVE_TS_LAST_ERROR 1
+#define TS_HAVE_TS_LAST_ERRNO 1
 #define TS_HAVE_TS_OP_NAME 1
 #define TS_HAVE_TS_OP_FROM_NAME 1
 #define TS_HAVE_TS_LIMITS_CAP 1

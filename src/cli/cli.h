@@ -72,6 +72,7 @@ int ts_cli_info(int argc, char **argv);
 int ts_cli_types(int argc, char **argv);
 int ts_cli_status(int argc, char **argv);
 int ts_cli_read(int argc, char **argv);
+int ts_cli_copy(int argc, char **argv);
 int ts_cli_write(int argc, char **argv);
 int ts_cli_range(int argc, char **argv); /* provision, discard, zero */
 int ts_cli_flush(int argc, char **argv);

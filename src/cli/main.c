@@ -29,6 +29,7 @@ static const struct ts_cli_command commands[] = {
     "print thin-pool metadata as thin_dump XML" },
   { "restore", ts_cli_restore, "XML METADATA_FILE", "write thin-pool metadata from thin_dump XML" },
   { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE]", "read a range (to stdout or FILE)" },
+  { "copy", ts_cli_copy, "SRC DST", "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
   { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua]", "write FILE's bytes at OFFSET" },
   { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-zero]",
     "reserve space for a range without writing (--may-zero: zeroing it is fine)" },

@@ -420,6 +420,12 @@ static int io_range(struct call *c, ts_dev **d, uint64_t *off, uint64_t *len, bo
   return r;
 }
 
+/* The request path's reason when it gave one on this thread, else strerror. */
+static const char *io_why(int r)
+{
+  return ts_last_errno() == r && ts_last_error() ? ts_last_error() : ts_strerror(r);
+}
+
 static int io_result(struct call *c, const char *what, ts_dev *d, uint64_t off, uint64_t len, int r,
                      json_t **res)
 {
@@ -428,7 +434,7 @@ static int io_result(struct call *c, const char *what, ts_dev *d, uint64_t off, 
     r = ts_flush(d);
   if (r)
     return ts_error_set(c->err, r, "layers.%s: %s of %llu bytes at %llu failed: %s", ts_dev_name(d),
-                        what, (unsigned long long)len, (unsigned long long)off, ts_strerror(r));
+                        what, (unsigned long long)len, (unsigned long long)off, io_why(r));
   *res = json_pack("{s:s,s:I,s:I}", "dev", ts_dev_name(d), "offset", (json_int_t)off, "length",
                    (json_int_t)len);
   return 0;
@@ -490,7 +496,7 @@ static int m_io_map(struct call *c, json_t **res)
     ts_extent_list_free(&l);
     return ts_error_set(c->err, r, "layers.%s: block status of %llu bytes at %llu failed: %s",
                         ts_dev_name(d), (unsigned long long)len, (unsigned long long)off,
-                        ts_strerror(r));
+                        io_why(r));
   }
   json_t *a = json_array();
   uint64_t next = off;

@@ -5,9 +5,68 @@
 #include "core/internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The reason for the last failed request on this thread. Written only on
+ * failure so the hot path pays nothing; last_seq lets ts_submit tell whether a
+ * deeper call already said why before it adds a generic reason. */
+static _Thread_local int last_errno;
+static _Thread_local unsigned last_seq;
+static _Thread_local char last_msg[512];
+
+static int TS_PRINTF(2, 3) io_fail(int code, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+  va_end(ap);
+  last_errno = code;
+  last_seq++;
+  return code;
+}
+
+const char *ts_last_error(void) { return last_errno ? last_msg : NULL; }
+int ts_last_errno(void) { return last_errno; }
+
+/* "4096", "2G" style: exact binary units, as the CLI's size arguments take. */
+static const char *fmt_off(char *buf, size_t n, uint64_t v)
+{
+  static const char units[] = "KMGTPE";
+  int u = -1;
+  while (v && v % 1024 == 0 && u < 5) {
+    v /= 1024;
+    u++;
+  }
+  if (u < 0)
+    snprintf(buf, n, "%" PRIu64, v);
+  else
+    snprintf(buf, n, "%" PRIu64 "%c", v, units[u]);
+  return buf;
+}
+
+/* "1 GiB" style for device sizes, exact when it can be. */
+static const char *fmt_size(char *buf, size_t n, uint64_t v)
+{
+  static const char *units[] = { "bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+  int u = 0;
+  while (v && v % 1024 == 0 && u < 6) {
+    v /= 1024;
+    u++;
+  }
+  snprintf(buf, n, "%" PRIu64 " %s", v, units[u]);
+  return buf;
+}
+
+static const char *const op_names[TS_OP_COUNT] = {
+  [TS_OP_READ] = "read", [TS_OP_WRITE] = "write", [TS_OP_FLUSH] = "flush",
+  [TS_OP_DISCARD] = "discard", [TS_OP_WRITE_ZEROES] = "write_zeroes",
+  [TS_OP_PROVISION] = "provision",
+};
 
 /* Flags that mean something for each op. */
 static const uint32_t op_flags[TS_OP_COUNT] = {
@@ -163,27 +222,55 @@ static size_t iov_total(const struct iovec *iov, int iovcnt, bool *overflow)
   return t;
 }
 
+static int range_check(struct ts_node *n, const char *op, uint64_t off, uint64_t len)
+{
+  const ts_limits *lim = &n->limits;
+  char a[32], b[32], c[32];
+  if (len == 0)
+    return io_fail(-EINVAL, "%s of length 0 at offset %s on %s", op,
+                   fmt_off(a, sizeof a, off), n->name);
+  if (off % lim->logical_block_size || len % lim->logical_block_size)
+    return io_fail(-EINVAL,
+                   "%s at offset %s + length %s is not a multiple of the logical block size %u of %s",
+                   op, fmt_off(a, sizeof a, off), fmt_off(b, sizeof b, len),
+                   lim->logical_block_size, n->name);
+  if (off + len < off || off + len > ts__node_size(n)) {
+    if (off >= ts__node_size(n))
+      return io_fail(-EINVAL, "%s at offset %s is past the end of %s (%s)", op,
+                     fmt_off(a, sizeof a, off), n->name,
+                     fmt_size(c, sizeof c, ts__node_size(n)));
+    return io_fail(-EINVAL, "%s at offset %s + length %s runs past the end of %s (%s)", op,
+                   fmt_off(a, sizeof a, off), fmt_off(b, sizeof b, len), n->name,
+                   fmt_size(c, sizeof c, ts__node_size(n)));
+  }
+  return 0;
+}
+
 int ts__io_check(struct ts_node *n, const ts_io *io)
 {
   const ts_limits *lim = &n->limits;
-  if (io->op >= TS_OP_COUNT || (io->flags & ~op_flags[io->op]))
-    return -EINVAL;
+  char a[32];
+  if (io->op >= TS_OP_COUNT)
+    return io_fail(-EINVAL, "request op %u on %s is not a known op", io->op, n->name);
+  const char *op = op_names[io->op];
+  if (io->flags & ~op_flags[io->op])
+    return io_fail(-EINVAL, "flags 0x%x are not valid for %s on %s", io->flags & ~op_flags[io->op],
+                   op, n->name);
   if (io->op == TS_OP_FLUSH)
     return 0;
   if ((io->op == TS_OP_WRITE || io->op == TS_OP_DISCARD || io->op == TS_OP_WRITE_ZEROES ||
        io->op == TS_OP_PROVISION) && lim->read_only)
-    return -EROFS;
+    return io_fail(-EROFS, "%s on %s: the device is read-only", op, n->name);
   if (ts_limits_cap(lim, (int)io->op) == TS_CAP_NONE)
-    return -EOPNOTSUPP;
-  if (io->length == 0 || io->offset % lim->logical_block_size ||
-      io->length % lim->logical_block_size)
-    return -EINVAL;
-  if (io->offset + io->length < io->offset || io->offset + io->length > ts__node_size(n))
-    return -EINVAL;
+    return io_fail(-EOPNOTSUPP, "%s is not supported by %s", op, n->name);
+  int r = range_check(n, op, io->offset, io->length);
+  if (r)
+    return r;
   if (io->op == TS_OP_READ || io->op == TS_OP_WRITE) {
     bool over;
     if (!io->iov || io->iovcnt <= 0 || iov_total(io->iov, io->iovcnt, &over) != io->length || over)
-      return -EINVAL;
+      return io_fail(-EINVAL, "%s on %s: the buffers do not add up to the length %s", op, n->name,
+                     fmt_off(a, sizeof a, io->length));
   }
   return 0;
 }
@@ -196,7 +283,15 @@ int ts_submit(ts_dev *n, const ts_io *io)
       atomic_fetch_add_explicit(&n->nr_err[io->op], 1, memory_order_relaxed);
     return r;
   }
-  return ts__submit_checked(n, io);
+  unsigned seq = last_seq;
+  r = ts__submit_checked(n, io);
+  if (r < 0 && last_seq == seq) {
+    /* The layer failed without saying why: say at least what and where. */
+    char a[32], b[32];
+    io_fail(r, "%s on %s at offset %s + length %s failed: %s", op_names[io->op], n->name,
+            fmt_off(a, sizeof a, io->offset), fmt_off(b, sizeof b, io->length), ts_strerror(r));
+  }
+  return r;
 }
 
 int ts__submit_checked(struct ts_node *n, const ts_io *io)
@@ -283,7 +378,7 @@ int ts_preadv(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset)
   bool over;
   size_t len = iov_total(iov, iovcnt, &over);
   if (over)
-    return -EINVAL;
+    return io_fail(-EINVAL, "the buffer lengths of a request on %s overflow", dev->name);
   ts_io io = { .op = TS_OP_READ, .offset = offset, .length = len, .iov = iov, .iovcnt = iovcnt };
   return ts_submit(dev, &io);
 }
@@ -299,7 +394,7 @@ int ts_pwritev(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset
   bool over;
   size_t len = iov_total(iov, iovcnt, &over);
   if (over)
-    return -EINVAL;
+    return io_fail(-EINVAL, "the buffer lengths of a request on %s overflow", dev->name);
   ts_io io = { .op = TS_OP_WRITE, .flags = flags, .offset = offset, .length = len, .iov = iov,
                .iovcnt = iovcnt };
   return ts_submit(dev, &io);
@@ -345,8 +440,10 @@ static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
 {
   const ts_limits *lim = &n->limits;
   if (len == 0 || offset % lim->logical_block_size || len % lim->logical_block_size ||
-      offset + len < offset || offset + len > ts__node_size(n))
-    return -EINVAL;
+      offset + len < offset || offset + len > ts__node_size(n)) {
+    int r = range_check(n, "block status", offset, len);
+    return r ? r : -EINVAL;
+  }
   uint64_t end = offset + len;
   if (!n->type->block_status)
     return ts_extent_list_add(out, offset, len, 0);

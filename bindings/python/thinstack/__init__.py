@@ -200,6 +200,8 @@ _discard = _fn("ts_discard", _c_int, _P, _u64, _u64)
 _write_zeroes = _fn("ts_write_zeroes", _c_int, _P, _u64, _u64, ctypes.c_uint32)
 _submit = _fn("ts_submit", _c_int, _P, ctypes.POINTER(_Io))
 _dev_message = _fn("ts_dev_message", _c_int, _P, ctypes.c_char_p, ctypes.POINTER(_Error))
+_last_error = _fn("ts_last_error", ctypes.c_char_p)
+_last_errno = _fn("ts_last_errno", _c_int)
 _block_status = _fn("ts_block_status", _c_int, _P, _u64, _u64, ctypes.POINTER(_ExtentList))
 _extent_list_free = _fn("ts_extent_list_free", None, ctypes.POINTER(_ExtentList))
 
@@ -783,7 +785,10 @@ class Device:
 
     def _fail(self, r, what):
         if r:
-            raise ThinstackError(r, "%s on %s: %s" % (what, self.name, strerror(r)))
+            # The library's per-thread reason, read on the thread that failed.
+            why = _last_error() if _last_errno() == r else None
+            why = why.decode(errors="replace") if why else strerror(r)
+            raise ThinstackError(r, "%s on %s: %s" % (what, self.name, why))
 
     def __repr__(self):
         if self._stack.closed:
