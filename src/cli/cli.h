@@ -61,8 +61,8 @@ void ts_cli_list_text(struct json_t *arr);
  * {"extended": {"pool", "space", "size", "blocks", "grown"}}. */
 void ts_cli_pool_extended(bool json, const char *pool, const char *which, uint64_t size,
                           uint64_t blocks, bool grown);
-void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id,
-                      const char *pool, uint64_t size, const char *origin);
+void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id, const char *pool,
+                      uint64_t size, const char *origin);
 /* The `info` table: its header, and one node's row. */
 void ts_cli_limits_header(void);
 /* A limits object as `info --json` prints it ("unlimited" as null); free(). */

@@ -284,8 +284,8 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
     }
     if ((res = result_of(c, "volume.delete", p, &code, &hold))) {
       const char *pool = json_string_value(json_object_get(res, "pool"));
-      ts_cli_thin_done(a->json, "delete", a->id ? NULL : a->pos[1], (uint32_t)jint(res, "id"),
-                       pool, 0, NULL);
+      ts_cli_thin_done(a->json, "delete", a->id ? NULL : a->pos[1], (uint32_t)jint(res, "id"), pool,
+                       0, NULL);
     }
   } else if (!strcmp(sub, "resize")) {
     if (a->npos != 3)

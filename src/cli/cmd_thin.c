@@ -221,13 +221,14 @@ void ts_cli_pool_extended(bool json, const char *pool, const char *which, uint64
     print_doc(json_pack("{s:{s:s, s:s, s:I, s:I, s:b}}", "extended", "pool", pool, "space", which,
                         "size", (json_int_t)size, "blocks", (json_int_t)blocks, "grown", grown));
   else if (grown)
-    printf("pool %s: %s space is now %s (%llu blocks)\n", pool, which, a, (unsigned long long)blocks);
+    printf("pool %s: %s space is now %s (%llu blocks)\n", pool, which, a,
+           (unsigned long long)blocks);
   else
     printf("pool %s: %s space is already %s\n", pool, which, a);
 }
 
-void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id,
-                      const char *pool, uint64_t size, const char *origin)
+void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id, const char *pool,
+                      uint64_t size, const char *origin)
 {
   char a[32];
   ts_format_size(size, a, sizeof a);
@@ -255,7 +256,9 @@ void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id
     json_object_set_new(o, "size", json_integer((json_int_t)size));
   if (origin)
     json_object_set_new(o, "origin", json_string(origin));
-  const char *key = !strcmp(verb, "delete") ? "deleted" : !strcmp(verb, "resize") ? "resized" : "created";
+  const char *key = !strcmp(verb, "delete")   ? "deleted"
+                    : !strcmp(verb, "resize") ? "resized"
+                                              : "created";
   print_doc(json_pack("{s:o}", key, o));
 }
 
