@@ -221,6 +221,10 @@ int ts_cli_bench_snapshot(int argc, char **argv)
         return 2;
     } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
       tmp = argv[++i];
+    } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      printf("usage: thinstack bench snapshot [--size SIZE] [--dir DIR]\n"
+             "  origin writes with and without a snapshot (copy-out cost)\n");
+      return 0;
     } else {
       ts_cli_err("bench snapshot: usage: [--size SIZE] [--dir DIR]");
       return 2;

@@ -53,13 +53,31 @@ void ts_cli_print_size(char *buf, size_t n, uint64_t bytes);
 /* The `thin list` table of volume.list's JSON array. */
 struct json_t;
 void ts_cli_list_text(struct json_t *arr);
+/* What a thin subcommand did, as one line or (json) one document:
+ * {"created": {...}}, {"deleted": {...}}, {"resized": {...}}. `verb` is
+ * "create", "snap", "delete" or "resize"; `name` NULL for a delete by id,
+ * `origin` only for snap. The direct and control-socket paths share it. */
+/* What pool extend / extend-metadata did: a line, or with json
+ * {"extended": {"pool", "space", "size", "blocks", "grown"}}. */
+void ts_cli_pool_extended(bool json, const char *pool, const char *which, uint64_t size,
+                          uint64_t blocks, bool grown);
+void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id, const char *pool,
+                      uint64_t size, const char *origin);
 /* The `info` table: its header, and one node's row. */
 void ts_cli_limits_header(void);
+/* A limits object as `info --json` prints it ("unlimited" as null); free(). */
+char *ts_cli_limits_dumps(const struct json_t *limits);
 void ts_cli_limits_row(const char *name, const char *type, const ts_limits *l, bool exported);
 /* When argv is a command a holder's control socket serves and that socket
  * answers, run it there, store the exit status and return true; false: the
  * command opens the stack itself. */
 bool ts_cli_ctl_route(int argc, char **argv, int *status);
+
+/* What provision, discard or zero (`cmd`) did on `dev`: the timing line on
+ * stderr, and with json {"provisioned"|"discarded"|"zeroed": {"dev",
+ * "offset", "length", "seconds"}} on stdout. */
+void ts_cli_range_done(bool json, const char *cmd, const char *dev, uint64_t off, uint64_t len,
+                       double seconds);
 
 /* Commands implemented in src/cli/cmd_*.c */
 int ts_cli_ctl(int argc, char **argv);

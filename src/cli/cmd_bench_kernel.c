@@ -102,8 +102,12 @@ int ts_cli_bench_kernel(int argc, char **argv)
   const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   const char *device = NULL;
   uint64_t len = 256ull << 20;
-  if (ts_cli_help(argc, argv))
-    return 0;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      printf("usage: thinstack bench kernel [--device DEV] [--size SIZE] [--dir DIR]\n"
+             "  kernel layer paths on a loop device against writing zeroes\n");
+      return 0;
+    }
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) base = argv[++i];
     else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) device = argv[++i];

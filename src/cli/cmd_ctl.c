@@ -221,7 +221,6 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
   json_t *hold = NULL, *res;
   int code;
   uint64_t size = 0;
-  char sz[32];
   if (!strcmp(sub, "list")) {
     if (a->npos != 1)
       return -1;
@@ -257,9 +256,8 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
     }
     if ((res = result_of(c, "volume.create", p, &code, &hold))) {
       id = (uint32_t)jint(res, "id");
-      ts_format_size(size, sz, sizeof sz);
-      printf("volume %s (id %u, %s) created in pool %s\n", a->pos[1], id, sz,
-             json_string_value(json_object_get(res, "pool")));
+      ts_cli_thin_done(a->json, "create", a->pos[1], id,
+                       json_string_value(json_object_get(res, "pool")), size, NULL);
     }
   } else if (!strcmp(sub, "snap")) {
     if (a->npos != 3)
@@ -267,8 +265,8 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
     json_t *p = json_pack("{s:s,s:s,s:b}", "origin", a->pos[1], "name", a->pos[2], "export",
                           a->export_it);
     if ((res = result_of(c, "volume.snapshot", p, &code, &hold)))
-      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", a->pos[2],
-             (unsigned)jint(res, "id"), json_string_value(json_object_get(res, "pool")), a->pos[1]);
+      ts_cli_thin_done(a->json, "snap", a->pos[2], (uint32_t)jint(res, "id"),
+                       json_string_value(json_object_get(res, "pool")), 0, a->pos[1]);
   } else if (!strcmp(sub, "delete")) {
     json_t *p;
     if (a->id && a->npos == 1) {
@@ -286,10 +284,8 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
     }
     if ((res = result_of(c, "volume.delete", p, &code, &hold))) {
       const char *pool = json_string_value(json_object_get(res, "pool"));
-      if (a->id)
-        printf("volume %u deleted from pool %s\n", (unsigned)jint(res, "id"), pool);
-      else
-        printf("volume %s deleted from pool %s\n", a->pos[1], pool);
+      ts_cli_thin_done(a->json, "delete", a->id ? NULL : a->pos[1], (uint32_t)jint(res, "id"), pool,
+                       0, NULL);
     }
   } else if (!strcmp(sub, "resize")) {
     if (a->npos != 3)
@@ -315,10 +311,8 @@ static int r_thin(struct ctl_conn *c, const char *sub, struct rargs *a)
     }
     json_t *p = json_pack("{s:s,s:I,s:b}", "name", a->pos[1], "size", (json_int_t)size,
                           "discard_beyond", a->discard_beyond);
-    if ((res = result_of(c, "volume.resize", p, &code, &hold))) {
-      ts_format_size(size, sz, sizeof sz);
-      printf("volume %s is now %s\n", a->pos[1], sz);
-    }
+    if ((res = result_of(c, "volume.resize", p, &code, &hold)))
+      ts_cli_thin_done(a->json, "resize", a->pos[1], 0, NULL, size, NULL);
   } else {
     return -1;
   }
@@ -390,7 +384,7 @@ static int r_pool(struct ctl_conn *c, const char *sub, struct rargs *a)
     return code ? 1 : 0;
   }
   bool meta = !strcmp(sub, "extend-metadata");
-  if ((!meta && strcmp(sub, "extend")) || a->npos != 3 || a->json)
+  if ((!meta && strcmp(sub, "extend")) || a->npos != 3)
     return -1;
   uint64_t size;
   bool rel = a->pos[2][0] == '+';
@@ -409,13 +403,8 @@ static int r_pool(struct ctl_conn *c, const char *sub, struct rargs *a)
   if ((res = result_of(c, meta ? "pool.extend-metadata" : "pool.extend",
                        json_pack("{s:s,s:I}", "pool", a->pos[1], "size", (json_int_t)size), &code,
                        &hold))) {
-    char sz[32];
-    ts_format_size(size, sz, sizeof sz);
-    if (json_is_true(json_object_get(res, "grown")))
-      printf("pool %s: %s space is now %s (%llu blocks)\n", a->pos[1], which, sz,
-             (unsigned long long)jint(res, "blocks"));
-    else
-      printf("pool %s: %s space is already %s\n", a->pos[1], which, sz);
+    ts_cli_pool_extended(a->json, a->pos[1], which, size, jint(res, "blocks"),
+                         json_is_true(json_object_get(res, "grown")));
   }
   json_decref(hold);
   return code ? 1 : 0;
@@ -425,7 +414,7 @@ static int r_range(struct ctl_conn *c, const char *cmd, struct rargs *a)
 {
   uint64_t off, len;
   bool zero = !strcmp(cmd, "zero"), prov = !strcmp(cmd, "provision");
-  if (a->npos != 4 || a->pool || a->size || a->id || a->json || ts_parse_size(a->pos[2], &off) ||
+  if (a->npos != 4 || a->pool || a->size || a->id || ts_parse_size(a->pos[2], &off) ||
       ts_parse_size(a->pos[3], &len) || (!zero && (a->may_unmap || a->no_fallback)) ||
       (!prov && a->may_zero))
     return -1;
@@ -443,10 +432,7 @@ static int r_range(struct ctl_conn *c, const char *cmd, struct rargs *a)
   json_t *res = result_of(c, prov ? "io.provision" : zero ? "io.write-zeroes" : "io.discard", p,
                           &code, &hold);
   if (res) {
-    char sz[32];
-    ts_format_size(len, sz, sizeof sz);
-    fprintf(stderr, "%s %s at %llu on %s: %.3f s\n", cmd, sz, (unsigned long long)off, a->pos[1],
-            ts_cli_now() - t0);
+    ts_cli_range_done(a->json, cmd, a->pos[1], off, len, ts_cli_now() - t0);
   } else if (prov && code == -EOPNOTSUPP && !a->may_zero) {
     fprintf(stderr, "thinstack: a layer may only be able to reserve this range by zeroing it;"
                     " --may-zero allows that (data in the range is lost)\n");
@@ -518,7 +504,7 @@ static int r_map(struct ctl_conn *c, struct rargs *a)
 
 static int r_status(struct ctl_conn *c, struct rargs *a)
 {
-  if (a->npos > 2 || a->pool || a->size || a->id || a->json)
+  if (a->npos > 2 || a->pool || a->size || a->id)
     return -1;
   json_t *hold, *res;
   int code;
@@ -573,7 +559,7 @@ static int r_info(struct ctl_conn *c, struct rargs *a)
     bool exp = json_is_true(json_object_get(n, "exported"));
     json_t *l = json_object_get(n, "limits");
     if (a->json) {
-      char *lim = json_dumps(l, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+      char *lim = ts_cli_limits_dumps(l);
       printf("%s\n{\"name\": \"%s\", \"type\": \"%s\", \"exported\": %s, \"limits\": %s}",
              i ? "," : "", nm, ty, exp ? "true" : "false", lim ? lim : "null");
       free(lim);

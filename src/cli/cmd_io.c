@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -307,6 +308,25 @@ int ts_cli_write(int argc, char **argv)
   return ts_cli_close(s, report("write", d, r));
 }
 
+void ts_cli_range_done(bool json, const char *cmd, const char *dev, uint64_t off, uint64_t len,
+                       double seconds)
+{
+  char sz[32];
+  ts_format_size(len, sz, sizeof sz);
+  fprintf(stderr, "%s %s at %llu on %s: %.3f s\n", cmd, sz, (unsigned long long)off, dev, seconds);
+  if (!json)
+    return;
+  const char *key = !strcmp(cmd, "provision") ? "provisioned"
+                    : !strcmp(cmd, "discard") ? "discarded"
+                                              : "zeroed";
+  json_t *o = json_pack("{s:{s:s, s:I, s:I, s:f}}", key, "dev", dev, "offset", (json_int_t)off,
+                        "length", (json_int_t)len, "seconds", seconds);
+  char *txt = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  printf("%s\n", txt ? txt : "null");
+  free(txt);
+  json_decref(o);
+}
+
 int ts_cli_range(int argc, char **argv)
 {
   struct args a;
@@ -344,12 +364,8 @@ int ts_cli_range(int argc, char **argv)
   if (!r)
     r = ts_flush(d);
   double t = ts_cli_now() - t0;
-  if (!r) {
-    char sz[32];
-    ts_format_size(len, sz, sizeof sz);
-    fprintf(stderr, "%s %s at %llu on %s: %.3f s\n", argv[0], sz, (unsigned long long)off,
-            ts_dev_name(d), t);
-  }
+  if (!r)
+    ts_cli_range_done(a.json, argv[0], ts_dev_name(d), off, len, t);
   if (prov && r == -EOPNOTSUPP && !a.may_zero)
     fprintf(stderr, "thinstack: a layer may only be able to reserve this range by zeroing it;"
                     " --may-zero allows that (data in the range is lost)\n");

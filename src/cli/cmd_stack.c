@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <libthinstack/layer.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,18 +56,36 @@ static const char *config_arg(int argc, char **argv, const char *const *flags, i
   return pos[0];
 }
 
+/* validate --json: {"config": PATH, "valid": BOOL, "complete": BOOL,
+ * "message": TEXT|null}; "complete" false when what does not exist yet
+ * left checks unrun. */
+static int validate_json(const char *config, bool valid, bool complete, const char *msg)
+{
+  json_t *o = json_pack("{s:s, s:b, s:b, s:o}", "config", config, "valid", valid, "complete",
+                        complete, "message", msg && msg[0] ? json_string(msg) : json_null());
+  char *txt = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  printf("%s\n", txt ? txt : "null");
+  free(txt);
+  json_decref(o);
+  return valid ? 0 : 1;
+}
+
 int ts_cli_validate(int argc, char **argv)
 {
+  static const char *const flags[] = { "--json", NULL };
   int status;
-  const char *config = config_arg(argc, argv, NULL, &status);
+  const char *config = config_arg(argc, argv, flags, &status);
   if (!config)
     return status;
+  bool json = take_flag(argc, argv, "--json");
   ts_error err = { 0 };
   ts_open_opts o = { .struct_size = sizeof o, .flags = TS_OPEN_VALIDATE_ONLY };
   ts_stack *st = NULL;
   int r = ts_stack_open_file(config, &o, &st, &err);
   if (r) {
     ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    if (json)
+      validate_json(config, false, true, err.msg[0] ? err.msg : ts_strerror(r));
     return 1;
   }
   /* What open checks beyond the schema (sizes against files and block
@@ -78,14 +97,20 @@ int ts_cli_validate(int argc, char **argv)
   r = ts_stack_open_file(config, &o, &st, &err);
   if (r == 0) {
     ts_stack_close(st, NULL);
+    if (json)
+      return validate_json(config, true, true, NULL);
     printf("%s: valid\n", config);
     return 0;
   }
   if (r == -ENOENT || r == -ENODATA || r == -EROFS) {
+    if (json)
+      return validate_json(config, true, false, err.msg);
     printf("%s: valid (not all of it exists yet, so not every check ran: %s)\n", config, err.msg);
     return 0;
   }
   ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+  if (json)
+    validate_json(config, false, true, err.msg[0] ? err.msg : ts_strerror(r));
   return 1;
 }
 
@@ -114,6 +139,23 @@ int ts_cli_dump_config(int argc, char **argv)
     status = 1;
   }
   return status;
+}
+
+/* Limits as JSON text: "unlimited" (UINT64_MAX, -1 as a json_int_t) is
+ * null, so a reader never mistakes it for a size. */
+char *ts_cli_limits_dumps(const struct json_t *limits)
+{
+  json_t *l = json_deep_copy(limits);
+  const char *key;
+  json_t *v;
+  json_object_foreach(l, key, v)
+  {
+    if (json_is_integer(v) && json_integer_value(v) == -1)
+      json_object_set_new(l, key, json_null());
+  }
+  char *txt = l ? json_dumps(l, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(l);
+  return txt;
 }
 
 void ts_cli_limits_header(void)
@@ -167,7 +209,11 @@ int ts_cli_info(int argc, char **argv)
     printf("{\"nodes\": [");
     for (size_t i = 0; i < ts_stack_nnodes(s); i++) {
       ts_dev *d = ts_stack_node_at(s, i);
-      char *lim = ts_dev_limits_json(d);
+      char *raw = ts_dev_limits_json(d);
+      json_t *l = raw ? json_loads(raw, 0, NULL) : NULL;
+      char *lim = l ? ts_cli_limits_dumps(l) : NULL;
+      json_decref(l);
+      free(raw);
       printf("%s\n{\"name\": \"%s\", \"type\": \"%s\", \"exported\": %s, \"limits\": %s}",
              i ? "," : "", ts_dev_name(d), ts_dev_type(d),
              ts_stack_dev(s, ts_dev_name(d)) ? "true" : "false", lim ? lim : "null");
@@ -185,7 +231,9 @@ int ts_cli_status(int argc, char **argv)
   char *pos[2];
   if (ts_cli_help(argc, argv))
     return 0;
-  int n = positionals(argc, argv, pos, 2, NULL);
+  /* Status is JSON either way; --json is taken for scripts that say it. */
+  static const char *const flags[] = { "--json", NULL };
+  int n = positionals(argc, argv, pos, 2, flags);
   if (n < 1) {
     ts_cli_usage(stderr, argv[0]);
     return 2;
@@ -238,10 +286,56 @@ static void print_params(const ts_param *p, int indent)
   }
 }
 
+static json_t *params_json(const ts_param *p)
+{
+  json_t *a = json_array();
+  for (; p && p->key; p++) {
+    json_t *o = json_pack("{s:s, s:s, s:b}", "key", p->key, "kind", kind_name(p->kind), "required",
+                          (p->flags & TS_PARAM_REQUIRED) != 0);
+    json_object_set_new(o, "doc", p->doc ? json_string(p->doc) : json_null());
+    if (p->choices) {
+      json_t *c = json_array();
+      for (const char *b = p->choices, *e; *b; b = *e ? e + 1 : e) {
+        e = strchr(b, '|');
+        if (!e)
+          e = b + strlen(b);
+        json_array_append_new(c, json_stringn(b, (size_t)(e - b)));
+      }
+      json_object_set_new(o, "choices", c);
+    }
+    if (p->fields)
+      json_object_set_new(o, "fields", params_json(p->fields));
+    json_array_append_new(a, o);
+  }
+  return a;
+}
+
 int ts_cli_types(int argc, char **argv)
 {
+  static const char *const flags[] = { "--json", NULL };
+  char *pos[1];
   if (ts_cli_help(argc, argv))
     return 0;
+  if (positionals(argc, argv, pos, 0, flags) != 0) {
+    ts_cli_usage(stderr, argv[0]);
+    return 2;
+  }
+  if (take_flag(argc, argv, "--json")) {
+    json_t *arr = json_array();
+    for (size_t i = 0; ts_layer_type_at(i); i++) {
+      const ts_layer_type *t = ts_layer_type_at(i);
+      json_t *o = json_pack("{s:s}", "name", t->name);
+      json_object_set_new(o, "summary", t->summary ? json_string(t->summary) : json_null());
+      json_object_set_new(o, "params", params_json(t->params));
+      json_array_append_new(arr, o);
+    }
+    json_t *root = json_pack("{s:o}", "types", arr);
+    char *txt = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("%s\n", txt ? txt : "null");
+    free(txt);
+    json_decref(root);
+    return txt ? 0 : 1;
+  }
   for (size_t i = 0; ts_layer_type_at(i); i++) {
     const ts_layer_type *t = ts_layer_type_at(i);
     printf("%s: %s\n", t->name, t->summary ? t->summary : "");

@@ -170,11 +170,12 @@ static int finish(ts_stack *s, int status)
 
 static const char pool_usage[] =
     "usage: thinstack pool SUBCOMMAND CONFIG POOL ...\n"
-    "  create CONFIG POOL            format the pool's blank metadata device\n"
+    "  create CONFIG POOL [--json]   format the pool's blank metadata device\n"
     "  status CONFIG POOL [--json]   data and metadata use, volumes, mode, transaction id\n"
-    "  extend CONFIG POOL [+]SIZE    grow the data space to SIZE (or by +SIZE); a file data\n"
+    "  extend CONFIG POOL [+]SIZE [--json]\n"
+    "                                grow the data space to SIZE (or by +SIZE); a file data\n"
     "                                layer grows and CONFIG says its new size, together\n"
-    "  extend-metadata CONFIG POOL [+]SIZE\n"
+    "  extend-metadata CONFIG POOL [+]SIZE [--json]\n"
     "                                grow the metadata space likewise\n";
 
 /* The lines of `usage` for subcommand `sub` (those starting "  SUB "), with
@@ -201,6 +202,64 @@ static bool wants_help(int argc, char **argv)
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
       return true;
   return false;
+}
+
+static void print_doc(json_t *root)
+{
+  char *txt = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  printf("%s\n", txt ? txt : "null");
+  free(txt);
+  json_decref(root);
+}
+
+void ts_cli_pool_extended(bool json, const char *pool, const char *which, uint64_t size,
+                          uint64_t blocks, bool grown)
+{
+  char a[32];
+  ts_format_size(size, a, sizeof a);
+  if (json)
+    print_doc(json_pack("{s:{s:s, s:s, s:I, s:I, s:b}}", "extended", "pool", pool, "space", which,
+                        "size", (json_int_t)size, "blocks", (json_int_t)blocks, "grown", grown));
+  else if (grown)
+    printf("pool %s: %s space is now %s (%llu blocks)\n", pool, which, a,
+           (unsigned long long)blocks);
+  else
+    printf("pool %s: %s space is already %s\n", pool, which, a);
+}
+
+void ts_cli_thin_done(bool json, const char *verb, const char *name, uint32_t id, const char *pool,
+                      uint64_t size, const char *origin)
+{
+  char a[32];
+  ts_format_size(size, a, sizeof a);
+  if (!json) {
+    if (!strcmp(verb, "create"))
+      printf("volume %s (id %u, %s) created in pool %s\n", name, id, a, pool);
+    else if (!strcmp(verb, "snap"))
+      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", name, id, pool, origin);
+    else if (!strcmp(verb, "delete") && !name)
+      printf("volume %u deleted from pool %s\n", id, pool);
+    else if (!strcmp(verb, "delete"))
+      printf("volume %s deleted from pool %s\n", name, pool);
+    else
+      printf("volume %s is now %s\n", name, a);
+    return;
+  }
+  json_t *o = json_object();
+  if (name)
+    json_object_set_new(o, "name", json_string(name));
+  if (strcmp(verb, "resize") && (strcmp(verb, "delete") || !name))
+    json_object_set_new(o, "id", json_integer(id));
+  if (pool)
+    json_object_set_new(o, "pool", json_string(pool));
+  if (!strcmp(verb, "create") || !strcmp(verb, "resize"))
+    json_object_set_new(o, "size", json_integer((json_int_t)size));
+  if (origin)
+    json_object_set_new(o, "origin", json_string(origin));
+  const char *key = !strcmp(verb, "delete")   ? "deleted"
+                    : !strcmp(verb, "resize") ? "resized"
+                                              : "created";
+  print_doc(json_pack("{s:o}", key, o));
 }
 
 /* SIZE or +SIZE: *rel says which. */
@@ -323,8 +382,8 @@ static int pool_extend_cmd(int argc, char **argv, bool meta)
   const char *which = meta ? "metadata" : "data";
   char *pos[3];
   uint64_t size;
-  bool rel;
-  if (!args(argc, argv, 2, pos, 3, NULL))
+  bool rel, json = false;
+  if (!args(argc, argv, 2, pos, 3, &json))
     return 2;
   if (!parse_rel_size(meta ? "pool extend-metadata: SIZE" : "pool extend: SIZE", pos[2], &size,
                       &rel))
@@ -345,15 +404,8 @@ static int pool_extend_cmd(int argc, char **argv, bool meta)
     return finish(s, 1);
   }
   int r = finish(s, 0);
-  if (r == 0) {
-    char a[32];
-    ts_format_size(size, a, sizeof a);
-    if (size > had)
-      printf("pool %s: %s space is now %s (%llu blocks)\n", pos[1], which, a,
-             (unsigned long long)(size / unit));
-    else
-      printf("pool %s: %s space is already %s\n", pos[1], which, a);
-  }
+  if (r == 0)
+    ts_cli_pool_extended(json, pos[1], which, size, size / unit, size > had);
   return r;
 }
 
@@ -369,7 +421,7 @@ int ts_cli_pool(int argc, char **argv)
   char *pos[3];
   bool json = false;
   if (!strcmp(sub, "create")) {
-    if (!args(argc, argv, 2, pos, 2, NULL))
+    if (!args(argc, argv, 2, pos, 2, &json))
       return 2;
     bool is_new;
     ts_dev *pool;
@@ -382,6 +434,12 @@ int ts_cli_pool(int argc, char **argv)
     }
     ts_pool_status st;
     ts_pool_get_status(pool, &st, NULL);
+    if (json) {
+      print_doc(json_pack("{s:{s:s, s:I, s:I, s:I}}", "created", "pool", pos[1], "data_blocks",
+                          (json_int_t)st.data_blocks, "block_size", (json_int_t)st.block_size,
+                          "metadata_blocks", (json_int_t)st.metadata_blocks));
+      return finish(s, 0);
+    }
     char a[32];
     ts_cli_print_size(a, sizeof a, st.data_blocks * st.block_size);
     printf("pool %s created: %llu data blocks of %lluK (%s), %llu metadata blocks\n", pos[1],
@@ -406,17 +464,17 @@ int ts_cli_pool(int argc, char **argv)
 
 static const char thin_usage[] =
     "usage: thinstack thin SUBCOMMAND CONFIG ...   (the pool and CONFIG change together)\n"
-    "  create CONFIG NAME --size SIZE [--pool POOL] [--id ID] [--export]\n"
+    "  create CONFIG NAME --size SIZE [--pool POOL] [--id ID] [--export] [--json]\n"
     "                   create an empty volume and its layer NAME (POOL may be left out\n"
     "                   when CONFIG has one pool; ID defaults to the lowest free one)\n"
-    "  snap CONFIG ORIGIN NAME [--export]\n"
+    "  snap CONFIG ORIGIN NAME [--export] [--json]\n"
     "                   snapshot layer ORIGIN's volume as a new layer NAME (\"origin\": ORIGIN)\n"
-    "  delete CONFIG NAME\n"
+    "  delete CONFIG NAME [--json]\n"
     "                   delete layer NAME's volume and the layer (a layer whose volume is\n"
     "                   gone, as after an interrupted delete, is removed alone)\n"
-    "  delete CONFIG --id ID [--pool POOL]\n"
+    "  delete CONFIG --id ID [--pool POOL] [--json]\n"
     "                   delete a volume that no layer names (as after an interrupted create)\n"
-    "  resize CONFIG NAME [+]SIZE [--discard-beyond]\n"
+    "  resize CONFIG NAME [+]SIZE [--discard-beyond] [--json]\n"
     "                   grow a volume; a shrink over mapped blocks needs --discard-beyond,\n"
     "                   which discards them\n"
     "  list CONFIG [--pool POOL] [--json]\n"
@@ -658,10 +716,10 @@ int ts_cli_thin(int argc, char **argv)
   if (wants_help(argc, argv))
     return sub_help(thin_usage, sub);
   struct thin_opts o;
-  const char *allowed = !strcmp(sub, "create")   ? "--pool --size --id --export"
-                        : !strcmp(sub, "snap")   ? "--export"
-                        : !strcmp(sub, "delete") ? "--pool --id"
-                        : !strcmp(sub, "resize") ? "--discard-beyond"
+  const char *allowed = !strcmp(sub, "create")   ? "--pool --size --id --export --json"
+                        : !strcmp(sub, "snap")   ? "--export --json"
+                        : !strcmp(sub, "delete") ? "--pool --id --json"
+                        : !strcmp(sub, "resize") ? "--discard-beyond --json"
                                                  : "--pool --json";
   if (!thin_args(argc, argv, &o, allowed))
     return 2;
@@ -711,25 +769,22 @@ int ts_cli_thin(int argc, char **argv)
   ts_error err = { 0 };
   uint32_t flags = o.export_it ? TS_VOLUME_EXPORT : 0;
   int r = 0;
-  char a[32];
   if (!strcmp(sub, "create")) {
     r = ts_volume_create(s, pname, o.pos[1], size, id, flags, &id, &err);
-    ts_format_size(size, a, sizeof a);
     if (!r)
-      printf("volume %s (id %u, %s) created in pool %s\n", o.pos[1], id, a, pname);
+      ts_cli_thin_done(o.json, "create", o.pos[1], id, pname, size, NULL);
   } else if (!strcmp(sub, "snap")) {
     r = ts_volume_snapshot(s, o.pos[1], o.pos[2], flags, &id, &err);
     if (!r)
-      printf("volume %s (id %u) created in pool %s as a snapshot of %s\n", o.pos[2], id, pname,
-             o.pos[1]);
+      ts_cli_thin_done(o.json, "snap", o.pos[2], id, pname, 0, o.pos[1]);
   } else if (!strcmp(sub, "delete") && o.id) {
     r = ts_volume_delete_id(s, pname, id, &err);
     if (!r)
-      printf("volume %u deleted from pool %s\n", id, pname);
+      ts_cli_thin_done(o.json, "delete", NULL, id, pname, 0, NULL);
   } else if (!strcmp(sub, "delete")) {
     r = ts_volume_delete(s, o.pos[1], &err);
     if (!r)
-      printf("volume %s deleted from pool %s\n", o.pos[1], pname);
+      ts_cli_thin_done(o.json, "delete", o.pos[1], 0, pname, 0, NULL);
   } else {
     if (rel) {
       /* +SIZE: relative to the layer's size now. */
@@ -745,9 +800,8 @@ int ts_cli_thin(int argc, char **argv)
       free(vi);
     }
     r = ts_volume_resize(s, o.pos[1], size, o.discard_beyond ? TS_VOLUME_DISCARD_BEYOND : 0, &err);
-    ts_format_size(size, a, sizeof a);
     if (!r)
-      printf("volume %s is now %s\n", o.pos[1], a);
+      ts_cli_thin_done(o.json, "resize", o.pos[1], 0, NULL, size, NULL);
   }
   if (r)
     ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));

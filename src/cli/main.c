@@ -12,14 +12,15 @@
 static const struct ts_cli_command commands[] = {
   { "demo", ts_cli_demo, "[--dir DIR] [--size SIZE] [--keep]",
     "build a stack on sparse files in a temp dir and compare provision with writing zeroes" },
-  { "validate", ts_cli_validate, "CONFIG",
+  { "validate", ts_cli_validate, "CONFIG [--json]",
     "check a stack configuration; what exists is opened read-only, nothing is created" },
   { "dump-config", ts_cli_dump_config, "CONFIG [--show-keys]",
     "print the configuration that re-opens the stack as it is now (absolute paths, grown sizes)" },
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
-  { "status", ts_cli_status, "CONFIG [NODE]", "print counters and layer state as JSON" },
+  { "status", ts_cli_status, "CONFIG [NODE] [--json]", "print counters and layer state as JSON" },
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
-  { "replay-log", ts_cli_replay_log, "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
+  { "replay-log", ts_cli_replay_log,
+    "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
     "rebuild a device from a dm-log-writes log (the log-writes layer's) up to an entry or mark" },
   { "dm-table", ts_cli_dm_table, "CONFIG [--device LAYER=PATH]... [--concise]",
     "print the dmsetup commands that activate the stack in the kernel" },
@@ -31,17 +32,18 @@ static const struct ts_cli_command commands[] = {
   { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE]", "read a range (to stdout or FILE)" },
   { "copy", ts_cli_copy, "SRC DST", "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
   { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua]", "write FILE's bytes at OFFSET" },
-  { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-zero]",
+  { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-zero] [--json]",
     "reserve space for a range without writing (--may-zero: zeroing it is fine)" },
-  { "discard", ts_cli_range, "CONFIG DEV OFFSET LENGTH", "release a range" },
-  { "zero", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-unmap] [--no-fallback]",
+  { "discard", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--json]", "release a range" },
+  { "zero", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-unmap] [--no-fallback] [--json]",
     "make a range read as zeroes" },
   { "flush", ts_cli_flush, "CONFIG DEV", "make completed writes durable" },
   { "bench", ts_cli_bench, "NAME [ARGS]", "run a benchmark (thinstack bench --help lists them)" },
-  { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]", "print block status (allocation map)" },
-  { "pool", ts_cli_pool, "create|status|extend|extend-metadata CONFIG POOL ...",
+  { "map", ts_cli_map, "CONFIG DEV [OFFSET LENGTH] [--json]",
+    "print block status (allocation map)" },
+  { "pool", ts_cli_pool, "create|status|extend|extend-metadata CONFIG POOL ... [--json]",
     "format a thin pool, show its state, grow its data or metadata space" },
-  { "thin", ts_cli_thin, "create|snap|delete|resize|list CONFIG ...",
+  { "thin", ts_cli_thin, "create|snap|delete|resize|list CONFIG ... [--json]",
     "create, snapshot, delete, resize and list thin volumes (pool and CONFIG together)" },
   { "message", ts_cli_message, "CONFIG NODE MESSAGE",
     "send a layer one of its verbs (log-writes: \"mark NAME\")" },
@@ -239,7 +241,10 @@ int main(int argc, char **argv)
     return 2;
   }
   if (strcmp(argv[1], "--version") == 0) {
-    printf("thinstack %s\n", ts_version());
+    if (argc > 2 && strcmp(argv[2], "--json") == 0)
+      printf("{\"version\": \"%s\"}\n", ts_version());
+    else
+      printf("thinstack %s\n", ts_version());
     return 0;
   }
   const struct ts_cli_command *c = find(argv[1]);
