@@ -47,12 +47,12 @@ typedef struct ts_vhost_blk ts_vhost_blk;
 #define TS_VHOST_READ_ONLY (1u << 0)
 
 typedef struct ts_vhost_blk_opts {
-  uint32_t struct_size;  /* sizeof(ts_vhost_blk_opts), for compatibility */
-  uint32_t flags;        /* TS_VHOST_* */
-  uint32_t queues;       /* virtqueues offered (VHOST_USER_GET_QUEUE_NUM);
+  uint32_t struct_size; /* sizeof(ts_vhost_blk_opts), for compatibility */
+  uint32_t flags;       /* TS_VHOST_* */
+  uint32_t queues;      /* virtqueues offered (VHOST_USER_GET_QUEUE_NUM);
                             0 = TS_VHOST_DEFAULT_QUEUES */
-  uint32_t workers;      /* worker threads per queue; 0 = TS_VHOST_DEFAULT_WORKERS */
-  const char *serial;    /* VIRTIO_BLK_T_GET_ID, up to 20 bytes; NULL: the
+  uint32_t workers;     /* worker threads per queue; 0 = TS_VHOST_DEFAULT_WORKERS */
+  const char *serial;   /* VIRTIO_BLK_T_GET_ID, up to 20 bytes; NULL: the
                             device's name. Copied. */
 } ts_vhost_blk_opts;
 

@@ -38,8 +38,8 @@ struct file_layer {
   bool read_only;
   bool direct;
   char *path;
-  pthread_mutex_t ring_lock;  /* the ring's first start */
-  _Atomic bool ring_tried;    /* ts__fio_ring_start has run */
+  pthread_mutex_t ring_lock; /* the ring's first start */
+  _Atomic bool ring_tried;   /* ts__fio_ring_start has run */
 };
 
 static const ts_param file_params[] = {
@@ -260,8 +260,7 @@ static int file_status(ts_layer *l, json_t *out)
     json_object_set_new(out, "allocated_bytes", json_integer((json_int_t)st.st_blocks * 512));
   json_object_set_new(out, "direct", json_boolean(f->direct));
   /* Only the unaligned pieces of O_DIRECT requests are copied. */
-  json_object_set_new(out, "bounced_bytes",
-                      json_integer((json_int_t)atomic_load(&f->io.bounced)));
+  json_object_set_new(out, "bounced_bytes", json_integer((json_int_t)atomic_load(&f->io.bounced)));
   /* How the async API runs this file's requests: its io_uring, or its
    * workers and why; "threads" until the first async request. */
   pthread_mutex_lock(&f->ring_lock);

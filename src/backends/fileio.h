@@ -27,10 +27,10 @@ struct ts__fio {
   uint32_t align;      /* O_DIRECT: memory and length alignment; 0 without O_DIRECT */
   bool eof_zeroes;     /* reads past the end see zeroes (a file that shrank) */
   _Atomic bool fiemap; /* FIEMAP works here; cleared when it answers "unsupported" */
-  _Atomic uint64_t bounced; /* bytes copied through the bounce buffer (status) */
-  struct ts__fio_ring *ring;  /* the async path's io_uring; NULL: workers only */
-  char ring_state[96];        /* "io_uring", or why the workers run it (status) */
-  _Atomic uint64_t ring_ops;  /* requests completed through the ring (status) */
+  _Atomic uint64_t bounced;  /* bytes copied through the bounce buffer (status) */
+  struct ts__fio_ring *ring; /* the async path's io_uring; NULL: workers only */
+  char ring_state[96];       /* "io_uring", or why the workers run it (status) */
+  _Atomic uint64_t ring_ops; /* requests completed through the ring (status) */
 };
 
 /* Set up `f` for `fd` (not taken over: the caller closes it). */

@@ -745,8 +745,7 @@ static int kernel_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "kernel", json_string(k->release));
   json_object_set_new(out, "direct", json_boolean(k->direct));
   json_object_set_new(out, "read_only", json_boolean(k->read_only));
-  json_object_set_new(out, "bounced_bytes",
-                      json_integer((json_int_t)atomic_load(&k->io.bounced)));
+  json_object_set_new(out, "bounced_bytes", json_integer((json_int_t)atomic_load(&k->io.bounced)));
   if (k->ro_reason)
     json_object_set_new(out, "read_only_reason", json_string(k->ro_reason));
   json_object_set_new(out, "provision_policy", json_string(policy_name[k->policy]));

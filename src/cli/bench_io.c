@@ -384,7 +384,8 @@ static int fio_cell(struct bench *b, const struct test *t, unsigned depth, struc
 {
   char path[4200], cmd[8800];
   snprintf(path, sizeof path, "%s/fio.img", b->dir);
-  const char *rw = t->random ? (t->write ? "randwrite" : "randread") : (t->write ? "write" : "read");
+  const char *rw =
+      t->random ? (t->write ? "randwrite" : "randread") : (t->write ? "write" : "read");
   long ms = (long)(b->seconds * 1000 + 0.5);
   snprintf(cmd, sizeof cmd,
            "fio --name=cell --filename='%s' --ioengine=io_uring --direct=%d --rw=%s --bs=%u"
@@ -446,10 +447,7 @@ static int fio_cell(struct bench *b, const struct test *t, unsigned depth, struc
   return r;
 }
 
-static bool have_fio(void)
-{
-  return system("fio --version >/dev/null 2>&1") == 0;
-}
+static bool have_fio(void) { return system("fio --version >/dev/null 2>&1") == 0; }
 
 /* Everything measured, open at once, so that each cell runs the baseline
  * and every target back to back: the disk's speed drifts over a run (host
@@ -654,8 +652,8 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
           res->ops += one.ops;
           res->secs += one.secs;
           res->done = true;
-          res->v[res->n++] = one.secs > 0 ? (double)one.ops / one.secs * (t->bs == 4096 ? 1 : t->bs / 1e6)
-                                          : 0;
+          res->v[res->n++] =
+              one.secs > 0 ? (double)one.ops / one.secs * (t->bs == 4096 ? 1 : t->bs / 1e6) : 0;
         }
   int c = close_targets(b, &tg);
   return r ? r : c;
@@ -821,20 +819,21 @@ int ts_cli_bench_io(int argc, char **argv)
   int status = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-      printf("usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE] [--runs N]\n"
-             "                          [--cached] [--workers N] [--mode worker|loop] [--no-fio]\n"
-             "                          [--control PATH] [--stack STACK.json [--dev NAME]]\n"
-             "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
-             "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file\n"
-             "  and (when fio is installed, unless --no-fio) fio's io_uring engine on another.\n"
-             "  --runs: runs per cell, targets interleaved, medians with min/max (default 3).\n"
-             "  --stack: the same cells on one device of STACK.json (--dev, default the first\n"
-             "  export), writes first; --size then caps the range used (default: all of it).\n"
-             "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
-             "  --cached: through the page cache instead of O_DIRECT (measures the software\n"
-             "  path); --workers: async worker threads (default 32, the baseline's);\n"
-             "  --mode: completions on the workers (default) or on a libuv loop;\n"
-             "  --control PATH: the thin stack serves its control socket at PATH meanwhile\n");
+      printf(
+          "usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE] [--runs N]\n"
+          "                          [--cached] [--workers N] [--mode worker|loop] [--no-fio]\n"
+          "                          [--control PATH] [--stack STACK.json [--dev NAME]]\n"
+          "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
+          "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file\n"
+          "  and (when fio is installed, unless --no-fio) fio's io_uring engine on another.\n"
+          "  --runs: runs per cell, targets interleaved, medians with min/max (default 3).\n"
+          "  --stack: the same cells on one device of STACK.json (--dev, default the first\n"
+          "  export), writes first; --size then caps the range used (default: all of it).\n"
+          "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
+          "  --cached: through the page cache instead of O_DIRECT (measures the software\n"
+          "  path); --workers: async worker threads (default 32, the baseline's);\n"
+          "  --mode: completions on the workers (default) or on a libuv loop;\n"
+          "  --control PATH: the thin stack serves its control socket at PATH meanwhile\n");
       free(b);
       return 0;
     } else if (strcmp(argv[i], "--json") == 0) {

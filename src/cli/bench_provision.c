@@ -55,18 +55,20 @@ static ts_stack *bench_pool(struct bench *b, uint64_t size, ts_dev **vol)
   if (b->zero_data)
     snprintf(data, sizeof data, "{ \"type\": \"zero\", \"size\": \"%s\" }", sz);
   else
-    snprintf(data, sizeof data, "{ \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true }",
+    snprintf(data, sizeof data,
+             "{ \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true }",
              b->data, sz);
   char *json = NULL;
-  if (asprintf(&json,
-               "{ \"version\": 1, \"layers\": {"
-               " \"meta\": { \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true },"
-               " \"data\": %s,"
-               " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
-               "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
-               " \"vol\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"%s\", \"create\": true } },"
-               " \"exports\": [\"vol\"] }",
-               b->meta, msz, data, sz) < 0)
+  if (asprintf(
+          &json,
+          "{ \"version\": 1, \"layers\": {"
+          " \"meta\": { \"type\": \"file\", \"path\": \"%s\", \"size\": \"%s\", \"create\": true },"
+          " \"data\": %s,"
+          " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+          "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+          " \"vol\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"%s\", \"create\": true } },"
+          " \"exports\": [\"vol\"] }",
+          b->meta, msz, data, sz) < 0)
     return NULL;
   ts_stack *s = NULL;
   ts_error err = { 0 };
@@ -241,8 +243,7 @@ int ts_cli_bench_provision(int argc, char **argv)
         ts_cli_err("bench provision: --data takes file or zero, not \"%s\"", d);
         return 2;
       }
-    }
-    else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+    } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
       printf("usage: thinstack bench provision [--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N]\n"
              "                                 [--data file|zero] [--no-write] [--json]\n"
              "  Times writing zeroes, PROVISION and WRITE_ZEROES through a thin volume on a\n"
@@ -288,11 +289,12 @@ int ts_cli_bench_provision(int argc, char **argv)
   json_t *rows = json_array();
   int status = 0;
   if (!json && zero_data)
-    printf("thin volume on a zero data layer (metadata on a file under %s); 64K pool blocks.\n"
-           "PROVISION of the whole volume: op = the request alone; +flush = with the metadata commit.\n"
-           "Medians of %d runs, [min, max] of +flush.\n\n"
-           "%6s | %10s %10s %21s | %10s\n",
-           base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB");
+    printf(
+        "thin volume on a zero data layer (metadata on a file under %s); 64K pool blocks.\n"
+        "PROVISION of the whole volume: op = the request alone; +flush = with the metadata commit.\n"
+        "Medians of %d runs, [min, max] of +flush.\n\n"
+        "%6s | %10s %10s %21s | %10s\n",
+        base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB");
   else if (!json)
     printf("thin volume over sparse files on the file system of %s; 64K pool blocks.\n"
            "op = the request alone; +flush = until durable (thin: data fdatasync + metadata commit).\n"
@@ -313,10 +315,11 @@ int ts_cli_bench_provision(int argc, char **argv)
         break;
       }
       if (json) {
-        json_array_append_new(rows, json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:f}", "size", s, "bytes",
-                                              (json_int_t)sz[i], "data", "zero", "provision", "op_s", tp.op,
-                                              "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s",
-                                              tp.max, "ms_per_gib", tp.durable * 1e3 / gib));
+        json_array_append_new(rows, json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:f}", "size", s,
+                                              "bytes", (json_int_t)sz[i], "data", "zero",
+                                              "provision", "op_s", tp.op, "flush_s", tp.durable,
+                                              "flush_min_s", tp.min, "flush_max_s", tp.max,
+                                              "ms_per_gib", tp.durable * 1e3 / gib));
       } else {
         char c[4][32], mm[48];
         ms(c[0], 32, tp.op), ms(c[1], 32, tp.durable), ms(c[2], 32, tp.min), ms(c[3], 32, tp.max);
@@ -326,17 +329,19 @@ int ts_cli_bench_provision(int argc, char **argv)
       }
       continue;
     }
-    if ((!no_write && measure(&b, sz[i], W_WRITE, 1, &tw)) || measure(&b, sz[i], W_PROVISION, runs, &tp) ||
-        measure(&b, sz[i], W_WZEROES, runs, &tz) || measure(&b, sz[i], W_FALLOCATE, runs, &tf)) {
+    if ((!no_write && measure(&b, sz[i], W_WRITE, 1, &tw)) ||
+        measure(&b, sz[i], W_PROVISION, runs, &tp) || measure(&b, sz[i], W_WZEROES, runs, &tz) ||
+        measure(&b, sz[i], W_FALLOCATE, runs, &tf)) {
       status = 1;
       break;
     }
     if (json) {
-      json_t *row = json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:{s:f,s:f},s:{s:f,s:f,s:f,s:f}}", "size", s,
-                              "bytes", (json_int_t)sz[i], "data", "file", "provision", "op_s", tp.op,
-                              "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s", tp.max,
-                              "write_zeroes", "op_s", tz.op, "flush_s", tz.durable, "fallocate", "op_s",
-                              tf.op, "flush_s", tf.durable, "flush_min_s", tf.min, "flush_max_s", tf.max);
+      json_t *row =
+          json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:{s:f,s:f},s:{s:f,s:f,s:f,s:f}}", "size", s,
+                    "bytes", (json_int_t)sz[i], "data", "file", "provision", "op_s", tp.op,
+                    "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s", tp.max,
+                    "write_zeroes", "op_s", tz.op, "flush_s", tz.durable, "fallocate", "op_s",
+                    tf.op, "flush_s", tf.durable, "flush_min_s", tf.min, "flush_max_s", tf.max);
       if (!no_write)
         json_object_set_new(row, "write_zero_buffers",
                             json_pack("{s:f,s:f}", "op_s", tw.op, "flush_s", tw.durable));
@@ -349,8 +354,9 @@ int ts_cli_bench_provision(int argc, char **argv)
         strcpy(c[0], "-"), strcpy(c[1], "-");
       else
         snprintf(wr, sizeof wr, "%7.0fx", tw.durable / tp.durable);
-      printf("%6s | %10s %10s | %10s %10s | %10s %10s | %10s %10s | %7.2fx %7.2fx %8s\n", s, c[0], c[1],
-             c[2], c[3], c[4], c[5], c[6], c[7], tp.durable / tf.durable, tz.durable / tp.durable, wr);
+      printf("%6s | %10s %10s | %10s %10s | %10s %10s | %10s %10s | %7.2fx %7.2fx %8s\n", s, c[0],
+             c[1], c[2], c[3], c[4], c[5], c[6], c[7], tp.durable / tf.durable,
+             tz.durable / tp.durable, wr);
       fflush(stdout);
     }
   }

@@ -17,9 +17,9 @@
 
 struct end {
   const char *arg;
-  char *config;     /* CONFIG of CONFIG:LAYER, NULL for a raw file */
+  char *config; /* CONFIG of CONFIG:LAYER, NULL for a raw file */
   const char *layer;
-  ts_stack *stack;  /* owned unless shared with the other end */
+  ts_stack *stack; /* owned unless shared with the other end */
   ts_dev *dev;
   int fd;
   uint64_t size;
@@ -69,7 +69,10 @@ static int dst_data(struct end *d, const char *buf, size_t n, uint64_t at)
     else if (!zero)
       for (size_t w = x; !r && w < y;) {
         ssize_t k = pwrite(d->fd, buf + w, y - w, (off_t)(at + w));
-        if (k < 0) r = -errno; else w += (size_t)k;
+        if (k < 0)
+          r = -errno;
+        else
+          w += (size_t)k;
       }
     if (r)
       return r;

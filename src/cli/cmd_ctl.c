@@ -743,7 +743,8 @@ static int parse_vhost(char *arg, struct serve_vhost *v)
       v->opts.flags |= TS_VHOST_READ_ONLY;
     if ((end && *end) || (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly"))) {
       ts_cli_err("serve: --vhost-user-blk: unknown option \"%s\" (queues=N, workers=N,"
-                 " serial=ID, readonly)", o);
+                 " serial=ID, readonly)",
+                 o);
       return -1;
     }
   }
@@ -815,8 +816,8 @@ int ts_cli_serve(int argc, char **argv)
   for (int i = 0; i < nvh; i++) {
     ts_dev *d = ts_stack_dev(s, vh[i].device);
     if (!d) {
-      ts_cli_err("serve: --vhost-user-blk %s: the stack exports no device \"%s\"",
-                 vh[i].socket, vh[i].device);
+      ts_cli_err("serve: --vhost-user-blk %s: the stack exports no device \"%s\"", vh[i].socket,
+                 vh[i].device);
       stop_vhost(vh, i);
       return ts_cli_close(s, 1);
     }

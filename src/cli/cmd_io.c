@@ -281,7 +281,8 @@ int ts_cli_write(int argc, char **argv)
     }
     free(buf);
     buf = NULL;
-    if (fd != STDIN_FILENO) close(fd);
+    if (fd != STDIN_FILENO)
+      close(fd);
     return ts_cli_close(s, report("write", d, r));
   }
   while (!r) {

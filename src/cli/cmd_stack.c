@@ -148,8 +148,7 @@ char *ts_cli_limits_dumps(const struct json_t *limits)
   json_t *l = json_deep_copy(limits);
   const char *key;
   json_t *v;
-  json_object_foreach(l, key, v)
-  {
+  json_object_foreach(l, key, v) {
     if (json_is_integer(v) && json_integer_value(v) == -1)
       json_object_set_new(l, key, json_null());
   }

@@ -63,8 +63,11 @@ static const char *fmt_size(char *buf, size_t n, uint64_t v)
 }
 
 static const char *const op_names[TS_OP_COUNT] = {
-  [TS_OP_READ] = "read", [TS_OP_WRITE] = "write", [TS_OP_FLUSH] = "flush",
-  [TS_OP_DISCARD] = "discard", [TS_OP_WRITE_ZEROES] = "write_zeroes",
+  [TS_OP_READ] = "read",
+  [TS_OP_WRITE] = "write",
+  [TS_OP_FLUSH] = "flush",
+  [TS_OP_DISCARD] = "discard",
+  [TS_OP_WRITE_ZEROES] = "write_zeroes",
   [TS_OP_PROVISION] = "provision",
 };
 
@@ -227,18 +230,16 @@ static int range_check(struct ts_node *n, const char *op, uint64_t off, uint64_t
   const ts_limits *lim = &n->limits;
   char a[32], b[32], c[32];
   if (len == 0)
-    return io_fail(-EINVAL, "%s of length 0 at offset %s on %s", op,
-                   fmt_off(a, sizeof a, off), n->name);
+    return io_fail(-EINVAL, "%s of length 0 at offset %s on %s", op, fmt_off(a, sizeof a, off),
+                   n->name);
   if (off % lim->logical_block_size || len % lim->logical_block_size)
-    return io_fail(-EINVAL,
-                   "%s at offset %s + length %s is not a multiple of the logical block size %u of %s",
-                   op, fmt_off(a, sizeof a, off), fmt_off(b, sizeof b, len),
-                   lim->logical_block_size, n->name);
+    return io_fail(
+        -EINVAL, "%s at offset %s + length %s is not a multiple of the logical block size %u of %s",
+        op, fmt_off(a, sizeof a, off), fmt_off(b, sizeof b, len), lim->logical_block_size, n->name);
   if (off + len < off || off + len > ts__node_size(n)) {
     if (off >= ts__node_size(n))
       return io_fail(-EINVAL, "%s at offset %s is past the end of %s (%s)", op,
-                     fmt_off(a, sizeof a, off), n->name,
-                     fmt_size(c, sizeof c, ts__node_size(n)));
+                     fmt_off(a, sizeof a, off), n->name, fmt_size(c, sizeof c, ts__node_size(n)));
     return io_fail(-EINVAL, "%s at offset %s + length %s runs past the end of %s (%s)", op,
                    fmt_off(a, sizeof a, off), fmt_off(b, sizeof b, len), n->name,
                    fmt_size(c, sizeof c, ts__node_size(n)));

@@ -39,8 +39,7 @@ static int fd_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
 
 /* One pwritev per call in the common case; after a short write the rest
  * goes on from where it stopped. */
-static int fd_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov,
-                     int iovcnt)
+static int fd_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov, int iovcnt)
 {
   (void)count;
   int fd = ((struct fd_ctx *)ctx)->fd;
@@ -82,7 +81,7 @@ static void fd_close(void *ctx)
   free(c);
 }
 
-static const struct pd_bdev_ops fd_ops = {fd_read, fd_write, fd_flush, fd_close, fd_writev};
+static const struct pd_bdev_ops fd_ops = { fd_read, fd_write, fd_flush, fd_close, fd_writev };
 
 int pd_bdev_from_fd(struct pd_bdev *out, int fd, bool read_only, bool own_fd, ts_error *err)
 {
@@ -158,10 +157,7 @@ int pd_bdev_write(const struct pd_bdev *bdev, uint64_t block, uint32_t count, co
   return bdev->ops->write(bdev->ctx, block, count, buf);
 }
 
-bool pd_bdev_has_writev(const struct pd_bdev *bdev)
-{
-  return bdev->ops->writev != NULL;
-}
+bool pd_bdev_has_writev(const struct pd_bdev *bdev) { return bdev->ops->writev != NULL; }
 
 int pd_bdev_writev(const struct pd_bdev *bdev, uint64_t block, uint32_t count,
                    const struct iovec *iov, int iovcnt)

@@ -28,8 +28,8 @@ static int layer_flush(void *ctx)
   return ts_flush(ctx);
 }
 
-static const struct pd_bdev_ops layer_ops = {layer_read, layer_write, layer_flush, NULL,
-                                           layer_writev};
+static const struct pd_bdev_ops layer_ops = { layer_read, layer_write, layer_flush, NULL,
+                                              layer_writev };
 
 int pd_bdev_from_ts_dev(struct pd_bdev *out, ts_dev *dev, bool read_only, ts_error *err)
 {

@@ -221,7 +221,7 @@ static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
       r = pd_bdev_write(&bm->bdev, v[i]->nr, 1, v[i]->data);
     } else if (vec) {
       for (size_t k = i; k < j; k++)
-        iov[k - i] = (struct iovec){v[k]->data, PD_BLOCK_SIZE};
+        iov[k - i] = (struct iovec){ v[k]->data, PD_BLOCK_SIZE };
       r = pd_bdev_writev(&bm->bdev, v[i]->nr, (uint32_t)(j - i), iov, (int)(j - i));
     } else {
       if (!bm->run_buf && posix_memalign((void **)&bm->run_buf, PD_BLOCK_SIZE,

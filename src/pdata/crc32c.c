@@ -77,8 +77,8 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw_serial(uint32_t crc, co
 
 static uint32_t hw_shift(uint32_t c)
 {
-  return shift_table[0][c & 0xff] ^ shift_table[1][(c >> 8) & 0xff] ^ shift_table[2][(c >> 16) & 0xff] ^
-         shift_table[3][c >> 24];
+  return shift_table[0][c & 0xff] ^ shift_table[1][(c >> 8) & 0xff] ^
+         shift_table[2][(c >> 16) & 0xff] ^ shift_table[3][c >> 24];
 }
 
 __attribute__((target("sse4.2"))) static void crc_init_shift(void)

@@ -76,8 +76,8 @@ struct vring_used_elem {
 
 struct vu_region {
   uint64_t gpa, size, uva;
-  uint8_t *host;      /* gpa's host address */
-  void *map;          /* the whole mapping (mmap_offset included) */
+  uint8_t *host; /* gpa's host address */
+  void *map;     /* the whole mapping (mmap_offset included) */
   size_t map_len;
 };
 
@@ -93,8 +93,8 @@ struct vu_vq {
   uint64_t desc_uva, avail_uva, used_uva;
   bool have_addr, enabled, running, broken;
   struct vring_desc *desc;
-  uint16_t *avail;    /* flags, idx, ring[num], used_event */
-  uint16_t *used;     /* flags, idx, then elements; avail_event after them */
+  uint16_t *avail; /* flags, idx, ring[num], used_event */
+  uint16_t *used;  /* flags, idx, then elements; avail_event after them */
   int kick_fd, err_fd, stop_fd;
   /* The call fd changes while the queue runs (QEMU swaps it when the guest
    * masks interrupts), so it is read under this lock. */
@@ -106,8 +106,8 @@ struct vu_vq {
    * the free requests and the counts below are under `mu`. */
   ts_aio_ctx *aio;
   pthread_mutex_t mu;
-  pthread_cond_t idle;     /* inflight fell to 0 */
-  int wake_fd;             /* a request slot came free while starved */
+  pthread_cond_t idle; /* inflight fell to 0 */
+  int wake_fd;         /* a request slot came free while starved */
   bool starved;
   struct vb_req *reqs, *free_reqs;
   uint32_t inflight;

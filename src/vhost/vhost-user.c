@@ -112,10 +112,7 @@ struct ts_vhost_blk {
 /* ------------------------------------------------------------------------ */
 /* Memory                                                                    */
 
-static void *region_host(struct vu_region *r, uint64_t off)
-{
-  return r->host + off;
-}
+static void *region_host(struct vu_region *r, uint64_t off) { return r->host + off; }
 
 void *vu_gpa_to_host(struct vu_dev *d, uint64_t gpa, uint64_t len)
 {
@@ -170,10 +167,7 @@ static void unmap_all(struct vu_dev *d)
 /* ------------------------------------------------------------------------ */
 /* Rings                                                                     */
 
-bool vu_has_feature(const struct vu_dev *d, unsigned bit)
-{
-  return (d->features >> bit) & 1;
-}
+bool vu_has_feature(const struct vu_dev *d, unsigned bit) { return (d->features >> bit) & 1; }
 
 void vu_push_used(struct vu_vq *vq, uint16_t head, uint32_t len)
 {
@@ -209,8 +203,8 @@ void vu_maybe_signal(struct vu_vq *vq)
     uint16_t nw = vq->used_idx, old = vq->signalled_used;
     need = !vq->signalled_valid || (uint16_t)(nw - ev - 1) < (uint16_t)(nw - old);
   } else {
-    need = !(le16toh(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED)) &
-             VRING_AVAIL_F_NO_INTERRUPT);
+    need =
+        !(le16toh(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED)) & VRING_AVAIL_F_NO_INTERRUPT);
   }
   vq->signalled_used = vq->used_idx;
   vq->signalled_valid = true;
@@ -234,7 +228,8 @@ static int vq_map(struct vu_vq *vq)
 static void *vq_main(void *arg)
 {
   struct vu_vq *vq = arg;
-  struct pollfd p[3] = { { vq->kick_fd, POLLIN, 0 }, { vq->wake_fd, POLLIN, 0 },
+  struct pollfd p[3] = { { vq->kick_fd, POLLIN, 0 },
+                         { vq->wake_fd, POLLIN, 0 },
                          { vq->stop_fd, POLLIN, 0 } };
   /* Chains made available before the queue started need no kick. */
   vb_queue_process(vq);
@@ -296,8 +291,7 @@ static int vq_maybe_start(struct vu_vq *vq)
     return r;
   vq->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   vq->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (vq->stop_fd < 0 || vq->wake_fd < 0 ||
-      (r = -pthread_create(&vq->thread, NULL, vq_main, vq))) {
+  if (vq->stop_fd < 0 || vq->wake_fd < 0 || (r = -pthread_create(&vq->thread, NULL, vq_main, vq))) {
     r = vq->stop_fd < 0 || vq->wake_fd < 0 ? -errno : r;
     close_fd(&vq->stop_fd);
     close_fd(&vq->wake_fd);
@@ -342,7 +336,9 @@ static int recv_msg(int fd, struct vu_msg *m)
 {
   char cbuf[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
   struct iovec iov = { &m->h, sizeof m->h };
-  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+  struct msghdr mh = { .msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = cbuf,
                        .msg_controllen = sizeof cbuf };
   m->nfds = 0;
   ssize_t n;
@@ -412,8 +408,8 @@ static int take_fd(struct vu_msg *m)
 static struct vu_vq *msg_vq(struct vu_dev *d, struct vu_msg *m, uint32_t index)
 {
   if (m->h.size < 4 || index >= d->nqueues) {
-    fprintf(stderr, "thinstack: vhost-user: request %u names queue %u of %u\n", m->h.request,
-            index, d->nqueues);
+    fprintf(stderr, "thinstack: vhost-user: request %u names queue %u of %u\n", m->h.request, index,
+            d->nqueues);
     return NULL;
   }
   return &d->vq[index];
@@ -442,8 +438,8 @@ static int set_mem_table(struct vu_dev *d, struct vu_msg *m)
     }
     /* From the page the region starts in, not from the start of the fd. */
     uint64_t skip = off % (uint64_t)sysconf(_SC_PAGESIZE);
-    void *p = mmap(NULL, skip + size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                   m->fds[i], (off_t)(off - skip));
+    void *p = mmap(NULL, skip + size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m->fds[i],
+                   (off_t)(off - skip));
     if (p == MAP_FAILED) {
       r = -errno;
       fprintf(stderr, "thinstack: vhost-user: mapping guest memory region %u: %s\n", i,
@@ -505,8 +501,7 @@ static int handle(struct vu_dev *d, struct vu_msg *m)
   case VHOST_USER_SET_VRING_NUM:
     if (!(vq = msg_vq(d, m, m->p.state.index)) || m->h.size < 8)
       return -EINVAL;
-    if (!m->p.state.num || m->p.state.num > VU_QUEUE_MAX ||
-        (m->p.state.num & (m->p.state.num - 1)))
+    if (!m->p.state.num || m->p.state.num > VU_QUEUE_MAX || (m->p.state.num & (m->p.state.num - 1)))
       return -EINVAL;
     vq_stop(vq);
     vq->num = m->p.state.num;
@@ -794,10 +789,7 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
   return 0;
 }
 
-const char *ts_vhost_blk_path(const ts_vhost_blk *srv)
-{
-  return srv ? srv->path : NULL;
-}
+const char *ts_vhost_blk_path(const ts_vhost_blk *srv) { return srv ? srv->path : NULL; }
 
 uint64_t ts_vhost_blk_sessions(const ts_vhost_blk *srv)
 {

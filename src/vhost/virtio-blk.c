@@ -27,18 +27,14 @@ struct vb_req {
   uint16_t head;
 };
 
-static uint64_t bit(unsigned b)
-{
-  return 1ull << b;
-}
+static uint64_t bit(unsigned b) { return 1ull << b; }
 
 uint64_t vb_features(const struct vu_dev *d)
 {
   uint64_t f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) |
                bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES) |
-               bit(VIRTIO_BLK_F_SIZE_MAX) | bit(VIRTIO_BLK_F_SEG_MAX) |
-               bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_TOPOLOGY) |
-               bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_MQ);
+               bit(VIRTIO_BLK_F_SIZE_MAX) | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) |
+               bit(VIRTIO_BLK_F_TOPOLOGY) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_MQ);
   if (d->read_only)
     f |= bit(VIRTIO_BLK_F_RO);
   else {
@@ -95,16 +91,16 @@ size_t vb_config(const struct vu_dev *d, uint8_t *buf, size_t n)
   memset(buf, 0, len);
   uint32_t lbs = l->logical_block_size ? l->logical_block_size : 512;
   uint32_t lsec = lbs / 512;
-  put64(buf + 0, l->size / 512);                     /* capacity */
-  put32(buf + 8, VB_SIZE_MAX);                       /* size_max */
-  put32(buf + 12, VB_SEG_MAX);                       /* seg_max */
-  put32(buf + 20, lbs);                              /* blk_size */
+  put64(buf + 0, l->size / 512); /* capacity */
+  put32(buf + 8, VB_SIZE_MAX);   /* size_max */
+  put32(buf + 12, VB_SEG_MAX);   /* seg_max */
+  put32(buf + 20, lbs);          /* blk_size */
   uint32_t pbs = l->physical_block_size > lbs ? l->physical_block_size : lbs;
-  buf[24] = (uint8_t)log2u(pbs / lbs);               /* physical_block_exp */
+  buf[24] = (uint8_t)log2u(pbs / lbs); /* physical_block_exp */
   uint64_t min_io = l->io_min / lbs;
   put16(buf + 26, (uint16_t)(min_io > UINT16_MAX ? 0 : min_io)); /* min_io_size */
-  put32(buf + 28, l->io_opt / lbs);                  /* opt_io_size */
-  put16(buf + 34, (uint16_t)d->nqueues);             /* num_queues */
+  put32(buf + 28, l->io_opt / lbs);                              /* opt_io_size */
+  put16(buf + 34, (uint16_t)d->nqueues);                         /* num_queues */
   uint32_t dgran = l->discard_granularity > lbs ? l->discard_granularity / 512 : lsec;
   if (l->max_discard_bytes) {
     put32(buf + 36, sectors32(l->max_discard_bytes, dgran)); /* max_discard_sectors */
@@ -114,9 +110,9 @@ size_t vb_config(const struct vu_dev *d, uint8_t *buf, size_t n)
   /* Without native zeroing the core writes zero buffers: keep requests to a
    * size one such write handles in reasonable time. */
   uint64_t wz = l->max_write_zeroes_bytes ? l->max_write_zeroes_bytes : 32u << 20;
-  put32(buf + 48, sectors32(wz, lsec));              /* max_write_zeroes_sectors */
-  put32(buf + 52, 1);                                /* max_write_zeroes_seg */
-  buf[56] = l->write_zeroes_unmap ? 1 : 0;           /* write_zeroes_may_unmap */
+  put32(buf + 48, sectors32(wz, lsec));    /* max_write_zeroes_sectors */
+  put32(buf + 52, 1);                      /* max_write_zeroes_seg */
+  buf[56] = l->write_zeroes_unmap ? 1 : 0; /* write_zeroes_may_unmap */
   return len;
 }
 
@@ -135,8 +131,10 @@ int vb_queue_start(struct vu_vq *vq)
     vq->reqs[i].next_free = vq->free_reqs;
     vq->free_reqs = &vq->reqs[i];
   }
-  ts_aio_opts o = { .struct_size = sizeof o, .mode = TS_AIO_MODE_WORKER,
-                    .workers = d->workers, .depth = vq->num };
+  ts_aio_opts o = { .struct_size = sizeof o,
+                    .mode = TS_AIO_MODE_WORKER,
+                    .workers = d->workers,
+                    .depth = vq->num };
   ts_error err = { 0 };
   int r = ts_aio_ctx_create(&o, &vq->aio, &err);
   if (r) {
@@ -195,7 +193,7 @@ static void on_done(ts_aio_req *a)
 {
   struct vb_req *q = (struct vb_req *)a;
   struct vu_vq *vq = q->vq;
-  uint8_t st = a->result == 0 ? VIRTIO_BLK_S_OK
+  uint8_t st = a->result == 0             ? VIRTIO_BLK_S_OK
                : a->result == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP
                                           : VIRTIO_BLK_S_IOERR;
   if (st != VIRTIO_BLK_S_OK || a->io.op != TS_OP_READ)
@@ -228,9 +226,9 @@ struct chain {
   int nout, nin;
   uint64_t out_len, in_len;
   uint8_t *status;
-  int ndesc;     /* non-empty descriptors */
-  bool fault;    /* an address outside guest memory, or too many pieces */
-  bool too_big;  /* a descriptor above size_max */
+  int ndesc;    /* non-empty descriptors */
+  bool fault;   /* an address outside guest memory, or too many pieces */
+  bool too_big; /* a descriptor above size_max */
 };
 
 static void read_desc(const struct vring_desc *table, uint32_t i, struct vring_desc *out)
@@ -259,9 +257,8 @@ static int parse(struct vu_vq *vq, uint16_t head, struct chain *c)
     struct vring_desc ds;
     read_desc(table, i, &ds);
     if (ds.flags & VRING_DESC_F_INDIRECT) {
-      if (indirect || walked != 1 || (ds.flags & VRING_DESC_F_NEXT) || !ds.len ||
-          ds.len % 16 || ds.len / 16 > VB_DESC_MAX ||
-          !vu_has_feature(d, VIRTIO_RING_F_INDIRECT_DESC))
+      if (indirect || walked != 1 || (ds.flags & VRING_DESC_F_NEXT) || !ds.len || ds.len % 16 ||
+          ds.len / 16 > VB_DESC_MAX || !vu_has_feature(d, VIRTIO_RING_F_INDIRECT_DESC))
         return -EINVAL;
       const struct vring_desc *t = vu_gpa_to_host(d, ds.addr, ds.len);
       if (!t) {
@@ -423,8 +420,7 @@ static void handle_chain(struct vu_vq *vq, struct vb_req *q, uint16_t head)
   case VIRTIO_BLK_T_WRITE_ZEROES: {
     bool wz = type == VIRTIO_BLK_T_WRITE_ZEROES;
     uint8_t seg[16];
-    if (!vu_has_feature(d, wz ? VIRTIO_BLK_F_WRITE_ZEROES : VIRTIO_BLK_F_DISCARD) ||
-        d->read_only) {
+    if (!vu_has_feature(d, wz ? VIRTIO_BLK_F_WRITE_ZEROES : VIRTIO_BLK_F_DISCARD) || d->read_only) {
       finish(q, VIRTIO_BLK_S_UNSUPP);
       return;
     }
@@ -499,8 +495,10 @@ void vb_queue_process(struct vu_vq *vq)
         return;
     }
     if ((uint16_t)(avail - vq->last_avail) > vq->num) {
-      fprintf(stderr, "thinstack: vhost-user: queue %u: the guest's available index jumped"
-              " from %u to %u on a ring of %u\n", vq->idx, vq->last_avail, avail, vq->num);
+      fprintf(stderr,
+              "thinstack: vhost-user: queue %u: the guest's available index jumped"
+              " from %u to %u on a ring of %u\n",
+              vq->idx, vq->last_avail, avail, vq->num);
       vq->broken = true;
       if (vq->err_fd >= 0) {
         uint64_t one = 1;
@@ -519,8 +517,8 @@ void vb_queue_process(struct vu_vq *vq)
     pthread_mutex_unlock(&vq->mu);
     if (!q)
       return;
-    uint16_t head = le16toh(__atomic_load_n(&vq->avail[2 + vq->last_avail % vq->num],
-                                            __ATOMIC_RELAXED));
+    uint16_t head =
+        le16toh(__atomic_load_n(&vq->avail[2 + vq->last_avail % vq->num], __ATOMIC_RELAXED));
     vq->last_avail++;
     handle_chain(vq, q, head);
   }

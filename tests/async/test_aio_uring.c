@@ -297,8 +297,8 @@ START_TEST(submitters_that_exit)
       pthread_join(th[i], NULL);
     for (int t = 0; t < EXIT_THREADS; t++)
       for (int i = 0; i < EXIT_PER; i++)
-        ck_assert_msg(ex_req[t][i].result == 0, "round %d thread %d request %d: %s", round, t,
-                      i, strerror(-ex_req[t][i].result));
+        ck_assert_msg(ex_req[t][i].result == 0, "round %d thread %d request %d: %s", round, t, i,
+                      strerror(-ex_req[t][i].result));
     ck_assert_int_eq(ts_discard(f, 0, ts_dev_size(f)), 0); /* allocate again next round */
   }
   ck_assert_int_eq(ts_aio_ctx_close(ex.ctx), 0);

@@ -34,7 +34,7 @@ static int m_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
 
 static int m_flush(void *ctx) { (void)ctx; return 0; }
 
-static const struct pd_bdev_ops mem_ops = {m_read, m_write, m_flush, NULL, NULL};
+static const struct pd_bdev_ops mem_ops = { m_read, m_write, m_flush, NULL, NULL };
 
 static void report(void *arg, enum pd_check_level lvl, const char *msg)
 {

@@ -20,7 +20,7 @@ struct counting {
   uint64_t vreqs, vblocks; /* through writev */
   uint64_t multi_writes;   /* plain writes of more than one block */
   int max_iovcnt;
-  bool bad_iov;            /* an iovec not one whole, aligned cache block */
+  bool bad_iov; /* an iovec not one whole, aligned cache block */
 };
 
 static int c_read(void *ctx, uint64_t block, uint32_t count, void *buf)
@@ -43,7 +43,7 @@ static int c_flush(void *ctx)
   return c->inner.ops->flush(c->inner.ctx);
 }
 
-static const struct pd_bdev_ops c_ops = {c_read, c_write, c_flush, NULL, NULL};
+static const struct pd_bdev_ops c_ops = { c_read, c_write, c_flush, NULL, NULL };
 
 static int cv_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
 {
@@ -55,8 +55,7 @@ static int cv_write(void *ctx, uint64_t block, uint32_t count, const void *buf)
 
 /* Passes the iovec on as it came, so the blocks reach the file from the
  * cache's own buffers. */
-static int cv_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov,
-                     int iovcnt)
+static int cv_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov, int iovcnt)
 {
   struct counting *c = ctx;
   c->vreqs++;
@@ -69,17 +68,17 @@ static int cv_writev(void *ctx, uint64_t block, uint32_t count, const struct iov
   return c->inner.ops->writev(c->inner.ctx, block, count, iov, iovcnt);
 }
 
-static const struct pd_bdev_ops cv_ops = {c_read, cv_write, c_flush, NULL, cv_writev};
+static const struct pd_bdev_ops cv_ops = { c_read, cv_write, c_flush, NULL, cv_writev };
 
 START_TEST(large_transaction_writes_in_batches)
 {
   pdt_make_file(meta, 64 << 20);
-  struct counting c = {0};
+  struct counting c = { 0 };
   pdt_open_bdev(&c.inner, meta);
-  struct pd_bdev b = {&c_ops, &c, c.inner.nr_blocks, false};
-  struct tmd_config cfg = {.cache_blocks = 64};
+  struct pd_bdev b = { &c_ops, &c, c.inner.nr_blocks, false };
+  struct tmd_config cfg = { .cache_blocks = 64 };
   struct tmd *md = NULL;
-  ts_error err = {0};
+  ts_error err = { 0 };
   uint64_t nmap = 1u << 20; /* about 4200 leaves: 65 times the cache */
   ck_assert_int_eq(tmd_format(&b, 128, nmap, &cfg, &md, &err), 0);
   ck_assert_int_eq(tmd_create_thin(md, 1), 0);
@@ -121,13 +120,13 @@ END_TEST
 START_TEST(runs_go_out_as_iovecs)
 {
   pdt_make_file(meta, 64 << 20);
-  struct counting c = {0};
+  struct counting c = { 0 };
   pdt_open_bdev(&c.inner, meta);
   ck_assert(pd_bdev_has_writev(&c.inner));
-  struct pd_bdev b = {&cv_ops, &c, c.inner.nr_blocks, false};
-  struct tmd_config cfg = {.cache_blocks = 64};
+  struct pd_bdev b = { &cv_ops, &c, c.inner.nr_blocks, false };
+  struct tmd_config cfg = { .cache_blocks = 64 };
   struct tmd *md = NULL;
-  ts_error err = {0};
+  ts_error err = { 0 };
   uint64_t nmap = 1u << 20;
   ck_assert_int_eq(tmd_format(&b, 128, nmap, &cfg, &md, &err), 0);
   ck_assert_int_eq(tmd_create_thin(md, 1), 0);
@@ -170,22 +169,23 @@ START_TEST(bdev_writev_places_iovecs)
   pdt_make_file(meta, 1 << 20);
   struct pd_bdev fb;
   pdt_open_bdev(&fb, meta);
-  struct counting c = {0};
+  struct counting c = { 0 };
   c.inner = fb;
-  struct pd_bdev plain = {&c_ops, &c, fb.nr_blocks, false};
+  struct pd_bdev plain = { &c_ops, &c, fb.nr_blocks, false };
   ck_assert(!pd_bdev_has_writev(&plain));
-  uint8_t *a = malloc(3 * PD_BLOCK_SIZE), *z = malloc(PD_BLOCK_SIZE), *back = malloc(4 * PD_BLOCK_SIZE);
+  uint8_t *a = malloc(3 * PD_BLOCK_SIZE), *z = malloc(PD_BLOCK_SIZE),
+          *back = malloc(4 * PD_BLOCK_SIZE);
   ck_assert(a && z && back);
   for (const struct pd_bdev *dev = &fb;; dev = &plain) {
     memset(a, 0xa1, 3 * PD_BLOCK_SIZE);
     memset(z, dev == &fb ? 0x5c : 0x3e, PD_BLOCK_SIZE);
-    struct iovec iov[2] = {{z, PD_BLOCK_SIZE}, {a, 3 * PD_BLOCK_SIZE}};
+    struct iovec iov[2] = { { z, PD_BLOCK_SIZE }, { a, 3 * PD_BLOCK_SIZE } };
     ck_assert_int_eq(pd_bdev_writev(dev, 10, 4, iov, 2), 0);
     ck_assert_int_eq(pd_bdev_read(&fb, 10, 4, back), 0);
     ck_assert_int_eq(memcmp(back, z, PD_BLOCK_SIZE), 0);
     ck_assert_int_eq(memcmp(back + PD_BLOCK_SIZE, a, 3 * PD_BLOCK_SIZE), 0);
     ck_assert_int_eq(pd_bdev_writev(dev, 10, 3, iov, 2), -EINVAL);
-    struct iovec odd = {a, 1000};
+    struct iovec odd = { a, 1000 };
     ck_assert_int_eq(pd_bdev_writev(dev, 10, 1, &odd, 1), -EINVAL);
     ck_assert_int_eq(pd_bdev_writev(dev, fb.nr_blocks - 2, 4, iov, 2), -EIO);
     if (dev == &plain)

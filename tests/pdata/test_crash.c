@@ -47,7 +47,8 @@ static int cut_flush(void *ctx)
 }
 
 /* A run written from an iovec is one request, cut like any other. */
-static int cut_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov, int iovcnt)
+static int cut_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov,
+                      int iovcnt)
 {
   struct cut *c = ctx;
   if (c->writes++ >= c->limit) {
@@ -57,7 +58,7 @@ static int cut_writev(void *ctx, uint64_t block, uint32_t count, const struct io
   return c->inner.ops->writev(c->inner.ctx, block, count, iov, iovcnt);
 }
 
-static const struct pd_bdev_ops cut_ops = {cut_read, cut_write, cut_flush, NULL, cut_writev};
+static const struct pd_bdev_ops cut_ops = { cut_read, cut_write, cut_flush, NULL, cut_writev };
 
 /* Counts the requests a stack's fault layer sees (writes and flushes). */
 struct counted {
@@ -85,14 +86,15 @@ static int cnt_flush(void *ctx)
   return c->inner.ops->flush(c->inner.ctx);
 }
 
-static int cnt_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov, int iovcnt)
+static int cnt_writev(void *ctx, uint64_t block, uint32_t count, const struct iovec *iov,
+                      int iovcnt)
 {
   struct counted *c = ctx;
   c->reqs++;
   return c->inner.ops->writev(c->inner.ctx, block, count, iov, iovcnt);
 }
 
-static const struct pd_bdev_ops cnt_ops = {cnt_read, cnt_write, cnt_flush, NULL, cnt_writev};
+static const struct pd_bdev_ops cnt_ops = { cnt_read, cnt_write, cnt_flush, NULL, cnt_writev };
 
 static bool cut_lost(void *arg) { return ((struct cut *)arg)->dropped != 0; }
 static bool counted_lost(void *arg) { return ((struct counted *)arg)->reqs > ((struct counted *)arg)->cut; }

@@ -36,7 +36,8 @@ START_TEST(test_hw_matches_table)
   for (size_t off = 0; off < 9; off++)
     for (size_t len = 4060; len < 4100; len++)
       ck_assert_uint_eq(pd_crc32c_update(~0u, buf + off, len), pd_crc32c_sw(~0u, buf + off, len));
-  ck_assert_uint_eq(pd_crc32c_update(0x12345678u, buf + 3, 4990), pd_crc32c_sw(0x12345678u, buf + 3, 4990));
+  ck_assert_uint_eq(pd_crc32c_update(0x12345678u, buf + 3, 4990),
+                    pd_crc32c_sw(0x12345678u, buf + 3, 4990));
   /* Both paths against values from a bit-at-a-time CRC-32C written apart
    * (polynomial 0x82F63B78), so a CPU without SSE4.2, where both calls take
    * the table path, still checks the table. */

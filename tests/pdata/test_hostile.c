@@ -377,7 +377,7 @@ static int fs_flush(void *ctx)
   return f->inner.ops->flush(f->inner.ctx);
 }
 
-static const struct pd_bdev_ops failsb_ops = {fs_read, fs_write, fs_flush, NULL, NULL};
+static const struct pd_bdev_ops failsb_ops = { fs_read, fs_write, fs_flush, NULL, NULL };
 
 START_TEST(test_restore_builds_beside_the_old_pool)
 {

@@ -11,15 +11,15 @@
 static char *dir;
 
 static const char STACK[] =
-  "{ \"version\": 1, \"layers\": {"
-  "  \"vm0\": { \"type\": \"file\", \"path\": \"vm0.img\", \"size\": \"1G\", \"create\": true,"
-  "           \"block_size\": 4096 },"
-  "  \"ro\": { \"type\": \"file\", \"path\": \"ro.img\", \"read_only\": true },"
-  "  \"spare\": { \"type\": \"memory\", \"size\": \"1M\" } } }";
+    "{ \"version\": 1, \"layers\": {"
+    "  \"vm0\": { \"type\": \"file\", \"path\": \"vm0.img\", \"size\": \"1G\", \"create\": true,"
+    "           \"block_size\": 4096 },"
+    "  \"ro\": { \"type\": \"file\", \"path\": \"ro.img\", \"read_only\": true },"
+    "  \"spare\": { \"type\": \"memory\", \"size\": \"1M\" } } }";
 
 /* error fails every request, the flush at close too. */
 static const char BAD[] =
-  "{ \"version\": 1, \"layers\": { \"bad\": { \"type\": \"error\", \"size\": \"1M\" } } }";
+    "{ \"version\": 1, \"layers\": { \"bad\": { \"type\": \"error\", \"size\": \"1M\" } } }";
 
 static void setup(void)
 {

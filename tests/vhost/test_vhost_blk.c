@@ -33,7 +33,7 @@
 #define Q0_DEV_RANGE (1u << 20) /* queue 0's good requests stay below this */
 
 /* Guest memory layout (offsets into the memfd). */
-#define RING_OFF(q) (0x10000u * (q))           /* desc, avail +0x1000, used +0x2000 */
+#define RING_OFF(q) (0x10000u * (q)) /* desc, avail +0x1000, used +0x2000 */
 #define BUF_OFF(q) ((q) == 0 ? 0x40000u : 0x100000u)
 #define BUF_END(q) ((q) == 0 ? 0x100000u : MEM_SIZE)
 
@@ -68,10 +68,7 @@ static ts_vhost_blk *srv;
 static char *sock_path;
 static uint8_t *model; /* what the device should hold */
 
-static uint64_t gpa(uint64_t off)
-{
-  return GPA_BASE + off;
-}
+static uint64_t gpa(uint64_t off) { return GPA_BASE + off; }
 
 /* ------------------------------------------------------------------------ */
 /* The front end's side of the protocol                                       */
@@ -151,8 +148,10 @@ static void set_mem_table(struct fe *f)
   struct {
     uint32_t n, pad;
     uint64_t r[2][4];
-  } mt = { 2, 0, { { gpa(0), REGION, (uintptr_t)f->mem, 0 },
-                   { gpa(REGION), REGION, (uintptr_t)f->mem + REGION, REGION } } };
+  } mt = { 2,
+           0,
+           { { gpa(0), REGION, (uintptr_t)f->mem, 0 },
+             { gpa(REGION), REGION, (uintptr_t)f->mem + REGION, REGION } } };
   int fds[2] = { f->memfd, f->memfd };
   ck_assert_uint_eq(acked(f->sock, 5, &mt, sizeof mt, fds, 2), 0);
 }
@@ -309,13 +308,14 @@ static void setup(void)
   ts_test_require_tool("thin_check");
   ts_test_dir_setup();
   char *json = ts_test_fmt(
-    "{ \"version\": 1, \"layers\": {"
-    " \"meta\": { \"type\": \"file\", \"path\": \"meta.img\", \"size\": \"8M\", \"create\": true },"
-    " \"data\": { \"type\": \"file\", \"path\": \"data.img\", \"size\": \"24M\", \"create\": true },"
-    " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
-    "             \"block_size\": \"64K\", \"create\": true },"
-    " \"vm0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": %u, \"create\": true } },"
-    " \"exports\": [ \"vm0\" ] }", DEV_SIZE);
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"meta.img\", \"size\": \"8M\", \"create\": true },"
+      " \"data\": { \"type\": \"file\", \"path\": \"data.img\", \"size\": \"24M\", \"create\": true },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "             \"block_size\": \"64K\", \"create\": true },"
+      " \"vm0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": %u, \"create\": true } },"
+      " \"exports\": [ \"vm0\" ] }",
+      DEV_SIZE);
   stack = ts_test_open(ts_test_dir, json);
   free(json);
   vol = ts_stack_dev(stack, "vm0");
@@ -540,19 +540,16 @@ struct bad {
   const char *what;
   /* Lays the chain out from queue 1's descriptor table; returns the head. */
   uint16_t (*build)(struct fe *f, struct dq *q, uint32_t *status_off);
-  int status;       /* the status byte expected, -1: none written (used len 0) */
+  int status; /* the status byte expected, -1: none written (used len 0) */
 };
 
-#define B 0x100000u  /* queue 1's buffers */
+#define B 0x100000u /* queue 1's buffers */
 #define HDR (B + 0x1000)
 #define ST (B + 0x2000)
 #define DATA (B + 0x10000)
 #define TBL (B + 0x8000)
 
-static uint16_t b_head_out_of_ring(struct fe *f, struct dq *q, uint32_t *st)
-{
-  return QNUM + 3;
-}
+static uint16_t b_head_out_of_ring(struct fe *f, struct dq *q, uint32_t *st) { return QNUM + 3; }
 static uint16_t b_next_out_of_ring(struct fe *f, struct dq *q, uint32_t *st)
 {
   put_hdr(f, HDR, 0, 0);
@@ -862,8 +859,7 @@ START_TEST(malformed_requests)
       ck_assert_msg(len == 0, "%s: used len %u with no status byte", b->what, len);
     } else {
       ck_assert_msg(len == 1, "%s: used len %u", b->what, len);
-      ck_assert_msg(f.mem[st] == b->status, "%s: status %u, not %d", b->what, f.mem[st],
-                    b->status);
+      ck_assert_msg(f.mem[st] == b->status, "%s: status %u, not %d", b->what, f.mem[st], b->status);
       before[st] = (uint8_t)b->status;
     }
     /* Nothing else of queue 1's memory changed: not the data buffers of a
@@ -871,7 +867,7 @@ START_TEST(malformed_requests)
     if (memcmp(f.mem + B, before + B, MEM_SIZE - B))
       for (uint32_t o = B; o < MEM_SIZE; o++)
         ck_assert_msg(f.mem[o] == before[o], "%s: guest byte at %#x changed (%#x -> %#x)", b->what,
-                    o, before[o], f.mem[o]);
+                      o, before[o], f.mem[o]);
     /* Queue 0 keeps serving in the meantime. */
     for (int w = 0; w < 5000 && atomic_load(&q0_done) == done0; w++)
       usleep(1000);
