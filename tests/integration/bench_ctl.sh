@@ -13,7 +13,7 @@ types=$("$THINSTACK" types) # whole: grep -q ending early would SIGPIPE it
 grep -q '^thin-pool:' <<<"$types" || skip_or_fail "needs the thin layers"
 cd "$TMP"
 RUNS=${TS_BENCH_CTL_RUNS:-3}
-bench() { "$THINSTACK" bench io --cached --seconds 0.3 --size 64M --workers 4 --dir "$TMP" --json "$@"; }
+bench() { "$THINSTACK" bench io --cached --seconds 0.3 --size 64M --workers 4 --runs 1 --no-fio --dir "$TMP" --json "$@"; }
 
 for i in $(seq "$RUNS"); do
   bench >"plain$i.json" || fail "bench io"
