@@ -405,8 +405,10 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
   for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
     if (b->dirty && b->nr != skip)
       v[n++] = b;
-  /* Ascending order, contiguous runs in one request. */
-  qsort(v, n, sizeof(*v), cmp_block);
+  /* Ascending order, contiguous runs in one request (nothing dirty: no
+   * array, and qsort takes no NULL even for zero elements). */
+  if (n)
+    qsort(v, n, sizeof(*v), cmp_block);
   if (!r)
     r = write_sorted(bm, v, n);
   free(v);
