@@ -62,15 +62,6 @@ static const char *fmt_size(char *buf, size_t n, uint64_t v)
   return buf;
 }
 
-static const char *const op_names[TS_OP_COUNT] = {
-  [TS_OP_READ] = "read",
-  [TS_OP_WRITE] = "write",
-  [TS_OP_FLUSH] = "flush",
-  [TS_OP_DISCARD] = "discard",
-  [TS_OP_WRITE_ZEROES] = "write_zeroes",
-  [TS_OP_PROVISION] = "provision",
-};
-
 /* Flags that mean something for each op. */
 static const uint32_t op_flags[TS_OP_COUNT] = {
   [TS_OP_READ] = 0,
@@ -253,7 +244,7 @@ int ts__io_check(struct ts_node *n, const ts_io *io)
   char a[32];
   if (io->op >= TS_OP_COUNT)
     return io_fail(-EINVAL, "request op %u on %s is not a known op", io->op, n->name);
-  const char *op = op_names[io->op];
+  const char *op = ts_op_name(io->op);
   if (io->flags & ~op_flags[io->op])
     return io_fail(-EINVAL, "flags 0x%x are not valid for %s on %s", io->flags & ~op_flags[io->op],
                    op, n->name);
@@ -289,7 +280,7 @@ int ts_submit(ts_dev *n, const ts_io *io)
   if (r < 0 && last_seq == seq) {
     /* The layer failed without saying why: say at least what and where. */
     char a[32], b[32];
-    io_fail(r, "%s on %s at offset %s + length %s failed: %s", op_names[io->op], n->name,
+    io_fail(r, "%s on %s at offset %s + length %s failed: %s", ts_op_name(io->op), n->name,
             fmt_off(a, sizeof a, io->offset), fmt_off(b, sizeof b, io->length), ts_strerror(r));
   }
   return r;
