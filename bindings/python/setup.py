@@ -23,7 +23,7 @@ def library_at_build():
         return None
     libdir = r.stdout.strip()
     if r.returncode == 0 and libdir and os.path.exists(os.path.join(libdir, SONAME)):
-        return os.path.join(libdir, SONAME)
+        return os.path.normpath(os.path.join(libdir, SONAME))
     return None
 
 

@@ -5,7 +5,8 @@
 #     library's, and the whole pytest suite passes against the installed
 #     package with nothing in the environment naming the library;
 #  2. with nothing recorded, the library is found through pkg-config, and
-#     without pkg-config's help the ImportError says what to set;
+#     without pkg-config's help the ImportError says what to set; pip
+#     records pkg-config's library when THINSTACK_LIBRARY is not set;
 #  3. cmake --install --component python into a plain venv (no system site
 #     packages): the package finds the library of the same prefix.
 . "$TS_SOURCE_DIR/tests/common/requires.sh"
@@ -62,6 +63,13 @@ if ! ldconfig -p | grep -q libthinstack.so.0; then
   grep -q "cannot load libthinstack" <<<"$out" && grep -q "set THINSTACK_LIBRARY" <<<"$out" ||
     fail "the ImportError does not say what to set: $out"
 fi
+# pip records pkg-config's library when THINSTACK_LIBRARY is not set.
+rm -rf "$TMP/src/build" "$TMP/src/"*.egg-info
+PKG_CONFIG_PATH=$pc "$TMP/venv/bin/pip" install --force-reinstall --no-deps --no-build-isolation --no-index "$TMP/src" \
+  >"$TMP/pip.log" 2>&1 || { cat "$TMP/pip.log"; fail "pip install with pkg-config"; }
+got=$("${pre[@]}" "$vpy" -c "import thinstack; print(thinstack.library_path())" 2>&1) ||
+  fail "import of the package pip built with pkg-config: $got"
+[ "$got" = "$(realpath -s "$(dirname "$pc")/libthinstack.so.0")" ] || fail "pip recorded $got, not pkg-config's library"
 out=$(THINSTACK_LIBRARY=/nonexistent/libthinstack.so.0 "${pre[@]}" "$vpy" -c "import thinstack" 2>&1) &&
   fail "a wrong THINSTACK_LIBRARY was not reported"
 grep -q "THINSTACK_LIBRARY: /nonexistent/libthinstack.so.0" <<<"$out" || fail "wrong THINSTACK_LIBRARY: $out"

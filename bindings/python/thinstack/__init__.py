@@ -107,7 +107,7 @@ def _pkg_config():
     except (OSError, subprocess.SubprocessError):
         return None
     libdir = r.stdout.strip()
-    return os.path.join(libdir, _SONAME) if r.returncode == 0 and libdir else None
+    return os.path.normpath(os.path.join(libdir, _SONAME)) if r.returncode == 0 and libdir else None
 
 
 def _candidates():
