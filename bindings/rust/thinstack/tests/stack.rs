@@ -341,3 +341,35 @@ fn send_and_sync() {
     both::<thinstack::Pool<'static>>();
     both::<Error>();
 }
+
+#[test]
+fn nodes_status_grow_and_messages() {
+    let t = TempDir::new("nodes");
+    let cfg = write_pool_config(t.path(), 4 * M);
+    let stack = Stack::open(&cfg).unwrap();
+    let names: Vec<&str> = stack.nodes().iter().map(|d| d.name()).collect();
+    assert_eq!(names.len(), 4);
+    assert_eq!(*names.last().unwrap(), "vm0", "children come first: {:?}", names);
+    let exports: Vec<&str> = stack.devices().iter().map(|d| d.name()).collect();
+    assert_eq!(exports, ["vm0"]);
+    let vm = stack.device("vm0").unwrap();
+    vm.write(0, &[1u8; 4096]).unwrap();
+    let status = vm.status_json().unwrap();
+    assert!(status.starts_with('{') && status.contains("write"), "{}", status);
+    let limits = vm.limits_json().unwrap();
+    assert!(limits.contains("\"logical_block_size\""), "{}", limits);
+    assert_eq!(vm.limits().logical_block_size, 512);
+    let e = vm.message("no-such-verb").unwrap_err();
+    assert!(e.errno() == 95 || e.errno() == 22, "{}", e);
+    assert!(!e.message().is_empty() && e.message() != "Operation not supported", "{}", e);
+
+    // A file layer grows live, keeping its contents.
+    let data = stack.node("data").unwrap();
+    assert_eq!(data.size(), 64 * M);
+    data.grow(80 * M).unwrap();
+    assert_eq!(data.size(), 80 * M);
+    assert_eq!(fs::metadata(t.path().join("data.img")).unwrap().len(), 80 * M);
+    let e = data.grow(M).unwrap_err();
+    assert_eq!(e.errno(), 22, "{}", e);
+    assert!(!e.message().is_empty());
+}
