@@ -110,33 +110,37 @@ def _pkg_config():
     return os.path.normpath(os.path.join(libdir, _SONAME)) if r.returncode == 0 and libdir else None
 
 
-def _candidates():
-    """(how, path) pairs in the order they are tried."""
-    for var in ("THINSTACK_LIBRARY", "THINSTACK_LIB"):
-        env = os.environ.get(var)
-        if env:
-            return [("$" + var, env)]
-    cands = []
+def _search():
+    """(how, path) pairs in the order they are tried, each worked out only
+    when the ones before it did not load (pkg-config is a subprocess)."""
     rec = _recorded()
     if rec:
-        cands.append(("recorded at install", rec))
+        yield ("recorded at install", rec)
     tree = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))
     if os.path.exists(os.path.join(tree, "include", "libthinstack", "thinstack.h")):
         build = os.environ.get("TS_BUILD_DIR") or os.path.join(tree, "build")
-        cands.append(("source tree's build", os.path.join(build, "libthinstack.so")))
+        yield ("source tree's build", os.path.join(build, "libthinstack.so"))
     pc = _pkg_config()
     if pc:
-        cands.append(("pkg-config", pc))
-    cands.append(("default loader", ctypes.util.find_library("thinstack") or _SONAME))
-    return cands
+        yield ("pkg-config", pc)
+    yield ("default loader", ctypes.util.find_library("thinstack") or _SONAME)
 
 
 def _load():
+    # A variable names the one library to use: a failure to load it is
+    # reported, never papered over by another copy found elsewhere.
+    for var in ("THINSTACK_LIBRARY", "THINSTACK_LIB"):
+        env = os.environ.get(var)
+        if env:
+            try:
+                return ctypes.CDLL(env)
+            except OSError as e:
+                raise ImportError("thinstack: cannot load libthinstack: tried $%s: %s (%s). "
+                                  "To fix it, %s" % (var, env, e, _HINT)) from None
     tried = []
-    cands = _candidates()
-    for how, p in cands:
-        if os.sep in p and not os.path.exists(p) and len(cands) > 1:
+    for how, p in _search():
+        if os.sep in p and not os.path.exists(p):
             tried.append("%s: %s (absent)" % (how, p))
             continue
         try:
