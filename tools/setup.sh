@@ -12,6 +12,10 @@ packages=(
   libuv1-dev libjansson-dev libxxhash-dev libssl-dev check libfuse3-dev fuse3
   thin-provisioning-tools
   python3 python3-cryptography python3-pytest
+  # pip install of the bindings into a venv, offline
+  python3-venv python3-pip python3-setuptools python3-wheel
+  # the Rust crates (cargo test --offline)
+  cargo
   fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod strace
   clang libclang-rt-14-dev clang-format
   # tests/vm: a VM running Debian's kernel with the host's dm tools

@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Install into a temporary prefix, then build an example against the
-# installed library twice: with pkg-config and with find_package(thinstack).
+# Install into a temporary prefix, then build the installed examples against
+# the installed library twice: with pkg-config and with
+# find_package(thinstack). The installed CLI runs with a clean environment.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
-requires cc cmake pkg-config
+requires cc cmake pkg-config readelf
+cmake --install "$TS_BUILD_DIR" --prefix "$TMP/first" > "$TMP/install.log" 2>&1 || { cat "$TMP/install.log"; fail "install"; }
+# Moved after the install: what runs must find its library relative to
+# itself, not through the path it was installed to.
+mv "$TMP/first" "$TMP/prefix"
 prefix="$TMP/prefix"
-cmake --install "$TS_BUILD_DIR" --prefix "$prefix" > "$TMP/install.log" 2>&1 || { cat "$TMP/install.log"; fail "install"; }
 libdir=$(ls -d "$prefix"/lib*/ | head -n1)
+libdir=${libdir%/}
 test -f "$prefix/include/libthinstack/thinstack.h" || fail "headers not installed"
 test -x "$prefix/bin/thinstack" || fail "CLI not installed"
+rp=$(readelf -d "$prefix/bin/thinstack" | sed -n 's/.*(RUNPATH).*\[\(.*\)\]$/\1/p')
+[[ "$rp" == '$ORIGIN/'* ]] || fail "the CLI's RUNPATH is '$rp': $(readelf -d "$prefix/bin/thinstack" | grep -i path)"
+out=$(env -i PATH=/usr/bin:/bin "$prefix/bin/thinstack" --version 2>&1) || fail "installed CLI does not run in a clean environment: $out"
+grep -q "^thinstack [0-9]" <<<"$out" || fail "installed CLI --version: $out"
+loaded=$(env -i PATH=/usr/bin:/bin ldd "$prefix/bin/thinstack" | awk '$1 == "libthinstack.so.0" {print $3}')
+loaded=$(realpath -s "$loaded")
+[ "$loaded" = "$libdir/libthinstack.so.0" ] || fail "the installed CLI loads libthinstack from '$loaded', not $libdir"
+docex="$prefix/share/doc/libthinstack/examples"
+for ex in "$TS_SOURCE_DIR"/examples/ex-*.c; do
+  cmp -s "$ex" "$docex/${ex##*/}" || fail "${ex##*/} is not installed in $docex"
+done
 export PKG_CONFIG_PATH="$libdir/pkgconfig" LD_LIBRARY_PATH="$libdir"
-cc -std=c11 -Wall -Werror "$TS_SOURCE_DIR/examples/ex-provision.c" -o "$TMP/ex-pc" \
+cc -std=c11 -Wall -Werror "$docex/ex-provision.c" -o "$TMP/ex-pc" \
    $(pkg-config --cflags --libs thinstack) || fail "pkg-config build"
 "$TMP/ex-pc" | grep -q "after provisioning" || fail "pkg-config example did not run"
 
@@ -18,7 +34,7 @@ cat > "$TMP/proj/CMakeLists.txt" <<CM
 cmake_minimum_required(VERSION 3.18)
 project(uses_thinstack C)
 find_package(thinstack REQUIRED)
-add_executable(ex "$TS_SOURCE_DIR/examples/ex-provision.c")
+add_executable(ex "$docex/ex-provision.c")
 target_link_libraries(ex PRIVATE thinstack::thinstack)
 CM
 cmake -S "$TMP/proj" -B "$TMP/proj/build" -DCMAKE_PREFIX_PATH="$prefix" > "$TMP/cm.log" 2>&1 || { cat "$TMP/cm.log"; fail "find_package configure"; }

@@ -7,7 +7,10 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "bindings", "python"))
+# THINSTACK_TEST_INSTALLED=1: test the package the interpreter has installed
+# (integration/python-venv), not the source tree's.
+if os.environ.get("THINSTACK_TEST_INSTALLED") != "1":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "bindings", "python"))
 
 import thinstack  # noqa: E402
 

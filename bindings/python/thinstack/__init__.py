@@ -19,9 +19,16 @@ set_transaction_id, metadata snapshots).
 Every failure raises ThinstackError, an OSError whose ``errno`` is the
 library's (positive) errno and whose message says what failed and why.
 
-The shared library is found, in order, at: the path in $THINSTACK_LIB; in the
-build folder of the source tree these bindings sit in ($TS_BUILD_DIR, else
-<tree>/build); the system's libthinstack.so.0.
+The shared library (libthinstack.so.0) is found, in order, at: the path in
+$THINSTACK_LIBRARY ($THINSTACK_LIB, its older name, also works), which is
+then the only one tried; the path recorded when the package was installed
+(by pip from $THINSTACK_LIBRARY or pkg-config at build time, or by
+`cmake --install` relative to the package); in the build folder of the
+source tree these bindings sit in ($TS_BUILD_DIR, else <tree>/build);
+pkg-config's libdir for thinstack (PKG_CONFIG_PATH is honoured); the
+default loader's search (LD_LIBRARY_PATH, ldconfig's cache). When none
+loads, the ImportError lists what was tried and what to set.
+`library_path()` tells which one was loaded.
 """
 
 import ctypes
@@ -38,7 +45,7 @@ __all__ = [
     "ThinstackError", "Stack", "Device", "Limits", "Extent", "Pool", "ThinInfo", "PoolStatus",
     "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
     "layer_types", "has_layer_type", "pool_check", "pool_dump", "pool_restore", "log_replay",
-    "Control", "control_path",
+    "Control", "control_path", "library_path",
     "EXTENT_HOLE", "EXTENT_ZERO",
 ]
 
@@ -72,33 +79,76 @@ class ThinstackError(OSError):
 # Loading the library
 
 
-def _candidates():
-    env = os.environ.get("THINSTACK_LIB")
-    if env:
-        return [env]
-    paths = []
+_SONAME = "libthinstack.so.0"
+_HINT = ("set THINSTACK_LIBRARY to the library's path (e.g. /usr/local/lib/%s), "
+         "or PKG_CONFIG_PATH to the folder of an installed thinstack.pc, or "
+         "LD_LIBRARY_PATH to the library's folder" % _SONAME)
+
+
+def _recorded():
+    """The path the installer recorded (thinstack/_libpath.py), if any."""
+    try:
+        from . import _libpath
+    except ImportError:
+        return None
+    path = getattr(_libpath, "LIBRARY", None)
+    if path and not os.path.isabs(path):
+        # cmake --install records it relative to the package, so a moved
+        # prefix keeps working.
+        path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), path))
+    return path or None
+
+
+def _pkg_config():
+    import subprocess
+    try:
+        r = subprocess.run(["pkg-config", "--variable=libdir", "thinstack"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    libdir = r.stdout.strip()
+    return os.path.normpath(os.path.join(libdir, _SONAME)) if r.returncode == 0 and libdir else None
+
+
+def _search():
+    """(how, path) pairs in the order they are tried, each worked out only
+    when the ones before it did not load (pkg-config is a subprocess)."""
+    rec = _recorded()
+    if rec:
+        yield ("recorded at install", rec)
     tree = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))
     if os.path.exists(os.path.join(tree, "include", "libthinstack", "thinstack.h")):
         build = os.environ.get("TS_BUILD_DIR") or os.path.join(tree, "build")
-        paths.append(os.path.join(build, "libthinstack.so"))
-    found = ctypes.util.find_library("thinstack")
-    paths.append(found or "libthinstack.so.0")
-    return paths
+        yield ("source tree's build", os.path.join(build, "libthinstack.so"))
+    pc = _pkg_config()
+    if pc:
+        yield ("pkg-config", pc)
+    yield ("default loader", ctypes.util.find_library("thinstack") or _SONAME)
 
 
 def _load():
+    # A variable names the one library to use: a failure to load it is
+    # reported, never papered over by another copy found elsewhere.
+    for var in ("THINSTACK_LIBRARY", "THINSTACK_LIB"):
+        env = os.environ.get(var)
+        if env:
+            try:
+                return ctypes.CDLL(env)
+            except OSError as e:
+                raise ImportError("thinstack: cannot load libthinstack: tried $%s: %s (%s). "
+                                  "To fix it, %s" % (var, env, e, _HINT)) from None
     tried = []
-    cands = _candidates()
-    for p in cands:
-        if os.sep in p and not os.path.exists(p) and len(cands) > 1:
-            tried.append("%s (absent)" % p)
+    for how, p in _search():
+        if os.sep in p and not os.path.exists(p):
+            tried.append("%s: %s (absent)" % (how, p))
             continue
         try:
             return ctypes.CDLL(p)
         except OSError as e:
-            tried.append("%s (%s)" % (p, e))
-    raise ImportError("thinstack: cannot load libthinstack: tried " + "; ".join(tried))
+            tried.append("%s: %s (%s)" % (how, p, e))
+    raise ImportError("thinstack: cannot load libthinstack: tried " + "; ".join(tried) +
+                      ". To fix it, " + _HINT)
 
 
 _lib = _load()
@@ -394,6 +444,11 @@ def log_replay(log_path, target_path=None, end_mark: Optional[str] = None,
 
 # --------------------------------------------------------------------------
 # Small helpers
+
+
+def library_path() -> str:
+    """The file name the shared library was loaded from."""
+    return _lib._name
 
 
 def version() -> str:
