@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
@@ -538,7 +539,7 @@ struct io_arg {
   ts_stack *s;
   _Atomic bool stop;
   int err;
-  unsigned rounds;
+  _Atomic unsigned rounds;
 };
 
 static void *writer(void *arg)
@@ -600,6 +601,10 @@ START_TEST(live_stack_from_several_threads)
   ck_assert_int_eq(pthread_create(&tw, NULL, writer, &w), 0);
   ck_assert_int_eq(pthread_create(&tr, NULL, dumper, &r), 0);
   ck_assert_int_eq(pthread_create(&tl, NULL, lister, &l), 0);
+  /* The edits below must overlap the other threads' work, even on a loaded
+   * machine where a new thread may not run before the edits are done. */
+  while (!atomic_load(&w.rounds) || !atomic_load(&r.rounds) || !atomic_load(&l.rounds))
+    sched_yield(); /* each thread counts its first round, failed or not */
   enum { N = 8 };
   for (int i = 0; i < N; i++) {
     char name[32];
