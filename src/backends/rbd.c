@@ -15,7 +15,10 @@
  * read-only opens take no lock.
  *
  * Ops: READ/WRITE through rbd_aio_readv/writev, so requests of many threads
- * are in flight at once (TS_THREAD_PARALLEL); FLUSH is rbd_aio_flush. DISCARD
+ * are in flight at once (TS_THREAD_PARALLEL); FLUSH is rbd_aio_flush. The
+ * async API starts READ, WRITE and FLUSH itself (submit_async) and librbd's
+ * completion callback reports them, on librbd's finisher thread; `submit`
+ * waits for the same calls, for the synchronous API and the rest. DISCARD
  * is rbd_aio_discard: librbd silently skips the parts of a discard smaller
  * than rbd_discard_granularity_bytes, so that is the discard granularity and
  * discarded ranges are not promised to read zeroes. WRITE_ZEROES is
@@ -327,6 +330,64 @@ static int rbd_layer_submit(ts_layer *l, const ts_io *io)
   return wait_done(c, rc);
 }
 
+/* One request started by submit_async: what librbd's callback completes. */
+struct rbd_async {
+  ts_io_done_fn done;
+  void *arg;
+};
+
+/* Runs on librbd's finisher thread, once per completion. The completion is
+ * released before `done`: after `done` the caller may close the image. */
+static void rbd_async_cb(rbd_completion_t c, void *arg)
+{
+  struct rbd_async *a = arg;
+  ssize_t rc = rbd_aio_get_return_value(c);
+  ts_io_done_fn done = a->done;
+  void *done_arg = a->arg;
+  rbd_aio_release(c);
+  free(a);
+  done(done_arg, rc < 0 ? (int)rc : 0);
+}
+
+/* READ, WRITE and FLUSH started from the caller's thread: no worker waits in
+ * rbd_aio_wait_for_complete, and the completion is reported from librbd's
+ * finisher thread as soon as the OSD has answered. */
+static int rbd_layer_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
+{
+  struct rbd_layer *r = ts_layer_priv(l);
+  struct rbd_async *a = malloc(sizeof *a);
+  if (!a)
+    return -ENOMEM;
+  a->done = done;
+  a->arg = arg;
+  rbd_completion_t c;
+  int rc = rbd_aio_create_completion(a, rbd_async_cb, &c);
+  if (rc < 0) {
+    free(a);
+    return rc;
+  }
+  switch (io->op) {
+  case TS_OP_READ:
+    rc = rbd_aio_readv(r->image, io->iov, io->iovcnt, io->offset, c);
+    break;
+  case TS_OP_WRITE:
+    rc = rbd_aio_writev(r->image, io->iov, io->iovcnt, io->offset, c);
+    break;
+  case TS_OP_FLUSH:
+    rc = rbd_aio_flush(r->image, c);
+    break;
+  default:
+    rc = -EOPNOTSUPP;
+  }
+  if (rc < 0) {
+    /* Refused before anything was queued: the callback never runs. */
+    rbd_aio_release(c);
+    free(a);
+    return rc;
+  }
+  return 0;
+}
+
 struct diff_ctx {
   ts_extent_list *out;
   uint64_t pos;
@@ -426,6 +487,7 @@ const ts_layer_type ts__rbd_layer_type = {
   .close = rbd_layer_close,
   .limits = rbd_layer_limits,
   .submit = rbd_layer_submit,
+  .submit_async = rbd_layer_submit_async,
   .block_status = rbd_layer_block_status,
   .status = rbd_layer_status,
   .dm_table = rbd_layer_dm_table,
