@@ -273,8 +273,12 @@ static void areq_submit(ts_aio_ctx *ctx, ts_dev *d, struct areq *a, uint32_t op,
     size_t at = (size_t)i * 512, n = i == pieces - 1 ? len - at : 512;
     a->iov[i] = (struct iovec){ buf + at, n };
   }
-  a->req.io = (ts_io){ .op = op, .flags = flags, .offset = off, .length = buf ? len : 0,
-                       .iov = buf ? a->iov : NULL, .iovcnt = buf ? pieces : 0 };
+  a->req.io = (ts_io){ .op = op,
+                       .flags = flags,
+                       .offset = off,
+                       .length = buf ? len : 0,
+                       .iov = buf ? a->iov : NULL,
+                       .iovcnt = buf ? pieces : 0 };
   a->req.cb = areq_cb;
   ck_assert_int_eq(ts_aio_submit(ctx, d, &a->req), 0);
 }
