@@ -69,6 +69,7 @@ head -c 1G /dev/zero | tr '\0' k > fill.bin
 rm fill.bin
 
 runs=${RUNS:-3}
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 : > ref.txt
 for mode in ${CACHE_MODES:-writearound off}; do
   cp "$cluster_conf" "$mode.conf"
@@ -81,18 +82,25 @@ for mode in ${CACHE_MODES:-writearound off}; do
   # Interleaved: each run measures rbd bench, the layer and the thin volume.
   for run in $(seq "$runs"); do
     for d in 1 32; do
-      echo "$mode $run seqwrite $d $(rbdb write 1M $d seq 1G)" >> ref.txt
-      echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))" >> ref.txt
-      echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 256M))" >> ref.txt
-      echo "$mode $run seqread $d $(rbdb read 1M $d seq 1G)" >> ref.txt
+      # full-seq: request i at offset i MiB, the depth's requests on
+      # consecutive offsets, as bench io's sequential cells (rbd bench's
+      # "seq" gives each of its 32 slots a stream of its own 32 MiB apart).
+      echo "$mode $run seqwrite $d $(rbdb write 1M $d full-seq 1G)" >> ref.txt
+      echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+      echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+      echo "$mode $run seqread $d $(rbdb read 1M $d full-seq 1G)" >> ref.txt
     done
     "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out"
+    # Completions on a libuv loop: the layer starts each request on librbd
+    # from the loop's thread and librbd's callback ends it (submit_async).
+    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
+      > "loop.$mode.$run.out"
     "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out"
   done
   export CEPH_CONF=$cluster_conf
 done
 
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$runs" ${CACHE_MODES:-writearound off} <<'PY'
 import json, statistics, sys
 runs, modes = int(sys.argv[1]), sys.argv[2:]
@@ -108,23 +116,34 @@ def cells(kind, m):
             out.setdefault((r["test"], r["depth"]), []).append(r[unit])
     return out
 med = statistics.median
+# A ratio is the median of the runs' own ratios (run k of the target against
+# run k of rbd bench, measured within the same minute), so a slow minute of
+# the machine moves both sides of a pair.
+def ratio(v, ref):
+    return med([a / b for a, b in zip(v, ref)])
 for m in modes:
-    img, thin = cells("img", m), cells("thin", m)
-    print("\nlibrbd cache: %s (both sides), medians of %d interleaved runs" % (
+    img, loop, thin = cells("img", m), cells("loop", m), cells("thin", m)
+    print("\nlibrbd cache: %s (both sides), %d interleaved runs" % (
         {"writearound": "rbd cache writethrough until flush = false",
          "off": "rbd cache = false"}[m], runs))
-    print("%-10s %5s %12s %12s %6s %12s %6s" % ("test", "depth", "rbd bench", "rbd layer",
-                                                "ratio", "thin/rbd", "ratio"))
-    worst = {"img": {1: 9, 32: 9}, "thin": {1: 9, 32: 9}}
+    print("%-10s %5s %16s %16s %6s %16s %6s %16s %6s" % (
+        "test", "depth", "rbd bench", "rbd layer", "ratio", "rbd layer/loop", "ratio",
+        "thin/rbd", "ratio"))
+    worst = {k: {1: 9, 32: 9} for k in ("img", "loop", "thin")}
+    span = lambda v: "%.0f [%.0f-%.0f]" % (med(v), min(v), max(v))
     for t in ("seqwrite", "randwrite", "randread", "seqread"):
         for d in (1, 32):
-            r, a, b = med(ref[(m, t, d)]), med(img[(t, d)]), med(thin[(t, d)])
-            worst["img"][d] = min(worst["img"][d], a / r)
-            worst["thin"][d] = min(worst["thin"][d], b / r)
-            print("%-10s %5d %12.0f %12.0f %5.2fx %12.0f %5.2fx" % (t, d, r, a, a / r, b, b / r))
-    print("(4K: IOPS, 1M: MB/s) worst ratio: rbd layer %.2fx at depth 1, %.2fx at depth 32; "
-          "thin over rbd %.2fx / %.2fx" % (worst["img"][1], worst["img"][32], worst["thin"][1],
-                                           worst["thin"][32]))
+            rv = ref[(m, t, d)]
+            row = "%-10s %5d %16s" % (t, d, span(rv))
+            for k, col in (("img", img), ("loop", loop), ("thin", thin)):
+                x = ratio(col[(t, d)], rv)
+                worst[k][d] = min(worst[k][d], x)
+                row += " %16s %5.2fx" % (span(col[(t, d)]), x)
+            print(row)
+    print("(4K: IOPS, 1M: MB/s; median [min-max]; ratio: median of the runs' ratios) worst ratio at depth 1 / 32: rbd layer "
+          "%.2fx / %.2fx, on a loop %.2fx / %.2fx; thin over rbd %.2fx / %.2fx" % (
+              worst["img"][1], worst["img"][32], worst["loop"][1], worst["loop"][32],
+              worst["thin"][1], worst["thin"][32]))
 PY
 rbd rm --no-progress rbd/bench-img
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data

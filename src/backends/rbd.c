@@ -15,7 +15,10 @@
  * read-only opens take no lock.
  *
  * Ops: READ/WRITE through rbd_aio_readv/writev, so requests of many threads
- * are in flight at once (TS_THREAD_PARALLEL); FLUSH is rbd_aio_flush. DISCARD
+ * are in flight at once (TS_THREAD_PARALLEL); FLUSH is rbd_aio_flush. The
+ * async API starts READ, WRITE and FLUSH itself (submit_async) and librbd's
+ * completion callback reports them, on librbd's finisher thread; `submit`
+ * waits for the same calls, for the synchronous API and the rest. DISCARD
  * is rbd_aio_discard: librbd silently skips the parts of a discard smaller
  * than rbd_discard_granularity_bytes, so that is the discard granularity and
  * discarded ranges are not promised to read zeroes. WRITE_ZEROES is
@@ -30,6 +33,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 #include <stdio.h>
@@ -277,23 +281,43 @@ static int rbd_layer_limits(ts_layer *l, ts_limits *lim, ts_error *err)
   return 0;
 }
 
-static int wait_done(rbd_completion_t c, int rc)
+/* One request in librbd: what its completion callback reports to. */
+struct rbd_async {
+  ts_io_done_fn done;
+  void *arg;
+};
+
+/* Runs on librbd's finisher thread, once per completion. The completion is
+ * released before `done`: after `done` the caller may close the image. */
+static void rbd_async_cb(rbd_completion_t c, void *arg)
 {
-  if (rc >= 0) {
-    rbd_aio_wait_for_complete(c);
-    rc = (int)rbd_aio_get_return_value(c);
-  }
+  struct rbd_async *a = arg;
+  ssize_t rc = rbd_aio_get_return_value(c);
+  ts_io_done_fn done = a->done;
+  void *done_arg = a->arg;
   rbd_aio_release(c);
-  return rc < 0 ? rc : 0;
+  free(a);
+  done(done_arg, rc < 0 ? (int)rc : 0);
 }
 
-static int rbd_layer_submit(ts_layer *l, const ts_io *io)
+/* Start `io` on librbd; `done` runs once when it ends, unless this returns
+ * an error (then nothing was queued). */
+static int rbd_start(struct rbd_layer *r, const ts_io *io, ts_io_done_fn done, void *arg)
 {
-  struct rbd_layer *r = ts_layer_priv(l);
+  /* Ceph reserves nothing without writing: provisioning stores zeroes. */
+  if (io->op == TS_OP_PROVISION && !(io->flags & TS_IO_MAY_ZERO))
+    return -EOPNOTSUPP;
+  struct rbd_async *a = malloc(sizeof *a);
+  if (!a)
+    return -ENOMEM;
+  a->done = done;
+  a->arg = arg;
   rbd_completion_t c;
-  int rc = rbd_aio_create_completion(NULL, NULL, &c);
-  if (rc < 0)
+  int rc = rbd_aio_create_completion(a, rbd_async_cb, &c);
+  if (rc < 0) {
+    free(a);
     return rc;
+  }
   switch (io->op) {
   case TS_OP_READ:
     rc = rbd_aio_readv(r->image, io->iov, io->iovcnt, io->offset, c);
@@ -314,17 +338,64 @@ static int rbd_layer_submit(ts_layer *l, const ts_io *io)
                               0);
     break;
   case TS_OP_PROVISION:
-    /* Ceph reserves nothing without writing: provisioning stores zeroes. */
-    if (!(io->flags & TS_IO_MAY_ZERO))
-      rc = -EOPNOTSUPP;
-    else
-      rc = rbd_aio_write_zeroes(r->image, io->offset, io->length, c,
-                                RBD_WRITE_ZEROES_FLAG_THICK_PROVISION, 0);
+    rc = rbd_aio_write_zeroes(r->image, io->offset, io->length, c,
+                              RBD_WRITE_ZEROES_FLAG_THICK_PROVISION, 0);
     break;
   default:
     rc = -EOPNOTSUPP;
   }
-  return wait_done(c, rc);
+  if (rc < 0) {
+    /* Refused before anything was queued: the callback never runs. */
+    rbd_aio_release(c);
+    free(a);
+  }
+  return rc < 0 ? rc : 0;
+}
+
+/* A synchronous request waits on a condition of its own rather than in
+ * rbd_aio_wait_for_complete: the same callback ends both kinds, and the
+ * hand-over is one ThreadSanitizer can see. */
+struct rbd_wait {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+  int result;
+};
+
+static void rbd_wait_done(void *arg, int result)
+{
+  struct rbd_wait *w = arg;
+  pthread_mutex_lock(&w->lock);
+  w->result = result;
+  w->done = true;
+  pthread_cond_signal(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+}
+
+static int rbd_layer_submit(ts_layer *l, const ts_io *io)
+{
+  struct rbd_wait w = { .done = false, .result = 0 };
+  pthread_mutex_init(&w.lock, NULL);
+  pthread_cond_init(&w.cond, NULL);
+  int rc = rbd_start(ts_layer_priv(l), io, rbd_wait_done, &w);
+  if (rc == 0) {
+    pthread_mutex_lock(&w.lock);
+    while (!w.done)
+      pthread_cond_wait(&w.cond, &w.lock);
+    pthread_mutex_unlock(&w.lock);
+    rc = w.result;
+  }
+  pthread_cond_destroy(&w.cond);
+  pthread_mutex_destroy(&w.lock);
+  return rc;
+}
+
+/* READ, WRITE and FLUSH started from the caller's thread: no worker waits
+ * for them, and the completion is reported from librbd's finisher thread as
+ * soon as the OSD has answered. */
+static int rbd_layer_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
+{
+  return rbd_start(ts_layer_priv(l), io, done, arg);
 }
 
 struct diff_ctx {
@@ -426,6 +497,7 @@ const ts_layer_type ts__rbd_layer_type = {
   .close = rbd_layer_close,
   .limits = rbd_layer_limits,
   .submit = rbd_layer_submit,
+  .submit_async = rbd_layer_submit_async,
   .block_status = rbd_layer_block_status,
   .status = rbd_layer_status,
   .dm_table = rbd_layer_dm_table,

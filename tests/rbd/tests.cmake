@@ -26,5 +26,6 @@ endforeach()
 foreach(t ${TS_RBD_TESTS})
   # Tests of one cluster run one at a time: two shared cores, and timings.
   set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED ceph RESOURCE_LOCK ceph-io)
-  set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "CEPH_CONF=${TS_CEPH_DIR}/ceph.conf")
+  set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "CEPH_CONF=${TS_CEPH_DIR}/ceph.conf"
+    "TSAN_OPTIONS=suppressions=${CMAKE_CURRENT_LIST_DIR}/tsan.supp")
 endforeach()
