@@ -10,6 +10,9 @@ prefix="$TMP/prefix"
 cmake --install "$TS_BUILD_DIR" --prefix "$prefix" >"$TMP/install.log" 2>&1 ||
   { cat "$TMP/install.log"; fail "install"; }
 export MANWIDTH=80 LC_ALL=C.UTF-8
+# The bash completion goes where bash-completion looks for it.
+cmp -s "$prefix/share/bash-completion/completions/thinstack" "$TS_SOURCE_DIR/tools/completion/thinstack" ||
+  fail "bash completion not installed under share/bash-completion/completions"
 
 pages="man1/thinstack.1 man1/thinstack-fuse.1 man1/nbdkit-thinstack-plugin.1
        man5/thinstack-config.5 man3/libthinstack.3"
