@@ -88,6 +88,7 @@ int ts_cli_dump_config(int argc, char **argv);
 int ts_cli_replay_log(int argc, char **argv);
 int ts_cli_info(int argc, char **argv);
 int ts_cli_types(int argc, char **argv);
+int ts_cli_schema(int argc, char **argv);
 int ts_cli_status(int argc, char **argv);
 int ts_cli_read(int argc, char **argv);
 int ts_cli_copy(int argc, char **argv);

@@ -19,6 +19,8 @@ static const struct ts_cli_command commands[] = {
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
   { "status", ts_cli_status, "CONFIG [NODE] [--json]", "print counters and layer state as JSON" },
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
+  { "schema", ts_cli_schema, "[--layer TYPE]",
+    "print a JSON Schema of the configuration (or of one layer type's object)" },
   { "replay-log", ts_cli_replay_log,
     "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
     "rebuild a device from a dm-log-writes log (the log-writes layer's) up to an entry or mark" },

@@ -66,6 +66,9 @@ has "thinstack read stack.json vm0 0 4096 -" -o --help
 has "thinstack thin create stack.json new --" --size --pool --id --export --json
 only "thinstack zero stack.json vm0 0 4K --may" --may-unmap
 has "thinstack bench io --" --json --stack --workers
+# Layer types, from `thinstack types`.
+only "thinstack schema --layer thin" thin thin-pool
+has "thinstack schema --layer " file linear crypt memory
 # Files where a file goes.
 has "thinstack info " stack.json other.json disk.raw
 only "thinstack validate st" stack.json
