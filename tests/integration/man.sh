@@ -24,6 +24,8 @@ for p in $pages; do
   [ ! -s "$TMP/warn" ] || fail "groff warns on $p: $(cat "$TMP/warn")"
   man --warnings -l "$f" >"$TMP/page.txt" 2>"$TMP/warn" || fail "man -l $p: exit $?"
   [ ! -s "$TMP/warn" ] || fail "man warns on $p: $(cat "$TMP/warn")"
+  # Markup the renderer did not take (a `code` span cut by a line end).
+  ! grep -n '`' "$TMP/page.txt" >"$TMP/ticks" || fail "$p shows raw markup: $(head -3 "$TMP/ticks")"
   name=$(basename "$p" | sed 's/\.[0-9]$//')
   lexgrog "$f" >"$TMP/lex" 2>&1 || fail "lexgrog cannot parse $p's NAME: $(cat "$TMP/lex")"
   grep -q "\"$name - " "$TMP/lex" || fail "lexgrog $p: $(cat "$TMP/lex")"
