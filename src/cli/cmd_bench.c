@@ -11,7 +11,7 @@ static const struct ts_cli_command benches[] = {
   { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]", "origin writes with and without a snapshot (copy-out cost)" },
   { "crypt", ts_cli_bench_crypt, "[--json] [--threads N] [--seconds S] [--sector-size N] [--span SIZE]", "crypt layer MB/s next to raw OpenSSL AES-XTS" },
   { "kernel", ts_cli_bench_kernel, "[--device DEV] [--size SIZE] [--dir DIR]", "kernel layer paths on a loop device against writing zeroes" },
-  { "io", ts_cli_bench_io, "[--json] [--dir DIR] [--seconds S] [--size SIZE] [--cached] [--workers N]", "4K random / 1M sequential I/O at depth 1 and 32 through the async API, against pread/pwrite" },
+  { "io", ts_cli_bench_io, "[--json] [--dir DIR] [--seconds S] [--size SIZE] [--cached] [--workers N] [-p]", "4K random / 1M sequential I/O at depth 1 and 32 through the async API, against pread/pwrite" },
   { NULL, NULL, NULL, NULL },
 };
 

@@ -77,8 +77,8 @@ static void usage(FILE *f)
              "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n"
              "-U, --force-share: read-only commands read files another process is writing,\n"
              "without the shared lock (what they show may be stale).\n"
-             "-p, --progress[=FD]: read, write, copy, check, dump, restore and replay-log\n"
-             "show how far they are on stderr (or FD).\n\ncommands:\n");
+             "-p, --progress[=FD]: read, write, copy, check, dump, restore, replay-log and\n"
+             "bench io show how far they are on stderr (or FD).\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
 }
@@ -258,17 +258,21 @@ int main(int argc, char **argv)
   }
   /* -p / --progress[=FD] of the commands that can take long, anywhere
    * among their arguments. */
-  static const char *const progress_cmds[] = { "read",    "write",   "copy",       "check",
-                                               "dump",    "restore", "replay-log", NULL };
-  for (int k = 0; progress_cmds[k]; k++)
-    if (strcmp(argv[1], progress_cmds[k]) == 0) {
-      n = 2;
-      for (int i = 2; i < argc; i++)
+  static const char *const progress_cmds[] = { "read",    "write",      "copy",     "check", "dump",
+                                               "restore", "replay-log", "bench io", NULL };
+  for (int k = 0; progress_cmds[k]; k++) {
+    const char *sub = strchr(progress_cmds[k], ' ');
+    size_t len = sub ? (size_t)(sub - progress_cmds[k]) : strlen(progress_cmds[k]);
+    if (strncmp(argv[1], progress_cmds[k], len) == 0 && argv[1][len] == '\0' &&
+        (!sub || (argc > 2 && strcmp(argv[2], sub + 1) == 0))) {
+      n = sub ? 3 : 2;
+      for (int i = n; i < argc; i++)
         if (!ts_cli_progress_opt(argv[i]))
           argv[n++] = argv[i];
       argv[n] = NULL;
       argc = n;
     }
+  }
   /* A stack some process holds is worked on through its control socket. */
   int status;
   if (ts_cli_ctl_route(argc - 1, argv + 1, &status))

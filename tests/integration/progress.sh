@@ -109,6 +109,12 @@ grep -v "^replayed" err.txt >prog.txt
 progress_ok prog.txt 4 "replay-log"
 cmp target.img disk.img || fail "replay-log -p replayed something else"
 
+# bench io: one update per cell.
+"$THINSTACK" bench io --cached --seconds 0.01 --size 4M --workers 2 --runs 1 --no-fio --dir "$TMP" \
+  --json -p >bench.json 2>prog.txt || fail "bench io -p: exit $?"
+python3 -c "import json; json.load(open('bench.json'))" || fail "bench io -p: stdout is not JSON"
+progress_ok prog.txt 8 "bench io"
+
 # A failure ends without 100%.
 "$THINSTACK" read stack.json vm0 250M 64M -o fail.img -p 2>prog.txt && fail "read past the end worked"
 grep -q "past the end" prog.txt || fail "read past the end: $(cat prog.txt)"
