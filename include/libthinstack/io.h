@@ -76,12 +76,12 @@ TS_EXTERN int ts_last_errno(void);
 
 /* The request types a device takes (ts_io.op). */
 typedef enum ts_op {
-  TS_OP_READ = 0,      /* read into the iovec */
-  TS_OP_WRITE,         /* write the iovec */
-  TS_OP_FLUSH,         /* make every completed write durable */
-  TS_OP_DISCARD,       /* range no longer needed; may be freed */
-  TS_OP_WRITE_ZEROES,  /* range must read as zeroes afterwards */
-  TS_OP_PROVISION,     /* reserve space in this layer and below, no data written */
+  TS_OP_READ = 0,     /* read into the iovec */
+  TS_OP_WRITE,        /* write the iovec */
+  TS_OP_FLUSH,        /* make every completed write durable */
+  TS_OP_DISCARD,      /* range no longer needed; may be freed */
+  TS_OP_WRITE_ZEROES, /* range must read as zeroes afterwards */
+  TS_OP_PROVISION,    /* reserve space in this layer and below, no data written */
   TS_OP_COUNT
 } ts_op;
 
@@ -164,8 +164,8 @@ typedef struct ts_extent {
 /* A growable list of extents, sorted and contiguous. Zero-initialise it,
  * release with ts_extent_list_free(). */
 typedef struct ts_extent_list {
-  ts_extent *v;     /* the extents, in order */
-  size_t n, cap;    /* how many there are, and room for */
+  ts_extent *v;  /* the extents, in order */
+  size_t n, cap; /* how many there are, and room for */
 } ts_extent_list;
 
 /* Append [offset, offset+length) with `flags`; merges with the last extent when

@@ -100,7 +100,7 @@ typedef struct ts_layer_type {
   /* Filled by TS_LAYER_TYPE_INIT: lets the core load types built against an
    * older header. New slots are only ever added at the end. */
   uint32_t abi_version;
-  uint32_t struct_size;            /* sizeof(ts_layer_type) the layer was built with */
+  uint32_t struct_size; /* sizeof(ts_layer_type) the layer was built with */
 
   const char *name;                /* "thin", "crypt", ...: the JSON "type" */
   const char *summary;             /* one line for `thinstack types` */

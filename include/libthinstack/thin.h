@@ -80,8 +80,8 @@ TS_EXTERN int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, si
 typedef struct ts_pool_status {
   uint64_t block_size;         /* data block size in bytes */
   uint64_t data_blocks;        /* data space in blocks */
-  uint64_t data_used_blocks;    /* data blocks mapped */
-  uint64_t data_free_blocks;    /* data blocks free */
+  uint64_t data_used_blocks;   /* data blocks mapped */
+  uint64_t data_free_blocks;   /* data blocks free */
   uint64_t metadata_blocks;    /* metadata space in 4 KiB blocks */
   uint64_t metadata_used_blocks; /* metadata blocks in use */
   uint64_t transaction_id;     /* set with ts_pool_set_transaction_id */

@@ -109,8 +109,10 @@ int ts_cli_replay_log(int argc, char **argv)
   if (progress)
     ts_cli_progress_begin(stat(a.log, &st) == 0 ? (uint64_t)st.st_size : 0);
   int r = ts_log_replay(a.log, a.target, a.end_mark, a.limit,
-                        a.list ? list_entry : progress ? replay_progress : NULL, arr, &nr,
-                        &replayed, &err);
+                        a.list     ? list_entry
+                        : progress ? replay_progress
+                                   : NULL,
+                        arr, &nr, &replayed, &err);
   if (progress)
     ts_cli_progress_end(r == 0);
   if (r) {

@@ -16,10 +16,11 @@
  * an optional B or iB), or a plain B. */
 static json_t *size_schema(void)
 {
-  return json_pack("{s:s, s:[{s:s, s:i}, {s:s, s:s}]}", "description",
-                   "bytes, or a number with K, M, G, T or P (powers of 1024): 4096, \"64K\", \"1G\"",
-                   "anyOf", "type", "integer", "minimum", 0, "type", "string", "pattern",
-                   "^[0-9]+([KkMmGgTtPp](iB|B)?|[Bb])?$");
+  return json_pack(
+      "{s:s, s:[{s:s, s:i}, {s:s, s:s}]}", "description",
+      "bytes, or a number with K, M, G, T or P (powers of 1024): 4096, \"64K\", \"1G\"", "anyOf",
+      "type", "integer", "minimum", 0, "type", "string", "pattern",
+      "^[0-9]+([KkMmGgTtPp](iB|B)?|[Bb])?$");
 }
 
 static json_t *choices_json(const char *choices)
@@ -57,7 +58,9 @@ static json_t *default_of(const ts_param *p)
     size_t i;
     json_t *e;
     json_t *found = NULL;
-    json_array_foreach(c, i, e) if (strcmp(json_string_value(e), v) == 0) found = json_string(v);
+    json_array_foreach(c, i, e)
+      if (strcmp(json_string_value(e), v) == 0)
+        found = json_string(v);
     json_decref(c);
     return found;
   }
@@ -171,9 +174,9 @@ static json_t *config_schema(void)
     snprintf(key, sizeof key, "layer-%s", t->name);
     json_object_set_new(defs, key, object_schema(t->params, t->name, t->summary));
     json_array_append_new(names, json_string(t->name));
-    json_array_append_new(
-      branches, json_pack("{s:{s:{s:{s:s}}, s:[s]}, s:{s:o}}", "if", "properties", "type", "const",
-                          t->name, "required", "type", "then", "$ref", layer_def_name(t->name)));
+    json_array_append_new(branches, json_pack("{s:{s:{s:{s:s}}, s:[s]}, s:{s:o}}", "if",
+                                              "properties", "type", "const", t->name, "required",
+                                              "type", "then", "$ref", layer_def_name(t->name)));
   }
   json_object_set_new(defs, "layer",
                       json_pack("{s:s, s:s, s:{s:{s:s, s:s}}, s:[s], s:o}", "description",
@@ -185,12 +188,13 @@ static json_t *config_schema(void)
   json_object_set_new(props, "$schema",
                       json_pack("{s:s, s:s}", "type", "string", "description",
                                 "the schema an editor checks this file against"));
-  json_object_set_new(props, "version", json_pack("{s:i, s:s}", "const", 1, "description",
-                                                  "the format's version: always 1"));
+  json_object_set_new(
+      props, "version",
+      json_pack("{s:i, s:s}", "const", 1, "description", "the format's version: always 1"));
   json_object_set_new(props, "layers",
                       json_pack("{s:s, s:i, s:s, s:{s:s}}", "type", "object", "minProperties", 1,
-                                "description", "layer name to layer object",
-                                "additionalProperties", "$ref", "#/$defs/layer"));
+                                "description", "layer name to layer object", "additionalProperties",
+                                "$ref", "#/$defs/layer"));
   json_object_set_new(props, "exports",
                       json_pack("{s:s, s:b, s:s, s:{s:s}}", "type", "array", "uniqueItems", 1,
                                 "description",

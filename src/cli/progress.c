@@ -41,10 +41,7 @@ bool ts_cli_progress_opt(const char *arg)
   return false;
 }
 
-bool ts_cli_progress_on(void)
-{
-  return pg.on;
-}
+bool ts_cli_progress_on(void) { return pg.on; }
 
 /* Its own clock, so that the file links alone beside cmd_replay.c. */
 static double now(void)
