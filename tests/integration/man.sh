@@ -61,7 +61,12 @@ if [ -x "$FUSE_BIN" ]; then
 fi
 # nbdkit-thinstack-plugin(1): every key= of the plugin's help.
 if command -v nbdkit >/dev/null && [ -f "$NBD_PLUGIN" ]; then
-  nbdkit "$NBD_PLUGIN" --help | grep -o '^[a-z_]*=' >"$TMP/keys"
+  # A plugin built with a sanitizer needs its runtime loaded first.
+  env=()
+  rt=$(ldd "$NBD_PLUGIN" | awk '/lib(asan|tsan|ubsan)\.so/ {print $3; exit}')
+  [ -z "$rt" ] || env=(env "LD_PRELOAD=$rt" "ASAN_OPTIONS=detect_leaks=0")
+  "${env[@]}" nbdkit "$NBD_PLUGIN" --help >"$TMP/plugin-help" || fail "nbdkit plugin --help: exit $?"
+  grep -o '^[a-z_]*=' "$TMP/plugin-help" >"$TMP/keys"
   [ "$(wc -l <"$TMP/keys")" -ge 3 ] || fail "plugin --help keys: $(cat "$TMP/keys")"
   while read -r k; do
     grep -qF -- "$k" "$TMP/nbdkit-thinstack-plugin.txt" || fail "nbdkit-thinstack-plugin(1) lacks $k"
