@@ -26,6 +26,8 @@ packages=(
   ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime iproute2
   # the file layer's io_uring path
   liburing-dev
+  # manual pages (checked with man -l), the API reference, the config schema's test
+  man-db groff-base doxygen python3-jsonschema
 )
 missing=()
 for p in "${packages[@]}"; do

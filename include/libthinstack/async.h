@@ -59,7 +59,9 @@ extern "C" {
  * synchronous API need no libuv headers: struct uv_loop_s is uv_loop_t. */
 struct uv_loop_s;
 
+/* An asynchronous submission context on one device (opaque). */
 typedef struct ts_aio_ctx ts_aio_ctx;
+/* One asynchronous request, owned by the caller (see struct ts_aio_req). */
 typedef struct ts_aio_req ts_aio_req;
 
 /* A completion callback. It runs on the loop's thread (LOOP mode), on the
@@ -73,6 +75,8 @@ typedef void (*ts_aio_cb)(ts_aio_req *req);
  * memory the library allocates at submit and frees before the completion. */
 #define TS_AIO_IOV_INLINE 8
 
+/* A request in flight: the caller fills `io`, `cb` and `data`, keeps the
+ * struct alive until `cb` has run, and may reuse it then. */
 struct ts_aio_req {
   /* Set by the caller before submit. */
   ts_io io;          /* op, flags, offset, length, iov, iovcnt (as for ts_submit) */
@@ -92,6 +96,7 @@ struct ts_aio_req {
   } priv;
 };
 
+/* How completions reach the caller (ts_aio_opts.mode). */
 typedef enum ts_aio_mode {
   TS_AIO_MODE_LOOP = 0,     /* callbacks on a caller-owned uv_loop_t */
   TS_AIO_MODE_EVENTFD = 1,  /* completion queue + eventfd, drained by ts_aio_poll */
@@ -109,6 +114,7 @@ typedef enum ts_aio_mode {
 /* Defaults for ts_aio_opts fields left 0. */
 #define TS_AIO_DEFAULT_DEPTH 128
 
+/* Options of ts_aio_ctx_create(); zero fields take the defaults. */
 typedef struct ts_aio_opts {
   uint32_t struct_size;     /* sizeof(ts_aio_opts), for compatibility */
   uint32_t mode;            /* ts_aio_mode */

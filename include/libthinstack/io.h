@@ -74,13 +74,14 @@ TS_EXTERN int ts_last_errno(void);
 /* ------------------------------------------------------------------------ */
 /* Operations and flags                                                      */
 
+/* The request types a device takes (ts_io.op). */
 typedef enum ts_op {
-  TS_OP_READ = 0,
-  TS_OP_WRITE,
-  TS_OP_FLUSH,         /* make every completed write durable */
-  TS_OP_DISCARD,       /* range no longer needed; may be freed */
-  TS_OP_WRITE_ZEROES,  /* range must read as zeroes afterwards */
-  TS_OP_PROVISION,     /* reserve space in this layer and below, no data written */
+  TS_OP_READ = 0,     /* read into the iovec */
+  TS_OP_WRITE,        /* write the iovec */
+  TS_OP_FLUSH,        /* make every completed write durable */
+  TS_OP_DISCARD,      /* range no longer needed; may be freed */
+  TS_OP_WRITE_ZEROES, /* range must read as zeroes afterwards */
+  TS_OP_PROVISION,    /* reserve space in this layer and below, no data written */
   TS_OP_COUNT
 } ts_op;
 
@@ -99,6 +100,7 @@ TS_EXTERN int ts_op_from_name(const char *name);
  * never changes data the caller can read. A thin pool sets it for the blocks
  * it has just allocated. */
 #define TS_IO_MAY_ZERO   (1u << 3)
+/* Every TS_IO_* flag: others are refused with -EINVAL. */
 #define TS_IO_ALL_FLAGS  (TS_IO_FUA | TS_IO_MAY_UNMAP | TS_IO_NOFALLBACK | TS_IO_MAY_ZERO)
 
 /* ------------------------------------------------------------------------ */
@@ -152,17 +154,18 @@ TS_EXTERN void ts_limits_stack(ts_limits *top, const ts_limits *bottom);
  * HOLE|ZERO = unallocated, reads zeroes; HOLE = unallocated, contents undefined
  * (the same meaning as NBD's base:allocation context). */
 
+/* One range of a block status answer. */
 typedef struct ts_extent {
-  uint64_t offset;
-  uint64_t length;
+  uint64_t offset;  /* bytes from the start of the device */
+  uint64_t length;  /* bytes */
   uint32_t flags;   /* TS_EXTENT_* */
 } ts_extent;
 
 /* A growable list of extents, sorted and contiguous. Zero-initialise it,
  * release with ts_extent_list_free(). */
 typedef struct ts_extent_list {
-  ts_extent *v;
-  size_t n, cap;
+  ts_extent *v;  /* the extents, in order */
+  size_t n, cap; /* how many there are, and room for */
 } ts_extent_list;
 
 /* Append [offset, offset+length) with `flags`; merges with the last extent when
@@ -177,6 +180,7 @@ TS_EXTERN void ts_extent_list_free(ts_extent_list *l);
 /* ------------------------------------------------------------------------ */
 /* Stacks and devices                                                        */
 
+/* An open stack (opaque): its layers, its exports, its configuration. */
 typedef struct ts_stack ts_stack;
 /* Every node of a stack is a ts_dev: the exported ones are what users see,
  * every other node is reachable by name for management and tests. */
@@ -196,13 +200,15 @@ typedef void (*ts_event_fn)(ts_stack *stack, const char *node, const char *event
  * event "force-share" naming it. Writable layers still lock. */
 #define TS_OPEN_FORCE_SHARE   (1u << 2)
 
+/* Options of ts_stack_open_file() and ts_stack_open_string(); NULL for
+ * all defaults. */
 typedef struct ts_open_opts {
   uint32_t struct_size;       /* sizeof(ts_open_opts), for compatibility */
   uint32_t flags;             /* TS_OPEN_* */
   const char *plugin_dir;     /* where external layer types are looked up;
                                  NULL: $TS_PLUGIN_DIR, then the installed default */
   ts_event_fn event;          /* may be NULL */
-  void *event_arg;
+  void *event_arg;            /* passed to `event` */
 } ts_open_opts;
 
 /* Open the stack described by the JSON file `path` (DESIGN: a "layers" object
@@ -359,7 +365,7 @@ typedef struct ts_io {
   uint64_t offset;           /* bytes */
   uint64_t length;           /* bytes; for READ/WRITE the iovec total */
   const struct iovec *iov;   /* READ/WRITE only */
-  int iovcnt;
+  int iovcnt;                /* entries of `iov` */
 } ts_io;
 
 /* Submit `io` to `dev` synchronously: the core checks it, splits it to the

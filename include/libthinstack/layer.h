@@ -29,11 +29,13 @@
 extern "C" {
 #endif
 
+/* A layer instance as its type's ops see it: a node of a stack (opaque). */
 typedef struct ts_node ts_layer;
 
 /* ------------------------------------------------------------------------ */
 /* Parameter schema                                                          */
 
+/* The JSON type of a parameter (ts_param.kind). */
 typedef enum ts_param_kind {
   TS_PARAM_STRING = 1,  /* JSON string */
   TS_PARAM_PATH,        /* JSON string, a path relative to the config file */
@@ -60,8 +62,8 @@ typedef enum ts_param_kind {
  * unknown enum values and missing required keys are reported with their JSON
  * path, and CHILD references are checked for existence, cycles and sharing. */
 typedef struct ts_param {
-  const char *key;
-  ts_param_kind kind;
+  const char *key;                /* the JSON key; NULL ends a table */
+  ts_param_kind kind;             /* what its value must be */
   uint32_t flags;                 /* TS_PARAM_* */
   const char *choices;            /* ENUM: '|'-separated values */
   const struct ts_param *fields;  /* ARRAY/OBJECT: schema of the elements */
@@ -78,8 +80,10 @@ TS_EXTERN bool ts_param_bool(const json_t *params, const char *key, bool dflt);
 /* ------------------------------------------------------------------------ */
 /* The ops table                                                             */
 
+/* The version of ts_layer_type a layer is built against (abi_version). */
 #define TS_LAYER_ABI_VERSION 1
 
+/* Whether the core may call a layer's data-path ops concurrently. */
 typedef enum ts_thread_model {
   TS_THREAD_PARALLEL = 0,   /* submit/block_status may run concurrently */
   TS_THREAD_SERIALIZE = 1,  /* the core holds a per-node lock around each call */
@@ -89,16 +93,19 @@ typedef enum ts_thread_model {
  * `result` is 0 or -errno, as `submit` would have returned. */
 typedef void (*ts_io_done_fn)(void *arg, int result);
 
+/* A layer type: its name, parameter schema and ops. A type registered with
+ * ts_register_layer_type() (or loaded from a plugin) must outlive every
+ * stack that uses it. */
 typedef struct ts_layer_type {
   /* Filled by TS_LAYER_TYPE_INIT: lets the core load types built against an
    * older header. New slots are only ever added at the end. */
   uint32_t abi_version;
-  uint32_t struct_size;
+  uint32_t struct_size; /* sizeof(ts_layer_type) the layer was built with */
 
   const char *name;                /* "thin", "crypt", ...: the JSON "type" */
   const char *summary;             /* one line for `thinstack types` */
   const ts_param *params;          /* schema of the JSON object; NULL = no keys */
-  ts_thread_model thread_model;
+  ts_thread_model thread_model;    /* whether ops may run concurrently */
 
   /* Open the layer. Children named by CHILD parameters are already open
    * (ts_layer_child). Validate semantics the schema cannot express and report
@@ -172,6 +179,7 @@ typedef struct ts_layer_type {
   int (*submit_async)(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg);
 } ts_layer_type;
 
+/* Starts every ts_layer_type initializer: the ABI version and size. */
 #define TS_LAYER_TYPE_INIT .abi_version = TS_LAYER_ABI_VERSION, .struct_size = sizeof(ts_layer_type)
 
 /* Register a layer type process-wide (built-ins are registered already).
@@ -236,6 +244,7 @@ TS_EXTERN int ts_layer_io(ts_layer *child, uint32_t op, uint32_t flags, uint64_t
 
 /* A zero-filled, read-only buffer of TS_ZERO_BUF_SIZE bytes, for writing zeroes. */
 #define TS_ZERO_BUF_SIZE (1u << 20)
+/* That buffer, shared by the process; never written. */
 TS_EXTERN const void *ts_zero_buffer(void);
 
 /* Copy `len` bytes starting `skip` bytes into the iovec to/from a flat buffer. */
@@ -256,10 +265,11 @@ TS_EXTERN int ts_iov_slice(const struct iovec *iov, int iovcnt, size_t skip, siz
  * ts_iov_buf_slice() calls then fit. The caller owns `b` and frees it with
  * ts_iov_buf_free(); one ts_iov_buf serves one thread at a time. */
 #define TS_IOV_INLINE 16
+/* See above: room for the slices of one iovec. */
 typedef struct ts_iov_buf {
-  struct iovec *v;
-  int cap;
-  struct iovec inl[TS_IOV_INLINE];
+  struct iovec *v;                 /* the room: `inl` or an allocation */
+  int cap;                         /* entries of `v` */
+  struct iovec inl[TS_IOV_INLINE]; /* inline room for small iovecs */
 } ts_iov_buf;
 /* 0, or -ENOMEM; ts_iov_buf_free() is safe either way. */
 TS_EXTERN int ts_iov_buf_init(ts_iov_buf *b, int iovcnt);

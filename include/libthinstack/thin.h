@@ -34,6 +34,7 @@
 extern "C" {
 #endif
 
+/* The largest thin volume id (dm-thin's 24-bit device ids). */
 #define TS_THIN_MAX_ID ((1u << 24) - 1)
 
 /* Create an empty thin volume `id` in the pool. Open it by adding a `thin`
@@ -58,7 +59,7 @@ TS_EXTERN int ts_pool_delete_thin(ts_dev *pool, uint32_t id, ts_error *err);
 
 /* One volume of a pool. */
 typedef struct ts_thin_info {
-  uint32_t id;
+  uint32_t id;               /* the volume's id in the pool */
   uint64_t mapped_blocks;    /* pool blocks mapped (written or provisioned) */
   uint64_t mapped_bytes;     /* mapped_blocks * block size */
   uint64_t transaction_id;   /* pool transaction id when it was created */
@@ -79,22 +80,22 @@ TS_EXTERN int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, si
 typedef struct ts_pool_status {
   uint64_t block_size;         /* data block size in bytes */
   uint64_t data_blocks;        /* data space in blocks */
-  uint64_t data_used_blocks;
-  uint64_t data_free_blocks;
+  uint64_t data_used_blocks;   /* data blocks mapped */
+  uint64_t data_free_blocks;   /* data blocks free */
   uint64_t metadata_blocks;    /* metadata space in 4 KiB blocks */
-  uint64_t metadata_used_blocks;
+  uint64_t metadata_used_blocks; /* metadata blocks in use */
   uint64_t transaction_id;     /* set with ts_pool_set_transaction_id */
   uint64_t held_metadata_root; /* block of the reserved metadata snapshot, 0 if none */
   uint64_t low_water_mark;     /* bytes; 0 = none */
   bool low_water;              /* free data space is below the low water mark */
   bool out_of_data_space;      /* an allocation failed since the last extend */
   bool queue_if_no_space;      /* out_of_space = "queue" (else "error") */
-  bool discard_passdown;
-  bool zero_new_blocks;
-  bool read_only;
+  bool discard_passdown;       /* discards reach the data device */
+  bool zero_new_blocks;        /* new blocks are zeroed before first use */
+  bool read_only;              /* the pool is read-only (mode "ro") */
   bool needs_check;            /* metadata flagged for checking */
   bool failed;                 /* a metadata commit failed: the pool refuses changes */
-  uint32_t nr_thins;
+  uint32_t nr_thins;           /* volumes in the pool */
   uint64_t commits;            /* metadata commits since open */
   bool out_of_metadata_space;  /* allocations stopped at the metadata reserve */
 } ts_pool_status;
@@ -241,7 +242,7 @@ typedef struct ts_volume_info {
   char name[256];             /* layer name; "" when no layer names the volume */
   char pool[256];             /* pool layer */
   char origin[256];           /* the layer's "origin"; "" when none */
-  uint32_t id;
+  uint32_t id;                /* the volume's id in the pool */
   bool in_pool;               /* false: the layer names a volume the pool lacks */
   bool open;                  /* open as a layer of this stack */
   uint64_t size;              /* the layer's size in bytes; 0 without a layer */

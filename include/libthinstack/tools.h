@@ -36,10 +36,10 @@ extern "C" {
 /* What ts_pool_check found. A caller-allocated struct of fixed size: new
  * fields come only with a new soname (docs/abi.md). */
 typedef struct ts_pool_check_result {
-  uint64_t errors, warnings;
-  uint64_t nr_devices, nr_mappings;
-  uint64_t metadata_blocks_used, data_blocks_used;
-  uint64_t transaction_id;
+  uint64_t errors, warnings;                       /* findings of each kind */
+  uint64_t nr_devices, nr_mappings;                /* volumes, and their mapped blocks */
+  uint64_t metadata_blocks_used, data_blocks_used; /* blocks in use, per space */
+  uint64_t transaction_id;                         /* the superblock's */
   bool stale; /* TS_POOL_FORCE_SHARE and a writer held the file: may be inconsistent */
 } ts_pool_check_result;
 
@@ -80,8 +80,8 @@ typedef struct ts_log_entry {
   uint64_t index;      /* from 0 */
   uint64_t offset;     /* byte offset of the entry in the log */
   uint64_t sector;     /* in log sectors (sector_size bytes) */
-  uint64_t nr_sectors;
-  uint32_t sector_size;
+  uint64_t nr_sectors; /* length in log sectors */
+  uint32_t sector_size; /* bytes per log sector */
   uint32_t flags;      /* TS_LOG_* */
   const char *mark;    /* a mark's name, else ""; valid during the call */
 } ts_log_entry;

@@ -33,6 +33,7 @@
 extern "C" {
 #endif
 
+/* A running vhost-user-blk server (opaque). */
 typedef struct ts_vhost_blk ts_vhost_blk;
 
 /* Queues offered when ts_vhost_blk_opts.queues is 0, and the most a server
@@ -46,6 +47,7 @@ typedef struct ts_vhost_blk ts_vhost_blk;
 /* Offer the device read-only (VIRTIO_BLK_F_RO) even when it is writable. */
 #define TS_VHOST_READ_ONLY (1u << 0)
 
+/* Options of ts_vhost_blk_serve(); zero fields take the defaults. */
 typedef struct ts_vhost_blk_opts {
   uint32_t struct_size; /* sizeof(ts_vhost_blk_opts), for compatibility */
   uint32_t flags;       /* TS_VHOST_* */

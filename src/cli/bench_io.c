@@ -631,6 +631,11 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
     if (r)
       ts_cli_err("bench io: %s", err.msg);
   }
+  uint64_t ncells = 0, ndone = 0;
+  for (int k = 0; k < NTARGETS; k++)
+    ncells += b->have[k] ? (uint64_t)NTESTS * NDEPTHS * (uint64_t)b->runs : 0;
+  if (!r)
+    ts_cli_progress_begin(ncells);
   /* Each cell's runs interleave the targets, so drift hits all alike. */
   for (int ti = 0; ti < NTESTS && !r; ti++)
     for (int di = 0; di < NDEPTHS && !r; di++)
@@ -654,7 +659,9 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
           res->done = true;
           res->v[res->n++] =
               one.secs > 0 ? (double)one.ops / one.secs * (t->bs == 4096 ? 1 : t->bs / 1e6) : 0;
+          ts_cli_progress_set(++ndone);
         }
+  ts_cli_progress_end(r == 0);
   int c = close_targets(b, &tg);
   return r ? r : c;
 }
@@ -822,7 +829,7 @@ int ts_cli_bench_io(int argc, char **argv)
       printf(
           "usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE] [--runs N]\n"
           "                          [--cached] [--workers N] [--mode worker|loop] [--no-fio]\n"
-          "                          [--control PATH] [--stack STACK.json [--dev NAME]]\n"
+          "                          [--control PATH] [--stack STACK.json [--dev NAME]] [-p]\n"
           "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
           "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file\n"
           "  and (when fio is installed, unless --no-fio) fio's io_uring engine on another.\n"

@@ -79,6 +79,28 @@ bool ts_cli_ctl_route(int argc, char **argv, int *status);
 void ts_cli_range_done(bool json, const char *cmd, const char *dev, uint64_t off, uint64_t len,
                        double seconds);
 
+/* -p/--progress (src/cli/progress.c). main() takes the option out of the
+ * arguments of the commands that show progress; they say how much there
+ * is to do and how much is done. Lines go to stderr (or --progress=FD):
+ * "    (12.34/100%)", in place on a terminal and one per update otherwise,
+ * at most one per 0.1 s (TS_PROGRESS_INTERVAL), never backwards, and
+ * 100% only from _end(true). Not thread-safe: one thread updates. */
+/* True when `arg` is -p, --progress or --progress=FD (then recorded). */
+bool ts_cli_progress_opt(const char *arg);
+/* True when progress was asked for. */
+bool ts_cli_progress_on(void);
+/* Start: `total` units to do (bytes, entries); prints 0%. */
+void ts_cli_progress_begin(uint64_t total);
+/* `done` of the total units are done (rate-limited). */
+void ts_cli_progress_set(uint64_t done);
+/* Finished: 100% when `ok`; a failure leaves the last figure. */
+void ts_cli_progress_end(bool ok);
+/* For a library call that reports no progress: a thread counts the bytes
+ * the process reads (/proc/self/io) against `expected` until _sample_end,
+ * which stops it and ends as _end does. */
+void ts_cli_progress_sample_reads(uint64_t expected);
+void ts_cli_progress_sample_end(bool ok);
+
 /* Commands implemented in src/cli/cmd_*.c */
 int ts_cli_ctl(int argc, char **argv);
 int ts_cli_serve(int argc, char **argv);
@@ -88,6 +110,7 @@ int ts_cli_dump_config(int argc, char **argv);
 int ts_cli_replay_log(int argc, char **argv);
 int ts_cli_info(int argc, char **argv);
 int ts_cli_types(int argc, char **argv);
+int ts_cli_schema(int argc, char **argv);
 int ts_cli_status(int argc, char **argv);
 int ts_cli_read(int argc, char **argv);
 int ts_cli_copy(int argc, char **argv);

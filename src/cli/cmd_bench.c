@@ -6,12 +6,19 @@
 
 static const struct ts_cli_command benches[] = {
   /* { "NAME", ts_cli_bench_NAME, "ARGS", "summary" }, one line per benchmark */
-  { "provision", ts_cli_bench_provision, "[--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N] [--json]",
+  { "provision", ts_cli_bench_provision,
+    "[--sizes 512M,1G,2G,4G,8G] [--dir DIR] [--runs N] [--json]",
     "thin PROVISION and WRITE_ZEROES vs writing zeroes vs fallocate; snapshot cost" },
-  { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]", "origin writes with and without a snapshot (copy-out cost)" },
-  { "crypt", ts_cli_bench_crypt, "[--json] [--threads N] [--seconds S] [--sector-size N] [--span SIZE]", "crypt layer MB/s next to raw OpenSSL AES-XTS" },
-  { "kernel", ts_cli_bench_kernel, "[--device DEV] [--size SIZE] [--dir DIR]", "kernel layer paths on a loop device against writing zeroes" },
-  { "io", ts_cli_bench_io, "[--json] [--dir DIR] [--seconds S] [--size SIZE] [--cached] [--workers N]", "4K random / 1M sequential I/O at depth 1 and 32 through the async API, against pread/pwrite" },
+  { "snapshot", ts_cli_bench_snapshot, "[--size SIZE] [--dir DIR]",
+    "origin writes with and without a snapshot (copy-out cost)" },
+  { "crypt", ts_cli_bench_crypt,
+    "[--json] [--threads N] [--seconds S] [--sector-size N] [--span SIZE]",
+    "crypt layer MB/s next to raw OpenSSL AES-XTS" },
+  { "kernel", ts_cli_bench_kernel, "[--device DEV] [--size SIZE] [--dir DIR]",
+    "kernel layer paths on a loop device against writing zeroes" },
+  { "io", ts_cli_bench_io,
+    "[--json] [--dir DIR] [--seconds S] [--size SIZE] [--cached] [--workers N] [-p]",
+    "4K random / 1M sequential I/O at depth 1 and 32 through the async API, against pread/pwrite" },
   { NULL, NULL, NULL, NULL },
 };
 

@@ -106,6 +106,7 @@ static int copy_data(struct end *s, struct end *d, uint64_t from, uint64_t to, c
 {
   for (uint64_t pos = from; pos < to;) {
     size_t n = to - pos < CHUNK ? (size_t)(to - pos) : CHUNK;
+    ts_cli_progress_set(pos);
     int r = src_read(s, buf, n, pos);
     if (!r)
       r = dst_data(d, buf, n, pos);
@@ -167,6 +168,7 @@ static int copy(struct end *s, struct end *d)
       if (z) {
         r = dst_zero(d, pos, z);
         pos += z;
+        ts_cli_progress_set(pos);
         continue;
       }
       data = true;
@@ -177,6 +179,7 @@ static int copy(struct end *s, struct end *d)
     if (data)
       r = copy_data(s, d, pos, end, buf);
     pos = end;
+    ts_cli_progress_set(pos);
   }
   ts_extent_list_free(&l);
   free(buf);
@@ -253,9 +256,11 @@ int ts_cli_copy(int argc, char **argv)
     ts_cli_err("%s: cannot write: %s", d.arg, strerror(errno));
     goto out;
   }
+  ts_cli_progress_begin(s.size);
   int r = copy(&s, &d);
   if (!r && d.dev)
     r = ts_flush(d.dev);
+  ts_cli_progress_end(r == 0);
   if (r) {
     const char *why = ts_last_errno() == r && ts_last_error() ? ts_last_error() : ts_strerror(r);
     ts_cli_err("copy %s to %s failed: %s (%s)", s.arg, d.arg, why, ts_err_name(r));

@@ -38,6 +38,7 @@ static int read_data(ts_dev *d, int fd, uint64_t from, uint64_t to, uint64_t bas
 {
   for (uint64_t pos = from; pos < to;) {
     size_t n = to - pos < CHUNK ? (size_t)(to - pos) : CHUNK;
+    ts_cli_progress_set(pos - base);
     int r = ts_pread(d, buf, n, pos);
     if (r)
       return r;
@@ -80,6 +81,7 @@ static int read_sparse(ts_dev *d, int fd, uint64_t off, uint64_t len, char *buf)
       if (!(l.v[i].flags & (TS_EXTENT_HOLE | TS_EXTENT_ZERO)))
         r = read_data(d, fd, pos, e, off, buf);
       pos = e;
+      ts_cli_progress_set(pos - off);
     }
   }
   ts_extent_list_free(&l);
@@ -159,6 +161,7 @@ int ts_cli_read(int argc, char **argv)
   int r = buf ? 0 : -ENOMEM;
   struct stat st;
   uint64_t lbs = ts_dev_limits(d)->logical_block_size;
+  ts_cli_progress_begin(len);
   /* Unaligned ranges take the plain path, whose request says why it fails. */
   if (!r && a.out && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && off % lbs == 0 &&
       len % lbs == 0) {
@@ -173,7 +176,9 @@ int ts_cli_read(int argc, char **argv)
       if (k < 0) r = -errno; else w += (size_t)k;
     }
     done += n;
+    ts_cli_progress_set(done);
   }
+  ts_cli_progress_end(r == 0);
   free(buf);
   if (a.out) close(fd);
   return ts_cli_close(s, report("read", d, r));
@@ -213,6 +218,7 @@ static int write_sparse(ts_dev *d, int fd, uint64_t size, uint64_t off, uint64_t
       if (r)
         return r;
       pos += hole;
+      ts_cli_progress_set(pos);
       continue;
     }
     off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
@@ -237,6 +243,7 @@ static int write_sparse(ts_dev *d, int fd, uint64_t size, uint64_t off, uint64_t
       if (r)
         return r;
       pos += n;
+      ts_cli_progress_set(pos);
     }
   }
   return 0;
@@ -277,7 +284,9 @@ int ts_cli_write(int argc, char **argv)
                  (unsigned long long)lbs);
       r = -EINVAL;
     } else {
+      ts_cli_progress_begin((uint64_t)st.st_size);
       r = write_sparse(d, fd, (uint64_t)st.st_size, off, lbs, buf, fua);
+      ts_cli_progress_end(r == 0);
     }
     free(buf);
     buf = NULL;
@@ -285,6 +294,8 @@ int ts_cli_write(int argc, char **argv)
       close(fd);
     return ts_cli_close(s, report("write", d, r));
   }
+  /* From a pipe the amount is unknown: 0%, then 100% when it ends. */
+  ts_cli_progress_begin(0);
   while (!r) {
     size_t n = 0;
     while (n < CHUNK) {
@@ -304,6 +315,7 @@ int ts_cli_write(int argc, char **argv)
     r = write_runs(d, buf, n, off + total, g, fua);
     total += n;
   }
+  ts_cli_progress_end(r == 0);
   free(buf);
   if (fd != STDIN_FILENO) close(fd);
   return ts_cli_close(s, report("write", d, r));

@@ -58,6 +58,18 @@ static void meta_error(const char *cmd, const char *path, int r, const ts_error 
     ts_cli_err("%s: %s%s", cmd, err->msg, r == -EBUSY ? " (EBUSY)" : "");
 }
 
+/* What reading a metadata file for check or dump comes to, about: its
+ * allocated bytes (a sparse pool's file holds little more than its used
+ * blocks), at most its size. */
+static uint64_t meta_bytes(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st))
+    return 0;
+  uint64_t alloc = (uint64_t)st.st_blocks * 512;
+  return S_ISREG(st.st_mode) && alloc < (uint64_t)st.st_size ? alloc : (uint64_t)st.st_size;
+}
+
 static void stale_warning(const char *cmd, const char *path)
 {
   ts_cli_err("warning: %s is open for writing by another process: what %s shows may be stale "
@@ -66,7 +78,7 @@ static void stale_warning(const char *cmd, const char *path)
 
 int ts_cli_check(int argc, char **argv)
 {
-  if (want_help(argc, argv, "METADATA_FILE [--json]",
+  if (want_help(argc, argv, "METADATA_FILE [-p] [--json]",
                 "  Check thin-pool metadata (dm-thin format, version 2) without writing to it:\n"
                 "  superblock, checksums, btree structure, device trees, and every metadata\n"
                 "  and data reference count recomputed from the trees.\n"
@@ -90,8 +102,10 @@ int ts_cli_check(int argc, char **argv)
   ts_error err = {0};
   struct check_out o = {json ? json_array() : NULL, 0};
   ts_pool_check_result res;
+  ts_cli_progress_sample_reads(meta_bytes(path));
   int r = ts_pool_check(path, ts_cli_force_share ? TS_POOL_FORCE_SHARE : 0, check_report, &o, &res,
                         &err);
+  ts_cli_progress_sample_end(r == 0);
   if (r) {
     meta_error("check", path, r, &err);
     json_decref(o.msgs);
@@ -126,7 +140,7 @@ int ts_cli_check(int argc, char **argv)
 
 int ts_cli_dump(int argc, char **argv)
 {
-  if (want_help(argc, argv, "METADATA_FILE [-m|--metadata-snap] [-o FILE]",
+  if (want_help(argc, argv, "METADATA_FILE [-m|--metadata-snap] [-o FILE] [-p]",
                 "  Print thin-pool metadata as thin_dump (0.9.0) XML, to stdout or FILE.\n"
                 "  -m, --metadata-snap  dump the held metadata snapshot instead of the live pool\n"
                 "  -o FILE              write to FILE\n"))
@@ -167,7 +181,9 @@ int ts_cli_dump(int argc, char **argv)
   }
   bool stale = false;
   unsigned flags = (snap ? TS_POOL_METADATA_SNAP : 0) | (ts_cli_force_share ? TS_POOL_FORCE_SHARE : 0);
+  ts_cli_progress_sample_reads(meta_bytes(path));
   int r = ts_pool_dump(path, flags, out, &stale, &err);
+  ts_cli_progress_sample_end(r == 0);
   if (stale)
     stale_warning("dump", path);
   if (outpath && fclose(out) && !r) {
@@ -187,7 +203,7 @@ int ts_cli_dump(int argc, char **argv)
 
 int ts_cli_restore(int argc, char **argv)
 {
-  if (want_help(argc, argv, "XML METADATA_FILE",
+  if (want_help(argc, argv, "XML METADATA_FILE [-p]",
                 "  Build fresh thin-pool metadata (version 2) on METADATA_FILE, which must\n"
                 "  exist (its size is the metadata size), from thin_dump-format XML.\n"
                 "  The whole XML is checked before the file is touched, and the new pool is\n"
@@ -209,7 +225,11 @@ int ts_cli_restore(int argc, char **argv)
     return 2;
   }
   ts_error err = {0};
+  struct stat st;
+  /* Reading the XML is most of a restore's time. */
+  ts_cli_progress_sample_reads(fstat(fileno(in), &st) == 0 ? (uint64_t)st.st_size : 0);
   int r = ts_pool_restore(in, argv[2], &err);
+  ts_cli_progress_sample_end(r == 0);
   fclose(in);
   if (r) {
     ts_cli_err("restore: %s: %s%s", argv[1], err.msg, r == -EBUSY ? " (EBUSY)" : "");

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void flag_names(uint32_t f, char *buf, size_t n)
 {
@@ -38,6 +39,14 @@ static int list_entry(void *arg, const ts_log_entry *e)
            (unsigned long long)e->sector, (unsigned long long)e->nr_sectors,
            e->mark[0] ? " mark " : "", e->mark);
   }
+  return 0;
+}
+
+/* -p: how far into the log the replay is. */
+static int replay_progress(void *arg, const ts_log_entry *e)
+{
+  (void)arg;
+  ts_cli_progress_set(e->offset);
   return 0;
 }
 
@@ -95,8 +104,17 @@ int ts_cli_replay_log(int argc, char **argv)
   json_t *arr = a.json ? json_array() : NULL;
   ts_error err = { 0 };
   uint64_t nr = 0, replayed = 0;
-  int r = ts_log_replay(a.log, a.target, a.end_mark, a.limit, a.list ? list_entry : NULL, arr, &nr,
-                        &replayed, &err);
+  bool progress = !a.list && ts_cli_progress_on();
+  struct stat st;
+  if (progress)
+    ts_cli_progress_begin(stat(a.log, &st) == 0 ? (uint64_t)st.st_size : 0);
+  int r = ts_log_replay(a.log, a.target, a.end_mark, a.limit,
+                        a.list     ? list_entry
+                        : progress ? replay_progress
+                                   : NULL,
+                        arr, &nr, &replayed, &err);
+  if (progress)
+    ts_cli_progress_end(r == 0);
   if (r) {
     ts_cli_err("replay-log: %s", err.msg);
     json_decref(arr);

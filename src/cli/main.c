@@ -19,19 +19,25 @@ static const struct ts_cli_command commands[] = {
   { "info", ts_cli_info, "CONFIG [--json]", "open a stack and print each node's stacked limits" },
   { "status", ts_cli_status, "CONFIG [NODE] [--json]", "print counters and layer state as JSON" },
   { "types", ts_cli_types, "[--json]", "list the layer types and their parameters" },
+  { "schema", ts_cli_schema, "[--layer TYPE]",
+    "print a JSON Schema of the configuration (or of one layer type's object)" },
   { "replay-log", ts_cli_replay_log,
-    "LOG TARGET [--limit N] [--end-mark NAME] | LOG --list [--json]",
+    "LOG TARGET [-p] [--limit N] [--end-mark NAME] | LOG --list [--json]",
     "rebuild a device from a dm-log-writes log (the log-writes layer's) up to an entry or mark" },
   { "dm-table", ts_cli_dm_table, "CONFIG [--device LAYER=PATH]... [--concise]",
     "print the dmsetup commands that activate the stack in the kernel" },
-  { "check", ts_cli_check, "METADATA_FILE [--json]",
+  { "check", ts_cli_check, "METADATA_FILE [-p] [--json]",
     "verify thin-pool metadata (structure, checksums, reference counts)" },
-  { "dump", ts_cli_dump, "METADATA_FILE [-m|--metadata-snap] [-o FILE]",
+  { "dump", ts_cli_dump, "METADATA_FILE [-m|--metadata-snap] [-o FILE] [-p]",
     "print thin-pool metadata as thin_dump XML" },
-  { "restore", ts_cli_restore, "XML METADATA_FILE", "write thin-pool metadata from thin_dump XML" },
-  { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE]", "read a range (to stdout or FILE)" },
-  { "copy", ts_cli_copy, "SRC DST", "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
-  { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua]", "write FILE's bytes at OFFSET" },
+  { "restore", ts_cli_restore, "XML METADATA_FILE [-p]",
+    "write thin-pool metadata from thin_dump XML" },
+  { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE] [-p]",
+    "read a range (to stdout or FILE)" },
+  { "copy", ts_cli_copy, "SRC DST [-p]",
+    "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
+  { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua] [-p]",
+    "write FILE's bytes at OFFSET" },
   { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-zero] [--json]",
     "reserve space for a range without writing (--may-zero: zeroing it is fine)" },
   { "discard", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--json]", "release a range" },
@@ -74,7 +80,9 @@ static void usage(FILE *f)
   fprintf(f, "usage: thinstack [-U] COMMAND [ARGS]   (thinstack COMMAND --help for details)\n\n"
              "Sizes and offsets take K, M, G, T suffixes (powers of 1024).\n"
              "-U, --force-share: read-only commands read files another process is writing,\n"
-             "without the shared lock (what they show may be stale).\n\ncommands:\n");
+             "without the shared lock (what they show may be stale).\n"
+             "-p, --progress[=FD]: read, write, copy, check, dump, restore, replay-log and\n"
+             "bench io show how far they are on stderr (or FD).\n\ncommands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
 }
@@ -251,6 +259,23 @@ int main(int argc, char **argv)
   if (!c) {
     ts_cli_err("unknown command \"%s\" (thinstack --help lists them)", argv[1]);
     return 2;
+  }
+  /* -p / --progress[=FD] of the commands that can take long, anywhere
+   * among their arguments. */
+  static const char *const progress_cmds[] = { "read",    "write",      "copy",     "check", "dump",
+                                               "restore", "replay-log", "bench io", NULL };
+  for (int k = 0; progress_cmds[k]; k++) {
+    const char *sub = strchr(progress_cmds[k], ' ');
+    size_t len = sub ? (size_t)(sub - progress_cmds[k]) : strlen(progress_cmds[k]);
+    if (strncmp(argv[1], progress_cmds[k], len) == 0 && argv[1][len] == '\0' &&
+        (!sub || (argc > 2 && strcmp(argv[2], sub + 1) == 0))) {
+      n = sub ? 3 : 2;
+      for (int i = n; i < argc; i++)
+        if (!ts_cli_progress_opt(argv[i]))
+          argv[n++] = argv[i];
+      argv[n] = NULL;
+      argc = n;
+    }
   }
   /* A stack some process holds is worked on through its control socket. */
   int status;

@@ -281,10 +281,12 @@ int ts__config_check_header(const json_t *root, const char *base_dir, struct ts_
   const char *key;
   json_t *v;
   json_object_foreach((json_t *)root, key, v) {
+    /* "$schema" names the schema an editor checks the file against. */
     if (strcmp(key, "version") && strcmp(key, "layers") && strcmp(key, "exports") &&
-        strcmp(key, "plugins") && strcmp(key, "comment"))
+        strcmp(key, "plugins") && strcmp(key, "comment") && strcmp(key, "$schema"))
       return ts_error_set(err, -EINVAL,
-                          "%s: unknown top-level key (accepted: version, layers, exports, plugins, comment)",
+                          "%s: unknown top-level key (accepted: version, layers, exports, plugins, "
+                          "comment, $schema)",
                           key);
   }
   json_t *ver = json_object_get(root, "version");

@@ -17,7 +17,7 @@ set_tests_properties(fuzz/seeds PROPERTIES LABELS fuzz FIXTURES_SETUP ts_fuzz_se
 foreach(t ${TS_FUZZ_TARGETS})
   set(extra "")
   if(t STREQUAL "replay")
-    set(extra ${PROJECT_SOURCE_DIR}/src/cli/cmd_replay.c)
+    set(extra ${PROJECT_SOURCE_DIR}/src/cli/cmd_replay.c ${PROJECT_SOURCE_DIR}/src/cli/progress.c)
   endif()
   add_executable(fuzz_${t}_run ${TS_FUZZ_DIR}/driver.c ${TS_FUZZ_DIR}/fuzz_util.c ${TS_FUZZ_DIR}/fuzz_${t}.c ${extra})
   target_link_libraries(fuzz_${t}_run PRIVATE ts_testutil)
