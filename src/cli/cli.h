@@ -53,6 +53,9 @@ void ts_cli_print_size(char *buf, size_t n, uint64_t bytes);
 /* The `thin list` table of volume.list's JSON array. */
 struct json_t;
 void ts_cli_list_text(struct json_t *arr);
+/* Add "exclusive_bytes" and "shared_bytes" (ts_pool_thin_usage) to the
+ * volumes of `pool` among arr[first..]; -errno after a message. */
+int ts_cli_add_usage(ts_dev *pool, struct json_t *arr, size_t first);
 /* What a thin subcommand did, as one line or (json) one document:
  * {"created": {...}}, {"deleted": {...}}, {"resized": {...}}. `verb` is
  * "create", "snap", "delete" or "resize"; `name` NULL for a delete by id,

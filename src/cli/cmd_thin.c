@@ -479,7 +479,13 @@ static const char thin_usage[] =
     "                   which discards them\n"
     "  list CONFIG [--pool POOL] [--json]\n"
     "                   the volumes: name, id, size, mapped and provisioned bytes, use,\n"
-    "                   origin, and volumes the pool has but CONFIG does not name\n";
+    "                   exclusive and shared bytes, origin, and volumes the pool has but\n"
+    "                   CONFIG does not name\n"
+    "  delta CONFIG A B [--id] [--pool POOL] [--verbose] [--json]\n"
+    "                   the ranges that differ between volumes A and B (layer names, or\n"
+    "                   with --id volume ids), from the metadata alone as thin_delta:\n"
+    "                   different, left_only (A only), right_only (B only); --verbose adds\n"
+    "                   the same ranges and each side's pool blocks\n";
 
 /* Options of the thin subcommands. */
 struct thin_opts {
@@ -616,11 +622,11 @@ void ts_cli_list_text(json_t *arr)
     if (nm && (int)strlen(nm) > w)
       w = (int)strlen(nm);
   }
-  printf("%-*s %-8s %8s %9s %9s %11s %6s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
-         "PROVISIONED", "DATA%", "ORIGIN");
+  printf("%-*s %-8s %8s %9s %9s %11s %6s %9s %9s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
+         "PROVISIONED", "DATA%", "EXCLUSIVE", "SHARED", "ORIGIN");
   json_array_foreach(arr, i, v)
   {
-    char a[32] = "-", b[32], c[32], pct[16] = "-";
+    char a[32] = "-", b[32], c[32], pct[16] = "-", ex[32], sh[32];
     uint64_t size = (uint64_t)json_integer_value(json_object_get(v, "size"));
     bool in_config = json_is_true(json_object_get(v, "in_config"));
     bool in_pool = json_is_true(json_object_get(v, "in_pool"));
@@ -630,16 +636,52 @@ void ts_cli_list_text(json_t *arr)
     }
     ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
     ts_cli_print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
+    ts_cli_print_size(ex, sizeof ex, (uint64_t)json_integer_value(json_object_get(v, "exclusive_bytes")));
+    ts_cli_print_size(sh, sizeof sh, (uint64_t)json_integer_value(json_object_get(v, "shared_bytes")));
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *origin = json_string_value(json_object_get(v, "origin"));
-    printf("%-*s %-8s %8d %9s %9s %11s %6s  %s%s\n", w, nm ? nm : "-",
+    printf("%-*s %-8s %8d %9s %9s %11s %6s %9s %9s  %s%s\n", w, nm ? nm : "-",
            json_string_value(json_object_get(v, "pool")),
            (int)json_integer_value(json_object_get(v, "id")), a, in_pool ? b : "-",
-           in_pool ? c : "-", pct, origin ? origin : "",
+           in_pool ? c : "-", pct, in_pool ? ex : "-", in_pool ? sh : "-", origin ? origin : "",
            !in_config ? "(not in config)"
            : !in_pool ? "(volume missing from the pool)"
                       : "");
   }
+}
+
+int ts_cli_add_usage(ts_dev *pool, json_t *arr, size_t first)
+{
+  ts_error err = { 0 };
+  size_t n = 0;
+  ts_pool_status st;
+  int r = ts_pool_get_status(pool, &st, &err);
+  if (!r)
+    r = ts_pool_thin_usage(pool, NULL, 0, &n, &err);
+  ts_thin_usage *u = r ? NULL : calloc(n + 1, sizeof *u);
+  if (!r && !u)
+    r = ts_error_set(&err, -ENOMEM, "out of memory");
+  if (!r)
+    r = ts_pool_thin_usage(pool, u, n, &n, &err);
+  if (r) {
+    ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    free(u);
+    return r;
+  }
+  for (size_t i = first; i < json_array_size(arr); i++) {
+    json_t *v = json_array_get(arr, i);
+    uint32_t id = (uint32_t)json_integer_value(json_object_get(v, "id"));
+    uint64_t ex = 0, sh = 0;
+    for (size_t j = 0; j < n; j++)
+      if (u[j].id == id && json_is_true(json_object_get(v, "in_pool"))) {
+        ex = u[j].exclusive_blocks * st.block_size;
+        sh = u[j].shared_blocks * st.block_size;
+      }
+    json_object_set_new(v, "exclusive_bytes", json_integer((json_int_t)ex));
+    json_object_set_new(v, "shared_bytes", json_integer((json_int_t)sh));
+  }
+  free(u);
+  return 0;
 }
 
 static int thin_list_cmd(const char *config, const char *only, bool json)
@@ -672,6 +714,7 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
     ts_volume_info *vi = volumes(s, k, &n);
     if (!vi)
       status = 1;
+    size_t first = json_array_size(arr);
     for (size_t i = 0; vi && i < n; i++)
       json_array_append_new(
           arr,
@@ -682,6 +725,8 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
                     vi[i].size ? 100.0 * (double)vi[i].mapped_bytes / (double)vi[i].size : 0.0,
                     "origin", vi[i].origin[0] ? vi[i].origin : NULL, "in_config",
                     vi[i].name[0] != 0, "in_pool", vi[i].in_pool));
+    if (vi && ts_cli_add_usage(pool, arr, first) < 0)
+      status = 1;
     free(vi);
     status = finish(s, status);
   }
@@ -701,6 +746,204 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
   return status;
 }
 
+/* ------------------------------------------------------------------------ */
+/* thinstack thin delta                                                      */
+
+static const char *const delta_kinds[] = { "same", "different", "left_only", "right_only" };
+
+/* The ranges as thin_delta prints them: without --verbose, ranges of one
+ * kind that touch are one, whatever pool blocks they map to. */
+struct delta_doc {
+  json_t *ranges;
+  bool verbose;
+  uint64_t bs;
+  uint64_t blocks[4];
+  ts_delta_range last;
+};
+
+static void delta_push(struct delta_doc *d, const ts_delta_range *r)
+{
+  json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I}", "kind", delta_kinds[r->kind], "begin",
+                        (json_int_t)r->begin, "length", (json_int_t)r->length, "offset",
+                        (json_int_t)(r->begin * d->bs), "bytes", (json_int_t)(r->length * d->bs));
+  if (d->verbose && r->kind != TS_DELTA_RIGHT_ONLY)
+    json_object_set_new(o, "left_data", json_integer((json_int_t)r->left_data));
+  if (d->verbose && r->kind != TS_DELTA_LEFT_ONLY)
+    json_object_set_new(o, "right_data", json_integer((json_int_t)r->right_data));
+  json_array_append_new(d->ranges, o);
+}
+
+static int delta_range(void *arg, const ts_delta_range *r)
+{
+  struct delta_doc *d = arg;
+  d->blocks[r->kind] += r->length;
+  if (d->verbose) {
+    delta_push(d, r);
+  } else if (d->last.length && d->last.kind == r->kind &&
+             d->last.begin + d->last.length == r->begin) {
+    d->last.length += r->length;
+  } else {
+    if (d->last.length)
+      delta_push(d, &d->last);
+    d->last = *r;
+  }
+  return 0;
+}
+
+/* Volume `what` of pool `pool`: a layer name, or with by_id an id. */
+static bool delta_side(const ts_volume_info *vi, size_t n, const char *pool, const char *what,
+                       bool by_id, uint32_t *id, const char **name)
+{
+  uint32_t want = 0;
+  if (by_id && !parse_id("thin delta", what, &want))
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    if (!vi[i].in_pool || (by_id ? vi[i].id != want : strcmp(vi[i].name, what)))
+      continue;
+    if (strcmp(vi[i].pool, pool)) {
+      ts_cli_err("thin delta: %s is a volume of pool \"%s\", not of \"%s\"", what, vi[i].pool, pool);
+      return false;
+    }
+    *id = vi[i].id;
+    *name = vi[i].name[0] ? vi[i].name : NULL;
+    return true;
+  }
+  if (by_id)
+    ts_cli_err("thin delta: pool \"%s\" has no volume %u", pool, want);
+  else
+    ts_cli_err("thin delta: no volume layer named \"%s\" in pool \"%s\"", what, pool);
+  return false;
+}
+
+static void delta_text(json_t *doc, struct delta_doc *d)
+{
+  char a[32], b[32];
+  json_t *l = json_object_get(doc, "left"), *r = json_object_get(doc, "right");
+  const char *ln = json_string_value(json_object_get(l, "name"));
+  const char *rn = json_string_value(json_object_get(r, "name"));
+  ts_format_size(d->bs, a, sizeof a);
+  printf("delta of %s (id %d) and %s (id %d) in pool %s, %s blocks\n", ln ? ln : "-",
+         (int)json_integer_value(json_object_get(l, "id")), rn ? rn : "-",
+         (int)json_integer_value(json_object_get(r, "id")),
+         json_string_value(json_object_get(doc, "pool")), a);
+  printf("  %-10s %12s %10s %12s %9s%s\n", "KIND", "BEGIN", "BLOCKS", "OFFSET", "BYTES",
+         d->verbose ? "    LEFT_DATA   RIGHT_DATA" : "");
+  size_t i;
+  json_t *v;
+  json_array_foreach(d->ranges, i, v)
+  {
+    ts_cli_print_size(a, sizeof a, (uint64_t)json_integer_value(json_object_get(v, "offset")));
+    ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "bytes")));
+    printf("  %-10s %12lld %10lld %12s %9s", json_string_value(json_object_get(v, "kind")),
+           (long long)json_integer_value(json_object_get(v, "begin")),
+           (long long)json_integer_value(json_object_get(v, "length")), a, b);
+    if (d->verbose) {
+      json_t *x = json_object_get(v, "left_data"), *y = json_object_get(v, "right_data");
+      if (x)
+        printf(" %12lld", (long long)json_integer_value(x));
+      else
+        printf(" %12s", "-");
+      if (y)
+        printf(" %12lld", (long long)json_integer_value(y));
+      else
+        printf(" %12s", "-");
+    }
+    printf("\n");
+  }
+  ts_cli_print_size(a, sizeof a, (d->blocks[TS_DELTA_DIFFERENT] + d->blocks[TS_DELTA_RIGHT_ONLY]) * d->bs);
+  printf("%llu blocks different, %llu left only, %llu right only", (unsigned long long)d->blocks[1],
+         (unsigned long long)d->blocks[2], (unsigned long long)d->blocks[3]);
+  if (d->verbose)
+    printf(", %llu same", (unsigned long long)d->blocks[0]);
+  printf(" (%s of the right one to copy)\n", a);
+}
+
+static int thin_delta_cmd(int argc, char **argv)
+{
+  const char *pos[3], *pool_opt = NULL;
+  int npos = 0;
+  bool json = false, verbose = false, by_id = false;
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--json"))
+      json = true;
+    else if (!strcmp(a, "--verbose"))
+      verbose = true;
+    else if (!strcmp(a, "--id"))
+      by_id = true;
+    else if (!strcmp(a, "--pool") && i + 1 < argc)
+      pool_opt = argv[++i];
+    else if (a[0] == '-' && a[1]) {
+      ts_cli_err("thin delta: unknown option %s (thinstack thin delta --help)", a);
+      return 2;
+    } else if (npos == 3) {
+      ts_cli_err("thin delta: unexpected argument \"%s\"", a);
+      return 2;
+    } else {
+      pos[npos++] = a;
+    }
+  }
+  if (npos != 3) {
+    ts_cli_err("thin delta: missing arguments (thinstack thin delta --help)");
+    return 2;
+  }
+  if (pool_opt && !by_id) {
+    ts_cli_err("thin delta: --pool goes with --id (a layer names its pool)");
+    return 2;
+  }
+  char *pname = config_pool(pos[0], pool_opt, by_id ? NULL : pos[1]);
+  if (!pname)
+    return 1;
+  ts_dev *pool;
+  ts_stack *s = open_pool(pos[0], pname, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
+  if (!s) {
+    free(pname);
+    return 1;
+  }
+  size_t n = 0;
+  ts_volume_info *vi = volumes(s, pname, &n);
+  uint32_t lid = 0, rid = 0;
+  const char *lname = NULL, *rname = NULL;
+  ts_pool_status st;
+  ts_error err = { 0 };
+  int status = 1;
+  struct delta_doc d = { json_array(), verbose, 0, { 0 }, { 0 } };
+  uint64_t nodes = 0;
+  if (vi && delta_side(vi, n, pname, pos[1], by_id, &lid, &lname) &&
+      delta_side(vi, n, pname, pos[2], by_id, &rid, &rname)) {
+    int r = ts_pool_get_status(pool, &st, &err);
+    d.bs = st.block_size;
+    if (!r)
+      r = ts_pool_delta(pool, lid, rid, verbose ? TS_DELTA_WITH_SAME : 0, delta_range, &d, &nodes,
+                        &err);
+    if (r)
+      ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    else
+      status = 0;
+  }
+  if (!status && d.last.length)
+    delta_push(&d, &d.last);
+  if (!status) {
+    json_t *doc = json_pack(
+        "{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pname, "block_size",
+        (json_int_t)d.bs, "left", "name", lname, "id", (int)lid, "right", "name", rname, "id",
+        (int)rid, "ranges", d.ranges, "blocks", "different", (json_int_t)d.blocks[1], "left_only",
+        (json_int_t)d.blocks[2], "right_only", (json_int_t)d.blocks[3], "metadata_nodes_read", (json_int_t)nodes);
+    if (verbose)
+      json_object_set_new(json_object_get(doc, "blocks"), "same", json_integer((json_int_t)d.blocks[0]));
+    if (json)
+      print_doc(doc);
+    else {
+      delta_text(doc, &d);
+      json_decref(doc);
+    }
+  }
+  json_decref(d.ranges);
+  free(vi);
+  free(pname);
+  return finish(s, status);
+}
+
 int ts_cli_thin(int argc, char **argv)
 {
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -709,12 +952,14 @@ int ts_cli_thin(int argc, char **argv)
   }
   const char *sub = argv[1];
   if (strcmp(sub, "create") && strcmp(sub, "snap") && strcmp(sub, "delete") &&
-      strcmp(sub, "resize") && strcmp(sub, "list")) {
+      strcmp(sub, "resize") && strcmp(sub, "list") && strcmp(sub, "delta")) {
     ts_cli_err("thin: unknown subcommand \"%s\" (thinstack thin --help lists them)", sub);
     return 2;
   }
   if (wants_help(argc, argv))
     return sub_help(thin_usage, sub);
+  if (!strcmp(sub, "delta"))
+    return thin_delta_cmd(argc, argv);
   struct thin_opts o;
   const char *allowed = !strcmp(sub, "create")   ? "--pool --size --id --export --json"
                         : !strcmp(sub, "snap")   ? "--export --json"
