@@ -274,6 +274,43 @@ static int list_volumes(struct call *c, const char *pool, ts_volume_info **out, 
   return r;
 }
 
+/* Each volume's exclusive and shared bytes, as `thin list` shows them. */
+static int add_usage(struct call *c, const ts_volume_info *v, size_t n, json_t *a)
+{
+  ts_thin_usage *u = NULL;
+  size_t nu = 0;
+  uint64_t bs = 0;
+  const char *upool = NULL;
+  int r = 0;
+  for (size_t i = 0; !r && i < n; i++) {
+    ts_dev *pd = ts_stack_node(c->stack, v[i].pool);
+    uint64_t ex = 0, sh = 0;
+    if (v[i].in_pool && pd && (!upool || strcmp(upool, v[i].pool))) {
+      ts_pool_status st;
+      free(u);
+      u = NULL;
+      upool = v[i].pool;
+      r = ts_pool_get_status(pd, &st, c->err);
+      bs = st.block_size;
+      if (!r)
+        r = ts_pool_thin_usage(pd, NULL, 0, &nu, c->err);
+      if (!r && !(u = calloc(nu + 1, sizeof *u)))
+        r = ts_error_set(c->err, -ENOMEM, "volume.list: out of memory");
+      if (!r)
+        r = ts_pool_thin_usage(pd, u, nu, &nu, c->err);
+    }
+    for (size_t j = 0; !r && v[i].in_pool && u && j < nu; j++)
+      if (u[j].id == v[i].id) {
+        ex = u[j].exclusive_blocks * bs;
+        sh = u[j].shared_blocks * bs;
+      }
+    json_object_set_new(json_array_get(a, i), "exclusive_bytes", json_integer((json_int_t)ex));
+    json_object_set_new(json_array_get(a, i), "shared_bytes", json_integer((json_int_t)sh));
+  }
+  free(u);
+  return r;
+}
+
 static int m_volume_list(struct call *c, json_t **res)
 {
   const char *pool;
@@ -290,7 +327,12 @@ static int m_volume_list(struct call *c, json_t **res)
   json_t *a = json_array();
   for (size_t i = 0; i < n; i++)
     json_array_append_new(a, volume_json(&v[i]));
+  r = add_usage(c, v, n, a);
   free(v);
+  if (r) {
+    json_decref(a);
+    return r;
+  }
   *res = a;
   return 0;
 }
