@@ -751,8 +751,8 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
 
 static const char *const delta_kinds[] = { "same", "different", "left_only", "right_only" };
 
-/* The ranges as thin_delta prints them: without --verbose, ranges of one
- * kind that touch are one, whatever pool blocks they map to. */
+/* The document: without --verbose, ranges of one kind that touch are one
+ * whatever pool blocks they map to, as thin_delta prints them. */
 struct delta_doc {
   json_t *ranges;
   bool verbose;
@@ -773,9 +773,8 @@ static void delta_push(struct delta_doc *d, const ts_delta_range *r)
   json_array_append_new(d->ranges, o);
 }
 
-static int delta_range(void *arg, const ts_delta_range *r)
+static void delta_add(struct delta_doc *d, const ts_delta_range *r)
 {
-  struct delta_doc *d = arg;
   d->blocks[r->kind] += r->length;
   if (d->verbose) {
     delta_push(d, r);
@@ -787,32 +786,95 @@ static int delta_range(void *arg, const ts_delta_range *r)
       delta_push(d, &d->last);
     d->last = *r;
   }
+}
+
+int ts_cli_delta_args(int argc, char **argv, struct ts_cli_delta *d, bool quiet)
+{
+  const char *pos[3];
+  int npos = 0;
+  memset(d, 0, sizeof *d);
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--json")) {
+      d->json = true;
+    } else if (!strcmp(a, "--verbose")) {
+      d->verbose = true;
+    } else if (!strcmp(a, "--id")) {
+      d->by_id = true;
+    } else if (!strcmp(a, "--pool") && i + 1 < argc) {
+      d->pool = argv[++i];
+    } else if (a[0] == '-' && a[1]) {
+      if (!quiet)
+        ts_cli_err("thin delta: unknown option %s (thinstack thin delta --help)", a);
+      return 2;
+    } else if (npos == 3) {
+      if (!quiet)
+        ts_cli_err("thin delta: unexpected argument \"%s\"", a);
+      return 2;
+    } else {
+      pos[npos++] = a;
+    }
+  }
+  if (npos != 3) {
+    if (!quiet)
+      ts_cli_err("thin delta: missing arguments (thinstack thin delta --help)");
+    return 2;
+  }
+  if (d->pool && !d->by_id) {
+    if (!quiet)
+      ts_cli_err("thin delta: --pool goes with --id (a layer names its pool)");
+    return 2;
+  }
+  d->config = pos[0];
+  d->a = pos[1];
+  d->b = pos[2];
   return 0;
 }
 
-/* Volume `what` of pool `pool`: a layer name, or with by_id an id. */
-static bool delta_side(const ts_volume_info *vi, size_t n, const char *pool, const char *what,
-                       bool by_id, uint32_t *id, const char **name)
+char *ts_cli_delta_pool(const struct ts_cli_delta *d)
 {
+  return config_pool(d->config, d->pool, d->by_id ? NULL : d->a);
+}
+
+/* Side i's volume among `vols` (thin list's objects). */
+static bool delta_side(const struct ts_cli_delta *d, json_t *vols, const char *pool, int i,
+                       uint32_t *id, const char **name)
+{
+  const char *what = i ? d->b : d->a;
   uint32_t want = 0;
-  if (by_id && !parse_id("thin delta", what, &want))
+  if (d->by_id && !parse_id("thin delta", what, &want))
     return false;
-  for (size_t i = 0; i < n; i++) {
-    if (!vi[i].in_pool || (by_id ? vi[i].id != want : strcmp(vi[i].name, what)))
+  size_t k;
+  json_t *v;
+  json_array_foreach(vols, k, v)
+  {
+    const char *nm = json_string_value(json_object_get(v, "name"));
+    const char *vp = json_string_value(json_object_get(v, "pool"));
+    uint32_t vid = (uint32_t)json_integer_value(json_object_get(v, "id"));
+    if (!json_is_true(json_object_get(v, "in_pool")) ||
+        (d->by_id ? vid != want : !nm || strcmp(nm, what)))
       continue;
-    if (strcmp(vi[i].pool, pool)) {
-      ts_cli_err("thin delta: %s is a volume of pool \"%s\", not of \"%s\"", what, vi[i].pool, pool);
+    if (!vp || strcmp(vp, pool)) {
+      ts_cli_err("thin delta: %s is a volume of pool \"%s\", not of \"%s\"", what, vp ? vp : "?",
+                 pool);
       return false;
     }
-    *id = vi[i].id;
-    *name = vi[i].name[0] ? vi[i].name : NULL;
+    *id = vid;
+    *name = nm;
     return true;
   }
-  if (by_id)
+  if (d->by_id)
     ts_cli_err("thin delta: pool \"%s\" has no volume %u", pool, want);
   else
     ts_cli_err("thin delta: no volume layer named \"%s\" in pool \"%s\"", what, pool);
   return false;
+}
+
+bool ts_cli_delta_ids(const struct ts_cli_delta *d, json_t *vols, const char *pool, uint32_t ids[2],
+                      const char *names[2])
+{
+  return delta_side(d, vols, pool, 0, &ids[0], &names[0]) &&
+         delta_side(d, vols, pool, 1, &ids[1], &names[1]);
 }
 
 static void delta_text(json_t *doc, struct delta_doc *d)
@@ -837,14 +899,10 @@ static void delta_text(json_t *doc, struct delta_doc *d)
     printf("  %-10s %12lld %10lld %12s %9s", json_string_value(json_object_get(v, "kind")),
            (long long)json_integer_value(json_object_get(v, "begin")),
            (long long)json_integer_value(json_object_get(v, "length")), a, b);
-    if (d->verbose) {
-      json_t *x = json_object_get(v, "left_data"), *y = json_object_get(v, "right_data");
+    for (int k = 0; d->verbose && k < 2; k++) {
+      json_t *x = json_object_get(v, k ? "right_data" : "left_data");
       if (x)
         printf(" %12lld", (long long)json_integer_value(x));
-      else
-        printf(" %12s", "-");
-      if (y)
-        printf(" %12lld", (long long)json_integer_value(y));
       else
         printf(" %12s", "-");
     }
@@ -858,87 +916,91 @@ static void delta_text(json_t *doc, struct delta_doc *d)
   printf(" (%s of the right one to copy)\n", a);
 }
 
+void ts_cli_delta_print(const struct ts_cli_delta *dl, const char *pool, uint64_t bs,
+                        const uint32_t ids[2], const char *names[2], json_t *raw, uint64_t nodes)
+{
+  struct delta_doc d = { json_array(), dl->verbose, bs, { 0 }, { 0 } };
+  size_t i;
+  json_t *v;
+  json_array_foreach(raw, i, v)
+  {
+    ts_delta_range r = { (ts_delta_kind)json_integer_value(json_array_get(v, 0)),
+                         (uint64_t)json_integer_value(json_array_get(v, 1)),
+                         (uint64_t)json_integer_value(json_array_get(v, 2)),
+                         (uint64_t)json_integer_value(json_array_get(v, 3)),
+                         (uint64_t)json_integer_value(json_array_get(v, 4)) };
+    if ((unsigned)r.kind <= TS_DELTA_RIGHT_ONLY)
+      delta_add(&d, &r);
+  }
+  if (d.last.length)
+    delta_push(&d, &d.last);
+  json_t *doc = json_pack(
+      "{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pool, "block_size",
+      (json_int_t)bs, "left", "name", names[0], "id", (int)ids[0], "right", "name", names[1], "id",
+      (int)ids[1], "ranges", d.ranges, "blocks", "different", (json_int_t)d.blocks[1], "left_only",
+      (json_int_t)d.blocks[2], "right_only", (json_int_t)d.blocks[3], "metadata_nodes_read",
+      (json_int_t)nodes);
+  if (dl->verbose)
+    json_object_set_new(json_object_get(doc, "blocks"), "same", json_integer((json_int_t)d.blocks[0]));
+  if (dl->json) {
+    print_doc(doc);
+  } else {
+    delta_text(doc, &d);
+    json_decref(doc);
+  }
+  json_decref(d.ranges);
+}
+
+static int delta_raw(void *arg, const ts_delta_range *r)
+{
+  return json_array_append_new(arg, json_pack("[i,I,I,I,I]", (int)r->kind, (json_int_t)r->begin,
+                                              (json_int_t)r->length, (json_int_t)r->left_data,
+                                              (json_int_t)r->right_data))
+             ? -ENOMEM
+             : 0;
+}
+
 static int thin_delta_cmd(int argc, char **argv)
 {
-  const char *pos[3], *pool_opt = NULL;
-  int npos = 0;
-  bool json = false, verbose = false, by_id = false;
-  for (int i = 2; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--json"))
-      json = true;
-    else if (!strcmp(a, "--verbose"))
-      verbose = true;
-    else if (!strcmp(a, "--id"))
-      by_id = true;
-    else if (!strcmp(a, "--pool") && i + 1 < argc)
-      pool_opt = argv[++i];
-    else if (a[0] == '-' && a[1]) {
-      ts_cli_err("thin delta: unknown option %s (thinstack thin delta --help)", a);
-      return 2;
-    } else if (npos == 3) {
-      ts_cli_err("thin delta: unexpected argument \"%s\"", a);
-      return 2;
-    } else {
-      pos[npos++] = a;
-    }
-  }
-  if (npos != 3) {
-    ts_cli_err("thin delta: missing arguments (thinstack thin delta --help)");
+  struct ts_cli_delta dl;
+  if (ts_cli_delta_args(argc, argv, &dl, false))
     return 2;
-  }
-  if (pool_opt && !by_id) {
-    ts_cli_err("thin delta: --pool goes with --id (a layer names its pool)");
-    return 2;
-  }
-  char *pname = config_pool(pos[0], pool_opt, by_id ? NULL : pos[1]);
+  char *pname = ts_cli_delta_pool(&dl);
   if (!pname)
     return 1;
   ts_dev *pool;
-  ts_stack *s = open_pool(pos[0], pname, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
+  ts_stack *s = open_pool(dl.config, pname, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
   if (!s) {
     free(pname);
     return 1;
   }
   size_t n = 0;
   ts_volume_info *vi = volumes(s, pname, &n);
-  uint32_t lid = 0, rid = 0;
-  const char *lname = NULL, *rname = NULL;
+  json_t *vols = json_array(), *raw = json_array();
+  for (size_t i = 0; vi && i < n; i++)
+    json_array_append_new(vols, json_pack("{s:s?,s:s,s:i,s:b}", "name", vi[i].name[0] ? vi[i].name : NULL,
+                                          "pool", vi[i].pool, "id", (int)vi[i].id, "in_pool",
+                                          vi[i].in_pool));
+  uint32_t ids[2];
+  const char *names[2];
   ts_pool_status st;
   ts_error err = { 0 };
-  int status = 1;
-  struct delta_doc d = { json_array(), verbose, 0, { 0 }, { 0 } };
   uint64_t nodes = 0;
-  if (vi && delta_side(vi, n, pname, pos[1], by_id, &lid, &lname) &&
-      delta_side(vi, n, pname, pos[2], by_id, &rid, &rname)) {
+  int status = 1;
+  if (vi && ts_cli_delta_ids(&dl, vols, pname, ids, names)) {
     int r = ts_pool_get_status(pool, &st, &err);
-    d.bs = st.block_size;
     if (!r)
-      r = ts_pool_delta(pool, lid, rid, verbose ? TS_DELTA_WITH_SAME : 0, delta_range, &d, &nodes,
-                        &err);
-    if (r)
+      r = ts_pool_delta(pool, ids[0], ids[1], dl.verbose ? TS_DELTA_WITH_SAME : 0, delta_raw, raw,
+                        &nodes, &err);
+    if (r) {
       ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
-    else
+    } else {
+      ts_cli_delta_print(&dl, pname, st.block_size, ids, names, raw, nodes);
       status = 0;
-  }
-  if (!status && d.last.length)
-    delta_push(&d, &d.last);
-  if (!status) {
-    json_t *doc = json_pack(
-        "{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pname, "block_size",
-        (json_int_t)d.bs, "left", "name", lname, "id", (int)lid, "right", "name", rname, "id",
-        (int)rid, "ranges", d.ranges, "blocks", "different", (json_int_t)d.blocks[1], "left_only",
-        (json_int_t)d.blocks[2], "right_only", (json_int_t)d.blocks[3], "metadata_nodes_read", (json_int_t)nodes);
-    if (verbose)
-      json_object_set_new(json_object_get(doc, "blocks"), "same", json_integer((json_int_t)d.blocks[0]));
-    if (json)
-      print_doc(doc);
-    else {
-      delta_text(doc, &d);
-      json_decref(doc);
     }
   }
-  json_decref(d.ranges);
+  json_decref(raw);
+  json_decref(vols);
   free(vi);
   free(pname);
   return finish(s, status);

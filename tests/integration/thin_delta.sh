@@ -3,8 +3,10 @@
 # shared counts against thin_ls, on one pool with hundreds of changed ranges
 # between two snapshots: writes, discards, overwrites after a snapshot and a
 # grown volume; also a volume against itself, unrelated volumes and an empty
-# one. The delta of a fresh snapshot reads a handful of metadata nodes.
+# one. The delta of a fresh snapshot reads a handful of metadata nodes, and
+# a served stack answers thin delta with what the closed pool gives.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
+source "$TS_SOURCE_DIR/tests/common/exports.sh"
 requires thin_delta thin_ls thin_check python3
 cd "$TMP"
 cat > stack.json <<'JSON'
@@ -176,3 +178,20 @@ PY
 $T thin list stack.json > list.txt
 head -1 list.txt | grep -q ' EXCLUSIVE    SHARED  ORIGIN$' || fail "list header: $(head -1 list.txt)"
 assert_thin_check pool.meta "at the end"
+
+# Through a serving stack's control socket: the same output.
+forms=("s1 s2" "s1 s2 --verbose" "--id 3 4 --json" "s2 vm0 --json --verbose")
+for i in "${!forms[@]}"; do $T thin delta stack.json ${forms[$i]} > "here.$i"; done
+$T serve stack.json 2>serve.err &
+SERVE_PID=$!
+on_exit "kill $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null"
+wait_for "[ -S stack.json.ctl ]"
+for i in "${!forms[@]}"; do
+  $T thin delta stack.json ${forms[$i]} > "routed.$i" || fail "routed thin delta ${forms[$i]}"
+  cmp -s "here.$i" "routed.$i" || fail "thin delta ${forms[$i]} differs when served:
+$(diff "here.$i" "routed.$i" | head)"
+done
+set +e
+$T thin delta stack.json s1 nosuch 2> err.txt; [ $? -eq 1 ] || fail "routed unknown volume"
+grep -q 'no volume layer named "nosuch"' err.txt || fail "$(cat err.txt)"
+set -e
