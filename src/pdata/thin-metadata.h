@@ -398,4 +398,19 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
  * stream that cannot seek is copied to a temporary file first. */
 int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err);
 
+/* What pd_repair_xml salvaged. */
+struct pd_repair_result {
+  uint64_t devices, mappings;     /* written to the XML */
+  uint64_t nodes_damaged;         /* tree nodes unreadable or invalid, passed over */
+  uint64_t mappings_dropped;      /* past the data device, or a repeated block */
+  uint64_t devices_without_details; /* found in the mapping tree only: details zeroed */
+};
+
+/* Read what can be read of the pool on `bdev` (never writing to it) and
+ * write it to `out` as thin_dump XML that pd_restore_xml accepts: see
+ * repair.c for what is recovered and what is not. -EILSEQ/-EINVAL with a
+ * message when the superblock is unreadable, -ENOMEM, -EIO. */
+int pd_repair_xml(const struct pd_bdev *bdev, FILE *out, struct pd_repair_result *res,
+                  ts_error *err);
+
 #endif
