@@ -125,6 +125,7 @@ int ts_cli_bench_provision(int argc, char **argv); /* bench provision */
 int ts_cli_check(int argc, char **argv);
 int ts_cli_dump(int argc, char **argv);
 int ts_cli_restore(int argc, char **argv);
+int ts_cli_repair(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
 int ts_cli_bench_crypt(int argc, char **argv);
 int ts_cli_bench_kernel(int argc, char **argv);

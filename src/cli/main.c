@@ -29,6 +29,7 @@ static const struct ts_cli_command commands[] = {
   { "dump", ts_cli_dump, "METADATA_FILE [-m|--metadata-snap] [-o FILE]",
     "print thin-pool metadata as thin_dump XML" },
   { "restore", ts_cli_restore, "XML METADATA_FILE", "write thin-pool metadata from thin_dump XML" },
+  { "repair", ts_cli_repair, "CONFIG POOL [-o NEW_METADATA] [--json]", "rebuild thin-pool metadata from what can be read (thin_repair)" },
   { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE]", "read a range (to stdout or FILE)" },
   { "copy", ts_cli_copy, "SRC DST", "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
   { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua]", "write FILE's bytes at OFFSET" },
