@@ -94,10 +94,10 @@ TS_EXTERN int ts_pool_thin_usage(ts_dev *pool, ts_thin_usage *out, size_t max, s
 
 /* What ts_pool_delta reports for a range of virtual blocks. */
 typedef enum ts_delta_kind {
-  TS_DELTA_SAME = 0,     /* mapped to the same pool blocks in both volumes */
-  TS_DELTA_DIFFERENT,    /* mapped in both, to different pool blocks */
-  TS_DELTA_LEFT_ONLY,    /* mapped only in the first volume */
-  TS_DELTA_RIGHT_ONLY,   /* mapped only in the second volume */
+  TS_DELTA_SAME = 0,   /* mapped to the same pool blocks in both volumes */
+  TS_DELTA_DIFFERENT,  /* mapped in both, to different pool blocks */
+  TS_DELTA_LEFT_ONLY,  /* mapped only in the first volume */
+  TS_DELTA_RIGHT_ONLY, /* mapped only in the second volume */
 } ts_delta_kind;
 
 /* One range of a delta, in pool blocks (ts_pool_status.block_size bytes):

@@ -616,14 +616,15 @@ static bool r_delta(int argc, char **argv, int *status)
   int code = 1;
   uint32_t ids[2];
   const char *names[2];
-  if (pool && (vols = result_of(&c, "volume.list", json_pack("{s:s}", "pool", pool), &code, &hold)) &&
+  if (pool &&
+      (vols = result_of(&c, "volume.list", json_pack("{s:s}", "pool", pool), &code, &hold)) &&
       (code = !ts_cli_delta_ids(&d, vols, pool, ids, names)) == 0 &&
       (res = result_of(&c, "volume.delta",
                        json_pack("{s:s,s:i,s:i,s:b}", "pool", pool, "left", (int)ids[0], "right",
                                  (int)ids[1], "same", d.verbose),
                        &code, &hold2)))
-    ts_cli_delta_print(&d, pool, jint(res, "block_size"), ids, names, json_object_get(res, "ranges"),
-                       jint(res, "metadata_nodes_read"));
+    ts_cli_delta_print(&d, pool, jint(res, "block_size"), ids, names,
+                       json_object_get(res, "ranges"), jint(res, "metadata_nodes_read"));
   close(c.fd);
   *status = pool && code == 0 ? 0 : 1;
   json_decref(hold);

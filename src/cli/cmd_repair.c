@@ -44,10 +44,11 @@ static char *metadata_path(const char *config, const char *pool)
   if (!pl)
     ts_cli_err("%s: no layer named \"%s\" in \"layers\"", config, pool);
   else if (!type || strcmp(type, "thin-pool"))
-    ts_cli_err("%s: layers.%s is a %s layer, not a thin-pool", config, pool, type ? type : "typeless");
+    ts_cli_err("%s: layers.%s is a %s layer, not a thin-pool", config, pool,
+               type ? type : "typeless");
   else if (!ml || !mtype || strcmp(mtype, "file") || !path)
-    ts_cli_err("%s: layers.%s.metadata is not a file layer: repair works on a metadata file", config,
-               pool);
+    ts_cli_err("%s: layers.%s.metadata is not a file layer: repair works on a metadata file",
+               config, pool);
   else if (path[0] == '/' || !strchr(config, '/'))
     out = strdup(path);
   else if (asprintf(&out, "%.*s/%s", (int)(strrchr(config, '/') - config), config, path) < 0)
@@ -104,12 +105,12 @@ int ts_cli_repair(int argc, char **argv)
   }
   const char *dest = output ? output : meta;
   if (json) {
-    json_t *doc = json_pack("{s:{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I}}", "repaired", "pool", pos[1],
-                            "metadata", meta, "output", dest, "volumes", (json_int_t)res.devices,
-                            "mappings", (json_int_t)res.mappings, "damaged_nodes",
-                            (json_int_t)res.nodes_damaged, "dropped_mappings",
-                            (json_int_t)res.mappings_dropped, "volumes_without_details",
-                            (json_int_t)res.devices_without_details);
+    json_t *doc =
+        json_pack("{s:{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I}}", "repaired", "pool", pos[1], "metadata",
+                  meta, "output", dest, "volumes", (json_int_t)res.devices, "mappings",
+                  (json_int_t)res.mappings, "damaged_nodes", (json_int_t)res.nodes_damaged,
+                  "dropped_mappings", (json_int_t)res.mappings_dropped, "volumes_without_details",
+                  (json_int_t)res.devices_without_details);
     char *txt = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     printf("%s\n", txt ? txt : "null");
     free(txt);

@@ -636,8 +636,10 @@ void ts_cli_list_text(json_t *arr)
     }
     ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
     ts_cli_print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
-    ts_cli_print_size(ex, sizeof ex, (uint64_t)json_integer_value(json_object_get(v, "exclusive_bytes")));
-    ts_cli_print_size(sh, sizeof sh, (uint64_t)json_integer_value(json_object_get(v, "shared_bytes")));
+    ts_cli_print_size(ex, sizeof ex,
+                      (uint64_t)json_integer_value(json_object_get(v, "exclusive_bytes")));
+    ts_cli_print_size(sh, sizeof sh,
+                      (uint64_t)json_integer_value(json_object_get(v, "shared_bytes")));
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *origin = json_string_value(json_object_get(v, "origin"));
     printf("%-*s %-8s %8d %9s %9s %11s %6s %9s %9s  %s%s\n", w, nm ? nm : "-",
@@ -846,8 +848,7 @@ static bool delta_side(const struct ts_cli_delta *d, json_t *vols, const char *p
     return false;
   size_t k;
   json_t *v;
-  json_array_foreach(vols, k, v)
-  {
+  json_array_foreach(vols, k, v) {
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *vp = json_string_value(json_object_get(v, "pool"));
     uint32_t vid = (uint32_t)json_integer_value(json_object_get(v, "id"));
@@ -892,8 +893,7 @@ static void delta_text(json_t *doc, struct delta_doc *d)
          d->verbose ? "    LEFT_DATA   RIGHT_DATA" : "");
   size_t i;
   json_t *v;
-  json_array_foreach(d->ranges, i, v)
-  {
+  json_array_foreach(d->ranges, i, v) {
     ts_cli_print_size(a, sizeof a, (uint64_t)json_integer_value(json_object_get(v, "offset")));
     ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "bytes")));
     printf("  %-10s %12lld %10lld %12s %9s", json_string_value(json_object_get(v, "kind")),
@@ -908,7 +908,8 @@ static void delta_text(json_t *doc, struct delta_doc *d)
     }
     printf("\n");
   }
-  ts_cli_print_size(a, sizeof a, (d->blocks[TS_DELTA_DIFFERENT] + d->blocks[TS_DELTA_RIGHT_ONLY]) * d->bs);
+  ts_cli_print_size(a, sizeof a,
+                    (d->blocks[TS_DELTA_DIFFERENT] + d->blocks[TS_DELTA_RIGHT_ONLY]) * d->bs);
   printf("%llu blocks different, %llu left only, %llu right only", (unsigned long long)d->blocks[1],
          (unsigned long long)d->blocks[2], (unsigned long long)d->blocks[3]);
   if (d->verbose)
@@ -922,8 +923,7 @@ void ts_cli_delta_print(const struct ts_cli_delta *dl, const char *pool, uint64_
   struct delta_doc d = { json_array(), dl->verbose, bs, { 0 }, { 0 } };
   size_t i;
   json_t *v;
-  json_array_foreach(raw, i, v)
-  {
+  json_array_foreach(raw, i, v) {
     ts_delta_range r = { (ts_delta_kind)json_integer_value(json_array_get(v, 0)),
                          (uint64_t)json_integer_value(json_array_get(v, 1)),
                          (uint64_t)json_integer_value(json_array_get(v, 2)),
@@ -934,14 +934,15 @@ void ts_cli_delta_print(const struct ts_cli_delta *dl, const char *pool, uint64_
   }
   if (d.last.length)
     delta_push(&d, &d.last);
-  json_t *doc = json_pack(
-      "{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pool, "block_size",
-      (json_int_t)bs, "left", "name", names[0], "id", (int)ids[0], "right", "name", names[1], "id",
-      (int)ids[1], "ranges", d.ranges, "blocks", "different", (json_int_t)d.blocks[1], "left_only",
-      (json_int_t)d.blocks[2], "right_only", (json_int_t)d.blocks[3], "metadata_nodes_read",
-      (json_int_t)nodes);
+  json_t *doc =
+      json_pack("{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pool,
+                "block_size", (json_int_t)bs, "left", "name", names[0], "id", (int)ids[0], "right",
+                "name", names[1], "id", (int)ids[1], "ranges", d.ranges, "blocks", "different",
+                (json_int_t)d.blocks[1], "left_only", (json_int_t)d.blocks[2], "right_only",
+                (json_int_t)d.blocks[3], "metadata_nodes_read", (json_int_t)nodes);
   if (dl->verbose)
-    json_object_set_new(json_object_get(doc, "blocks"), "same", json_integer((json_int_t)d.blocks[0]));
+    json_object_set_new(json_object_get(doc, "blocks"), "same",
+                        json_integer((json_int_t)d.blocks[0]));
   if (dl->json) {
     print_doc(doc);
   } else {
@@ -978,9 +979,9 @@ static int thin_delta_cmd(int argc, char **argv)
   ts_volume_info *vi = volumes(s, pname, &n);
   json_t *vols = json_array(), *raw = json_array();
   for (size_t i = 0; vi && i < n; i++)
-    json_array_append_new(vols, json_pack("{s:s?,s:s,s:i,s:b}", "name", vi[i].name[0] ? vi[i].name : NULL,
-                                          "pool", vi[i].pool, "id", (int)vi[i].id, "in_pool",
-                                          vi[i].in_pool));
+    json_array_append_new(vols, json_pack("{s:s?,s:s,s:i,s:b}", "name",
+                                          vi[i].name[0] ? vi[i].name : NULL, "pool", vi[i].pool,
+                                          "id", (int)vi[i].id, "in_pool", vi[i].in_pool));
   uint32_t ids[2];
   const char *names[2];
   ts_pool_status st;

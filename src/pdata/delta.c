@@ -143,10 +143,7 @@ static bool side_peek(struct side *s, struct item *it)
   return true;
 }
 
-static void side_skip(struct side *s)
-{
-  s->f[s->depth - 1]->idx++;
-}
+static void side_skip(struct side *s) { s->f[s->depth - 1]->idx++; }
 
 /* Replace the next item, a node, with its entries. */
 static int side_expand(struct side *s, const struct item *it)

@@ -183,11 +183,15 @@ static int cmp_dev(const void *a, const void *b)
 static void write_run(FILE *out, uint64_t v, uint64_t d, uint64_t len, uint32_t t)
 {
   if (len == 1)
-    fprintf(out, "    <single_mapping origin_block=\"%" PRIu64 "\" data_block=\"%" PRIu64
-                 "\" time=\"%u\"/>\n", v, d, t);
+    fprintf(out,
+            "    <single_mapping origin_block=\"%" PRIu64 "\" data_block=\"%" PRIu64
+            "\" time=\"%u\"/>\n",
+            v, d, t);
   else if (len)
-    fprintf(out, "    <range_mapping origin_begin=\"%" PRIu64 "\" data_begin=\"%" PRIu64
-                 "\" length=\"%" PRIu64 "\" time=\"%u\"/>\n", v, d, len, t);
+    fprintf(out,
+            "    <range_mapping origin_begin=\"%" PRIu64 "\" data_begin=\"%" PRIu64
+            "\" length=\"%" PRIu64 "\" time=\"%u\"/>\n",
+            v, d, len, t);
 }
 
 int pd_repair_xml(const struct pd_bdev *bdev, FILE *out, struct pd_repair_result *res,
@@ -253,16 +257,18 @@ int pd_repair_xml(const struct pd_bdev *bdev, FILE *out, struct pd_repair_result
       res->devices_without_details++;
     else if (ts__le32(d->details + 20) > time || ts__le32(d->details + 16) > time)
       time = ts__le32(d->details + 20) > ts__le32(d->details + 16) ? ts__le32(d->details + 20)
-                                                                  : ts__le32(d->details + 16);
+                                                                   : ts__le32(d->details + 16);
   }
-  fprintf(out, "<superblock uuid=\"\" time=\"%u\" transaction=\"%" PRIu64 "\" flags=\"0\" "
-               "version=\"2\" data_block_size=\"%u\" nr_data_blocks=\"%" PRIu64 "\">\n",
+  fprintf(out,
+          "<superblock uuid=\"\" time=\"%u\" transaction=\"%" PRIu64 "\" flags=\"0\" "
+          "version=\"2\" data_block_size=\"%u\" nr_data_blocks=\"%" PRIu64 "\">\n",
           time, ts__le64(sb + SB_TRANS_ID), ts__le32(sb + SB_DATA_BLOCK_SIZE), nr_data);
   for (size_t i = 0; i < f.n; i++) {
     struct found_dev *d = &f.devs[i];
     const uint8_t *det = d->details;
-    fprintf(out, "  <device dev_id=\"%u\" mapped_blocks=\"%zu\" transaction=\"%" PRIu64
-                 "\" creation_time=\"%u\" snap_time=\"%u\">\n",
+    fprintf(out,
+            "  <device dev_id=\"%u\" mapped_blocks=\"%zu\" transaction=\"%" PRIu64
+            "\" creation_time=\"%u\" snap_time=\"%u\">\n",
             d->id, d->n, d->have_details ? ts__le64(det + 8) : 0,
             d->have_details ? ts__le32(det + 16) : 0, d->have_details ? ts__le32(det + 20) : 0);
     uint64_t rv = 0, rd = 0, rl = 0;

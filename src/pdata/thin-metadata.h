@@ -264,7 +264,12 @@ int tmd_remove_range(struct tmd *md, uint32_t dev_id, uint64_t vbegin, uint64_t 
 /* ------------------------------------------------------------------------ */
 /* Comparing devices (delta.c)                                              */
 
-enum tmd_delta_kind { TMD_DELTA_SAME, TMD_DELTA_DIFFERENT, TMD_DELTA_LEFT_ONLY, TMD_DELTA_RIGHT_ONLY };
+enum tmd_delta_kind {
+  TMD_DELTA_SAME,
+  TMD_DELTA_DIFFERENT,
+  TMD_DELTA_LEFT_ONLY,
+  TMD_DELTA_RIGHT_ONLY
+};
 
 /* Virtual [vbegin, vbegin+len) of both devices: mapped to data [left, left+len)
  * in the left one and [right, right+len) in the right one (0 for the side
@@ -400,9 +405,9 @@ int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err);
 
 /* What pd_repair_xml salvaged. */
 struct pd_repair_result {
-  uint64_t devices, mappings;     /* written to the XML */
-  uint64_t nodes_damaged;         /* tree nodes unreadable or invalid, passed over */
-  uint64_t mappings_dropped;      /* past the data device, or a repeated block */
+  uint64_t devices, mappings;       /* written to the XML */
+  uint64_t nodes_damaged;           /* tree nodes unreadable or invalid, passed over */
+  uint64_t mappings_dropped;        /* past the data device, or a repeated block */
   uint64_t devices_without_details; /* found in the mapping tree only: details zeroed */
 };
 

@@ -120,7 +120,8 @@ START_TEST(test_delta_vs_lookups)
       ck_assert_int_eq(tmd_insert(md, 0, v, d), 0);
       break;
     case 1:
-      ck_assert_int_eq(tmd_remove_range(md, 0, v, v + 1 + pdt_rand(&rng) % 40, 0, NULL, NULL, NULL), 0);
+      ck_assert_int_eq(tmd_remove_range(md, 0, v, v + 1 + pdt_rand(&rng) % 40, 0, NULL, NULL, NULL),
+                       0);
       break;
     default:
       map_run(md, 0, v, 1 + pdt_rand(&rng) % 30);

@@ -1160,8 +1160,7 @@ int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *coun
   return 0;
 }
 
-int ts_pool_thin_usage(ts_dev *pool, ts_thin_usage *out, size_t max, size_t *count,
-                       ts_error *err)
+int ts_pool_thin_usage(ts_dev *pool, ts_thin_usage *out, size_t max, size_t *count, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
   if (!p)
@@ -1214,13 +1213,14 @@ int ts_pool_delta(ts_dev *pool, uint32_t left, uint32_t right, uint32_t flags, t
   struct delta_arg a = { fn, arg };
   pthread_rwlock_rdlock(&p->lock);
   bool hl = tmd_dev_exists(p->md, left), hr = tmd_dev_exists(p->md, right);
-  int r = hl && hr ? tmd_delta(p->md, left, right, flags & TS_DELTA_WITH_SAME ? TMD_DELTA_WITH_SAME : 0,
-                               delta_cb, &a, nodes_read)
-                   : -ENODEV;
+  int r = hl && hr
+              ? tmd_delta(p->md, left, right, flags & TS_DELTA_WITH_SAME ? TMD_DELTA_WITH_SAME : 0,
+                          delta_cb, &a, nodes_read)
+              : -ENODEV;
   pthread_rwlock_unlock(&p->lock);
   if (r == -ENODEV)
-    return ts_layer_error(p->layer, err, r, NULL, "pool \"%s\" has no volume %u",
-                          ts_dev_name(pool), hl ? right : left);
+    return ts_layer_error(p->layer, err, r, NULL, "pool \"%s\" has no volume %u", ts_dev_name(pool),
+                          hl ? right : left);
   if (r < 0 && r != -ENOMEM)
     return ts_layer_error(p->layer, err, r, NULL, "comparing volumes %u and %u: %s", left, right,
                           ts_strerror(r));
