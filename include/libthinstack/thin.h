@@ -76,6 +76,64 @@ typedef struct ts_thin_info {
 TS_EXTERN int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *count,
                                  ts_error *err);
 
+/* How the mapped blocks of one volume are shared, as thin_ls counts them. */
+typedef struct ts_thin_usage {
+  uint32_t id;
+  uint64_t mapped_blocks;    /* pool blocks mapped */
+  uint64_t exclusive_blocks; /* of those, blocks no other mapping of the pool uses */
+  uint64_t shared_blocks;    /* the others: also mapped by another volume (or twice) */
+} ts_thin_usage;
+
+/* Fill up to `max` entries of `out` (may be NULL when max is 0) with the
+ * usage of the pool's volumes in ascending id order and store their number
+ * in *count, as ts_pool_list_thins. Reads every mapping of every volume
+ * (the cost grows with the mapped data; 2 bits of memory per pool block)
+ * under the pool's read lock, so writers wait and readers go on.
+ * Thread-safe. -ENOMEM, -EILSEQ damaged metadata. */
+TS_EXTERN int ts_pool_thin_usage(ts_dev *pool, ts_thin_usage *out, size_t max, size_t *count,
+                                 ts_error *err);
+
+/* What ts_pool_delta reports for a range of virtual blocks. */
+typedef enum ts_delta_kind {
+  TS_DELTA_SAME = 0,   /* mapped to the same pool blocks in both volumes */
+  TS_DELTA_DIFFERENT,  /* mapped in both, to different pool blocks */
+  TS_DELTA_LEFT_ONLY,  /* mapped only in the first volume */
+  TS_DELTA_RIGHT_ONLY, /* mapped only in the second volume */
+} ts_delta_kind;
+
+/* One range of a delta, in pool blocks (ts_pool_status.block_size bytes):
+ * virtual blocks [begin, begin + length) map to pool blocks [left_data,
+ * left_data + length) of the first volume and [right_data, ...) of the
+ * second (0 on the side without a mapping). */
+typedef struct ts_delta_range {
+  ts_delta_kind kind;
+  uint64_t begin, length;
+  uint64_t left_data, right_data;
+} ts_delta_range;
+
+/* Called per range, in ascending order of `begin`; the range is valid
+ * during the call. A non-zero return stops the walk and is returned. */
+typedef int (*ts_delta_fn)(void *arg, const ts_delta_range *r);
+
+/* ts_pool_delta: report TS_DELTA_SAME ranges too. */
+#define TS_DELTA_WITH_SAME (1u << 0)
+
+/* Compare volume `left` with volume `right` of the pool from the metadata
+ * alone, as thin_delta does: every virtual block mapped in either is
+ * reported as same, different, left only or right only (blocks mapped in
+ * neither are not), each range maximal in its kind with both sides' pool
+ * blocks consecutive. Typical use: left = the snapshot of the last backup,
+ * right = a newer one; the different and right-only ranges are what to copy,
+ * left-only ones were discarded since. Without TS_DELTA_WITH_SAME same ranges
+ * are left out and the parts of the two mapping trees that are one block
+ * are skipped unread, so the cost is what changed, not the volume's size.
+ * *nodes_read (may be NULL) = metadata nodes read. Runs under the pool's
+ * read lock: writers wait for it, and `fn` must not call into this pool.
+ * Thread-safe otherwise. -ENODEV no such volume, -EILSEQ damaged metadata,
+ * or fn's value. */
+TS_EXTERN int ts_pool_delta(ts_dev *pool, uint32_t left, uint32_t right, uint32_t flags,
+                            ts_delta_fn fn, void *arg, uint64_t *nodes_read, ts_error *err);
+
 /* A pool's state (the dm-thin status line and a little more). */
 typedef struct ts_pool_status {
   uint64_t block_size;         /* data block size in bytes */
@@ -279,6 +337,8 @@ TS_EXTERN int ts_volume_list(ts_stack *stack, const char *pool, ts_volume_info *
 #define TS_HAVE_TS_VOLUME_RESIZE 1
 #define TS_HAVE_TS_STACK_POOL_EXTEND 1
 #define TS_HAVE_TS_VOLUME_LIST 1
+#define TS_HAVE_TS_POOL_THIN_USAGE 1
+#define TS_HAVE_TS_POOL_DELTA 1
 
 #ifdef __cplusplus
 }

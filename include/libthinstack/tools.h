@@ -68,6 +68,28 @@ TS_EXTERN int ts_pool_dump(const char *metadata_path, unsigned flags, FILE *out,
  * last, so a failure (-ENOSPC, -EIO) leaves the old pool. */
 TS_EXTERN int ts_pool_restore(FILE *in, const char *metadata_path, ts_error *err);
 
+/* What ts_pool_repair kept and lost. A caller-allocated struct of fixed
+ * size (docs/abi.md). */
+typedef struct ts_pool_repair_result {
+  uint64_t devices, mappings;       /* volumes and mapped blocks in the rebuilt metadata */
+  uint64_t nodes_damaged;           /* tree nodes that could not be read or were invalid */
+  uint64_t mappings_dropped;        /* found, but past the data device or repeated */
+  uint64_t devices_without_details; /* their creation and snapshot times were lost (now 0) */
+} ts_pool_repair_result;
+
+/* Rebuild the pool metadata on `metadata_path` from what can still be read
+ * of it, as thin_repair does: every node of the device and mapping trees
+ * that reads back valid gives up its entries, unreadable ones are passed
+ * over (their mappings are lost), and fresh metadata with space maps
+ * recomputed from the mappings kept is written to `output_path` (created
+ * with the input's size when missing or smaller), or with NULL (or the same
+ * file) in place, built beside the old pool with its superblock written
+ * last. The input is only read when output_path is another file. An
+ * unreadable superblock is not searched around: -EILSEQ/-EINVAL, nothing
+ * written. -EBUSY when a stack holds a file, -EIO, -ENOSPC, -ENOMEM. */
+TS_EXTERN int ts_pool_repair(const char *metadata_path, const char *output_path,
+                             ts_pool_repair_result *res, ts_error *err);
+
 /* Entry flags of a dm-log-writes log (the kernel's LOG_*_FLAG values). */
 #define TS_LOG_FLUSH (1u << 0)
 #define TS_LOG_FUA (1u << 1)
@@ -109,6 +131,7 @@ TS_EXTERN int ts_log_replay(const char *log_path, const char *target_path, const
 #define TS_HAVE_TS_POOL_CHECK 1
 #define TS_HAVE_TS_POOL_DUMP 1
 #define TS_HAVE_TS_POOL_RESTORE 1
+#define TS_HAVE_TS_POOL_REPAIR 1
 #define TS_HAVE_TS_LOG_REPLAY 1
 
 #ifdef __cplusplus

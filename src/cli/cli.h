@@ -53,6 +53,27 @@ void ts_cli_print_size(char *buf, size_t n, uint64_t bytes);
 /* The `thin list` table of volume.list's JSON array. */
 struct json_t;
 void ts_cli_list_text(struct json_t *arr);
+/* Add "exclusive_bytes" and "shared_bytes" (ts_pool_thin_usage) to the
+ * volumes of `pool` among arr[first..]; -errno after a message. */
+int ts_cli_add_usage(ts_dev *pool, struct json_t *arr, size_t first);
+
+/* thin delta, shared by the local and the routed form (cmd_thin.c). */
+struct ts_cli_delta {
+  const char *config, *a, *b, *pool;
+  bool json, verbose, by_id;
+};
+/* Parse argv (argv[1] = "delta"): 0, or 2 after a message (none when quiet). */
+int ts_cli_delta_args(int argc, char **argv, struct ts_cli_delta *d, bool quiet);
+/* The pool's name (malloc'ed), or NULL after a message. */
+char *ts_cli_delta_pool(const struct ts_cli_delta *d);
+/* The two volumes' ids and names among `vols` (thin list's objects);
+ * false after a message. */
+bool ts_cli_delta_ids(const struct ts_cli_delta *d, struct json_t *vols, const char *pool,
+                      uint32_t ids[2], const char *names[2]);
+/* Print the delta from its raw ranges, [kind, begin, length, left, right]. */
+void ts_cli_delta_print(const struct ts_cli_delta *d, const char *pool, uint64_t bs,
+                        const uint32_t ids[2], const char *names[2], struct json_t *raw,
+                        uint64_t nodes);
 /* What a thin subcommand did, as one line or (json) one document:
  * {"created": {...}}, {"deleted": {...}}, {"resized": {...}}. `verb` is
  * "create", "snap", "delete" or "resize"; `name` NULL for a delete by id,
@@ -127,6 +148,7 @@ int ts_cli_bench_provision(int argc, char **argv); /* bench provision */
 int ts_cli_check(int argc, char **argv);
 int ts_cli_dump(int argc, char **argv);
 int ts_cli_restore(int argc, char **argv);
+int ts_cli_repair(int argc, char **argv);
 int ts_cli_bench_snapshot(int argc, char **argv);
 int ts_cli_bench_crypt(int argc, char **argv);
 int ts_cli_bench_kernel(int argc, char **argv);

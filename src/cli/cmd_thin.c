@@ -479,7 +479,13 @@ static const char thin_usage[] =
     "                   which discards them\n"
     "  list CONFIG [--pool POOL] [--json]\n"
     "                   the volumes: name, id, size, mapped and provisioned bytes, use,\n"
-    "                   origin, and volumes the pool has but CONFIG does not name\n";
+    "                   exclusive and shared bytes, origin, and volumes the pool has but\n"
+    "                   CONFIG does not name\n"
+    "  delta CONFIG A B [--id] [--pool POOL] [--verbose] [--json]\n"
+    "                   the ranges that differ between volumes A and B (layer names, or\n"
+    "                   with --id volume ids), from the metadata alone as thin_delta:\n"
+    "                   different, left_only (A only), right_only (B only); --verbose adds\n"
+    "                   the same ranges and each side's pool blocks\n";
 
 /* Options of the thin subcommands. */
 struct thin_opts {
@@ -616,11 +622,11 @@ void ts_cli_list_text(json_t *arr)
     if (nm && (int)strlen(nm) > w)
       w = (int)strlen(nm);
   }
-  printf("%-*s %-8s %8s %9s %9s %11s %6s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
-         "PROVISIONED", "DATA%", "ORIGIN");
+  printf("%-*s %-8s %8s %9s %9s %11s %6s %9s %9s  %s\n", w, "NAME", "POOL", "ID", "SIZE", "MAPPED",
+         "PROVISIONED", "DATA%", "EXCLUSIVE", "SHARED", "ORIGIN");
   json_array_foreach(arr, i, v)
   {
-    char a[32] = "-", b[32], c[32], pct[16] = "-";
+    char a[32] = "-", b[32], c[32], pct[16] = "-", ex[32], sh[32];
     uint64_t size = (uint64_t)json_integer_value(json_object_get(v, "size"));
     bool in_config = json_is_true(json_object_get(v, "in_config"));
     bool in_pool = json_is_true(json_object_get(v, "in_pool"));
@@ -630,16 +636,54 @@ void ts_cli_list_text(json_t *arr)
     }
     ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "mapped_bytes")));
     ts_cli_print_size(c, sizeof c, (uint64_t)json_integer_value(json_object_get(v, "provisioned_bytes")));
+    ts_cli_print_size(ex, sizeof ex,
+                      (uint64_t)json_integer_value(json_object_get(v, "exclusive_bytes")));
+    ts_cli_print_size(sh, sizeof sh,
+                      (uint64_t)json_integer_value(json_object_get(v, "shared_bytes")));
     const char *nm = json_string_value(json_object_get(v, "name"));
     const char *origin = json_string_value(json_object_get(v, "origin"));
-    printf("%-*s %-8s %8d %9s %9s %11s %6s  %s%s\n", w, nm ? nm : "-",
+    printf("%-*s %-8s %8d %9s %9s %11s %6s %9s %9s  %s%s\n", w, nm ? nm : "-",
            json_string_value(json_object_get(v, "pool")),
            (int)json_integer_value(json_object_get(v, "id")), a, in_pool ? b : "-",
-           in_pool ? c : "-", pct, origin ? origin : "",
+           in_pool ? c : "-", pct, in_pool ? ex : "-", in_pool ? sh : "-", origin ? origin : "",
            !in_config ? "(not in config)"
            : !in_pool ? "(volume missing from the pool)"
                       : "");
   }
+}
+
+int ts_cli_add_usage(ts_dev *pool, json_t *arr, size_t first)
+{
+  ts_error err = { 0 };
+  size_t n = 0;
+  ts_pool_status st;
+  int r = ts_pool_get_status(pool, &st, &err);
+  if (!r)
+    r = ts_pool_thin_usage(pool, NULL, 0, &n, &err);
+  ts_thin_usage *u = r ? NULL : calloc(n + 1, sizeof *u);
+  if (!r && !u)
+    r = ts_error_set(&err, -ENOMEM, "out of memory");
+  if (!r)
+    r = ts_pool_thin_usage(pool, u, n, &n, &err);
+  if (r) {
+    ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    free(u);
+    return r;
+  }
+  for (size_t i = first; i < json_array_size(arr); i++) {
+    json_t *v = json_array_get(arr, i);
+    uint32_t id = (uint32_t)json_integer_value(json_object_get(v, "id"));
+    uint64_t ex = 0, sh = 0;
+    for (size_t j = 0; j < n; j++)
+      if (u[j].id == id && json_is_true(json_object_get(v, "in_pool"))) {
+        ex = u[j].exclusive_blocks * st.block_size;
+        sh = u[j].shared_blocks * st.block_size;
+      }
+    json_object_set_new(v, "exclusive_bytes", json_integer((json_int_t)ex));
+    json_object_set_new(v, "shared_bytes", json_integer((json_int_t)sh));
+  }
+  free(u);
+  return 0;
 }
 
 static int thin_list_cmd(const char *config, const char *only, bool json)
@@ -672,6 +716,7 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
     ts_volume_info *vi = volumes(s, k, &n);
     if (!vi)
       status = 1;
+    size_t first = json_array_size(arr);
     for (size_t i = 0; vi && i < n; i++)
       json_array_append_new(
           arr,
@@ -682,6 +727,8 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
                     vi[i].size ? 100.0 * (double)vi[i].mapped_bytes / (double)vi[i].size : 0.0,
                     "origin", vi[i].origin[0] ? vi[i].origin : NULL, "in_config",
                     vi[i].name[0] != 0, "in_pool", vi[i].in_pool));
+    if (vi && ts_cli_add_usage(pool, arr, first) < 0)
+      status = 1;
     free(vi);
     status = finish(s, status);
   }
@@ -701,6 +748,265 @@ static int thin_list_cmd(const char *config, const char *only, bool json)
   return status;
 }
 
+/* ------------------------------------------------------------------------ */
+/* thinstack thin delta                                                      */
+
+static const char *const delta_kinds[] = { "same", "different", "left_only", "right_only" };
+
+/* The document: without --verbose, ranges of one kind that touch are one
+ * whatever pool blocks they map to, as thin_delta prints them. */
+struct delta_doc {
+  json_t *ranges;
+  bool verbose;
+  uint64_t bs;
+  uint64_t blocks[4];
+  ts_delta_range last;
+};
+
+static void delta_push(struct delta_doc *d, const ts_delta_range *r)
+{
+  json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I}", "kind", delta_kinds[r->kind], "begin",
+                        (json_int_t)r->begin, "length", (json_int_t)r->length, "offset",
+                        (json_int_t)(r->begin * d->bs), "bytes", (json_int_t)(r->length * d->bs));
+  if (d->verbose && r->kind != TS_DELTA_RIGHT_ONLY)
+    json_object_set_new(o, "left_data", json_integer((json_int_t)r->left_data));
+  if (d->verbose && r->kind != TS_DELTA_LEFT_ONLY)
+    json_object_set_new(o, "right_data", json_integer((json_int_t)r->right_data));
+  json_array_append_new(d->ranges, o);
+}
+
+static void delta_add(struct delta_doc *d, const ts_delta_range *r)
+{
+  d->blocks[r->kind] += r->length;
+  if (d->verbose) {
+    delta_push(d, r);
+  } else if (d->last.length && d->last.kind == r->kind &&
+             d->last.begin + d->last.length == r->begin) {
+    d->last.length += r->length;
+  } else {
+    if (d->last.length)
+      delta_push(d, &d->last);
+    d->last = *r;
+  }
+}
+
+int ts_cli_delta_args(int argc, char **argv, struct ts_cli_delta *d, bool quiet)
+{
+  const char *pos[3];
+  int npos = 0;
+  memset(d, 0, sizeof *d);
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--json")) {
+      d->json = true;
+    } else if (!strcmp(a, "--verbose")) {
+      d->verbose = true;
+    } else if (!strcmp(a, "--id")) {
+      d->by_id = true;
+    } else if (!strcmp(a, "--pool") && i + 1 < argc) {
+      d->pool = argv[++i];
+    } else if (a[0] == '-' && a[1]) {
+      if (!quiet)
+        ts_cli_err("thin delta: unknown option %s (thinstack thin delta --help)", a);
+      return 2;
+    } else if (npos == 3) {
+      if (!quiet)
+        ts_cli_err("thin delta: unexpected argument \"%s\"", a);
+      return 2;
+    } else {
+      pos[npos++] = a;
+    }
+  }
+  if (npos != 3) {
+    if (!quiet)
+      ts_cli_err("thin delta: missing arguments (thinstack thin delta --help)");
+    return 2;
+  }
+  if (d->pool && !d->by_id) {
+    if (!quiet)
+      ts_cli_err("thin delta: --pool goes with --id (a layer names its pool)");
+    return 2;
+  }
+  d->config = pos[0];
+  d->a = pos[1];
+  d->b = pos[2];
+  return 0;
+}
+
+char *ts_cli_delta_pool(const struct ts_cli_delta *d)
+{
+  return config_pool(d->config, d->pool, d->by_id ? NULL : d->a);
+}
+
+/* Side i's volume among `vols` (thin list's objects). */
+static bool delta_side(const struct ts_cli_delta *d, json_t *vols, const char *pool, int i,
+                       uint32_t *id, const char **name)
+{
+  const char *what = i ? d->b : d->a;
+  uint32_t want = 0;
+  if (d->by_id && !parse_id("thin delta", what, &want))
+    return false;
+  size_t k;
+  json_t *v;
+  json_array_foreach(vols, k, v) {
+    const char *nm = json_string_value(json_object_get(v, "name"));
+    const char *vp = json_string_value(json_object_get(v, "pool"));
+    uint32_t vid = (uint32_t)json_integer_value(json_object_get(v, "id"));
+    if (!json_is_true(json_object_get(v, "in_pool")) ||
+        (d->by_id ? vid != want : !nm || strcmp(nm, what)))
+      continue;
+    if (!vp || strcmp(vp, pool)) {
+      ts_cli_err("thin delta: %s is a volume of pool \"%s\", not of \"%s\"", what, vp ? vp : "?",
+                 pool);
+      return false;
+    }
+    *id = vid;
+    *name = nm;
+    return true;
+  }
+  if (d->by_id)
+    ts_cli_err("thin delta: pool \"%s\" has no volume %u", pool, want);
+  else
+    ts_cli_err("thin delta: no volume layer named \"%s\" in pool \"%s\"", what, pool);
+  return false;
+}
+
+bool ts_cli_delta_ids(const struct ts_cli_delta *d, json_t *vols, const char *pool, uint32_t ids[2],
+                      const char *names[2])
+{
+  return delta_side(d, vols, pool, 0, &ids[0], &names[0]) &&
+         delta_side(d, vols, pool, 1, &ids[1], &names[1]);
+}
+
+static void delta_text(json_t *doc, struct delta_doc *d)
+{
+  char a[32], b[32];
+  json_t *l = json_object_get(doc, "left"), *r = json_object_get(doc, "right");
+  const char *ln = json_string_value(json_object_get(l, "name"));
+  const char *rn = json_string_value(json_object_get(r, "name"));
+  ts_format_size(d->bs, a, sizeof a);
+  printf("delta of %s (id %d) and %s (id %d) in pool %s, %s blocks\n", ln ? ln : "-",
+         (int)json_integer_value(json_object_get(l, "id")), rn ? rn : "-",
+         (int)json_integer_value(json_object_get(r, "id")),
+         json_string_value(json_object_get(doc, "pool")), a);
+  printf("  %-10s %12s %10s %12s %9s%s\n", "KIND", "BEGIN", "BLOCKS", "OFFSET", "BYTES",
+         d->verbose ? "    LEFT_DATA   RIGHT_DATA" : "");
+  size_t i;
+  json_t *v;
+  json_array_foreach(d->ranges, i, v) {
+    ts_cli_print_size(a, sizeof a, (uint64_t)json_integer_value(json_object_get(v, "offset")));
+    ts_cli_print_size(b, sizeof b, (uint64_t)json_integer_value(json_object_get(v, "bytes")));
+    printf("  %-10s %12lld %10lld %12s %9s", json_string_value(json_object_get(v, "kind")),
+           (long long)json_integer_value(json_object_get(v, "begin")),
+           (long long)json_integer_value(json_object_get(v, "length")), a, b);
+    for (int k = 0; d->verbose && k < 2; k++) {
+      json_t *x = json_object_get(v, k ? "right_data" : "left_data");
+      if (x)
+        printf(" %12lld", (long long)json_integer_value(x));
+      else
+        printf(" %12s", "-");
+    }
+    printf("\n");
+  }
+  ts_cli_print_size(a, sizeof a,
+                    (d->blocks[TS_DELTA_DIFFERENT] + d->blocks[TS_DELTA_RIGHT_ONLY]) * d->bs);
+  printf("%llu blocks different, %llu left only, %llu right only", (unsigned long long)d->blocks[1],
+         (unsigned long long)d->blocks[2], (unsigned long long)d->blocks[3]);
+  if (d->verbose)
+    printf(", %llu same", (unsigned long long)d->blocks[0]);
+  printf(" (%s of the right one to copy)\n", a);
+}
+
+void ts_cli_delta_print(const struct ts_cli_delta *dl, const char *pool, uint64_t bs,
+                        const uint32_t ids[2], const char *names[2], json_t *raw, uint64_t nodes)
+{
+  struct delta_doc d = { json_array(), dl->verbose, bs, { 0 }, { 0 } };
+  size_t i;
+  json_t *v;
+  json_array_foreach(raw, i, v) {
+    ts_delta_range r = { (ts_delta_kind)json_integer_value(json_array_get(v, 0)),
+                         (uint64_t)json_integer_value(json_array_get(v, 1)),
+                         (uint64_t)json_integer_value(json_array_get(v, 2)),
+                         (uint64_t)json_integer_value(json_array_get(v, 3)),
+                         (uint64_t)json_integer_value(json_array_get(v, 4)) };
+    if ((unsigned)r.kind <= TS_DELTA_RIGHT_ONLY)
+      delta_add(&d, &r);
+  }
+  if (d.last.length)
+    delta_push(&d, &d.last);
+  json_t *doc =
+      json_pack("{s:s,s:I,s:{s:s?,s:i},s:{s:s?,s:i},s:O,s:{s:I,s:I,s:I},s:I}", "pool", pool,
+                "block_size", (json_int_t)bs, "left", "name", names[0], "id", (int)ids[0], "right",
+                "name", names[1], "id", (int)ids[1], "ranges", d.ranges, "blocks", "different",
+                (json_int_t)d.blocks[1], "left_only", (json_int_t)d.blocks[2], "right_only",
+                (json_int_t)d.blocks[3], "metadata_nodes_read", (json_int_t)nodes);
+  if (dl->verbose)
+    json_object_set_new(json_object_get(doc, "blocks"), "same",
+                        json_integer((json_int_t)d.blocks[0]));
+  if (dl->json) {
+    print_doc(doc);
+  } else {
+    delta_text(doc, &d);
+    json_decref(doc);
+  }
+  json_decref(d.ranges);
+}
+
+static int delta_raw(void *arg, const ts_delta_range *r)
+{
+  return json_array_append_new(arg, json_pack("[i,I,I,I,I]", (int)r->kind, (json_int_t)r->begin,
+                                              (json_int_t)r->length, (json_int_t)r->left_data,
+                                              (json_int_t)r->right_data))
+             ? -ENOMEM
+             : 0;
+}
+
+static int thin_delta_cmd(int argc, char **argv)
+{
+  struct ts_cli_delta dl;
+  if (ts_cli_delta_args(argc, argv, &dl, false))
+    return 2;
+  char *pname = ts_cli_delta_pool(&dl);
+  if (!pname)
+    return 1;
+  ts_dev *pool;
+  ts_stack *s = open_pool(dl.config, pname, false, NULL, &pool, TS_OPEN_READ_ONLY, NULL);
+  if (!s) {
+    free(pname);
+    return 1;
+  }
+  size_t n = 0;
+  ts_volume_info *vi = volumes(s, pname, &n);
+  json_t *vols = json_array(), *raw = json_array();
+  for (size_t i = 0; vi && i < n; i++)
+    json_array_append_new(vols, json_pack("{s:s?,s:s,s:i,s:b}", "name",
+                                          vi[i].name[0] ? vi[i].name : NULL, "pool", vi[i].pool,
+                                          "id", (int)vi[i].id, "in_pool", vi[i].in_pool));
+  uint32_t ids[2];
+  const char *names[2];
+  ts_pool_status st;
+  ts_error err = { 0 };
+  uint64_t nodes = 0;
+  int status = 1;
+  if (vi && ts_cli_delta_ids(&dl, vols, pname, ids, names)) {
+    int r = ts_pool_get_status(pool, &st, &err);
+    if (!r)
+      r = ts_pool_delta(pool, ids[0], ids[1], dl.verbose ? TS_DELTA_WITH_SAME : 0, delta_raw, raw,
+                        &nodes, &err);
+    if (r) {
+      ts_cli_err("%s", err.msg[0] ? err.msg : ts_strerror(r));
+    } else {
+      ts_cli_delta_print(&dl, pname, st.block_size, ids, names, raw, nodes);
+      status = 0;
+    }
+  }
+  json_decref(raw);
+  json_decref(vols);
+  free(vi);
+  free(pname);
+  return finish(s, status);
+}
+
 int ts_cli_thin(int argc, char **argv)
 {
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -709,12 +1015,14 @@ int ts_cli_thin(int argc, char **argv)
   }
   const char *sub = argv[1];
   if (strcmp(sub, "create") && strcmp(sub, "snap") && strcmp(sub, "delete") &&
-      strcmp(sub, "resize") && strcmp(sub, "list")) {
+      strcmp(sub, "resize") && strcmp(sub, "list") && strcmp(sub, "delta")) {
     ts_cli_err("thin: unknown subcommand \"%s\" (thinstack thin --help lists them)", sub);
     return 2;
   }
   if (wants_help(argc, argv))
     return sub_help(thin_usage, sub);
+  if (!strcmp(sub, "delta"))
+    return thin_delta_cmd(argc, argv);
   struct thin_opts o;
   const char *allowed = !strcmp(sub, "create")   ? "--pool --size --id --export --json"
                         : !strcmp(sub, "snap")   ? "--export --json"

@@ -32,6 +32,8 @@ static const struct ts_cli_command commands[] = {
     "print thin-pool metadata as thin_dump XML" },
   { "restore", ts_cli_restore, "XML METADATA_FILE [-p]",
     "write thin-pool metadata from thin_dump XML" },
+  { "repair", ts_cli_repair, "CONFIG POOL [-o NEW_METADATA] [--json]",
+    "rebuild thin-pool metadata from what can be read (thin_repair)" },
   { "read", ts_cli_read, "CONFIG DEV OFFSET LENGTH [-o FILE] [-p]",
     "read a range (to stdout or FILE)" },
   { "copy", ts_cli_copy, "SRC DST [-p]",

@@ -274,6 +274,43 @@ static int list_volumes(struct call *c, const char *pool, ts_volume_info **out, 
   return r;
 }
 
+/* Each volume's exclusive and shared bytes, as `thin list` shows them. */
+static int add_usage(struct call *c, const ts_volume_info *v, size_t n, json_t *a)
+{
+  ts_thin_usage *u = NULL;
+  size_t nu = 0;
+  uint64_t bs = 0;
+  const char *upool = NULL;
+  int r = 0;
+  for (size_t i = 0; !r && i < n; i++) {
+    ts_dev *pd = ts_stack_node(c->stack, v[i].pool);
+    uint64_t ex = 0, sh = 0;
+    if (v[i].in_pool && pd && (!upool || strcmp(upool, v[i].pool))) {
+      ts_pool_status st;
+      free(u);
+      u = NULL;
+      upool = v[i].pool;
+      r = ts_pool_get_status(pd, &st, c->err);
+      bs = st.block_size;
+      if (!r)
+        r = ts_pool_thin_usage(pd, NULL, 0, &nu, c->err);
+      if (!r && !(u = calloc(nu + 1, sizeof *u)))
+        r = ts_error_set(c->err, -ENOMEM, "volume.list: out of memory");
+      if (!r)
+        r = ts_pool_thin_usage(pd, u, nu, &nu, c->err);
+    }
+    for (size_t j = 0; !r && v[i].in_pool && u && j < nu; j++)
+      if (u[j].id == v[i].id) {
+        ex = u[j].exclusive_blocks * bs;
+        sh = u[j].shared_blocks * bs;
+      }
+    json_object_set_new(json_array_get(a, i), "exclusive_bytes", json_integer((json_int_t)ex));
+    json_object_set_new(json_array_get(a, i), "shared_bytes", json_integer((json_int_t)sh));
+  }
+  free(u);
+  return r;
+}
+
 static int m_volume_list(struct call *c, json_t **res)
 {
   const char *pool;
@@ -290,8 +327,56 @@ static int m_volume_list(struct call *c, json_t **res)
   json_t *a = json_array();
   for (size_t i = 0; i < n; i++)
     json_array_append_new(a, volume_json(&v[i]));
+  r = add_usage(c, v, n, a);
   free(v);
+  if (r) {
+    json_decref(a);
+    return r;
+  }
   *res = a;
+  return 0;
+}
+
+static int delta_range_json(void *arg, const ts_delta_range *r)
+{
+  return json_array_append_new(arg, json_pack("[i,I,I,I,I]", (int)r->kind, (json_int_t)r->begin,
+                                              (json_int_t)r->length, (json_int_t)r->left_data,
+                                              (json_int_t)r->right_data))
+             ? -ENOMEM
+             : 0;
+}
+
+/* thin delta: the ranges as ts_pool_delta reports them, each
+ * [kind, begin, length, left_data, right_data]. */
+static int m_volume_delta(struct call *c, json_t **res)
+{
+  const char *pool;
+  ts_dev *pd;
+  uint32_t left = 0, right = 0;
+  bool hl, hr, same;
+  ts_pool_status st;
+  int r = p_pool(c, &pool, &pd);
+  if (!r)
+    r = p_id(c, "left", &left, &hl);
+  if (!r)
+    r = p_id(c, "right", &right, &hr);
+  if (!r && (!hl || !hr))
+    r = bad_param(c, hl ? "right" : "left", "required (a volume id)");
+  if (!r)
+    r = p_bool(c, "same", &same);
+  if (!r)
+    r = ts_pool_get_status(pd, &st, c->err);
+  json_t *a = json_array();
+  uint64_t nodes = 0;
+  if (!r)
+    r = ts_pool_delta(pd, left, right, same ? TS_DELTA_WITH_SAME : 0, delta_range_json, a, &nodes,
+                      c->err);
+  if (r) {
+    json_decref(a);
+    return r;
+  }
+  *res = json_pack("{s:s,s:I,s:o,s:I}", "pool", pool, "block_size", (json_int_t)st.block_size,
+                   "ranges", a, "metadata_nodes_read", (json_int_t)nodes);
   return 0;
 }
 
@@ -666,6 +751,8 @@ static const struct method methods[] = {
   { "dump-config", m_dump_config, "secrets:bool?",
     "the configuration that re-opens the stack as it is now" },
   { "volume.list", m_volume_list, "pool:string?", "the volumes (thinstack thin list --json)" },
+  { "volume.delta", m_volume_delta, "left:integer right:integer pool:string? same:bool?",
+    "the ranges that differ between two volumes (thinstack thin delta)" },
   { "volume.create", m_volume_create, "name:string size:size pool:string? id:integer? export:bool?",
     "create an empty volume and its layer" },
   { "volume.snapshot", m_volume_snapshot, "origin:string name:string export:bool?",

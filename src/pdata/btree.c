@@ -690,3 +690,8 @@ int pd_btree_walk(struct pd_btree *t, uint64_t root, uint64_t kb, uint64_t ke, p
 {
   return walk_rec(t, root, kb, ke, fn, arg, 0);
 }
+
+int pd_btree_read_node(struct pd_btree *t, uint64_t b, struct pd_block **out)
+{
+  return read_node(t, b, out);
+}

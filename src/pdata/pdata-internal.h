@@ -240,6 +240,9 @@ int pd_btree_del(struct pd_btree *t, uint64_t root);
 typedef int (*pd_leaf_fn)(void *arg, const uint8_t *node, uint32_t first, uint32_t n);
 int pd_btree_walk(struct pd_btree *t, uint64_t root, uint64_t kb, uint64_t ke, pd_leaf_fn fn,
                   void *arg);
+/* Read-lock node b, validated as a node of this tree (release with
+ * pd_tm_unlock). */
+int pd_btree_read_node(struct pd_btree *t, uint64_t b, struct pd_block **out);
 /* Node accessors */
 static inline uint32_t pd_node_nr(const uint8_t *n) { return ts__le32(n + NODE_NR); }
 static inline uint32_t pd_node_maxe(const uint8_t *n) { return ts__le32(n + NODE_MAX); }
@@ -272,6 +275,8 @@ int pd_sb_check(const uint8_t *sb, uint64_t dev_blocks, bool rw, char *why, size
 int pd_tmd_insert_run_time(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_t count,
                            uint64_t dbegin, uint32_t time, uint64_t *done);
 int pd_tmd_set_details(struct tmd *md, uint32_t id, const struct tmd_dev_info *info);
+/* A device's mapping tree: its root and the tree (value: block << 24 | time). */
+int pd_tmd_dev_tree(struct tmd *md, uint32_t id, uint64_t *root, struct pd_btree **tree);
 void pd_tmd_set_sb_fields(struct tmd *md, uint32_t time, uint64_t trans_id, uint32_t flags);
 /* tmd_format without its commit, for building a whole pool in one
  * transaction. When the device holds a pool that opens, every block it uses

@@ -877,6 +877,16 @@ int tmd_lookup_range(struct tmd *md, uint32_t id, uint64_t vbegin, uint64_t vend
   return r;
 }
 
+int pd_tmd_dev_tree(struct tmd *md, uint32_t id, uint64_t *root, struct pd_btree **tree)
+{
+  struct tmd_dev *d = dev_find(md, id);
+  if (!d)
+    return -ENODEV;
+  *root = d->root;
+  *tree = &md->map;
+  return 0;
+}
+
 int tmd_insert(struct tmd *md, uint32_t id, uint64_t vblock, uint64_t dblock)
 {
   return tmd_insert_run(md, id, vblock, 1, dblock, NULL);

@@ -262,6 +262,48 @@ int tmd_remove_range(struct tmd *md, uint32_t dev_id, uint64_t vbegin, uint64_t 
                      unsigned flags, tmd_freed_fn fn, void *arg, uint64_t *removed);
 
 /* ------------------------------------------------------------------------ */
+/* Comparing devices (delta.c)                                              */
+
+enum tmd_delta_kind {
+  TMD_DELTA_SAME,
+  TMD_DELTA_DIFFERENT,
+  TMD_DELTA_LEFT_ONLY,
+  TMD_DELTA_RIGHT_ONLY
+};
+
+/* Virtual [vbegin, vbegin+len) of both devices: mapped to data [left, left+len)
+ * in the left one and [right, right+len) in the right one (0 for the side
+ * that has no mapping). */
+struct tmd_delta {
+  enum tmd_delta_kind kind;
+  uint64_t vbegin, len;
+  uint64_t left, right;
+};
+
+/* Return 0 to continue, non-zero to stop (tmd_delta returns it). */
+typedef int (*tmd_delta_fn)(void *arg, const struct tmd_delta *d);
+
+/* Report SAME runs too: every shared subtree is then read. */
+#define TMD_DELTA_WITH_SAME 1u
+
+/* [R] Compare the mappings of two devices in ascending virtual order, as
+ * thin_delta does (by data block; mapping times are ignored): each run is
+ * maximal in kind and in both data ranges. Without TMD_DELTA_WITH_SAME
+ * equal mappings are not reported and a node block found in both trees is
+ * not read at all. *nodes_read (may be NULL) = tree nodes read. -ENODEV no
+ * such device, -EILSEQ a tree that is not a mapping tree. */
+int tmd_delta(struct tmd *md, uint32_t left_id, uint32_t right_id, unsigned flags, tmd_delta_fn fn,
+              void *arg, uint64_t *nodes_read);
+
+/* [R] For each of the n devices of `ids`, its mapped blocks whose data block
+ * no other mapping of the pool uses (exclusive[i]) and those it shares with
+ * another mapping of any device (shared[i]), as thin_ls counts them: walks
+ * every device's mappings, with 2 bits of memory per data block. -ENODEV
+ * an id with no device, -EILSEQ a mapping past the data space. */
+int tmd_sharing(struct tmd *md, const uint32_t *ids, size_t n, uint64_t *exclusive,
+                uint64_t *shared);
+
+/* ------------------------------------------------------------------------ */
 /* Data space                                                               */
 
 /* [W] Allocate one free data block (count 0 -> 1), preferring the block
@@ -360,5 +402,20 @@ int pd_dump_xml(const struct pd_bdev *bdev, bool use_metadata_snap, FILE *out, t
  * failure (-ENOSPC, -EIO) still leaves the old pool. `in` is read twice: a
  * stream that cannot seek is copied to a temporary file first. */
 int pd_restore_xml(const struct pd_bdev *bdev, FILE *in, ts_error *err);
+
+/* What pd_repair_xml salvaged. */
+struct pd_repair_result {
+  uint64_t devices, mappings;       /* written to the XML */
+  uint64_t nodes_damaged;           /* tree nodes unreadable or invalid, passed over */
+  uint64_t mappings_dropped;        /* past the data device, or a repeated block */
+  uint64_t devices_without_details; /* found in the mapping tree only: details zeroed */
+};
+
+/* Read what can be read of the pool on `bdev` (never writing to it) and
+ * write it to `out` as thin_dump XML that pd_restore_xml accepts: see
+ * repair.c for what is recovered and what is not. -EILSEQ/-EINVAL with a
+ * message when the superblock is unreadable, -ENOMEM, -EIO. */
+int pd_repair_xml(const struct pd_bdev *bdev, FILE *out, struct pd_repair_result *res,
+                  ts_error *err);
 
 #endif

@@ -1160,6 +1160,75 @@ int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, size_t *coun
   return 0;
 }
 
+int ts_pool_thin_usage(ts_dev *pool, ts_thin_usage *out, size_t max, size_t *count, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  if (!p)
+    return -EINVAL;
+  pthread_rwlock_rdlock(&p->lock);
+  size_t n = tmd_list_devices(p->md, NULL, 0);
+  size_t m = n < max ? n : max;
+  uint32_t *ids = calloc(n + 1, sizeof *ids);
+  uint64_t *ex = calloc(m + 1, sizeof *ex), *sh = calloc(m + 1, sizeof *sh);
+  int r = ids && ex && sh ? 0 : -ENOMEM;
+  if (!r) {
+    n = tmd_list_devices(p->md, ids, n);
+    r = m ? tmd_sharing(p->md, ids, m, ex, sh) : 0;
+  }
+  for (size_t i = 0; !r && i < m; i++) {
+    struct tmd_dev_info di = { 0 };
+    tmd_dev_info(p->md, ids[i], &di);
+    out[i] = (ts_thin_usage){ ids[i], di.mapped_blocks, ex[i], sh[i] };
+  }
+  pthread_rwlock_unlock(&p->lock);
+  free(ids);
+  free(ex);
+  free(sh);
+  if (r)
+    return ts_layer_error(p->layer, err, r, NULL, "counting shared blocks: %s", ts_strerror(r));
+  *count = n;
+  return 0;
+}
+
+struct delta_arg {
+  ts_delta_fn fn;
+  void *arg;
+};
+
+static int delta_cb(void *arg, const struct tmd_delta *d)
+{
+  struct delta_arg *a = arg;
+  ts_delta_range r = { (ts_delta_kind)d->kind, d->vbegin, d->len, d->left, d->right };
+  return a->fn(a->arg, &r);
+}
+
+int ts_pool_delta(ts_dev *pool, uint32_t left, uint32_t right, uint32_t flags, ts_delta_fn fn,
+                  void *arg, uint64_t *nodes_read, ts_error *err)
+{
+  struct tp_pool *p = mgmt_pool(pool, err);
+  if (!p)
+    return -EINVAL;
+  if (!fn)
+    return ts_error_set(err, -EINVAL, "ts_pool_delta: no callback given");
+  struct delta_arg a = { fn, arg };
+  pthread_rwlock_rdlock(&p->lock);
+  bool hl = tmd_dev_exists(p->md, left), hr = tmd_dev_exists(p->md, right);
+  int r = hl && hr
+              ? tmd_delta(p->md, left, right, flags & TS_DELTA_WITH_SAME ? TMD_DELTA_WITH_SAME : 0,
+                          delta_cb, &a, nodes_read)
+              : -ENODEV;
+  pthread_rwlock_unlock(&p->lock);
+  if (r == -ENODEV)
+    return ts_layer_error(p->layer, err, r, NULL, "pool \"%s\" has no volume %u", ts_dev_name(pool),
+                          hl ? right : left);
+  if (r < 0 && r != -ENOMEM)
+    return ts_layer_error(p->layer, err, r, NULL, "comparing volumes %u and %u: %s", left, right,
+                          ts_strerror(r));
+  if (r == -ENOMEM)
+    return ts_layer_error(p->layer, err, r, NULL, "out of memory");
+  return r;
+}
+
 int ts_pool_get_status(ts_dev *pool, ts_pool_status *st, ts_error *err)
 {
   struct tp_pool *p = mgmt_pool(pool, err);
