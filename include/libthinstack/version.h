@@ -5,7 +5,7 @@
 /* The one place the version is written: CMakeLists.txt reads it from here.
  * docs/abi.md says when each number (and the soname) changes. */
 #define TS_VERSION_MAJOR 0
-#define TS_VERSION_MINOR 1
+#define TS_VERSION_MINOR 2
 #define TS_VERSION_PATCH 0
 #define TS_VERSION_STR_(x) #x
 #define TS_VERSION_STR(x) TS_VERSION_STR_(x)
