@@ -741,9 +741,12 @@ static int parse_vhost(char *arg, struct serve_vhost *v)
       v->opts.serial = o + 7;
     else if (!strcmp(o, "readonly"))
       v->opts.flags |= TS_VHOST_READ_ONLY;
-    if ((end && *end) || (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly"))) {
+    else if (!strcmp(o, "noinline"))
+      v->opts.flags |= TS_VHOST_NO_INLINE;
+    if ((end && *end) ||
+        (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly") && strcmp(o, "noinline"))) {
       ts_cli_err("serve: --vhost-user-blk: unknown option \"%s\" (queues=N, workers=N,"
-                 " serial=ID, readonly)",
+                 " serial=ID, readonly, noinline)",
                  o);
       return -1;
     }
