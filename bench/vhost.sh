@@ -2,14 +2,15 @@
 # The vhost-user-blk export against its peers, in one guest boot:
 #
 #   bench/vhost.sh [-b BUILD_DIR] [-r SECONDS] [-R ROUNDS] [-s SIZE_MIB]
-#                  [-q QUEUES] [-w WORKERS] [-c CPUS] [-o RESULTS]
+#                  [-q QUEUES] [-w WORKERS] [-x OPTS] [-c CPUS] [-o RESULTS]
 #
 # The guest (tests/vm, Debian's kernel) gets four disks of SIZE_MIB
 # (default 512), all backed by files on the same host file system, all
 # opened O_DIRECT, each server with QUEUES queues (default 2):
 #   vda  ours, thin: `thinstack serve --vhost-user-blk` on a thin volume
 #        (64K blocks) of a pool whose data file is opened "direct", WORKERS
-#        worker threads per queue (default: the server's);
+#        worker threads per queue (default: the server's), OPTS more
+#        --vhost-user-blk options (such as noinline);
 #   vdb  ours, file: the same server on a `file` layer ("direct") over a raw
 #        file: the transport alone, the same stack kind as the peer's;
 #   vdc  qemu-storage-daemon --export type=vhost-user-blk on a driver=file
@@ -19,7 +20,10 @@
 #        aio=threads.
 # Both servers run pinned (taskset) to the same CPUS (default: the last
 # host CPU), so that each gets the same share of the host against the
-# guest's vCPU threads. The guest prints what it negotiated with each disk
+# guest's vCPU threads; the thin and the file disk have a server process
+# each. The host samples each server's CPU time (utime+stime) as each run
+# starts and ends, which gives the server's CPU time per request: a figure
+# of the server alone, which the emulated guest does not blur. The guest prints what it negotiated with each disk
 # (the virtio feature bits, hardware queues, segments); the script fails if
 # ours and qsd's differ in EVENT_IDX, INDIRECT_DESC, MQ, SEG_MAX or queue
 # count.
@@ -42,9 +46,9 @@
 # target is ours >= 0.9x qemu-storage-daemon's export.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-build=$here/build runtime=3 rounds=3 size=512 queues=2 workers= results=vhost-bench.json
+build=$here/build runtime=3 rounds=3 size=512 queues=2 workers= extra= results=vhost-bench.json
 cpus=$(($(nproc) - 1))
-while getopts "b:r:R:s:q:w:c:o:" o; do
+while getopts "b:r:R:s:q:w:x:c:o:" o; do
   case $o in
     b) build=$OPTARG ;;
     r) runtime=$OPTARG ;;
@@ -52,9 +56,10 @@ while getopts "b:r:R:s:q:w:c:o:" o; do
     s) size=$OPTARG ;;
     q) queues=$OPTARG ;;
     w) workers=,workers=$OPTARG ;;
+    x) extra=,$OPTARG ;;
     c) cpus=$OPTARG ;;
     o) results=$OPTARG ;;
-    *) sed -n '2,42p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,46p' "$0" >&2; exit 2 ;;
   esac
 done
 thinstack=$build/thinstack
@@ -70,7 +75,7 @@ cleanup() {
 trap cleanup EXIT
 cd "$work"
 
-cat > stack.json <<EOF
+cat > thin.json <<EOF
 { "version": 1,
   "layers": {
     "meta": { "type": "file", "path": "meta.img", "size": "64M", "create": true },
@@ -78,25 +83,32 @@ cat > stack.json <<EOF
               "direct": true, "block_size": 512 },
     "pool": { "type": "thin-pool", "metadata": "meta", "data": "data",
               "block_size": "64K", "create": true },
-    "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": "${size}M", "create": true },
-    "raw":  { "type": "file", "path": "ours.img", "size": "${size}M", "create": true,
-              "direct": true, "block_size": 512 }
+    "vm0":  { "type": "thin", "pool": "pool", "id": 0, "size": "${size}M", "create": true }
   },
-  "exports": [ "vm0", "raw" ] }
+  "exports": [ "vm0" ] }
+EOF
+cat > file.json <<EOF
+{ "version": 1,
+  "layers": { "raw": { "type": "file", "path": "ours.img", "size": "${size}M", "create": true,
+                       "direct": true, "block_size": 512 } },
+  "exports": [ "raw" ] }
 EOF
 truncate -s "${size}M" qsd.img qemu.img
-taskset -c "$cpus" "$thinstack" serve stack.json --no-control \
-  --vhost-user-blk "$work/thin.sock:vm0,queues=$queues$workers" \
-  --vhost-user-blk "$work/file.sock:raw,queues=$queues$workers" 2> serve.err &
-pids+=($!)
+taskset -c "$cpus" "$thinstack" serve thin.json --no-control \
+  --vhost-user-blk "$work/thin.sock:vm0,queues=$queues$workers$extra" 2> serve-thin.err &
+pids+=($!) pid_thin=$!
+taskset -c "$cpus" "$thinstack" serve file.json --no-control \
+  --vhost-user-blk "$work/file.sock:raw,queues=$queues$workers$extra" 2> serve-file.err &
+pids+=($!) pid_file=$!
 taskset -c "$cpus" qemu-storage-daemon \
   --object iothread,id=io0 \
   --blockdev "driver=file,node-name=f0,filename=$work/qsd.img,cache.direct=on,aio=threads" \
   --export "type=vhost-user-blk,id=e0,node-name=f0,iothread=io0,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=$queues" \
   2> qsd.err &
-pids+=($!)
+pids+=($!) pid_qsd=$!
 for i in $(seq 100); do [ -S thin.sock ] && [ -S file.sock ] && [ -S qsd.sock ] && break; sleep 0.1; done
-[ -S file.sock ] || { cat serve.err >&2; exit 1; }
+[ -S thin.sock ] || { cat serve-thin.err >&2; exit 1; }
+[ -S file.sock ] || { cat serve-file.err >&2; exit 1; }
 [ -S qsd.sock ] || { cat qsd.err >&2; exit 1; }
 
 cat > guest.sh <<EOF
@@ -110,6 +122,7 @@ for d in \$disks; do
 done
 run() { # ROUND DISK NAME fio-args...
   local k=\$1 d=\$2 n=\$3; shift 3
+  echo "beg \$k \$d \$n"
   fio --name=\$n --filename=/dev/\$d --ioengine=libaio --direct=1 --size=${size}M \
       --minimal "\$@" > /tmp/o 2>&1 || { cat /tmp/o; exit 1; }
   # terse v3: 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS
@@ -135,17 +148,46 @@ for k in \$(seq $rounds); do
 done
 EOF
 
+# The guest's output reaches run-vm.sh's folder as it is printed: at each
+# run's "beg" and "res" line, note every server's CPU time (clock ticks).
+mkdir vm
+cpu() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  s=${s##*) }
+  set -- $s
+  echo $((${12} + ${13}))
+}
+(
+  out=
+  for i in $(seq 1200); do
+    out=$(ls vm/thinstack-vm.*/out 2>/dev/null || true)
+    [ -n "$out" ] && break
+    sleep 0.5
+  done
+  [ -n "$out" ] || exit 0
+  tail -n +1 -s 0.1 -F "$out" 2>/dev/null | while IFS= read -r line; do
+    line=${line%$'\r'}
+    case $line in
+      beg\ * | res\ *) echo "$line cpu $(cpu $pid_thin) $(cpu $pid_file) $(cpu $pid_qsd)" >> cpu.log ;;
+    esac
+  done
+) &
+pids+=($!)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-TS_VM_MEM=${TS_VM_MEM:-1024} "$here/tests/vm/run-vm.sh" -t 3600 \
+TMPDIR=$work/vm TS_VM_MEM=${TS_VM_MEM:-1024} "$here/tests/vm/run-vm.sh" -t 3600 \
   -V "$work/thin.sock:$queues" -V "$work/file.sock:$queues" -V "$work/qsd.sock:$queues" \
   -d "$work/qemu.img" guest.sh > guest.out 2> vm.err || { cat guest.out vm.err >&2; exit 1; }
 grep '^vm:' vm.err >&2 || true
 accel=$(sed -n 's/.* accel \([a-z]*\)$/\1/p' vm.err)
 
+sleep 0.5
+touch cpu.log
 python3 - guest.out "$results" "$accel" "$runtime" "$rounds" "$size" "$queues" "$(nproc)" \
-  "$cpus" "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'EOF'
+  "$cpus" "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(getconf CLK_TCK)" cpu.log <<'EOF'
 import json, statistics, sys
-guest, out, accel, runtime, rounds, size, queues, ncpu, cpus, load0, load1 = sys.argv[1:]
+(guest, out, accel, runtime, rounds, size, queues, ncpu, cpus, load0, load1, hz,
+ cpulog) = sys.argv[1:]
 names = {"vda": "thin", "vdb": "file", "vdc": "qsd", "vdd": "qemu"}
 r, feat = {}, {}
 for line in open(guest):
@@ -186,6 +228,27 @@ for n in ("thin", "file"):
 
 def med(xs):
     return statistics.median(xs) if xs else 0
+
+# Server CPU time per request: the server's ticks between a run's "beg" and
+# "res" lines over the requests of the run (its rate times ramp + runtime).
+col = {"thin": 0, "file": 1, "qsd": 2}
+beg, cpu_us = {}, {}
+for line in open(cpulog):
+    f = line.split()
+    if len(f) < 8 or f[-4] != "cpu" or f[3] == "fill":
+        continue
+    k, n, t = int(f[1]), names.get(f[2]), f[3]
+    ticks = [int(x) for x in f[-3:]]
+    if n not in col:
+        continue
+    if f[0] == "beg":
+        beg[(k, n, t)] = ticks[col[n]]
+    elif (k, n, t) in beg:
+        iops = int(f[4])
+        reqs = iops * (float(runtime) + 1) if t != "read-1m" else float(f[5]) * (float(runtime) + 1)
+        d = ticks[col[n]] - beg[(k, n, t)]
+        if reqs > 0:
+            cpu_us.setdefault(t, {}).setdefault(n, []).append(d / float(hz) * 1e6 / reqs)
 rows = []
 hdr = (f"{'test':18} {'thin':>22} {'file':>22} {'qsd':>22} {'qemu':>22}"
        f" {'thin/qsd':>17} {'file/qsd':>17} {'thin/qemu':>17}")
@@ -201,13 +264,25 @@ for t, byround in r.items():
         xs = [d[a][key] / d[b][key] for d in byround.values() if a in d and b in d and d[b][key]]
         row[f"{a}_{b}"] = {"median": round(med(xs), 3), "min": round(min(xs, default=0), 3),
                            "max": round(max(xs, default=0), 3)}
+    cu = cpu_us.get(t, {})
+    row["cpu_us_per_req"] = {n: round(med(cu[n]), 1) for n in cu}
     rows.append(row)
-    fmt = (lambda x: f"{x:.0f}") if key else (lambda x: f"{x:.0f}")
+    fmt = lambda x: f"{x:.0f}"
     cell = lambda v: f"{fmt(v['median'])} ({fmt(v['min'])}-{fmt(v['max'])})"
     rat = lambda v: f"{v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})"
     print(f"{t:18} {cell(row['thin']):>22} {cell(row['file']):>22} {cell(row['qsd']):>22}"
           f" {cell(row['qemu']):>22} {rat(row['thin_qsd']):>17} {rat(row['file_qsd']):>17}"
           f" {rat(row['thin_qemu']):>17}")
+print("server CPU time per request, µs (median over rounds; read-1m per MiB):")
+print(f"{'test':18} {'thin':>8} {'file':>8} {'qsd':>8} {'thin/qsd':>9} {'file/qsd':>9}")
+for row in rows:
+    c = row.get("cpu_us_per_req", {})
+    if not c:
+        continue
+    q = c.get("qsd") or 0
+    rt = lambda n: f"{c.get(n, 0) / q:9.2f}" if q else f"{'-':>9}"
+    print(f"{row['test']:18} {c.get('thin', 0):8.1f} {c.get('file', 0):8.1f} {c.get('qsd', 0):8.1f}"
+          f" {rt('thin')} {rt('file')}")
 meta = {"accel": accel, "runtime_s": int(runtime), "ramp_s": 1, "rounds": int(rounds),
         "size_mib": int(size), "queues": int(queues), "host_cpus": int(ncpu),
         "server_cpus": cpus, "loadavg_before": load0, "loadavg_after": load1,
