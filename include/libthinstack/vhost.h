@@ -12,8 +12,7 @@
  * A server listens on one socket for one device and serves one VMM
  * connection at a time. Each virtqueue has a thread of its own that polls
  * the queue's kick eventfd and runs the requests through an asynchronous
- * context (async.h), or itself when a request is the only one the queue has
- * (TS_VHOST_NO_INLINE): READ and WRITE, FLUSH, DISCARD, and WRITE_ZEROES with
+ * context (async.h): READ and WRITE, FLUSH, DISCARD, and WRITE_ZEROES with
  * the guest's unmap flag as TS_IO_MAY_UNMAP (without it, a thin volume
  * provisions the range at metadata cost). A malformed descriptor chain gets
  * an error status (or, when it names no writable status byte, an empty used
@@ -46,11 +45,6 @@ typedef struct ts_vhost_blk ts_vhost_blk;
 
 /* Offer the device read-only (VIRTIO_BLK_F_RO) even when it is writable. */
 #define TS_VHOST_READ_ONLY (1u << 0)
-/* Send every request to the queue's workers. By default a queue's thread
- * runs a request itself when it is the only one the queue has (nothing else
- * available or in flight: queue depth 1), which saves the wake-up of a
- * worker and a thread switch; deeper queues go to the workers either way. */
-#define TS_VHOST_NO_INLINE (1u << 1)
 
 typedef struct ts_vhost_blk_opts {
   uint32_t struct_size; /* sizeof(ts_vhost_blk_opts), for compatibility */

@@ -741,12 +741,9 @@ static int parse_vhost(char *arg, struct serve_vhost *v)
       v->opts.serial = o + 7;
     else if (!strcmp(o, "readonly"))
       v->opts.flags |= TS_VHOST_READ_ONLY;
-    else if (!strcmp(o, "noinline"))
-      v->opts.flags |= TS_VHOST_NO_INLINE;
-    if ((end && *end) ||
-        (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly") && strcmp(o, "noinline"))) {
+    if ((end && *end) || (!end && strncmp(o, "serial=", 7) && strcmp(o, "readonly"))) {
       ts_cli_err("serve: --vhost-user-blk: unknown option \"%s\" (queues=N, workers=N,"
-                 " serial=ID, readonly, noinline)",
+                 " serial=ID, readonly)",
                  o);
       return -1;
     }

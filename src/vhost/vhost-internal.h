@@ -120,14 +120,12 @@ struct vu_dev {
   const ts_limits *lim;
   bool read_only;
   char serial[VIRTIO_BLK_ID_BYTES];
-  uint32_t nqueues, workers, flags;
+  uint32_t nqueues, workers;
   uint64_t features, protocol;
   int nregions;
   struct vu_region regions[VU_MAX_REGIONS];
   struct vu_vq vq[TS_VHOST_MAX_QUEUES];
-  /* requests: chains taken; inline_requests: those the queue thread ran
-   * itself (no worker) */
-  atomic_uint_least64_t requests, errors, inline_requests;
+  atomic_uint_least64_t requests, errors;
 };
 
 /* vhost-user.c: guest memory and rings for virtio-blk.c. */

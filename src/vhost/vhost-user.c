@@ -11,8 +11,7 @@
  * its messages; every started queue has a thread that polls the kick
  * eventfd (and a wake-up and a stop eventfd), takes chains and submits them
  * to the queue's own asynchronous context, whose workers complete them:
- * push the used element and interrupt the guest, under the queue's lock. A
- * lone chain (queue depth 1) the queue thread runs and completes itself.
+ * push the used element and interrupt the guest, under the queue's lock.
  * Everything the queue's threads read (memory table, ring addresses,
  * features) changes only while the queue is stopped; the server thread
  * stops a queue (draining what it has in flight) before it changes
@@ -712,7 +711,7 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
   }
   if (!dev || !path || !*path || !out)
     return ts_error_set(err, -EINVAL, "vhost-user: no device, socket path or result pointer");
-  if (o.flags & ~(TS_VHOST_READ_ONLY | TS_VHOST_NO_INLINE))
+  if (o.flags & ~TS_VHOST_READ_ONLY)
     return ts_error_set(err, -EINVAL, "vhost-user: unknown flags 0x%x", o.flags);
   if (o.queues > TS_VHOST_MAX_QUEUES)
     return ts_error_set(err, -EINVAL, "vhost-user: queues=%u: at most %u", o.queues,
@@ -744,7 +743,6 @@ int ts_vhost_blk_serve(ts_dev *dev, const char *path, const ts_vhost_blk_opts *o
   d->read_only = lim->read_only || (o.flags & TS_VHOST_READ_ONLY);
   d->nqueues = o.queues ? o.queues : TS_VHOST_DEFAULT_QUEUES;
   d->workers = o.workers ? o.workers : TS_VHOST_DEFAULT_WORKERS;
-  d->flags = o.flags;
   const char *serial = o.serial ? o.serial : ts_dev_name(dev);
   memcpy(d->serial, serial, strnlen(serial, sizeof d->serial));
   for (uint32_t i = 0; i < TS_VHOST_MAX_QUEUES; i++) {

@@ -188,24 +188,16 @@ static void finish(struct vb_req *q, uint8_t status)
   pthread_mutex_unlock(&q->vq->mu);
 }
 
-/* The status of a request the stack ran; a failed or non-read request
- * hands back no data. */
-static uint8_t result_status(struct vb_req *q, const ts_io *io, int result)
-{
-  uint8_t st = result == 0             ? VIRTIO_BLK_S_OK
-               : result == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP
-                                       : VIRTIO_BLK_S_IOERR;
-  if (st != VIRTIO_BLK_S_OK || io->op != TS_OP_READ)
-    q->used_len = 0;
-  return st;
-}
-
 /* On the worker that ran the request. */
 static void on_done(ts_aio_req *a)
 {
   struct vb_req *q = (struct vb_req *)a;
   struct vu_vq *vq = q->vq;
-  uint8_t st = result_status(q, &a->io, a->result);
+  uint8_t st = a->result == 0             ? VIRTIO_BLK_S_OK
+               : a->result == -EOPNOTSUPP ? VIRTIO_BLK_S_UNSUPP
+                                          : VIRTIO_BLK_S_IOERR;
+  if (st != VIRTIO_BLK_S_OK || a->io.op != TS_OP_READ)
+    q->used_len = 0;
   pthread_mutex_lock(&vq->mu);
   finish_locked(q, st);
   if (vq->starved) {
@@ -353,9 +345,7 @@ static int iov_drop_last(struct iovec *v, int n)
   return n;
 }
 
-/* `alone`: the chain is the only one available and nothing else of this
- * queue is in flight, so the guest waits for this one request. */
-static void handle_chain(struct vu_vq *vq, struct vb_req *q, uint16_t head, bool alone)
+static void handle_chain(struct vu_vq *vq, struct vb_req *q, uint16_t head)
 {
   struct vu_dev *d = vq->dev;
   q->head = head;
@@ -471,16 +461,6 @@ static void handle_chain(struct vu_vq *vq, struct vb_req *q, uint16_t head, bool
     finish(q, VIRTIO_BLK_S_UNSUPP);
     return;
   }
-  if (alone && !(d->flags & TS_VHOST_NO_INLINE)) {
-    /* Nothing could run beside it: run it here rather than wake a worker
-     * and have it wake the guest. This saves a futex wake-up and a thread
-     * switch per request at queue depth 1, and the queue thread only polls
-     * the kick fd, which the guest, waiting for this request, does not
-     * write meanwhile. */
-    atomic_fetch_add(&vq->dev->inline_requests, 1);
-    finish(q, result_status(q, &io, ts_submit(d->dev, &io)));
-    return;
-  }
   q->aio.io = io;
   q->aio.cb = on_done;
   /* Counted first: the callback may run before submit returns. */
@@ -534,13 +514,12 @@ void vb_queue_process(struct vu_vq *vq)
       vq->free_reqs = q->next_free;
     else
       vq->starved = true; /* the next completion wakes the thread */
-    bool alone = vq->inflight == 0 && (uint16_t)(avail - vq->last_avail) == 1;
     pthread_mutex_unlock(&vq->mu);
     if (!q)
       return;
     uint16_t head =
         le16toh(__atomic_load_n(&vq->avail[2 + vq->last_avail % vq->num], __ATOMIC_RELAXED));
     vq->last_avail++;
-    handle_chain(vq, q, head, alone);
+    handle_chain(vq, q, head);
   }
 }

@@ -11,7 +11,6 @@
  * end, that the device outside queue 0's range holds what it held. */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <endian.h>
 #include <poll.h>
 #include <pthread.h>
@@ -901,119 +900,6 @@ START_TEST(malformed_requests)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
-/* Where requests run                                                         */
-
-/* Bytes the thread named `name` of this process has passed to write calls
- * (/proc's wchar): the thin volume writes its data on the thread that runs
- * the request. */
-static uint64_t thread_wchar(const char *name)
-{
-  for (int tries = 0; tries < 100; tries++) {
-    DIR *dir = opendir("/proc/self/task");
-    ck_assert_ptr_nonnull(dir);
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-      char path[300], comm[32] = "";
-      snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-      FILE *fp = fopen(path, "r");
-      if (!fp)
-        continue;
-      if (!fgets(comm, sizeof comm, fp))
-        comm[0] = 0;
-      fclose(fp);
-      comm[strcspn(comm, "\n")] = 0;
-      if (strcmp(comm, name))
-        continue;
-      snprintf(path, sizeof path, "/proc/self/task/%s/io", e->d_name);
-      fp = fopen(path, "r");
-      ck_assert_ptr_nonnull(fp);
-      char line[128];
-      unsigned long long w = 0;
-      while (fgets(line, sizeof line, fp))
-        if (sscanf(line, "wchar: %llu", &w) == 1)
-          break;
-      fclose(fp);
-      closedir(dir);
-      return w;
-    }
-    closedir(dir);
-    usleep(10000);
-  }
-  ck_abort_msg("no thread named %s", name);
-  return 0;
-}
-
-/* Eight 4K writes on queue 1 at sectors from `sector`, kicked once. */
-static void batch_of_eight(struct fe *f, uint64_t sector)
-{
-  struct dq *q = &f->q[1];
-  for (uint16_t i = 0; i < 8; i++) {
-    ts_test_pattern(f->mem + 0x300000 + 4096 * i, 4096, 20 + i);
-    put_hdr(f, 0x200000 + 32 * i, 1, sector + 8 * i);
-    f->mem[0x200010 + 32 * i] = 0xee;
-    set_desc(q->desc, 3 * i, gpa(0x200000 + 32 * i), 16, F_NEXT, 3 * i + 1);
-    set_desc(q->desc, 3 * i + 1, gpa(0x300000 + 4096 * i), 4096, F_NEXT, 3 * i + 2);
-    set_desc(q->desc, 3 * i + 2, gpa(0x200010 + 32 * i), 1, F_WRITE, 0);
-    q->avail[2 + q->avail_idx % QNUM] = htole16(3 * i);
-    q->avail_idx++;
-  }
-  __atomic_store_n(&q->avail[1], htole16(q->avail_idx), __ATOMIC_RELEASE);
-  uint64_t one = 1;
-  ck_assert_int_eq(write(q->kick, &one, 8), 8);
-  for (int i = 0; i < 8; i++) {
-    uint32_t id, len;
-    ck_assert(wait_used(q, &id, &len));
-    ck_assert_uint_eq(len, 1);
-  }
-  for (uint16_t i = 0; i < 8; i++) {
-    ck_assert_uint_eq(f->mem[0x200010 + 32 * i], 0);
-    memcpy(model + (sector + 8 * i) * 512, f->mem + 0x300000 + 4096 * i, 4096);
-  }
-}
-
-START_TEST(lone_requests_run_on_the_queue_thread)
-{
-  struct fe f;
-  fe_open(&f);
-  /* One request at a time: the queue's thread runs each itself. */
-  uint64_t w0 = thread_wchar("ts-vhost-q1");
-  for (int i = 0; i < 8; i++) {
-    ts_test_pattern(f.mem + 0x300000, 4096, 10 + i);
-    ck_assert_int_eq(simple_req(&f, 1, 1, 2048 + 8 * i, 0x300000, 4096), 0);
-    memcpy(model + (2048 + 8 * i) * 512, f.mem + 0x300000, 4096);
-  }
-  uint64_t w1 = thread_wchar("ts-vhost-q1");
-  ck_assert_msg(w1 - w0 >= 8 * 4096, "the queue thread wrote %llu bytes of 8 lone requests",
-                (unsigned long long)(w1 - w0));
-  /* Eight at once go to the workers (the last may find them all done). */
-  batch_of_eight(&f, 4096);
-  uint64_t w2 = thread_wchar("ts-vhost-q1");
-  ck_assert_msg(w2 - w1 <= 4096, "the queue thread wrote %llu bytes of a batch of 8",
-                (unsigned long long)(w2 - w1));
-  fe_close(&f);
-  assert_device_is_model(0, DEV_SIZE);
-
-  /* TS_VHOST_NO_INLINE: even a lone request goes to a worker. */
-  ck_assert_int_eq(ts_vhost_blk_stop(srv), 0);
-  ts_vhost_blk_opts o = { .struct_size = sizeof o, .queues = 2, .flags = TS_VHOST_NO_INLINE };
-  ts_error err = { 0 };
-  ck_assert_msg(ts_vhost_blk_serve(vol, sock_path, &o, &srv, &err) == 0, "%s", err.msg);
-  fe_open(&f);
-  w0 = thread_wchar("ts-vhost-q1");
-  for (int i = 0; i < 4; i++) {
-    ts_test_pattern(f.mem + 0x300000, 4096, 30 + i);
-    ck_assert_int_eq(simple_req(&f, 1, 1, 6144 + 8 * i, 0x300000, 4096), 0);
-    memcpy(model + (6144 + 8 * i) * 512, f.mem + 0x300000, 4096);
-  }
-  w1 = thread_wchar("ts-vhost-q1");
-  ck_assert_msg(w1 == w0, "with TS_VHOST_NO_INLINE the queue thread wrote %llu bytes",
-                (unsigned long long)(w1 - w0));
-  fe_close(&f);
-  assert_device_is_model(0, DEV_SIZE);
-}
-END_TEST
-
-/* ------------------------------------------------------------------------ */
 /* Sessions                                                                   */
 
 START_TEST(reconnect_gets_a_fresh_session)
@@ -1100,7 +986,6 @@ int main(void)
   tcase_add_test(tc, read_write_flush_id);
   tcase_add_test(tc, zeroes_discard_provision);
   tcase_add_test(tc, event_idx_signals);
-  tcase_add_test(tc, lone_requests_run_on_the_queue_thread);
   tcase_add_test(tc, malformed_requests);
   tcase_add_test(tc, reconnect_gets_a_fresh_session);
   tcase_add_test(tc, stop_with_a_vmm_attached);
