@@ -10,7 +10,7 @@
 #   vda  ours, thin: `thinstack serve --vhost-user-blk` on a thin volume
 #        (64K blocks) of a pool whose data file is opened "direct", WORKERS
 #        worker threads per queue (default: the server's), OPTS more
-#        --vhost-user-blk options (such as noinline);
+#        --vhost-user-blk options;
 #   vdb  ours, file: the same server on a `file` layer ("direct") over a raw
 #        file: the transport alone, the same stack kind as the peer's;
 #   vdc  qemu-storage-daemon --export type=vhost-user-blk on a driver=file
