@@ -166,13 +166,14 @@ cpu() {
     sleep 0.5
   done
   [ -n "$out" ] || exit 0
-  tail -n +1 -s 0.1 -F "$out" 2>/dev/null | while IFS= read -r line; do
+  # --pid: tail ends with this script, and so does the loop.
+  tail -n +1 -s 0.1 -F --pid=$$ "$out" 2>/dev/null | while IFS= read -r line; do
     line=${line%$'\r'}
     case $line in
       beg\ * | res\ *) echo "$line cpu $(cpu $pid_thin) $(cpu $pid_file) $(cpu $pid_qsd)" >> cpu.log ;;
     esac
   done
-) &
+) > /dev/null 2>&1 & # holds no pipe of the caller's open
 pids+=($!)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 TMPDIR=$work/vm TS_VM_MEM=${TS_VM_MEM:-1024} "$here/tests/vm/run-vm.sh" -t 3600 \
