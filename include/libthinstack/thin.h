@@ -78,7 +78,7 @@ TS_EXTERN int ts_pool_list_thins(ts_dev *pool, ts_thin_info *out, size_t max, si
 
 /* How the mapped blocks of one volume are shared, as thin_ls counts them. */
 typedef struct ts_thin_usage {
-  uint32_t id;
+  uint32_t id;               /* the volume's device id */
   uint64_t mapped_blocks;    /* pool blocks mapped */
   uint64_t exclusive_blocks; /* of those, blocks no other mapping of the pool uses */
   uint64_t shared_blocks;    /* the others: also mapped by another volume (or twice) */
@@ -106,9 +106,11 @@ typedef enum ts_delta_kind {
  * left_data + length) of the first volume and [right_data, ...) of the
  * second (0 on the side without a mapping). */
 typedef struct ts_delta_range {
-  ts_delta_kind kind;
-  uint64_t begin, length;
-  uint64_t left_data, right_data;
+  ts_delta_kind kind;  /* how the two volumes differ over the range */
+  uint64_t begin;      /* first virtual block */
+  uint64_t length;     /* number of blocks */
+  uint64_t left_data;  /* first pool block in the first volume (0 if unmapped there) */
+  uint64_t right_data; /* first pool block in the second volume (0 if unmapped there) */
 } ts_delta_range;
 
 /* Called per range, in ascending order of `begin`; the range is valid

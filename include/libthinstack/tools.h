@@ -71,7 +71,8 @@ TS_EXTERN int ts_pool_restore(FILE *in, const char *metadata_path, ts_error *err
 /* What ts_pool_repair kept and lost. A caller-allocated struct of fixed
  * size (docs/abi.md). */
 typedef struct ts_pool_repair_result {
-  uint64_t devices, mappings;       /* volumes and mapped blocks in the rebuilt metadata */
+  uint64_t devices;                 /* volumes in the rebuilt metadata */
+  uint64_t mappings;                /* mapped blocks in the rebuilt metadata */
   uint64_t nodes_damaged;           /* tree nodes that could not be read or were invalid */
   uint64_t mappings_dropped;        /* found, but past the data device or repeated */
   uint64_t devices_without_details; /* their creation and snapshot times were lost (now 0) */
