@@ -19,6 +19,20 @@ assert_thin_check() {
         -e '^TRANSACTION_ID=' -e '^METADATA_FREE_BLOCKS=' -e '^$' || true)
   [ -z "$out" ] || fail "thin_check $1 $2 said: $out"
 }
+# write_pool_config FILE META_SIZE DATA_SIZE BLOCK_SIZE [PREFIX]: a config
+# with an empty thin pool over two new files PREFIX.meta and PREFIX.data
+# (PREFIX defaults to "pool", relative to the config) and no exports.
+write_pool_config() {
+  local prefix=${5:-pool}
+  cat >"$1" <<JSON
+{ "version": 1,
+  "layers": {
+    "meta": { "type": "file", "path": "$prefix.meta", "size": "$2", "create": true },
+    "data": { "type": "file", "path": "$prefix.data", "size": "$3", "create": true },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "$4" } },
+  "exports": [] }
+JSON
+}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ts-it-XXXXXX")
 cleanup_fns=()
 cleanup() { for f in "${cleanup_fns[@]}"; do eval "$f" || true; done; rm -rf "$TMP"; }

@@ -8,14 +8,7 @@ source "$TS_SOURCE_DIR/tests/common/requires.sh"
 source "$TS_SOURCE_DIR/tests/common/exports.sh"
 requires python3
 cd "$TMP"
-cat > stack.json <<'JSON'
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
-    "data": { "type": "file", "path": "pool.data", "size": "256M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "128K" } },
-  "exports": [] }
-JSON
+write_pool_config stack.json 8M 256M 128K
 # parse FILE PYTHON: FILE is one JSON document `d`, and PYTHON's asserts hold.
 parse() {
   python3 -c 'import json, sys

@@ -6,14 +6,7 @@
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 requires thin_check python3
 cd "$TMP"
-cat > stack.json <<'JSON'
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
-    "data": { "type": "file", "path": "pool.data", "size": "256M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "128K" } },
-  "exports": [] }
-JSON
+write_pool_config stack.json 8M 256M 128K
 one_line_error() { # status file
   [ "$1" -ne 0 ] || fail "expected a failure"
   [ "$(wc -l < "$2")" -eq 1 ] || fail "expected one line of error, got: $(cat "$2")"

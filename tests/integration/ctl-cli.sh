@@ -11,14 +11,7 @@
 . "$TS_SOURCE_DIR/tests/common/exports.sh"
 requires python3 thin_check
 cd "$TMP"
-cat > stack.json <<'JSON'
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
-    "data": { "type": "file", "path": "pool.data", "size": "256M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K" } },
-  "exports": [] }
-JSON
+write_pool_config stack.json 8M 256M 64K
 "$THINSTACK" pool create stack.json pool >/dev/null
 "$THINSTACK" thin create stack.json vm0 --size 64M --export >/dev/null
 "$THINSTACK" provision stack.json vm0 1M 3M 2>/dev/null

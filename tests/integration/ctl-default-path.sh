@@ -17,14 +17,7 @@ export XDG_RUNTIME_DIR=$TMP/run
 # A stack whose pool files live in $TMP/files, whatever folder the config is in.
 make_stack() { # DIR
   mkdir -p "$1"
-  cat > "$1/stack.json" <<JSON
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "$TMP/files/$2.meta", "size": "8M", "create": true },
-    "data": { "type": "file", "path": "$TMP/files/$2.data", "size": "64M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K" } },
-  "exports": [] }
-JSON
+  write_pool_config "$1/stack.json" 8M 64M 64K "$TMP/files/$2"
   "$THINSTACK" pool create "$1/stack.json" pool >/dev/null || fail "pool create in $1"
 }
 

@@ -7,14 +7,7 @@
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 requires thin_check thin_repair thin_dump python3
 cd "$TMP"
-cat > stack.json <<'JSON'
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "pool.meta", "size": "8M", "create": true },
-    "data": { "type": "file", "path": "pool.data", "size": "512M", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K" } },
-  "exports": [] }
-JSON
+write_pool_config stack.json 8M 512M 64K
 T=$THINSTACK
 $T pool create stack.json pool >/dev/null
 $T thin create stack.json vm0 --size 256M --export >/dev/null

@@ -9,14 +9,7 @@ source "$TS_SOURCE_DIR/tests/common/requires.sh"
 source "$TS_SOURCE_DIR/tests/common/exports.sh"
 requires thin_delta thin_ls thin_check python3
 cd "$TMP"
-cat > stack.json <<'JSON'
-{ "version": 1,
-  "layers": {
-    "meta": { "type": "file", "path": "pool.meta", "size": "16M", "create": true },
-    "data": { "type": "file", "path": "pool.data", "size": "1G", "create": true },
-    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K" } },
-  "exports": [] }
-JSON
+write_pool_config stack.json 16M 1G 64K
 T=$THINSTACK
 $T pool create stack.json pool >/dev/null
 $T thin create stack.json vm0 --size 128M --export >/dev/null
