@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1188,6 +1189,28 @@ static int socket_at(const char *path, struct sockaddr_un *sa, ts_error *err)
   return 0;
 }
 
+/* A temporary name beside `path` that fits a socket address as `path` does:
+ * the file name cut short to leave room for ".PID-N.tmp" (N tells apart two
+ * stacks of one process binding at once). */
+static int temp_beside(const char *path, char *buf, size_t n, ts_error *err)
+{
+  static atomic_uint seq;
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  char suffix[48];
+  int sl =
+      snprintf(suffix, sizeof suffix, ".%ld-%u.tmp", (long)getpid(), atomic_fetch_add(&seq, 1));
+  size_t dirlen = (size_t)(base - path), blen = strlen(base);
+  if (dirlen + 1 + (size_t)sl >= n)
+    return ts_error_set(err, -ENAMETOOLONG,
+                        "control: %s: no room beside it for a temporary socket name", path);
+  size_t keep = n - 1 - dirlen - (size_t)sl;
+  if (keep > blen)
+    keep = blen;
+  snprintf(buf, n, "%.*s%.*s%s", (int)dirlen, path, (int)keep, base, suffix);
+  return 0;
+}
+
 /* Bind a socket at `path`: under a temporary name, made 0600, then renamed
  * over it, so that no one connects before the mode is set. */
 static int bind_socket(const char *path, int *out, ts_error *err)
@@ -1210,9 +1233,8 @@ static int bind_socket(const char *path, int *out, ts_error *err)
     if (probe >= 0)
       close(probe);
   }
-  char tpath[sizeof sa.sun_path + 32];
-  snprintf(tpath, sizeof tpath, "%s.%ld.tmp", path, (long)getpid());
-  if ((r = socket_at(tpath, &tmp, err)))
+  char tpath[sizeof sa.sun_path];
+  if ((r = temp_beside(path, tpath, sizeof tpath, err)) || (r = socket_at(tpath, &tmp, err)))
     return r;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
