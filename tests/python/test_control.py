@@ -112,3 +112,26 @@ def test_no_server(tmp_path):
     with pytest.raises(thinstack.ThinstackError) as e:
         thinstack.Control(str(tmp_path / "none.json"))
     assert e.value.errno in (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def test_runtime_dir_fallback(config, monkeypatch, tmp_path):
+    # CONFIG.ctl does not fit a socket address (108 bytes): the holder and
+    # the client both move to $XDG_RUNTIME_DIR/thinstack, as the CLI does.
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    name = "s" * max(1, 110 - len(str(tmp_path))) + ".json"
+    path = config({"disk": file_layer("disk.img", "1M")}, ["disk"], name=name)
+    assert len(path + ".ctl") > 107
+    assert thinstack.control_candidates(path) == [thinstack.control_path(path)]
+    with thinstack.open(path) as stack:
+        sock = stack.serve_control()
+        assert os.path.dirname(sock) == str(run / "thinstack")
+        assert sock == thinstack.control_path(path)
+        with thinstack.Control(path) as c:
+            assert c.path == sock
+            assert [n["name"] for n in c.info()["nodes"]] == ["disk"]
+        cli = os.path.join(os.environ.get("TS_BUILD_DIR", "build"), "thinstack")
+        if os.access(cli, os.X_OK):
+            out = subprocess.run([cli, "status", path], capture_output=True, text=True)
+            assert out.returncode == 0 and "disk" in out.stdout, out.stderr

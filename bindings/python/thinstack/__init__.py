@@ -45,7 +45,7 @@ __all__ = [
     "ThinstackError", "Stack", "Device", "Limits", "Extent", "Pool", "ThinInfo", "PoolStatus",
     "open", "open_string", "version", "strerror", "err_name", "parse_size", "format_size",
     "layer_types", "has_layer_type", "pool_check", "pool_dump", "pool_restore", "log_replay",
-    "Control", "control_path", "library_path",
+    "Control", "control_path", "control_candidates", "library_path",
     "EXTENT_HOLE", "EXTENT_ZERO",
 ]
 
@@ -608,8 +608,9 @@ class Stack:
 
     def serve_control(self, path: Optional[str] = None) -> str:
         """Serve this stack's control socket (ts_ctl_listen) at `path`, by
-        default CONFIG.ctl beside the file the stack was opened from; returns
-        the path. The socket goes when the stack closes or stop_control()."""
+        default control_path() of the file the stack was opened from
+        (CONFIG.ctl, else under $XDG_RUNTIME_DIR); returns the path. The
+        socket goes when the stack closes or stop_control()."""
         if path is None:
             cfg = self.config_path
             if not cfg:
@@ -1133,9 +1134,31 @@ _ctl_stop = _fn("ts_ctl_stop", None, _P)
 _ctl_path = _fn("ts_ctl_path", ctypes.c_char_p, _P)
 
 
+_ctl_default_path = _fn("ts_ctl_default_path", _c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
+_ctl_path_candidate = _fn("ts_ctl_path_candidate", _c_int, ctypes.c_char_p, ctypes.c_uint,
+                          ctypes.c_char_p, ctypes.c_size_t)
+
+
 def control_path(config: str) -> str:
-    """The socket a holder of CONFIG serves by default: CONFIG.ctl."""
-    return os.fspath(config) + ".ctl"
+    """The socket a holder of CONFIG serves when told none
+    (ts_ctl_default_path): CONFIG.ctl when that fits a socket address and
+    its folder is writable, else $XDG_RUNTIME_DIR/thinstack/NAME-HASH.ctl."""
+    buf = ctypes.create_string_buffer(4096)
+    r = _ctl_default_path(os.fsencode(config), buf, len(buf))
+    if r:
+        raise ThinstackError(r, "%s: no control socket path fits (%s)" % (config, strerror(r)))
+    return os.fsdecode(buf.value)
+
+
+def control_candidates(config: str) -> List[str]:
+    """Where CONFIG's control socket may be, in the order clients look
+    (ts_ctl_path_candidate): CONFIG.ctl, then the $XDG_RUNTIME_DIR place."""
+    out = []
+    for i in range(2):
+        buf = ctypes.create_string_buffer(4096)
+        if _ctl_path_candidate(os.fsencode(config), i, buf, len(buf)) == 0:
+            out.append(os.fsdecode(buf.value))
+    return out
 
 
 class ControlError(ThinstackError):
@@ -1158,22 +1181,30 @@ class Control:
     Not thread-safe: one request at a time per Control."""
 
     def __init__(self, path: str, timeout: Optional[float] = 30.0):
+        import stat
         p = os.fspath(path)
         try:
-            import stat
-            if not stat.S_ISSOCK(os.stat(p).st_mode):
-                p = control_path(p)
+            places = [p] if stat.S_ISSOCK(os.stat(p).st_mode) else control_candidates(p)
         except OSError:
-            p = control_path(p)
-        self.path = p
-        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(p)
-        except OSError as e:
-            self._sock.close()
-            raise ThinstackError(e.errno or _errno.EIO, "%s: no control server answers (%s)"
-                                 % (p, e.strerror)) from None
+            places = control_candidates(p)
+        if not places:
+            raise ThinstackError(_errno.ENAMETOOLONG, "%s: no control socket path fits" % p)
+        why = []
+        for place in places:
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(place)
+            except OSError as e:
+                sock.close()
+                why.append((place, e))
+                continue
+            self.path, self._sock = place, sock
+            break
+        else:
+            tried = "; ".join("%s (%s)" % (w, x.strerror) for w, x in why)
+            raise ThinstackError(why[0][1].errno or _errno.EIO,
+                                 "no control server answers at %s" % tried) from None
         self._f = self._sock.makefile("rb")
         self._id = 0
         self._events = []
