@@ -95,7 +95,7 @@ struct args {
   char *pos[4];
   int npos;
   const char *in, *out;
-  bool json, fua, may_unmap, no_fallback, may_zero;
+  bool json, fua, may_unmap, no_fallback, may_zero, no_sparse;
 };
 
 static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
@@ -104,12 +104,22 @@ static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
   for (int i = 1; i < argc; i++) {
     const char *s = argv[i];
     if ((strcmp(s, "-o") == 0 || strcmp(s, "-i") == 0) && i + 1 < argc) {
-      if (s[1] == 'o') a->out = argv[++i]; else a->in = argv[++i];
-    } else if (strcmp(s, "--json") == 0) a->json = true;
-    else if (strcmp(s, "--fua") == 0) a->fua = true;
-    else if (strcmp(s, "--may-unmap") == 0) a->may_unmap = true;
-    else if (strcmp(s, "--no-fallback") == 0) a->no_fallback = true;
-    else if (strcmp(s, "--may-zero") == 0) a->may_zero = true;
+      if (s[1] == 'o')
+        a->out = argv[++i];
+      else
+        a->in = argv[++i];
+    } else if (strcmp(s, "--json") == 0)
+      a->json = true;
+    else if (strcmp(s, "--fua") == 0)
+      a->fua = true;
+    else if (strcmp(s, "--may-unmap") == 0)
+      a->may_unmap = true;
+    else if (strcmp(s, "--no-fallback") == 0)
+      a->no_fallback = true;
+    else if (strcmp(s, "--may-zero") == 0)
+      a->may_zero = true;
+    else if (strcmp(s, "--no-sparse") == 0)
+      a->no_sparse = true;
     else if (s[0] == '-' && s[1]) {
       ts_cli_err("%s: unknown option %s", argv[0], s);
       return false;
@@ -122,6 +132,10 @@ static bool parse(int argc, char **argv, struct args *a, int minpos, int maxpos)
   }
   if (a->npos < minpos) {
     ts_cli_usage(stderr, argv[0]);
+    return false;
+  }
+  if (a->no_sparse && strcmp(argv[0], "write") != 0) {
+    ts_cli_err("%s: --no-sparse goes with write", argv[0]);
     return false;
   }
   return true;
@@ -185,9 +199,12 @@ int ts_cli_read(int argc, char **argv)
 }
 
 /* buf to the device at `at`, granules of zeroes as WRITE_ZEROES that may
- * unmap, so a zero buffer never becomes allocated data. */
+ * unmap, so a zero buffer never becomes allocated data; with g == 0 all of
+ * it as data (--no-sparse). */
 static int write_runs(ts_dev *d, const char *buf, size_t n, uint64_t at, size_t g, uint32_t fua)
 {
+  if (!g)
+    return ts_pwrite(d, buf, n, at, fua);
   for (size_t x = 0; x < n;) {
     bool zero = all_zero(buf + x, n - x < g ? n - x : g);
     size_t y = x;
@@ -203,13 +220,13 @@ static int write_runs(ts_dev *d, const char *buf, size_t n, uint64_t at, size_t 
 }
 
 /* A regular input file: its holes (SEEK_HOLE) are zeroed on the device
- * without being read, its data goes through write_runs. */
+ * without being read, its data goes through write_runs. With g == 0 every
+ * byte is read and written as data. */
 static int write_sparse(ts_dev *d, int fd, uint64_t size, uint64_t off, uint64_t lbs, char *buf,
-                        uint32_t fua)
+                        size_t g, uint32_t fua)
 {
-  size_t g = lbs > ZGRAN ? lbs : ZGRAN;
   for (uint64_t pos = 0; pos < size;) {
-    off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
+    off_t data = g ? lseek(fd, (off_t)pos, SEEK_DATA) : (off_t)pos;
     if (data < 0)
       data = errno == ENXIO ? (off_t)size : (off_t)pos;
     uint64_t hole = ((uint64_t)data - pos) / lbs * lbs;
@@ -221,7 +238,7 @@ static int write_sparse(ts_dev *d, int fd, uint64_t size, uint64_t off, uint64_t
       ts_cli_progress_set(pos);
       continue;
     }
-    off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
+    off_t h = g ? lseek(fd, (off_t)pos, SEEK_HOLE) : (off_t)size;
     uint64_t end = h < 0 ? size : (uint64_t)h;
     /* At least one block, so a hole shorter than a block is read as data. */
     if (end < pos + lbs)
@@ -276,7 +293,7 @@ int ts_cli_write(int argc, char **argv)
   int r = buf ? 0 : -ENOMEM;
   uint64_t lbs = ts_dev_limits(d)->logical_block_size, total = 0;
   uint32_t fua = a.fua ? TS_IO_FUA : 0;
-  size_t g = lbs > ZGRAN ? lbs : ZGRAN;
+  size_t g = a.no_sparse ? 0 : lbs > ZGRAN ? lbs : ZGRAN;
   struct stat st;
   if (!r && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
     if ((uint64_t)st.st_size % lbs) {
@@ -285,7 +302,7 @@ int ts_cli_write(int argc, char **argv)
       r = -EINVAL;
     } else {
       ts_cli_progress_begin((uint64_t)st.st_size);
-      r = write_sparse(d, fd, (uint64_t)st.st_size, off, lbs, buf, fua);
+      r = write_sparse(d, fd, (uint64_t)st.st_size, off, lbs, buf, g, fua);
       ts_cli_progress_end(r == 0);
     }
     free(buf);

@@ -38,7 +38,7 @@ static const struct ts_cli_command commands[] = {
     "read a range (to stdout or FILE)" },
   { "copy", ts_cli_copy, "SRC DST [-p]",
     "copy a volume (CONFIG:LAYER) or raw file, keeping holes" },
-  { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua] [-p]",
+  { "write", ts_cli_write, "CONFIG DEV OFFSET -i FILE [--fua] [--no-sparse] [-p]",
     "write FILE's bytes at OFFSET" },
   { "provision", ts_cli_range, "CONFIG DEV OFFSET LENGTH [--may-zero] [--json]",
     "reserve space for a range without writing (--may-zero: zeroing it is fine)" },

@@ -2,7 +2,7 @@
 # read -o and write -i keep holes: an all-hole volume reads into a file with
 # no blocks, a half-allocated raw file written in allocates only its data
 # (its holes and its runs of zeroes punch the volume), and reading it back
-# gives the same bytes with the same allocation.
+# gives the same bytes with the same allocation; --no-sparse allocates all.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 cd "$TMP"
 cat > stack.json <<'JSON'
@@ -47,4 +47,16 @@ a=$(alloc vm0.img)
 [ "$a" -ge "$data" ] && [ "$a" -le $((data + 256 * 1024)) ] || fail "write -i - allocated $a, data is $data"
 "$THINSTACK" read stack.json vm0 0 64M -o back2.img
 cmp src.img back2.img || fail "read back after a streamed write differs"
+# --no-sparse writes every byte as data: the input's holes and zero blocks
+# allocate too, and read back as zeroes.
+"$THINSTACK" discard stack.json vm0 0 1G
+"$THINSTACK" write stack.json vm0 0 -i src.img --no-sparse
+a=$(alloc vm0.img)
+[ "$a" -ge $((64 * M)) ] || fail "write --no-sparse allocated $a of 64M"
+"$THINSTACK" read stack.json vm0 0 64M | cmp - src.img || fail "read back after --no-sparse differs"
+cat src.img | "$THINSTACK" write stack.json vm0 64M -i - --no-sparse
+a=$(alloc vm0.img)
+[ "$a" -ge $((128 * M)) ] || fail "streamed write --no-sparse allocated $a of 128M"
+"$THINSTACK" read stack.json vm0 0 64M --no-sparse 2>err.txt && fail "read took --no-sparse"
+grep -q -- "--no-sparse goes with write" err.txt || fail "read --no-sparse: $(cat err.txt)"
 echo ok
