@@ -157,7 +157,9 @@ sed -e 's/"2G"/"'"$psize"'"/' -e 's/"size": "1G"/"size": "'"$psize"'"/' thin.jso
 t0=$(date +%s%N); "$T" provision prov.json vol 0 "$psize" >/dev/null
 echo "thin volume over RBD, thinstack provision $psize: $(secs_of $t0 $(date +%s%N)) s"
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
+# --no-sparse: zero buffers written as data, every block allocated and
+# stored; without it the CLI would turn them into WRITE_ZEROES that unmap.
 truncate -s "$psize" zeroes.bin   # sparse: reading it costs nothing
-t0=$(date +%s%N); "$T" write prov.json vol 0 -i zeroes.bin >/dev/null
+t0=$(date +%s%N); "$T" write prov.json vol 0 -i zeroes.bin --no-sparse >/dev/null
 echo "thin volume over RBD, writing $psize of zeroes: $(secs_of $t0 $(date +%s%N)) s"
 rm zeroes.bin
