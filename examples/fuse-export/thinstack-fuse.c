@@ -33,9 +33,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
-#include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <linux/falloc.h>
+#include <linux/fuse.h>
+#include <semaphore.h>
+#include <sys/mman.h>
 #include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -51,6 +53,8 @@
 /* How long a computed allocation figure (st_blocks, statfs) may be reused
  * while nothing changes it. */
 #define ALLOC_CACHE_NS 1000000000LL
+/* How long the kernel may reuse attributes and names (seconds). */
+#define ATTR_TIMEOUT 1.0
 /* Block status is asked for the whole rest of the device, in bounded steps
  * (ts_block_status_bounded): a hole of any length is one extent, so an 8E
  * volume costs what it holds, not its size; fixed pieces of 1 GiB made a
@@ -71,9 +75,12 @@ static struct tsf_state {
   int page_cache;              /* set by fuse_opt_parse, hence int */
   char *control;               /* -o control=PATH */
   int no_control;              /* -o nocontrol */
+  int serial_writes;           /* -o serial_writes */
+  unsigned threads;            /* -o threads=N */
   bool read_only;
   bool show_help;
   ts_stack *stack;
+  struct fuse_session *se;
   struct export *ex;
   size_t nex;
   int64_t start_ns;
@@ -95,31 +102,9 @@ static int64_t mono_ns(void)
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static struct export *find_export(const char *path)
-{
-  if (path[0] != '/')
-    return NULL;
-  for (size_t i = 0; i < g.nex; i++)
-    if (strcmp(path + 1, g.ex[i].name) == 0)
-      return &g.ex[i];
-  return NULL;
-}
-
-/* The export of an open file (fh is set by open) or of a path. */
-static struct export *file_export(const char *path, const struct fuse_file_info *fi)
-{
-  if (path && strcmp(path, "/") == 0)
-    return NULL;
-  return fi ? &g.ex[fi->fh] : find_export(path);
-}
-
 /* The session is ending (SIGTERM, SIGINT, unmount): long walks give up, so
- * the loop can join its workers and the stack close within a second. */
-static bool stopping(void)
-{
-  struct fuse_context *c = fuse_get_context();
-  return c && c->fuse && fuse_session_exited(fuse_get_session(c->fuse));
-}
+ * the workers can be joined and the stack closed within a second. */
+static bool stopping(void) { return g.se && fuse_session_exited(g.se); }
 
 static void changed(struct export *e)
 {
@@ -159,33 +144,37 @@ static void set_time(struct timespec *ts, int64_t ns)
   ts->tv_nsec = (long)(ns % 1000000000LL);
 }
 
-static void *tsf_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+/* Inode numbers: the root is FUSE_ROOT_ID (1), export i is i + 2. */
+static struct export *ino_export(fuse_ino_t ino)
+{
+  return ino >= 2 && ino - 2 < g.nex ? &g.ex[ino - 2] : NULL;
+}
+
+static void tsf_init(void *userdata, struct fuse_conn_info *conn)
 {
   /* O_TRUNC arrives with open (which ignores it, as a block device does)
    * instead of as a truncate to size 0, which we would have to refuse. */
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
-  cfg->attr_timeout = 1.0;
-  cfg->entry_timeout = 1.0;
-  cfg->use_ino = 0;
-  return NULL;
 }
 
-static int tsf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+/* The attributes of inode `ino`; false if there is none. */
+static bool fill_attr(fuse_ino_t ino, struct stat *st)
 {
   memset(st, 0, sizeof *st);
+  st->st_ino = ino;
   st->st_uid = g.uid;
   st->st_gid = g.gid;
-  if (path && strcmp(path, "/") == 0) {
+  if (ino == FUSE_ROOT_ID) {
     st->st_mode = S_IFDIR | 0755;
     st->st_nlink = 2;
     set_time(&st->st_mtim, g.start_ns);
     st->st_ctim = st->st_atim = st->st_mtim;
-    return 0;
+    return true;
   }
-  struct export *e = file_export(path, fi);
+  struct export *e = ino_export(ino);
   if (!e)
-    return -ENOENT;
+    return false;
   const ts_limits *lim = ts_dev_limits(e->dev);
   st->st_mode = S_IFREG | (e->read_only ? 0444 : 0644);
   st->st_nlink = 1;
@@ -195,134 +184,232 @@ static int tsf_getattr(const char *path, struct stat *st, struct fuse_file_info 
   set_time(&st->st_mtim, atomic_load(&e->mtime_ns));
   st->st_ctim = st->st_mtim;
   set_time(&st->st_atim, g.start_ns);
-  return 0;
+  return true;
 }
 
-static int tsf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t offset,
-                       struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+static void tsf_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-  if (strcmp(path, "/") != 0)
-    return -ENOTDIR;
-  fill(buf, ".", NULL, 0, 0);
-  fill(buf, "..", NULL, 0, 0);
-  for (size_t i = 0; i < g.nex; i++)
-    fill(buf, g.ex[i].name, NULL, 0, 0);
-  return 0;
+  struct fuse_entry_param ep = { .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ATTR_TIMEOUT };
+  for (size_t i = 0; parent == FUSE_ROOT_ID && i < g.nex; i++)
+    if (strcmp(name, g.ex[i].name) == 0) {
+      ep.ino = (fuse_ino_t)i + 2;
+      fill_attr(ep.ino, &ep.attr);
+      fuse_reply_entry(req, &ep);
+      return;
+    }
+  fuse_reply_err(req, parent == FUSE_ROOT_ID ? ENOENT : ENOTDIR);
 }
 
-static int tsf_open(const char *path, struct fuse_file_info *fi)
+static void tsf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  struct export *e = find_export(path);
-  if (!e)
-    return strcmp(path, "/") == 0 ? -EISDIR : -ENOENT;
-  if ((fi->flags & O_ACCMODE) != O_RDONLY && e->read_only)
-    return -EROFS;
-  fi->fh = (uint64_t)(e - g.ex);
-  fi->direct_io = !g.page_cache;
-  /* Only this mount changes the stack while it is mounted, and the kernel
-   * drops cached pages itself on punch and zero: cached pages stay valid. */
-  fi->keep_cache = g.page_cache;
-  return 0;
+  struct stat st;
+  if (fill_attr(ino, &st))
+    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+  else
+    fuse_reply_err(req, ENOENT);
 }
 
-static int tsf_read(const char *path, char *buf, size_t size, off_t off,
-                    struct fuse_file_info *fi)
-{
-  struct export *e = file_export(path, fi);
-  uint64_t dsize = ts_dev_size(e->dev);
-  if (off < 0)
-    return -EINVAL;
-  if ((uint64_t)off >= dsize)
-    return 0;
-  if (size > dsize - (uint64_t)off)
-    size = (size_t)(dsize - (uint64_t)off);
-  int r = bd_read(&e->bd, buf, size, (uint64_t)off);
-  return r ? r : (int)size;
-}
-
-/* Reads land in a page-aligned buffer of ours (libfuse frees it with free()
- * once the reply is sent): the one libfuse would pass to .read is a plain
- * malloc, 16 bytes off a page, which a direct-I/O data layer could only take
- * through a copy. */
-static int tsf_read_buf(const char *path, struct fuse_bufvec **bufp, size_t size, off_t off,
+static void tsf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                         struct fuse_file_info *fi)
 {
-  struct export *e = file_export(path, fi);
+  struct export *e = ino_export(ino);
+  struct stat st;
+  if (!e && ino != FUSE_ROOT_ID) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  /* Modes follow the devices (read-only or not) and the files belong to
+   * whoever mounted the stack. */
+  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  /* A device has a fixed size: truncating to it is a no-op, anything else
+   * is refused. */
+  if ((to_set & FUSE_SET_ATTR_SIZE) && (!e || (uint64_t)attr->st_size != ts_dev_size(e->dev))) {
+    fuse_reply_err(req, e ? EINVAL : EISDIR);
+    return;
+  }
+  /* Times are accepted, so that touch and cp -p work, but not stored. */
+  fill_attr(ino, &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void tsf_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                        struct fuse_file_info *fi)
+{
+  if (ino != FUSE_ROOT_ID) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  char *buf = malloc(size ? size : 1);
+  if (!buf) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  /* Entry i is ".", "..", then export i - 2 (inode i); its successor's
+   * offset is i + 1. */
+  size_t used = 0;
+  for (off_t i = off < 0 ? 0 : off; i < (off_t)g.nex + 2; i++) {
+    struct stat st = { .st_ino = i < 2 ? FUSE_ROOT_ID : (fuse_ino_t)i,
+                       .st_mode = i < 2 ? S_IFDIR : S_IFREG };
+    const char *name = i == 0 ? "." : i == 1 ? ".." : g.ex[i - 2].name;
+    size_t n = fuse_add_direntry(req, buf + used, size - used, name, &st, i + 1);
+    if (n > size - used)
+      break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf, used);
+  free(buf);
+}
+
+static void tsf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  struct export *e = ino_export(ino);
+  if (!e) {
+    fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+    return;
+  }
+  if ((fi->flags & O_ACCMODE) != O_RDONLY && e->read_only) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  /* The reply is built here because libfuse 3.14's fuse_file_info cannot
+   * carry FOPEN_PARALLEL_DIRECT_WRITES: without it the kernel (6.2+) takes
+   * the inode lock exclusively for every direct write, so writes to one
+   * file run one at a time whatever the queue depth. bytedev orders
+   * overlapping writes itself. With the page cache, cached pages stay
+   * valid: only this mount changes the stack while it is mounted, and the
+   * kernel drops cached pages itself on punch and zero. */
+  struct fuse_open_out out = { .fh = (uint64_t)(e - g.ex) };
+  out.open_flags = g.page_cache
+                       ? FOPEN_KEEP_CACHE
+                       : FOPEN_DIRECT_IO | (g.serial_writes ? 0 : FOPEN_PARALLEL_DIRECT_WRITES);
+  fuse_reply_buf(req, (const char *)&out, sizeof out);
+}
+
+/* Read buffers, one per thread, page-aligned so that a direct-I/O data
+ * layer reads straight into them, and kept for the thread's next read. */
+static pthread_key_t read_buf_key;
+
+struct rbuf {
+  size_t cap; /* bytes at mem */
+  void *mem;
+};
+
+static void *read_buf(size_t size)
+{
+  struct rbuf *b = pthread_getspecific(read_buf_key);
+  if (!b) {
+    b = calloc(1, sizeof *b);
+    if (!b || pthread_setspecific(read_buf_key, b) != 0) {
+      free(b);
+      return NULL;
+    }
+  }
+  if (b->cap < size) {
+    free(b->mem);
+    b->cap = 0;
+    if (posix_memalign(&b->mem, 4096, size) != 0)
+      return b->mem = NULL;
+    b->cap = size;
+  }
+  return b->mem;
+}
+
+static void free_read_buf(void *p)
+{
+  struct rbuf *b = p;
+  free(b->mem);
+  free(b);
+}
+
+static void tsf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+  struct export *e = &g.ex[fi->fh];
   uint64_t dsize = ts_dev_size(e->dev);
-  if (off < 0)
-    return -EINVAL;
+  if (off < 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
   if ((uint64_t)off >= dsize)
     size = 0;
   else if (size > dsize - (uint64_t)off)
     size = (size_t)(dsize - (uint64_t)off);
-  struct fuse_bufvec *bv = malloc(sizeof *bv);
-  void *mem = NULL;
-  if (!bv || posix_memalign(&mem, 4096, size ? size : 1)) {
-    free(bv);
-    return -ENOMEM;
-  }
-  int r = size ? bd_read(&e->bd, mem, size, (uint64_t)off) : 0;
-  if (r) {
-    free(mem);
-    free(bv);
-    return r;
-  }
-  *bv = (struct fuse_bufvec)FUSE_BUFVEC_INIT(size);
-  bv->buf[0].mem = mem;
-  *bufp = bv;
-  return 0;
+  void *mem = read_buf(size ? size : 1);
+  int r = !mem ? -ENOMEM : size ? bd_read(&e->bd, mem, size, (uint64_t)off) : 0;
+  if (r)
+    fuse_reply_err(req, -r);
+  else
+    fuse_reply_buf(req, mem, size);
 }
 
-static int tsf_write(const char *path, const char *buf, size_t size, off_t off,
-                     struct fuse_file_info *fi)
+/* With our receive loop (serve) the data starts on a page: a direct-I/O
+ * data layer writes it as it is. */
+static void tsf_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                      struct fuse_file_info *fi)
 {
-  struct export *e = file_export(path, fi);
+  struct export *e = &g.ex[fi->fh];
   uint64_t dsize = ts_dev_size(e->dev);
-  if (off < 0)
-    return -EINVAL;
+  if (off < 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
   /* The file cannot grow: a write at or past the end is "file too large",
    * one that crosses the end is short, as on a block device. */
-  if ((uint64_t)off >= dsize)
-    return size ? -EFBIG : 0;
+  if ((uint64_t)off >= dsize) {
+    if (size)
+      fuse_reply_err(req, EFBIG);
+    else
+      fuse_reply_write(req, 0);
+    return;
+  }
   if (size > dsize - (uint64_t)off)
     size = (size_t)(dsize - (uint64_t)off);
   int r = bd_write(&e->bd, buf, size, (uint64_t)off, 0);
   changed(e);
-  return r ? r : (int)size;
+  if (r)
+    fuse_reply_err(req, -r);
+  else
+    fuse_reply_write(req, size);
 }
 
-static int tsf_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+static void tsf_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-  struct export *e = file_export(path, fi);
-  return e ? ts_flush(e->dev) : -ENOENT;
+  fuse_reply_err(req, -ts_flush(g.ex[fi->fh].dev));
 }
 
-static int tsf_fallocate(const char *path, int mode, off_t off, off_t len,
-                         struct fuse_file_info *fi)
+static void tsf_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                          struct fuse_file_info *fi)
 {
-  struct export *e = file_export(path, fi);
+  struct export *e = &g.ex[fi->fh];
   uint64_t dsize = ts_dev_size(e->dev);
   bool keep = mode & FALLOC_FL_KEEP_SIZE;
   int op = mode & ~FALLOC_FL_KEEP_SIZE;
+  int r = 0;
   if (off < 0 || len <= 0)
-    return -EINVAL;
-  if (op != 0 && op != FALLOC_FL_PUNCH_HOLE && op != FALLOC_FL_ZERO_RANGE)
-    return -EOPNOTSUPP; /* collapse, insert, unshare: no meaning on a device */
-  if (op == FALLOC_FL_PUNCH_HOLE && !keep)
-    return -EOPNOTSUPP; /* as on every file system: punching must keep the size */
-  if (e->read_only)
-    return -EROFS;
+    r = -EINVAL;
+  else if (op != 0 && op != FALLOC_FL_PUNCH_HOLE && op != FALLOC_FL_ZERO_RANGE)
+    r = -EOPNOTSUPP; /* collapse, insert, unshare: no meaning on a device */
+  else if (op == FALLOC_FL_PUNCH_HOLE && !keep)
+    r = -EOPNOTSUPP; /* as on every file system: punching must keep the size */
+  else if (e->read_only)
+    r = -EROFS;
+  if (r) {
+    fuse_reply_err(req, -r);
+    return;
+  }
   uint64_t o = (uint64_t)off, l = (uint64_t)len;
   if (o >= dsize || l > dsize - o) {
     /* The file cannot grow; with KEEP_SIZE the part past the end is
      * simply not there, as for any file. */
-    if (!keep)
-      return -EFBIG;
-    if (o >= dsize)
-      return 0;
+    if (!keep || o >= dsize) {
+      fuse_reply_err(req, keep ? 0 : EFBIG);
+      return;
+    }
     l = dsize - o;
   }
-  int r;
   if (op == 0)
     r = bd_provision(&e->bd, o, l);
   else if (op == FALLOC_FL_PUNCH_HOLE)
@@ -330,15 +417,14 @@ static int tsf_fallocate(const char *path, int mode, off_t off, off_t len,
   else
     r = bd_zero(&e->bd, o, l, 0);
   changed(e);
-  return r;
+  fuse_reply_err(req, -r);
 }
 
 /* SEEK_DATA / SEEK_HOLE (the kernel handles the other whences). A hole is an
  * unallocated range that reads as zeroes; an unallocated range whose contents
  * are undefined counts as data, so sparse copies never skip it. */
-static off_t tsf_lseek(const char *path, off_t off, int whence, struct fuse_file_info *fi)
+static off_t seek_data_hole(struct export *e, off_t off, int whence)
 {
-  struct export *e = file_export(path, fi);
   uint64_t size = ts_dev_size(e->dev), lbs = ts_dev_limits(e->dev)->logical_block_size;
   if (whence != SEEK_DATA && whence != SEEK_HOLE)
     return -EINVAL;
@@ -377,7 +463,17 @@ static off_t tsf_lseek(const char *path, off_t off, int whence, struct fuse_file
   return found;
 }
 
-static int tsf_statfs(const char *path, struct statvfs *sv)
+static void tsf_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                      struct fuse_file_info *fi)
+{
+  off_t r = seek_data_hole(&g.ex[fi->fh], off, whence);
+  if (r < 0)
+    fuse_reply_err(req, (int)-r);
+  else
+    fuse_reply_lseek(req, r);
+}
+
+static void tsf_statfs(fuse_req_t req, fuse_ino_t ino)
 {
   uint64_t total = 0, used = 0;
   uint32_t bsize = 512, frsize = 512;
@@ -394,58 +490,29 @@ static int tsf_statfs(const char *path, struct statvfs *sv)
   }
   if (bsize < frsize)
     bsize = frsize;
-  memset(sv, 0, sizeof *sv);
-  sv->f_bsize = bsize;
-  sv->f_frsize = frsize;
-  sv->f_blocks = total / frsize;
-  sv->f_bfree = sv->f_bavail = (total - (used < total ? used : total)) / frsize;
-  sv->f_files = g.nex + 1;
-  sv->f_namemax = 255;
-  return 0;
+  struct statvfs sv = { 0 };
+  sv.f_bsize = bsize;
+  sv.f_frsize = frsize;
+  sv.f_blocks = total / frsize;
+  sv.f_bfree = sv.f_bavail = (total - (used < total ? used : total)) / frsize;
+  sv.f_files = g.nex + 1;
+  sv.f_namemax = 255;
+  fuse_reply_statfs(req, &sv);
 }
 
-static int tsf_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-  struct export *e = file_export(path, fi);
-  if (!e)
-    return -ENOENT;
-  /* A device has a fixed size: truncating to it is a no-op, anything else
-   * is refused. */
-  return (uint64_t)size == ts_dev_size(e->dev) ? 0 : -EINVAL;
-}
-
-static int tsf_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
-{
-  /* Accepted so that touch and cp -p work; times are not stored. */
-  return file_export(path, fi) || strcmp(path, "/") == 0 ? 0 : -ENOENT;
-}
-
-static int tsf_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-  return -EPERM; /* modes follow the devices: read-only or not */
-}
-
-static int tsf_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
-{
-  return -EPERM; /* the files belong to whoever mounted the stack */
-}
-
-static const struct fuse_operations ops = {
+static const struct fuse_lowlevel_ops ops = {
   .init = tsf_init,
+  .lookup = tsf_lookup,
   .getattr = tsf_getattr,
+  .setattr = tsf_setattr,
   .readdir = tsf_readdir,
   .open = tsf_open,
   .read = tsf_read,
-  .read_buf = tsf_read_buf,
   .write = tsf_write,
   .fsync = tsf_fsync,
   .fallocate = tsf_fallocate,
   .lseek = tsf_lseek,
   .statfs = tsf_statfs,
-  .truncate = tsf_truncate,
-  .utimens = tsf_utimens,
-  .chmod = tsf_chmod,
-  .chown = tsf_chown,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -453,12 +520,21 @@ static const struct fuse_operations ops = {
 
 enum { KEY_HELP, KEY_VERSION, KEY_RO, KEY_ALLOW_OTHER };
 
+/* Worker threads by default: a request holds its thread until the stack
+ * answers, so a queue as deep as fio's 32 needs 32 of them to be in flight
+ * at once. */
+#define DEFAULT_THREADS 32
+#define MAX_THREADS 1024
+
 static bool allow_other;
 
 static const struct fuse_opt tsf_opts[] = {
   { "page_cache", offsetof(struct tsf_state, page_cache), 1 },
   { "control=%s", offsetof(struct tsf_state, control), 0 },
   { "nocontrol", offsetof(struct tsf_state, no_control), 1 },
+  { "threads=%u", offsetof(struct tsf_state, threads), 0 },
+  { "serial_writes", offsetof(struct tsf_state, serial_writes), 1 },
+  FUSE_OPT_KEY("direct_io", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY("ro", KEY_RO),
   FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_KEY("-h", KEY_HELP),
@@ -475,7 +551,7 @@ static void usage(FILE *f, const char *prog)
           "  Mount the exported devices of the stack CONFIG as files in MOUNTPOINT.\n\n"
           "options:\n"
           "  -f                run in the foreground\n"
-          "  -s                single-threaded\n"
+          "  -s                single-threaded (threads=1)\n"
           "  -d                debug output (implies -f)\n"
           "  -o ro             open the stack read-only and mount read-only\n"
           "  -o page_cache     let the kernel cache file data (needed for mmap);\n"
@@ -484,8 +560,11 @@ static void usage(FILE *f, const char *prog)
           "                    then checks their permissions (default_permissions)\n"
           "  -o control=PATH   serve the stack's control socket at PATH (default:\n"
           "                    CONFIG.ctl; `thinstack` commands on CONFIG go through it)\n"
-          "  -o nocontrol      serve no control socket\n",
-          prog);
+          "  -o nocontrol      serve no control socket\n"
+          "  -o threads=N      serve requests on N threads (default %d)\n"
+          "  -o serial_writes  let the kernel send direct writes to a file one at a\n"
+          "                    time (the default lets them run in parallel)\n",
+          prog, DEFAULT_THREADS);
 }
 
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
@@ -632,26 +711,110 @@ static void detached(int status_fd)
   }
 }
 
+/* The receive loop. Each worker reads requests into a buffer of its own,
+ * placed so that a WRITE's data (after its two headers) starts on a page:
+ * a direct-I/O data layer then writes it without a copy, where libfuse's
+ * loop reads into a plain malloc and the data lands 80 bytes into a page.
+ * libfuse 3.14 to 3.16 read up to 256 pages of data plus one page of
+ * headers per request (their bufsize); libfuse 3.17 makes that size
+ * configurable, so there the export keeps libfuse's own loop. */
+#define RECV_PAGES (256 + 1)
+#define WRITE_HEADERS (sizeof(struct fuse_in_header) + sizeof(struct fuse_write_in))
+
+static sem_t serve_done;
+static _Atomic int serve_error;
+
+static void *serve_worker(void *mem)
+{
+  struct fuse_buf fb = { .mem = mem };
+  /* Workers are cancelled only while they wait for a request, never in the
+   * middle of one. */
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+  while (!fuse_session_exited(g.se)) {
+    pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+    int r = fuse_session_receive_buf(g.se, &fb);
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+    if (r == -EINTR)
+      continue;
+    if (r <= 0) {
+      /* 0: unmounted; an error ends the session too. */
+      if (r < 0)
+        atomic_store(&serve_error, r);
+      fuse_session_exit(g.se);
+      break;
+    }
+    fuse_session_process_buf(g.se, &fb);
+  }
+  sem_post(&serve_done);
+  return NULL;
+}
+
+/* Serve on `n` threads until the session ends. Returns 0 or -errno. */
+static int serve(unsigned n)
+{
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (RECV_PAGES + 1) * page;
+  pthread_t *t = calloc(n, sizeof *t);
+  char **mem = calloc(n, sizeof *mem);
+  unsigned started = 0;
+  int r = t && mem ? 0 : -ENOMEM;
+  if (!r)
+    r = sem_init(&serve_done, 0, 0) ? -errno : 0;
+  for (; !r && started < n; started++) {
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      r = -errno;
+      break;
+    }
+    mem[started] = m;
+    r = -pthread_create(&t[started], NULL, serve_worker, (char *)m + page - WRITE_HEADERS);
+    if (r) {
+      munmap(m, len);
+      break;
+    }
+  }
+  if (r)
+    fprintf(stderr, "thinstack-fuse: starting worker %u: %s\n", started + 1, strerror(-r));
+  if (r && started)
+    fuse_session_exit(g.se);
+  /* A signal ends the session without waking anyone: look once a second. */
+  while (started && !fuse_session_exited(g.se)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec++;
+    sem_timedwait(&serve_done, &ts);
+  }
+  for (unsigned i = 0; i < started; i++)
+    pthread_cancel(t[i]);
+  for (unsigned i = 0; i < started; i++) {
+    pthread_join(t[i], NULL);
+    munmap(mem[i], len);
+  }
+  if (t && mem)
+    sem_destroy(&serve_done);
+  free(t);
+  free(mem);
+  return r ? r : atomic_load(&serve_error);
+}
+
 int main(int argc, char **argv)
 {
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   struct fuse_cmdline_opts co;
   memset(&co, 0, sizeof co);
   int status = 1, status_fd = -1;
-  struct fuse *f = NULL;
 
-  /* Request buffers are up to 1 MiB (libfuse's own per thread, ours for
-   * reads): from the heap, kept, they are reused; above glibc's default
-   * mmap threshold each one was a fresh mapping, page-faulted as it filled
-   * and unmapped when freed. */
+  /* Read buffers are up to 1 MiB: from the heap, kept, they are reused;
+   * above glibc's default mmap threshold each one was a fresh mapping,
+   * page-faulted as it filled and unmapped when freed. */
   mallopt(M_MMAP_THRESHOLD, 8 << 20);
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  g.threads = DEFAULT_THREADS;
   if (fuse_opt_parse(&args, &g, tsf_opts, opt_proc) != 0)
     return 2;
   if (g.show_help) {
     usage(stdout, argv[0]);
     printf("\nFUSE options:\n");
-    fuse_lib_help(&args);
+    fuse_lowlevel_help();
     fuse_opt_free_args(&args);
     return 0;
   }
@@ -669,52 +832,51 @@ int main(int argc, char **argv)
     usage(stderr, argv[0]);
     goto out_args;
   }
+  if (co.singlethread)
+    g.threads = 1;
+  if (g.threads < 1 || g.threads > MAX_THREADS) {
+    fprintf(stderr, "thinstack-fuse: -o threads=%u: must be 1 to %d\n", g.threads, MAX_THREADS);
+    goto out_args;
+  }
+  if (pthread_key_create(&read_buf_key, free_read_buf) != 0)
+    goto out_args;
   g.uid = getuid();
   g.gid = getgid();
   if (!co.foreground && (status_fd = background()) < 0)
     goto out_args;
   if (open_stack() != 0)
     goto out_stack;
-  f = fuse_new(&args, &ops, sizeof ops, NULL);
-  if (!f)
+  g.se = fuse_session_new(&args, &ops, sizeof ops, NULL);
+  if (!g.se)
     goto out_stack;
-  if (fuse_mount(f, co.mountpoint) != 0)
-    goto out_fuse;
-  if (fuse_set_signal_handlers(fuse_get_session(f)) != 0)
+  if (fuse_session_mount(g.se, co.mountpoint) != 0)
+    goto out_session;
+  if (fuse_set_signal_handlers(g.se) != 0)
     goto out_unmount;
   if (status_fd >= 0) {
     detached(status_fd);
     status_fd = -1;
   }
   int r;
-  if (co.singlethread) {
-    r = fuse_loop(f);
-  } else {
-#ifdef TS_FUSE_LOOP_CFG
-    struct fuse_loop_config *lc = fuse_loop_cfg_create();
-    if (!lc)
-      goto out_signals;
-    fuse_loop_cfg_set_clone_fd(lc, (unsigned)co.clone_fd);
-    fuse_loop_cfg_set_max_threads(lc, co.max_threads);
-    /* UINT_MAX means "not given" (libfuse then keeps its default). */
-    if (co.max_idle_threads != UINT_MAX)
-      fuse_loop_cfg_set_idle_threads(lc, co.max_idle_threads);
-    r = fuse_loop_mt(f, lc);
-    fuse_loop_cfg_destroy(lc);
+#if FUSE_MAJOR_VERSION == 3 && FUSE_MINOR_VERSION < 17
+  r = serve(g.threads);
 #else
-    struct fuse_loop_config lc = { .clone_fd = co.clone_fd,
-                                   .max_idle_threads = co.max_idle_threads };
-    r = fuse_loop_mt(f, &lc);
-#endif
+  struct fuse_loop_config *lc = fuse_loop_cfg_create();
+  r = -ENOMEM;
+  if (lc) {
+    fuse_loop_cfg_set_max_threads(lc, g.threads);
+    r = fuse_session_loop_mt(g.se, lc);
+    fuse_loop_cfg_destroy(lc);
   }
-  /* The loop reports the signal that ended it: a clean exit too. */
+#endif
+  /* libfuse's loop reports the signal that ended it: a clean exit too. */
   status = r >= 0 ? 0 : 1;
-out_signals:
-  fuse_remove_signal_handlers(fuse_get_session(f));
+  fuse_remove_signal_handlers(g.se);
 out_unmount:
-  fuse_unmount(f);
-out_fuse:
-  fuse_destroy(f);
+  fuse_session_unmount(g.se);
+out_session:
+  fuse_session_destroy(g.se);
+  g.se = NULL;
 out_stack:
   if (g.stack && close_stack() != 0)
     status = 1;
