@@ -15,7 +15,9 @@
  * read-only opens take no lock.
  *
  * Ops: READ/WRITE through rbd_aio_readv/writev, so requests of many threads
- * are in flight at once (TS_THREAD_PARALLEL); FLUSH is rbd_aio_flush. The
+ * are in flight at once (TS_THREAD_PARALLEL); writes pass the caller's
+ * buffers to librbd uncopied unless its cache needs a copy (see
+ * rbd_disable_zero_copy_writes below); FLUSH is rbd_aio_flush. The
  * async API starts READ, WRITE and FLUSH itself (submit_async) and librbd's
  * completion callback reports them, on librbd's finisher thread; `submit`
  * waits for the same calls, for the synchronous API and the rest. DISCARD
@@ -168,6 +170,14 @@ static int rbd_layer_open(ts_layer *l, const json_t *params, ts_error *err)
       return ts_layer_error(l, err, rc, "keyring", "%s", ts_strerror(rc));
     }
   }
+  /* librbd copies every write into a buffer of its own unless told not to
+   * (Ceph's default, for callers that may change a buffer in flight). A
+   * layer's caller leaves the buffers untouched until the request ends, and
+   * librbd holds a zero-copy write's completion until it has released the
+   * buffer, so the copy buys nothing here. Where librbd's cache may
+   * acknowledge a write early (writearound, writeback) it copies anyway; an
+   * image's own `conf_rbd_disable_zero_copy_writes` metadata still wins. */
+  rados_conf_set(r->cluster, "rbd_disable_zero_copy_writes", "false");
   rc = rados_connect(r->cluster);
   if (rc < 0) {
     rbd_teardown(r, false);
