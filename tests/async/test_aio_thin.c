@@ -315,6 +315,118 @@ START_TEST(snapshot_waits_for_fast_write)
 }
 END_TEST
 
+/* The same path over a real file layer's io_uring: reads on the ring while
+ * another thread discards, rewrites and commits. A read sees its own
+ * block's bytes or zeroes, never another block's. */
+enum { RBLOCKS = 32, RREADS = 2000, RDEPTH = 8 };
+static ts_stack *rstack;
+static ts_dev *rvol;
+static struct {
+  struct treq t[RDEPTH];
+  unsigned char buf[RDEPTH][K4];
+  uint64_t rng;
+  int submitted, bad;
+  ts_aio_ctx *ctx;
+} rd;
+
+static void rsetup(void)
+{
+  ts_test_dir_setup();
+  total_calls = 0;
+  rstack = ts_test_open(
+      ts_test_dir,
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"m.img\", \"size\": \"8M\", \"create\": true },"
+      " \"data\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"4M\", \"create\": true },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"vol\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"2M\","
+      "   \"create\": true } },"
+      " \"exports\": [\"vol\"] }");
+  rvol = ts_stack_dev(rstack, "vol");
+}
+
+static void rteardown(void)
+{
+  ts_error err = { 0 };
+  ck_assert_int_eq(ts_stack_close(rstack, &err), 0);
+  ts_test_dir_teardown();
+}
+
+static void rsubmit(int slot)
+{
+  rd.rng = rd.rng * 6364136223846793005ull + 1442695040888963407ull;
+  uint64_t vb = (rd.rng >> 33) % RBLOCKS;
+  treq_init(&rd.t[slot], TS_OP_READ, vb * BS + ((rd.rng >> 20) % 16) * K4, rd.buf[slot], K4,
+            NULL);
+  rd.t[slot].index = slot;
+  rd.submitted++;
+}
+
+static void rcheck_cb(ts_aio_req *req)
+{
+  struct treq *t = req->data;
+  unsigned char want = (unsigned char)(t->req.io.offset / BS + 1);
+  total_calls++;
+  if (req->result)
+    rd.bad++;
+  for (int i = 0; i < K4; i++)
+    if (rd.buf[t->index][i] != 0 && rd.buf[t->index][i] != want) {
+      rd.bad++;
+      break;
+    }
+  if (rd.submitted < RREADS) {
+    rsubmit(t->index);
+    rd.t[t->index].req.cb = rcheck_cb;
+    ck_assert_int_eq(treq_submit_buf(rd.ctx, rvol, &rd.t[t->index]), 0);
+  }
+}
+
+static _Atomic bool rstop;
+
+static void *rewriter(void *arg)
+{
+  (void)arg;
+  static unsigned char buf[BS];
+  for (int i = 0; !atomic_load(&rstop); i++) {
+    int vb = i % RBLOCKS;
+    memset(buf, vb + 1, BS);
+    ck_assert_int_eq(ts_discard(rvol, (uint64_t)vb * BS, BS), 0);
+    ck_assert_int_eq(ts_pwrite(rvol, buf, BS, (uint64_t)vb * BS, 0), 0);
+    if (i % 8 == 7)
+      ck_assert_int_eq(ts_flush(rvol), 0); /* freed blocks become reusable */
+  }
+  return NULL;
+}
+
+START_TEST(ring_reads_while_blocks_move)
+{
+  static unsigned char buf[BS];
+  for (int vb = 0; vb < RBLOCKS; vb++) {
+    memset(buf, vb + 1, BS);
+    ck_assert_int_eq(ts_pwrite(rvol, buf, BS, (uint64_t)vb * BS, 0), 0);
+  }
+  rd.ctx = make_ctx(TS_AIO_MODE_EVENTFD, NULL, 2, RDEPTH, 0);
+  rd.rng = 42;
+  rd.submitted = rd.bad = 0;
+  atomic_store(&rstop, false);
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, rewriter, NULL), 0);
+  for (int i = 0; i < RDEPTH; i++) {
+    rsubmit(i);
+    rd.t[i].req.cb = rcheck_cb;
+    ck_assert_int_eq(treq_submit_buf(rd.ctx, rvol, &rd.t[i]), 0);
+  }
+  host_wait(rd.ctx, RREADS);
+  atomic_store(&rstop, true);
+  pthread_join(th, NULL);
+  ck_assert_int_eq(rd.bad, 0);
+  ck_assert_int_eq(ts_aio_ctx_close(rd.ctx), 0);
+  struct tp_pool *p = tp_pool_of(ts_stack_node(rstack, "pool"));
+  ck_assert_uint_gt(atomic_load(&p->n_fast_reads), 0);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("aio_thin");
@@ -324,5 +436,9 @@ int main(void)
   tcase_add_test(tc, discard_waits_for_fast_write);
   tcase_add_test(tc, snapshot_waits_for_fast_write);
   suite_add_tcase(s, tc);
+  TCase *ring = tcase_create("ring");
+  tcase_add_checked_fixture(ring, rsetup, rteardown);
+  tcase_add_test(ring, ring_reads_while_blocks_move);
+  suite_add_tcase(s, ring);
   return ts_test_main(s);
 }
