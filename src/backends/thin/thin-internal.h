@@ -100,6 +100,7 @@ struct tp_pool {
   atomic_uint_fast64_t fast_inflight;
   pthread_mutex_t fast_mu;
   pthread_cond_t fast_cv;
+  atomic_uint fast_write_skip; /* 0: try writes; else writes since a decline */
 
   /* counters for status */
   atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_passdown_discard,

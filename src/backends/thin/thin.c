@@ -806,6 +806,12 @@ static int thin_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, v
   struct tp_pool *p = v->pool;
   if (io->op != TS_OP_READ && io->op != TS_OP_WRITE)
     return -EAGAIN; /* FLUSH commits: the workers' job */
+  /* A data layer that declines writes (the file layer keeps them on the
+   * workers unless TS_IO_URING=1) would have each looked up twice, here and
+   * on the worker: after a declined write, only every 64th tries again. */
+  if (io->op == TS_OP_WRITE && atomic_load_explicit(&p->fast_write_skip, memory_order_relaxed) &&
+      atomic_fetch_add_explicit(&p->fast_write_skip, 1, memory_order_relaxed) % 64 != 0)
+    return -EAGAIN;
   uint64_t bs = p->bs, b0 = io->offset / bs, b1 = (io->offset + io->length + bs - 1) / bs;
   struct fast *f = malloc(sizeof *f);
   if (!f)
@@ -843,10 +849,16 @@ static int thin_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, v
   f->arg = arg;
   atomic_fetch_add(&p->fast_inflight, 1);
   pthread_rwlock_unlock(&p->lock);
-  if (ts__submit_async(p->data, &f->io, fast_done, f) == 0)
+  bool write = io->op == TS_OP_WRITE;
+  if (ts__submit_async(p->data, &f->io, fast_done, f) == 0) {
+    if (write)
+      atomic_store_explicit(&p->fast_write_skip, 0, memory_order_relaxed);
     return 0;
+  }
   free(f);
   tp_fast_end(p);
+  if (write)
+    atomic_store_explicit(&p->fast_write_skip, 1, memory_order_relaxed);
   return -EAGAIN;
 }
 
