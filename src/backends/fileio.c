@@ -629,8 +629,9 @@ void ts__fio_ring_start(struct ts__fio *f)
     return;
   }
   snprintf(f->ring_state, sizeof f->ring_state, "%s",
-           f->ring_writes ? "io_uring (TS_IO_URING=1)"
-                          : "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
+           f->ring_writes
+               ? "io_uring (TS_IO_URING=1)"
+               : "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
   f->ring = R;
 }
 

@@ -357,8 +357,7 @@ static void rsubmit(int slot)
 {
   rd.rng = rd.rng * 6364136223846793005ull + 1442695040888963407ull;
   uint64_t vb = (rd.rng >> 33) % RBLOCKS;
-  treq_init(&rd.t[slot], TS_OP_READ, vb * BS + ((rd.rng >> 20) % 16) * K4, rd.buf[slot], K4,
-            NULL);
+  treq_init(&rd.t[slot], TS_OP_READ, vb * BS + ((rd.rng >> 20) % 16) * K4, rd.buf[slot], K4, NULL);
   rd.t[slot].index = slot;
   rd.submitted++;
 }

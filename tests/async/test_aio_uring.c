@@ -163,7 +163,8 @@ START_TEST(eventfd_uses_the_ring)
   if (ring_mode == 2) {
     ck_assert_str_eq(c.engine, "io_uring (TS_IO_URING=1)");
   } else if (ring_mode == 1) {
-    ck_assert_str_eq(c.engine, "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
+    ck_assert_str_eq(c.engine,
+                     "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
   } else {
     ck_assert_str_eq(c.engine, "threads (TS_IO_URING=0)");
   }
