@@ -271,10 +271,36 @@ void tp_release(struct tp_pool *p, const struct tp_druns *runs)
     tmd_data_dec_run(p->md, runs->v[i].d, runs->v[i].n);
 }
 
+void tp_drain(struct tp_pool *p)
+{
+  if (!atomic_load(&p->fast_inflight))
+    return;
+  atomic_fetch_add(&p->n_fast_drains, 1);
+  pthread_mutex_lock(&p->fast_mu);
+  while (atomic_load(&p->fast_inflight))
+    pthread_cond_wait(&p->fast_cv, &p->fast_mu);
+  pthread_mutex_unlock(&p->fast_mu);
+}
+
+/* The broadcast takes the mutex, so it cannot fall between a drainer's
+ * last look at the count and its wait. */
+void tp_fast_end(struct tp_pool *p)
+{
+  if (atomic_fetch_sub(&p->fast_inflight, 1) == 1) {
+    pthread_mutex_lock(&p->fast_mu);
+    pthread_cond_broadcast(&p->fast_cv);
+    pthread_mutex_unlock(&p->fast_mu);
+  }
+}
+
+/* A block freed here is reusable once committed (or at once, when this
+ * transaction allocated it): drain first. Reads of shared blocks are on the
+ * fast path too, and such a block is what breaking sharing frees. */
 void tp_note_unref(struct tp_pool *p, uint64_t d)
 {
   uint32_t c;
   if (tmd_data_ref_count(p->md, d, &c) == 0 && c == 0) {
+    tp_drain(p);
     p->freed = true;
     if (p->passdown && p->data_discard)
       tp_druns_add(&p->pending, d, 1); /* on ENOMEM the block just stays undiscarded */
@@ -540,6 +566,8 @@ static void pool_free(struct tp_pool *p)
   pthread_mutex_destroy(&p->ct_mu);
   pthread_cond_destroy(&p->ct_cv);
   pthread_mutex_destroy(&p->vol_mu);
+  pthread_mutex_destroy(&p->fast_mu);
+  pthread_cond_destroy(&p->fast_cv);
   free(p);
 }
 
@@ -647,6 +675,8 @@ static struct tp_pool *pool_new(ts_layer *l, const json_t *params, const struct 
   pthread_mutex_init(&p->ct_mu, NULL);
   cond_init_monotonic(&p->ct_cv);
   pthread_mutex_init(&p->vol_mu, NULL);
+  pthread_mutex_init(&p->fast_mu, NULL);
+  pthread_cond_init(&p->fast_cv, NULL);
   return p;
 }
 
@@ -872,6 +902,9 @@ static int pool_status(ts_layer *l, json_t *out)
                       json_integer((json_int_t)atomic_load(&p->n_passdown_provision)));
   json_object_set_new(out, "queue_waits", json_integer((json_int_t)atomic_load(&p->n_queue_waits)));
   json_object_set_new(out, "provision_passdown", json_boolean(p->data_provision));
+  json_object_set_new(out, "fast_reads", json_integer((json_int_t)atomic_load(&p->n_fast_reads)));
+  json_object_set_new(out, "fast_writes", json_integer((json_int_t)atomic_load(&p->n_fast_writes)));
+  json_object_set_new(out, "fast_drains", json_integer((json_int_t)atomic_load(&p->n_fast_drains)));
 
   size_t n = 0;
   ts_pool_list_thins(l, NULL, 0, &n, NULL);
@@ -1000,6 +1033,9 @@ static int pool_change(struct tp_pool *p, bool quiesce, pool_change_fn change, v
   else
     pthread_rwlock_rdlock(&p->txn);
   pthread_rwlock_wrlock(&p->lock);
+  /* Every change that unmaps (delete, resize) or shares (snapshot) blocks
+   * comes through here: no fast-path request may still be writing them. */
+  tp_drain(p);
   int r = change(p, arg);
   if (!r)
     tp_changed(p);

@@ -94,9 +94,17 @@ struct tp_pool {
 
   atomic_int failed;        /* error of a failed commit; 0 = none */
 
+  /* Requests of the async fast path (thin.c) in flight on the data layer.
+   * Raised only under `lock` shared, so a holder of `lock` exclusive that
+   * waits for zero (tp_drain) knows that none is left and none can start. */
+  atomic_uint_fast64_t fast_inflight;
+  pthread_mutex_t fast_mu;
+  pthread_cond_t fast_cv;
+  atomic_uint fast_write_skip; /* 0: try writes; else writes since a decline */
+
   /* counters for status */
   atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_passdown_discard,
-      n_passdown_provision, n_queue_waits;
+      n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes, n_fast_drains;
 };
 
 struct tp_vol {
@@ -126,6 +134,14 @@ void tp_release(struct tp_pool *p, const struct tp_druns *runs);
 /* Under `lock` exclusive: data block `d` lost a mapping; if nothing
  * references it any more, remember it for the post-commit discard. */
 void tp_note_unref(struct tp_pool *p, uint64_t d);
+/* Under `lock` exclusive, before the change that makes a mapped data block
+ * free (an unmap, the last reference dropped) or shares it (a snapshot):
+ * wait for the fast path's requests in flight, any of which may be a write
+ * into that block. A block freed without this could be handed out again
+ * while an old write to it is still on its way to the data layer. */
+void tp_drain(struct tp_pool *p);
+/* A fast-path request has completed on the data layer. */
+void tp_fast_end(struct tp_pool *p);
 /* Under `lock` exclusive: mark the metadata changed. */
 void tp_changed(struct tp_pool *p);
 /* With no lock held: raise the events noticed under the lock. */

@@ -30,6 +30,7 @@
  */
 #include "backends/thin/thin-internal.h"
 #include "core/array.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -737,6 +738,10 @@ static int discard_blocks(struct tp_vol *vol, uint64_t vb, uint64_t ve)
   tp_cell_lock(p, &cell, vol->id, vb, ve);
   pthread_rwlock_rdlock(&p->txn);
   pthread_rwlock_wrlock(&p->lock);
+  /* The blocks may be free (and, allocated in this transaction, reusable)
+   * as soon as the lock is let go: no fast-path write may still be on its
+   * way to them. */
+  tp_drain(p);
   int r = tmd_remove_range(p->md, vol->id, vb, ve, hold ? TMD_REMOVE_HOLD : 0,
                            hold ? collect_freed : NULL, &held, &removed);
   if (removed || held.n) {
@@ -756,6 +761,105 @@ static int discard_blocks(struct tp_vol *vol, uint64_t vb, uint64_t ve)
   tp_cell_unlock(p, &cell);
   tp_druns_free(&held);
   return tp_data_err(p, r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The async fast path                                                       */
+
+/* A request of the async API (LOOP and EVENTFD modes) that needs no change
+ * to the metadata -- a READ of blocks that are all mapped to one run of data
+ * blocks, or all unmapped; a WRITE into blocks mapped to this volume alone --
+ * is translated and started on the data layer's own submit_async (the file
+ * layer's io_uring), with no worker thread: the request costs one thread
+ * hand-off, the completion, where the worker path costs two. Anything else
+ * (allocation, broken sharing, a request across runs, an error) is declined
+ * and takes the ordinary path on a worker.
+ *
+ * The shared lock is not held while the request is in flight (it belongs to
+ * the submitting thread, and the completion runs on another); the pool's
+ * `fast_inflight` count stands in for it: raised under the shared lock, and
+ * drained (tp_drain) under the exclusive lock before a change frees or
+ * shares a block, so a fast write never lands in a block handed to someone
+ * else. */
+struct fast {
+  ts_io io; /* the request, at its data offset */
+  struct tp_pool *pool;
+  ts_io_done_fn done;
+  void *arg;
+};
+
+static void fast_done(void *arg, int result)
+{
+  struct fast *f = arg;
+  struct tp_pool *p = f->pool;
+  ts_io_done_fn done = f->done;
+  void *darg = f->arg;
+  atomic_fetch_add(f->io.op == TS_OP_READ ? &p->n_fast_reads : &p->n_fast_writes, 1);
+  free(f);
+  tp_fast_end(p);
+  done(darg, result);
+}
+
+static int thin_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
+{
+  struct tp_vol *v = ts_layer_priv(l);
+  struct tp_pool *p = v->pool;
+  if (io->op != TS_OP_READ && io->op != TS_OP_WRITE)
+    return -EAGAIN; /* FLUSH commits: the workers' job */
+  /* A data layer that declines writes (the file layer keeps them on the
+   * workers unless TS_IO_URING=1) would have each looked up twice, here and
+   * on the worker: after a declined write, only every 64th tries again. */
+  if (io->op == TS_OP_WRITE && atomic_load_explicit(&p->fast_write_skip, memory_order_relaxed) &&
+      atomic_fetch_add_explicit(&p->fast_write_skip, 1, memory_order_relaxed) % 64 != 0)
+    return -EAGAIN;
+  uint64_t bs = p->bs, b0 = io->offset / bs, b1 = (io->offset + io->length + bs - 1) / bs;
+  struct fast *f = malloc(sizeof *f);
+  if (!f)
+    return -EAGAIN;
+  /* The caller's thread is often an event loop: never wait for the lock.
+   * A commit or a mapping change holding it sends the request to a worker. */
+  if (pthread_rwlock_tryrdlock(&p->lock) != 0) {
+    free(f);
+    return -EAGAIN;
+  }
+  struct runs runs;
+  runs_init(&runs);
+  runs.max = 2; /* more than one run is not ours anyway */
+  int r = lookup(p, v->id, b0, b1, &runs);
+  const struct tmd_run *run = runs.n == 1 ? &runs.v[0] : NULL;
+  bool whole = run && run->vbegin <= b0 && run->vbegin + run->len >= b1;
+  if (r == 0 && runs.n == 0 && io->op == TS_OP_READ) {
+    /* Unmapped: zeroes, here and now. */
+    pthread_rwlock_unlock(&p->lock);
+    free(f);
+    ts_iov_zero(io->iov, io->iovcnt, 0, (size_t)io->length);
+    atomic_fetch_add(&p->n_fast_reads, 1);
+    done(arg, 0);
+    return 0;
+  }
+  if (r || !whole || (io->op == TS_OP_WRITE && run->shared)) {
+    pthread_rwlock_unlock(&p->lock);
+    free(f);
+    return -EAGAIN;
+  }
+  f->io = *io;
+  f->io.offset = run->dbegin * bs + (io->offset - run->vbegin * bs);
+  f->pool = p;
+  f->done = done;
+  f->arg = arg;
+  atomic_fetch_add(&p->fast_inflight, 1);
+  pthread_rwlock_unlock(&p->lock);
+  bool write = io->op == TS_OP_WRITE;
+  if (ts__submit_async(p->data, &f->io, fast_done, f) == 0) {
+    if (write)
+      atomic_store_explicit(&p->fast_write_skip, 0, memory_order_relaxed);
+    return 0;
+  }
+  free(f);
+  tp_fast_end(p);
+  if (write)
+    atomic_store_explicit(&p->fast_write_skip, 1, memory_order_relaxed);
+  return -EAGAIN;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -985,4 +1089,5 @@ const ts_layer_type ts__thin_layer_type = {
   .dm_table = thin_dm_table,
   .grow = thin_grow,
   .config = thin_config,
+  .submit_async = thin_submit_async,
 };
