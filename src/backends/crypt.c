@@ -64,6 +64,7 @@
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
 #define CRYPT_BATCH (16u * 1024)          /* bytes per batched XTS step (see xts_batch) */
+#define CRYPT_BATCH_BELOW 2048u           /* sector sizes that batch (see batched_init) */
 
 static const char *const supported_ciphers = "aes-xts-plain64 (also written capi:xts(aes)-plain64)";
 
@@ -860,7 +861,11 @@ static void batched_init(struct crypt_layer *c)
   if (!c->ecb)
     return;
   prov_cipher_init(c->ecb, &c->ecb_fn);
-  c->batched = c->ecb_fn.newctx != NULL;
+  /* Measured with `thinstack bench crypt`: at 512-byte sectors batching
+   * runs 1.05-1.3x the per-sector XTS call; at 4096 the call's fixed cost
+   * is spread over 8x the data and XTS per sector is the faster (batching
+   * 0.8-0.95x of it), so from 2048 up the layer keeps the XTS call. */
+  c->batched = c->ecb_fn.newctx != NULL && c->sector_size < CRYPT_BATCH_BELOW;
 #ifdef CRYPT_WIDE
   c->wide = c->batched && wide_supported();
 #endif
@@ -1363,6 +1368,10 @@ static int crypt_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "cipher_contexts",
                       json_integer((json_int_t)atomic_load(&c->nr_ctx_created)));
   json_object_set_new(out, "cipher_calls", json_string(c->xts.newctx ? "provider" : "evp"));
+  json_object_set_new(out, "xts",
+                      json_string(!c->batched ? "per sector"
+                                  : c->wide   ? "batched ECB, AVX-512 tweaks"
+                                              : "batched ECB"));
   json_object_set_new(out, "write_zeroes", json_string("encrypted zero sectors"));
   json_object_set_new(out, "discard", json_string(c->allow_discards ? "passed down" : "refused"));
   return 0;
