@@ -50,6 +50,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CRYPT_MAX_SECTOR 4096u
@@ -63,6 +64,7 @@
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
+#define CRYPT_SPIN_NS 50000L              /* a worker polls this long before it sleeps */
 #define CRYPT_BATCH (16u * 1024)          /* bytes per batched XTS step (see xts_batch) */
 #define CRYPT_BATCH_BELOW 2048u           /* sector sizes that batch (see batched_init) */
 
@@ -150,6 +152,7 @@ struct crypt_layer {
   pthread_mutex_t qlock;
   pthread_cond_t qcond;
   struct crypt_task *head, *tail;
+  atomic_uint queued; /* tickets on the queue, read without qlock by spinning workers */
   bool stop;
 
   _Atomic uint64_t nr_parallel, nr_ctx_created;
@@ -955,6 +958,7 @@ static struct crypt_task *queue_pop(struct crypt_layer *c)
 {
   struct crypt_task *t = c->head;
   if (t) {
+    atomic_fetch_sub_explicit(&c->queued, 1, memory_order_relaxed);
     c->head = t->next;
     if (!c->head)
       c->tail = NULL;
@@ -976,6 +980,7 @@ static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
         c->head = next;
       if (c->tail == t)
         c->tail = prev;
+      atomic_fetch_sub_explicit(&c->queued, 1, memory_order_relaxed);
       n++;
     } else {
       prev = t;
@@ -985,12 +990,39 @@ static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
   return n;
 }
 
+/* A worker that just finished a job polls for the next one a little while
+ * before it sleeps: a large request comes as several windows in a row, and
+ * a sleeping worker's wake-up (a futex, on a VM an IPI to a halted vCPU)
+ * took as long as its share of a window. */
+static void worker_spin(struct crypt_layer *c)
+{
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&c->queued, memory_order_acquire))
+      return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > CRYPT_SPIN_NS)
+        return;
+    }
+  }
+}
+
 static void *worker_main(void *arg)
 {
   struct crypt_layer *c = arg;
   struct crypt_ctx *x = NULL;
   pthread_mutex_lock(&c->qlock);
   for (;;) {
+    if (!c->head && !c->stop) {
+      pthread_mutex_unlock(&c->qlock);
+      worker_spin(c);
+      pthread_mutex_lock(&c->qlock);
+    }
     while (!c->head && !c->stop)
       pthread_cond_wait(&c->qcond, &c->qlock);
     if (c->stop && !c->head)
@@ -1039,6 +1071,7 @@ static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job 
       c->head = &task[i];
     c->tail = &task[i];
   }
+  atomic_fetch_add_explicit(&c->queued, helpers, memory_order_release);
   pthread_cond_broadcast(&c->qcond);
   pthread_mutex_unlock(&c->qlock);
 
