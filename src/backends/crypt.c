@@ -30,6 +30,9 @@
  * 512-byte unit costs), so when the provider hands out its XTS dispatch
  * table the layer calls the provider's init and cipher functions directly,
  * as EVP itself does after those checks; otherwise it goes through EVP.
+ * Below 2048-byte sectors whole runs of sectors go through the provider's
+ * AES-ECB instead, composed into XTS (xts_batch), which beats one XTS call
+ * per sector.
  */
 #include <libthinstack/layer.h>
 
