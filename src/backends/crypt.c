@@ -30,6 +30,9 @@
  * 512-byte unit costs), so when the provider hands out its XTS dispatch
  * table the layer calls the provider's init and cipher functions directly,
  * as EVP itself does after those checks; otherwise it goes through EVP.
+ * Below 2048-byte sectors whole runs of sectors go through the provider's
+ * AES-ECB instead, composed into XTS (xts_batch), which beats one XTS call
+ * per sector.
  */
 #include <libthinstack/layer.h>
 
@@ -50,6 +53,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CRYPT_MAX_SECTOR 4096u
@@ -63,12 +67,15 @@
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
+#define CRYPT_SPIN_NS 50000L              /* a worker polls this long before it sleeps */
+#define CRYPT_BATCH (16u * 1024)          /* bytes per batched XTS step (see xts_batch) */
+#define CRYPT_BATCH_BELOW 2048u           /* sector sizes that batch (see batched_init) */
 
 static const char *const supported_ciphers = "aes-xts-plain64 (also written capi:xts(aes)-plain64)";
 
-/* The provider's own XTS functions (see the top of the file); all NULL when
- * the layer goes through EVP. */
-struct xts_direct {
+/* A provider's own functions for one cipher (see the top of the file); all
+ * NULL when the layer goes through EVP. */
+struct prov_cipher {
   const OSSL_PROVIDER *prov;
   const OSSL_ALGORITHM *algs; /* from OSSL_PROVIDER_query_operation, returned at close */
   void *provctx;
@@ -91,6 +98,8 @@ struct xts_key {
  * AES decryption key schedule differs), plus the WRITE bounce buffer. */
 struct crypt_ctx {
   struct xts_key enc, dec;
+  void *ecb_k1e, *ecb_k1d, *ecb_k2e; /* batched XTS: AES-ECB of each key half (NULL: unused) */
+  unsigned char *tweaks;             /* batched XTS: CRYPT_BATCH bytes of tweaks */
   unsigned char *bounce;
   size_t bounce_cap;
 };
@@ -123,7 +132,10 @@ struct crypt_task {
 struct crypt_layer {
   ts_layer *child;
   EVP_CIPHER *cipher; /* fetched once: no per-context lookup */
-  struct xts_direct xts;
+  EVP_CIPHER *ecb;    /* AES-ECB of one key half, for batched XTS */
+  struct prov_cipher xts, ecb_fn;
+  bool batched;                /* whole runs of sectors through AES-ECB (see xts_batch) */
+  bool wide;                   /* batched tweaks with AVX-512 (tweak_spread_wide) */
   unsigned char *key;          /* one mlock'ed page, wiped on close */
   size_t key_len;
   size_t page;
@@ -143,6 +155,7 @@ struct crypt_layer {
   pthread_mutex_t qlock;
   pthread_cond_t qcond;
   struct crypt_task *head, *tail;
+  atomic_uint queued; /* tickets on the queue, read without qlock by spinning workers */
   bool stop;
 
   _Atomic uint64_t nr_parallel, nr_ctx_created;
@@ -398,17 +411,16 @@ static bool names_list(const char *names, const char *want)
   return false;
 }
 
-/* Find the provider functions behind the fetched cipher. Any gap leaves the
- * layer on EVP, which is slower but always right. */
-static void xts_direct_init(struct crypt_layer *c)
+/* Find the provider functions behind a fetched cipher. Any gap leaves that
+ * cipher on EVP, which is slower but always right. */
+static void prov_cipher_init(const EVP_CIPHER *cipher, struct prov_cipher *d)
 {
-  struct xts_direct *d = &c->xts;
-  d->prov = EVP_CIPHER_get0_provider(c->cipher);
+  d->prov = EVP_CIPHER_get0_provider(cipher);
   int no_cache = 0;
   d->algs = d->prov ? OSSL_PROVIDER_query_operation(d->prov, OSSL_OP_CIPHER, &no_cache) : NULL;
   const OSSL_DISPATCH *f = NULL;
   for (const OSSL_ALGORITHM *a = d->algs; a && a->algorithm_names; a++)
-    if (names_list(a->algorithm_names, EVP_CIPHER_get0_name(c->cipher))) {
+    if (names_list(a->algorithm_names, EVP_CIPHER_get0_name(cipher))) {
       f = a->implementation;
       break;
     }
@@ -443,11 +455,11 @@ static void xts_direct_init(struct crypt_layer *c)
   }
 }
 
-static void xts_direct_release(struct crypt_layer *c)
+static void prov_cipher_release(struct prov_cipher *d)
 {
-  if (c->xts.algs)
-    OSSL_PROVIDER_unquery_operation(c->xts.prov, OSSL_OP_CIPHER, c->xts.algs);
-  memset(&c->xts, 0, sizeof c->xts);
+  if (d->algs)
+    OSSL_PROVIDER_unquery_operation(d->prov, OSSL_OP_CIPHER, d->algs);
+  memset(d, 0, sizeof *d);
 }
 
 /* Both free functions clear the key schedule before they free it. */
@@ -478,8 +490,25 @@ static void ctx_free(const struct crypt_layer *c, struct crypt_ctx *x)
     return;
   xts_key_free(c, &x->enc);
   xts_key_free(c, &x->dec);
+  void *ecb[] = { x->ecb_k1e, x->ecb_k1d, x->ecb_k2e };
+  for (size_t i = 0; i < sizeof ecb / sizeof ecb[0]; i++)
+    if (ecb[i])
+      c->ecb_fn.freectx(ecb[i]);
+  free(x->tweaks);
   free(x->bounce);
   free(x);
+}
+
+/* An AES-ECB context of one key half, for batched XTS. */
+static void *ecb_key_new(const struct crypt_layer *c, const unsigned char *key, int enc)
+{
+  void *k = c->ecb_fn.newctx(c->ecb_fn.provctx);
+  size_t half = c->key_len / 2;
+  if (k && (enc ? c->ecb_fn.einit : c->ecb_fn.dinit)(k, key, half, NULL, 0, NULL) != 1) {
+    c->ecb_fn.freectx(k);
+    k = NULL;
+  }
+  return k;
 }
 
 static struct crypt_ctx *ctx_new(struct crypt_layer *c)
@@ -487,7 +516,17 @@ static struct crypt_ctx *ctx_new(struct crypt_layer *c)
   struct crypt_ctx *x = calloc(1, sizeof *x);
   if (!x)
     return NULL;
-  if (!xts_key_init(c, &x->enc, 1) || !xts_key_init(c, &x->dec, 0)) {
+  bool ok = xts_key_init(c, &x->enc, 1) && xts_key_init(c, &x->dec, 0);
+  if (ok && c->batched) {
+    /* XTS: key1 (the first half) enciphers the data, key2 the tweaks. */
+    const unsigned char *key1 = c->key, *key2 = c->key + c->key_len / 2;
+    x->ecb_k1e = ecb_key_new(c, key1, 1);
+    x->ecb_k1d = ecb_key_new(c, key1, 0);
+    x->ecb_k2e = ecb_key_new(c, key2, 1);
+    ok = x->ecb_k1e && x->ecb_k1d && x->ecb_k2e &&
+         posix_memalign((void **)&x->tweaks, 64, CRYPT_BATCH) == 0;
+  }
+  if (!ok) {
     ctx_free(c, x);
     return NULL;
   }
@@ -618,7 +657,235 @@ static void cursor_advance(struct iov_cursor *k, size_t n)
     k->i++;
 }
 
-/* Transform bytes [skip, skip+len) of a job, sector by sector. */
+/* Batched XTS (IEEE 1619) from AES-ECB, for a run of whole sectors: one
+ * ECB call with key2 over every sector's IV gives each sector's first
+ * tweak; each next block's tweak is the previous one times alpha in
+ * GF(2^128), little-endian; the data is XORed with its tweaks, enciphered
+ * with key1 in ONE ECB call, and XORed again. OpenSSL's XTS keeps 6 blocks
+ * in flight and its ECB 8, and one call per run instead of per sector saves
+ * the call's fixed cost, so this beats calling XTS per sector even with the
+ * two extra passes over data that stays in L1. `in` may equal `out`. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* t * alpha: a 1-bit left shift of the 128-bit value; the bit out of the low
+ * half moves into the high half, the bit out of the top folds back as 0x87. */
+static inline __m128i gf_double(__m128i t)
+{
+  const __m128i fold = _mm_set_epi32(0, 1, 0, 0x87);
+  __m128i top = _mm_srai_epi32(_mm_shuffle_epi32(t, _MM_SHUFFLE(1, 1, 3, 3)), 31);
+  return _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(top, fold));
+}
+
+/* Two sectors at a time, so two independent chains of doublings overlap. */
+static void tweak_spread(const unsigned char *t0, size_t nsec, uint32_t ss, const unsigned char *in,
+                         unsigned char *out, unsigned char *tw)
+{
+  size_t s = 0;
+  for (; s + 2 <= nsec; s += 2) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(t0 + 16 * s));
+    __m128i b = _mm_loadu_si128((const __m128i *)(t0 + 16 * s + 16));
+    size_t pa = s * ss, pb = pa + ss;
+    for (uint32_t i = 0; i < ss; i += 16) {
+      _mm_store_si128((__m128i *)(tw + pa + i), a);
+      _mm_store_si128((__m128i *)(tw + pb + i), b);
+      __m128i da = _mm_loadu_si128((const __m128i *)(in + pa + i));
+      __m128i db = _mm_loadu_si128((const __m128i *)(in + pb + i));
+      _mm_storeu_si128((__m128i *)(out + pa + i), _mm_xor_si128(da, a));
+      _mm_storeu_si128((__m128i *)(out + pb + i), _mm_xor_si128(db, b));
+      a = gf_double(a);
+      b = gf_double(b);
+    }
+  }
+  for (; s < nsec; s++) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(t0 + 16 * s));
+    size_t pa = s * ss;
+    for (uint32_t i = 0; i < ss; i += 16) {
+      _mm_store_si128((__m128i *)(tw + pa + i), a);
+      __m128i da = _mm_loadu_si128((const __m128i *)(in + pa + i));
+      _mm_storeu_si128((__m128i *)(out + pa + i), _mm_xor_si128(da, a));
+      a = gf_double(a);
+    }
+  }
+}
+
+static void tweak_unmask(unsigned char *out, const unsigned char *tw, size_t n)
+{
+  for (size_t i = 0; i < n; i += 16) {
+    __m128i d = _mm_loadu_si128((const __m128i *)(out + i));
+    _mm_storeu_si128((__m128i *)(out + i),
+                     _mm_xor_si128(d, _mm_load_si128((const __m128i *)(tw + i))));
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CRYPT_WIDE 1
+
+/* With AVX-512 and VPCLMULQDQ one register holds 4 tweaks, and each step
+ * multiplies by x^8 at once instead of doubling 8 times: shift every 64-bit
+ * half left by 8, move the low half's top byte into the high half, and fold
+ * the high half's top byte back into the low one as its carry-less product
+ * with 0x87 (x^128 = x^7 + x^2 + x + 1). About 3 instructions per block
+ * instead of 13, which is what lets ECB's lead over XTS show. The first 8
+ * tweaks of a sector come the same way, with shifts of 0 to 7 per lane. */
+#define WIDE_TARGET __attribute__((target("avx512f,avx512bw,vpclmulqdq")))
+
+/* t * x^k for k < 57, k per 128-bit lane as shift counts (k, k) and (64 - k, 64 - k). */
+WIDE_TARGET static inline __m512i gf_times_xk(__m512i t, __m512i k, __m512i rk)
+{
+  const __m512i fold = _mm512_set1_epi64(0x87);
+  __m512i top = _mm512_srlv_epi64(t, rk);
+  return _mm512_ternarylogic_epi64(_mm512_sllv_epi64(t, k), _mm512_bslli_epi128(top, 8),
+                                   _mm512_clmulepi64_epi128(top, fold, 0x01), 0x96);
+}
+
+/* ss is a multiple of 128: two registers cover 8 blocks per step. */
+WIDE_TARGET static void tweak_spread_wide(const unsigned char *t0, size_t nsec, uint32_t ss,
+                                          const unsigned char *in, unsigned char *out,
+                                          unsigned char *tw)
+{
+  const __m512i k03 = _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512i k47 = _mm512_add_epi64(k03, _mm512_set1_epi64(4));
+  const __m512i k8 = _mm512_set1_epi64(8), r8 = _mm512_set1_epi64(56), r64 = _mm512_set1_epi64(64);
+  for (size_t s = 0; s < nsec; s++) {
+    /* The sector's first 8 tweaks: T0 times x^0 .. x^7, one per lane. */
+    __m512i first = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t0 + 16 * s)));
+    __m512i a = gf_times_xk(first, k03, _mm512_sub_epi64(r64, k03));
+    __m512i b = gf_times_xk(first, k47, _mm512_sub_epi64(r64, k47));
+    size_t base = s * ss;
+    for (uint32_t i = 0; i < ss; i += 128) {
+      size_t p = base + i;
+      _mm512_store_si512((void *)(tw + p), a);
+      _mm512_store_si512((void *)(tw + p + 64), b);
+      _mm512_storeu_si512((void *)(out + p),
+                          _mm512_xor_si512(_mm512_loadu_si512((const void *)(in + p)), a));
+      _mm512_storeu_si512((void *)(out + p + 64),
+                          _mm512_xor_si512(_mm512_loadu_si512((const void *)(in + p + 64)), b));
+      a = gf_times_xk(a, k8, r8);
+      b = gf_times_xk(b, k8, r8);
+    }
+  }
+}
+
+WIDE_TARGET static void tweak_unmask_wide(unsigned char *out, const unsigned char *tw, size_t n)
+{
+  for (size_t i = 0; i < n; i += 64)
+    _mm512_storeu_si512((void *)(out + i),
+                        _mm512_xor_si512(_mm512_loadu_si512((const void *)(out + i)),
+                                         _mm512_load_si512((const void *)(tw + i))));
+}
+
+static bool wide_supported(void)
+{
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("vpclmulqdq");
+}
+#endif
+#else
+static inline uint64_t le64_load(const unsigned char *p)
+{
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+
+static inline void le64_store(unsigned char *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void tweak_spread(const unsigned char *t0, size_t nsec, uint32_t ss, const unsigned char *in,
+                         unsigned char *out, unsigned char *tw)
+{
+  for (size_t s = 0; s < nsec; s++) {
+    uint64_t lo = le64_load(t0 + 16 * s), hi = le64_load(t0 + 16 * s + 8);
+    for (size_t p = s * ss; p < (s + 1) * ss; p += 16) {
+      le64_store(tw + p, lo);
+      le64_store(tw + p + 8, hi);
+      le64_store(out + p, le64_load(in + p) ^ lo);
+      le64_store(out + p + 8, le64_load(in + p + 8) ^ hi);
+      uint64_t carry = hi >> 63;
+      hi = hi << 1 | lo >> 63;
+      lo = lo << 1 ^ ((0 - carry) & 0x87);
+    }
+  }
+}
+
+static void tweak_unmask(unsigned char *out, const unsigned char *tw, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    out[i] ^= tw[i];
+}
+#endif
+
+static int xts_batch(const struct crypt_layer *c, const struct crypt_ctx *x, bool enc,
+                     uint64_t dev_off, const unsigned char *in, unsigned char *out, size_t n)
+{
+  const uint32_t ss = c->sector_size;
+  const size_t nsec = n / ss;
+  alignas(16) unsigned char t0[CRYPT_BATCH / 512 * 16];
+  memset(t0, 0, nsec * 16);
+  for (size_t s = 0; s < nsec; s++) {
+    uint64_t sector = iv_sector(c, dev_off + s * ss);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(t0 + 16 * s, &sector, 8);
+#else
+    for (int i = 0; i < 8; i++)
+      t0[16 * s + i] = (unsigned char)(sector >> (8 * i));
+#endif
+  }
+  size_t got = 0;
+  if (c->ecb_fn.cipher(x->ecb_k2e, t0, &got, nsec * 16, t0, nsec * 16) != 1 || got != nsec * 16)
+    return -EIO;
+#ifdef CRYPT_WIDE
+  if (c->wide)
+    tweak_spread_wide(t0, nsec, ss, in, out, x->tweaks);
+  else
+#endif
+    tweak_spread(t0, nsec, ss, in, out, x->tweaks);
+  if (c->ecb_fn.cipher(enc ? x->ecb_k1e : x->ecb_k1d, out, &got, n, out, n) != 1 || got != n)
+    return -EIO;
+#ifdef CRYPT_WIDE
+  if (c->wide)
+    tweak_unmask_wide(out, x->tweaks, n);
+  else
+#endif
+    tweak_unmask(out, x->tweaks, n);
+  return 0;
+}
+
+/* Batched XTS needs the provider's AES-ECB of the key half's size. */
+static void batched_init(struct crypt_layer *c)
+{
+  c->batched = false;
+  if (!c->xts.newctx)
+    return;
+  c->ecb = EVP_CIPHER_fetch(NULL, c->key_len == 32 ? "AES-128-ECB" : "AES-256-ECB", NULL);
+  if (!c->ecb)
+    return;
+  prov_cipher_init(c->ecb, &c->ecb_fn);
+  /* Measured with `thinstack bench crypt`: at 512-byte sectors batching
+   * runs 1.05-1.3x the per-sector XTS call; at 4096 the call's fixed cost
+   * is spread over 8x the data and XTS per sector is the faster (batching
+   * 0.8-0.95x of it), so from 2048 up the layer keeps the XTS call. */
+  c->batched = c->ecb_fn.newctx != NULL && c->sector_size < CRYPT_BATCH_BELOW;
+#ifdef CRYPT_WIDE
+  c->wide = c->batched && wide_supported();
+#endif
+}
+
+/* Contiguous bytes left in the cursor's element. */
+static size_t cursor_run(const struct iov_cursor *k)
+{
+  return k->i < k->cnt ? k->iov[k->i].iov_len - k->off : 0;
+}
+
+/* Transform bytes [skip, skip+len) of a job: batched runs of whole sectors
+ * where the buffer is contiguous, single sectors where one straddles iovec
+ * elements (or batching is off). */
 static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const struct crypt_job *j,
                      uint64_t skip, uint64_t len)
 {
@@ -627,34 +894,39 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
   const unsigned char *zero = ts_zero_buffer();
   bool used_tmp = false;
   struct iov_cursor k = { 0 };
-  const struct xts_key *ctx = j->mode == MODE_DECRYPT ? &x->dec : &x->enc;
+  const bool enc = j->mode != MODE_DECRYPT;
+  const struct xts_key *ctx = enc ? &x->enc : &x->dec;
   if (j->mode != MODE_ZERO)
     cursor_seek(&k, j->iov, j->iovcnt, j->iov_skip + skip);
   int r = 0;
-  for (uint64_t p = skip; p < skip + len; p += ss) {
-    uint64_t sector = iv_sector(c, j->offset + p);
+  for (uint64_t p = skip, end = skip + len, n; !r && p < end; p += n) {
+    n = end - p < CRYPT_BATCH ? end - p : CRYPT_BATCH;
     if (j->mode == MODE_ZERO) {
-      r = xts_unit(c, ctx, sector, zero, j->out + p, ss);
-    } else {
-      unsigned char *span = cursor_span(&k, ss);
-      size_t at = j->iov_skip + p;
-      used_tmp |= !span;
-      if (j->mode == MODE_ENCRYPT) {
-        if (!span)
-          ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
-        r = xts_unit(c, ctx, sector, span ? span : tmp, j->out + p, ss);
-      } else if (span) {
-        r = xts_unit(c, ctx, sector, span, span, ss);
-      } else {
-        /* A sector split across iovec elements: gather, decrypt, scatter. */
-        ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
-        r = xts_unit(c, ctx, sector, tmp, tmp, ss);
-        ts_iov_from_buf(j->iov, j->iovcnt, at, tmp, ss);
-      }
-      cursor_advance(&k, ss);
+      if (c->batched)
+        r = xts_batch(c, x, true, j->offset + p, zero, j->out + p, (size_t)n);
+      else
+        for (uint64_t q = 0; !r && q < n; q += ss)
+          r = xts_unit(c, ctx, iv_sector(c, j->offset + p + q), zero, j->out + p + q, ss);
+      continue;
     }
-    if (r)
-      break;
+    uint64_t run = cursor_run(&k);
+    n = c->batched && run >= ss ? (n < run ? n : run) / ss * ss : ss;
+    unsigned char *span = cursor_span(&k, (size_t)n);
+    unsigned char *dst = j->mode == MODE_ENCRYPT ? j->out + p : span;
+    if (span && c->batched) {
+      r = xts_batch(c, x, enc, j->offset + p, span, dst, (size_t)n);
+    } else if (span) {
+      r = xts_unit(c, ctx, iv_sector(c, j->offset + p), span, dst, ss);
+    } else {
+      /* A sector split across iovec elements: gather, transform, scatter. */
+      size_t at = j->iov_skip + p;
+      used_tmp = true;
+      ts_iov_to_buf(j->iov, j->iovcnt, at, tmp, ss);
+      r = xts_unit(c, ctx, iv_sector(c, j->offset + p), tmp, enc ? j->out + p : tmp, ss);
+      if (!enc)
+        ts_iov_from_buf(j->iov, j->iovcnt, at, tmp, ss);
+    }
+    cursor_advance(&k, (size_t)n);
   }
   if (used_tmp)
     OPENSSL_cleanse(tmp, sizeof tmp); /* it held plaintext */
@@ -689,6 +961,7 @@ static struct crypt_task *queue_pop(struct crypt_layer *c)
 {
   struct crypt_task *t = c->head;
   if (t) {
+    atomic_fetch_sub_explicit(&c->queued, 1, memory_order_relaxed);
     c->head = t->next;
     if (!c->head)
       c->tail = NULL;
@@ -710,6 +983,7 @@ static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
         c->head = next;
       if (c->tail == t)
         c->tail = prev;
+      atomic_fetch_sub_explicit(&c->queued, 1, memory_order_relaxed);
       n++;
     } else {
       prev = t;
@@ -719,12 +993,39 @@ static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
   return n;
 }
 
+/* A worker that just finished a job polls for the next one a little while
+ * before it sleeps: a large request comes as several windows in a row, and
+ * a sleeping worker's wake-up (a futex, on a VM an IPI to a halted vCPU)
+ * took as long as its share of a window. */
+static void worker_spin(struct crypt_layer *c)
+{
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&c->queued, memory_order_acquire))
+      return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > CRYPT_SPIN_NS)
+        return;
+    }
+  }
+}
+
 static void *worker_main(void *arg)
 {
   struct crypt_layer *c = arg;
   struct crypt_ctx *x = NULL;
   pthread_mutex_lock(&c->qlock);
   for (;;) {
+    if (!c->head && !c->stop) {
+      pthread_mutex_unlock(&c->qlock);
+      worker_spin(c);
+      pthread_mutex_lock(&c->qlock);
+    }
     while (!c->head && !c->stop)
       pthread_cond_wait(&c->qcond, &c->qlock);
     if (c->stop && !c->head)
@@ -773,6 +1074,7 @@ static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job 
       c->head = &task[i];
     c->tail = &task[i];
   }
+  atomic_fetch_add_explicit(&c->queued, helpers, memory_order_release);
   pthread_cond_broadcast(&c->qcond);
   pthread_mutex_unlock(&c->qlock);
 
@@ -863,7 +1165,8 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
   int r = load_key(l, c, params, err);
   if (r)
     goto fail;
-  xts_direct_init(c);
+  prov_cipher_init(c->cipher, &c->xts);
+  batched_init(c);
   /* Prove the key works now, so the data path never meets a setup error. */
   struct crypt_ctx *x = ctx_new(c);
   if (!x) {
@@ -908,8 +1211,10 @@ static void crypt_close(ts_layer *l)
   free(c->workers);
   for (unsigned i = 0; i < CRYPT_CTX_SLOTS; i++)
     ctx_free(c, atomic_exchange(&c->slot[i], NULL));
-  xts_direct_release(c);
+  prov_cipher_release(&c->xts);
+  prov_cipher_release(&c->ecb_fn);
   EVP_CIPHER_free(c->cipher);
+  EVP_CIPHER_free(c->ecb);
   key_page_free(c->key, c->page);
   release_undumpable(c);
   pthread_mutex_destroy(&c->qlock);
@@ -1099,6 +1404,10 @@ static int crypt_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "cipher_contexts",
                       json_integer((json_int_t)atomic_load(&c->nr_ctx_created)));
   json_object_set_new(out, "cipher_calls", json_string(c->xts.newctx ? "provider" : "evp"));
+  json_object_set_new(out, "xts",
+                      json_string(!c->batched ? "per sector"
+                                  : c->wide   ? "batched ECB, AVX-512 tweaks"
+                                              : "batched ECB"));
   json_object_set_new(out, "write_zeroes", json_string("encrypted zero sectors"));
   json_object_set_new(out, "discard", json_string(c->allow_discards ? "passed down" : "refused"));
   return 0;

@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -300,6 +301,138 @@ START_TEST(iovec_and_caller_buffer)
   free(buf);
   free(copy);
   free(flat);
+  free(got);
+}
+END_TEST
+
+/* OpenSSL's XTS, one call per data unit, as the reference for every path of
+ * the layer (batched runs, single sectors, the worker pool). */
+static void xts_reference(const unsigned char *key, size_t key_len, int enc, uint64_t first_iv,
+                          uint64_t iv_step, uint32_t ss, const unsigned char *in,
+                          unsigned char *out, size_t n)
+{
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  const EVP_CIPHER *cipher = key_len == 32 ? EVP_aes_128_xts() : EVP_aes_256_xts();
+  ck_assert(EVP_CipherInit_ex2(ctx, cipher, key, NULL, enc, NULL) == 1);
+  for (size_t p = 0; p < n; p += ss) {
+    unsigned char iv[16] = { 0 };
+    uint64_t sector = first_iv + p / ss * iv_step;
+    for (int i = 0; i < 8; i++)
+      iv[i] = (unsigned char)(sector >> (8 * i));
+    int got = 0;
+    ck_assert(EVP_CipherInit_ex2(ctx, NULL, NULL, iv, -1, NULL) == 1);
+    ck_assert(EVP_CipherUpdate(ctx, out + p, &got, in + p, (int)ss) == 1 && got == (int)ss);
+  }
+  EVP_CIPHER_CTX_free(ctx);
+}
+
+/* Cut [buf, buf+n) into iovecs: whole at `how` 0, at random byte points
+ * (sectors straddle elements) at 1, at random sector multiples at 2. */
+static int random_iov(unsigned char *buf, size_t n, uint32_t ss, int how, struct iovec *iov,
+                      int max)
+{
+  int cnt = 0;
+  for (size_t at = 0; at < n; cnt++) {
+    size_t left = n - at, len = left;
+    if (how == 1 && cnt + 1 < max)
+      len = 1 + (size_t)random() % (left < 3 * ss ? left : 3 * ss);
+    if (how == 2 && cnt + 1 < max)
+      len = ss * (1 + (size_t)random() % 40);
+    if (len > left)
+      len = left;
+    iov[cnt] = (struct iovec){ buf + at, len };
+    at += len;
+  }
+  return cnt;
+}
+
+/* Random data at random places, sector sizes 512 to 4096, both key sizes,
+ * with and without iv_large_sectors and a large iv_offset, requests from one
+ * sector to 1 MiB (past the batch size and into the worker pool), whole or
+ * cut into iovecs: what the layer writes is what XTS per unit gives, and
+ * what it reads from random ciphertext is XTS per unit's decryption. */
+START_TEST(batched_matches_per_unit)
+{
+  srandom(20261202);
+  const size_t max = 1u << 20, dev = 8u << 20;
+  unsigned char *pt = malloc(max), *ct = malloc(max), *want = malloc(max), *got = malloc(max);
+  static const uint32_t sizes[] = { 512, 4096, 1024, 2048 };
+  int batched_seen = 0;
+  for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+    for (int variant = 0; variant < 4; variant++) {
+      const uint32_t ss = sizes[si];
+      const size_t key_len = variant & 1 ? 32 : 64;
+      const bool large = variant & 2;
+      unsigned char key[64];
+      char hex[129];
+      do
+        ts_test_pattern(key, key_len, (uint64_t)random());
+      while (memcmp(key, key + key_len / 2, key_len / 2) == 0);
+      for (size_t i = 0; i < key_len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+      /* A large iv_offset so the IV's upper bytes are not all zero. */
+      uint64_t iv_offset = variant == 3 ? 0 : ((uint64_t)random() << 20) / 8 * 8;
+      char *extra = ts_test_fmt("\"key\": \"%s\", \"sector_size\": %u, \"iv_large_sectors\": %s,"
+                                " \"iv_offset\": %llu, \"threads\": 2",
+                                hex, ss, large ? "true" : "false", (unsigned long long)iv_offset);
+      ts_dev *c, *d;
+      ts_stack *s = open_mem("8M", extra, &c, &d);
+      free(extra);
+      char *st = ts_dev_status_json(c);
+      batched_seen += st && strstr(st, "\"xts\": \"batched") != NULL;
+      free(st);
+      for (int round = 0; round < 12; round++) {
+        size_t n = ss * (1 + (size_t)random() % 8);
+        if (round % 3 == 1)
+          n = ss * (1 + (size_t)random() % (64 * 1024 / ss));
+        if (round % 3 == 2)
+          n = max - ss * ((size_t)random() % 4);
+        uint64_t off = ss * ((uint64_t)random() % ((dev - n) / ss));
+        uint64_t first_iv = ((off / 512 + iv_offset) >> (large ? __builtin_ctz(ss / 512) : 0));
+        uint64_t step = large ? 1 : ss / 512;
+        struct iovec iov[256];
+        int how = round % 3;
+
+        /* Encrypt: the child holds XTS per unit of the plaintext. */
+        ts_test_pattern(pt, n, (uint64_t)random());
+        int cnt = random_iov(pt, n, ss, how, iov, 256);
+        ck_assert_int_eq(ts_pwritev(c, iov, cnt, off, 0), 0);
+        ck_assert_int_eq(ts_pread(d, got, n, off), 0);
+        xts_reference(key, key_len, 1, first_iv, step, ss, pt, want, n);
+        ck_assert_msg(memcmp(got, want, n) == 0,
+                      "encrypt: ss %u key %zu large %d: %zu bytes at %llu differ", ss, key_len * 8,
+                      large, n, (unsigned long long)off);
+
+        /* Decrypt: random ciphertext in the child reads as XTS per unit's
+         * decryption of it. */
+        ts_test_pattern(ct, n, (uint64_t)random());
+        ck_assert_int_eq(ts_pwrite(d, ct, n, off, 0), 0);
+        memset(got, 0, n);
+        cnt = random_iov(got, n, ss, (how + 1) % 3, iov, 256);
+        ck_assert_int_eq(ts_preadv(c, iov, cnt, off), 0);
+        xts_reference(key, key_len, 0, first_iv, step, ss, ct, want, n);
+        ck_assert_msg(memcmp(got, want, n) == 0,
+                      "decrypt: ss %u key %zu large %d: %zu bytes at %llu differ", ss, key_len * 8,
+                      large, n, (unsigned long long)off);
+      }
+      /* Zeroes: encrypted zero sectors, the same as XTS per unit of zeroes. */
+      size_t n = 3 * ss + 64 * 1024;
+      uint64_t off = ss * ((uint64_t)random() % ((dev - n) / ss));
+      ck_assert_int_eq(ts_write_zeroes(c, off, n, 0), 0);
+      ck_assert_int_eq(ts_pread(d, got, n, off), 0);
+      memset(pt, 0, n);
+      xts_reference(key, key_len, 1,
+                    (off / 512 + iv_offset) >> (large ? __builtin_ctz(ss / 512) : 0),
+                    large ? 1 : ss / 512, ss, pt, want, n);
+      ck_assert_msg(memcmp(got, want, n) == 0, "zeroes: ss %u differ", ss);
+      close_ok(s);
+    }
+  }
+  /* The batched path must have been the one under test somewhere. */
+  ck_assert_int_gt(batched_seen, 0);
+  free(pt);
+  free(ct);
+  free(want);
   free(got);
 }
 END_TEST
@@ -665,6 +798,7 @@ int main(void)
   tcase_add_test(kat, plain64_iv_numbering);
   tcase_add_test(kat, key_file_equals_hex);
   tcase_add_test(kat, iovec_and_caller_buffer);
+  tcase_add_test(kat, batched_matches_per_unit);
   suite_add_tcase(s, kat);
   TCase *ops = tcase_create("ops");
   tcase_add_checked_fixture(ops, ts_test_dir_setup, ts_test_dir_teardown);
