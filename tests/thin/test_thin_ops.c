@@ -528,6 +528,102 @@ START_TEST(provision_after_snapshot)
 }
 END_TEST
 
+/* Every extent of [off, off+len) has exactly `flags`, and they cover it. */
+static void flags_all(ts_dev *d, uint64_t off, uint64_t len, uint32_t flags)
+{
+  ts_extent_list l = { 0 };
+  ck_assert_int_eq(ts_block_status(d, off, len, &l), 0);
+  uint64_t pos = off;
+  for (size_t i = 0; i < l.n && pos < off + len; i++) {
+    ck_assert_uint_eq(l.v[i].offset, pos);
+    ck_assert_msg(l.v[i].flags == flags, "[%llu,+%llu) has flags %u, not %u",
+                  (unsigned long long)l.v[i].offset, (unsigned long long)l.v[i].length,
+                  l.v[i].flags, flags);
+    pos += l.v[i].length;
+  }
+  ck_assert_uint_ge(pos, off + len);
+  ts_extent_list_free(&l);
+}
+
+/* A PROVISION larger than one group of 512 MiB: its mappings are inserted
+ * group by group while the next group is provisioned below. Shared blocks
+ * in several groups keep their data (copied), new blocks read as zeroes,
+ * every block is mapped, and the snapshot keeps the old contents. */
+START_TEST(provision_in_groups)
+{
+  const char *dir = ts_test_dir;
+  const char *vols =
+      "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"1536M\", \"create\": true }";
+  struct pool_opts o = { .data_size = "1600M", .vols = vols, .exports = "\"v0\"" };
+  ts_stack *s = pool_open(dir, &o);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  const uint64_t blocks = 24576, at[3] = { 0, 9000, 20000 };
+  unsigned char buf[4096];
+  for (int i = 0; i < 3; i++) {
+    fill(buf, sizeof buf, 50 + (uint64_t)i);
+    ck_assert_int_eq(ts_pwrite(v, buf, sizeof buf, at[i] * K64 + 8192, 0), 0);
+  }
+  ts_error e = { 0 };
+  ck_assert_msg(ts_pool_create_snap(pool, 1, 0, &e) == 0, "%s", e.msg);
+  ck_assert_int_eq(ts_provision(v, 0, blocks * K64), 0);
+  ck_assert_uint_eq(mapped_blocks(pool, 0), blocks);
+  ck_assert_uint_eq(pool_status(pool).data_used_blocks, blocks + 3);
+  for (int i = 0; i < 3; i++) {
+    fill(buf, sizeof buf, 50 + (uint64_t)i);
+    read_expect(v, at[i] * K64 + 8192, buf, sizeof buf);
+    read_zero(v, at[i] * K64, 8192);
+  }
+  /* Either side of each group's edge, and the last block. */
+  read_zero(v, 8191 * K64, 2 * K64);
+  read_zero(v, 16383 * K64, 2 * K64);
+  read_zero(v, (blocks - 1) * K64, K64);
+  flags_all(v, K64, 1000 * K64, TS_EXTENT_ZERO);
+  flags_all(v, 9001 * K64, 1000 * K64, TS_EXTENT_ZERO);
+  close_and_check(s, dir);
+
+  const char *snap =
+      "\"s1\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"1536M\" }";
+  struct pool_opts o2 = { .data_size = "1600M", .vols = snap, .exports = "\"s1\"" };
+  s = pool_open(dir, &o2);
+  for (int i = 0; i < 3; i++) {
+    fill(buf, sizeof buf, 50 + (uint64_t)i);
+    read_expect(node(s, "s1"), at[i] * K64 + 8192, buf, sizeof buf);
+  }
+  flags_all(node(s, "s1"), K64, 8000 * K64, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  close_and_check(s, dir);
+}
+END_TEST
+
+/* The data layer fails PROVISION from 1 GiB on: the groups below it were
+ * reserved and stay mapped, nothing at or past it is mapped, and the
+ * blocks allocated for it go back to the pool. */
+START_TEST(provision_fails_in_a_later_group)
+{
+  const char *dir = ts_test_dir;
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"16M\", \"create\": true },"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"1536M\", \"create\": true },"
+      " \"data\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"provision\","
+      "   \"offset\": \"1G\", \"errno\": \"EIO\" } ] },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"1536M\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }");
+  ts_stack *s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_provision(v, 0, 24576ull * K64), -EIO);
+  ck_assert_uint_eq(mapped_blocks(pool, 0), 16384);
+  ck_assert_uint_eq(pool_status(pool).data_used_blocks, 16384);
+  flags_all(v, 0, 16384ull * K64, TS_EXTENT_ZERO);
+  flags_all(v, 16384ull * K64, 8192ull * K64, TS_EXTENT_HOLE | TS_EXTENT_ZERO);
+  ts_error e = { 0 };
+  ck_assert_msg(ts_stack_close(s, &e) == 0, "close: %s", e.msg);
+  thin_check_clean(dir);
+  free(j);
+}
+END_TEST
+
 /* out_of_space = error: -ENOSPC, everything else keeps working, a partial
  * PROVISION is visible in block status. */
 START_TEST(out_of_space_error)
@@ -1072,6 +1168,8 @@ int main(void)
   tcase_add_test(t, shared_block_ops);
   tcase_add_test(t, partial_writes_into_shared_blocks);
   tcase_add_test(t, provision_after_snapshot);
+  tcase_add_test(t, provision_in_groups);
+  tcase_add_test(t, provision_fails_in_a_later_group);
   tcase_add_test(t, out_of_space_error);
   tcase_add_test(t, out_of_space_partial_allocation);
   tcase_add_test(t, out_of_metadata_space);

@@ -41,6 +41,9 @@
  * off commits for long (a 16 GiB step is ~20 ms at 64K blocks), while a
  * typical one is a single step: one fallocate below, one extent query. */
 #define PROVISION_STEP (16ull << 30)
+/* Bytes of new blocks provisioned below before their mappings are inserted,
+ * while the next group is provisioned (see struct filler). */
+#define PROVISION_GROUP (512ull << 20)
 /* Bounce buffer for copying shared blocks. */
 #define COPY_CHUNK (1u << 20)
 
@@ -595,6 +598,138 @@ static int alloc_for(struct tp_pool *p, uint64_t v, uint64_t n, uint64_t old, st
   return 0;
 }
 
+/* Provision below and fill (zero, or copy for broken sharing) the new
+ * blocks nr[i0, i1). Space is reserved below first and filled after: a data
+ * layer may implement PROVISION by zeroing (a kernel device with provision
+ * "emulate" uses BLKZEROOUT), and under crypt zero ciphertext is not zero
+ * plaintext, so zeroing must come last. New blocks hold nothing, so the
+ * layer below may zero them (TS_IO_MAY_ZERO). No pool lock is taken. */
+static int fill_new(struct tp_pool *p, const struct newruns *nr, size_t i0, size_t i1, bool zeroes)
+{
+  uint64_t bs = p->bs;
+  struct tp_druns below = { 0 };
+  int r = 0;
+  for (size_t i = i0; i < i1 && !r; i++)
+    r = tp_druns_add(&below, nr->v[i].d, nr->v[i].n);
+  for (size_t i = 0; i < below.n && !r && p->data_provision; i++) {
+    r = ts_layer_io(p->data, TS_OP_PROVISION, TS_IO_MAY_ZERO, below.v[i].d * bs, below.v[i].n * bs);
+    if (!r)
+      atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
+  }
+  tp_druns_free(&below);
+  for (size_t i = i0; i < i1 && !r; i++) {
+    const struct newrun *x = &nr->v[i];
+    if (x->old == UINT64_MAX || zeroes) {
+      if (p->zero_new || zeroes)
+        r = make_zero(p, x->d * bs, x->n * bs);
+    } else {
+      atomic_fetch_add(&p->n_copied_blocks, x->n);
+      r = copy_data(p, x->old * bs, x->d * bs, x->n * bs);
+    }
+  }
+  return r;
+}
+
+/* Blocks already mapped hold the volume's data and were reserved below
+ * when they were mapped; ask again (a data file may have lost its
+ * allocation) only where that keeps the data: a layer that could only zero
+ * them answers -EOPNOTSUPP, which leaves them as they are. With `zeroes`,
+ * zero them. */
+static int fill_private(struct tp_pool *p, const struct tp_druns *priv, bool zeroes)
+{
+  uint64_t bs = p->bs;
+  int r = 0;
+  for (size_t i = 0; i < priv->n && !r && p->data_provision; i++) {
+    int e = ts_layer_io(p->data, TS_OP_PROVISION, 0, priv->v[i].d * bs, priv->v[i].n * bs);
+    if (!e)
+      atomic_fetch_add(&p->n_passdown_provision, priv->v[i].n);
+    else if (e != -EOPNOTSUPP)
+      r = e;
+  }
+  for (size_t i = 0; i < priv->n && !r && zeroes; i++)
+    r = make_zero(p, priv->v[i].d * bs, priv->v[i].n * bs);
+  return r;
+}
+
+/* The data side of one provision step, run on its own thread while the
+ * step's mappings are inserted: the new runs are cut into groups of at most
+ * PROVISION_GROUP bytes, and `ready` counts the runs whose group is
+ * provisioned and filled, so the inserting thread never maps a block whose
+ * space below is not yet reserved. A huge PROVISION then costs about the
+ * data layer's own fallocate plus one group's inserts, not their sum. */
+struct filler {
+  struct tp_pool *p;
+  const struct newruns *nr;
+  const struct tp_druns *priv;
+  bool zeroes;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  size_t ready; /* nr->v[0, ready) may be mapped */
+  int err;      /* the first error; the filler stops there */
+  bool stop;    /* the inserting side failed: fill no more */
+  bool done;
+};
+
+/* The end of the group that starts at run i. */
+static size_t group_end(const struct newruns *nr, size_t i, uint64_t group)
+{
+  uint64_t n = 0;
+  while (i < nr->n && n < group)
+    n += nr->v[i++].n;
+  return i;
+}
+
+static void *filler_main(void *arg)
+{
+  struct filler *f = arg;
+  uint64_t group = PROVISION_GROUP / f->p->bs ? PROVISION_GROUP / f->p->bs : 1;
+  int r = fill_private(f->p, f->priv, f->zeroes);
+  for (size_t i = 0; i < f->nr->n && !r;) {
+    pthread_mutex_lock(&f->mu);
+    bool stop = f->stop;
+    pthread_mutex_unlock(&f->mu);
+    if (stop)
+      break;
+    size_t e = group_end(f->nr, i, group);
+    r = fill_new(f->p, f->nr, i, e, f->zeroes);
+    pthread_mutex_lock(&f->mu);
+    if (!r)
+      f->ready = e;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    i = e;
+  }
+  pthread_mutex_lock(&f->mu);
+  f->err = r;
+  f->done = true;
+  pthread_cond_signal(&f->cv);
+  pthread_mutex_unlock(&f->mu);
+  return NULL;
+}
+
+/* Cut new runs longer than `group` blocks, so that groups have about that
+ * size whatever the allocator returned. */
+static int split_runs(struct newruns *nr, uint64_t group)
+{
+  for (size_t i = 0; i < nr->n; i++) {
+    if (nr->v[i].n <= group)
+      continue;
+    struct newrun rest = nr->v[i];
+    rest.v += group;
+    rest.d += group;
+    rest.n -= group;
+    if (rest.old != UINT64_MAX)
+      rest.old += group;
+    nr->v[i].n = group;
+    if (newruns_add(nr, rest))
+      return -ENOMEM;
+    /* Keep virtual order: move the rest right after its head. */
+    memmove(&nr->v[i + 2], &nr->v[i + 1], (nr->n - i - 2) * sizeof nr->v[0]);
+    nr->v[i + 1] = rest;
+  }
+  return 0;
+}
+
 /* Provision whole blocks [vb, ve): allocate the unmapped ones, break the
  * sharing of shared ones (copying, or with `zeroes` just taking fresh zeroed
  * blocks), and with `zeroes` zero the blocks already mapped to this volume.
@@ -608,7 +743,7 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
   struct runs runs;
   runs_init(&runs);
   struct newruns nr = { 0 };
-  struct tp_druns below = { 0 }, priv = { 0 };
+  struct tp_druns priv = { 0 };
   struct timespec deadline = { 0, 0 };
   int r = 0;
 
@@ -616,7 +751,7 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
     uint64_t cend = ve - pos < step ? ve : pos + step;
     struct tp_cell cell;
     uint64_t gen = 0;
-    nr.n = below.n = priv.n = 0;
+    nr.n = priv.n = 0;
     tp_cell_lock(p, &cell, vol->id, pos, cend);
     pthread_rwlock_rdlock(&p->txn);
     pthread_rwlock_wrlock(&p->lock);
@@ -640,61 +775,66 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
       r = space;
     pthread_rwlock_unlock(&p->lock);
 
-    /* Data I/O outside the metadata lock. Space is reserved below first and
-     * filled after: a data layer may implement PROVISION by zeroing (a kernel
-     * device with provision "emulate" uses BLKZEROOUT), and under crypt zero
-     * ciphertext is not zero plaintext, so zeroing must come last. New blocks
-     * hold nothing, so the layer below may zero them (TS_IO_MAY_ZERO). */
-    for (size_t i = 0; i < nr.n && !r; i++)
-      r = tp_druns_add(&below, nr.v[i].d, nr.v[i].n);
-    for (size_t i = 0; i < below.n && !r && p->data_provision; i++) {
-      r = ts_layer_io(p->data, TS_OP_PROVISION, TS_IO_MAY_ZERO, below.v[i].d * bs,
-                      below.v[i].n * bs);
-      if (!r)
-        atomic_fetch_add(&p->n_passdown_provision, below.v[i].n);
+    /* Data I/O outside the metadata lock (see fill_new), on a second
+     * thread when the step spans more than one group, so that inserting
+     * one group's mappings overlaps the data layer's work on the next. */
+    uint64_t group = PROVISION_GROUP / bs ? PROVISION_GROUP / bs : 1;
+    if (!r)
+      r = split_runs(&nr, group);
+    struct filler f = { .p = p, .nr = &nr, .priv = &priv, .zeroes = zeroes };
+    pthread_mutex_init(&f.mu, NULL);
+    pthread_cond_init(&f.cv, NULL);
+    pthread_t th;
+    bool threaded =
+        !r && group_end(&nr, 0, group) < nr.n && pthread_create(&th, NULL, filler_main, &f) == 0;
+    if (!r && !threaded) {
+      filler_main(&f);
+      r = f.err;
     }
-    /* Blocks already mapped hold the volume's data and were reserved below
-     * when they were mapped; ask again (a data file may have lost its
-     * allocation) only where that keeps the data: a layer that could only
-     * zero them answers -EOPNOTSUPP, which leaves them as they are. */
-    for (size_t i = 0; i < priv.n && !r && p->data_provision; i++) {
-      int e = ts_layer_io(p->data, TS_OP_PROVISION, 0, priv.v[i].d * bs, priv.v[i].n * bs);
-      if (!e)
-        atomic_fetch_add(&p->n_passdown_provision, priv.v[i].n);
-      else if (e != -EOPNOTSUPP)
-        r = e;
-    }
-    /* Fill the new blocks (copies for broken sharing), and zero the private
-     * ones for WRITE_ZEROES. */
-    for (size_t i = 0; i < nr.n && !r; i++) {
-      struct newrun *x = &nr.v[i];
-      if (x->old == UINT64_MAX || zeroes) {
-        if (p->zero_new || zeroes)
-          r = make_zero(p, x->d * bs, x->n * bs);
-      } else {
-        atomic_fetch_add(&p->n_copied_blocks, x->n);
-        r = copy_data(p, x->old * bs, x->d * bs, x->n * bs);
-      }
-    }
-    for (size_t i = 0; i < priv.n && !r && zeroes; i++)
-      r = make_zero(p, priv.v[i].d * bs, priv.v[i].n * bs);
 
-    pthread_rwlock_wrlock(&p->lock);
     size_t i = 0;
-    for (; i < nr.n && !r; i++) {
-      struct newrun *x = &nr.v[i];
-      uint64_t done = 0;
-      int e = tmd_insert_run(p->md, vol->id, x->v, x->n, x->d, &done);
-      tp_changed(p);
-      if (x->old != UINT64_MAX)
-        for (uint64_t j = 0; j < done; j++)
-          tp_note_unref(p, x->old + j);
-      if (e) {
-        tmd_data_dec_run(p->md, x->d + done, x->n - done);
-        r = tp_data_err(p, e);
+    while (i < nr.n && !r) {
+      size_t e;
+      if (threaded) {
+        pthread_mutex_lock(&f.mu);
+        while (f.ready == i && !f.done)
+          pthread_cond_wait(&f.cv, &f.mu);
+        e = f.ready;
+        if (e == i)
+          r = f.err;
+        pthread_mutex_unlock(&f.mu);
+      } else {
+        e = nr.n;
       }
+      pthread_rwlock_wrlock(&p->lock);
+      for (; i < e && !r; i++) {
+        struct newrun *x = &nr.v[i];
+        uint64_t done = 0;
+        int err = tmd_insert_run(p->md, vol->id, x->v, x->n, x->d, &done);
+        tp_changed(p);
+        if (x->old != UINT64_MAX)
+          for (uint64_t j = 0; j < done; j++)
+            tp_note_unref(p, x->old + j);
+        if (err) {
+          tmd_data_dec_run(p->md, x->d + done, x->n - done);
+          r = tp_data_err(p, err);
+        }
+      }
+      pthread_rwlock_unlock(&p->lock);
     }
-    /* After an error, the blocks not mapped go back. */
+    if (threaded) {
+      pthread_mutex_lock(&f.mu);
+      f.stop = true;
+      pthread_mutex_unlock(&f.mu);
+      pthread_join(th, NULL);
+      if (!r)
+        r = f.err;
+    }
+    pthread_mutex_destroy(&f.mu);
+    pthread_cond_destroy(&f.cv);
+    /* After an error, the blocks not mapped go back (a run cut short by a
+     * failed insert gave its rest back above). */
+    pthread_rwlock_wrlock(&p->lock);
     for (size_t j = i; j < nr.n; j++)
       tmd_data_dec_run(p->md, nr.v[j].d, nr.v[j].n);
     pthread_rwlock_unlock(&p->lock);
@@ -709,7 +849,6 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
     pos = cend;
   }
   free(nr.v);
-  tp_druns_free(&below);
   tp_druns_free(&priv);
   runs_free(&runs);
   return r;
