@@ -10,6 +10,7 @@
  * that second pass must continue the answer, never restart it. */
 #include "thin-helpers.h"
 
+#include <jansson.h>
 #include <stdio.h>
 
 #define K64 65536u
@@ -206,6 +207,44 @@ static void check_all(ts_dev *v, const struct model *m)
   check_read(v, m);
 }
 
+/* `thinstack map --json` over the whole volume, from a closed stack's
+ * configuration: the same rules as the library's answer. */
+static void check_cli_map(const char *dir, const struct pool_opts *o, const char *vol,
+                          const struct model *m)
+{
+  const char *build = getenv("TS_BUILD_DIR");
+  if (!ts_test_require(build != NULL, "TS_BUILD_DIR names the build with the thinstack program"))
+    return;
+  char *cfg = ts_test_path(dir, "stack.json"), *j = pool_json(o);
+  FILE *f = fopen(cfg, "w");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_ge(fputs(j, f), 0);
+  ck_assert_int_eq(fclose(f), 0);
+  char *out = NULL;
+  int rc = ts_test_run(&out, "%s/thinstack map %s %s --json", build, cfg, vol);
+  ck_assert_msg(rc == 0, "thinstack map: %d: %s", rc, out ? out : "");
+  json_error_t je;
+  json_t *a = json_loads(out, 0, &je);
+  ck_assert_msg(json_is_array(a), "thinstack map printed no JSON array: %s", je.text);
+  ts_extent_list l = { 0 };
+  for (size_t i = 0; i < json_array_size(a); i++) {
+    json_t *x = json_array_get(a, i);
+    uint32_t flags = (json_is_true(json_object_get(x, "hole")) ? TS_EXTENT_HOLE : 0) |
+                     (json_is_true(json_object_get(x, "zero")) ? TS_EXTENT_ZERO : 0);
+    ck_assert_int_eq(
+        ts_extent_list_add(&l, (uint64_t)json_integer_value(json_object_get(x, "offset")),
+                           (uint64_t)json_integer_value(json_object_get(x, "length")), flags),
+        0);
+  }
+  check_extents(&l, 0, 0, VOL_SIZE, m, "thinstack map");
+  ck_assert_uint_eq(l.v[l.n - 1].offset + l.v[l.n - 1].length, VOL_SIZE);
+  ts_extent_list_free(&l);
+  json_decref(a);
+  free(out);
+  free(j);
+  free(cfg);
+}
+
 static const char VOLS[] =
     "\"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"1536M\", \"create\": true }";
 
@@ -276,6 +315,8 @@ START_TEST(runs_across_data_extents)
   check_all(ts_stack_node(s, "v0"), &m);
   check_all(ts_stack_node(s, "s1"), &snap);
   close_and_check(s, dir);
+  check_cli_map(dir, &o2, "v0", &m);
+  check_cli_map(dir, &o2, "s1", &snap);
   model_free(&snap);
   model_free(&m);
 }
