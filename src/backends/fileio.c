@@ -304,11 +304,16 @@ static int add_unwritten(struct ts__fio *f, uint64_t s, uint64_t e, ts_extent_li
                       SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
                           SYNC_FILE_RANGE_WAIT_AFTER) != 0)
     return ts_extent_list_add(out, s, e - s, 0) ? -ENOMEM : 0; /* unknown: data */
+  /* The second pass may only lengthen the last extent (data after data:
+   * ts_extent_list_add merges), so whether it covered anything is told by
+   * where the list ends, not by how many extents it holds. */
   size_t before = out->n;
+  uint64_t tail = before ? out->v[before - 1].offset + out->v[before - 1].length : 0;
   int r = status_fiemap(f, s, e - s, out, true, NULL);
   if (r)
     return r;
-  uint64_t got = out->n > before ? out->v[out->n - 1].offset + out->v[out->n - 1].length : s;
+  uint64_t now = out->n ? out->v[out->n - 1].offset + out->v[out->n - 1].length : 0;
+  uint64_t got = out->n > before || now != tail ? now : s;
   /* What the second pass left out is unknown: data. */
   return got < e && ts_extent_list_add(out, got, e - got, 0) ? -ENOMEM : 0;
 }
