@@ -129,8 +129,11 @@ typedef struct ts_layer_type {
   int (*submit)(ts_layer *l, const ts_io *io);
 
   /* Append extents describing [offset, offset+len) to `out`: at least one
-   * extent, starting at `offset`; the core asks again for whatever is left.
-   * Optional: absent means "all allocated data". */
+   * extent, starting at `offset`, each starting where the one before ends;
+   * the core asks again for whatever is left. The core checks the answer:
+   * what runs past the range is cut off, and an answer out of order, with a
+   * gap or an overlap, or adding nothing fails the request with -EIO naming
+   * the layer. Optional: absent means "all allocated data". */
   int (*block_status)(ts_layer *l, uint64_t offset, uint64_t len, ts_extent_list *out);
 
   /* Add the layer's own counters and state to the JSON object `out`. Never

@@ -425,6 +425,56 @@ int ts_provision(ts_dev *dev, uint64_t offset, uint64_t len)
   return ts_layer_io(dev, TS_OP_PROVISION, 0, offset, len);
 }
 
+/* A layer's answer must go on from `offset` in order, with no gap and no
+ * overlap (the block_status contract): a caller walks the list as a map, so
+ * a wrong answer would misreport data as holes or repeat ranges. Such an
+ * answer is a layer bug; it becomes -EIO naming the layer rather than be
+ * passed on. `before` and `prev_len` describe the list before the call. On
+ * success the answer ends within [offset, offset + l] (a layer may describe
+ * whole blocks past the range asked: cut at it) and *reached says where. */
+static int check_answer(struct ts_node *n, uint64_t offset, uint64_t l, ts_extent_list *out,
+                        size_t before, uint64_t prev_len, uint64_t *reached)
+{
+  char a[32], b[32], c[32], d[32], e2[32];
+  uint64_t pos = offset, end = offset + l;
+  if (before && out->v[before - 1].length != prev_len) {
+    /* Grown by ts_extent_list_add's merge: only from where it ended. */
+    ts_extent *p = &out->v[before - 1];
+    if (p->offset + prev_len != offset || p->length < prev_len)
+      return io_fail(-EIO,
+                     "block status on %s at offset %s: layer type %s changed the extent at "
+                     "offset %s before its answer",
+                     n->name, fmt_off(a, sizeof a, offset), n->type->name,
+                     fmt_off(b, sizeof b, p->offset));
+    pos = p->offset + p->length;
+  } else if (out->n == before) {
+    return io_fail(-EIO, "block status on %s at offset %s + length %s: layer type %s added no extent",
+                   n->name, fmt_off(a, sizeof a, offset), fmt_off(b, sizeof b, l), n->type->name);
+  }
+  for (size_t i = before; i < out->n; i++) {
+    ts_extent *e = &out->v[i];
+    if (pos >= end) {
+      out->n = i; /* past the range asked: dropped, as a cut extent */
+      break;
+    }
+    if (e->offset != pos || e->length == 0 || e->length > UINT64_MAX - pos)
+      return io_fail(-EIO,
+                     "block status on %s at offset %s + length %s: layer type %s answered an "
+                     "extent at offset %s + length %s where one at offset %s was due (out of "
+                     "order, overlapping or leaving a gap)",
+                     n->name, fmt_off(a, sizeof a, offset), fmt_off(b, sizeof b, l), n->type->name,
+                     fmt_off(c, sizeof c, e->offset), fmt_off(d, sizeof d, e->length),
+                     fmt_off(e2, sizeof e2, pos));
+    pos += e->length;
+  }
+  if (pos > end) {
+    out->v[out->n - 1].length -= pos - end;
+    pos = end;
+  }
+  *reached = pos;
+  return 0;
+}
+
 /* The core's walk: ask the layer again for whatever it left, until the range
  * is covered or, with max_new, that many extents were added. */
 static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
@@ -450,7 +500,7 @@ static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
         l = b - offset;
     }
     size_t before = out->n;
-    uint64_t covered_before = before ? out->v[before - 1].offset + out->v[before - 1].length : offset;
+    uint64_t prev_len = before ? out->v[before - 1].length : 0;
     int r;
     if (n->type->thread_model == TS_THREAD_SERIALIZE) {
       pthread_mutex_lock(&n->serial);
@@ -461,17 +511,9 @@ static int status_walk(ts_dev *n, uint64_t offset, uint64_t len, size_t max_new,
     }
     if (r)
       return r;
-    if (out->n == 0)
-      return -EIO;
-    ts_extent *last = &out->v[out->n - 1];
-    uint64_t reached = last->offset + last->length;
-    /* A layer may describe more than asked (whole blocks); trim to the request. */
-    if (reached > offset + l) {
-      last->length -= reached - (offset + l);
-      reached = offset + l;
-    }
-    if (reached <= offset || (out->n == before && reached == covered_before))
-      return -EIO; /* no progress: a layer bug, never loop forever */
+    uint64_t reached = offset;
+    if ((r = check_answer(n, offset, l, out, before, prev_len, &reached)))
+      return r;
     /* A layer may answer with more than the bound; keep a prefix. */
     if (max_new && out->n - start > max_new) {
       out->n = start + max_new;
