@@ -89,6 +89,14 @@ struct tp_pool {
   pthread_t committer;
   bool committer_running, ct_stop;
 
+  /* The data layer's flush of a commit runs on this thread while the
+   * commit writes the metadata (see commit_txn_locked). */
+  pthread_mutex_t df_mu;
+  pthread_cond_t df_cv;
+  pthread_t data_flusher;
+  bool data_flusher_running, df_stop, df_asked, df_done;
+  int df_result;
+
   pthread_mutex_t vol_mu;
   struct tp_vol *vols;
 
@@ -120,8 +128,9 @@ struct tp_pool *tp_pool_of(ts_layer *node);
 int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bool create,
                   struct tp_vol **out, ts_error *err);
 void tp_vol_detach(struct tp_vol *v);
-/* FLUSH: data device flush, then metadata commit (when anything changed),
- * then the discards of blocks the commit freed. */
+/* FLUSH: data device flush beside the metadata writes of the commit (when
+ * anything changed), the superblock once both are durable, then the
+ * discards of blocks the commit freed. */
 int tp_commit(struct tp_pool *p);
 void tp_cell_lock(struct tp_pool *p, struct tp_cell *c, uint32_t dev, uint64_t b, uint64_t e);
 void tp_cell_unlock(struct tp_pool *p, struct tp_cell *c);
