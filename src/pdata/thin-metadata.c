@@ -1057,6 +1057,14 @@ uint64_t tmd_data_nr_free(const struct tmd *md) { return md->data.nr_blocks - md
 uint64_t tmd_metadata_nr_blocks(const struct tmd *md) { return md->meta.nr_blocks; }
 uint64_t tmd_metadata_nr_used(const struct tmd *md) { return md->meta.nr_allocated; }
 
+uint64_t tmd_blocks_written(struct tmd *md)
+{
+  pthread_mutex_lock(&md->bm->lock);
+  uint64_t n = md->bm->writes;
+  pthread_mutex_unlock(&md->bm->lock);
+  return n;
+}
+
 int tmd_resize_data(struct tmd *md, uint64_t n)
 {
   int r = writable(md);

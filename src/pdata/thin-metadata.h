@@ -355,6 +355,9 @@ int tmd_resize_metadata(struct tmd *md, uint64_t new_nr_blocks);
 /* [R] Metadata space: total 4 KiB blocks and blocks in use (current state). */
 uint64_t tmd_metadata_nr_blocks(const struct tmd *md);
 uint64_t tmd_metadata_nr_used(const struct tmd *md);
+/* [W] Metadata blocks written to the device since the handle was opened
+ * (blocks of the open transaction evicted from the cache, and commits). */
+uint64_t tmd_blocks_written(struct tmd *md);
 
 /* ------------------------------------------------------------------------ */
 /* Metadata snapshot (for thin_dump -m on a live pool)                      */

@@ -404,20 +404,53 @@ static void *data_flusher_main(void *arg)
   struct tp_pool *p = arg;
   pthread_mutex_lock(&p->df_mu);
   for (;;) {
-    while (!p->df_asked && !p->df_stop)
+    while (!p->df_asked && !p->wb_asked && !p->df_stop)
       pthread_cond_wait(&p->df_cv, &p->df_mu);
-    if (!p->df_asked)
+    if (p->df_asked) {
+      p->df_asked = false;
+      pthread_mutex_unlock(&p->df_mu);
+      int r = ts_flush(p->data);
+      pthread_mutex_lock(&p->df_mu);
+      p->df_result = r;
+      p->df_done = true;
+      pthread_cond_broadcast(&p->df_cv);
+    } else if (p->wb_asked) {
+      p->wb_asked = false;
+      p->wb_busy = true;
+      pthread_mutex_unlock(&p->df_mu);
+      int r = ts_flush(p->meta);
+      pthread_mutex_lock(&p->df_mu);
+      /* A file reports a write-back error to one flush only: this one's
+       * must reach the commit. */
+      if (r && !p->wb_err)
+        p->wb_err = r;
+      p->wb_busy = false;
+      pthread_cond_broadcast(&p->df_cv);
+    } else {
       break;
-    p->df_asked = false;
-    pthread_mutex_unlock(&p->df_mu);
-    int r = ts_flush(p->data);
-    pthread_mutex_lock(&p->df_mu);
-    p->df_result = r;
-    p->df_done = true;
-    pthread_cond_broadcast(&p->df_cv);
+    }
   }
   pthread_mutex_unlock(&p->df_mu);
   return NULL;
+}
+
+/* Metadata blocks (4 KiB) written between two write-back flushes. */
+#define WRITEBACK_BLOCKS 8192
+
+void tp_meta_writeback(struct tp_pool *p)
+{
+  if (!p->data_flusher_running)
+    return;
+  uint64_t w = tmd_blocks_written(p->md);
+  if (w - p->wb_mark < WRITEBACK_BLOCKS)
+    return;
+  pthread_mutex_lock(&p->df_mu);
+  if (!p->wb_asked && !p->wb_busy) {
+    p->wb_mark = w;
+    p->wb_asked = true;
+    pthread_cond_broadcast(&p->df_cv);
+  }
+  pthread_mutex_unlock(&p->df_mu);
 }
 
 static void data_flush_start(struct tp_pool *p)
@@ -425,18 +458,29 @@ static void data_flush_start(struct tp_pool *p)
   pthread_mutex_lock(&p->df_mu);
   p->df_done = false;
   p->df_asked = true;
+  p->wb_asked = false; /* the commit flushes the metadata itself */
   pthread_cond_broadcast(&p->df_cv);
   pthread_mutex_unlock(&p->df_mu);
 }
 
-/* tmd_commit_beside's `wait`: the result of the flush data_flush_start began. */
+/* tmd_commit_beside's `wait`: the result of the flush data_flush_start
+ * began; or, when a write-back flush of the metadata failed, that error
+ * (some block the superblock would name may not be on disk). */
 static int data_flush_wait(void *arg)
 {
   struct tp_pool *p = arg;
   pthread_mutex_lock(&p->df_mu);
-  while (!p->df_done)
+  while (!p->df_done || p->wb_busy)
     pthread_cond_wait(&p->df_cv, &p->df_mu);
-  int r = p->df_result;
+  int r = p->wb_err ? p->wb_err : p->df_result;
+  pthread_mutex_unlock(&p->df_mu);
+  return r;
+}
+
+static int wb_error(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->df_mu);
+  int r = p->wb_err;
   pthread_mutex_unlock(&p->df_mu);
   return r;
 }
@@ -466,10 +510,12 @@ static int commit_txn_locked(struct tp_pool *p, bool *freed)
   pthread_rwlock_wrlock(&p->lock);
   int data_r = 0;
   r = tmd_commit_beside(p->md, beside ? data_flush_wait : NULL, p);
-  if (beside && r && tmd_is_writable(p->md))
+  if (beside && r && tmd_is_writable(p->md) && !wb_error(p))
     data_r = r; /* the data flush failed; the metadata did not */
-  if (r == 0)
+  if (r == 0) {
+    p->wb_mark = tmd_blocks_written(p->md);
     after_commit_locked(p, freed);
+  }
   pthread_rwlock_unlock(&p->lock);
   if (data_r)
     return data_r;
@@ -1498,8 +1544,11 @@ int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err)
   bool freed = false;
   pthread_rwlock_wrlock(&p->txn);
   /* The reservation commits the metadata itself: flush the data first, as
-   * every commit does. */
-  r = ts_flush(p->data);
+   * every commit does (and fail as a commit would after a failed
+   * write-back of the metadata). */
+  r = wb_error(p);
+  if (!r)
+    r = ts_flush(p->data);
   if (!r) {
     pthread_rwlock_wrlock(&p->lock);
     r = tmd_reserve_metadata_snap(p->md);
