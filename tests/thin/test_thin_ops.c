@@ -1174,6 +1174,53 @@ START_TEST(commit_data_flush_fails)
 }
 END_TEST
 
+/* A large PROVISION flushes the metadata layer in the background as its
+ * mappings are written. When such a flush fails, the commit after it fails
+ * too (the file reports the error to that flush alone), the pool refuses
+ * changes, and the metadata on disk is still the last commit. */
+START_TEST(provision_writeback_flush_fails)
+{
+  const char *dir = ts_test_dir;
+  const char *layers =
+      " \"data\": { \"type\": \"zero\", \"size\": \"256G\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"256G\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }";
+  char *j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                        " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
+                        "%s",
+                        layers);
+  ts_stack *s = ts_test_open(dir, j);
+  ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
+  close_and_check(s, dir);
+  free(j);
+  /* Reopened, nothing flushes the metadata before the PROVISION does. */
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+                  " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"flush\","
+                  "   \"errno\": \"EIO\", \"count\": 1 } ] },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_provision(v, 0, 256ull << 30), 0);
+  ck_assert_int_eq(ts_flush(v), -EIO);
+  ck_assert(pool_status(pool).failed);
+  ts_stack_close(s, NULL);
+  free(j);
+  thin_check_clean(dir);
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
+  close_and_check(s, dir);
+  free(j);
+}
+END_TEST
+
 /* The periodic commit makes changes durable without a flush. */
 START_TEST(periodic_commit)
 {
@@ -1264,6 +1311,7 @@ int main(void)
   tcase_add_test(t, low_water_mark);
   tcase_add_test(t, fua_is_durable);
   tcase_add_test(t, commit_data_flush_fails);
+  tcase_add_test(t, provision_writeback_flush_fails);
   tcase_add_test(t, periodic_commit);
   tcase_add_test(t, read_only_pool);
   suite_add_tcase(s, t);
