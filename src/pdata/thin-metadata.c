@@ -463,7 +463,14 @@ static int writable(const struct tmd *md)
   return 0;
 }
 
-static int do_commit(struct tmd *md)
+/* Everything but the superblock: the top-level trees, the space maps, every
+ * dirty block written and the device flushed. Leaves the transaction open
+ * and consistent: each step is idempotent when repeated (top-level and index
+ * values overwrite with no reference counting, blocks already placed in this
+ * transaction stay where they are, written blocks are still new in it and
+ * are changed in place), so a commit whose superblock is not written may be
+ * retried, with more changes in between or not. */
+static int write_all_but_super(struct tmd *md)
 {
   int r = 0;
   for (size_t i = 0; i < md->nr_devs && !r; i++) {
@@ -483,16 +490,23 @@ static int do_commit(struct tmd *md)
     r = pd_sm_commit_place(&md->tm, &md->data, &md->meta);
   if (!r)
     r = pd_sm_commit_write(&md->tm, &md->data, &md->meta);
-  if (r)
-    return r;
+  if (!r)
+    r = pd_bm_flush_dirty(md->bm, 0);
+  if (!r)
+    r = pd_bdev_flush(&md->bdev);
+  return r;
+}
+
+/* The superblock, once everything it names is durable, then the in-memory
+ * state becomes the last commit. */
+static int write_super(struct tmd *md)
+{
   struct pd_block *b;
-  if ((r = pd_bm_write_zero(md->bm, 0, PD_BT_SUPER, &b)))
+  int r = pd_bm_write_zero(md->bm, 0, PD_BT_SUPER, &b);
+  if (r)
     return r;
   fill_sb(md, b->data);
   pd_tm_unlock(&md->tm, b);
-  /* everything else first, then the superblock */
-  if ((r = pd_bm_flush_dirty(md->bm, 0)) || (r = pd_bdev_flush(&md->bdev)))
-    return r;
   if ((r = pd_bm_write_block(md->bm, 0)) || (r = pd_bdev_flush(&md->bdev)))
     return r;
   fill_sb(md, md->sb);
@@ -507,18 +521,26 @@ static int do_commit(struct tmd *md)
   return 0;
 }
 
-int tmd_commit(struct tmd *md)
+int tmd_commit_beside(struct tmd *md, int (*wait)(void *arg), void *arg)
 {
   int r = writable(md);
+  if (r || !md->changed) {
+    int w = wait ? wait(arg) : 0;
+    return r ? r : w;
+  }
+  r = write_all_but_super(md);
+  int w = wait ? wait(arg) : 0;
+  if (!r && w)
+    return w; /* nothing names what was written: the transaction stays open */
+  if (!r)
+    r = write_super(md);
   if (r)
-    return r;
-  if (!md->changed)
-    return 0;
-  r = do_commit(md);
-  if (r)
-    md->failed = true; /* in-memory state is half committed; the device is not */
+    md->failed = true; /* the device holds the previous commit (or, after a failed
+                          superblock flush, maybe this one): reload to know */
   return r;
 }
+
+int tmd_commit(struct tmd *md) { return tmd_commit_beside(md, NULL, NULL); }
 
 int tmd_abort(struct tmd *md)
 {
@@ -622,8 +644,8 @@ static int format(const struct pd_bdev *bdev, uint32_t data_block_size, uint64_t
   if (!r)
     r = pd_btree_empty(&md->top, &md->mapping_root);
   md->changed = true;
-  if (!r && !beside)
-    r = do_commit(md);
+  if (!r && !beside && !(r = write_all_but_super(md)))
+    r = write_super(md);
   if (r) {
     tmd_close(md);
     return ts_error_set(err, r, "formatting the metadata device: %s", strerror(-r));
@@ -1034,6 +1056,14 @@ uint64_t tmd_data_nr_blocks(const struct tmd *md) { return md->data.nr_blocks; }
 uint64_t tmd_data_nr_free(const struct tmd *md) { return md->data.nr_blocks - md->data.nr_allocated; }
 uint64_t tmd_metadata_nr_blocks(const struct tmd *md) { return md->meta.nr_blocks; }
 uint64_t tmd_metadata_nr_used(const struct tmd *md) { return md->meta.nr_allocated; }
+
+uint64_t tmd_blocks_written(struct tmd *md)
+{
+  pthread_mutex_lock(&md->bm->lock);
+  uint64_t n = md->bm->writes;
+  pthread_mutex_unlock(&md->bm->lock);
+  return n;
+}
 
 int tmd_resize_data(struct tmd *md, uint64_t n)
 {

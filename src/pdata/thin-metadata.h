@@ -125,6 +125,17 @@ void tmd_close(struct tmd *md);
  * read-only until tmd_abort() (see header comment). Cheap when nothing changed. */
 int tmd_commit(struct tmd *md);
 
+/* [W] tmd_commit() beside the caller's flush of the data device, started
+ * before the call (the new mappings may name data blocks only that flush
+ * makes durable): every block but the superblock is written and flushed,
+ * then `wait` is called, exactly once and whatever happened before, to
+ * collect that flush's result; only when both succeeded is the superblock
+ * written and flushed. A non-zero result of `wait` (with the metadata
+ * written) is returned as it is, and nothing is committed: the superblock
+ * on disk is untouched, the handle stays writable and the transaction open,
+ * so it can be committed again later. Metadata errors are tmd_commit()'s. */
+int tmd_commit_beside(struct tmd *md, int (*wait)(void *arg), void *arg);
+
 /* [W] Drop every change since the last commit and reload that state.
  * Reports blocks of neither data nor metadata: blocks allocated since the
  * last commit are simply free again. */
@@ -344,6 +355,9 @@ int tmd_resize_metadata(struct tmd *md, uint64_t new_nr_blocks);
 /* [R] Metadata space: total 4 KiB blocks and blocks in use (current state). */
 uint64_t tmd_metadata_nr_blocks(const struct tmd *md);
 uint64_t tmd_metadata_nr_used(const struct tmd *md);
+/* [W] Metadata blocks written to the device since the handle was opened
+ * (blocks of the open transaction evicted from the cache, and commits). */
+uint64_t tmd_blocks_written(struct tmd *md);
 
 /* ------------------------------------------------------------------------ */
 /* Metadata snapshot (for thin_dump -m on a live pool)                      */

@@ -1092,6 +1092,135 @@ START_TEST(fua_is_durable)
 }
 END_TEST
 
+/* The metadata superblock as the file holds it now. */
+static void read_super(const char *dir, unsigned char *sb)
+{
+  char *path = ts_test_path(dir, "pool.meta");
+  FILE *f = fopen(path, "rb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fread(sb, 1, 4096, f), 4096);
+  fclose(f);
+  free(path);
+}
+
+/* The data flush of a commit runs beside its metadata writes. When it
+ * fails, the flush returns the error and commits nothing: the superblock on
+ * disk is the one before, so a crash then (a copy of the files) finds
+ * neither the new mapping nor a damaged pool; the pool stays writable and
+ * the next flush commits everything, what came after the failure too. */
+START_TEST(commit_data_flush_fails)
+{
+  const char *dir = ts_test_dir;
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"16M\", \"create\": true },"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.data\", \"size\": \"256M\", \"create\": true },"
+      " \"data\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"flush\","
+      "   \"errno\": \"EIO\", \"after\": 1, \"count\": 1 } ] },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " %s }, \"exports\": [\"v0\"] }",
+      VOL0);
+  ts_stack *s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  unsigned char a[8192], b[8192], c[8192], sb0[4096], sb1[4096];
+  fill(a, sizeof a, 71);
+  fill(b, sizeof b, 72);
+  fill(c, sizeof c, 73);
+  ck_assert_int_eq(ts_pwrite(v, a, sizeof a, 1 * K64, 0), 0);
+  ck_assert_int_eq(ts_flush(v), 0);
+  uint64_t commits = pool_status(pool).commits;
+  read_super(dir, sb0);
+
+  ck_assert_int_eq(ts_pwrite(v, b, sizeof b, 5 * K64, 0), 0);
+  ck_assert_int_eq(ts_flush(v), -EIO);
+  read_super(dir, sb1);
+  ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "a failed commit wrote the superblock");
+  ts_pool_status st = pool_status(pool);
+  ck_assert(!st.failed);
+  ck_assert_uint_eq(st.commits, commits);
+  ck_assert_int_eq(ts_test_run(NULL, "mkdir %s/copy && cp --sparse=always %s/pool.meta %s/pool.data %s/copy/",
+                               dir, dir, dir, dir), 0);
+  /* Still readable, and writable. */
+  read_expect(v, 5 * K64, b, sizeof b);
+  ck_assert_int_eq(ts_pwrite(v, c, sizeof c, 9 * K64, 0), 0);
+  ck_assert_int_eq(ts_flush(v), 0);
+  ck_assert_uint_eq(pool_status(pool).commits, commits + 1);
+  ck_assert_int_eq(ts_test_run(NULL, "mkdir %s/copy2 && cp --sparse=always %s/pool.meta %s/pool.data %s/copy2/",
+                               dir, dir, dir, dir), 0);
+  ts_error e = { 0 };
+  ck_assert_msg(ts_stack_close(s, &e) == 0, "close: %s", e.msg);
+  thin_check_clean(dir);
+  free(j);
+
+  struct pool_opts o = { .extra = "\"commit_interval\": 0", .vols = VOL0, .exports = "\"v0\"" };
+  char *copy = ts_test_path(dir, "copy");
+  thin_check_clean(copy);
+  ts_stack *cs = pool_open(copy, &o);
+  read_expect(node(cs, "v0"), 1 * K64, a, sizeof a);
+  read_zero(node(cs, "v0"), 5 * K64, K64);
+  ck_assert_uint_eq(mapped_blocks(node(cs, "pool"), 0), 1);
+  ts_stack_close(cs, NULL);
+  char *copy2 = ts_test_path(dir, "copy2");
+  thin_check_clean(copy2);
+  cs = pool_open(copy2, &o);
+  read_expect(node(cs, "v0"), 1 * K64, a, sizeof a);
+  read_expect(node(cs, "v0"), 5 * K64, b, sizeof b);
+  read_expect(node(cs, "v0"), 9 * K64, c, sizeof c);
+  ck_assert_uint_eq(mapped_blocks(node(cs, "pool"), 0), 3);
+  ts_stack_close(cs, NULL);
+  free(copy);
+  free(copy2);
+}
+END_TEST
+
+/* A large PROVISION flushes the metadata layer in the background as its
+ * mappings are written. When such a flush fails, the commit after it fails
+ * too (the file reports the error to that flush alone), the pool refuses
+ * changes, and the metadata on disk is still the last commit. */
+START_TEST(provision_writeback_flush_fails)
+{
+  const char *dir = ts_test_dir;
+  const char *layers =
+      " \"data\": { \"type\": \"zero\", \"size\": \"256G\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"256G\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }";
+  char *j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                        " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
+                        "%s",
+                        layers);
+  ts_stack *s = ts_test_open(dir, j);
+  ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
+  close_and_check(s, dir);
+  free(j);
+  /* Reopened, nothing flushes the metadata before the PROVISION does. */
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+                  " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"flush\","
+                  "   \"errno\": \"EIO\", \"count\": 1 } ] },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_provision(v, 0, 256ull << 30), 0);
+  ck_assert_int_eq(ts_flush(v), -EIO);
+  ck_assert(pool_status(pool).failed);
+  ts_stack_close(s, NULL);
+  free(j);
+  thin_check_clean(dir);
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
+  close_and_check(s, dir);
+  free(j);
+}
+END_TEST
+
 /* The periodic commit makes changes durable without a flush. */
 START_TEST(periodic_commit)
 {
@@ -1181,6 +1310,8 @@ int main(void)
   tcase_add_test(t, management);
   tcase_add_test(t, low_water_mark);
   tcase_add_test(t, fua_is_durable);
+  tcase_add_test(t, commit_data_flush_fails);
+  tcase_add_test(t, provision_writeback_flush_fails);
   tcase_add_test(t, periodic_commit);
   tcase_add_test(t, read_only_pool);
   suite_add_tcase(s, t);

@@ -12,9 +12,11 @@
  * pool (thin.c, where the data path lives); the management calls of
  * <libthinstack/thin.h> are at the end of this file.
  *
- * Commit = flush the data device, then commit the metadata (shadowed btrees,
- * superblock last), then discard on the data device the blocks that commit
- * freed. It runs on FLUSH (and FUA, which the core turns into a FLUSH), every
+ * Commit = flush the data device on the pool's data flusher thread while
+ * the metadata is written and flushed (shadowed btrees, space maps), then,
+ * once both are durable, the superblock; then discard on the data device
+ * the blocks that commit freed (docs/layers/thin-pool.md says why that
+ * order is crash-safe). It runs on FLUSH (and FUA, which the core turns into a FLUSH), every
  * commit_interval seconds from a timer thread when something changed, after
  * each management call, and on close (not after a failed open).
  *
@@ -395,7 +397,100 @@ static int commit_failed(struct tp_pool *p, int r)
   return r == -EROFS ? -EIO : r;
 }
 
-/* With txn held exclusive. */
+/* The data flusher: one ts_flush of the data layer per request, so that a
+ * commit's data flush and its metadata writes go on at the same time. */
+static void *data_flusher_main(void *arg)
+{
+  struct tp_pool *p = arg;
+  pthread_mutex_lock(&p->df_mu);
+  for (;;) {
+    while (!p->df_asked && !p->wb_asked && !p->df_stop)
+      pthread_cond_wait(&p->df_cv, &p->df_mu);
+    if (p->df_asked) {
+      p->df_asked = false;
+      pthread_mutex_unlock(&p->df_mu);
+      int r = ts_flush(p->data);
+      pthread_mutex_lock(&p->df_mu);
+      p->df_result = r;
+      p->df_done = true;
+      pthread_cond_broadcast(&p->df_cv);
+    } else if (p->wb_asked) {
+      p->wb_asked = false;
+      p->wb_busy = true;
+      pthread_mutex_unlock(&p->df_mu);
+      int r = ts_flush(p->meta);
+      pthread_mutex_lock(&p->df_mu);
+      /* A file reports a write-back error to one flush only: this one's
+       * must reach the commit. */
+      if (r && !p->wb_err)
+        p->wb_err = r;
+      p->wb_busy = false;
+      pthread_cond_broadcast(&p->df_cv);
+    } else {
+      break;
+    }
+  }
+  pthread_mutex_unlock(&p->df_mu);
+  return NULL;
+}
+
+/* Metadata blocks (4 KiB) written between two write-back flushes. */
+#define WRITEBACK_BLOCKS 8192
+
+void tp_meta_writeback(struct tp_pool *p)
+{
+  if (!p->data_flusher_running)
+    return;
+  uint64_t w = tmd_blocks_written(p->md);
+  if (w - p->wb_mark < WRITEBACK_BLOCKS)
+    return;
+  pthread_mutex_lock(&p->df_mu);
+  if (!p->wb_asked && !p->wb_busy) {
+    p->wb_mark = w;
+    p->wb_asked = true;
+    pthread_cond_broadcast(&p->df_cv);
+  }
+  pthread_mutex_unlock(&p->df_mu);
+}
+
+static void data_flush_start(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->df_mu);
+  p->df_done = false;
+  p->df_asked = true;
+  p->wb_asked = false; /* the commit flushes the metadata itself */
+  pthread_cond_broadcast(&p->df_cv);
+  pthread_mutex_unlock(&p->df_mu);
+}
+
+/* tmd_commit_beside's `wait`: the result of the flush data_flush_start
+ * began; or, when a write-back flush of the metadata failed, that error
+ * (some block the superblock would name may not be on disk). */
+static int data_flush_wait(void *arg)
+{
+  struct tp_pool *p = arg;
+  pthread_mutex_lock(&p->df_mu);
+  while (!p->df_done || p->wb_busy)
+    pthread_cond_wait(&p->df_cv, &p->df_mu);
+  int r = p->wb_err ? p->wb_err : p->df_result;
+  pthread_mutex_unlock(&p->df_mu);
+  return r;
+}
+
+static int wb_error(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->df_mu);
+  int r = p->wb_err;
+  pthread_mutex_unlock(&p->df_mu);
+  return r;
+}
+
+/* With txn held exclusive: no mapping changes meanwhile, and every data
+ * write the new mappings name has completed, so the data flush may start
+ * before the metadata is written; the superblock waits for both. A failed
+ * data flush commits nothing and leaves the pool writable, the transaction
+ * open for the next commit to retry; a failed metadata write fails the
+ * pool. */
 static int commit_txn_locked(struct tp_pool *p, bool *freed)
 {
   *freed = false;
@@ -404,14 +499,26 @@ static int commit_txn_locked(struct tp_pool *p, bool *freed)
   int f = atomic_load(&p->failed);
   if (f)
     return f == -EROFS ? -EIO : f;
-  int r = ts_flush(p->data);
-  if (r || !atomic_load(&p->dirty))
+  if (!atomic_load(&p->dirty))
+    return ts_flush(p->data);
+  bool beside = p->data_flusher_running;
+  int r = 0;
+  if (beside)
+    data_flush_start(p);
+  else if ((r = ts_flush(p->data)))
     return r;
   pthread_rwlock_wrlock(&p->lock);
-  r = tmd_commit(p->md);
-  if (r == 0)
+  int data_r = 0;
+  r = tmd_commit_beside(p->md, beside ? data_flush_wait : NULL, p);
+  if (beside && r && tmd_is_writable(p->md) && !wb_error(p))
+    data_r = r; /* the data flush failed; the metadata did not */
+  if (r == 0) {
+    p->wb_mark = tmd_blocks_written(p->md);
     after_commit_locked(p, freed);
+  }
   pthread_rwlock_unlock(&p->lock);
+  if (data_r)
+    return data_r;
   return r ? commit_failed(p, r) : 0;
 }
 
@@ -553,6 +660,15 @@ static int seconds_param(ts_layer *l, const json_t *params, const char *key, dou
 
 static void pool_free(struct tp_pool *p)
 {
+  if (p->data_flusher_running) {
+    pthread_mutex_lock(&p->df_mu);
+    p->df_stop = true;
+    pthread_cond_broadcast(&p->df_cv);
+    pthread_mutex_unlock(&p->df_mu);
+    pthread_join(p->data_flusher, NULL);
+  }
+  pthread_mutex_destroy(&p->df_mu);
+  pthread_cond_destroy(&p->df_cv);
   if (p->md)
     tmd_close(p->md);
   pd_bdev_close(&p->bdev);
@@ -674,6 +790,8 @@ static struct tp_pool *pool_new(ts_layer *l, const json_t *params, const struct 
   cond_init_monotonic(&p->space_cv);
   pthread_mutex_init(&p->ct_mu, NULL);
   cond_init_monotonic(&p->ct_cv);
+  pthread_mutex_init(&p->df_mu, NULL);
+  pthread_cond_init(&p->df_cv, NULL);
   pthread_mutex_init(&p->vol_mu, NULL);
   pthread_mutex_init(&p->fast_mu, NULL);
   pthread_cond_init(&p->fast_cv, NULL);
@@ -796,6 +914,10 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
     return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
   if ((r = load_metadata(p, pp.create, err)))
     goto fail;
+  /* Without the thread a commit flushes the data before the metadata, as
+   * safe and only slower. */
+  if (!p->read_only)
+    p->data_flusher_running = pthread_create(&p->data_flusher, NULL, data_flusher_main, p) == 0;
   if (!p->read_only && pp.ci > 0) {
     if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
       r = ts_layer_error(l, err, -EAGAIN, "commit_interval", "cannot start the commit thread");
@@ -1422,8 +1544,11 @@ int ts_pool_reserve_metadata_snap(ts_dev *pool, ts_error *err)
   bool freed = false;
   pthread_rwlock_wrlock(&p->txn);
   /* The reservation commits the metadata itself: flush the data first, as
-   * every commit does. */
-  r = ts_flush(p->data);
+   * every commit does (and fail as a commit would after a failed
+   * write-back of the metadata). */
+  r = wb_error(p);
+  if (!r)
+    r = ts_flush(p->data);
   if (!r) {
     pthread_rwlock_wrlock(&p->lock);
     r = tmd_reserve_metadata_snap(p->md);

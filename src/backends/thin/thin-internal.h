@@ -89,6 +89,19 @@ struct tp_pool {
   pthread_t committer;
   bool committer_running, ct_stop;
 
+  /* The data layer's flush of a commit runs on this thread while the
+   * commit writes the metadata (see commit_txn_locked); so does the
+   * metadata layer's flush that writes back, during a large provision,
+   * the blocks the cache evicted (tp_meta_writeback). */
+  pthread_mutex_t df_mu;
+  pthread_cond_t df_cv;
+  pthread_t data_flusher;
+  bool data_flusher_running, df_stop, df_asked, df_done;
+  int df_result;
+  bool wb_asked, wb_busy;
+  int wb_err;               /* a write-back flush failed: the commit must fail */
+  uint64_t wb_mark;         /* tmd_blocks_written at the last write-back */
+
   pthread_mutex_t vol_mu;
   struct tp_vol *vols;
 
@@ -120,8 +133,9 @@ struct tp_pool *tp_pool_of(ts_layer *node);
 int tp_vol_attach(struct tp_pool *p, ts_layer *l, uint32_t id, uint64_t size, bool create,
                   struct tp_vol **out, ts_error *err);
 void tp_vol_detach(struct tp_vol *v);
-/* FLUSH: data device flush, then metadata commit (when anything changed),
- * then the discards of blocks the commit freed. */
+/* FLUSH: data device flush beside the metadata writes of the commit (when
+ * anything changed), the superblock once both are durable, then the
+ * discards of blocks the commit freed. */
 int tp_commit(struct tp_pool *p);
 void tp_cell_lock(struct tp_pool *p, struct tp_cell *c, uint32_t dev, uint64_t b, uint64_t e);
 void tp_cell_unlock(struct tp_pool *p, struct tp_cell *c);
@@ -142,6 +156,11 @@ void tp_note_unref(struct tp_pool *p, uint64_t d);
 void tp_drain(struct tp_pool *p);
 /* A fast-path request has completed on the data layer. */
 void tp_fast_end(struct tp_pool *p);
+/* Under `lock` exclusive, between the steps of a large change: once the
+ * metadata cache has written enough blocks of the open transaction, flush
+ * the metadata layer in the background, so the commit finds them on disk
+ * already instead of writing them all back at once. */
+void tp_meta_writeback(struct tp_pool *p);
 /* Under `lock` exclusive: mark the metadata changed. */
 void tp_changed(struct tp_pool *p);
 /* With no lock held: raise the events noticed under the lock. */

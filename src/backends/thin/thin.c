@@ -820,6 +820,7 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
           r = tp_data_err(p, err);
         }
       }
+      tp_meta_writeback(p);
       pthread_rwlock_unlock(&p->lock);
     }
     if (threaded) {
