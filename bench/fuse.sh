@@ -18,8 +18,9 @@
 #   fio --name=c --filename=F --ioengine=io_uring --direct=1 --rw=RW
 #       --bs=BS --iodepth=QD --size=SIZE --runtime=SECONDS --time_based
 # It prints per cell the median over the rounds of each file, and each
-# export's median divided by the raw file's; the load average at the start
-# of each round goes to standard error.
+# export's median divided by the raw file's, with the lowest and highest
+# ratio within one round in brackets; the load average at the start of
+# each round goes to standard error.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=$here/build runtime=3 rounds=3 size=1024 opts= lock=/tmp/bench.lock transport=
@@ -32,7 +33,7 @@ while getopts "b:r:R:s:x:l:t" o; do
     x) opts=$OPTARG ;;
     l) lock=$OPTARG ;;
     t) transport=1 ;;
-    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
   esac
 done
 fuse=$build/examples/fuse-export/thinstack-fuse
@@ -131,6 +132,10 @@ for cell, per in vals.items():
     unit = "MB/s" if bs == "1m" else "IOPS"
     med = {n: statistics.median(per[n]) for n in names}
     row = [f"{rw} {bs} QD{qd} ({unit})"] + [f"{med[n]:.0f}" for n in names]
-    row += [f"{med[n] / med['raw']:.2f}x" for n in names[1:]]
+    # The ratio of the medians, and in brackets the lowest and highest
+    # ratio within one round (the files of a round run back to back).
+    for n in names[1:]:
+        r = [a / b for a, b in zip(per[n], per["raw"])]
+        row.append(f"{med[n] / med['raw']:.2f}x ({min(r):.2f}-{max(r):.2f})")
     print("| " + " | ".join(row) + " |")
 EOF
