@@ -92,6 +92,36 @@ head -c 1G /dev/zero | tr '\0' k > fill.bin
 rm fill.bin
 
 runs=${RUNS:-3}
+# measure TARGET: one run of the 8 cells on TARGET ($mode, $run, $qcache).
+measure() {
+  local d n4 v
+  case $1 in
+    rbd)
+      for d in 1 32; do
+        # full-seq: request i at offset i MiB, the depth's requests on
+        # consecutive offsets, as bench io's sequential cells (rbd bench's
+        # "seq" gives each of its 32 slots a stream of its own 32 MiB apart).
+        echo "$mode $run seqwrite $d $(rbdb write 1M $d full-seq 1G)" >> ref.txt
+        echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+        echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+        echo "$mode $run seqread $d $(rbdb read 1M $d full-seq 1G)" >> ref.txt
+      done ;;
+    qemu)
+      for d in 1 32; do
+        n4=$([ $d = 1 ] && echo 8192 || echo 32768)
+        v=$(qemub write 1M $d $qcache 1024); echo "$mode $run seqwrite $d $v" >> qemu.txt
+        v=$(qemub write 4K $d $qcache $n4); echo "$mode $run randwrite $d $v" >> qemu.txt
+        v=$(qemub read 4K $d $qcache $n4); echo "$mode $run randread $d $v" >> qemu.txt
+        v=$(qemub read 1M $d $qcache 1024); echo "$mode $run seqread $d $v" >> qemu.txt
+      done ;;
+    img) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out" ;;
+    # Completions on a libuv loop: the layer starts each request on librbd
+    # from the loop's thread and librbd's callback ends it (submit_async).
+    loop) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
+            > "loop.$mode.$run.out" ;;
+    thin) "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out" ;;
+  esac
+}
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 : > ref.txt
 : > qemu.txt
@@ -104,30 +134,16 @@ for mode in ${CACHE_MODES:-writearound off}; do
   esac
   export CEPH_CONF=$PWD/$mode.conf
   qcache=$([ "$mode" = off ] && echo none || echo writeback)
-  # Interleaved: each run measures rbd bench, QEMU, the layer and the thin
-  # volume.
+  # Interleaved: each run measures rbd bench, QEMU, the layer (twice) and
+  # the thin volume, one after another; a run takes minutes, in which the
+  # shared machine's speed drifts, so each run starts one target later than
+  # the last, and no target is always measured first or last.
+  targets=(rbd qemu img loop thin)
+  [ -n "$have_qemu" ] || targets=(rbd img loop thin)
   for run in $(seq "$runs"); do
-    for d in 1 32; do
-      # full-seq: request i at offset i MiB, the depth's requests on
-      # consecutive offsets, as bench io's sequential cells (rbd bench's
-      # "seq" gives each of its 32 slots a stream of its own 32 MiB apart).
-      echo "$mode $run seqwrite $d $(rbdb write 1M $d full-seq 1G)" >> ref.txt
-      echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
-      echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
-      echo "$mode $run seqread $d $(rbdb read 1M $d full-seq 1G)" >> ref.txt
-      [ -n "$have_qemu" ] || continue
-      n4=$([ $d = 1 ] && echo 8192 || echo 32768)
-      v=$(qemub write 1M $d $qcache 1024); echo "$mode $run seqwrite $d $v" >> qemu.txt
-      v=$(qemub write 4K $d $qcache $n4); echo "$mode $run randwrite $d $v" >> qemu.txt
-      v=$(qemub read 4K $d $qcache $n4); echo "$mode $run randread $d $v" >> qemu.txt
-      v=$(qemub read 1M $d $qcache 1024); echo "$mode $run seqread $d $v" >> qemu.txt
+    for i in "${!targets[@]}"; do
+      measure "${targets[$(( (i + run - 1) % ${#targets[@]} ))]}"
     done
-    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out"
-    # Completions on a libuv loop: the layer starts each request on librbd
-    # from the loop's thread and librbd's callback ends it (submit_async).
-    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
-      > "loop.$mode.$run.out"
-    "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out"
   done
   export CEPH_CONF=$cluster_conf
 done
