@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The rbd layer and a thin volume over RBD next to `rbd bench` on the same
-# cluster, and what provisioning costs on RBD.
+# The rbd layer and a thin volume over RBD next to `rbd bench` and QEMU's
+# rbd driver (`qemu-img bench`) on the same cluster, and what provisioning
+# costs on RBD.
 #   bench/rbd.sh [BUILD_DIR]     (default: build)
 # Uses the cluster of $CEPH_CONF, or starts a throwaway one with
 # tests/ceph/start-ceph.sh (and stops it). Env: SECONDS_PER_CELL (default 2),
@@ -41,6 +42,24 @@ rbdb() { # TYPE SIZE THREADS PATTERN TOTAL
   if [ "$2" = 1M ]; then python3 -c "print(round($ops * 1048576 / 1e6))"; else python3 -c "print(round($ops))"; fi
 }
 
+# QEMU's rbd driver (qemu-block-extra) through `qemu-img bench`: the C API
+# as a VMM uses it, the same copies included. Cache mode: -t none makes the
+# driver set rbd_cache=false, -t writeback rbd_cache=true (the conf then
+# makes it writearound). qemu-img bench has no random pattern: its 4K cells
+# step 4 MiB + 4 KiB per request, so each lands in another object and the
+# run visits each 4K block of the image once, in no readahead's order.
+qemub() { # TYPE SIZE DEPTH CACHE COUNT
+  local step=$((4096 * 1025)) w= out
+  [ "$2" = 1M ] && step=1048576
+  [ "$1" = write ] && w=-w
+  out=$(qemu-img bench -f raw -t "$4" $w -c "$5" -d "$3" -s "$2" -S "$step" \
+        "rbd:rbd/bench-img:conf=$CEPH_CONF" 2>&1 | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+  [ -n "$out" ] || { echo "bench/rbd.sh: qemu-img bench $* failed" >&2; exit 1; }
+  local size=$([ "$2" = 1M ] && echo 1048576 || echo 4096)
+  if [ "$2" = 1M ]; then python3 -c "print(round($5 * $size / $out / 1e6))"
+  else python3 -c "print(round($5 / $out))"; fi
+}
+
 # librbd's cache must be in the same mode on both sides. By default it is
 # writethrough until the first flush: `rbd bench` never flushes while it
 # runs, while bench io flushes after each write cell, so its later cells ran
@@ -63,14 +82,49 @@ cat > thin.json <<JSON
 JSON
 rbd create --size 1G rbd/bench-img
 rbd bench --io-type write --io-size 4M --io-threads 16 --io-total 1G rbd/bench-img >/dev/null
+# The QEMU column needs qemu-img with its rbd driver (Debian: qemu-block-extra).
+have_qemu=
+if qemu-img info -f raw "rbd:rbd/bench-img:conf=$CEPH_CONF" >/dev/null 2>&1; then have_qemu=1
+else echo "bench/rbd.sh: qemu-img cannot open rbd: images (qemu-block-extra?); no QEMU column" >&2; fi
 # Map every block first, as bench io does for its own thin column.
 head -c 1G /dev/zero | tr '\0' k > fill.bin
 "$T" write thin.json vol 0 -i fill.bin >/dev/null
 rm fill.bin
 
 runs=${RUNS:-3}
+# measure TARGET: one run of the 8 cells on TARGET ($mode, $run, $qcache).
+measure() {
+  local d n4 v
+  case $1 in
+    rbd)
+      for d in 1 32; do
+        # full-seq: request i at offset i MiB, the depth's requests on
+        # consecutive offsets, as bench io's sequential cells (rbd bench's
+        # "seq" gives each of its 32 slots a stream of its own 32 MiB apart).
+        echo "$mode $run seqwrite $d $(rbdb write 1M $d full-seq 1G)" >> ref.txt
+        echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+        echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
+        echo "$mode $run seqread $d $(rbdb read 1M $d full-seq 1G)" >> ref.txt
+      done ;;
+    qemu)
+      for d in 1 32; do
+        n4=$([ $d = 1 ] && echo 8192 || echo 32768)
+        v=$(qemub write 1M $d $qcache 1024); echo "$mode $run seqwrite $d $v" >> qemu.txt
+        v=$(qemub write 4K $d $qcache $n4); echo "$mode $run randwrite $d $v" >> qemu.txt
+        v=$(qemub read 4K $d $qcache $n4); echo "$mode $run randread $d $v" >> qemu.txt
+        v=$(qemub read 1M $d $qcache 1024); echo "$mode $run seqread $d $v" >> qemu.txt
+      done ;;
+    img) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out" ;;
+    # Completions on a libuv loop: the layer starts each request on librbd
+    # from the loop's thread and librbd's callback ends it (submit_async).
+    loop) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
+            > "loop.$mode.$run.out" ;;
+    thin) "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out" ;;
+  esac
+}
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 : > ref.txt
+: > qemu.txt
 for mode in ${CACHE_MODES:-writearound off}; do
   cp "$cluster_conf" "$mode.conf"
   case $mode in
@@ -79,23 +133,17 @@ for mode in ${CACHE_MODES:-writearound off}; do
     *) echo "bench/rbd.sh: CACHE_MODES: \"$mode\" is not writearound or off" >&2; exit 2 ;;
   esac
   export CEPH_CONF=$PWD/$mode.conf
-  # Interleaved: each run measures rbd bench, the layer and the thin volume.
+  qcache=$([ "$mode" = off ] && echo none || echo writeback)
+  # Interleaved: each run measures rbd bench, QEMU, the layer (twice) and
+  # the thin volume, one after another; a run takes minutes, in which the
+  # shared machine's speed drifts, so each run starts one target later than
+  # the last, and no target is always measured first or last.
+  targets=(rbd qemu img loop thin)
+  [ -n "$have_qemu" ] || targets=(rbd img loop thin)
   for run in $(seq "$runs"); do
-    for d in 1 32; do
-      # full-seq: request i at offset i MiB, the depth's requests on
-      # consecutive offsets, as bench io's sequential cells (rbd bench's
-      # "seq" gives each of its 32 slots a stream of its own 32 MiB apart).
-      echo "$mode $run seqwrite $d $(rbdb write 1M $d full-seq 1G)" >> ref.txt
-      echo "$mode $run randwrite $d $(rbdb write 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
-      echo "$mode $run randread $d $(rbdb read 4K $d rand $([ $d = 1 ] && echo 32M || echo 128M))" >> ref.txt
-      echo "$mode $run seqread $d $(rbdb read 1M $d full-seq 1G)" >> ref.txt
+    for i in "${!targets[@]}"; do
+      measure "${targets[$(( (i + run - 1) % ${#targets[@]} ))]}"
     done
-    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out"
-    # Completions on a libuv loop: the layer starts each request on librbd
-    # from the loop's thread and librbd's callback ends it (submit_async).
-    "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
-      > "loop.$mode.$run.out"
-    "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out"
   done
   export CEPH_CONF=$cluster_conf
 done
@@ -104,10 +152,13 @@ echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$runs" ${CACHE_MODES:-writearound off} <<'PY'
 import json, statistics, sys
 runs, modes = int(sys.argv[1]), sys.argv[2:]
-ref = {}
-for line in open("ref.txt"):
-    m, run, t, d, v = line.split()
-    ref.setdefault((m, t, int(d)), []).append(float(v))
+def peer(path):
+    out = {}
+    for line in open(path):
+        m, run, t, d, v = line.split()
+        out.setdefault((m, t, int(d)), []).append(float(v))
+    return out
+ref, qemu = peer("ref.txt"), peer("qemu.txt")
 def cells(kind, m):
     out = {}
     for run in range(1, runs + 1):
@@ -123,27 +174,30 @@ def ratio(v, ref):
     return med([a / b for a, b in zip(v, ref)])
 for m in modes:
     img, loop, thin = cells("img", m), cells("loop", m), cells("thin", m)
+    cols = (("img", img), ("loop", loop), ("thin", thin))
+    if qemu:
+        cols = (("qemu", {(t, d): v for (mm, t, d), v in qemu.items() if mm == m}),) + cols
     print("\nlibrbd cache: %s (both sides), %d interleaved runs" % (
         {"writearound": "rbd cache writethrough until flush = false",
          "off": "rbd cache = false"}[m], runs))
-    print("%-10s %5s %16s %16s %6s %16s %6s %16s %6s" % (
-        "test", "depth", "rbd bench", "rbd layer", "ratio", "rbd layer/loop", "ratio",
-        "thin/rbd", "ratio"))
-    worst = {k: {1: 9, 32: 9} for k in ("img", "loop", "thin")}
+    names = {"qemu": "qemu-img rbd", "img": "rbd layer", "loop": "rbd layer/loop",
+             "thin": "thin/rbd"}
+    print("%-10s %5s %16s" % ("test", "depth", "rbd bench") +
+          "".join(" %16s %6s" % (names[k], "ratio") for k, _ in cols))
+    worst = {k: {1: 9, 32: 9} for k in ("qemu", "img", "loop", "thin")}
     span = lambda v: "%.0f [%.0f-%.0f]" % (med(v), min(v), max(v))
     for t in ("seqwrite", "randwrite", "randread", "seqread"):
         for d in (1, 32):
             rv = ref[(m, t, d)]
             row = "%-10s %5d %16s" % (t, d, span(rv))
-            for k, col in (("img", img), ("loop", loop), ("thin", thin)):
+            for k, col in cols:
                 x = ratio(col[(t, d)], rv)
                 worst[k][d] = min(worst[k][d], x)
                 row += " %16s %5.2fx" % (span(col[(t, d)]), x)
             print(row)
-    print("(4K: IOPS, 1M: MB/s; median [min-max]; ratio: median of the runs' ratios) worst ratio at depth 1 / 32: rbd layer "
-          "%.2fx / %.2fx, on a loop %.2fx / %.2fx; thin over rbd %.2fx / %.2fx" % (
-              worst["img"][1], worst["img"][32], worst["loop"][1], worst["loop"][32],
-              worst["thin"][1], worst["thin"][32]))
+    print("(4K: IOPS, 1M: MB/s; median [min-max]; ratio: median of the runs' ratios to rbd "
+          "bench) worst ratio at depth 1 / 32: " + "; ".join(
+              "%s %.2fx / %.2fx" % (names[k], worst[k][1], worst[k][32]) for k, _ in cols))
 PY
 rbd rm --no-progress rbd/bench-img
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
@@ -154,7 +208,9 @@ t0=$(date +%s%N); rbd create --thick-provision --size "$psize" rbd/bench-thick >
 echo "rbd create --thick-provision $psize: $(secs_of $t0 $(date +%s%N)) s"
 rbd rm --no-progress rbd/bench-thick
 sed -e 's/"2G"/"'"$psize"'"/' -e 's/"size": "1G"/"size": "'"$psize"'"/' thin.json > prov.json
-t0=$(date +%s%N); "$T" provision prov.json vol 0 "$psize" >/dev/null
+# provision reports what it did on stderr; keep that for when it fails.
+t0=$(date +%s%N); "$T" provision prov.json vol 0 "$psize" >/dev/null 2>prov.err ||
+  { cat prov.err >&2; exit 1; }
 echo "thin volume over RBD, thinstack provision $psize: $(secs_of $t0 $(date +%s%N)) s"
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
 # --no-sparse: zero buffers written as data, every block allocated and

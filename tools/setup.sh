@@ -24,6 +24,7 @@ packages=(
   qemu-system-common
   # rbd and nbd layers, and the throwaway Ceph cluster tests/ceph starts
   ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev libnbd-dev uuid-runtime iproute2
+  qemu-block-extra  # bench/rbd.sh: QEMU's rbd driver, the peer qemu-img bench measures
   # the file layer's io_uring path
   liburing-dev
   # manual pages (checked with man -l), the API reference, the config schema's test
