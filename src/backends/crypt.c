@@ -45,7 +45,6 @@
 #include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -130,8 +129,7 @@ struct crypt_req {
   /* The first failed window as index << 32 | -errno; UINT64_MAX while none
    * has failed. The lowest index wins, and once set nobody claims more. */
   _Atomic uint64_t fail;
-  atomic_int pending; /* helper tickets queued or running */
-  sem_t done;         /* posted by the helper that drops pending to 0 */
+  int pending; /* helper tickets queued or running; under qlock */
 };
 
 /* A ticket for one helper to join a job. */
@@ -166,6 +164,10 @@ struct crypt_layer {
   unsigned nworkers;
   pthread_mutex_t qlock;
   pthread_cond_t qcond;
+  /* Broadcast when a request's last helper leaves it. The waiter's request
+   * lives on its stack, so the helper touches it only under qlock and then
+   * signals this long-lived condition, never anything in the request. */
+  pthread_cond_t qdone;
   struct crypt_task *head, *tail;
   atomic_uint queued; /* tickets on the queue, read without qlock by spinning workers */
   bool stop;
@@ -1009,8 +1011,10 @@ static void task_run(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_ta
 {
   struct crypt_req *q = t->req;
   req_work(c, x, q);
-  if (atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel) == 1)
-    sem_post(&q->done);
+  pthread_mutex_lock(&c->qlock);
+  if (--q->pending == 0)
+    pthread_cond_broadcast(&c->qdone);
+  pthread_mutex_unlock(&c->qlock);
 }
 
 static struct crypt_task *queue_pop(struct crypt_layer *c)
@@ -1133,10 +1137,8 @@ static int run_shared(struct crypt_layer *c, struct crypt_ctx *x, const ts_io *i
     req_work(c, x, &q);
     goto out;
   }
-  if (sem_init(&q.done, 0, 0) != 0)
-    return -errno;
   struct crypt_task task[CRYPT_MAX_THREADS];
-  atomic_init(&q.pending, (int)helpers);
+  q.pending = (int)helpers;
   atomic_fetch_add_explicit(&c->nr_parallel, 1, memory_order_relaxed);
   pthread_mutex_lock(&c->qlock);
   for (unsigned i = 0; i < helpers; i++) {
@@ -1153,13 +1155,10 @@ static int run_shared(struct crypt_layer *c, struct crypt_ctx *x, const ts_io *i
 
   req_work(c, x, &q);
   pthread_mutex_lock(&c->qlock);
-  int untaken = queue_withdraw(c, &q);
+  q.pending -= queue_withdraw(c, &q);
+  while (q.pending)
+    pthread_cond_wait(&c->qdone, &c->qlock);
   pthread_mutex_unlock(&c->qlock);
-  /* Whoever brings pending to 0 is the last: a helper posts, we do not wait. */
-  if (atomic_fetch_sub_explicit(&q.pending, untaken, memory_order_acq_rel) != untaken)
-    while (sem_wait(&q.done) != 0 && errno == EINTR)
-      ;
-  sem_destroy(&q.done);
 out:;
   uint64_t fail = atomic_load(&q.fail);
   return fail == UINT64_MAX ? 0 : -(int)(uint32_t)fail;
@@ -1234,6 +1233,7 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
   c->window = CRYPT_WINDOW;
   pthread_mutex_init(&c->qlock, NULL);
   pthread_cond_init(&c->qcond, NULL);
+  pthread_cond_init(&c->qdone, NULL);
   ts_layer_set_priv(l, c);
 
   int r = load_key(l, c, params, err);
@@ -1293,6 +1293,7 @@ static void crypt_close(ts_layer *l)
   release_undumpable(c);
   pthread_mutex_destroy(&c->qlock);
   pthread_cond_destroy(&c->qcond);
+  pthread_cond_destroy(&c->qdone);
   free(c->key_file);
   free(c);
 }
