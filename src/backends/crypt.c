@@ -62,8 +62,10 @@
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
 #define CRYPT_SLICE_MIN (16u * 1024)      /* smallest window of a shared request */
-#define CRYPT_WINDOW (256u * 1024)        /* most bytes per child request of a READ or
-                                             WRITE: transformed while still in cache */
+#define CRYPT_WINDOW (1024u * 1024)       /* most bytes per child request of a READ or
+                                             WRITE: still in cache when transformed, and
+                                             large, as a thin child is much faster at
+                                             1 MiB than at 256 KiB */
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
@@ -1124,9 +1126,10 @@ static int run_shared(struct crypt_layer *c, struct crypt_ctx *x, const ts_io *i
                       enum crypt_mode mode, uint32_t flags, unsigned helpers)
 {
   uint64_t window = c->window;
-  /* Several windows per thread, so the faster thread takes the larger share. */
-  if (helpers && io->length / ((uint64_t)(helpers + 1) * 4) < window)
-    window = io->length / ((uint64_t)(helpers + 1) * 4);
+  /* Two windows per thread: the faster thread can take the larger share,
+   * and child requests stay large. */
+  if (helpers && io->length / ((uint64_t)(helpers + 1) * 2) < window)
+    window = io->length / ((uint64_t)(helpers + 1) * 2);
   if (window < CRYPT_SLICE_MIN)
     window = CRYPT_SLICE_MIN;
   window = window < c->block ? c->block : window / c->block * c->block;
