@@ -18,11 +18,13 @@
  * encrypts into a bounce buffer (the caller's buffer is never changed);
  * WRITE_ZEROES writes encrypted zero sectors (zero ciphertext is not zero
  * plaintext); PROVISION passes down; DISCARD only with allow_discards.
- * Requests of CRYPT_PARALLEL_MIN bytes or more are transformed by a small
- * per-layer worker pool together with the calling thread, each thread
- * claiming slices until none is left; smaller ones run inline. Cipher
- * contexts come from a lock-free per-layer cache, so the data path takes no
- * lock except the pool's queue for large requests.
+ * Requests move to and from the child in windows of at most CRYPT_WINDOW
+ * bytes. Requests of CRYPT_PARALLEL_MIN bytes or more are shared by a small
+ * per-layer worker pool and the calling thread, each thread claiming the
+ * next window and doing its child I/O and its transform alone, so one
+ * thread's child I/O overlaps another's cipher work; smaller ones run
+ * inline. Cipher contexts come from a lock-free per-layer cache, so the data
+ * path takes no lock except the pool's queue for large requests.
  *
  * Each context's key schedule is set once; per data unit only the tweak is
  * set. OpenSSL 3.0's EVP_CipherInit_ex2 asks the provider for the IV length
@@ -43,7 +45,6 @@
 #include <openssl/evp.h>
 #include <openssl/provider.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -60,10 +61,11 @@
 #define CRYPT_MAX_KEY 64u
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
-#define CRYPT_SLICE_MIN (16u * 1024)      /* smallest claim of a shared request */
-#define CRYPT_WINDOW_MIN (256u * 1024)    /* bytes moved to/from the child per step: */
-#define CRYPT_WINDOW_PER_THREAD (128u * 1024) /* small enough to be transformed while still
-                                                 in cache, large enough for every thread */
+#define CRYPT_SLICE_MIN (16u * 1024)      /* smallest window of a shared request */
+#define CRYPT_WINDOW (1024u * 1024)       /* most bytes per child request of a READ or
+                                             WRITE: still in cache when transformed, and
+                                             large, as a thin child is much faster at
+                                             1 MiB than at 256 KiB */
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
@@ -106,7 +108,7 @@ struct crypt_ctx {
 
 enum crypt_mode { MODE_ENCRYPT, MODE_ZERO, MODE_DECRYPT };
 
-/* The data transform of one request (or one WRITE window). */
+/* The data transform of one request or one window of it. */
 struct crypt_job {
   enum crypt_mode mode;
   uint64_t offset;             /* device offset of byte 0 of the job */
@@ -114,18 +116,27 @@ struct crypt_job {
   int iovcnt;
   size_t iov_skip;             /* iovec position of byte 0 of the job */
   unsigned char *out;          /* ENCRYPT, ZERO: ciphertext out */
-  /* Shared transforms: every thread claims the next slice until none is
-   * left, so a helper that wakes late takes less, never delays the job. */
-  uint64_t len, slice;   /* bytes of the job; bytes per claim */
+};
+
+/* A READ, WRITE or WRITE_ZEROES shared by threads (run_shared): each thread
+ * claims the next window and does its child I/O and its transform alone, so
+ * one thread's child I/O overlaps another's cipher work, and a helper that
+ * wakes late takes fewer windows, never delays the request. */
+struct crypt_req {
+  const ts_io *io;
+  enum crypt_mode mode;
+  uint32_t flags;        /* of the child WRITEs */
+  uint64_t window;       /* bytes per claim, a multiple of the block size */
   _Atomic uint64_t next; /* first byte not yet claimed */
-  atomic_int pending;    /* helper tickets queued or running */
-  atomic_int err;
-  sem_t done; /* posted by the helper that drops pending to 0 */
+  /* The first failed window as index << 32 | -errno; UINT64_MAX while none
+   * has failed. The lowest index wins, and once set nobody claims more. */
+  _Atomic uint64_t fail;
+  int pending; /* helper tickets queued or running; under qlock */
 };
 
 /* A ticket for one helper to join a job. */
 struct crypt_task {
-  struct crypt_job *job;
+  struct crypt_req *req;
   struct crypt_task *next;
 };
 
@@ -146,6 +157,7 @@ struct crypt_layer {
   bool iv_large, allow_discards, read_only;
   bool undumpable;             /* holds the process non-dumpable (see hold_undumpable) */
   unsigned threads;            /* threads that share a large request, the caller included */
+  uint32_t block;              /* logical block: sector_size or the child's, the larger */
   uint64_t window;             /* bytes per child request of a READ or WRITE */
 
   _Atomic(struct crypt_ctx *) slot[CRYPT_CTX_SLOTS];
@@ -154,6 +166,10 @@ struct crypt_layer {
   unsigned nworkers;
   pthread_mutex_t qlock;
   pthread_cond_t qcond;
+  /* Broadcast when a request's last helper leaves it. The waiter's request
+   * lives on its stack, so the helper touches it only under qlock and then
+   * signals this long-lived condition, never anything in the request. */
+  pthread_cond_t qdone;
   struct crypt_task *head, *tail;
   atomic_uint queued; /* tickets on the queue, read without qlock by spinning workers */
   bool stop;
@@ -933,28 +949,74 @@ static int transform(const struct crypt_layer *c, struct crypt_ctx *x, const str
   return r;
 }
 
-/* Claim and transform slices of `j` until none is left. */
-static void job_work(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j)
+/* One window of a shared request: [at, at+n) of the device request. A
+ * WRITE's ciphertext goes to this thread's own bounce buffer, never the
+ * caller's; a READ fills the caller's buffer from the child and decrypts it
+ * there. */
+static int window_io(struct crypt_layer *c, struct crypt_ctx *x, const struct crypt_req *q,
+                     ts_iov_buf *slice, uint64_t at, uint64_t n)
 {
-  for (;;) {
-    uint64_t at = atomic_fetch_add_explicit(&j->next, j->slice, memory_order_relaxed);
-    if (at >= j->len)
-      return;
-    uint64_t n = j->len - at < j->slice ? j->len - at : j->slice;
-    int r = x ? transform(c, x, j, at, n) : -ENOMEM;
-    if (r) {
-      int none = 0;
-      atomic_compare_exchange_strong(&j->err, &none, r);
-    }
+  const ts_io *io = q->io;
+  struct crypt_job j = { .mode = q->mode, .offset = io->offset + at, .iov = io->iov,
+                         .iovcnt = io->iovcnt, .iov_skip = (size_t)at };
+  if (q->mode == MODE_DECRYPT) {
+    int cnt = ts_iov_buf_slice(slice, io->iov, io->iovcnt, (size_t)at, (size_t)n);
+    if (cnt < 0)
+      return cnt;
+    ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + at, .length = n,
+                  .iov = slice->v, .iovcnt = cnt };
+    int r = ts_submit(c->child, &sub);
+    return r ? r : transform(c, x, &j, 0, n);
   }
+  int r = ctx_bounce(x, (size_t)q->window);
+  if (r)
+    return r;
+  j.out = x->bounce;
+  r = transform(c, x, &j, 0, n);
+  if (r)
+    return r;
+  struct iovec v = { x->bounce, (size_t)n };
+  ts_io w = { .op = TS_OP_WRITE, .flags = q->flags, .offset = c->offset + io->offset + at,
+              .length = n, .iov = &v, .iovcnt = 1 };
+  return ts_submit(c->child, &w);
+}
+
+static void req_fail(struct crypt_req *q, uint64_t index, int r)
+{
+  uint64_t mine = index << 32 | (uint32_t)-r;
+  uint64_t seen = atomic_load_explicit(&q->fail, memory_order_relaxed);
+  while (mine < seen &&
+         !atomic_compare_exchange_weak_explicit(&q->fail, &seen, mine, memory_order_relaxed,
+                                                memory_order_relaxed))
+    ;
+}
+
+/* Claim windows of `q` and move them until none is left or one failed. */
+static void req_work(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_req *q)
+{
+  ts_iov_buf slice;
+  int r = ts_iov_buf_init(&slice, q->io->iovcnt);
+  while (atomic_load_explicit(&q->fail, memory_order_relaxed) == UINT64_MAX) {
+    uint64_t at = atomic_fetch_add_explicit(&q->next, q->window, memory_order_relaxed);
+    if (at >= q->io->length)
+      break;
+    uint64_t n = q->io->length - at < q->window ? q->io->length - at : q->window;
+    if (!r)
+      r = x ? window_io(c, x, q, &slice, at, n) : -ENOMEM;
+    if (r)
+      req_fail(q, at / q->window, r);
+  }
+  ts_iov_buf_free(&slice);
 }
 
 static void task_run(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_task *t)
 {
-  struct crypt_job *j = t->job;
-  job_work(c, x, j);
-  if (atomic_fetch_sub_explicit(&j->pending, 1, memory_order_acq_rel) == 1)
-    sem_post(&j->done);
+  struct crypt_req *q = t->req;
+  req_work(c, x, q);
+  pthread_mutex_lock(&c->qlock);
+  if (--q->pending == 0)
+    pthread_cond_broadcast(&c->qdone);
+  pthread_mutex_unlock(&c->qlock);
 }
 
 static struct crypt_task *queue_pop(struct crypt_layer *c)
@@ -969,14 +1031,14 @@ static struct crypt_task *queue_pop(struct crypt_layer *c)
   return t;
 }
 
-/* Take the job's tickets no helper has popped off the queue; under qlock. */
-static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
+/* Take the request's tickets no helper has popped off the queue; under qlock. */
+static int queue_withdraw(struct crypt_layer *c, const struct crypt_req *q)
 {
   int n = 0;
   struct crypt_task *prev = NULL;
   for (struct crypt_task *t = c->head; t;) {
     struct crypt_task *next = t->next;
-    if (t->job == j) {
+    if (t->req == q) {
       if (prev)
         prev->next = next;
       else
@@ -994,7 +1056,7 @@ static int queue_withdraw(struct crypt_layer *c, const struct crypt_job *j)
 }
 
 /* A worker that just finished a job polls for the next one a little while
- * before it sleeps: a large request comes as several windows in a row, and
+ * before it sleeps: large requests often come back to back, and
  * a sleeping worker's wake-up (a futex, on a VM an IPI to a halted vCPU)
  * took as long as its share of a window. */
 static void worker_spin(struct crypt_layer *c)
@@ -1043,31 +1105,47 @@ static void *worker_main(void *arg)
   return NULL;
 }
 
-/* Run a job: inline when small; otherwise the calling thread queues a
- * ticket per helper and claims slices itself, then withdraws the tickets no
- * helper took and waits only for helpers already inside the job. */
-static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job *j, uint64_t len)
+/* Helpers that would share a request of `len` bytes: none below
+ * CRYPT_PARALLEL_MIN, and at least CRYPT_PART_MIN bytes each. */
+static unsigned req_helpers(const struct crypt_layer *c, uint64_t len)
 {
-  const uint32_t ss = c->sector_size;
   unsigned helpers = c->nworkers < c->threads - 1 ? c->nworkers : c->threads - 1;
-  if (len < CRYPT_PARALLEL_MIN || !helpers || sem_init(&j->done, 0, 0) != 0)
-    return transform(c, x, j, 0, len);
+  if (len < CRYPT_PARALLEL_MIN)
+    return 0;
   if (helpers > len / CRYPT_PART_MIN)
     helpers = (unsigned)(len / CRYPT_PART_MIN);
+  return helpers;
+}
 
-  /* Several claims per thread, so the faster thread takes the larger share. */
-  uint64_t slice = len / ((uint64_t)(helpers + 1) * 4);
-  slice = slice < CRYPT_SLICE_MIN ? CRYPT_SLICE_MIN : slice / ss * ss;
+/* Run a request on `helpers` workers and the calling thread: queue a ticket
+ * per helper, claim windows, then withdraw the tickets no helper took and
+ * wait only for helpers already inside the request. Returns only when every
+ * window is done, so nothing is acknowledged early. With no helpers the
+ * calling thread moves the windows in order. */
+static int run_shared(struct crypt_layer *c, struct crypt_ctx *x, const ts_io *io,
+                      enum crypt_mode mode, uint32_t flags, unsigned helpers)
+{
+  uint64_t window = c->window;
+  /* Two windows per thread: the faster thread can take the larger share,
+   * and child requests stay large. */
+  if (helpers && io->length / ((uint64_t)(helpers + 1) * 2) < window)
+    window = io->length / ((uint64_t)(helpers + 1) * 2);
+  if (window < CRYPT_SLICE_MIN)
+    window = CRYPT_SLICE_MIN;
+  window = window < c->block ? c->block : window / c->block * c->block;
+  struct crypt_req q = { .io = io, .mode = mode, .flags = flags, .window = window };
+  atomic_init(&q.next, 0);
+  atomic_init(&q.fail, UINT64_MAX);
+  if (!helpers) {
+    req_work(c, x, &q);
+    goto out;
+  }
   struct crypt_task task[CRYPT_MAX_THREADS];
-  j->len = len;
-  j->slice = slice;
-  atomic_init(&j->next, 0);
-  atomic_init(&j->err, 0);
-  atomic_init(&j->pending, (int)helpers);
+  q.pending = (int)helpers;
   atomic_fetch_add_explicit(&c->nr_parallel, 1, memory_order_relaxed);
   pthread_mutex_lock(&c->qlock);
   for (unsigned i = 0; i < helpers; i++) {
-    task[i] = (struct crypt_task){ j, NULL };
+    task[i] = (struct crypt_task){ &q, NULL };
     if (c->tail)
       c->tail->next = &task[i];
     else
@@ -1078,16 +1156,15 @@ static int run_job(struct crypt_layer *c, struct crypt_ctx *x, struct crypt_job 
   pthread_cond_broadcast(&c->qcond);
   pthread_mutex_unlock(&c->qlock);
 
-  job_work(c, x, j);
+  req_work(c, x, &q);
   pthread_mutex_lock(&c->qlock);
-  int untaken = queue_withdraw(c, j);
+  q.pending -= queue_withdraw(c, &q);
+  while (q.pending)
+    pthread_cond_wait(&c->qdone, &c->qlock);
   pthread_mutex_unlock(&c->qlock);
-  /* Whoever brings pending to 0 is the last: a helper posts, we do not wait. */
-  if (atomic_fetch_sub_explicit(&j->pending, untaken, memory_order_acq_rel) != untaken)
-    while (sem_wait(&j->done) != 0 && errno == EINTR)
-      ;
-  sem_destroy(&j->done);
-  return atomic_load(&j->err);
+out:;
+  uint64_t fail = atomic_load(&q.fail);
+  return fail == UINT64_MAX ? 0 : -(int)(uint32_t)fail;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1155,11 +1232,11 @@ static int crypt_open(ts_layer *l, const json_t *params, ts_error *err)
   c->allow_discards = ts_param_bool(params, "allow_discards", false);
   c->read_only = ts_param_bool(params, "read_only", false) || ts_layer_force_read_only(l);
   c->threads = (unsigned)threads;
-  c->window = threads * CRYPT_WINDOW_PER_THREAD;
-  if (c->window < CRYPT_WINDOW_MIN)
-    c->window = CRYPT_WINDOW_MIN;
+  c->block = (uint32_t)unit;
+  c->window = CRYPT_WINDOW;
   pthread_mutex_init(&c->qlock, NULL);
   pthread_cond_init(&c->qcond, NULL);
+  pthread_cond_init(&c->qdone, NULL);
   ts_layer_set_priv(l, c);
 
   int r = load_key(l, c, params, err);
@@ -1219,6 +1296,7 @@ static void crypt_close(ts_layer *l)
   release_undumpable(c);
   pthread_mutex_destroy(&c->qlock);
   pthread_cond_destroy(&c->qcond);
+  pthread_cond_destroy(&c->qdone);
   free(c->key_file);
   free(c);
 }
@@ -1262,36 +1340,25 @@ static int crypt_limits(ts_layer *l, ts_limits *lim, ts_error *err)
   return 0;
 }
 
-/* Encrypt (or encrypt zeroes) and write, one bounce window at a time. */
+/* Encrypt (or encrypt zeroes) into a bounce buffer and write, a window at
+ * a time; large requests are shared by the worker pool. */
 static int write_encrypted(struct crypt_layer *c, const ts_io *io, enum crypt_mode mode,
                            uint32_t flags)
 {
   struct crypt_ctx *x = ctx_get(c);
   if (!x)
     return -ENOMEM;
-  uint64_t window = io->length < c->window ? io->length : c->window;
-  int r = ctx_bounce(x, (size_t)window);
-  for (uint64_t done = 0; !r && done < io->length; done += window) {
-    uint64_t n = io->length - done < window ? io->length - done : window;
-    struct crypt_job j = { .mode = mode, .offset = io->offset + done, .iov = io->iov,
-                           .iovcnt = io->iovcnt, .iov_skip = (size_t)done, .out = x->bounce };
-    r = run_job(c, x, &j, n);
-    if (!r) {
-      struct iovec v = { x->bounce, (size_t)n };
-      ts_io w = { .op = TS_OP_WRITE, .flags = flags, .offset = c->offset + io->offset + done,
-                  .length = n, .iov = &v, .iovcnt = 1 };
-      r = ts_submit(c->child, &w);
-    }
-  }
+  int r = run_shared(c, x, io, mode, flags, req_helpers(c, io->length));
   ctx_put(c, x);
   return r;
 }
 
 /* Read ciphertext into the caller's buffer and decrypt it there, a window at
- * a time. */
+ * a time; large requests are shared by the worker pool. */
 static int read_decrypted(struct crypt_layer *c, const ts_io *io)
 {
-  if (io->length <= c->window) {
+  unsigned helpers = req_helpers(c, io->length);
+  if (!helpers && io->length <= c->window) {
     ts_io sub = *io;
     sub.offset += c->offset;
     int r = ts_submit(c->child, &sub);
@@ -1301,32 +1368,16 @@ static int read_decrypted(struct crypt_layer *c, const ts_io *io)
     if (!r) {
       struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset, .iov = io->iov,
                              .iovcnt = io->iovcnt };
-      r = run_job(c, x, &j, io->length);
+      r = transform(c, x, &j, 0, io->length);
       ctx_put(c, x);
     }
     return r;
   }
-  ts_iov_buf slice;
-  if (ts_iov_buf_init(&slice, io->iovcnt))
-    return -ENOMEM;
   struct crypt_ctx *x = ctx_get(c);
-  int r = x ? 0 : -ENOMEM;
-  for (uint64_t done = 0; !r && done < io->length;) {
-    uint64_t n = io->length - done < c->window ? io->length - done : c->window;
-    int cnt = ts_iov_buf_slice(&slice, io->iov, io->iovcnt, (size_t)done, (size_t)n);
-    ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + done, .length = n,
-                  .iov = slice.v, .iovcnt = cnt };
-    r = cnt > 0 ? ts_submit(c->child, &sub) : cnt;
-    if (!r) {
-      struct crypt_job j = { .mode = MODE_DECRYPT, .offset = io->offset + done, .iov = slice.v,
-                             .iovcnt = cnt };
-      r = run_job(c, x, &j, n);
-    }
-    done += n;
-  }
-  if (x)
-    ctx_put(c, x);
-  ts_iov_buf_free(&slice);
+  if (!x)
+    return -ENOMEM;
+  int r = run_shared(c, x, io, MODE_DECRYPT, 0, helpers);
+  ctx_put(c, x);
   return r;
 }
 

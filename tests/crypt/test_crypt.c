@@ -664,6 +664,116 @@ START_TEST(child_errors_pass_up)
 }
 END_TEST
 
+/* A stack "d" (memory) under "f" (fault with `rules` and `limits`) under "c"
+ * (crypt, `threads`); the key is the bytes 00..3f. */
+static ts_stack *open_fault(const char *rules, const char *limits, int threads, int ss,
+                            ts_dev **c, ts_dev **d)
+{
+  char *json = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                           " \"d\": { \"type\": \"memory\", \"size\": \"8M\" },"
+                           " \"f\": { \"type\": \"fault\", \"child\": \"d\", \"rules\": [ %s ],"
+                           "   \"limits\": { %s } },"
+                           " \"c\": { \"type\": \"crypt\", \"child\": \"f\", \"threads\": %d,"
+                           "   \"sector_size\": %d, %s } }, \"exports\": [\"c\"] }",
+                           rules, limits, threads, ss, KEY512);
+  ts_stack *s = ts_test_open(NULL, json);
+  free(json);
+  *c = ts_stack_dev(s, "c");
+  *d = ts_stack_node(s, "d");
+  ck_assert_ptr_nonnull(*c);
+  ck_assert_ptr_nonnull(*d);
+  return s;
+}
+
+/* A large request moves in windows, shared by the worker pool: an error in
+ * a middle window fails the whole request with the error of the first
+ * failing window, on one thread or several, for every op that writes or
+ * reads ciphertext; a clean request after it still works. */
+START_TEST(middle_window_errors)
+{
+  const size_t n = 1u << 20;
+  unsigned char *buf = malloc(n), *copy = malloc(n);
+  ts_test_pattern(buf, n, 5);
+  memcpy(copy, buf, n);
+  for (int threads = 1; threads <= 3; threads++) {
+    ts_dev *c, *d;
+    /* Two failing ranges inside the request at 1M: the lower one decides. */
+    ts_stack *s = open_fault("{ \"op\": \"write\", \"errno\": \"ENOSPC\", \"offset\": \"1400K\","
+                             "   \"length\": \"4K\" },"
+                             "{ \"op\": \"write\", \"errno\": \"EIO\", \"offset\": \"1800K\","
+                             "   \"length\": \"4K\" },"
+                             "{ \"op\": \"read\", \"errno\": \"ENODATA\", \"offset\": \"1500K\","
+                             "   \"length\": \"4K\" },"
+                             "{ \"op\": \"read\", \"errno\": \"EIO\", \"offset\": \"1900K\","
+                             "   \"length\": \"4K\" }",
+                             "", threads, 512, &c, &d);
+    ck_assert_int_eq(ts_pwrite(c, buf, n, 1u << 20, 0), -ENOSPC);
+    ck_assert(memcmp(buf, copy, n) == 0);
+    ck_assert_int_eq(ts_write_zeroes(c, 1u << 20, n, 0), -ENOSPC);
+    ck_assert_int_eq(ts_pread(c, buf, n, 1u << 20), -ENODATA);
+    /* Clear of the failing ranges, the same requests succeed. */
+    memcpy(buf, copy, n);
+    ck_assert_int_eq(ts_pwrite(c, buf, n, 3u << 20, 0), 0);
+    ck_assert(memcmp(buf, copy, n) == 0);
+    memset(buf, 0, n);
+    ck_assert_int_eq(ts_pread(c, buf, n, 3u << 20), 0);
+    ck_assert(memcmp(buf, copy, n) == 0);
+    close_ok(s);
+  }
+  free(buf);
+  free(copy);
+}
+END_TEST
+
+/* Windows of a large request over children of several shapes (a 4 KiB
+ * block under 512-byte sectors, so windows round to it; a max_io_bytes that
+ * is not a power of two, so requests reach the layer cut short) and iovecs
+ * cut anywhere: the ciphertext is XTS per unit of the plaintext, every byte
+ * of it, on one thread and shared, and reads return the plaintext. */
+START_TEST(windows_short_child_io_and_iovecs)
+{
+  srandom(7);
+  const size_t n = (1u << 20) + 3 * 4096;
+  unsigned char *pt = malloc(n), *want = malloc(n), *got = malloc(n);
+  unsigned char key[64];
+  for (int i = 0; i < 64; i++)
+    key[i] = (unsigned char)i;
+  static const char *const limits[] = { "", "\"logical_block_size\": 4096",
+                                        "\"max_io_bytes\": \"12K\"" };
+  for (int threads = 1; threads <= 2; threads++)
+    for (int li = 0; li < 3; li++)
+      for (int ss = 512; ss <= 4096; ss *= 8)
+        for (int how = 0; how < 3; how++) {
+          ts_dev *c, *d;
+          ts_stack *s = open_fault("", limits[li], threads, ss, &c, &d);
+          uint64_t off = 4096 * (1 + (uint64_t)random() % 256);
+          struct iovec iov[256];
+          ts_test_pattern(pt, n, (uint64_t)random());
+          int cnt = random_iov(pt, n, (uint32_t)ss, how, iov, 256);
+          ck_assert_int_eq(ts_pwritev(c, iov, cnt, off, 0), 0);
+          ck_assert_int_eq(ts_pread(d, got, n, off), 0);
+          xts_reference(key, 64, 1, off / 512, (uint64_t)ss / 512, (uint32_t)ss, pt, want, n);
+          ck_assert_msg(memcmp(got, want, n) == 0, "write: threads %d limits %d ss %d how %d",
+                        threads, li, ss, how);
+          memset(got, 0, n);
+          cnt = random_iov(got, n, (uint32_t)ss, (how + 1) % 3, iov, 256);
+          ck_assert_int_eq(ts_preadv(c, iov, cnt, off), 0);
+          ck_assert_msg(memcmp(got, pt, n) == 0, "read: threads %d limits %d ss %d how %d",
+                        threads, li, ss, how);
+          /* Whole requests reached the layer and were shared. */
+          char *st = ts_dev_status_json(c);
+          ck_assert_ptr_nonnull(st);
+          ck_assert_msg((strstr(st, "\"parallel_requests\": 0") == NULL) == (threads > 1 && li < 2),
+                        "%s", st);
+          free(st);
+          close_ok(s);
+        }
+  free(pt);
+  free(want);
+  free(got);
+}
+END_TEST
+
 /* Neither status nor the dm table ever shows the key. */
 START_TEST(key_never_shown)
 {
@@ -809,6 +919,8 @@ int main(void)
   tcase_add_test(ops, limits_and_flush);
   tcase_add_test(ops, read_only);
   tcase_add_test(ops, child_errors_pass_up);
+  tcase_add_test(ops, middle_window_errors);
+  tcase_add_test(ops, windows_short_child_io_and_iovecs);
   tcase_add_test(ops, key_never_shown);
   suite_add_tcase(s, ops);
   TCase *cfg = tcase_create("config");
