@@ -13,9 +13,11 @@
  * the file's extent map (FIEMAP), so provisioned-but-unwritten ranges show as
  * allocated zeroes, falling back to SEEK_DATA/SEEK_HOLE.
  *
- * The async API's READ, WRITE and FLUSH go to an io_uring of the layer's
- * (submit_async), set up at the first such request, so that plain
- * synchronous users never pay for the ring or its thread.
+ * The async API's READ, WRITE and FLUSH go to io_uring (submit_async): the
+ * ring of the async context that starts them in LOOP and EVENTFD modes,
+ * reaped on that context's thread, else the layer's own ring and its reaper
+ * thread. Both are set up at the first such request, so that plain
+ * synchronous users never pay for a ring or a thread.
  */
 #include <libthinstack/layer.h>
 
@@ -267,6 +269,10 @@ static int file_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "async_engine", json_string(f->io.ring_state));
   pthread_mutex_unlock(&f->ring_lock);
   json_object_set_new(out, "ring_ops", json_integer((json_int_t)atomic_load(&f->io.ring_ops)));
+  /* Of those, the ones an async context's ring completed, reaped on the
+   * context's own thread (LOOP and EVENTFD modes). */
+  json_object_set_new(out, "ring_ops_sink",
+                      json_integer((json_int_t)atomic_load(&f->io.ring_ops_sink)));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
   json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
   json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));

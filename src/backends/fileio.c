@@ -25,7 +25,9 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
   atomic_init(&f->bounced, 0);
   f->ring = NULL;
   f->ring_writes = false;
+  f->sink_writes = false;
   atomic_init(&f->ring_ops, 0);
+  atomic_init(&f->ring_ops_sink, 0);
   snprintf(f->ring_state, sizeof f->ring_state, "threads");
 }
 
@@ -438,21 +440,57 @@ void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t a
   lim->fua = true;
 }
 
-/* The async path: one io_uring per file, filled under a lock by whatever
- * threads submit, and one thread that reaps its completions. The reaper
- * rather than the caller's own loop, because the ring belongs to the file
- * and the async contexts that use it come and go. */
+/* The async path: io_uring, in one of two ways.
+ *
+ * A request started by an async context in LOOP or EVENTFD mode (the core
+ * lends its sink while the request starts, see ts__aio_sink in
+ * core/internal.h) goes to a ring of that context's: created at its first
+ * request, shared by every file the context reaches, with the context's
+ * eventfd registered on it (io_uring_register_eventfd) and no thread of its
+ * own. The context reaps it on its own thread, so a completion reaches the
+ * callback with no thread hand-off, as with a thread calling pread.
+ *
+ * Any other request (no context lends a sink: a layer's own thread, a sink
+ * whose ring the kernel refused) goes to the file's ring, filled under a
+ * lock by whatever threads submit and reaped by a thread of its own, started
+ * at the first such request. */
 #ifdef TS_HAVE_LIBURING
+#include "core/internal.h"
+
 #include <liburing.h>
 #include <sched.h>
+#include <time.h>
 
 #define RING_ENTRIES 256
+/* Whether WRITE and FLUSH take a context's ring without TS_IO_URING=1. */
+#define SINK_WRITES_DEFAULT false
 
 struct ts__fio_ring {
   struct io_uring ring;
-  pthread_mutex_t sq_lock; /* the submission queue has one producer at a time */
+  pthread_mutex_t sq_lock;    /* the submission queue has one producer at a time */
+  pthread_mutex_t start_lock; /* the reaper's start */
+  _Atomic bool reaper_on;
+  bool reaper_failed;
   pthread_t reaper;
 };
+
+/* A context's ring. In flight are at most RING_ENTRIES requests, half the
+ * completion queue, so completions never overflow it and a submit never
+ * answers EBUSY, which only reaping (this context's thread) would clear. */
+struct sink_ring {
+  struct ts__aio_source src;
+  struct io_uring ring;
+  pthread_mutex_t sq_lock;
+  pthread_mutex_t cq_lock;    /* one reaper at a time */
+  _Atomic uint32_t inflight;  /* started, not reaped */
+  struct sink_ring *live_next;
+};
+
+/* Every context ring, for submitters that exit (below). */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sink_ring *live_rings;
+
+static int sink_reap_locked(struct sink_ring *S, bool wait);
 
 /* The kernel cancels a thread's io_uring requests when the thread exits
  * (-ECANCELED), and any thread may submit (EVENTFD mode allows it). So each
@@ -467,12 +505,41 @@ struct submitter {
 static pthread_key_t submitter_key;
 static pthread_once_t submitter_once = PTHREAD_ONCE_INIT;
 
+/* Requests on a context's ring complete only when reaped, and the thread
+ * that reaps them may be waiting for this one to exit (EVENTFD mode: submit
+ * on threads, join them, then poll): reap what it can meanwhile. The
+ * callbacks still run on the context's thread; this only queues them. */
+static void reap_live_rings(void)
+{
+  pthread_mutex_lock(&live_lock);
+  for (struct sink_ring *S = live_rings; S; S = S->live_next) {
+    if (pthread_mutex_trylock(&S->cq_lock) == 0) {
+      sink_reap_locked(S, false);
+      pthread_mutex_unlock(&S->cq_lock);
+    }
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
 static void submitter_exit(void *arg)
 {
   struct submitter *t = arg;
   pthread_mutex_lock(&t->m);
-  while (t->inflight)
-    pthread_cond_wait(&t->c, &t->m);
+  while (t->inflight) {
+    pthread_mutex_unlock(&t->m);
+    reap_live_rings();
+    pthread_mutex_lock(&t->m);
+    if (!t->inflight)
+      break;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&t->c, &t->m, &ts);
+  }
   pthread_mutex_unlock(&t->m);
   pthread_cond_destroy(&t->c);
   pthread_mutex_destroy(&t->m);
@@ -523,7 +590,7 @@ struct ring_req {
 };
 
 /* A transfer the ring cut short (EOF, a signal) or refused with EAGAIN:
- * the rest, synchronously, on the reaper. */
+ * the rest, synchronously, on the reaping thread. */
 static int finish_rw(struct ts__fio *f, const ts_io *io, uint64_t done_bytes)
 {
   ts_iov_buf b;
@@ -538,8 +605,9 @@ static int finish_rw(struct ts__fio *f, const ts_io *io, uint64_t done_bytes)
   return r;
 }
 
-static void ring_complete(struct ring_req *q, int res)
+static void ring_complete(struct ring_req *q, int res, bool on_sink)
 {
+  (void)atomic_load_explicit(&q->armed, memory_order_acquire);
   struct ts__fio *f = q->f;
   const ts_io *io = q->io;
   int r;
@@ -553,6 +621,8 @@ static void ring_complete(struct ring_req *q, int res)
     r = 0;
   }
   atomic_fetch_add_explicit(&f->ring_ops, 1, memory_order_relaxed);
+  if (on_sink)
+    atomic_fetch_add_explicit(&f->ring_ops_sink, 1, memory_order_relaxed);
   ts_io_done_fn done = q->done;
   void *arg = q->arg;
   struct submitter *owner = q->owner;
@@ -564,6 +634,7 @@ static void ring_complete(struct ring_req *q, int res)
 static void *reaper_main(void *arg)
 {
   struct ts__fio_ring *R = arg;
+  pthread_setname_np(pthread_self(), "ts-ring-reaper");
   for (;;) {
     struct io_uring_cqe *cqe;
     int r = io_uring_wait_cqe(&R->ring, &cqe);
@@ -576,43 +647,173 @@ static void *reaper_main(void *arg)
     io_uring_cqe_seen(&R->ring, cqe);
     if (!q)
       break; /* the stop marker */
-    (void)atomic_load_explicit(&q->armed, memory_order_acquire);
-    ring_complete(q, res);
+    ring_complete(q, res, false);
   }
   return NULL;
 }
 
-/* Submit what is queued; a busy ring (completions not yet reaped) clears
- * as the reaper runs. On any other failure the SQE stays queued and goes
- * with the next submission. Called with sq_lock held. */
-static void ring_push(struct ts__fio_ring *R)
+static bool reaper_start(struct ts__fio_ring *R)
+{
+  if (atomic_load_explicit(&R->reaper_on, memory_order_acquire))
+    return true;
+  pthread_mutex_lock(&R->start_lock);
+  if (!atomic_load_explicit(&R->reaper_on, memory_order_relaxed) && !R->reaper_failed) {
+    if (pthread_create(&R->reaper, NULL, reaper_main, R) == 0)
+      atomic_store_explicit(&R->reaper_on, true, memory_order_release);
+    else
+      R->reaper_failed = true;
+  }
+  bool on = atomic_load_explicit(&R->reaper_on, memory_order_relaxed);
+  pthread_mutex_unlock(&R->start_lock);
+  return on;
+}
+
+/* Submit what is queued. The file's ring: a busy ring (completions not yet
+ * reaped) clears as the reaper runs. A context's ring is never busy (see
+ * struct sink_ring). On any other failure the SQE stays queued and goes with
+ * the next submission. Called with the ring's sq_lock held. */
+static void ring_push(struct io_uring *ring, bool reaper)
 {
   int n;
-  while ((n = io_uring_submit(&R->ring)) == -EINTR || n == -EAGAIN || n == -EBUSY)
+  while ((n = io_uring_submit(ring)) == -EINTR || (reaper && (n == -EAGAIN || n == -EBUSY)))
     sched_yield();
+}
+
+/* Reap what has completed (with `wait`, wait for one first if none has and
+ * some are in flight); cq_lock held. The reaped count drops after each
+ * completion has run, so a waiter that sees requests in flight always has
+ * a completion to wait for. */
+static int sink_reap_locked(struct sink_ring *S, bool wait)
+{
+  int n = 0;
+  if (wait) {
+    /* An SQE a failed submit left queued must go before waiting for it. */
+    pthread_mutex_lock(&S->sq_lock);
+    if (io_uring_sq_ready(&S->ring))
+      ring_push(&S->ring, false);
+    pthread_mutex_unlock(&S->sq_lock);
+  }
+  for (;;) {
+    struct io_uring_cqe *cqe;
+    int r = io_uring_peek_cqe(&S->ring, &cqe);
+    if (r != 0) {
+      if (!wait || n || atomic_load(&S->inflight) == 0)
+        break;
+      r = io_uring_wait_cqe(&S->ring, &cqe);
+      if (r == -EINTR || r == -EAGAIN)
+        continue;
+      if (r < 0)
+        break;
+    }
+    struct ring_req *q = io_uring_cqe_get_data(cqe);
+    int res = cqe->res;
+    io_uring_cqe_seen(&S->ring, cqe);
+    ring_complete(q, res, true);
+    atomic_fetch_sub(&S->inflight, 1);
+    n++;
+  }
+  return n;
+}
+
+static int sink_reap(struct ts__aio_source *s, bool wait)
+{
+  struct sink_ring *S = (struct sink_ring *)s;
+  pthread_mutex_lock(&S->cq_lock);
+  int n = sink_reap_locked(S, wait);
+  pthread_mutex_unlock(&S->cq_lock);
+  return n;
+}
+
+static uint32_t sink_inflight(struct ts__aio_source *s)
+{
+  return atomic_load(&((struct sink_ring *)s)->inflight);
+}
+
+static void sink_destroy(struct ts__aio_source *s)
+{
+  struct sink_ring *S = (struct sink_ring *)s;
+  pthread_mutex_lock(&live_lock);
+  for (struct sink_ring **pp = &live_rings; *pp; pp = &(*pp)->live_next)
+    if (*pp == S) {
+      *pp = S->live_next;
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
+  io_uring_queue_exit(&S->ring);
+  pthread_mutex_destroy(&S->cq_lock);
+  pthread_mutex_destroy(&S->sq_lock);
+  free(S);
+}
+
+/* The ring of the context lending `sink`, made at its first request; NULL
+ * when the kernel refuses one (the file's ring serves it then). */
+static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
+{
+  for (struct ts__aio_source *s = atomic_load_explicit(&sink->sources, memory_order_acquire); s;
+       s = s->next)
+    if (s->reap == sink_reap)
+      return (struct sink_ring *)s;
+  if (atomic_load_explicit(&sink->refused, memory_order_relaxed))
+    return NULL;
+  pthread_mutex_lock(&sink->lock);
+  struct sink_ring *S = NULL;
+  for (struct ts__aio_source *s = atomic_load_explicit(&sink->sources, memory_order_relaxed); s;
+       s = s->next)
+    if (s->reap == sink_reap)
+      S = (struct sink_ring *)s;
+  if (!S && !atomic_load_explicit(&sink->refused, memory_order_relaxed)) {
+    S = calloc(1, sizeof *S);
+    if (S && io_uring_queue_init(RING_ENTRIES, &S->ring, 0) < 0) {
+      free(S);
+      S = NULL;
+    } else if (S && io_uring_register_eventfd(&S->ring, sink->efd) < 0) {
+      io_uring_queue_exit(&S->ring);
+      free(S);
+      S = NULL;
+    }
+    if (S) {
+      pthread_mutex_init(&S->sq_lock, NULL);
+      pthread_mutex_init(&S->cq_lock, NULL);
+      S->src.reap = sink_reap;
+      S->src.inflight = sink_inflight;
+      S->src.destroy = sink_destroy;
+      pthread_mutex_lock(&live_lock);
+      S->live_next = live_rings;
+      live_rings = S;
+      pthread_mutex_unlock(&live_lock);
+      ts__aio_sink_attach(sink, &S->src);
+    } else {
+      atomic_store_explicit(&sink->refused, true, memory_order_relaxed);
+    }
+  }
+  pthread_mutex_unlock(&sink->lock);
+  return S;
 }
 
 void ts__fio_ring_start(struct ts__fio *f)
 {
   f->ring = NULL;
   f->ring_writes = false;
+  f->sink_writes = false;
   atomic_init(&f->ring_ops, 0);
-  /* READs take the ring by default, WRITEs (and FLUSH) the async API's
-   * workers, unless TS_IO_URING says otherwise (0: no ring, 1: every op).
-   * Writes lose on the ring: on a 256M O_DIRECT file in LOOP mode (bench io
-   * --stack, load 6-10) 4K random writes at depth 32 ran 43k IOPS against
-   * the workers' 62k into written blocks, and 1M writes at depth 1 into
-   * unwritten extents (a provisioned file: a thin pool's data) 537 against
-   * 3280 MB/s, where the kernel must convert extents and punts the write to
-   * its io-wq. fio's io_uring on that kernel does not collapse (38-70k
-   * IOPS), so the loss is the extra crossing to our reaper thread on two
-   * cores. Reads never convert anything and keep up with the workers. */
+  atomic_init(&f->ring_ops_sink, 0);
+  /* READs take the ring by default; WRITEs (and FLUSH) take a context's
+   * ring, and the file's ring only with TS_IO_URING=1 (0: no ring at all).
+   * Writes lose on the file's ring: on a 256M O_DIRECT file in LOOP mode
+   * (bench io --stack, load 6-10) 4K random writes at depth 32 ran 43k IOPS
+   * against the workers' 62k into written blocks, and 1M writes at depth 1
+   * into unwritten extents (a provisioned file: a thin pool's data) 537
+   * against 3280 MB/s, where the kernel must convert extents and punts the
+   * write to its io-wq. fio's io_uring on that kernel does not collapse
+   * (38-70k IOPS), so the loss was the extra crossing to the reaper thread
+   * on two cores, which a context's ring does not make. */
   const char *env = getenv("TS_IO_URING");
   if (env && strcmp(env, "0") == 0) {
     snprintf(f->ring_state, sizeof f->ring_state, "threads (TS_IO_URING=0)");
     return;
   }
   f->ring_writes = env && strcmp(env, "1") == 0;
+  f->sink_writes = SINK_WRITES_DEFAULT || f->ring_writes;
   struct ts__fio_ring *R = calloc(1, sizeof *R);
   if (!R) {
     snprintf(f->ring_state, sizeof f->ring_state, "threads (no memory for a ring)");
@@ -626,16 +827,11 @@ void ts__fio_ring_start(struct ts__fio *f)
     return;
   }
   pthread_mutex_init(&R->sq_lock, NULL);
-  if ((r = pthread_create(&R->reaper, NULL, reaper_main, R)) != 0) {
-    snprintf(f->ring_state, sizeof f->ring_state, "threads (no reaper thread: %s)", strerror(r));
-    pthread_mutex_destroy(&R->sq_lock);
-    io_uring_queue_exit(&R->ring);
-    free(R);
-    return;
-  }
+  pthread_mutex_init(&R->start_lock, NULL);
   snprintf(f->ring_state, sizeof f->ring_state, "%s",
-           f->ring_writes
-               ? "io_uring (TS_IO_URING=1)"
+           f->ring_writes ? "io_uring (TS_IO_URING=1)"
+           : f->sink_writes
+               ? "io_uring; writes on threads outside LOOP/EVENTFD (TS_IO_URING=1: all)"
                : "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
   f->ring = R;
 }
@@ -645,17 +841,20 @@ void ts__fio_ring_stop(struct ts__fio *f)
   struct ts__fio_ring *R = f->ring;
   if (!R)
     return;
-  pthread_mutex_lock(&R->sq_lock);
-  struct io_uring_sqe *sqe;
-  while (!(sqe = io_uring_get_sqe(&R->ring))) {
-    ring_push(R);
-    sched_yield();
+  if (atomic_load(&R->reaper_on)) {
+    pthread_mutex_lock(&R->sq_lock);
+    struct io_uring_sqe *sqe;
+    while (!(sqe = io_uring_get_sqe(&R->ring))) {
+      ring_push(&R->ring, true);
+      sched_yield();
+    }
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data(sqe, NULL);
+    ring_push(&R->ring, true);
+    pthread_mutex_unlock(&R->sq_lock);
+    pthread_join(R->reaper, NULL);
   }
-  io_uring_prep_nop(sqe);
-  io_uring_sqe_set_data(sqe, NULL);
-  ring_push(R);
-  pthread_mutex_unlock(&R->sq_lock);
-  pthread_join(R->reaper, NULL);
+  pthread_mutex_destroy(&R->start_lock);
   pthread_mutex_destroy(&R->sq_lock);
   io_uring_queue_exit(&R->ring);
   free(R);
@@ -670,16 +869,27 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   bool rw = io->op == TS_OP_READ || io->op == TS_OP_WRITE;
   if (!rw && io->op != TS_OP_FLUSH)
     return -EAGAIN;
-  if (io->op != TS_OP_READ && !f->ring_writes)
-    return -EAGAIN;
   if (rw && (io->iovcnt > IOV_MAX || (f->align && !iov_aligned(io->iov, io->iovcnt, f->align))))
     return -EAGAIN;
+  struct ts__aio_sink *sink = ts__aio_sink_current;
+  struct sink_ring *S = sink ? sink_ring_get(sink) : NULL;
+  if (io->op != TS_OP_READ && !(S ? f->sink_writes : f->ring_writes))
+    return -EAGAIN;
+  if (S) {
+    if (atomic_fetch_add(&S->inflight, 1) >= RING_ENTRIES) {
+      atomic_fetch_sub(&S->inflight, 1);
+      return -EAGAIN;
+    }
+  } else if (!reaper_start(R)) {
+    return -EAGAIN;
+  }
   struct submitter *owner = submitter_get();
-  if (!owner)
+  struct ring_req *q = owner ? malloc(sizeof *q) : NULL;
+  if (!q) {
+    if (S)
+      atomic_fetch_sub(&S->inflight, 1);
     return -EAGAIN;
-  struct ring_req *q = malloc(sizeof *q);
-  if (!q)
-    return -EAGAIN;
+  }
   pthread_mutex_lock(&owner->m);
   owner->inflight++;
   pthread_mutex_unlock(&owner->m);
@@ -688,12 +898,16 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   q->io = io;
   q->done = done;
   q->arg = arg;
-  pthread_mutex_lock(&R->sq_lock);
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&R->ring);
+  struct io_uring *ring = S ? &S->ring : &R->ring;
+  pthread_mutex_t *sq_lock = S ? &S->sq_lock : &R->sq_lock;
+  pthread_mutex_lock(sq_lock);
+  struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
   if (!sqe) {
-    pthread_mutex_unlock(&R->sq_lock);
+    pthread_mutex_unlock(sq_lock);
     free(q);
     submitter_put(owner);
+    if (S)
+      atomic_fetch_sub(&S->inflight, 1);
     return -EAGAIN;
   }
   if (io->op == TS_OP_READ)
@@ -706,8 +920,8 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   io_uring_sqe_set_data(sqe, q);
   /* After every read of `io`: the caller may reuse it once done has run. */
   atomic_store_explicit(&q->armed, true, memory_order_release);
-  ring_push(R);
-  pthread_mutex_unlock(&R->sq_lock);
+  ring_push(ring, !S);
+  pthread_mutex_unlock(sq_lock);
   return 0;
 }
 
@@ -717,6 +931,7 @@ void ts__fio_ring_start(struct ts__fio *f)
 {
   f->ring = NULL;
   atomic_init(&f->ring_ops, 0);
+  atomic_init(&f->ring_ops_sink, 0);
   snprintf(f->ring_state, sizeof f->ring_state, "threads (built without liburing)");
 }
 

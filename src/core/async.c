@@ -32,12 +32,22 @@
  * (completion to the caller) instead of two. Whatever the layer declines
  * takes the worker path as before. Such requests are counted in `nasync`,
  * which close waits to reach zero before it tears anything down.
+ *
+ * Where the layer can signal an eventfd of the context's (the file layer's
+ * io_uring; the sink, see core/internal.h), its completions are reaped on
+ * the context's own thread as well: LOOP mode watches the eventfd with a
+ * uv_poll handle, EVENTFD mode gives it to the caller as ts_aio_fd, and
+ * either drains the sources before the done queue. Such a request makes no
+ * thread hand-off at all, like a thread calling pread; a completion reaped
+ * there still goes through the done queue (without a wake-up), so that a
+ * callback may close the context while others wait to run.
  */
 #include "core/internal.h"
 
 #include <libthinstack/async.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,8 +88,18 @@ struct ts_aio_ctx {
   uint32_t nthreads;
 
   uv_async_t async;         /* LOOP mode */
-  int efd;                  /* EVENTFD mode */
+  uv_poll_t poll;           /* LOOP mode: watches efd for the sink */
+  int nhandles;             /* LOOP mode: handles to close before freeing */
+  int efd;                  /* EVENTFD mode: the caller's; LOOP mode: the sink's */
+  bool sink_on;             /* the sink is lent: something watches efd */
+  struct ts__aio_sink sink; /* the layers' completion sources, reaped here */
 };
+
+_Thread_local struct ts__aio_sink *ts__aio_sink_current;
+
+/* The context whose sources this thread is reaping: its completions need
+ * no wake-up, the reaper delivers them next. */
+static _Thread_local ts_aio_ctx *reaping;
 
 /* Worker side ------------------------------------------------------------ */
 
@@ -227,7 +247,7 @@ static void async_done(void *arg, int result)
     ts__count_error(req->priv.dev, req->priv.io.op);
   release_slots(ctx, 1);
   uv_mutex_lock(&ctx->lock);
-  if (push_done(ctx, req))
+  if (push_done(ctx, req) && reaping != ctx)
     wake_completer(ctx);
   if (--ctx->nasync == 0)
     uv_cond_broadcast(&ctx->idle_cond);
@@ -290,19 +310,78 @@ static void on_async(uv_async_t *h)
   deliver(ctx);
 }
 
+/* Run the completions the sink's sources hold (their `done` queues them);
+ * with `wait`, wait for one on each source that has requests in flight.
+ * `here`: this thread delivers them next, so they need no wake-up. */
+static int reap_sources(ts_aio_ctx *ctx, bool wait, bool here)
+{
+  int n = 0;
+  ts_aio_ctx *prev = reaping;
+  reaping = here ? ctx : prev;
+  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire);
+       s; s = s->next)
+    n += s->reap(s, wait);
+  reaping = prev;
+  return n;
+}
+
+static uint32_t sources_inflight(ts_aio_ctx *ctx)
+{
+  uint32_t n = 0;
+  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire);
+       s; s = s->next)
+    n += s->inflight(s);
+  return n;
+}
+
+/* Reap and deliver until neither finds anything: a callback's submit may
+ * complete at once (a read from the page cache). Stops once a callback has
+ * closed the context. */
+static int drain(ts_aio_ctx *ctx)
+{
+  int n = 0;
+  for (;;) {
+    int reaped = reap_sources(ctx, false, true);
+    int delivered = deliver(ctx);
+    n += delivered;
+    if (atomic_load(&ctx->closing) || (!reaped && !delivered))
+      return n;
+  }
+}
+
+/* Clear the eventfd's readiness before draining: a completion after the
+ * drain signals it again. */
+static void clear_efd(ts_aio_ctx *ctx)
+{
+  uint64_t v;
+  while (read(ctx->efd, &v, sizeof v) < 0 && errno == EINTR)
+    ;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+  (void)status, (void)events;
+  ts_aio_ctx *ctx = h->data;
+  clear_efd(ctx);
+  drain(ctx);
+}
+
 static void destroy(ts_aio_ctx *ctx)
 {
   uv_cond_destroy(&ctx->idle_cond);
   uv_cond_destroy(&ctx->space_cond);
   uv_cond_destroy(&ctx->work_cond);
   uv_mutex_destroy(&ctx->lock);
+  pthread_mutex_destroy(&ctx->sink.lock);
   free(ctx->threads);
   free(ctx);
 }
 
 static void on_handle_closed(uv_handle_t *h)
 {
-  destroy(h->data);
+  ts_aio_ctx *ctx = h->data;
+  if (--ctx->nhandles == 0)
+    destroy(ctx);
 }
 
 /* Stop and join the workers; they finish what they are running first. */
@@ -391,13 +470,17 @@ int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
     return ts_error_set(err, r, "aio: cannot create a condition variable: %s", uv_strerror(r));
   }
 
-  if (o.mode == TS_AIO_MODE_EVENTFD) {
+  pthread_mutex_init(&ctx->sink.lock, NULL);
+  ctx->sink.efd = -1;
+  if (o.mode != TS_AIO_MODE_WORKER) {
     ctx->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (ctx->efd < 0) {
       r = -errno;
       destroy(ctx);
       return ts_error_set(err, r, "aio: cannot create an eventfd: %s", ts_strerror(r));
     }
+    ctx->sink.efd = ctx->efd;
+    ctx->sink_on = o.mode == TS_AIO_MODE_EVENTFD;
   }
   for (uint32_t i = 0; i < o.workers; i++) {
     r = uv_thread_create(&ctx->threads[i], worker_main, ctx);
@@ -415,13 +498,24 @@ int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
     r = uv_async_init(o.loop, &ctx->async, on_async);
     if (r) {
       stop_workers(ctx);
+      close(ctx->efd);
       destroy(ctx);
       return ts_error_set(err, r, "aio: cannot register with the loop: %s", uv_strerror(r));
     }
     ctx->async.data = ctx;
+    ctx->nhandles = 1;
     /* Referenced only while requests are pending, so an idle context does not
      * keep uv_run from returning. */
     uv_unref((uv_handle_t *)&ctx->async);
+    /* The sink's watch. Without it the layers' completions take their own
+     * threads and the async handle, as they would anyway: no error. It
+     * holds no reference; the async handle's keeps the loop running. */
+    if (uv_poll_init(o.loop, &ctx->poll, ctx->efd) == 0) {
+      ctx->poll.data = ctx;
+      ctx->nhandles = 2;
+      uv_unref((uv_handle_t *)&ctx->poll);
+      ctx->sink_on = uv_poll_start(&ctx->poll, UV_READABLE, on_poll) == 0;
+    }
   }
   *out = ctx;
   return 0;
@@ -480,8 +574,16 @@ int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
     }
     atomic_fetch_add(&ctx->space_waiters, 1);
     bool got = reserve_slot(ctx);
-    if (!got)
+    if (!got && sources_inflight(ctx)) {
+      /* Slots held by the sink's requests free up only as they are reaped,
+       * which is this thread's job in LOOP mode: reap them here (the
+       * callbacks still wait for the loop or the poll). */
+      uv_mutex_unlock(&ctx->lock);
+      reap_sources(ctx, true, false);
+      uv_mutex_lock(&ctx->lock);
+    } else if (!got) {
       uv_cond_wait(&ctx->space_cond, &ctx->lock);
+    }
     atomic_fetch_sub(&ctx->space_waiters, 1);
     if (got)
       break;
@@ -503,7 +605,11 @@ int ts_aio_submit(ts_aio_ctx *ctx, ts_dev *dev, ts_aio_req *req)
      * reference follows `pending` without a race. */
     if (ctx->mode == TS_AIO_MODE_LOOP && before == 0)
       uv_ref((uv_handle_t *)&ctx->async);
-    if (ts__submit_async(dev, &req->priv.io, async_done, req) == 0)
+    struct ts__aio_sink *prev = ts__aio_sink_current;
+    ts__aio_sink_current = ctx->sink_on ? &ctx->sink : NULL;
+    r = ts__submit_async(dev, &req->priv.io, async_done, req);
+    ts__aio_sink_current = prev;
+    if (r == 0)
       return 0;
     /* Declined: the workers run it after all. */
     uv_mutex_lock(&ctx->lock);
@@ -537,13 +643,12 @@ int ts_aio_poll(ts_aio_ctx *ctx)
 {
   if (!ctx || ctx->mode != TS_AIO_MODE_EVENTFD)
     return -EINVAL;
-  uint64_t v;
   /* Clear readiness first, then drain: a request finishing after the drain
-   * finds the done queue empty and signals the eventfd again. */
-  while (read(ctx->efd, &v, sizeof v) < 0 && errno == EINTR)
-    ;
+   * finds the done queue empty (or its ring reaped) and signals the eventfd
+   * again. */
+  clear_efd(ctx);
   ctx->in_poll++;
-  int n = deliver(ctx);
+  int n = drain(ctx);
   ctx->in_poll--;
   if (ctx->free_after_poll && ctx->in_poll == 0)
     destroy(ctx);
@@ -585,13 +690,35 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
    * callback can release whatever a running request waits on. */
   deliver(ctx);
   stop_workers(ctx);
+  /* Requests on the sink's sources complete only when reaped: reap them
+   * here, waiting; the others complete on their layers' threads. No new
+   * ones start: submits answer -ESHUTDOWN now. */
   uv_mutex_lock(&ctx->lock);
-  while (ctx->nasync)
-    uv_cond_wait(&ctx->idle_cond, &ctx->lock);
+  while (ctx->nasync) {
+    if (sources_inflight(ctx)) {
+      uv_mutex_unlock(&ctx->lock);
+      reap_sources(ctx, true, true);
+      uv_mutex_lock(&ctx->lock);
+    } else {
+      uv_cond_wait(&ctx->idle_cond, &ctx->lock);
+    }
+  }
   uv_mutex_unlock(&ctx->lock);
   deliver(ctx);
+  /* Before the eventfd they signal is closed. */
+  struct ts__aio_source *src = atomic_exchange(&ctx->sink.sources, NULL);
+  while (src) {
+    struct ts__aio_source *next = src->next;
+    src->destroy(src);
+    src = next;
+  }
 
   if (ctx->mode == TS_AIO_MODE_LOOP) {
+    /* Closing the poll handle stops it at once, so the fd may go. */
+    if (ctx->nhandles == 2)
+      uv_close((uv_handle_t *)&ctx->poll, on_handle_closed);
+    close(ctx->efd);
+    ctx->efd = -1;
     uv_close((uv_handle_t *)&ctx->async, on_handle_closed);
   } else {
     if (ctx->efd >= 0)

@@ -160,4 +160,47 @@ int ts__submit_checked(struct ts_node *n, const ts_io *io);
 int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, void *arg);
 void ts__count_error(struct ts_node *n, uint32_t op);
 
+/* async.c: where a request started through submit_async can complete on
+ * the thread of the async context that started it (LOOP and EVENTFD modes),
+ * with no thread of the layer's own in between. The context owns an eventfd
+ * that it watches on its own thread (uv_poll in LOOP mode; the eventfd of
+ * ts_aio_fd, drained by ts_aio_poll, in EVENTFD mode). While a request
+ * starts, ts__aio_sink_current points at the context's sink; a layer that
+ * can signal the eventfd (the file layer: an io_uring of the context's,
+ * io_uring_register_eventfd) attaches a source to the sink once and queues
+ * the request on it. The context reaps its sources when the eventfd fires,
+ * so `done` runs on its thread, and it frees them at close, once nothing is
+ * in flight. */
+struct ts__aio_source {
+  struct ts__aio_source *next; /* the sink's list; written once, under the sink's lock */
+  /* Run `done` of the requests that have completed, on the calling thread;
+   * with `wait`, first wait for one if none has and some are in flight.
+   * Returns how many ran. Serialized by the source itself. */
+  int (*reap)(struct ts__aio_source *s, bool wait);
+  /* Requests started and not yet reaped. */
+  uint32_t (*inflight)(struct ts__aio_source *s);
+  /* Free it; nothing is in flight. */
+  void (*destroy)(struct ts__aio_source *s);
+};
+
+struct ts__aio_sink {
+  int efd;                                  /* the eventfd a source signals */
+  pthread_mutex_t lock;                     /* attaching a source */
+  struct ts__aio_source *_Atomic sources;   /* attached sources, newest first */
+  _Atomic bool refused;                     /* the kernel refused a source: do not retry */
+};
+
+/* The sink of the context starting a request on this thread, for the
+ * duration of its ts__submit_async(); NULL otherwise (WORKER mode, workers,
+ * a layer's own threads). */
+extern _Thread_local struct ts__aio_sink *ts__aio_sink_current;
+
+/* Attach `s` to `sink`; the caller holds sink->lock. Readers walk the list
+ * without it: the release publishes `s` whole. */
+static inline void ts__aio_sink_attach(struct ts__aio_sink *sink, struct ts__aio_source *s)
+{
+  s->next = atomic_load_explicit(&sink->sources, memory_order_relaxed);
+  atomic_store_explicit(&sink->sources, s, memory_order_release);
+}
+
 #endif
