@@ -62,7 +62,8 @@
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
 #define CRYPT_SLICE_MIN (16u * 1024)      /* smallest window of a shared request */
-#define CRYPT_WINDOW (1024u * 1024)       /* most bytes per child request of a READ or
+#define CRYPT_WINDOW                                                                               \
+  (1024u * 1024)                          /* most bytes per child request of a READ or
                                              WRITE: still in cache when transformed, and
                                              large, as a thin child is much faster at
                                              1 MiB than at 256 KiB */
@@ -957,14 +958,20 @@ static int window_io(struct crypt_layer *c, struct crypt_ctx *x, const struct cr
                      ts_iov_buf *slice, uint64_t at, uint64_t n)
 {
   const ts_io *io = q->io;
-  struct crypt_job j = { .mode = q->mode, .offset = io->offset + at, .iov = io->iov,
-                         .iovcnt = io->iovcnt, .iov_skip = (size_t)at };
+  struct crypt_job j = { .mode = q->mode,
+                         .offset = io->offset + at,
+                         .iov = io->iov,
+                         .iovcnt = io->iovcnt,
+                         .iov_skip = (size_t)at };
   if (q->mode == MODE_DECRYPT) {
     int cnt = ts_iov_buf_slice(slice, io->iov, io->iovcnt, (size_t)at, (size_t)n);
     if (cnt < 0)
       return cnt;
-    ts_io sub = { .op = TS_OP_READ, .offset = c->offset + io->offset + at, .length = n,
-                  .iov = slice->v, .iovcnt = cnt };
+    ts_io sub = { .op = TS_OP_READ,
+                  .offset = c->offset + io->offset + at,
+                  .length = n,
+                  .iov = slice->v,
+                  .iovcnt = cnt };
     int r = ts_submit(c->child, &sub);
     return r ? r : transform(c, x, &j, 0, n);
   }
@@ -976,8 +983,12 @@ static int window_io(struct crypt_layer *c, struct crypt_ctx *x, const struct cr
   if (r)
     return r;
   struct iovec v = { x->bounce, (size_t)n };
-  ts_io w = { .op = TS_OP_WRITE, .flags = q->flags, .offset = c->offset + io->offset + at,
-              .length = n, .iov = &v, .iovcnt = 1 };
+  ts_io w = { .op = TS_OP_WRITE,
+              .flags = q->flags,
+              .offset = c->offset + io->offset + at,
+              .length = n,
+              .iov = &v,
+              .iovcnt = 1 };
   return ts_submit(c->child, &w);
 }
 
@@ -985,9 +996,8 @@ static void req_fail(struct crypt_req *q, uint64_t index, int r)
 {
   uint64_t mine = index << 32 | (uint32_t)-r;
   uint64_t seen = atomic_load_explicit(&q->fail, memory_order_relaxed);
-  while (mine < seen &&
-         !atomic_compare_exchange_weak_explicit(&q->fail, &seen, mine, memory_order_relaxed,
-                                                memory_order_relaxed))
+  while (mine < seen && !atomic_compare_exchange_weak_explicit(
+                            &q->fail, &seen, mine, memory_order_relaxed, memory_order_relaxed))
     ;
 }
 

@@ -481,8 +481,8 @@ struct sink_ring {
   struct ts__aio_source src;
   struct io_uring ring;
   pthread_mutex_t sq_lock;
-  pthread_mutex_t cq_lock;    /* one reaper at a time */
-  _Atomic uint32_t inflight;  /* started, not reaped */
+  pthread_mutex_t cq_lock;   /* one reaper at a time */
+  _Atomic uint32_t inflight; /* started, not reaped */
   struct sink_ring *live_next;
 };
 

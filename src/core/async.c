@@ -318,8 +318,8 @@ static int reap_sources(ts_aio_ctx *ctx, bool wait, bool here)
   int n = 0;
   ts_aio_ctx *prev = reaping;
   reaping = here ? ctx : prev;
-  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire);
-       s; s = s->next)
+  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire); s;
+       s = s->next)
     n += s->reap(s, wait);
   reaping = prev;
   return n;
@@ -328,8 +328,8 @@ static int reap_sources(ts_aio_ctx *ctx, bool wait, bool here)
 static uint32_t sources_inflight(ts_aio_ctx *ctx)
 {
   uint32_t n = 0;
-  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire);
-       s; s = s->next)
+  for (struct ts__aio_source *s = atomic_load_explicit(&ctx->sink.sources, memory_order_acquire); s;
+       s = s->next)
     n += s->inflight(s);
   return n;
 }

@@ -184,10 +184,10 @@ struct ts__aio_source {
 };
 
 struct ts__aio_sink {
-  int efd;                                  /* the eventfd a source signals */
-  pthread_mutex_t lock;                     /* attaching a source */
-  struct ts__aio_source *_Atomic sources;   /* attached sources, newest first */
-  _Atomic bool refused;                     /* the kernel refused a source: do not retry */
+  int efd;                                /* the eventfd a source signals */
+  pthread_mutex_t lock;                   /* attaching a source */
+  struct ts__aio_source *_Atomic sources; /* attached sources, newest first */
+  _Atomic bool refused;                   /* the kernel refused a source: do not retry */
 };
 
 /* The sink of the context starting a request on this thread, for the

@@ -448,7 +448,8 @@ static int check_answer(struct ts_node *n, uint64_t offset, uint64_t l, ts_exten
                      fmt_off(b, sizeof b, p->offset));
     pos = p->offset + p->length;
   } else if (out->n == before) {
-    return io_fail(-EIO, "block status on %s at offset %s + length %s: layer type %s added no extent",
+    return io_fail(-EIO,
+                   "block status on %s at offset %s + length %s: layer type %s added no extent",
                    n->name, fmt_off(a, sizeof a, offset), fmt_off(b, sizeof b, l), n->type->name);
   }
   for (size_t i = before; i < out->n; i++) {

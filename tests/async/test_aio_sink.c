@@ -472,8 +472,11 @@ static void child_run(long nr, enum expect expect)
     CHILD_CHECK(ts_pwrite(s, wbuf + (size_t)i * BS, BS, (uint64_t)i * BS, 0) == 0);
   uv_loop_t loop;
   CHILD_CHECK(uv_loop_init(&loop) == 0);
-  ts_aio_opts o = { .struct_size = sizeof o, .mode = TS_AIO_MODE_LOOP, .workers = 2,
-                    .depth = DEPTH, .loop = &loop };
+  ts_aio_opts o = { .struct_size = sizeof o,
+                    .mode = TS_AIO_MODE_LOOP,
+                    .workers = 2,
+                    .depth = DEPTH,
+                    .loop = &loop };
   ts_aio_ctx *ctx = NULL;
   CHILD_CHECK(ts_aio_ctx_create(&o, &ctx, &err) == 0);
   for (int i = 0; i < N; i++) {
@@ -529,7 +532,10 @@ static void refused(long nr, enum expect expect)
 }
 
 /* The context's ring cannot signal its eventfd: the file's ring serves. */
-START_TEST(register_refused_falls_back_to_the_file_ring) { refused(SYS_io_uring_register, FILE_RING); }
+START_TEST(register_refused_falls_back_to_the_file_ring)
+{
+  refused(SYS_io_uring_register, FILE_RING);
+}
 END_TEST
 
 /* No ring at all: the workers, and the status says why. */

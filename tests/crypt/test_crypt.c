@@ -666,8 +666,8 @@ END_TEST
 
 /* A stack "d" (memory) under "f" (fault with `rules` and `limits`) under "c"
  * (crypt, `threads`); the key is the bytes 00..3f. */
-static ts_stack *open_fault(const char *rules, const char *limits, int threads, int ss,
-                            ts_dev **c, ts_dev **d)
+static ts_stack *open_fault(const char *rules, const char *limits, int threads, int ss, ts_dev **c,
+                            ts_dev **d)
 {
   char *json = ts_test_fmt("{ \"version\": 1, \"layers\": {"
                            " \"d\": { \"type\": \"memory\", \"size\": \"8M\" },"
@@ -758,8 +758,8 @@ START_TEST(windows_short_child_io_and_iovecs)
           memset(got, 0, n);
           cnt = random_iov(got, n, (uint32_t)ss, (how + 1) % 3, iov, 256);
           ck_assert_int_eq(ts_preadv(c, iov, cnt, off), 0);
-          ck_assert_msg(memcmp(got, pt, n) == 0, "read: threads %d limits %d ss %d how %d",
-                        threads, li, ss, how);
+          ck_assert_msg(memcmp(got, pt, n) == 0, "read: threads %d limits %d ss %d how %d", threads,
+                        li, ss, how);
           /* Whole requests reached the layer and were shared. */
           char *st = ts_dev_status_json(c);
           ck_assert_ptr_nonnull(st);

@@ -1139,15 +1139,19 @@ START_TEST(commit_data_flush_fails)
   ts_pool_status st = pool_status(pool);
   ck_assert(!st.failed);
   ck_assert_uint_eq(st.commits, commits);
-  ck_assert_int_eq(ts_test_run(NULL, "mkdir %s/copy && cp --sparse=always %s/pool.meta %s/pool.data %s/copy/",
-                               dir, dir, dir, dir), 0);
+  ck_assert_int_eq(
+      ts_test_run(NULL, "mkdir %s/copy && cp --sparse=always %s/pool.meta %s/pool.data %s/copy/",
+                  dir, dir, dir, dir),
+      0);
   /* Still readable, and writable. */
   read_expect(v, 5 * K64, b, sizeof b);
   ck_assert_int_eq(ts_pwrite(v, c, sizeof c, 9 * K64, 0), 0);
   ck_assert_int_eq(ts_flush(v), 0);
   ck_assert_uint_eq(pool_status(pool).commits, commits + 1);
-  ck_assert_int_eq(ts_test_run(NULL, "mkdir %s/copy2 && cp --sparse=always %s/pool.meta %s/pool.data %s/copy2/",
-                               dir, dir, dir, dir), 0);
+  ck_assert_int_eq(
+      ts_test_run(NULL, "mkdir %s/copy2 && cp --sparse=always %s/pool.meta %s/pool.data %s/copy2/",
+                  dir, dir, dir, dir),
+      0);
   ts_error e = { 0 };
   ck_assert_msg(ts_stack_close(s, &e) == 0, "close: %s", e.msg);
   thin_check_clean(dir);
@@ -1187,21 +1191,23 @@ START_TEST(provision_writeback_flush_fails)
       "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
       " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"256G\", \"create\": true } },"
       " \"exports\": [\"v0\"] }";
-  char *j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                        " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
-                        "%s",
-                        layers);
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
+      "%s",
+      layers);
   ts_stack *s = ts_test_open(dir, j);
   ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
   close_and_check(s, dir);
   free(j);
   /* Reopened, nothing flushes the metadata before the PROVISION does. */
-  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                  " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
-                  " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"flush\","
-                  "   \"errno\": \"EIO\", \"count\": 1 } ] },"
-                  "%s",
-                  layers);
+  j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+      " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"flush\","
+      "   \"errno\": \"EIO\", \"count\": 1 } ] },"
+      "%s",
+      layers);
   s = ts_test_open(dir, j);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
   ck_assert_int_eq(ts_provision(v, 0, 256ull << 30), 0);

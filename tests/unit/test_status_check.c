@@ -11,8 +11,8 @@
 #define K4 4096u
 
 enum mode { GOOD, WIDE, TRAILING, GAP, OVERLAP, BACKWARDS, NONE, SHRINK };
-static const char *const mode_names[] = { "good",      "wide", "trailing", "gap",
-                                          "overlap",   "backwards", "none", "shrink" };
+static const char *const mode_names[] = { "good",    "wide",      "trailing", "gap",
+                                          "overlap", "backwards", "none",     "shrink" };
 
 static const ts_param liar_params[] = {
   { "mode", TS_PARAM_ENUM, TS_PARAM_REQUIRED,
@@ -85,15 +85,9 @@ static int liar_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *
 }
 
 static const ts_layer_type liar_type = {
-  TS_LAYER_TYPE_INIT,
-  .name = "liar",
-  .summary = "answers block status as told (tests)",
-  .params = liar_params,
-  .open = liar_open,
-  .close = liar_close,
-  .limits = liar_limits,
-  .submit = liar_submit,
-  .block_status = liar_status,
+  TS_LAYER_TYPE_INIT,    .name = "liar",        .summary = "answers block status as told (tests)",
+  .params = liar_params, .open = liar_open,     .close = liar_close,
+  .limits = liar_limits, .submit = liar_submit, .block_status = liar_status,
 };
 
 static ts_stack *open_liar(const char *mode)
@@ -171,8 +165,8 @@ static void assert_refused(const char *mode, const char *why)
     ck_assert_int_eq(ts_block_status(ts_stack_node(s, names[i]), 65536, 65536, &l), -EIO);
     const char *msg = ts_last_error();
     ck_assert_ptr_nonnull(msg);
-    ck_assert_msg(strstr(msg, "block status on liar at offset 64K") && strstr(msg, "layer type liar") &&
-                      strstr(msg, why),
+    ck_assert_msg(strstr(msg, "block status on liar at offset 64K") &&
+                      strstr(msg, "layer type liar") && strstr(msg, why),
                   "%s: %s", mode, msg);
     ts_extent_list_free(&l);
   }
@@ -183,7 +177,8 @@ START_TEST(bad_answers_are_io_errors)
 {
   const char *order = "where one at offset";
   assert_refused("gap", "answered an extent at offset 72K + length 56K where one at offset 68K");
-  assert_refused("overlap", "answered an extent at offset 68K + length 60K where one at offset 72K");
+  assert_refused("overlap",
+                 "answered an extent at offset 68K + length 60K where one at offset 72K");
   assert_refused("backwards", order);
   assert_refused("none", "added no extent");
   assert_refused("shrink", "changed the extent at offset 0 before its answer");

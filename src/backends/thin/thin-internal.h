@@ -99,8 +99,8 @@ struct tp_pool {
   bool data_flusher_running, df_stop, df_asked, df_done;
   int df_result;
   bool wb_asked, wb_busy;
-  int wb_err;               /* a write-back flush failed: the commit must fail */
-  uint64_t wb_mark;         /* tmd_blocks_written at the last write-back */
+  int wb_err;       /* a write-back flush failed: the commit must fail */
+  uint64_t wb_mark; /* tmd_blocks_written at the last write-back */
 
   pthread_mutex_t vol_mu;
   struct tp_vol *vols;
