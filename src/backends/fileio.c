@@ -25,7 +25,6 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
   atomic_init(&f->bounced, 0);
   f->ring = NULL;
   f->ring_writes = false;
-  f->sink_writes = false;
   atomic_init(&f->ring_ops, 0);
   atomic_init(&f->ring_ops_sink, 0);
   snprintf(f->ring_state, sizeof f->ring_state, "threads");
@@ -462,8 +461,6 @@ void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t a
 #include <time.h>
 
 #define RING_ENTRIES 256
-/* Whether WRITE and FLUSH take a context's ring without TS_IO_URING=1. */
-#define SINK_WRITES_DEFAULT false
 
 struct ts__fio_ring {
   struct io_uring ring;
@@ -794,26 +791,26 @@ void ts__fio_ring_start(struct ts__fio *f)
 {
   f->ring = NULL;
   f->ring_writes = false;
-  f->sink_writes = false;
   atomic_init(&f->ring_ops, 0);
   atomic_init(&f->ring_ops_sink, 0);
-  /* READs take the ring by default; WRITEs (and FLUSH) take a context's
-   * ring, and the file's ring only with TS_IO_URING=1 (0: no ring at all).
+  /* READs take a ring by default (a context's or the file's); WRITEs (and
+   * FLUSH) only with TS_IO_URING=1 (0: no ring at all): even on a
+   * context's ring, with no reaper crossing, 4K writes did not show faster
+   * than on the workers (bench io --mode loop, TS_IO_URING=1, load 4-8:
+   * 0.36x of pwrite at depth 1, 0.54x at depth 32).
    * Writes lose on the file's ring: on a 256M O_DIRECT file in LOOP mode
    * (bench io --stack, load 6-10) 4K random writes at depth 32 ran 43k IOPS
    * against the workers' 62k into written blocks, and 1M writes at depth 1
    * into unwritten extents (a provisioned file: a thin pool's data) 537
    * against 3280 MB/s, where the kernel must convert extents and punts the
    * write to its io-wq. fio's io_uring on that kernel does not collapse
-   * (38-70k IOPS), so the loss was the extra crossing to the reaper thread
-   * on two cores, which a context's ring does not make. */
+   * (38-70k IOPS). */
   const char *env = getenv("TS_IO_URING");
   if (env && strcmp(env, "0") == 0) {
     snprintf(f->ring_state, sizeof f->ring_state, "threads (TS_IO_URING=0)");
     return;
   }
   f->ring_writes = env && strcmp(env, "1") == 0;
-  f->sink_writes = SINK_WRITES_DEFAULT || f->ring_writes;
   struct ts__fio_ring *R = calloc(1, sizeof *R);
   if (!R) {
     snprintf(f->ring_state, sizeof f->ring_state, "threads (no memory for a ring)");
@@ -829,9 +826,8 @@ void ts__fio_ring_start(struct ts__fio *f)
   pthread_mutex_init(&R->sq_lock, NULL);
   pthread_mutex_init(&R->start_lock, NULL);
   snprintf(f->ring_state, sizeof f->ring_state, "%s",
-           f->ring_writes ? "io_uring (TS_IO_URING=1)"
-           : f->sink_writes
-               ? "io_uring; writes on threads outside LOOP/EVENTFD (TS_IO_URING=1: all)"
+           f->ring_writes
+               ? "io_uring (TS_IO_URING=1)"
                : "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
   f->ring = R;
 }
@@ -873,7 +869,7 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
     return -EAGAIN;
   struct ts__aio_sink *sink = ts__aio_sink_current;
   struct sink_ring *S = sink ? sink_ring_get(sink) : NULL;
-  if (io->op != TS_OP_READ && !(S ? f->sink_writes : f->ring_writes))
+  if (io->op != TS_OP_READ && !f->ring_writes)
     return -EAGAIN;
   if (S) {
     if (atomic_fetch_add(&S->inflight, 1) >= RING_ENTRIES) {

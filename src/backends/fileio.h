@@ -29,8 +29,7 @@ struct ts__fio {
   _Atomic bool fiemap; /* FIEMAP works here; cleared when it answers "unsupported" */
   _Atomic uint64_t bounced;  /* bytes copied through the bounce buffer (status) */
   struct ts__fio_ring *ring; /* the async path's io_uring; NULL: workers only */
-  bool ring_writes;          /* WRITE and FLUSH go to the file's ring too, not just READ */
-  bool sink_writes;          /* WRITE and FLUSH go to an async context's ring */
+  bool ring_writes;          /* WRITE and FLUSH go to a ring too, not just READ */
   char ring_state[96];       /* "io_uring", or why the workers run it (status) */
   _Atomic uint64_t ring_ops; /* requests completed through a ring (status) */
   _Atomic uint64_t ring_ops_sink; /* of which on an async context's ring, reaped on its thread */
@@ -64,9 +63,8 @@ int ts__fio_block_status(struct ts__fio *f, uint64_t off, uint64_t len, ts_exten
  * write-zeroes as hole punching, provisioning in allocation units. */
 void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t alloc_unit);
 
-/* Set up the io_uring that ts__fio_submit_async() uses: for READs, and for
- * WRITE and FLUSH too on an async context's ring, or everywhere with
- * TS_IO_URING=1 in the environment. When the kernel refuses a ring (EPERM
+/* Set up the io_uring that ts__fio_submit_async() uses: for READs, and
+ * with TS_IO_URING=1 in the environment for WRITE and FLUSH too. When the kernel refuses a ring (EPERM
  * from kernel.io_uring_disabled, ENOSYS), the library was built without
  * liburing, or TS_IO_URING=0 is in the environment, `f->ring` stays NULL
  * and no context's ring is used either; `f->ring_state` says which ops use
@@ -83,7 +81,7 @@ void ts__fio_ring_stop(struct ts__fio *f);
  * context's); otherwise to the file's ring, and `done` runs on its reaper
  * thread. A short transfer or EAGAIN finishes synchronously there. Declines
  * (-EAGAIN) without a ring, for other ops, for WRITE and FLUSH unless
- * `sink_writes` or `ring_writes` allows them on that ring, for O_DIRECT
+ * `ring_writes`, for O_DIRECT
  * requests with unaligned pieces (they bounce on the worker path) and when
  * the ring is full. Thread-safe. */
 int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done, void *arg);
