@@ -62,11 +62,10 @@
 #define CRYPT_PARALLEL_MIN (256u * 1024)  /* smallest request split across threads */
 #define CRYPT_PART_MIN (64u * 1024)       /* bytes of a request per helper, at least */
 #define CRYPT_SLICE_MIN (16u * 1024)      /* smallest window of a shared request */
-#define CRYPT_WINDOW                                                                               \
-  (1024u * 1024)                          /* most bytes per child request of a READ or
-                                             WRITE: still in cache when transformed, and
-                                             large, as a thin child is much faster at
-                                             1 MiB than at 256 KiB */
+/* Most bytes per child request of a READ or WRITE: still in cache when
+ * transformed, and large, as a thin child is much faster at 1 MiB than at
+ * 256 KiB. */
+#define CRYPT_WINDOW (1024u * 1024)
 #define CRYPT_AUTO_THREADS 8              /* cap of the default thread count */
 #define CRYPT_MAX_THREADS 64
 #define CRYPT_CTX_SLOTS 32                /* idle cipher contexts kept per layer */
