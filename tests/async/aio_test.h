@@ -25,12 +25,14 @@ static struct {
   bool open;
 } gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, false };
 
-static const ts_param gate_params[] = {
-  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device behind the gate" },
+/* A test layer over one child ("child"), the same size: the open, limits
+ * and pass-through submit that the test layers here share. */
+static const ts_param child_params[] = {
+  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device under the test layer" },
   { NULL, 0, 0, NULL, NULL, NULL },
 };
 
-static int gate_layer_open(ts_layer *l, const json_t *params, ts_error *err)
+static inline int child_layer_open(ts_layer *l, const json_t *params, ts_error *err)
 {
   ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
   if (!child)
@@ -39,10 +41,15 @@ static int gate_layer_open(ts_layer *l, const json_t *params, ts_error *err)
   return 0;
 }
 
-static int gate_layer_limits(ts_layer *l, ts_limits *lim, ts_error *err)
+static inline int child_layer_limits(ts_layer *l, ts_limits *lim, ts_error *err)
 {
   lim->size = ts_dev_size(ts_layer_priv(l));
   return 0;
+}
+
+static inline int child_layer_submit(ts_layer *l, const ts_io *io)
+{
+  return ts_submit(ts_layer_priv(l), io);
 }
 
 static int gate_layer_submit(ts_layer *l, const ts_io *io)
@@ -67,10 +74,10 @@ static const ts_layer_type gate_layer_type = {
   TS_LAYER_TYPE_INIT,
   .name = "gate",
   .summary = "holds requests until the test lets them through",
-  .params = gate_params,
+  .params = child_params,
   .thread_model = TS_THREAD_PARALLEL,
-  .open = gate_layer_open,
-  .limits = gate_layer_limits,
+  .open = child_layer_open,
+  .limits = child_layer_limits,
   .submit = gate_layer_submit,
 };
 

@@ -55,24 +55,6 @@ static void spy_done(void *arg, int result)
   done(darg, result);
 }
 
-static int spy_open(ts_layer *l, const json_t *params, ts_error *err)
-{
-  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
-  if (!child)
-    return ts_layer_error(l, err, -EINVAL, "child", "no such layer");
-  ts_layer_set_priv(l, child);
-  return 0;
-}
-
-static int spy_limits(ts_layer *l, ts_limits *lim, ts_error *err)
-{
-  (void)err;
-  lim->size = ts_dev_size(ts_layer_priv(l));
-  return 0;
-}
-
-static int spy_submit(ts_layer *l, const ts_io *io) { return ts_submit(ts_layer_priv(l), io); }
-
 static int spy_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
 {
   struct spy_req *q = malloc(sizeof *q);
@@ -88,20 +70,15 @@ static int spy_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, vo
   return 0;
 }
 
-static const ts_param spy_params[] = {
-  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device spied on" },
-  { NULL, 0, 0, NULL, NULL, NULL },
-};
-
 static const ts_layer_type spy_type = {
   TS_LAYER_TYPE_INIT,
   .name = "spy",
   .summary = "counts the threads its child's async completions arrive on",
-  .params = spy_params,
+  .params = child_params,
   .thread_model = TS_THREAD_PARALLEL,
-  .open = spy_open,
-  .limits = spy_limits,
-  .submit = spy_submit,
+  .open = child_layer_open,
+  .limits = child_layer_limits,
+  .submit = child_layer_submit,
   .submit_async = spy_submit_async,
 };
 

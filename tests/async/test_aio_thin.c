@@ -35,24 +35,6 @@ static struct {
   } held[8];
 } hl = { PTHREAD_MUTEX_INITIALIZER, false, false, 0, 0, { { 0 } } };
 
-static int hold_open(ts_layer *l, const json_t *params, ts_error *err)
-{
-  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
-  if (!child)
-    return ts_layer_error(l, err, -EINVAL, "child", "no such layer");
-  ts_layer_set_priv(l, child);
-  return 0;
-}
-
-static int hold_limits(ts_layer *l, ts_limits *lim, ts_error *err)
-{
-  (void)err;
-  lim->size = ts_dev_size(ts_layer_priv(l));
-  return 0;
-}
-
-static int hold_submit(ts_layer *l, const ts_io *io) { return ts_submit(ts_layer_priv(l), io); }
-
 static int hold_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
 {
   pthread_mutex_lock(&hl.m);
@@ -79,11 +61,11 @@ static const ts_layer_type hold_type = {
   TS_LAYER_TYPE_INIT,
   .name = "hold",
   .summary = "runs or keeps async requests as the test says",
-  .params = gate_params,
+  .params = child_params,
   .thread_model = TS_THREAD_PARALLEL,
-  .open = hold_open,
-  .limits = hold_limits,
-  .submit = hold_submit,
+  .open = child_layer_open,
+  .limits = child_layer_limits,
+  .submit = child_layer_submit,
   .submit_async = hold_submit_async,
 };
 
