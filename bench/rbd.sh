@@ -18,7 +18,7 @@ psize=${PROVISION_SIZE:-8G}
 work=$(mktemp -d /tmp/ts-bench-rbd-XXXXXX)
 started=
 finish() {
-  for i in bench-img bench-meta bench-data bench-thick; do rbd rm --no-progress rbd/$i >/dev/null 2>&1 || true; done
+  for i in bench-img bench-meta bench-data bench-imeta bench-idata bench-thick; do rbd rm --no-progress rbd/$i >/dev/null 2>&1 || true; done
   [ -n "$started" ] && CEPH_DIR=$work/ceph "$src/tests/ceph/stop-ceph.sh" >/dev/null
   rm -rf "$work"
 }
@@ -107,6 +107,34 @@ else echo "bench/rbd.sh: fio has no rbd engine; no fio column" >&2; fi
 head -c 1G /dev/zero | tr '\0' k > fill.bin
 "$T" write thin.json vol 0 -i fill.bin >/dev/null
 rm fill.bin
+# A thin volume whose 64K blocks alternate on the data image with another
+# volume's, written in turn (through the Python bindings, one process): a
+# 1M request covers 16 runs of data blocks, which the thin layer starts on
+# RBD together. Left out when the bindings cannot load the library.
+cat > inter.json <<JSON
+{ "version": 1,
+  "layers": {
+    "meta": { "type": "rbd", "pool": "rbd", "image": "bench-imeta", "create": true, "size": "64M" },
+    "data": { "type": "rbd", "pool": "rbd", "image": "bench-idata", "create": true, "size": "1G" },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K",
+              "create": true },
+    "a": { "type": "thin", "pool": "pool", "id": 1, "size": "256M", "create": true },
+    "b": { "type": "thin", "pool": "pool", "id": 2, "size": "256M", "create": true } },
+  "exports": ["a", "b"] }
+JSON
+have_inter=
+if THINSTACK_LIBRARY=$build/libthinstack.so.0 PYTHONPATH=$src/bindings/python python3 - <<'PY'
+import thinstack
+with thinstack.open("inter.json") as s:
+    a, b = s.device("a"), s.device("b")
+    buf = b"k" * 65536
+    for off in range(0, a.size, 65536):
+        a.write(off, buf)
+        b.write(off, buf)
+    a.flush()
+PY
+then have_inter=1
+else echo "bench/rbd.sh: the Python bindings did not load; no interleaved thin column" >&2; fi
 
 runs=${RUNS:-3}
 # measure TARGET: one run of the 8 cells on TARGET ($mode, $run, $qcache).
@@ -144,6 +172,8 @@ measure() {
     loop) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
             > "loop.$mode.$run.out" ;;
     thin) "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out" ;;
+    inter) "$T" bench io --stack inter.json --dev a --seconds "$secs" --runs 1 --json \
+             > "inter.$mode.$run.out" ;;
   esac
 }
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -167,6 +197,7 @@ for mode in ${CACHE_MODES:-writearound off}; do
   [ -n "$have_qemu" ] && targets+=(qemu)
   [ -n "$have_fio" ] && targets+=(fio)
   targets+=(img loop thin)
+  [ -n "$have_inter" ] && targets+=(inter)
   for run in $(seq "$runs"); do
     for i in "${!targets[@]}"; do
       measure "${targets[$(( (i + run - 1) % ${#targets[@]} ))]}"
@@ -176,9 +207,9 @@ for mode in ${CACHE_MODES:-writearound off}; do
 done
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$runs" ${CACHE_MODES:-writearound off} <<'PY'
+python3 - "$runs" "$have_inter" ${CACHE_MODES:-writearound off} <<'PY'
 import json, statistics, sys
-runs, modes = int(sys.argv[1]), sys.argv[2:]
+runs, have_inter, modes = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
 def peer(path):
     out = {}
     for line in open(path):
@@ -202,6 +233,8 @@ def ratio(v, ref):
 for m in modes:
     img, loop, thin = cells("img", m), cells("loop", m), cells("thin", m)
     cols = (("img", img), ("loop", loop), ("thin", thin))
+    if have_inter:
+        cols += (("inter", cells("inter", m)),)
     if fio:
         cols = (("fio", {(t, d): v for (mm, t, d), v in fio.items() if mm == m}),) + cols
     if qemu:
@@ -210,10 +243,10 @@ for m in modes:
         {"writearound": "rbd cache writethrough until flush = false",
          "off": "rbd cache = false"}[m], runs))
     names = {"qemu": "qemu-img rbd", "fio": "fio rbd", "img": "rbd layer", "loop": "rbd layer/loop",
-             "thin": "thin/rbd"}
+             "thin": "thin/rbd", "inter": "thin/rbd 64K"}
     print("%-10s %5s %16s" % ("test", "depth", "rbd bench") +
           "".join(" %16s %6s" % (names[k], "ratio") for k, _ in cols))
-    worst = {k: {1: 9, 32: 9} for k in ("qemu", "fio", "img", "loop", "thin")}
+    worst = {k: {1: 9, 32: 9} for k in ("qemu", "fio", "img", "loop", "thin", "inter")}
     span = lambda v: "%.0f [%.0f-%.0f]" % (med(v), min(v), max(v))
     for t in ("seqwrite", "randwrite", "randread", "seqread"):
         for d in (1, 32):
@@ -230,6 +263,8 @@ for m in modes:
 PY
 rbd rm --no-progress rbd/bench-img
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
+rbd rm --no-progress rbd/bench-imeta >/dev/null 2>&1 || true
+rbd rm --no-progress rbd/bench-idata >/dev/null 2>&1 || true
 
 # Provisioning PROVISION_SIZE three ways. Each ends with the space stored.
 secs_of() { python3 -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / 1e9))" "$@"; }
