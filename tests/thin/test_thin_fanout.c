@@ -125,20 +125,20 @@ static void setup(void)
   ck_assert(r == 0 || r == -EEXIST);
   hl.hold = false;
   hl.n = 0;
-  stack = ts_test_open(ts_test_dir,
-                       "{ \"version\": 1, \"layers\": {"
-                       " \"meta\": { \"type\": \"file\", \"path\": \"m.img\", \"size\": \"8M\","
-                       "   \"create\": true },"
-                       " \"file\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"4M\","
-                       "   \"create\": true },"
-                       " \"data\": { \"type\": \"fanout-hold\", \"child\": \"file\" },"
-                       " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": "
-                       "\"data\", \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
-                       " \"v1\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"1M\","
-                       "   \"create\": true },"
-                       " \"v2\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 2, \"size\": \"1M\","
-                       "   \"create\": true } },"
-                       " \"exports\": [\"v1\", \"v2\"] }");
+  stack = ts_test_open(
+      ts_test_dir, "{ \"version\": 1, \"layers\": {"
+                   " \"meta\": { \"type\": \"file\", \"path\": \"m.img\", \"size\": \"8M\","
+                   "   \"create\": true },"
+                   " \"file\": { \"type\": \"file\", \"path\": \"d.img\", \"size\": \"4M\","
+                   "   \"create\": true },"
+                   " \"data\": { \"type\": \"fanout-hold\", \"child\": \"file\" },"
+                   " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": "
+                   "\"data\", \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+                   " \"v1\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 1, \"size\": \"1M\","
+                   "   \"create\": true },"
+                   " \"v2\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 2, \"size\": \"1M\","
+                   "   \"create\": true } },"
+                   " \"exports\": [\"v1\", \"v2\"] }");
   v1 = ts_stack_dev(stack, "v1");
   v2 = ts_stack_dev(stack, "v2");
   /* Blocks in turn: v1's block b lands on data block 2b, v2's on 2b+1. */

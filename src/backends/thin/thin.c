@@ -271,7 +271,8 @@ static int fan_run(struct tp_pool *p, uint32_t op, const struct iovec *iov, int 
       r = cnt < 0 ? cnt : -EIO;
       break;
     }
-    ios[i] = (ts_io){ .op = op, .offset = pc[i].doff, .length = pc[i].len, .iov = v, .iovcnt = cnt };
+    ios[i] =
+        (ts_io){ .op = op, .offset = pc[i].doff, .length = pc[i].len, .iov = v, .iovcnt = cnt };
     v += cnt;
     room -= (size_t)cnt;
     if ((r = ts__io_check(p->data, &ios[i])))
@@ -321,7 +322,8 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
     re = re < end ? re : end;
     if (rs > pos)
       ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(rs - pos));
-    pc[i] = (struct piece){ runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs), rs - off, re - rs };
+    pc[i] =
+        (struct piece){ runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs), rs - off, re - rs };
     pos = re;
   }
   if (!r)
