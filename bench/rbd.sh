@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The rbd layer and a thin volume over RBD next to `rbd bench` and QEMU's
-# rbd driver (`qemu-img bench`) on the same cluster, and what provisioning
-# costs on RBD.
+# The rbd layer and a thin volume over RBD next to `rbd bench`, QEMU's rbd
+# driver (`qemu-img bench`) and fio's rbd engine on the same cluster, and
+# what provisioning costs on RBD.
 #   bench/rbd.sh [BUILD_DIR]     (default: build)
 # Uses the cluster of $CEPH_CONF, or starts a throwaway one with
 # tests/ceph/start-ceph.sh (and stops it). Env: SECONDS_PER_CELL (default 2),
@@ -18,7 +18,7 @@ psize=${PROVISION_SIZE:-8G}
 work=$(mktemp -d /tmp/ts-bench-rbd-XXXXXX)
 started=
 finish() {
-  for i in bench-img bench-meta bench-data bench-thick; do rbd rm --no-progress rbd/$i >/dev/null 2>&1 || true; done
+  for i in bench-img bench-meta bench-data bench-imeta bench-idata bench-thick; do rbd rm --no-progress rbd/$i >/dev/null 2>&1 || true; done
   [ -n "$started" ] && CEPH_DIR=$work/ceph "$src/tests/ceph/stop-ceph.sh" >/dev/null
   rm -rf "$work"
 }
@@ -60,6 +60,20 @@ qemub() { # TYPE SIZE DEPTH CACHE COUNT
   else python3 -c "print(round($5 / $out))"; fi
 }
 
+# fio's rbd engine (Debian's fio has it): the C API, with a buffer of its
+# own for each of the depth's requests, as a guest's writes are, where
+# `rbd bench` writes one unchanging buffer whose CRC librados has cached.
+fiob() { # RW SIZE DEPTH
+  local out
+  out=$(fio --name=c --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench-img \
+        --rw="$1" --bs="$2" --iodepth="$3" --size=1G --time_based --runtime="$secs" \
+        --output-format=json 2>/dev/null) || { echo "bench/rbd.sh: fio $* failed" >&2; exit 1; }
+  python3 -c 'import json, sys
+j = json.loads(sys.argv[1])["jobs"][0]
+d = j["read" if "read" in sys.argv[2] else "write"]
+print(round(d["bw_bytes"] / 1e6) if sys.argv[3] == "1M" else round(d["iops"]))' "$out" "$1" "$2"
+}
+
 # librbd's cache must be in the same mode on both sides. By default it is
 # writethrough until the first flush: `rbd bench` never flushes while it
 # runs, while bench io flushes after each write cell, so its later cells ran
@@ -86,10 +100,41 @@ rbd bench --io-type write --io-size 4M --io-threads 16 --io-total 1G rbd/bench-i
 have_qemu=
 if qemu-img info -f raw "rbd:rbd/bench-img:conf=$CEPH_CONF" >/dev/null 2>&1; then have_qemu=1
 else echo "bench/rbd.sh: qemu-img cannot open rbd: images (qemu-block-extra?); no QEMU column" >&2; fi
+have_fio=
+if fio --enghelp 2>/dev/null | grep -qx '[[:space:]]*rbd'; then have_fio=1
+else echo "bench/rbd.sh: fio has no rbd engine; no fio column" >&2; fi
 # Map every block first, as bench io does for its own thin column.
 head -c 1G /dev/zero | tr '\0' k > fill.bin
 "$T" write thin.json vol 0 -i fill.bin >/dev/null
 rm fill.bin
+# A thin volume whose 64K blocks alternate on the data image with another
+# volume's, written in turn (through the Python bindings, one process): a
+# 1M request covers 16 runs of data blocks, which the thin layer starts on
+# RBD together. Left out when the bindings cannot load the library.
+cat > inter.json <<JSON
+{ "version": 1,
+  "layers": {
+    "meta": { "type": "rbd", "pool": "rbd", "image": "bench-imeta", "create": true, "size": "64M" },
+    "data": { "type": "rbd", "pool": "rbd", "image": "bench-idata", "create": true, "size": "1G" },
+    "pool": { "type": "thin-pool", "metadata": "meta", "data": "data", "block_size": "64K",
+              "create": true },
+    "a": { "type": "thin", "pool": "pool", "id": 1, "size": "256M", "create": true },
+    "b": { "type": "thin", "pool": "pool", "id": 2, "size": "256M", "create": true } },
+  "exports": ["a", "b"] }
+JSON
+have_inter=
+if THINSTACK_LIBRARY=$build/libthinstack.so.0 PYTHONPATH=$src/bindings/python python3 - <<'PY'
+import thinstack
+with thinstack.open("inter.json") as s:
+    a, b = s.device("a"), s.device("b")
+    buf = b"k" * 65536
+    for off in range(0, a.size, 65536):
+        a.write(off, buf)
+        b.write(off, buf)
+    a.flush()
+PY
+then have_inter=1
+else echo "bench/rbd.sh: the Python bindings did not load; no interleaved thin column" >&2; fi
 
 runs=${RUNS:-3}
 # measure TARGET: one run of the 8 cells on TARGET ($mode, $run, $qcache).
@@ -114,17 +159,27 @@ measure() {
         v=$(qemub read 4K $d $qcache $n4); echo "$mode $run randread $d $v" >> qemu.txt
         v=$(qemub read 1M $d $qcache 1024); echo "$mode $run seqread $d $v" >> qemu.txt
       done ;;
+    fio)
+      for d in 1 32; do
+        echo "$mode $run seqwrite $d $(fiob write 1M $d)" >> fio.txt
+        echo "$mode $run randwrite $d $(fiob randwrite 4K $d)" >> fio.txt
+        echo "$mode $run randread $d $(fiob randread 4K $d)" >> fio.txt
+        echo "$mode $run seqread $d $(fiob read 1M $d)" >> fio.txt
+      done ;;
     img) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --json > "img.$mode.$run.out" ;;
     # Completions on a libuv loop: the layer starts each request on librbd
     # from the loop's thread and librbd's callback ends it (submit_async).
     loop) "$T" bench io --stack img.json --seconds "$secs" --runs 1 --mode loop --json \
             > "loop.$mode.$run.out" ;;
     thin) "$T" bench io --stack thin.json --seconds "$secs" --runs 1 --json > "thin.$mode.$run.out" ;;
+    inter) "$T" bench io --stack inter.json --dev a --seconds "$secs" --runs 1 --json \
+             > "inter.$mode.$run.out" ;;
   esac
 }
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 : > ref.txt
 : > qemu.txt
+: > fio.txt
 for mode in ${CACHE_MODES:-writearound off}; do
   cp "$cluster_conf" "$mode.conf"
   case $mode in
@@ -138,8 +193,11 @@ for mode in ${CACHE_MODES:-writearound off}; do
   # the thin volume, one after another; a run takes minutes, in which the
   # shared machine's speed drifts, so each run starts one target later than
   # the last, and no target is always measured first or last.
-  targets=(rbd qemu img loop thin)
-  [ -n "$have_qemu" ] || targets=(rbd img loop thin)
+  targets=(rbd)
+  [ -n "$have_qemu" ] && targets+=(qemu)
+  [ -n "$have_fio" ] && targets+=(fio)
+  targets+=(img loop thin)
+  [ -n "$have_inter" ] && targets+=(inter)
   for run in $(seq "$runs"); do
     for i in "${!targets[@]}"; do
       measure "${targets[$(( (i + run - 1) % ${#targets[@]} ))]}"
@@ -149,16 +207,16 @@ for mode in ${CACHE_MODES:-writearound off}; do
 done
 
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$runs" ${CACHE_MODES:-writearound off} <<'PY'
+python3 - "$runs" "$have_inter" ${CACHE_MODES:-writearound off} <<'PY'
 import json, statistics, sys
-runs, modes = int(sys.argv[1]), sys.argv[2:]
+runs, have_inter, modes = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
 def peer(path):
     out = {}
     for line in open(path):
         m, run, t, d, v = line.split()
         out.setdefault((m, t, int(d)), []).append(float(v))
     return out
-ref, qemu = peer("ref.txt"), peer("qemu.txt")
+ref, qemu, fio = peer("ref.txt"), peer("qemu.txt"), peer("fio.txt")
 def cells(kind, m):
     out = {}
     for run in range(1, runs + 1):
@@ -175,16 +233,20 @@ def ratio(v, ref):
 for m in modes:
     img, loop, thin = cells("img", m), cells("loop", m), cells("thin", m)
     cols = (("img", img), ("loop", loop), ("thin", thin))
+    if have_inter:
+        cols += (("inter", cells("inter", m)),)
+    if fio:
+        cols = (("fio", {(t, d): v for (mm, t, d), v in fio.items() if mm == m}),) + cols
     if qemu:
         cols = (("qemu", {(t, d): v for (mm, t, d), v in qemu.items() if mm == m}),) + cols
     print("\nlibrbd cache: %s (both sides), %d interleaved runs" % (
         {"writearound": "rbd cache writethrough until flush = false",
          "off": "rbd cache = false"}[m], runs))
-    names = {"qemu": "qemu-img rbd", "img": "rbd layer", "loop": "rbd layer/loop",
-             "thin": "thin/rbd"}
+    names = {"qemu": "qemu-img rbd", "fio": "fio rbd", "img": "rbd layer", "loop": "rbd layer/loop",
+             "thin": "thin/rbd", "inter": "thin/rbd 64K"}
     print("%-10s %5s %16s" % ("test", "depth", "rbd bench") +
           "".join(" %16s %6s" % (names[k], "ratio") for k, _ in cols))
-    worst = {k: {1: 9, 32: 9} for k in ("qemu", "img", "loop", "thin")}
+    worst = {k: {1: 9, 32: 9} for k in ("qemu", "fio", "img", "loop", "thin", "inter")}
     span = lambda v: "%.0f [%.0f-%.0f]" % (med(v), min(v), max(v))
     for t in ("seqwrite", "randwrite", "randread", "seqread"):
         for d in (1, 32):
@@ -201,6 +263,8 @@ for m in modes:
 PY
 rbd rm --no-progress rbd/bench-img
 rbd rm --no-progress rbd/bench-meta; rbd rm --no-progress rbd/bench-data
+rbd rm --no-progress rbd/bench-imeta >/dev/null 2>&1 || true
+rbd rm --no-progress rbd/bench-idata >/dev/null 2>&1 || true
 
 # Provisioning PROVISION_SIZE three ways. Each ends with the space stored.
 secs_of() { python3 -c "import sys; print('%.1f' % ((int(sys.argv[2]) - int(sys.argv[1])) / 1e9))" "$@"; }

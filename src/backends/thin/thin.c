@@ -201,6 +201,104 @@ static int put(struct tp_pool *p, const struct src *s, uint64_t voff, uint64_t d
   return ts_layer_submit_slice(p->data, TS_OP_WRITE, 0, doff, &io, voff - s->off, len);
 }
 
+/* The data requests of one volume request, one per run of consecutive data
+ * blocks. They are started together through the data layer's submit_async
+ * and waited for once, so over rbd (each request a round trip to the
+ * cluster) a request over n runs costs about one round trip instead of n.
+ * Over the file layer (where a read from the page cache costs less on this
+ * thread than through its ring and reaper thread), and for what
+ * submit_async declines, each runs in turn on this thread. The first error
+ * fails the request; no piece is started after a failure, and the request
+ * ends only once every piece started has. */
+struct piece {
+  uint64_t doff, skip, len; /* data offset; bytes [skip, skip+len) of the caller's buffers */
+};
+
+struct fan {
+  struct tp_pool *p;
+  uint32_t op;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int pending; /* started through submit_async, not yet ended */
+  int err;     /* the first error */
+};
+
+static bool fan_out(const struct tp_pool *p)
+{
+  const char *t = ts_dev_type(p->data);
+  return t && strcmp(t, "file") != 0;
+}
+
+/* Runs on the data layer's completion thread, once per started piece. */
+static void fan_done(void *arg, int result)
+{
+  struct fan *f = arg;
+  if (result)
+    ts__count_error(f->p->data, f->op);
+  pthread_mutex_lock(&f->lock);
+  if (result && !f->err)
+    f->err = result;
+  if (--f->pending == 0)
+    pthread_cond_signal(&f->cond);
+  pthread_mutex_unlock(&f->lock);
+}
+
+static int fan_run(struct tp_pool *p, uint32_t op, const struct iovec *iov, int iovcnt,
+                   const struct piece *pc, size_t n)
+{
+  if (n == 0)
+    return 0;
+  ts_io whole = { .iov = (struct iovec *)iov, .iovcnt = iovcnt };
+  if (n == 1 || !fan_out(p)) {
+    int r = 0;
+    for (size_t i = 0; i < n && !r; i++)
+      r = ts_layer_submit_slice(p->data, op, 0, pc[i].doff, &whole, pc[i].skip, pc[i].len);
+    return r;
+  }
+  /* Slices of disjoint ranges have at most iovcnt + n pieces in all. */
+  size_t room = (size_t)iovcnt + n;
+  ts_io *ios = malloc(n * sizeof *ios + room * sizeof(struct iovec));
+  if (!ios)
+    return -ENOMEM;
+  struct iovec *v = (struct iovec *)(ios + n);
+  struct fan f = { .p = p, .op = op, .pending = 0, .err = 0 };
+  pthread_mutex_init(&f.lock, NULL);
+  pthread_cond_init(&f.cond, NULL);
+  int r = 0;
+  for (size_t i = 0; i < n && !r; i++) {
+    int cnt = ts_iov_slice(iov, iovcnt, (size_t)pc[i].skip, (size_t)pc[i].len, v, (int)room);
+    if (cnt <= 0) {
+      r = cnt < 0 ? cnt : -EIO;
+      break;
+    }
+    ios[i] =
+        (ts_io){ .op = op, .offset = pc[i].doff, .length = pc[i].len, .iov = v, .iovcnt = cnt };
+    v += cnt;
+    room -= (size_t)cnt;
+    if ((r = ts__io_check(p->data, &ios[i])))
+      break;
+    pthread_mutex_lock(&f.lock);
+    f.pending++;
+    pthread_mutex_unlock(&f.lock);
+    if (ts__submit_async(p->data, &ios[i], fan_done, &f) == 0)
+      continue;
+    pthread_mutex_lock(&f.lock);
+    f.pending--;
+    pthread_mutex_unlock(&f.lock);
+    r = ts__submit_checked(p->data, &ios[i]);
+  }
+  pthread_mutex_lock(&f.lock);
+  while (f.pending)
+    pthread_cond_wait(&f.cond, &f.lock);
+  if (!r)
+    r = f.err;
+  pthread_mutex_unlock(&f.lock);
+  pthread_cond_destroy(&f.cond);
+  pthread_mutex_destroy(&f.lock);
+  free(ios);
+  return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* READ                                                                      */
 
@@ -210,13 +308,13 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
   uint64_t bs = p->bs, off = io->offset, end = io->offset + io->length;
   struct runs runs;
   runs_init(&runs);
-  ts_iov_buf v;
-  if (ts_iov_buf_init(&v, io->iovcnt))
-    return -ENOMEM;
+  struct piece inl[8], *pc = inl;
   /* The shared lock stays held across the data reads: a mapping cannot
    * change (and its block be reused) while we read it. */
   pthread_rwlock_rdlock(&p->lock);
   int r = lookup(p, vol->id, off / bs, (end + bs - 1) / bs, &runs);
+  if (!r && runs.n > sizeof inl / sizeof inl[0] && !(pc = malloc(runs.n * sizeof *pc)))
+    r = -ENOMEM;
   uint64_t pos = off;
   for (size_t i = 0; i < runs.n && !r; i++) {
     uint64_t rs = runs.v[i].vbegin * bs, re = (runs.v[i].vbegin + runs.v[i].len) * bs;
@@ -224,16 +322,18 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
     re = re < end ? re : end;
     if (rs > pos)
       ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(rs - pos));
-    int cnt = ts_iov_buf_slice(&v, io->iov, io->iovcnt, (size_t)(rs - off), (size_t)(re - rs));
-    uint64_t doff = runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs);
-    r = cnt < 0 ? cnt : ts_preadv(p->data, v.v, cnt, doff);
+    pc[i] =
+        (struct piece){ runs.v[i].dbegin * bs + (rs - runs.v[i].vbegin * bs), rs - off, re - rs };
     pos = re;
   }
+  if (!r)
+    r = fan_run(p, TS_OP_READ, io->iov, io->iovcnt, pc, runs.n);
   if (!r && pos < end)
     ts_iov_zero(io->iov, io->iovcnt, (size_t)(pos - off), (size_t)(end - pos));
   pthread_rwlock_unlock(&p->lock);
+  if (pc != inl)
+    free(pc);
   runs_free(&runs);
-  ts_iov_buf_free(&v);
   return r;
 }
 
@@ -520,8 +620,13 @@ static int write_range(struct tp_vol *vol, const struct src *s, uint64_t off, ui
   runs_init(&runs);
   struct tp_druns slow = { 0 }; /* virtual block ranges for the slow path */
 
+  struct piece inl[8], *pc = inl; /* data writes of the private runs */
+  size_t npc = 0;
+
   pthread_rwlock_rdlock(&p->lock);
   int r = lookup(p, vol->id, b0, b1, &runs);
+  if (!r && s->iov && runs.n > sizeof inl / sizeof inl[0] && !(pc = malloc(runs.n * sizeof *pc)))
+    r = -ENOMEM;
   uint64_t next = b0; /* first block not yet classified */
   for (size_t i = 0; i <= runs.n && !r; i++) {
     uint64_t rb = i < runs.n ? runs.v[i].vbegin : b1;
@@ -535,11 +640,18 @@ static int write_range(struct tp_vol *vol, const struct src *s, uint64_t off, ui
     } else {
       uint64_t vs = run->vbegin * bs, ve = (run->vbegin + run->len) * bs;
       uint64_t ws = off > vs ? off : vs, we = end < ve ? end : ve;
-      r = put(p, s, ws, run->dbegin * bs + (ws - vs), we - ws);
+      if (s->iov)
+        pc[npc++] = (struct piece){ run->dbegin * bs + (ws - vs), ws - s->off, we - ws };
+      else
+        r = put(p, s, ws, run->dbegin * bs + (ws - vs), we - ws);
     }
     next = run->vbegin + run->len;
   }
+  if (!r)
+    r = fan_run(p, TS_OP_WRITE, s->iov, s->iovcnt, pc, npc);
   pthread_rwlock_unlock(&p->lock);
+  if (pc != inl)
+    free(pc);
   for (size_t i = 0; i < slow.n && !r; i++)
     r = write_slow(vol, s, off, end, slow.v[i].d, slow.v[i].d + slow.v[i].n, skip_unmapped);
   tp_druns_free(&slow);
