@@ -694,12 +694,12 @@ static inline __m128i gf_double(__m128i t)
 }
 
 /* One block of one sector: store its tweak, XOR it into the data, double it. */
-#define SPREAD_ONE(t, pos)                                                              \
-  do {                                                                                  \
-    _mm_store_si128((__m128i *)(tw + (pos)), t);                                        \
-    _mm_storeu_si128((__m128i *)(out + (pos)),                                          \
-                     _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + (pos))), t)); \
-    t = gf_double(t);                                                                   \
+#define SPREAD_ONE(t, pos)                                                                         \
+  do {                                                                                             \
+    _mm_store_si128((__m128i *)(tw + (pos)), t);                                                   \
+    _mm_storeu_si128((__m128i *)(out + (pos)),                                                     \
+                     _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + (pos))), t));            \
+    t = gf_double(t);                                                                              \
   } while (0)
 
 /* Four sectors at a time: a doubling's chain is 4 instructions long, so four

@@ -295,18 +295,17 @@ int ts_cli_bench_crypt(int argc, char **argv)
           status = 1;
           break;
         }
-        double re = rate(&evp), ru = rate(&unit), rc = rate(&child), r1 = rate(&t1),
-               rn = rate(&tn);
+        double re = rate(&evp), ru = rate(&unit), rc = rate(&child), r1 = rate(&t1), rn = rate(&tn);
         /* OpenSSL then the child: their times per byte add up. */
         double rec = re > 0 && rc > 0 ? 1 / (1 / re + 1 / rc) : 0;
         if (o.json) {
           json_array_append_new(
-              rows, json_pack("{s:i, s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
-                              "sector_size", (int)ss, "op", w ? "write" : "read", "request",
-                              (json_int_t)len, "openssl_mbps", re, "child_mbps", rc,
-                              "crypt_1t_mbps", r1, "ratio", r1 / re, "ratio_with_child", r1 / rec,
-                              "openssl_per_unit_mbps", ru, "ratio_per_unit", r1 / ru,
-                              "crypt_nt_mbps", rn, "scaling", rn / r1));
+              rows,
+              json_pack("{s:i, s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                        "sector_size", (int)ss, "op", w ? "write" : "read", "request",
+                        (json_int_t)len, "openssl_mbps", re, "child_mbps", rc, "crypt_1t_mbps", r1,
+                        "ratio", r1 / re, "ratio_with_child", r1 / rec, "openssl_per_unit_mbps", ru,
+                        "ratio_per_unit", r1 / ru, "crypt_nt_mbps", rn, "scaling", rn / r1));
         } else {
           printf("%6u  %-5s  %7s  %8.0f MB/s  %8.0f MB/s  %8.0f MB/s  %5.2fx  %6.2fx  %8.0f MB/s"
                  "  %5.2fx  %8.0f MB/s  %6.2fx\n",
