@@ -693,37 +693,42 @@ static inline __m128i gf_double(__m128i t)
   return _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(top, fold));
 }
 
-/* Two sectors at a time, so two independent chains of doublings overlap. */
+/* One block of one sector: store its tweak, XOR it into the data, double it. */
+#define SPREAD_ONE(t, pos)                                                                         \
+  do {                                                                                             \
+    _mm_store_si128((__m128i *)(tw + (pos)), t);                                                   \
+    _mm_storeu_si128((__m128i *)(out + (pos)),                                                     \
+                     _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + (pos))), t));            \
+    t = gf_double(t);                                                                              \
+  } while (0)
+
+/* Four sectors at a time: a doubling's chain is 4 instructions long, so four
+ * independent chains keep the vector units busy where two leave them waiting
+ * (measured: 1.7 against 2.0 cycles per block for the doublings alone). */
 static void tweak_spread(const unsigned char *t0, size_t nsec, uint32_t ss, const unsigned char *in,
                          unsigned char *out, unsigned char *tw)
 {
   size_t s = 0;
-  for (; s + 2 <= nsec; s += 2) {
+  for (; s + 4 <= nsec; s += 4) {
     __m128i a = _mm_loadu_si128((const __m128i *)(t0 + 16 * s));
     __m128i b = _mm_loadu_si128((const __m128i *)(t0 + 16 * s + 16));
-    size_t pa = s * ss, pb = pa + ss;
+    __m128i c = _mm_loadu_si128((const __m128i *)(t0 + 16 * s + 32));
+    __m128i d = _mm_loadu_si128((const __m128i *)(t0 + 16 * s + 48));
+    size_t p = s * ss;
     for (uint32_t i = 0; i < ss; i += 16) {
-      _mm_store_si128((__m128i *)(tw + pa + i), a);
-      _mm_store_si128((__m128i *)(tw + pb + i), b);
-      __m128i da = _mm_loadu_si128((const __m128i *)(in + pa + i));
-      __m128i db = _mm_loadu_si128((const __m128i *)(in + pb + i));
-      _mm_storeu_si128((__m128i *)(out + pa + i), _mm_xor_si128(da, a));
-      _mm_storeu_si128((__m128i *)(out + pb + i), _mm_xor_si128(db, b));
-      a = gf_double(a);
-      b = gf_double(b);
+      SPREAD_ONE(a, p + i);
+      SPREAD_ONE(b, p + ss + i);
+      SPREAD_ONE(c, p + 2 * ss + i);
+      SPREAD_ONE(d, p + 3 * ss + i);
     }
   }
   for (; s < nsec; s++) {
     __m128i a = _mm_loadu_si128((const __m128i *)(t0 + 16 * s));
-    size_t pa = s * ss;
-    for (uint32_t i = 0; i < ss; i += 16) {
-      _mm_store_si128((__m128i *)(tw + pa + i), a);
-      __m128i da = _mm_loadu_si128((const __m128i *)(in + pa + i));
-      _mm_storeu_si128((__m128i *)(out + pa + i), _mm_xor_si128(da, a));
-      a = gf_double(a);
-    }
+    for (uint32_t i = 0; i < ss; i += 16)
+      SPREAD_ONE(a, s * ss + i);
   }
 }
+#undef SPREAD_ONE
 
 static void tweak_unmask(unsigned char *out, const unsigned char *tw, size_t n)
 {

@@ -34,7 +34,14 @@ python3 -c '
 import json
 d = json.load(open("crypt.json"))
 assert d["child"] == "zero" and len(d["rows"]) == 4, d
-assert all(r["openssl_mbps"] > 0 and r["crypt_1t_mbps"] > 0 for r in d["rows"]), d'
+assert all(r["openssl_mbps"] > 0 and r["crypt_1t_mbps"] > 0 for r in d["rows"]), d
+# The child alone is timed too, and "+child" sets the layer against OpenSSL
+# and the child one after the other: their times per byte add.
+for r in d["rows"]:
+    assert r["child_mbps"] > 0, r
+    both = r["crypt_1t_mbps"] * (1 / r["openssl_mbps"] + 1 / r["child_mbps"])
+    assert abs(r["ratio_with_child"] - both) < 1e-6 * both, r
+    assert r["ratio_with_child"] >= r["ratio"], r'
 # A deadline that passes before any thread has started: every thread and
 # every timed loop still does one round, so no figure is 0 (a loop that
 # checks its deadline first would fail here every time, not 1 run in 3).
@@ -43,7 +50,7 @@ python3 -c '
 import json
 d = json.load(open("crypt-short.json"))
 assert len(d["rows"]) == 4, d
-assert all(r[k] > 0 for r in d["rows"] for k in ("openssl_mbps", "crypt_1t_mbps", "crypt_nt_mbps")), d'
+assert all(r[k] > 0 for r in d["rows"] for k in ("openssl_mbps", "child_mbps", "crypt_1t_mbps", "crypt_nt_mbps")), d'
 "$THINSTACK" bench crypt --seconds 0.05 --sector-size 512 --child memory > crypt.txt
 grep -q "memory child" crypt.txt || fail "bench crypt --child memory"
 "$THINSTACK" bench snapshot --size 4M --dir "$TMP" > snap.txt || fail "bench snapshot"
