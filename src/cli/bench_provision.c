@@ -202,7 +202,7 @@ static int measure(struct bench *b, uint64_t size, int w, int runs, struct timin
   for (int i = 0; i < runs; i++) {
     struct timing x;
     int r = w == W_FALLOCATE ? measure_fallocate_once(b, size, &x)
-             : w == W_FLOOR  ? measure_floor_once(b, size, &x)
+            : w == W_FLOOR   ? measure_floor_once(b, size, &x)
                              : measure_once(b, size, (enum what)w, &x);
     if (r)
       return r;
@@ -333,7 +333,8 @@ int ts_cli_bench_provision(int argc, char **argv)
         "Medians of %d runs, [min, max] of +flush. floor = the file system writing the same\n"
         "mapping leaves (4 KiB per 254 blocks) into a fallocated file, + fdatasync.\n\n"
         "%6s | %10s %10s %21s | %10s | %10s %21s | %8s\n",
-        base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB", "floor", "[min, max]", "/floor");
+        base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB", "floor", "[min, max]",
+        "/floor");
   else if (!json)
     printf("thin volume over sparse files on the file system of %s; 64K pool blocks.\n"
            "op = the request alone; +flush = until durable (thin: data fdatasync + metadata commit).\n"
