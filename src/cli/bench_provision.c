@@ -151,6 +151,41 @@ static int measure_fallocate_once(struct bench *b, uint64_t size, struct timing 
   return r ? -1 : 0;
 }
 
+/* The file system's floor for a --data zero provision: write the bytes of
+ * its mapping leaves (254 mappings per 4 KiB leaf) into a file reserved
+ * with fallocate, as the metadata file is, then fdatasync. */
+static int measure_floor_once(struct bench *b, uint64_t size, struct timing *t)
+{
+  uint64_t leaves = (size / 65536 + 253) / 254, bytes = leaves * 4096;
+  size_t chunk = 1u << 20;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/floor.img", b->dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  void *zero = calloc(1, chunk);
+  int r = fd < 0 || !zero ? -1 : fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes);
+  if (!r)
+    r = fdatasync(fd);
+  double t0 = ts_cli_now();
+  for (uint64_t off = 0; off < bytes && !r; off += chunk) {
+    size_t n = bytes - off < chunk ? (size_t)(bytes - off) : chunk;
+    r = pwrite(fd, zero, n, (off_t)off) == (ssize_t)n ? 0 : -1;
+  }
+  double t1 = ts_cli_now();
+  if (!r)
+    r = fdatasync(fd);
+  double t2 = ts_cli_now();
+  if (r)
+    ts_cli_err("bench provision: writing %llu bytes to %s: %s", (unsigned long long)bytes, path,
+               strerror(errno));
+  free(zero);
+  if (fd >= 0)
+    close(fd);
+  unlink(path);
+  t->op = t1 - t0;
+  t->durable = t2 - t0;
+  return r ? -1 : 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
   double x = *(const double *)a, y = *(const double *)b;
@@ -160,12 +195,15 @@ static int cmp_double(const void *a, const void *b)
 /* The median of `runs` measurements (each on a fresh pool), op and +flush
  * taken separately. W_FALLOCATE: the plain file. */
 #define W_FALLOCATE 99
+#define W_FLOOR 98
 static int measure(struct bench *b, uint64_t size, int w, int runs, struct timing *t)
 {
   double op[16], du[16];
   for (int i = 0; i < runs; i++) {
     struct timing x;
-    int r = w == W_FALLOCATE ? measure_fallocate_once(b, size, &x) : measure_once(b, size, (enum what)w, &x);
+    int r = w == W_FALLOCATE ? measure_fallocate_once(b, size, &x)
+            : w == W_FLOOR   ? measure_floor_once(b, size, &x)
+                             : measure_once(b, size, (enum what)w, &x);
     if (r)
       return r;
     op[i] = x.op;
@@ -292,9 +330,11 @@ int ts_cli_bench_provision(int argc, char **argv)
     printf(
         "thin volume on a zero data layer (metadata on a file under %s); 64K pool blocks.\n"
         "PROVISION of the whole volume: op = the request alone; +flush = with the metadata commit.\n"
-        "Medians of %d runs, [min, max] of +flush.\n\n"
-        "%6s | %10s %10s %21s | %10s\n",
-        base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB");
+        "Medians of %d runs, [min, max] of +flush. floor = the file system writing the same\n"
+        "mapping leaves (4 KiB per 254 blocks) into a fallocated file, + fdatasync.\n\n"
+        "%6s | %10s %10s %21s | %10s | %10s %21s | %8s\n",
+        base, runs, "size", "op", "+flush", "[min, max]", "ms/GiB", "floor", "[min, max]",
+        "/floor");
   else if (!json)
     printf("thin volume over sparse files on the file system of %s; 64K pool blocks.\n"
            "op = the request alone; +flush = until durable (thin: data fdatasync + metadata commit).\n"
@@ -310,21 +350,26 @@ int ts_cli_bench_provision(int argc, char **argv)
     ts_format_size(sz[i], s, sizeof s);
     double gib = (double)sz[i] / (1u << 30);
     if (zero_data) {
-      if (measure(&b, sz[i], W_PROVISION, runs, &tp)) {
+      struct timing tl;
+      if (measure(&b, sz[i], W_PROVISION, runs, &tp) || measure(&b, sz[i], W_FLOOR, runs, &tl)) {
         status = 1;
         break;
       }
       if (json) {
-        json_array_append_new(rows, json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:f}", "size", s,
-                                              "bytes", (json_int_t)sz[i], "data", "zero",
-                                              "provision", "op_s", tp.op, "flush_s", tp.durable,
-                                              "flush_min_s", tp.min, "flush_max_s", tp.max,
-                                              "ms_per_gib", tp.durable * 1e3 / gib));
+        json_array_append_new(
+            rows, json_pack("{s:s,s:I,s:s,s:{s:f,s:f,s:f,s:f},s:f,s:{s:f,s:f,s:f}}", "size", s,
+                            "bytes", (json_int_t)sz[i], "data", "zero", "provision", "op_s", tp.op,
+                            "flush_s", tp.durable, "flush_min_s", tp.min, "flush_max_s", tp.max,
+                            "ms_per_gib", tp.durable * 1e3 / gib, "floor", "flush_s", tl.durable,
+                            "flush_min_s", tl.min, "flush_max_s", tl.max));
       } else {
-        char c[4][32], mm[48];
+        char c[7][32], mm[48], fm[48];
         ms(c[0], 32, tp.op), ms(c[1], 32, tp.durable), ms(c[2], 32, tp.min), ms(c[3], 32, tp.max);
+        ms(c[4], 32, tl.durable), ms(c[5], 32, tl.min), ms(c[6], 32, tl.max);
         snprintf(mm, sizeof mm, "[%s, %s]", c[2], c[3]);
-        printf("%6s | %10s %10s %21s | %10.3f\n", s, c[0], c[1], mm, tp.durable * 1e3 / gib);
+        snprintf(fm, sizeof fm, "[%s, %s]", c[5], c[6]);
+        printf("%6s | %10s %10s %21s | %10.3f | %10s %21s | %7.2fx\n", s, c[0], c[1], mm,
+               tp.durable * 1e3 / gib, c[4], fm, tp.durable / tl.durable);
         fflush(stdout);
       }
       continue;

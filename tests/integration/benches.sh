@@ -24,6 +24,8 @@ for s in d["sizes"]:
     p = s["provision"]
     assert s["data"] == "zero" and p["flush_max_s"] >= p["flush_s"] >= p["flush_min_s"] > 0, s
     assert abs(s["ms_per_gib"] - p["flush_s"] * 1e3 / (s["bytes"] / 2**30)) < 1e-6, s
+    f = s["floor"]  # the file system writing the same leaves, in the same run
+    assert f["flush_max_s"] >= f["flush_s"] >= f["flush_min_s"] > 0, s
 PY
 "$THINSTACK" bench provision --sizes 16M --runs 1 --no-write --dir "$TMP" > nowrite.txt
 grep -Eq '^ +16M \| +- +- \|' nowrite.txt || fail "--no-write: $(cat nowrite.txt)"
