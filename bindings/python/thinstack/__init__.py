@@ -152,9 +152,13 @@ def _load():
 
 
 _lib = _load()
-_libc = ctypes.CDLL(None)
-_libc.free.argtypes = [ctypes.c_void_p]
-_libc.free.restype = None
+# One handle on the C library, and its functions bound once with their
+# types: a ctypes function without argtypes passes a Python int as a C int,
+# so a pointer to free() would lose its upper 32 bits.
+_libc = ctypes.CDLL(None, use_errno=True)
+_free = _libc.free
+_free.argtypes = [ctypes.c_void_p]
+_free.restype = None
 
 
 class _Error(ctypes.Structure):
@@ -355,7 +359,6 @@ _pool_restore = _fn("ts_pool_restore", _c_int, _P, ctypes.c_char_p, ctypes.POINT
 _log_replay = _fn("ts_log_replay", _c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                   _u64, _ENTRY_FN, _P, ctypes.POINTER(_u64), ctypes.POINTER(_u64),
                   ctypes.POINTER(_Error))
-_libc = ctypes.CDLL(None, use_errno=True)
 _fopen = _libc.fopen
 _fopen.restype = _P
 _fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
@@ -897,7 +900,7 @@ class Device:
         try:
             return _json.loads(ctypes.string_at(p).decode())
         finally:
-            _libc.free(p)
+            _free(p)
 
     def read(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset`."""
