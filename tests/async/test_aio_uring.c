@@ -324,7 +324,7 @@ static struct treq fl_w[FL_WRITES], fl_flush;
 static struct {
   ts_aio_ctx *ctx;
   ts_dev *dev;
-  int fd;             /* the file, opened apart from the library */
+  int fd; /* the file, opened apart from the library */
   int writes_done;
   int delalloc_before; /* extents still delayed when the FLUSH went */
   int delalloc_after;  /* ... and when it completed */
@@ -383,8 +383,7 @@ START_TEST(flush_writes_back_the_acknowledged_writes)
   fl.ctx = make_ctx(TS_AIO_MODE_LOOP, &loop, 1, 2 * FL_WRITES, 0);
   for (int i = 0; i < FL_WRITES; i++) {
     /* Every other block, so each write is an extent of its own. */
-    treq_init(&fl_w[i], TS_OP_WRITE, (uint64_t)i * 2 * BS, wbuf + (size_t)i * BS, BS,
-              fl_write_cb);
+    treq_init(&fl_w[i], TS_OP_WRITE, (uint64_t)i * 2 * BS, wbuf + (size_t)i * BS, BS, fl_write_cb);
     ck_assert_int_eq(treq_submit_buf(fl.ctx, f, &fl_w[i]), 0);
   }
   ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
