@@ -480,7 +480,6 @@ struct sink_ring {
   pthread_mutex_t sq_lock;
   pthread_mutex_t cq_lock;   /* one reaper at a time */
   _Atomic uint32_t inflight; /* started, not reaped */
-  _Atomic bool held;         /* SQEs queued and not yet submitted (see below) */
   struct sink_ring *live_next;
 };
 
@@ -684,12 +683,9 @@ static void ring_push(struct io_uring *ring, bool reaper)
 static int sink_reap_locked(struct sink_ring *S, bool wait)
 {
   int n = 0;
-  /* SQEs held back while the context delivered (ts__aio_sink_batching) go
-   * now, in one system call; before waiting, also one a failed submit left
-   * queued. */
-  if (wait || atomic_load_explicit(&S->held, memory_order_acquire)) {
+  if (wait) {
+    /* An SQE a failed submit left queued must go before waiting for it. */
     pthread_mutex_lock(&S->sq_lock);
-    atomic_store_explicit(&S->held, false, memory_order_relaxed);
     if (io_uring_sq_ready(&S->ring))
       ring_push(&S->ring, false);
     pthread_mutex_unlock(&S->sq_lock);
@@ -914,13 +910,7 @@ int ts__fio_submit_async(struct ts__fio *f, const ts_io *io, ts_io_done_fn done,
   io_uring_sqe_set_data(sqe, q);
   /* After every read of `io`: the caller may reuse it once done has run. */
   atomic_store_explicit(&q->armed, true, memory_order_release);
-  /* A callback's resubmission, while its context delivers a batch of
-   * completions, waits for the context's next reap of this ring, which
-   * submits the whole batch in one system call (as fio does). */
-  if (S && sink == ts__aio_sink_batching)
-    atomic_store_explicit(&S->held, true, memory_order_release);
-  else
-    ring_push(ring, !S);
+  ring_push(ring, !S);
   pthread_mutex_unlock(sq_lock);
   return 0;
 }

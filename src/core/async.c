@@ -96,7 +96,6 @@ struct ts_aio_ctx {
 };
 
 _Thread_local struct ts__aio_sink *ts__aio_sink_current;
-_Thread_local struct ts__aio_sink *ts__aio_sink_batching;
 
 /* The context whose sources this thread is reaping: its completions need
  * no wake-up, the reaper delivers them next. */
@@ -341,15 +340,9 @@ static uint32_t sources_inflight(ts_aio_ctx *ctx)
 static int drain(ts_aio_ctx *ctx)
 {
   int n = 0;
-  struct ts__aio_sink *prev = ts__aio_sink_batching;
   for (;;) {
     int reaped = reap_sources(ctx, false, true);
-    /* The callbacks' resubmissions wait for the next reap_sources, which
-     * submits them together; a callback that closes the context reaps
-     * (and so submits) in the close. */
-    ts__aio_sink_batching = &ctx->sink;
     int delivered = deliver(ctx);
-    ts__aio_sink_batching = prev;
     n += delivered;
     if (atomic_load(&ctx->closing) || (!reaped && !delivered))
       return n;

@@ -195,12 +195,6 @@ struct ts__aio_sink {
  * a layer's own threads). */
 extern _Thread_local struct ts__aio_sink *ts__aio_sink_current;
 
-/* The sink whose context is running a batch of callbacks on this thread
- * and reaps its sources right after (NULL otherwise): a source may queue a
- * request started meanwhile without submitting it, for its next reap to
- * submit with the rest of the batch. */
-extern _Thread_local struct ts__aio_sink *ts__aio_sink_batching;
-
 /* Attach `s` to `sink`; the caller holds sink->lock. Readers walk the list
  * without it: the release publishes `s` whole. */
 static inline void ts__aio_sink_attach(struct ts__aio_sink *sink, struct ts__aio_source *s)
