@@ -105,6 +105,7 @@ struct bench {
   const char *stack_path;   /* --stack: measure this stack's device alone */
   const char *stack_dev;    /* --dev: which device (default: the first export) */
   bool size_set;            /* --size given: caps the range used on a --stack device */
+  bool skip[NTESTS];        /* --tests: the cells left out */
 };
 
 static uint64_t rng_next(uint64_t *s)
@@ -633,12 +634,13 @@ static int run_cells(struct bench *b, uv_loop_t *loop, ts_aio_ctx *ctx)
   }
   uint64_t ncells = 0, ndone = 0;
   for (int k = 0; k < NTARGETS; k++)
-    ncells += b->have[k] ? (uint64_t)NTESTS * NDEPTHS * (uint64_t)b->runs : 0;
+    for (int ti = 0; ti < NTESTS; ti++)
+      ncells += b->have[k] && !b->skip[ti] ? (uint64_t)NDEPTHS * (uint64_t)b->runs : 0;
   if (!r)
     ts_cli_progress_begin(ncells);
   /* Each cell's runs interleave the targets, so drift hits all alike. */
   for (int ti = 0; ti < NTESTS && !r; ti++)
-    for (int di = 0; di < NDEPTHS && !r; di++)
+    for (int di = 0; di < NDEPTHS && !r && !b->skip[ti]; di++)
       for (int run = 0; run < b->runs && !r; run++)
         for (int k = 0; k < NTARGETS && !r; k++) {
           if (!b->have[k])
@@ -712,7 +714,7 @@ static void print_table(struct bench *b)
            b->mode == TS_AIO_MODE_WORKER ? "the workers" : "a libuv loop");
     printf("%-20s %5s %12s\n", "test", "depth", "value");
     for (int ti = 0; ti < NTESTS; ti++)
-      for (int di = 0; di < NDEPTHS; di++)
+      for (int di = 0; di < NDEPTHS && !b->skip[ti]; di++)
         printf("%-20s %5u %12.0f\n", tests[ti].label, depths[di],
                value(&tests[ti], &b->res[T_FILE][ti][di]));
     return;
@@ -728,7 +730,7 @@ static void print_table(struct bench *b)
       printf(k == T_BASE ? " %16s" : " %25s", target_names[k]);
   printf("\n");
   for (int ti = 0; ti < NTESTS; ti++)
-    for (int di = 0; di < NDEPTHS; di++) {
+    for (int di = 0; di < NDEPTHS && !b->skip[ti]; di++) {
       const struct test *t = &tests[ti];
       double blo, bhi, base = value_range(&b->res[T_BASE][ti][di], &blo, &bhi);
       char cell[64];
@@ -751,7 +753,7 @@ static void print_table(struct bench *b)
     const char *where = "";
     unsigned wd = 0;
     for (int ti = 0; ti < NTESTS; ti++)
-      for (int di = 0; di < NDEPTHS; di++) {
+      for (int di = 0; di < NDEPTHS && !b->skip[ti]; di++) {
         double base = value(&tests[ti], &b->res[peers[pi]][ti][di]);
         double v = value(&tests[ti], &b->res[T_THIN][ti][di]);
         if (base > 0 && v / base < worst) {
@@ -781,7 +783,7 @@ static void print_json(struct bench *b)
   json_t *rows = json_array();
   for (int k = 0; k < NTARGETS; k++)
     for (int ti = 0; ti < NTESTS && b->have[k]; ti++)
-      for (int di = 0; di < NDEPTHS; di++) {
+      for (int di = 0; di < NDEPTHS && !b->skip[ti]; di++) {
         const struct test *t = &tests[ti];
         const struct result *r = &b->res[k][ti][di];
         double lo, hi, v = value_range(r, &lo, &hi), base = value(t, &b->res[T_BASE][ti][di]);
@@ -810,6 +812,29 @@ static void print_json(struct bench *b)
 
 /* ------------------------------------------------------------------------ */
 
+/* --tests: a comma-separated list of test names; the others are skipped
+ * (the files and volumes are prefilled, so reads need no write cell). */
+static bool parse_tests(struct bench *b, const char *list)
+{
+  for (int ti = 0; ti < NTESTS; ti++)
+    b->skip[ti] = true;
+  const char *p = list;
+  while (*p) {
+    size_t n = strcspn(p, ",");
+    int ti = 0;
+    while (ti < NTESTS && (strlen(tests[ti].name) != n || strncmp(tests[ti].name, p, n) != 0))
+      ti++;
+    if (ti == NTESTS) {
+      ts_cli_err("bench io: --tests: \"%.*s\" is not seqwrite, randwrite, randread or seqread",
+                 (int)n, p);
+      return false;
+    }
+    b->skip[ti] = false;
+    p += n + (p[n] == ',');
+  }
+  return true;
+}
+
 int ts_cli_bench_io(int argc, char **argv)
 {
   struct bench *b = calloc(1, sizeof *b);
@@ -829,11 +854,13 @@ int ts_cli_bench_io(int argc, char **argv)
       printf(
           "usage: thinstack bench io [--json] [--dir DIR] [--seconds S] [--size SIZE] [--runs N]\n"
           "                          [--cached] [--workers N] [--mode worker|loop] [--no-fio]\n"
+          "                          [--tests seqwrite,randwrite,randread,seqread]\n"
           "                          [--control PATH] [--stack STACK.json [--dev NAME]] [-p]\n"
           "  4K random and 1M sequential I/O at depths 1 and 32 through the async API on\n"
           "  file, thin and crypt-over-thin, against pread/pwrite on the same kind of file\n"
           "  and (when fio is installed, unless --no-fio) fio's io_uring engine on another.\n"
           "  --runs: runs per cell, targets interleaved, medians with min/max (default 3).\n"
+          "  --tests: only these cells (default all; files and volumes are prefilled).\n"
           "  --stack: the same cells on one device of STACK.json (--dev, default the first\n"
           "  export), writes first; --size then caps the range used (default: all of it).\n"
           "  --seconds: per cell (default 1.2); --size: file and volume size (default 1G);\n"
@@ -859,6 +886,9 @@ int ts_cli_bench_io(int argc, char **argv)
       b->control = argv[++i];
     } else if (strcmp(argv[i], "--cached") == 0) {
       b->direct = false;
+    } else if (strcmp(argv[i], "--tests") == 0 && i + 1 < argc) {
+      if (!parse_tests(b, argv[++i]))
+        goto out;
     } else if (strcmp(argv[i], "--no-fio") == 0) {
       no_fio = true;
     } else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {

@@ -1,20 +1,24 @@
 /* The async API's path around its workers: a file layer starts LOOP and
  * EVENTFD requests on its io_uring (the submit_async hook), and falls back
- * to the workers for WRITE and FLUSH unless told to use it for them too
- * (TS_IO_URING=1), for everything with TS_IO_URING=0, for unaligned
+ * to the workers for WRITE and FLUSH when told to keep them there
+ * (TS_IO_URING=reads), for everything with TS_IO_URING=0, for unaligned
  * O_DIRECT buffers, and in WORKER mode.
  *
  * Method: the data is checked by reading it back; which path ran is checked
  * with the counters the status JSON reports for the device (async_submits,
  * the requests started through the hook) and for the file (ring_ops, the
  * requests its ring completed, and async_engine). ctest runs this program
- * three times: without TS_IO_URING, where the ring must run the reads and
- * the workers the rest, with TS_IO_URING=1, where the ring must run them
- * all, and with TS_IO_URING=0, where it must run none; the data comes out
+ * three times: without TS_IO_URING, where the ring must run them all, with
+ * TS_IO_URING=reads, where the ring must run the reads and the workers the
+ * rest, and with TS_IO_URING=0, where it must run none; the data comes out
  * the same. */
 #include "aio_test.h"
 
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +32,7 @@ static void setup(void)
   total_calls = 0;
   stack = NULL;
   const char *env = getenv("TS_IO_URING");
-  ring_mode = !env ? 1 : strcmp(env, "1") == 0 ? 2 : strcmp(env, "0") == 0 ? 0 : 1;
+  ring_mode = !env ? 2 : strcmp(env, "reads") == 0 ? 1 : strcmp(env, "0") == 0 ? 0 : 2;
 }
 
 static void teardown(void)
@@ -161,10 +165,9 @@ START_TEST(eventfd_uses_the_ring)
   ck_assert_int_eq(ts_aio_ctx_close(ctx), 0);
   struct counters c = counters(f);
   if (ring_mode == 2) {
-    ck_assert_str_eq(c.engine, "io_uring (TS_IO_URING=1)");
+    ck_assert_str_eq(c.engine, "io_uring");
   } else if (ring_mode == 1) {
-    ck_assert_str_eq(c.engine,
-                     "io_uring for reads, threads for writes (faster there; TS_IO_URING=1: all)");
+    ck_assert_str_eq(c.engine, "io_uring for reads, threads for writes (TS_IO_URING=reads)");
   } else {
     ck_assert_str_eq(c.engine, "threads (TS_IO_URING=0)");
   }
@@ -311,6 +314,96 @@ START_TEST(submitters_that_exit)
 }
 END_TEST
 
+/* A FLUSH covers the writes acknowledged before it. Buffered writes into a
+ * sparse file leave delayed-allocation extents (FIEMAP_EXTENT_DELALLOC)
+ * until they are written back; the callback of the last write submits the
+ * FLUSH (so it is one of the resubmissions the loop batches), and when the
+ * FLUSH completes every written extent must be written back. */
+enum { FL_WRITES = 8 };
+static struct treq fl_w[FL_WRITES], fl_flush;
+static struct {
+  ts_aio_ctx *ctx;
+  ts_dev *dev;
+  int fd; /* the file, opened apart from the library */
+  int writes_done;
+  int delalloc_before; /* extents still delayed when the FLUSH went */
+  int delalloc_after;  /* ... and when it completed */
+  int extents_after;
+} fl;
+
+/* Extents in the written range, and how many are still delayed. */
+static int count_delalloc(int fd, int *extents)
+{
+  enum { MAXX = 64 };
+  struct {
+    struct fiemap fm;
+    struct fiemap_extent x[MAXX];
+  } m;
+  memset(&m, 0, sizeof m);
+  m.fm.fm_start = 0;
+  m.fm.fm_length = (uint64_t)FL_WRITES * 2 * BS;
+  m.fm.fm_extent_count = MAXX;
+  ck_assert_int_eq(ioctl(fd, FS_IOC_FIEMAP, &m.fm), 0);
+  int n = 0;
+  for (unsigned i = 0; i < m.fm.fm_mapped_extents; i++)
+    n += (m.fm.fm_extents[i].fe_flags & FIEMAP_EXTENT_DELALLOC) != 0;
+  *extents = (int)m.fm.fm_mapped_extents;
+  return n;
+}
+
+static void fl_flush_cb(ts_aio_req *req)
+{
+  count_cb(req);
+  fl.delalloc_after = count_delalloc(fl.fd, &fl.extents_after);
+}
+
+static void fl_write_cb(ts_aio_req *req)
+{
+  count_cb(req);
+  if (++fl.writes_done < FL_WRITES)
+    return;
+  int extents;
+  fl.delalloc_before = count_delalloc(fl.fd, &extents);
+  treq_init(&fl_flush, TS_OP_FLUSH, 0, NULL, 0, fl_flush_cb);
+  ck_assert_int_eq(treq_submit_buf(fl.ctx, fl.dev, &fl_flush), 0);
+}
+
+START_TEST(flush_writes_back_the_acknowledged_writes)
+{
+  ts_dev *f = open_file(false);
+  alloc_bufs(0);
+  char *path = ts_test_path(dir, "d.img");
+  fl.fd = open(path, O_RDONLY);
+  free(path);
+  ck_assert_int_ge(fl.fd, 0);
+  fl.writes_done = 0;
+  fl.dev = f;
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  fl.ctx = make_ctx(TS_AIO_MODE_LOOP, &loop, 1, 2 * FL_WRITES, 0);
+  for (int i = 0; i < FL_WRITES; i++) {
+    /* Every other block, so each write is an extent of its own. */
+    treq_init(&fl_w[i], TS_OP_WRITE, (uint64_t)i * 2 * BS, wbuf + (size_t)i * BS, BS, fl_write_cb);
+    ck_assert_int_eq(treq_submit_buf(fl.ctx, f, &fl_w[i]), 0);
+  }
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(total_calls, FL_WRITES + 1);
+  for (int i = 0; i < FL_WRITES; i++)
+    ck_assert_int_eq(fl_w[i].result, 0);
+  ck_assert_int_eq(fl_flush.result, 0);
+  ck_assert_int_eq(ts_aio_ctx_close(fl.ctx), 0);
+  loop_finish(&loop);
+  close(fl.fd);
+  /* The premise: the writes were still delayed when the FLUSH started. */
+  ck_assert_int_gt(fl.delalloc_before, 0);
+  ck_assert_int_eq(fl.extents_after, FL_WRITES);
+  ck_assert_msg(fl.delalloc_after == 0, "%d of %d extents still delayed after the FLUSH",
+                fl.delalloc_after, fl.extents_after);
+  struct counters c = counters(f);
+  ck_assert_int_eq(c.ring_ops, ring_mode == 2 ? FL_WRITES + 1 : 0);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("aio_uring");
@@ -322,6 +415,7 @@ int main(void)
   tcase_add_test(tc, worker_mode_keeps_its_workers);
   tcase_add_test(tc, short_read_past_a_shrunk_end);
   tcase_add_test(tc, submitters_that_exit);
+  tcase_add_test(tc, flush_writes_back_the_acknowledged_writes);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
 }

@@ -1058,8 +1058,8 @@ static int thin_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, v
   struct tp_pool *p = v->pool;
   if (io->op != TS_OP_READ && io->op != TS_OP_WRITE)
     return -EAGAIN; /* FLUSH commits: the workers' job */
-  /* A data layer that declines writes (the file layer keeps them on the
-   * workers unless TS_IO_URING=1) would have each looked up twice, here and
+  /* A data layer that declines writes (the file layer with
+   * TS_IO_URING=reads) would have each looked up twice, here and
    * on the worker: after a declined write, only every 64th tries again. */
   if (io->op == TS_OP_WRITE && atomic_load_explicit(&p->fast_write_skip, memory_order_relaxed) &&
       atomic_fetch_add_explicit(&p->fast_write_skip, 1, memory_order_relaxed) % 64 != 0)
