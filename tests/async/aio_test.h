@@ -9,6 +9,7 @@
 #ifndef TS_AIO_TEST_H
 #define TS_AIO_TEST_H
 
+#include "child_layer.h"
 #include "testutil.h"
 
 #include <pthread.h>
@@ -24,33 +25,6 @@ static struct {
   int permits;    /* requests still allowed through while closed */
   bool open;
 } gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, false };
-
-/* A test layer over one child ("child"), the same size: the open, limits
- * and pass-through submit that the test layers here share. */
-static const ts_param child_params[] = {
-  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device under the test layer" },
-  { NULL, 0, 0, NULL, NULL, NULL },
-};
-
-static inline int child_layer_open(ts_layer *l, const json_t *params, ts_error *err)
-{
-  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
-  if (!child)
-    return ts_layer_error(l, err, -EINVAL, "child", "no such layer");
-  ts_layer_set_priv(l, child);
-  return 0;
-}
-
-static inline int child_layer_limits(ts_layer *l, ts_limits *lim, ts_error *err)
-{
-  lim->size = ts_dev_size(ts_layer_priv(l));
-  return 0;
-}
-
-static inline int child_layer_submit(ts_layer *l, const ts_io *io)
-{
-  return ts_submit(ts_layer_priv(l), io);
-}
 
 static int gate_layer_submit(ts_layer *l, const ts_io *io)
 {

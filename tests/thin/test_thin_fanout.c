@@ -8,6 +8,7 @@
  * submit_async keeps requests until the test lets them go: all four runs
  * of one request are held at once only when they were started together
  * (issued one after another, the second would wait for the first). */
+#include "child_layer.h"
 #include "testutil.h"
 
 #include <libthinstack/layer.h>
@@ -34,29 +35,6 @@ static struct {
   } v[MAXHELD];
 } hl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, { { 0 } } };
 
-static const ts_param child_params[] = {
-  { "child", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the device under the test layer" },
-  { NULL, 0, 0, NULL, NULL, NULL },
-};
-
-static int hold_open(ts_layer *l, const json_t *params, ts_error *err)
-{
-  ts_layer *child = ts_layer_child(l, ts_param_string(params, "child", ""));
-  if (!child)
-    return ts_layer_error(l, err, -EINVAL, "child", "no such layer");
-  ts_layer_set_priv(l, child);
-  return 0;
-}
-
-static int hold_limits(ts_layer *l, ts_limits *lim, ts_error *err)
-{
-  (void)err;
-  lim->size = ts_dev_size(ts_layer_priv(l));
-  return 0;
-}
-
-static int hold_submit(ts_layer *l, const ts_io *io) { return ts_submit(ts_layer_priv(l), io); }
-
 static int hold_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg)
 {
   pthread_mutex_lock(&hl.m);
@@ -82,9 +60,9 @@ static const ts_layer_type hold_type = {
   .summary = "keeps async requests until the test lets them go",
   .params = child_params,
   .thread_model = TS_THREAD_PARALLEL,
-  .open = hold_open,
-  .limits = hold_limits,
-  .submit = hold_submit,
+  .open = child_layer_open,
+  .limits = child_layer_limits,
+  .submit = child_layer_submit,
   .submit_async = hold_submit_async,
 };
 
