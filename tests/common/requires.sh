@@ -10,6 +10,18 @@ skip_or_fail() {
 requires() { for t in "$@"; do command -v "$t" >/dev/null 2>&1 || skip_or_fail "needs $t"; done; }
 requires_root() { [ "$(id -u)" = 0 ] || skip_or_fail "needs root"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# sanitizer_env LIB: the environment (NAME=VALUE words, for env) that a
+# program without instrumentation (python3) needs to load LIB when LIB was
+# built with a sanitizer: the runtime first, and libstdc++ right after it,
+# since ASan looks up the real __cxa_throw when it starts and librados
+# throws C++ exceptions. Nothing when LIB is not sanitized.
+sanitizer_env() {
+  local rt cxx
+  rt=$(ldd "$1" | grep -o '/[^ ]*lib[at]san\.so[^ ]*' || true)
+  [ -n "$rt" ] || return 0
+  cxx=$(ldd "$1" | grep -o '/[^ ]*libstdc++\.so[^ ]*' || true)
+  echo "LD_PRELOAD=$rt${cxx:+:$cxx} ASAN_OPTIONS=detect_leaks=0"
+}
 # assert_thin_check META WHEN: Debian's thin_check exits 0 on META and says
 # nothing but its progress lines (as ts_test_assert_thin_check in C).
 assert_thin_check() {

@@ -18,10 +18,8 @@ cat > s.json <<JSON
 JSON
 export THINSTACK_LIB="$TS_BUILD_DIR/libthinstack.so" PYTHONPATH="$TS_SOURCE_DIR/bindings/python"
 export PYTHONDONTWRITEBYTECODE=1 IMAGE=$I
-# A sanitized library in an uninstrumented interpreter: its runtime first.
-rt=$(ldd "$THINSTACK_LIB" | grep -o '/[^ ]*lib[at]san\.so[^ ]*' || true)
-[ -z "$rt" ] || export LD_PRELOAD="$rt" ASAN_OPTIONS=detect_leaks=0
-python3 - <<'PY' || fail "python status on rbd (exit $?)"
+# shellcheck disable=SC2046 # words NAME=VALUE without spaces
+env $(sanitizer_env "$THINSTACK_LIB") python3 - <<'PY' || fail "python status on rbd (exit $?)"
 import os, threading
 import thinstack
 

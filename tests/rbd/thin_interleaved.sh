@@ -39,8 +39,9 @@ grep -q '<single_mapping origin_block="3" data_block="6"' dump.xml ||
 # bindings, a read of each volume across its 16 runs, one from 32K (a
 # partial first and last run), and a write in place over a's 16 runs.
 head -c $((16 * K)) /dev/urandom > a2.bin
+# shellcheck disable=SC2046 # words NAME=VALUE without spaces
 THINSTACK_LIB=$TS_BUILD_DIR/libthinstack.so PYTHONPATH=$TS_SOURCE_DIR/bindings/python \
-  python3 - <<'PY' || fail "1M requests across the runs"
+  env $(sanitizer_env "$TS_BUILD_DIR/libthinstack.so") python3 - <<'PY' || fail "1M requests across the runs"
 import thinstack
 a_bin, b_bin, a2 = (open(n, "rb").read() for n in ("a.bin", "b.bin", "a2.bin"))
 with thinstack.open("pool.json") as s:
