@@ -1,12 +1,17 @@
 /* Block manager: a bounded LRU cache of 4 KiB metadata blocks with per-type
  * validation on read and checksum stamping on write.
  *
- * Concurrency: the cache structure is guarded by one mutex, so any number of
- * readers may look blocks up at once. Block contents follow the library's
- * readers-XOR-writer rule (the caller's pool lock): a write lock is only
- * taken by the single writer, when no reader runs, so the per-block
- * reader/writer counts below are bookkeeping that lets eviction skip blocks
- * in use and lets debug builds catch a broken contract. */
+ * Concurrency: the cache structure is guarded by one rwlock. A reader that
+ * finds its block cached takes only the read side and counts itself in the
+ * block's atomic reader count; it does not relink the LRU list but sets the
+ * block's referenced bit, and eviction gives a referenced block a second
+ * chance (CLOCK). Misses, writers, eviction and commit take the write side,
+ * so eviction sees every reader count that can grow and never frees a block
+ * in use. Block contents follow the library's readers-XOR-writer rule (the
+ * caller's pool lock): a block write lock is only taken by the single
+ * writer, when no reader runs, so the per-block counts are bookkeeping that
+ * lets eviction skip blocks in use and lets debug builds catch a broken
+ * contract. */
 #include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -115,7 +120,18 @@ int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blo
   }
   bm->hash_mask = hs - 1;
   bm->lru.prev = bm->lru.next = &bm->lru;
-  pthread_mutex_init(&bm->lock, NULL);
+  /* Writer-preferring: the read side is taken for every cached lookup, and
+   * a miss must not wait behind an endless stream of them. */
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  int r = pthread_rwlock_init(&bm->lock, &ra);
+  pthread_rwlockattr_destroy(&ra);
+  if (r) {
+    free(bm->hash);
+    free(bm);
+    return -r;
+  }
   *out = bm;
   return 0;
 }
@@ -254,7 +270,9 @@ static int write_out(struct pd_bm *bm, struct pd_block *b)
   return 0;
 }
 
-/* Make room for one more block: evict least recently used unlocked blocks.
+/* Make room for one more block: evict least recently used unlocked blocks;
+ * one read since eviction last passed it moves a block back to the head
+ * once (its bit cleared), as a hit under the write side would have.
  * Dirty ones are written first; they belong to the open transaction and sit
  * at locations free in the last commit, so writing them early is safe. They
  * are written a batch at a time, the oldest unlocked dirty blocks sorted so
@@ -268,12 +286,22 @@ static void evict(struct pd_bm *bm)
   struct pd_block *b = bm->lru.prev;
   while (bm->nr_cached >= bm->max_cached && b != &bm->lru) {
     struct pd_block *prev = b->prev;
-    if (!b->readers && !b->writer) {
+    if (!atomic_load_explicit(&b->readers, memory_order_acquire) && !b->writer) {
+      /* No hit can set the bit while the write side is held, so each block
+       * moves at most once and the walk ends. */
+      if (atomic_load_explicit(&b->referenced, memory_order_relaxed)) {
+        atomic_store_explicit(&b->referenced, false, memory_order_relaxed);
+        lru_unlink(b);
+        lru_push(bm, b);
+        b = prev;
+        continue;
+      }
       if (b->dirty) {
         struct pd_block *v[BM_EVICT_BATCH];
         size_t n = 0;
         for (struct pd_block *x = b; x != &bm->lru && n < BM_EVICT_BATCH; x = x->prev)
-          if (x->dirty && !x->readers && !x->writer && (x == b || x->nr != 0))
+          if (x->dirty && !atomic_load_explicit(&x->readers, memory_order_acquire) && !x->writer &&
+              (x == b || x->nr != 0))
             v[n++] = x;
         qsort(v, n, sizeof(v[0]), cmp_block);
         int r = write_sorted(bm, v, n);
@@ -303,12 +331,33 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
 {
   if (nr >= bm->nr_blocks)
     return -EIO;
-  pthread_mutex_lock(&bm->lock);
+  if (!write) {
+    /* A hit: the read side keeps the chains and the block in place, and
+     * the count taken here keeps eviction off it after the unlock. */
+    pthread_rwlock_rdlock(&bm->lock);
+    struct pd_block *b = find(bm, nr);
+    bool held = b && b->writer;
+    if (b && !held) {
+      atomic_fetch_add_explicit(&b->readers, 1, memory_order_relaxed);
+      if (!atomic_load_explicit(&b->referenced, memory_order_relaxed))
+        atomic_store_explicit(&b->referenced, true, memory_order_relaxed);
+    }
+    pthread_rwlock_unlock(&bm->lock);
+    if (held) {
+      assert(!"metadata block locked in conflicting modes");
+      return -EBUSY;
+    }
+    if (b) {
+      *out = b;
+      return 0;
+    }
+  }
+  pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
   if (b) {
-    if (b->writer || (write && b->readers)) {
+    if (b->writer || (write && atomic_load_explicit(&b->readers, memory_order_acquire))) {
       /* Only possible when the readers-XOR-writer contract is broken. */
-      pthread_mutex_unlock(&bm->lock);
+      pthread_rwlock_unlock(&bm->lock);
       assert(!"metadata block locked in conflicting modes");
       return -EBUSY;
     }
@@ -322,7 +371,7 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     evict(bm);
     b = block_alloc(bm);
     if (!b) {
-      pthread_mutex_unlock(&bm->lock);
+      pthread_rwlock_unlock(&bm->lock);
       return -ENOMEM;
     }
     b->nr = nr;
@@ -337,7 +386,7 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
         b->hnext = bm->spare; /* back to the spares (not in the cache yet) */
         bm->spare = b;
         bm->nr_spare++;
-        pthread_mutex_unlock(&bm->lock);
+        pthread_rwlock_unlock(&bm->lock);
         return r;
       }
       bm->reads++;
@@ -352,9 +401,9 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     b->writer = true;
     b->type = (uint8_t)t;
   } else {
-    b->readers++;
+    atomic_fetch_add_explicit(&b->readers, 1, memory_order_relaxed);
   }
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
   *out = b;
   return 0;
 }
@@ -376,20 +425,24 @@ int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_b
 
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
 {
-  pthread_mutex_lock(&bm->lock);
-  if (b->writer) {
-    b->writer = false;
-    b->dirty = true;
-  } else {
-    assert(b->readers > 0);
-    b->readers--;
+  /* Only the holder changes `writer` of a held block, so it reads it
+   * without the lock. A reader just drops its count: release, so its reads
+   * of the data come before eviction (acquire) may reuse the buffer. */
+  if (!b->writer) {
+    int was = atomic_fetch_sub_explicit(&b->readers, 1, memory_order_release);
+    assert(was > 0);
+    (void)was;
+    return;
   }
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
+  b->writer = false;
+  b->dirty = true;
+  pthread_rwlock_unlock(&bm->lock);
 }
 
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
 {
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   int r = bm->io_error;
   bm->io_error = 0;
   size_t n = 0;
@@ -398,7 +451,7 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
       n++;
   struct pd_block **v = n ? malloc(n * sizeof(*v)) : NULL;
   if (n && !v) {
-    pthread_mutex_unlock(&bm->lock);
+    pthread_rwlock_unlock(&bm->lock);
     return -ENOMEM;
   }
   n = 0;
@@ -412,37 +465,37 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
   if (!r)
     r = write_sorted(bm, v, n);
   free(v);
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
   return r;
 }
 
 int pd_bm_write_block(struct pd_bm *bm, uint64_t nr)
 {
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
   int r = (b && b->dirty) ? write_out(bm, b) : 0;
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
   return r;
 }
 
 void pd_bm_drop_all(struct pd_bm *bm)
 {
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   while (bm->lru.next != &bm->lru) {
     assert(!bm->lru.next->readers && !bm->lru.next->writer);
     block_free(bm, bm->lru.next);
   }
   bm->io_error = 0;
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
 }
 
 void pd_bm_forget(struct pd_bm *bm, uint64_t nr)
 {
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
-  if (b && !b->readers && !b->writer)
+  if (b && !atomic_load_explicit(&b->readers, memory_order_acquire) && !b->writer)
     block_free(bm, b);
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
 }
 
 void pd_bm_destroy(struct pd_bm *bm)
@@ -452,7 +505,7 @@ void pd_bm_destroy(struct pd_bm *bm)
   pd_bm_drop_all(bm);
   spare_drop(bm);
   free(bm->run_buf);
-  pthread_mutex_destroy(&bm->lock);
+  pthread_rwlock_destroy(&bm->lock);
   free(bm->hash);
   free(bm);
 }
@@ -461,15 +514,15 @@ void pd_bm_refused(struct pd_bm *bm, const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   vsnprintf(bm->why, sizeof(bm->why), fmt, ap);
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
   va_end(ap);
 }
 
 void pd_bm_last_refusal(struct pd_bm *bm, char *buf, size_t len)
 {
-  pthread_mutex_lock(&bm->lock);
+  pthread_rwlock_wrlock(&bm->lock);
   snprintf(buf, len, "%s", bm->why);
-  pthread_mutex_unlock(&bm->lock);
+  pthread_rwlock_unlock(&bm->lock);
 }

@@ -5,6 +5,7 @@
 #define PDATA_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -81,7 +82,8 @@ struct pd_block {
   uint8_t *data;
   struct pd_block *hnext;
   struct pd_block *prev, *next; /* LRU, most recent at head */
-  int readers;
+  atomic_int readers;           /* taken under the read side, dropped without the lock */
+  atomic_bool referenced;       /* read since eviction last passed it (CLOCK) */
   bool writer;
   bool dirty;
   uint8_t type; /* enum pd_btype, used to stamp the block when written */
@@ -90,8 +92,9 @@ struct pd_block {
 struct pd_bm {
   struct pd_bdev bdev;
   uint64_t nr_blocks;
-  pthread_mutex_t lock; /* protects the cache structure; block data is
-                           protected by the caller's readers-XOR-writer rule */
+  pthread_rwlock_t lock; /* protects the cache structure (read side: a hit
+                            of a reader; write side: everything else); block
+                            data follows the caller's readers-XOR-writer rule */
   struct pd_block **hash;
   size_t hash_mask;
   struct pd_block lru; /* sentinel */

@@ -1059,9 +1059,9 @@ uint64_t tmd_metadata_nr_used(const struct tmd *md) { return md->meta.nr_allocat
 
 uint64_t tmd_blocks_written(struct tmd *md)
 {
-  pthread_mutex_lock(&md->bm->lock);
+  pthread_rwlock_rdlock(&md->bm->lock);
   uint64_t n = md->bm->writes;
-  pthread_mutex_unlock(&md->bm->lock);
+  pthread_rwlock_unlock(&md->bm->lock);
   return n;
 }
 
