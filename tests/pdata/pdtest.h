@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "pdata/pdata-internal.h"
 #include "pdata/thin-metadata.h"
 
 /* A metadata file of `size` bytes (zeroed), opened as a bdev. */
@@ -25,6 +26,20 @@ static inline void pdt_open_bdev(struct pd_bdev *b, const char *path)
   ts_error err = {0};
   int r = pd_bdev_open_file(b, path, false, &err);
   ck_assert_msg(r == 0, "open %s: %s", path, err.msg);
+}
+
+/* Blocks 0..n-1 of bm's device, each filled with its own number's low
+ * byte, written back and dropped from the cache, so the next get reads. */
+static inline void pdt_bm_fill_numbered(struct pd_bm *bm, uint64_t n)
+{
+  for (uint64_t i = 0; i < n; i++) {
+    struct pd_block *b;
+    ck_assert_int_eq(pd_bm_write_zero(bm, i, PD_BT_RAW, &b), 0);
+    memset(b->data, (int)i, PD_BLOCK_SIZE);
+    pd_bm_unlock(bm, b);
+  }
+  ck_assert_int_eq(pd_bm_flush_dirty(bm, UINT64_MAX), 0);
+  pd_bm_drop_all(bm);
 }
 
 static inline struct tmd *pdt_open(const struct pd_bdev *b)

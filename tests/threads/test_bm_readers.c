@@ -45,14 +45,7 @@ START_TEST(readers_race_eviction)
   struct pd_bdev bdev;
   pdt_open_bdev(&bdev, meta);
   ck_assert_int_eq(pd_bm_create(&bm, &bdev, NBLOCKS, CACHE), 0);
-  for (uint64_t i = 0; i < NBLOCKS; i++) {
-    struct pd_block *b;
-    ck_assert_int_eq(pd_bm_write_zero(bm, i, PD_BT_RAW, &b), 0);
-    memset(b->data, (int)i, PD_BLOCK_SIZE);
-    pd_bm_unlock(bm, b);
-  }
-  ck_assert_int_eq(pd_bm_flush_dirty(bm, UINT64_MAX), 0);
-  pd_bm_drop_all(bm);
+  pdt_bm_fill_numbered(bm, NBLOCKS);
 
   pthread_t t[THREADS];
   struct worker w[THREADS];
