@@ -23,6 +23,7 @@ struct tmd_dev {
   bool root_dirty; /* top-level tree value is stale */
   bool info_dirty; /* details tree value is stale */
   bool top_ready;  /* top-level path shadowed in this transaction */
+  uint64_t gen;    /* tmd_map_gen: changes whenever a lookup's answer may */
 };
 
 struct freed_run {
@@ -47,6 +48,7 @@ struct tmd {
   size_t nr_devs, cap_devs;
   bool read_only, failed, changed;
   struct freed_run *fr; /* set during tmd_remove_range */
+  uint64_t gen;         /* last value handed to a device's gen; survives reloads */
 };
 
 /* ---- value types ---- */
@@ -154,6 +156,7 @@ static struct tmd_dev *dev_add(struct tmd *md, uint32_t id)
   if (!d)
     return NULL;
   d->id = id;
+  d->gen = ++md->gen;
   size_t p = dev_pos(md, id);
   memmove(md->devs + p + 1, md->devs + p, (md->nr_devs - p) * sizeof(*md->devs));
   md->devs[p] = d;
@@ -729,6 +732,9 @@ static int dev_prepare(struct tmd *md, struct tmd_dev *d)
 
 static void dev_set_root(struct tmd *md, struct tmd_dev *d, uint64_t root)
 {
+  /* Called after every change to the tree, failed or not (a shadowed node
+   * changes in place under the same root). */
+  d->gen = ++md->gen;
   if (root != d->root) {
     d->root = root;
     d->root_dirty = true;
@@ -787,6 +793,7 @@ int tmd_create_snap(struct tmd *md, uint32_t id, uint32_t origin)
   d->info = (struct tmd_dev_info){o->info.mapped_blocks, md->trans_id, md->time, md->time};
   o->info.snapshotted_time = md->time;
   o->info_dirty = true;
+  o->gen = ++md->gen; /* its mappings are shared now */
   d->root_dirty = d->info_dirty = d->top_ready = true;
   md->changed = true;
   return 0;
@@ -813,6 +820,12 @@ int tmd_delete(struct tmd *md, uint32_t id)
 }
 
 bool tmd_dev_exists(const struct tmd *md, uint32_t id) { return dev_find(md, id) != NULL; }
+
+uint64_t tmd_map_gen(const struct tmd *md, uint32_t id)
+{
+  const struct tmd_dev *d = dev_find(md, id);
+  return d ? d->gen : 0;
+}
 
 size_t tmd_list_devices(const struct tmd *md, uint32_t *ids, size_t max)
 {

@@ -198,6 +198,13 @@ int tmd_delete(struct tmd *md, uint32_t dev_id);
 /* [R] Whether the device exists. */
 bool tmd_dev_exists(const struct tmd *md, uint32_t dev_id);
 
+/* [R] A value that changes whenever a lookup of the device's mappings may
+ * answer differently: an insert or removal (even a failed one), a snapshot
+ * of the device, the device's creation or a reload (tmd_abort). Values are
+ * never reused for a device id, so a cache of lookups tagged with the value
+ * is valid while it is unchanged. 0 when there is no such device. */
+uint64_t tmd_map_gen(const struct tmd *md, uint32_t dev_id);
+
 /* [R] Number of thin devices, and their ids in ascending order: fills up to
  * `max` ids into `ids` (may be NULL when max is 0) and returns the total
  * count (which may exceed max; call again with a bigger array). */

@@ -638,6 +638,7 @@ void tp_vol_detach(struct tp_vol *v)
       break;
     }
   pthread_mutex_unlock(&p->vol_mu);
+  free(v->mc);
   free(v);
 }
 

@@ -120,12 +120,23 @@ struct tp_pool {
       n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes, n_fast_drains;
 };
 
+/* One remembered single-block lookup of a volume (thin.c): a seqlock, the
+ * virtual block, its mapping and the tmd_map_gen it was read at. */
+struct tp_map_entry {
+  atomic_uint_fast64_t seq, vblock, val, gen;
+};
+
 struct tp_vol {
   struct tp_pool *pool;
   ts_layer *layer;
   uint32_t id;
   uint64_t size;
   struct tp_vol *next;
+  /* Recent single-block lookups, direct-mapped by virtual block (thin.c,
+   * lookup_block); NULL when there was no memory for it. */
+  struct tp_map_entry *mc;
+  uint64_t mc_mask;
+  atomic_uint_fast64_t n_walks; /* single-block lookups the cache did not answer */
 };
 
 /* pool.c */

@@ -109,6 +109,81 @@ static int lookup(struct tp_pool *p, uint32_t id, uint64_t b, uint64_t e, struct
   return tp_data_err(p, tmd_lookup_range(p->md, id, b, e, runs_add, out));
 }
 
+/* The lookup cache. A request inside one block (every 4K request) looks up
+ * that block alone; walking the mapping tree from its root for it takes two
+ * or three metadata blocks from the block cache, each a lock round trip and
+ * a reader count, which was most of thin's own CPU per request. The last
+ * answers are kept per volume, direct-mapped by virtual block, each tagged
+ * with the device's tmd_map_gen when it was read. The tag is read and
+ * compared under `lock` (either mode), and every change that can make an
+ * answer stale (an insert or unmap, a snapshot of the volume, a reload)
+ * changes the gen under `lock` exclusive, so a tagged answer that matches is
+ * what the walk would return. The entries are filled by concurrent holders of
+ * the shared lock: each is a seqlock, and a filler that finds one taken just
+ * does not fill it. */
+#define MC_MAX_ENTRIES 8192u /* 256 KiB per volume; 512 MiB of 64K blocks */
+#define MC_UNMAPPED UINT64_MAX
+
+static void mc_init(struct tp_vol *v)
+{
+  uint64_t blocks = (v->size + v->pool->bs - 1) / v->pool->bs, n = 1;
+  while (n < blocks && n < MC_MAX_ENTRIES)
+    n <<= 1;
+  v->mc = calloc(n, sizeof *v->mc); /* gen 0 matches no device */
+  v->mc_mask = n - 1;
+}
+
+static bool mc_get(struct tp_map_entry *x, uint64_t b, uint64_t gen, uint64_t *val)
+{
+  uint64_t s = atomic_load_explicit(&x->seq, memory_order_acquire);
+  if (s & 1)
+    return false;
+  uint64_t k = atomic_load_explicit(&x->vblock, memory_order_relaxed);
+  uint64_t v = atomic_load_explicit(&x->val, memory_order_relaxed);
+  uint64_t g = atomic_load_explicit(&x->gen, memory_order_relaxed);
+  atomic_thread_fence(memory_order_acquire);
+  if (atomic_load_explicit(&x->seq, memory_order_relaxed) != s || k != b || g != gen)
+    return false;
+  *val = v;
+  return true;
+}
+
+static void mc_put(struct tp_map_entry *x, uint64_t b, uint64_t gen, uint64_t val)
+{
+  uint64_t s = atomic_load_explicit(&x->seq, memory_order_relaxed);
+  if ((s & 1) || !atomic_compare_exchange_strong_explicit(&x->seq, &s, s + 1, memory_order_acquire,
+                                                          memory_order_relaxed))
+    return;
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&x->vblock, b, memory_order_relaxed);
+  atomic_store_explicit(&x->val, val, memory_order_relaxed);
+  atomic_store_explicit(&x->gen, gen, memory_order_relaxed);
+  atomic_store_explicit(&x->seq, s + 2, memory_order_release);
+}
+
+/* lookup() for volume v, answered from the cache when [b, e) is one block;
+ * under lock (either mode). */
+static int lookup_vol(struct tp_vol *v, uint64_t b, uint64_t e, struct runs *out)
+{
+  struct tp_pool *p = v->pool;
+  if (e != b + 1 || !v->mc)
+    return lookup(p, v->id, b, e, out);
+  uint64_t gen = tmd_map_gen(p->md, v->id), val;
+  struct tp_map_entry *x = &v->mc[b & v->mc_mask];
+  if (gen && mc_get(x, b, gen, &val)) {
+    out->n = 0;
+    if (val == MC_UNMAPPED)
+      return 0;
+    struct tmd_run run = { .vbegin = b, .len = 1, .dbegin = val >> 1, .shared = val & 1 };
+    return runs_add(out, &run);
+  }
+  atomic_fetch_add_explicit(&v->n_walks, 1, memory_order_relaxed);
+  int r = lookup(p, v->id, b, e, out);
+  if (r == 0 && gen && out->n <= 1)
+    mc_put(x, b, gen, out->n ? out->v[0].dbegin << 1 | out->v[0].shared : MC_UNMAPPED);
+  return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Data layer helpers                                                        */
 
@@ -312,7 +387,7 @@ static int thin_read(struct tp_vol *vol, const ts_io *io)
   /* The shared lock stays held across the data reads: a mapping cannot
    * change (and its block be reused) while we read it. */
   pthread_rwlock_rdlock(&p->lock);
-  int r = lookup(p, vol->id, off / bs, (end + bs - 1) / bs, &runs);
+  int r = lookup_vol(vol, off / bs, (end + bs - 1) / bs, &runs);
   if (!r && runs.n > sizeof inl / sizeof inl[0] && !(pc = malloc(runs.n * sizeof *pc)))
     r = -ENOMEM;
   uint64_t pos = off;
@@ -624,7 +699,7 @@ static int write_range(struct tp_vol *vol, const struct src *s, uint64_t off, ui
   size_t npc = 0;
 
   pthread_rwlock_rdlock(&p->lock);
-  int r = lookup(p, vol->id, b0, b1, &runs);
+  int r = lookup_vol(vol, b0, b1, &runs);
   if (!r && s->iov && runs.n > sizeof inl / sizeof inl[0] && !(pc = malloc(runs.n * sizeof *pc)))
     r = -ENOMEM;
   uint64_t next = b0; /* first block not yet classified */
@@ -1077,7 +1152,7 @@ static int thin_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, v
   struct runs runs;
   runs_init(&runs);
   runs.max = 2; /* more than one run is not ours anyway */
-  int r = lookup(p, v->id, b0, b1, &runs);
+  int r = lookup_vol(v, b0, b1, &runs);
   const struct tmd_run *run = runs.n == 1 ? &runs.v[0] : NULL;
   bool whole = run && run->vbegin <= b0 && run->vbegin + run->len >= b1;
   if (r == 0 && runs.n == 0 && io->op == TS_OP_READ) {
@@ -1157,6 +1232,7 @@ static int thin_open(ts_layer *l, const json_t *params, ts_error *err)
                           a, (unsigned long long)size, (unsigned)id, (unsigned long long)hi,
                           (unsigned long long)((hi + 1) * p->bs), b, cfg, ts_dev_name(l), a);
   }
+  mc_init(v);
   ts_layer_set_priv(l, v);
   return 0;
 }
@@ -1304,6 +1380,7 @@ static int thin_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "mapped_blocks", json_integer((json_int_t)di.mapped_blocks));
   json_object_set_new(out, "mapped_bytes", json_integer((json_int_t)(di.mapped_blocks * p->bs)));
   json_object_set_new(out, "highest_mapped_block", h == 0 ? json_integer((json_int_t)hi) : json_null());
+  json_object_set_new(out, "lookup_walks", json_integer((json_int_t)atomic_load(&v->n_walks)));
   return 0;
 }
 
