@@ -763,10 +763,17 @@ static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
     if (S && io_uring_queue_init(RING_ENTRIES, &S->ring, 0) < 0) {
       free(S);
       S = NULL;
-    } else if (S && io_uring_register_eventfd(&S->ring, sink->efd) < 0) {
-      io_uring_queue_exit(&S->ring);
-      free(S);
-      S = NULL;
+    } else if (S) {
+      /* The ring's own fd polls readable while the CQ holds entries: a
+       * context that watches it is spared the eventfd's signal and read. */
+      S->src.fd = -1;
+      if (sink->watch && sink->watch(sink, S->ring.ring_fd) == 0)
+        S->src.fd = S->ring.ring_fd;
+      else if (io_uring_register_eventfd(&S->ring, sink->efd) < 0) {
+        io_uring_queue_exit(&S->ring);
+        free(S);
+        S = NULL;
+      }
     }
     if (S) {
       pthread_mutex_init(&S->sq_lock, NULL);
