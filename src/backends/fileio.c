@@ -742,6 +742,26 @@ static void sink_destroy(struct ts__aio_source *s)
   free(S);
 }
 
+/* Setup flags the context's ring asks for, dropped when the kernel refuses
+ * them (EINVAL before 5.19). COOP_TASKRUN: a completion does not interrupt
+ * the context's thread with an IPI while it runs; its task work runs at its
+ * next entry to the kernel, which on a loop is never far off (the next
+ * submit or epoll_wait), and a thread asleep is still woken. TASKRUN_FLAG
+ * makes liburing's peek enter the kernel when such work is pending, so a
+ * reap never misses a completion that waits on it. */
+static _Atomic unsigned sink_ring_flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+
+static int sink_ring_init(struct io_uring *ring)
+{
+  unsigned flags = atomic_load_explicit(&sink_ring_flags, memory_order_relaxed);
+  int r = io_uring_queue_init(RING_ENTRIES, ring, flags);
+  if (r == -EINVAL && flags) {
+    atomic_store_explicit(&sink_ring_flags, 0, memory_order_relaxed);
+    r = io_uring_queue_init(RING_ENTRIES, ring, 0);
+  }
+  return r;
+}
+
 /* The ring of the context lending `sink`, made at its first request; NULL
  * when the kernel refuses one (the file's ring serves it then). */
 static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
@@ -760,7 +780,7 @@ static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
       S = (struct sink_ring *)s;
   if (!S && !atomic_load_explicit(&sink->refused, memory_order_relaxed)) {
     S = calloc(1, sizeof *S);
-    if (S && io_uring_queue_init(RING_ENTRIES, &S->ring, 0) < 0) {
+    if (S && sink_ring_init(&S->ring) < 0) {
       free(S);
       S = NULL;
     } else if (S) {
