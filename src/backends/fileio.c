@@ -444,10 +444,12 @@ void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t a
  * A request started by an async context in LOOP or EVENTFD mode (the core
  * lends its sink while the request starts, see ts__aio_sink in
  * core/internal.h) goes to a ring of that context's: created at its first
- * request, shared by every file the context reaches, with the context's
- * eventfd registered on it (io_uring_register_eventfd) and no thread of its
- * own. The context reaps it on its own thread, so a completion reaches the
- * callback with no thread hand-off, as with a thread calling pread.
+ * request, shared by every file the context reaches, watched by the
+ * context's loop through the ring's own fd (LOOP mode, the sink's `watch`)
+ * or signalling the context's eventfd (io_uring_register_eventfd), and with
+ * no thread of its own. The context reaps it on its own thread, so a
+ * completion reaches the callback with no thread hand-off, as with a thread
+ * calling pread.
  *
  * Any other request (no context lends a sink: a layer's own thread, a sink
  * whose ring the kernel refused) goes to the file's ring, filled under a
