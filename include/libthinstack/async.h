@@ -126,8 +126,11 @@ typedef struct ts_aio_opts {
   struct uv_loop_s *loop;   /* LOOP mode: the caller's loop; must be NULL otherwise */
 } ts_aio_opts;
 
-/* Create a context. In LOOP mode it registers one uv_async_t handle on
- * `opts->loop` and must be called on that loop's thread. Returns 0, or
+/* Create a context. In LOOP mode it registers a uv_async_t handle and a
+ * uv_poll_t handle (on an eventfd of its own) on `opts->loop`, and later
+ * one uv_poll_t on the file layer's io_uring of the context, at its first
+ * request there; none of them keeps the loop alive unless requests are
+ * pending. It must be called on that loop's thread. Returns 0, or
  * -EINVAL (bad options, with a message in `err`), -ENOMEM, or the error of
  * creating the eventfd, the handle or a worker thread. */
 TS_EXTERN int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err);

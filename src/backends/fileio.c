@@ -444,10 +444,12 @@ void ts__fio_file_limits(ts_limits *lim, uint64_t size, uint32_t lbs, uint32_t a
  * A request started by an async context in LOOP or EVENTFD mode (the core
  * lends its sink while the request starts, see ts__aio_sink in
  * core/internal.h) goes to a ring of that context's: created at its first
- * request, shared by every file the context reaches, with the context's
- * eventfd registered on it (io_uring_register_eventfd) and no thread of its
- * own. The context reaps it on its own thread, so a completion reaches the
- * callback with no thread hand-off, as with a thread calling pread.
+ * request, shared by every file the context reaches, watched by the
+ * context's loop through the ring's own fd (LOOP mode, the sink's `watch`)
+ * or signalling the context's eventfd (io_uring_register_eventfd), and with
+ * no thread of its own. The context reaps it on its own thread, so a
+ * completion reaches the callback with no thread hand-off, as with a thread
+ * calling pread.
  *
  * Any other request (no context lends a sink: a layer's own thread, a sink
  * whose ring the kernel refused) goes to the file's ring, filled under a
@@ -742,6 +744,26 @@ static void sink_destroy(struct ts__aio_source *s)
   free(S);
 }
 
+/* Setup flags the context's ring asks for, dropped when the kernel refuses
+ * them (EINVAL before 5.19). COOP_TASKRUN: a completion does not interrupt
+ * the context's thread with an IPI while it runs; its task work runs at its
+ * next entry to the kernel, which on a loop is never far off (the next
+ * submit or epoll_wait), and a thread asleep is still woken. TASKRUN_FLAG
+ * makes liburing's peek enter the kernel when such work is pending, so a
+ * reap never misses a completion that waits on it. */
+static _Atomic unsigned sink_ring_flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+
+static int sink_ring_init(struct io_uring *ring)
+{
+  unsigned flags = atomic_load_explicit(&sink_ring_flags, memory_order_relaxed);
+  int r = io_uring_queue_init(RING_ENTRIES, ring, flags);
+  if (r == -EINVAL && flags) {
+    atomic_store_explicit(&sink_ring_flags, 0, memory_order_relaxed);
+    r = io_uring_queue_init(RING_ENTRIES, ring, 0);
+  }
+  return r;
+}
+
 /* The ring of the context lending `sink`, made at its first request; NULL
  * when the kernel refuses one (the file's ring serves it then). */
 static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
@@ -760,13 +782,20 @@ static struct sink_ring *sink_ring_get(struct ts__aio_sink *sink)
       S = (struct sink_ring *)s;
   if (!S && !atomic_load_explicit(&sink->refused, memory_order_relaxed)) {
     S = calloc(1, sizeof *S);
-    if (S && io_uring_queue_init(RING_ENTRIES, &S->ring, 0) < 0) {
+    if (S && sink_ring_init(&S->ring) < 0) {
       free(S);
       S = NULL;
-    } else if (S && io_uring_register_eventfd(&S->ring, sink->efd) < 0) {
-      io_uring_queue_exit(&S->ring);
-      free(S);
-      S = NULL;
+    } else if (S) {
+      /* The ring's own fd polls readable while the CQ holds entries: a
+       * context that watches it is spared the eventfd's signal and read. */
+      S->src.fd = -1;
+      if (sink->watch && sink->watch(sink, S->ring.ring_fd) == 0)
+        S->src.fd = S->ring.ring_fd;
+      else if (io_uring_register_eventfd(&S->ring, sink->efd) < 0) {
+        io_uring_queue_exit(&S->ring);
+        free(S);
+        S = NULL;
+      }
     }
     if (S) {
       pthread_mutex_init(&S->sq_lock, NULL);

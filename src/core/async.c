@@ -37,7 +37,11 @@
  * io_uring; the sink, see core/internal.h), its completions are reaped on
  * the context's own thread as well: LOOP mode watches the eventfd with a
  * uv_poll handle, EVENTFD mode gives it to the caller as ts_aio_fd, and
- * either drains the sources before the done queue. Such a request makes no
+ * either drains the sources before the done queue. LOOP mode watches a
+ * source's own descriptor instead where it has one (sink.watch: the ring's
+ * fd, readable while its CQ holds entries), which saves the eventfd's
+ * signal and the read clearing it on every wake-up; EVENTFD mode cannot,
+ * since the caller polls the one fd it was given. Such a request makes no
  * thread hand-off at all, like a thread calling pread; a completion reaped
  * there still goes through the done queue (without a wake-up), so that a
  * callback may close the context while others wait to run.
@@ -89,10 +93,18 @@ struct ts_aio_ctx {
 
   uv_async_t async;         /* LOOP mode */
   uv_poll_t poll;           /* LOOP mode: watches efd for the sink */
+  bool poll_on;             /* LOOP mode: `poll` was initialised */
+  struct fd_watch *watches; /* LOOP mode: the sources' own fds (sink.watch) */
   int nhandles;             /* LOOP mode: handles to close before freeing */
   int efd;                  /* EVENTFD mode: the caller's; LOOP mode: the sink's */
   bool sink_on;             /* the sink is lent: something watches efd */
   struct ts__aio_sink sink; /* the layers' completion sources, reaped here */
+};
+
+/* LOOP mode: a uv_poll on a source's own descriptor (sink.watch). */
+struct fd_watch {
+  uv_poll_t h;
+  struct fd_watch *next;
 };
 
 _Thread_local struct ts__aio_sink *ts__aio_sink_current;
@@ -366,6 +378,34 @@ static void on_poll(uv_poll_t *h, int status, int events)
   drain(ctx);
 }
 
+/* A source's own fd: readable while it holds completions, so reaping them
+ * is what clears it; there is nothing to read. */
+static void on_watch(uv_poll_t *h, int status, int events)
+{
+  (void)status, (void)events;
+  drain(h->data);
+}
+
+static int watch_fd(struct ts__aio_sink *sink, int fd)
+{
+  ts_aio_ctx *ctx = (ts_aio_ctx *)((char *)sink - offsetof(ts_aio_ctx, sink));
+  struct fd_watch *w = calloc(1, sizeof *w);
+  if (!w)
+    return -ENOMEM;
+  int r = uv_poll_init(ctx->loop, &w->h, fd);
+  if (r) {
+    free(w);
+    return r;
+  }
+  w->h.data = ctx;
+  uv_unref((uv_handle_t *)&w->h);
+  w->next = ctx->watches;
+  ctx->watches = w;
+  ctx->nhandles++;
+  /* A handle that failed to start still has to be closed: it is listed. */
+  return uv_poll_start(&w->h, UV_READABLE, on_watch);
+}
+
 static void destroy(ts_aio_ctx *ctx)
 {
   uv_cond_destroy(&ctx->idle_cond);
@@ -373,6 +413,11 @@ static void destroy(ts_aio_ctx *ctx)
   uv_cond_destroy(&ctx->work_cond);
   uv_mutex_destroy(&ctx->lock);
   pthread_mutex_destroy(&ctx->sink.lock);
+  while (ctx->watches) {
+    struct fd_watch *next = ctx->watches->next;
+    free(ctx->watches);
+    ctx->watches = next;
+  }
   free(ctx->threads);
   free(ctx);
 }
@@ -512,10 +557,17 @@ int ts_aio_ctx_create(const ts_aio_opts *opts, ts_aio_ctx **out, ts_error *err)
      * holds no reference; the async handle's keeps the loop running. */
     if (uv_poll_init(o.loop, &ctx->poll, ctx->efd) == 0) {
       ctx->poll.data = ctx;
+      ctx->poll_on = true;
       ctx->nhandles = 2;
       uv_unref((uv_handle_t *)&ctx->poll);
       ctx->sink_on = uv_poll_start(&ctx->poll, UV_READABLE, on_poll) == 0;
     }
+    /* Sources' own fds are watched on the loop (the eventfd stays for a
+     * source that cannot be); TS_IO_URING_WAKE=eventfd keeps them all on
+     * the eventfd, the way it was before. */
+    const char *wake = getenv("TS_IO_URING_WAKE");
+    if (ctx->sink_on && !(wake && strcmp(wake, "eventfd") == 0))
+      ctx->sink.watch = watch_fd;
   }
   *out = ctx;
   return 0;
@@ -705,6 +757,9 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
   }
   uv_mutex_unlock(&ctx->lock);
   deliver(ctx);
+  /* Stopped before the sources close the fds they watch. */
+  for (struct fd_watch *w = ctx->watches; w; w = w->next)
+    uv_close((uv_handle_t *)&w->h, on_handle_closed);
   /* Before the eventfd they signal is closed. */
   struct ts__aio_source *src = atomic_exchange(&ctx->sink.sources, NULL);
   while (src) {
@@ -715,7 +770,7 @@ int ts_aio_ctx_close(ts_aio_ctx *ctx)
 
   if (ctx->mode == TS_AIO_MODE_LOOP) {
     /* Closing the poll handle stops it at once, so the fd may go. */
-    if (ctx->nhandles == 2)
+    if (ctx->poll_on)
       uv_close((uv_handle_t *)&ctx->poll, on_handle_closed);
     close(ctx->efd);
     ctx->efd = -1;

@@ -167,12 +167,16 @@ void ts__count_error(struct ts_node *n, uint32_t op);
  * ts_aio_fd, drained by ts_aio_poll, in EVENTFD mode). While a request
  * starts, ts__aio_sink_current points at the context's sink; a layer that
  * can signal the eventfd (the file layer: an io_uring of the context's,
- * io_uring_register_eventfd) attaches a source to the sink once and queues
- * the request on it. The context reaps its sources when the eventfd fires,
+ * io_uring_register_eventfd), or whose own descriptor the context can watch
+ * (the ring's fd, see `watch`), attaches a source to the sink once and
+ * queues the request on it. The context reaps its sources when either fires,
  * so `done` runs on its thread, and it frees them at close, once nothing is
  * in flight. */
 struct ts__aio_source {
   struct ts__aio_source *next; /* the sink's list; written once, under the sink's lock */
+  /* Readable (POLLIN) while `reap` would find a completion, when the sink's
+   * `watch` took it; -1 when the source signals the eventfd instead. */
+  int fd;
   /* Run `done` of the requests that have completed, on the calling thread;
    * with `wait`, first wait for one if none has and some are in flight.
    * Returns how many ran. Serialized by the source itself. */
@@ -184,7 +188,14 @@ struct ts__aio_source {
 };
 
 struct ts__aio_sink {
-  int efd;                                /* the eventfd a source signals */
+  int efd; /* the eventfd a source signals */
+  /* Set by a context that can watch a source's own descriptor on its
+   * thread (LOOP mode: a uv_poll on the loop), which saves signalling and
+   * clearing the eventfd per wake-up; NULL otherwise. A source calls it
+   * with its `fd` before it attaches, on the submitting thread, under the
+   * sink's lock: 0 when the context watches that fd from then on, else a
+   * negative errno, and the source signals `efd` instead. */
+  int (*watch)(struct ts__aio_sink *sink, int fd);
   pthread_mutex_t lock;                   /* attaching a source */
   struct ts__aio_source *_Atomic sources; /* attached sources, newest first */
   _Atomic bool refused;                   /* the kernel refused a source: do not retry */
