@@ -1018,6 +1018,10 @@ static int pool_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "allocated_blocks", json_integer((json_int_t)atomic_load(&p->n_alloc)));
   json_object_set_new(out, "zeroed_bytes", json_integer((json_int_t)atomic_load(&p->n_zeroed_bytes)));
   json_object_set_new(out, "copied_blocks", json_integer((json_int_t)atomic_load(&p->n_copied_blocks)));
+  /* Of those, the ones the data layer cloned (extents shared, then only the
+   * write's bytes written). */
+  json_object_set_new(out, "cloned_blocks",
+                      json_integer((json_int_t)atomic_load(&p->n_cloned_blocks)));
   json_object_set_new(out, "passdown_discard_blocks",
                       json_integer((json_int_t)atomic_load(&p->n_passdown_discard)));
   json_object_set_new(out, "passdown_provision_blocks",

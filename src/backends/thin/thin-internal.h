@@ -116,8 +116,9 @@ struct tp_pool {
   atomic_uint fast_write_skip; /* 0: try writes; else writes since a decline */
 
   /* counters for status */
-  atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_passdown_discard,
-      n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes, n_fast_drains;
+  atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_cloned_blocks,
+      n_passdown_discard, n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes,
+      n_fast_drains;
 };
 
 struct tp_vol {
