@@ -5,7 +5,9 @@
 # data into one block and zero 4K of the other through the origin. Both
 # volumes must read back right on both file systems; on XFS the new blocks
 # must be extent clones of the old ones (FIEMAP: shared, but for the 4K
-# written), on ext4 the pool copies them by reading and writing.
+# written), on ext4 the pool copies them by reading and writing. The file
+# layer's copy tests then run on each: FICLONERANGE must stay the method on
+# XFS, and ext4 must end up with copy_file_range.
 source "$TS_SOURCE_DIR/tests/common/requires.sh"
 requires_root
 requires mkfs.xfs mkfs.ext4 mount umount mountpoint python3
@@ -61,9 +63,9 @@ want[65536 + 16384:65536 + 20480] = bytes(4096)
 open("want.bin", "wb").write(want)
 PY
 
-run_on() { # FSTYPE MKFS...
-  local fs=$1
-  shift
+run_on() { # FSTYPE COPY_METHOD MKFS...
+  local fs=$1 expect=$2
+  shift 2
   truncate -s 512M "$fs.img"
   "$@" "$fs.img" > /dev/null || fail "$* $fs.img failed"
   mkdir "$fs"
@@ -100,8 +102,13 @@ run_on() { # FSTYPE MKFS...
     fi
     "$THINSTACK" check pool.meta > /dev/null || fail "$fs: the metadata does not check"
   )
+  # The file layer's own copy chain on this file system (test_copy_range).
+  mkdir "$fs/unit"
+  TMPDIR="$TMP/$fs/unit" TS_TEST_COPY_EXPECT=$expect \
+    "$TS_BUILD_DIR/tests/layers_test_copy_range" > "$fs.unit.log" 2>&1 ||
+    fail "$fs: test_copy_range: $(cat "$fs.unit.log")"
   umount "$fs"
 }
 
-run_on xfs mkfs.xfs -q -m reflink=1
-run_on ext4 mkfs.ext4 -q -F
+run_on xfs FICLONERANGE mkfs.xfs -q -m reflink=1
+run_on ext4 copy_file_range mkfs.ext4 -q -F
