@@ -11,13 +11,19 @@
  * each, and their ratio. Flushes are not timed. Beside it, the floor of any
  * break without extent sharing in the file system: the same file system
  * doing a 4K overwrite against a 64K read plus a 64K write into fresh space
- * of a plain file, through pread/pwrite. */
+ * of a plain file, through pread/pwrite, and, where the file system shares
+ * extents (XFS with reflink, btrfs), against a 64K FICLONERANGE plus a 4K
+ * write into the clone: the floor of a break by cloning, which is what the
+ * pool does there. */
 #include "cli/cli.h"
 
 #include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 struct bench_ctx {
@@ -119,9 +125,10 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* The file system alone, `blocks` 64K blocks: microseconds per 4K overwrite
- * of a written block (*own) and per 64K read plus 64K write of it into a
- * fresh part of the file (*copy). */
-static int fs_floor(struct bench_ctx *c, uint64_t blocks, double *own, double *copy)
+ * of a written block (*own), per 64K read plus 64K write of it into a
+ * fresh part of the file (*copy), and per 64K clone plus 4K write into the
+ * clone (*clone; -1 where the file system does not clone). */
+static int fs_floor(struct bench_ctx *c, uint64_t blocks, double *own, double *copy, double *clone)
 {
   char p[PATH_MAX + 16];
   snprintf(p, sizeof p, "%s/floor.img", c->dir);
@@ -146,6 +153,20 @@ static int fs_floor(struct bench_ctx *c, uint64_t blocks, double *own, double *c
             ? 0
             : -1;
   *copy = (ts_cli_now() - t) * 1e6 / (double)blocks;
+  r = r || fdatasync(fd);
+  t = ts_cli_now();
+  *clone = -1;
+  for (uint64_t i = 0; i < blocks && !r; i++) {
+    struct file_clone_range fcr = { .src_fd = fd,
+                                    .src_offset = (uint64_t)(i * bs),
+                                    .src_length = (uint64_t)bs,
+                                    .dest_offset = (uint64_t)((2 * blocks + i) * bs) };
+    if (ioctl(fd, FICLONERANGE, &fcr) != 0)
+      break;
+    r = pwrite(fd, c->buf, 4096, (off_t)(2 * blocks + i) * bs + 8192) == 4096 ? 0 : -1;
+    if (i + 1 == blocks)
+      *clone = (ts_cli_now() - t) * 1e6 / (double)blocks;
+  }
   close(fd);
   return r;
 }
@@ -157,7 +178,7 @@ static int bench_break_sharing(struct bench_ctx *c)
   if (!s)
     return 1;
   ts_dev *v = ts_stack_node(s, "v"), *pool = ts_stack_node(s, "pool");
-  double own[ROUNDS], brk[ROUNDS], fown[ROUNDS], fcopy[ROUNDS];
+  double own[ROUNDS], brk[ROUNDS], fown[ROUNDS], fcopy[ROUNDS], fclone[ROUNDS];
   int status = 0;
   /* Map every block first: from then on the volume's blocks are its own. */
   for (uint64_t off = 0; off < c->size && !status; off += c->io)
@@ -174,7 +195,7 @@ static int bench_break_sharing(struct bench_ctx *c)
       break;
     }
     brk[k] = write_4k_per_block(c, v, 4096 * (2 * k + 2));
-    if (brk[k] < 0 || ts_flush(v) || fs_floor(c, c->size >> 16, &fown[k], &fcopy[k])) {
+    if (brk[k] < 0 || ts_flush(v) || fs_floor(c, c->size >> 16, &fown[k], &fcopy[k], &fclone[k])) {
       ts_cli_err("bench snapshot: thin round %u failed", k + 1);
       status = 1;
     }
@@ -184,6 +205,14 @@ static int bench_break_sharing(struct bench_ctx *c)
     qsort(brk, ROUNDS, sizeof brk[0], cmp_double);
     qsort(fown, ROUNDS, sizeof fown[0], cmp_double);
     qsort(fcopy, ROUNDS, sizeof fcopy[0], cmp_double);
+    qsort(fclone, ROUNDS, sizeof fclone[0], cmp_double);
+    /* How the breaks went: cloned by the data layer, or read and merged. */
+    char *st = ts_dev_status_json(pool);
+    json_t *j = st ? json_loads(st, 0, NULL) : NULL, *pl = json_object_get(j, "layer");
+    long long copied = json_integer_value(json_object_get(pl, "copied_blocks"));
+    long long cloned = json_integer_value(json_object_get(pl, "cloned_blocks"));
+    json_decref(j);
+    free(st);
     printf("\nthin, 64K blocks, one 4K write per block, median of %d rounds\n", ROUNDS);
     printf("%-44s %10s %8s\n", "case", "us/write", "ratio");
     printf("%-44s %10.1f %7.2fx\n", "4K write, unshared block (baseline)", own[ROUNDS / 2], 1.0);
@@ -193,6 +222,12 @@ static int bench_break_sharing(struct bench_ctx *c)
            1.0);
     printf("%-44s %10.1f %7.2fx\n", "file system: 64K read + 64K fresh write", fcopy[ROUNDS / 2],
            fcopy[ROUNDS / 2] / fown[ROUNDS / 2]);
+    if (fclone[0] >= 0)
+      printf("%-44s %10.1f %7.2fx\n", "file system: 64K clone + 4K write", fclone[ROUNDS / 2],
+             fclone[ROUNDS / 2] / fown[ROUNDS / 2]);
+    else
+      printf("%-44s %10s %8s\n", "file system: 64K clone + 4K write", "no clone", "-");
+    printf("broken blocks cloned by the data layer: %lld of %lld\n", cloned, copied);
   }
   ts_stack_close(s, NULL);
   char p[PATH_MAX + 16];
