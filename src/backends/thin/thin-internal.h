@@ -52,6 +52,9 @@ struct tp_cell {
 
 struct tp_vol;
 
+/* break_clone "auto" clones blocks of this size and more. */
+#define TP_CLONE_MIN_BLOCK (512u << 10)
+
 struct tp_pool {
   ts_layer *layer, *meta, *data;
   struct pd_bdev bdev;
@@ -63,6 +66,7 @@ struct tp_pool {
   double queue_timeout;     /* seconds; 0 = wait forever */
   double commit_interval;   /* seconds; 0 = commit only on flush and close */
   bool passdown, zero_new, read_only;
+  bool clone_breaks;        /* break sharing by a clone in the data layer (break_clone) */
   bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */

@@ -467,7 +467,8 @@ static int fill_blocks(struct slow *w)
       /* Where the data layer shares storage (a file on XFS with reflink,
        * btrfs), clone the old block and let phase 4 write only the
        * request's bytes: no data read, no whole-block write. */
-      r = ts__copy_range(p->data, x->old * bs, nd, bs, TS_IO_NOFALLBACK);
+      r = p->clone_breaks ? ts__copy_range(p->data, x->old * bs, nd, bs, TS_IO_NOFALLBACK)
+                          : -EOPNOTSUPP;
       if (!r) {
         atomic_fetch_add(&p->n_cloned_blocks, 1);
         continue;
