@@ -17,6 +17,8 @@ packages=(
   # the Rust crates (cargo test --offline)
   cargo
   fio qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin e2fsprogs util-linux kmod strace
+  # integration/thin_reflink: a loop-mounted XFS with reflink
+  xfsprogs
   clang libclang-rt-14-dev clang-format
   # tests/vm: a VM running Debian's kernel with the host's dm tools
   qemu-system-x86 busybox-static dmsetup cryptsetup-bin keyutils cpio xz-utils binutils

@@ -180,6 +180,27 @@ typedef struct ts_layer_type {
    * itself and with `submit`. Optional; the core reads it only from tables
    * whose struct_size covers it. */
   int (*submit_async)(ts_layer *l, const ts_io *io, ts_io_done_fn done, void *arg);
+
+  /* Copy `len` bytes of this device from `src` to `dst`, with the result a
+   * READ of the source and a WRITE of it at `dst` would have (durable after
+   * the next FLUSH, like a write), but without the data passing through the
+   * caller: an extent clone of a file system that shares extents (XFS with
+   * reflink, btrfs), an in-kernel copy. The core guarantees: src, dst and
+   * len are multiples of logical_block_size, len > 0, both ranges lie
+   * within the device and do not overlap, the device is writable; the
+   * request is never split. `flags` is 0 or TS_IO_NOFALLBACK: with it, the
+   * layer copies only by sharing storage (a clone, which costs metadata and
+   * no data I/O) and answers -EOPNOTSUPP otherwise, so that a caller with a
+   * cheaper way of its own (a thin pool merging a write into the copy) can
+   * take it. -EOPNOTSUPP also means "not here" without the flag: the core
+   * then copies by reading and writing. A layer whose data is not a 1:1 image of
+   * its child's (crypt: the ciphertext depends on the position) must not pass
+   * copies down. May run concurrently with `submit` and with itself (the
+   * core holds the node lock for TS_THREAD_SERIALIZE types); the caller
+   * orders it against requests to either range. Returns 0 or -errno.
+   * Optional: absent means -EOPNOTSUPP; the core reads it only from tables
+   * whose struct_size covers it. */
+  int (*copy_range)(ts_layer *l, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags);
 } ts_layer_type;
 
 /* Starts every ts_layer_type initializer: the ABI version and size. */

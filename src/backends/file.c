@@ -11,7 +11,10 @@
  * punches a hole (keeping the size); WRITE_ZEROES zeroes the range as unwritten
  * extents, or punches with MAY_UNMAP; FLUSH is fdatasync; BLOCK_STATUS reads
  * the file's extent map (FIEMAP), so provisioned-but-unwritten ranges show as
- * allocated zeroes, falling back to SEEK_DATA/SEEK_HOLE.
+ * allocated zeroes, falling back to SEEK_DATA/SEEK_HOLE. A copy within the
+ * file (copy_range: a thin pool breaking a share) is FICLONERANGE where the
+ * file system shares extents (XFS with reflink, btrfs), else
+ * copy_file_range; each call the kernel refuses is not made again.
  *
  * The async API's READ, WRITE and FLUSH go to io_uring (submit_async): the
  * ring of the async context that starts them in LOOP and EVENTFD modes,
@@ -166,6 +169,7 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   f->read_only = ro;
   f->direct = direct;
   ts__fio_init(&f->io, fd, direct, (uint32_t)bs, true);
+  f->io.clone_align = f->fs_block;
   pthread_mutex_init(&f->ring_lock, NULL);
   f->path = path;
   ts_layer_set_priv(l, f);
@@ -247,6 +251,14 @@ static int file_submit_async(ts_layer *l, const ts_io *io, ts_io_done_fn done, v
   return ts__fio_submit_async(&f->io, io, done, arg);
 }
 
+/* A clone where the file system shares extents; else (without NOFALLBACK)
+ * copy_file_range; else the core reads and writes. */
+static int file_copy_range(ts_layer *l, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags)
+{
+  struct file_layer *f = ts_layer_priv(l);
+  return ts__fio_copy(&f->io, src, dst, len, flags & TS_IO_NOFALLBACK);
+}
+
 static int file_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   struct file_layer *f = ts_layer_priv(l);
@@ -273,6 +285,12 @@ static int file_status(ts_layer *l, json_t *out)
    * context's own thread (LOOP and EVENTFD modes). */
   json_object_set_new(out, "ring_ops_sink",
                       json_integer((json_int_t)atomic_load(&f->io.ring_ops_sink)));
+  /* How copies within the file go (a thin pool breaking a share): the
+   * best call the kernel has not refused for this file. */
+  json_object_set_new(out, "copy", json_string(ts__fio_copy_state(&f->io)));
+  json_object_set_new(out, "cloned_bytes", json_integer((json_int_t)atomic_load(&f->io.cloned)));
+  json_object_set_new(out, "copy_file_range_bytes",
+                      json_integer((json_int_t)atomic_load(&f->io.cfr_copied)));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
   json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
   json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));
@@ -318,4 +336,5 @@ const ts_layer_type ts__file_layer_type = {
   .grow = file_grow,
   .config = file_config,
   .submit_async = file_submit_async,
+  .copy_range = file_copy_range,
 };

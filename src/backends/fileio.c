@@ -28,6 +28,11 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
   atomic_init(&f->ring_ops, 0);
   atomic_init(&f->ring_ops_sink, 0);
   snprintf(f->ring_state, sizeof f->ring_state, "threads");
+  f->clone_align = 0;
+  atomic_init(&f->no_clone, false);
+  atomic_init(&f->no_cfr, false);
+  atomic_init(&f->cloned, 0);
+  atomic_init(&f->cfr_copied, 0);
 }
 
 static bool iov_aligned(const struct iovec *iov, int iovcnt, uint32_t a)
@@ -244,6 +249,66 @@ int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcn
     pos_advance(&p, n);
   }
   return 0;
+}
+
+/* An answer that means "this call does not work on this file", not "this
+ * request failed". */
+static bool refused(int e)
+{
+  return e == EOPNOTSUPP || e == ENOTSUP || e == ENOTTY || e == EXDEV || e == EINVAL || e == ENOSYS;
+}
+
+int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bool clone_only)
+{
+  uint32_t a = f->clone_align;
+  if (a && !(src % a) && !(dst % a) && !(len % a) &&
+      !atomic_load_explicit(&f->no_clone, memory_order_relaxed)) {
+    struct file_clone_range fcr = { .src_fd = f->fd,
+                                    .src_offset = src,
+                                    .src_length = len,
+                                    .dest_offset = dst };
+    int r;
+    while ((r = ioctl(f->fd, FICLONERANGE, &fcr)) != 0 && errno == EINTR)
+      ;
+    if (r == 0) {
+      atomic_fetch_add_explicit(&f->cloned, len, memory_order_relaxed);
+      return 0;
+    }
+    if (!refused(errno))
+      return -errno;
+    atomic_store_explicit(&f->no_clone, true, memory_order_relaxed);
+  }
+  if (clone_only || atomic_load_explicit(&f->no_cfr, memory_order_relaxed))
+    return -EOPNOTSUPP;
+  loff_t in = (loff_t)src, out = (loff_t)dst;
+  uint64_t done = 0;
+  while (done < len) {
+    ssize_t n = copy_file_range(f->fd, &in, f->fd, &out, (size_t)(len - done), 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      /* Refused before anything was copied: remember, and let the caller
+       * copy the whole range its way. After a partial copy, or at end of
+       * file (0), say what failed. */
+      if (n < 0 && !done && refused(errno)) {
+        atomic_store_explicit(&f->no_cfr, true, memory_order_relaxed);
+        return -EOPNOTSUPP;
+      }
+      return n < 0 ? -errno : -EIO;
+    }
+    done += (uint64_t)n;
+  }
+  atomic_fetch_add_explicit(&f->cfr_copied, len, memory_order_relaxed);
+  return 0;
+}
+
+const char *ts__fio_copy_state(struct ts__fio *f)
+{
+  if (f->clone_align && !atomic_load_explicit(&f->no_clone, memory_order_relaxed))
+    return "FICLONERANGE";
+  if (!atomic_load_explicit(&f->no_cfr, memory_order_relaxed))
+    return "copy_file_range";
+  return "none";
 }
 
 int ts__fio_sync(struct ts__fio *f)

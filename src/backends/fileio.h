@@ -33,6 +33,11 @@ struct ts__fio {
   char ring_state[96];       /* "io_uring", or why the workers run it (status) */
   _Atomic uint64_t ring_ops; /* requests completed through a ring (status) */
   _Atomic uint64_t ring_ops_sink; /* of which on an async context's ring, reaped on its thread */
+  uint32_t clone_align;           /* FICLONERANGE's unit (the file system block); 0: never clone */
+  _Atomic bool no_clone;          /* the kernel refused FICLONERANGE here: not tried again */
+  _Atomic bool no_cfr;            /* the kernel refused copy_file_range here */
+  _Atomic uint64_t cloned;        /* bytes copied by FICLONERANGE (status) */
+  _Atomic uint64_t cfr_copied;    /* bytes copied by copy_file_range (status) */
 };
 
 /* Set up `f` for `fd` (not taken over: the caller closes it). */
@@ -45,6 +50,21 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
  * exits). 0 or -errno. */
 int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
                uint64_t len, int rwf);
+
+/* Copy [src, src+len) of the file to [dst, dst+len) in the kernel:
+ * FICLONERANGE (the file system shares the extents: no data I/O), else,
+ * unless `clone_only`, copy_file_range (which clones where the file system
+ * can, else copies in the kernel). A call the kernel refuses for this file
+ * (EOPNOTSUPP, ENOTTY, EXDEV, EINVAL on an aligned range, ENOSYS) is
+ * remembered in no_clone/no_cfr and not made again; a range off
+ * clone_align is not cloned. -EOPNOTSUPP when no allowed call can do it (the
+ * caller copies another way), other failures -errno. fdatasync makes the
+ * copy durable as it does a write: the clone is a logged metadata change
+ * of the file. */
+int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bool clone_only);
+/* The best copy the kernel has not refused for this file: "FICLONERANGE",
+ * "copy_file_range" or "none" (status). */
+const char *ts__fio_copy_state(struct ts__fio *f);
 
 /* fdatasync, restarted on EINTR. */
 int ts__fio_sync(struct ts__fio *f);

@@ -8,9 +8,13 @@
  * starting at `offset` (default 0; length defaults to the rest of the child).
  * Every op passes straight down, remapped; the core splits requests at
  * segment edges, and an op is supported only where every child supports it.
+ * A copy within the device (copy_range) passes down when both ranges map
+ * into one child.
  * Kernel equivalent: a dm table with one `linear` line per segment.
  */
 #include <libthinstack/layer.h>
+
+#include "core/internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -149,6 +153,18 @@ static int linear_submit(ts_layer *l, const ts_io *io)
   return ts_submit(s->child, &sub);
 }
 
+/* Passed down when both ranges map into one child, which may clone them;
+ * across children or segment edges the core copies by reads and writes. */
+static int linear_copy_range(ts_layer *l, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags)
+{
+  struct linear_layer *lin = ts_layer_priv(l);
+  const struct segment *a = find_segment(lin, src), *b = find_segment(lin, dst);
+  if (a->child != b->child || src + len > a->start + a->length || dst + len > b->start + b->length)
+    return -EOPNOTSUPP;
+  return ts__copy_range(a->child, src - a->start + a->offset, dst - b->start + b->offset, len,
+                        flags);
+}
+
 static int linear_block_status(ts_layer *l, uint64_t off, uint64_t len, ts_extent_list *out)
 {
   const struct segment *s = find_segment(ts_layer_priv(l), off);
@@ -200,4 +216,5 @@ const ts_layer_type ts__linear_layer_type = {
   .next_boundary = linear_next_boundary,
   .status = linear_status,
   .dm_table = linear_dm_table,
+  .copy_range = linear_copy_range,
 };

@@ -159,6 +159,13 @@ int ts__submit_checked(struct ts_node *n, const ts_io *io);
  * declined it). */
 int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, void *arg);
 void ts__count_error(struct ts_node *n, uint32_t op);
+/* Copy [src, src+len) of `n` to [dst, dst+len) through the layer's
+ * copy_range hook (see layer.h): checked (alignment, range, overlap,
+ * read-only) and never split. Without TS_IO_NOFALLBACK, what the layer
+ * cannot copy natively is copied by reads and writes of the node; with it
+ * the answer is then -EOPNOTSUPP. 0 or -errno, with ts_last_error() set on
+ * a failure. Thread-safe as ts_submit() is. */
+int ts__copy_range(struct ts_node *n, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags);
 
 /* async.c: where a request started through submit_async can complete on
  * the thread of the async context that started it (LOOP and EVENTFD modes),

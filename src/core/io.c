@@ -365,6 +365,68 @@ void ts__count_error(struct ts_node *n, uint32_t op)
     atomic_fetch_add_explicit(&n->nr_err[op], 1, memory_order_relaxed);
 }
 
+/* The core's copy when the layer has none: 1 MiB at a time through the node. */
+static int copy_by_rw(struct ts_node *n, uint64_t src, uint64_t dst, uint64_t len)
+{
+  size_t chunk = len < (1u << 20) ? (size_t)len : (1u << 20);
+  void *buf;
+  if (posix_memalign(&buf, 4096, chunk))
+    return io_fail(-ENOMEM, "copy on %s: out of memory", n->name);
+  int r = 0;
+  for (uint64_t o = 0; o < len && !r; o += chunk) {
+    size_t c = len - o < chunk ? (size_t)(len - o) : chunk;
+    r = ts_pread(n, buf, c, src + o);
+    if (!r)
+      r = ts_pwrite(n, buf, c, dst + o, 0);
+  }
+  free(buf);
+  return r;
+}
+
+int ts__copy_range(struct ts_node *n, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags)
+{
+  const ts_layer_type *t = n->type;
+  char a[32], b[32], c[32];
+  if (flags & ~TS_IO_NOFALLBACK)
+    return io_fail(-EINVAL, "flags 0x%x are not valid for a copy on %s", flags & ~TS_IO_NOFALLBACK,
+                   n->name);
+  if (n->limits.read_only)
+    return io_fail(-EROFS, "copy on %s: the device is read-only", n->name);
+  int r = range_check(n, "copy source", src, len);
+  if (!r)
+    r = range_check(n, "copy destination", dst, len);
+  if (r)
+    return r;
+  if (src < dst + len && dst < src + len)
+    return io_fail(-EINVAL, "copy on %s from offset %s to %s overlaps itself (length %s)", n->name,
+                   fmt_off(a, sizeof a, src), fmt_off(b, sizeof b, dst), fmt_off(c, sizeof c, len));
+  r = -EOPNOTSUPP;
+  if (t->struct_size >= offsetof(ts_layer_type, copy_range) + sizeof t->copy_range &&
+      t->copy_range) {
+    unsigned seq = last_seq;
+    if (t->thread_model == TS_THREAD_SERIALIZE) {
+      pthread_mutex_lock(&n->serial);
+      r = t->copy_range(n, src, dst, len, flags);
+      pthread_mutex_unlock(&n->serial);
+    } else {
+      r = t->copy_range(n, src, dst, len, flags);
+    }
+    if (r > 0)
+      r = -EIO;
+    if (r < 0 && r != -EOPNOTSUPP && last_seq == seq)
+      io_fail(r, "copy on %s from offset %s to %s, length %s, failed: %s", n->name,
+              fmt_off(a, sizeof a, src), fmt_off(b, sizeof b, dst), fmt_off(c, sizeof c, len),
+              ts_strerror(r));
+  }
+  if (r != -EOPNOTSUPP)
+    return r;
+  /* Not a failure the caller reports but a question answered ("not
+   * here"), so ts_last_error() keeps what it said. */
+  if (flags & TS_IO_NOFALLBACK)
+    return -EOPNOTSUPP;
+  return copy_by_rw(n, src, dst, len);
+}
+
 int ts_preadv(ts_dev *dev, const struct iovec *iov, int iovcnt, uint64_t offset)
 {
   bool over;

@@ -38,9 +38,11 @@
 #define MAX_BLOCK (1024u * 1024 * 1024)
 
 static const ts_param pool_params[] = {
-  { "metadata", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the pool metadata" },
+  { "metadata", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL,
+    "the layer holding the pool metadata" },
   { "data", TS_PARAM_CHILD, TS_PARAM_REQUIRED, NULL, NULL, "the layer holding the data blocks" },
-  { "block_size", TS_PARAM_SIZE, 0, NULL, NULL, "data block size: 64K..1G, a multiple of 64K (default 64K)" },
+  { "block_size", TS_PARAM_SIZE, 0, NULL, NULL,
+    "data block size: 64K..1G, a multiple of 64K (default 64K)" },
   { "low_water_mark", TS_PARAM_SIZE, 0, NULL, NULL,
     "raise a \"low-water-mark\" event when free data space falls below this (default 0: never)" },
   { "out_of_space", TS_PARAM_ENUM, 0, "error|queue", NULL,
@@ -51,6 +53,9 @@ static const ts_param pool_params[] = {
     "discard freed blocks on the data layer (default true)" },
   { "zero_new_blocks", TS_PARAM_BOOL, 0, NULL, NULL,
     "zero the unwritten part of a newly allocated block (default true)" },
+  { "break_clone", TS_PARAM_ENUM, 0, "auto|always|never", NULL,
+    "break a snapshot's sharing by cloning the old block in the data layer where it shares "
+    "extents (XFS reflink, btrfs): auto (the default) for blocks of 512K and more" },
   { "commit_interval", TS_PARAM_ANY, 0, NULL, NULL,
     "seconds between periodic metadata commits (default 1; 0 = only on flush and close)" },
   { "create", TS_PARAM_BOOL, 0, NULL, NULL, "format a blank metadata device as a new pool" },
@@ -779,6 +784,11 @@ static struct tp_pool *pool_new(ts_layer *l, const json_t *params, const struct 
   p->commit_interval = pp->ci;
   p->passdown = ts_param_bool(params, "discard_passdown", true);
   p->zero_new = ts_param_bool(params, "zero_new_blocks", true);
+  /* A clone is a file system transaction, and it leaves the new block
+   * sharing extents that the next overwrites copy-on-write: below 512K it
+   * costs more than merging a block the page cache holds (docs/layers/thin.md). */
+  const char *bc = ts_param_string(params, "break_clone", "auto");
+  p->clone_breaks = !strcmp(bc, "always") || (!strcmp(bc, "auto") && p->bs >= TP_CLONE_MIN_BLOCK);
   p->read_only = pp->ro;
   p->config_read_only = ts_param_bool(params, "read_only", false);
   p->data_discard = ts_limits_cap(dl, TS_OP_DISCARD) != TS_CAP_NONE;
@@ -1019,6 +1029,11 @@ static int pool_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "allocated_blocks", json_integer((json_int_t)atomic_load(&p->n_alloc)));
   json_object_set_new(out, "zeroed_bytes", json_integer((json_int_t)atomic_load(&p->n_zeroed_bytes)));
   json_object_set_new(out, "copied_blocks", json_integer((json_int_t)atomic_load(&p->n_copied_blocks)));
+  /* Of those, the ones the data layer cloned (extents shared, then only the
+   * write's bytes written). */
+  json_object_set_new(out, "cloned_blocks",
+                      json_integer((json_int_t)atomic_load(&p->n_cloned_blocks)));
+  json_object_set_new(out, "break_clone", json_boolean(p->clone_breaks));
   json_object_set_new(out, "passdown_discard_blocks",
                       json_integer((json_int_t)atomic_load(&p->n_passdown_discard)));
   json_object_set_new(out, "passdown_provision_blocks",

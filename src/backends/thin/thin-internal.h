@@ -52,6 +52,9 @@ struct tp_cell {
 
 struct tp_vol;
 
+/* break_clone "auto" clones blocks of this size and more. */
+#define TP_CLONE_MIN_BLOCK (512u << 10)
+
 struct tp_pool {
   ts_layer *layer, *meta, *data;
   struct pd_bdev bdev;
@@ -63,6 +66,7 @@ struct tp_pool {
   double queue_timeout;     /* seconds; 0 = wait forever */
   double commit_interval;   /* seconds; 0 = commit only on flush and close */
   bool passdown, zero_new, read_only;
+  bool clone_breaks;        /* break sharing by a clone in the data layer (break_clone) */
   bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */
@@ -116,8 +120,9 @@ struct tp_pool {
   atomic_uint fast_write_skip; /* 0: try writes; else writes since a decline */
 
   /* counters for status */
-  atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_passdown_discard,
-      n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes, n_fast_drains;
+  atomic_uint_fast64_t n_commits, n_alloc, n_zeroed_bytes, n_copied_blocks, n_cloned_blocks,
+      n_passdown_discard, n_passdown_provision, n_queue_waits, n_fast_reads, n_fast_writes,
+      n_fast_drains;
 };
 
 /* One remembered single-block lookup of a volume (thin.c): a seqlock, the

@@ -539,6 +539,18 @@ static int fill_blocks(struct slow *w)
         r = make_zero(p, nd + ce, bs - ce);
     } else if (x->kind == K_BREAK && (cs || ce < bs)) {
       atomic_fetch_add(&p->n_copied_blocks, 1);
+      /* Where the data layer shares storage (a file on XFS with reflink,
+       * btrfs), clone the old block and let phase 4 write only the
+       * request's bytes: no data read, no whole-block write. */
+      r = p->clone_breaks ? ts__copy_range(p->data, x->old * bs, nd, bs, TS_IO_NOFALLBACK)
+                          : -EOPNOTSUPP;
+      if (!r) {
+        atomic_fetch_add(&p->n_cloned_blocks, 1);
+        continue;
+      }
+      if (r != -EOPNOTSUPP)
+        break;
+      r = 0;
       if (bs <= COPY_CHUNK) {
         r = merge_block(p, w->s, (w->sb + i) * bs, cs, ce, x, &buf);
         x->whole = !r;
