@@ -434,8 +434,11 @@ static void *data_flusher_main(void *arg)
   return NULL;
 }
 
-/* Metadata blocks (4 KiB) written between two write-back flushes. */
-#define WRITEBACK_BLOCKS 8192
+/* Metadata blocks (4 KiB) written between two write-back flushes. The
+ * flusher is asked only when idle, so the flushes follow the disk's pace;
+ * a small step lets even a 1 GiB provision (~1 MiB of mappings) start the
+ * disk before its commit. */
+#define WRITEBACK_BLOCKS 256
 
 void tp_meta_writeback(struct tp_pool *p)
 {

@@ -932,6 +932,12 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
           r = tp_data_err(p, err);
         }
       }
+      /* While the data layer is still busy with later groups, write this
+       * group's metadata blocks (and let the flusher start the disk on
+       * them): otherwise the commit writes and syncs them all after the
+       * request, when nothing else is left to overlap with. */
+      if (threaded && !r)
+        (void)tmd_write_back(p->md); /* an error is kept for the commit */
       tp_meta_writeback(p);
       pthread_rwlock_unlock(&p->lock);
     }
