@@ -932,13 +932,10 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
           r = tp_data_err(p, err);
         }
       }
-      /* While the data layer is still busy with later groups, write this
-       * group's metadata blocks (and let the flusher start the disk on
-       * them): otherwise the commit writes and syncs them all after the
-       * request, when nothing else is left to overlap with. */
-      if (threaded && !r)
-        (void)tmd_write_back(p->md); /* an error is kept for the commit */
-      tp_meta_writeback(p);
+      /* While the data layer is busy with later groups, this group's
+       * metadata goes to the disk; otherwise the commit writes and syncs
+       * it all after the request, with nothing left to overlap. */
+      tp_meta_writeback(p, threaded && !r);
       pthread_rwlock_unlock(&p->lock);
     }
     if (threaded) {
