@@ -469,6 +469,40 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
   return r;
 }
 
+/* Dirty, unlocked, and not the superblock (written last, by the commit). */
+static bool write_back_now(struct pd_block *b)
+{
+  return b->dirty && b->nr != 0 && !b->writer &&
+         !atomic_load_explicit(&b->readers, memory_order_acquire);
+}
+
+int pd_bm_write_back(struct pd_bm *bm)
+{
+  pthread_rwlock_wrlock(&bm->lock);
+  size_t n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    if (write_back_now(b))
+      n++;
+  struct pd_block **v = n ? malloc(n * sizeof(*v)) : NULL;
+  if (n && !v) {
+    pthread_rwlock_unlock(&bm->lock);
+    return -ENOMEM;
+  }
+  n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    if (write_back_now(b))
+      v[n++] = b;
+  if (n)
+    qsort(v, n, sizeof(*v), cmp_block);
+  /* As for an evicted block: a failed write fails the next commit. */
+  int r = write_sorted(bm, v, n);
+  if (r && !bm->io_error)
+    bm->io_error = r;
+  free(v);
+  pthread_rwlock_unlock(&bm->lock);
+  return r;
+}
+
 int pd_bm_write_block(struct pd_bm *bm, uint64_t nr)
 {
   pthread_rwlock_wrlock(&bm->lock);

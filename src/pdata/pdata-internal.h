@@ -119,6 +119,11 @@ int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_b
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b);
 /* Write every dirty block except block `skip` (UINT64_MAX: none). */
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip);
+/* Write every dirty, unlocked block but the superblock now, in the open
+ * transaction (as eviction does: they sit where the last commit has free
+ * space), so that the commit has less to write. A failed write is also
+ * kept for the next pd_bm_flush_dirty, which fails the commit with it. */
+int pd_bm_write_back(struct pd_bm *bm);
 /* Write one cached dirty block now (the superblock, last). */
 int pd_bm_write_block(struct pd_bm *bm, uint64_t nr);
 /* Forget every cached block (abort). No block may be locked. */

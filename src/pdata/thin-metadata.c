@@ -1078,6 +1078,12 @@ uint64_t tmd_blocks_written(struct tmd *md)
   return n;
 }
 
+int tmd_write_back(struct tmd *md)
+{
+  int r = writable(md);
+  return r ? r : pd_bm_write_back(md->bm);
+}
+
 int tmd_resize_data(struct tmd *md, uint64_t n)
 {
   int r = writable(md);

@@ -365,6 +365,11 @@ uint64_t tmd_metadata_nr_used(const struct tmd *md);
 /* [W] Metadata blocks written to the device since the handle was opened
  * (blocks of the open transaction evicted from the cache, and commits). */
 uint64_t tmd_blocks_written(struct tmd *md);
+/* [W] Write the open transaction's dirty metadata blocks (all but the
+ * superblock) to the device now, without flushing it: nothing names them
+ * until the next commit, which then writes only what changed since. A
+ * write error is returned and fails that commit too. */
+int tmd_write_back(struct tmd *md);
 
 /* ------------------------------------------------------------------------ */
 /* Metadata snapshot (for thin_dump -m on a live pool)                      */

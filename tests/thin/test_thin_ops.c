@@ -1227,6 +1227,131 @@ START_TEST(provision_writeback_flush_fails)
 }
 END_TEST
 
+/* 4 KiB blocks of the file that are not all zeroes. */
+static uint64_t written_blocks(const char *dir, const char *name)
+{
+  char *path = ts_test_path(dir, name);
+  FILE *f = fopen(path, "rb");
+  ck_assert_ptr_nonnull(f);
+  static const unsigned char zero[4096];
+  unsigned char b[4096];
+  uint64_t n = 0;
+  while (fread(b, 1, sizeof b, f) == sizeof b)
+    n += memcmp(b, zero, sizeof b) != 0;
+  fclose(f);
+  free(path);
+  return n;
+}
+
+/* A PROVISION larger than one group writes its metadata blocks while it
+ * runs, before any commit, and the flusher syncs them, so that the commit
+ * has little left. Until the flush the superblock on disk is the previous
+ * commit's: a crash then (a copy of the files) finds a clean pool without
+ * the new mappings; after the flush everything is mapped. */
+START_TEST(provision_writes_back_before_commit)
+{
+  const char *dir = ts_test_dir;
+  const char *layers =
+      " \"data\": { \"type\": \"zero\", \"size\": \"8G\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"8G\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }";
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\", \"create\": true },"
+      "%s",
+      layers);
+  ts_stack *s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_flush(v), 0);
+  unsigned char sb0[4096], sb1[4096];
+  read_super(dir, sb0);
+  uint64_t before = written_blocks(dir, "pool.meta");
+
+  /* 8 GiB of 64 KiB blocks: 131072 mappings, ~516 full leaves. */
+  ck_assert_int_eq(ts_provision(v, 0, 8ull << 30), 0);
+  ck_assert_int_eq(
+      ts_test_run(NULL, "mkdir %s/copy && cp --sparse=always %s/pool.meta %s/copy/", dir, dir, dir),
+      0);
+  read_super(dir, sb1);
+  ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "the superblock was written before the flush");
+  uint64_t early = written_blocks(dir, "pool.meta") - before;
+  ck_assert_msg(early >= 400, "only %llu metadata blocks reached the file before the commit",
+                (unsigned long long)early);
+
+  ck_assert_int_eq(ts_flush(v), 0);
+  ck_assert_uint_eq(mapped_blocks(pool, 0), 131072);
+  close_and_check(s, dir);
+  free(j);
+
+  char *copy = ts_test_path(dir, "copy");
+  thin_check_clean(copy);
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\" },"
+                  "%s",
+                  layers);
+  s = ts_test_open(copy, j);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
+  close_and_check(s, copy);
+  free(copy);
+  free(j);
+}
+END_TEST
+
+/* A metadata write that fails during a large PROVISION (the blocks written
+ * back before the commit) fails the commit after it: no superblock names
+ * blocks that may not be on disk, the pool refuses changes, and the pool on
+ * disk is the last commit. */
+START_TEST(provision_writeback_write_fails)
+{
+  const char *dir = ts_test_dir;
+  const char *layers =
+      " \"data\": { \"type\": \"zero\", \"size\": \"8G\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"8G\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }";
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\", \"create\": true },"
+      "%s",
+      layers);
+  ts_stack *s = ts_test_open(dir, j);
+  ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
+  close_and_check(s, dir);
+  free(j);
+  unsigned char sb0[4096], sb1[4096];
+  read_super(dir, sb0);
+  /* Reopened, no metadata block is written before the PROVISION's. */
+  j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\" },"
+      " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"write\","
+      "   \"errno\": \"EIO\", \"count\": 1 } ] },"
+      "%s",
+      layers);
+  s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_provision(v, 0, 8ull << 30), 0);
+  ck_assert_int_eq(ts_flush(v), -EIO);
+  ck_assert(pool_status(pool).failed);
+  ts_stack_close(s, NULL);
+  free(j);
+  read_super(dir, sb1);
+  ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "a failed commit wrote the superblock");
+  thin_check_clean(dir);
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\" },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
+  close_and_check(s, dir);
+  free(j);
+}
+END_TEST
+
 /* The periodic commit makes changes durable without a flush. */
 START_TEST(periodic_commit)
 {
@@ -1318,6 +1443,8 @@ int main(void)
   tcase_add_test(t, fua_is_durable);
   tcase_add_test(t, commit_data_flush_fails);
   tcase_add_test(t, provision_writeback_flush_fails);
+  tcase_add_test(t, provision_writes_back_before_commit);
+  tcase_add_test(t, provision_writeback_write_fails);
   tcase_add_test(t, periodic_commit);
   tcase_add_test(t, read_only_pool);
   suite_add_tcase(s, t);

@@ -105,6 +105,7 @@ struct tp_pool {
   bool wb_asked, wb_busy;
   int wb_err;       /* a write-back flush failed: the commit must fail */
   uint64_t wb_mark; /* tmd_blocks_written at the last write-back */
+  uint64_t wb_txn;  /* tmd_blocks_written at the last commit */
 
   pthread_mutex_t vol_mu;
   struct tp_vol *vols;
@@ -172,11 +173,13 @@ void tp_note_unref(struct tp_pool *p, uint64_t d);
 void tp_drain(struct tp_pool *p);
 /* A fast-path request has completed on the data layer. */
 void tp_fast_end(struct tp_pool *p);
-/* Under `lock` exclusive, between the steps of a large change: once the
- * metadata cache has written enough blocks of the open transaction, flush
- * the metadata layer in the background, so the commit finds them on disk
- * already instead of writing them all back at once. */
-void tp_meta_writeback(struct tp_pool *p);
+/* Under `lock` exclusive, between the steps of a large change: with
+ * `write_back`, while the open transaction is small, write its dirty
+ * metadata blocks now (the caller has other work in flight to overlap
+ * with); once enough blocks of it are written, flush the metadata layer in
+ * the background, so the commit finds them on disk already instead of
+ * writing and syncing them all at once. */
+void tp_meta_writeback(struct tp_pool *p, bool write_back);
 /* Under `lock` exclusive: mark the metadata changed. */
 void tp_changed(struct tp_pool *p);
 /* With no lock held: raise the events noticed under the lock. */

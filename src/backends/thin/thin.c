@@ -1019,7 +1019,10 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
           r = tp_data_err(p, err);
         }
       }
-      tp_meta_writeback(p);
+      /* While the data layer is busy with later groups, this group's
+       * metadata goes to the disk; otherwise the commit writes and syncs
+       * it all after the request, with nothing left to overlap. */
+      tp_meta_writeback(p, threaded && !r);
       pthread_rwlock_unlock(&p->lock);
     }
     if (threaded) {
