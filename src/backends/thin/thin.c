@@ -138,10 +138,12 @@ static bool mc_get(struct tp_map_entry *x, uint64_t b, uint64_t gen, uint64_t *v
   uint64_t s = atomic_load_explicit(&x->seq, memory_order_acquire);
   if (s & 1)
     return false;
-  uint64_t k = atomic_load_explicit(&x->vblock, memory_order_relaxed);
-  uint64_t v = atomic_load_explicit(&x->val, memory_order_relaxed);
-  uint64_t g = atomic_load_explicit(&x->gen, memory_order_relaxed);
-  atomic_thread_fence(memory_order_acquire);
+  /* Acquire loads, not a fence (ThreadSanitizer does not model fences):
+   * the second read of seq cannot move above them, and a value stored
+   * after a filler made seq odd makes that odd seq visible here. */
+  uint64_t k = atomic_load_explicit(&x->vblock, memory_order_acquire);
+  uint64_t v = atomic_load_explicit(&x->val, memory_order_acquire);
+  uint64_t g = atomic_load_explicit(&x->gen, memory_order_acquire);
   if (atomic_load_explicit(&x->seq, memory_order_relaxed) != s || k != b || g != gen)
     return false;
   *val = v;
@@ -154,10 +156,10 @@ static void mc_put(struct tp_map_entry *x, uint64_t b, uint64_t gen, uint64_t va
   if ((s & 1) || !atomic_compare_exchange_strong_explicit(&x->seq, &s, s + 1, memory_order_acquire,
                                                           memory_order_relaxed))
     return;
-  atomic_thread_fence(memory_order_release);
-  atomic_store_explicit(&x->vblock, b, memory_order_relaxed);
-  atomic_store_explicit(&x->val, val, memory_order_relaxed);
-  atomic_store_explicit(&x->gen, gen, memory_order_relaxed);
+  /* Release stores keep the odd seq ahead of each of them. */
+  atomic_store_explicit(&x->vblock, b, memory_order_release);
+  atomic_store_explicit(&x->val, val, memory_order_release);
+  atomic_store_explicit(&x->gen, gen, memory_order_release);
   atomic_store_explicit(&x->seq, s + 2, memory_order_release);
 }
 
