@@ -183,8 +183,9 @@ static void hash_remove(struct pd_bm *bm, struct pd_block *b)
 
 /* Evicted blocks are kept for reuse, up to this many: a long run of new
  * blocks (a large provision) would otherwise allocate, page-fault and free
- * one 4 KiB buffer per block. */
-#define BM_SPARE_MAX 256
+ * one 4 KiB buffer per block. As many as the write-back thread may hold
+ * beyond the cache's size, which come back to the tail together. */
+#define BM_SPARE_MAX (256 + BM_WB_SLOTS * BM_EVICT_BATCH)
 
 static void block_free(struct pd_bm *bm, struct pd_block *b)
 {
