@@ -142,7 +142,9 @@ int pd_bm_write(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block 
 /* Write-lock a block without reading it: contents zeroed. */
 int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out);
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b);
-/* Write every dirty block except block `skip` (UINT64_MAX: none). */
+/* Write every dirty block except block `skip` (UINT64_MAX: none), after
+ * waiting for the blocks queued to the write-back thread; fails with the
+ * first write error met since the last call, theirs included. */
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip);
 /* Write every dirty, unlocked block but the superblock now, in the open
  * transaction (as eviction does: they sit where the last commit has free
