@@ -445,7 +445,8 @@ static void evict(struct pd_bm *bm)
               (x == b || x->nr != 0))
             v[n++] = x;
         qsort(v, n, sizeof(v[0]), cmp_block);
-        if (async && !wb_queue(bm, v, n)) {
+        /* The superblock (copied whole by its readers) is written here. */
+        if (async && b->nr != 0 && !wb_queue(bm, v, n)) {
           b = bm->lru.prev; /* the batch left the list, maybe with `prev` */
           continue;
         }
