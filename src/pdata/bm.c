@@ -11,7 +11,17 @@
  * caller's pool lock): a block write lock is only taken by the single
  * writer, when no reader runs, so the per-block counts are bookkeeping that
  * lets eviction skip blocks in use and lets debug builds catch a broken
- * contract. */
+ * contract.
+ *
+ * Write-back: dirty blocks that eviction picks are queued (`wb`) to the
+ * block manager's write-back thread, which stamps and writes them while the
+ * evicting thread goes on inserting. A queued block leaves the LRU list but
+ * stays in the hash, so it is still found (read hits go on), but it is
+ * neither evicted nor handed to a writer until written: a write lock, a
+ * forget, a commit's flush and an abort first drain the queue. Its results
+ * are taken back ("reaped") under the write side: the blocks become clean
+ * at the LRU's tail (the next eviction's first victims) or, when the write
+ * failed, stay dirty with the error kept for the commit. */
 #include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -132,6 +142,19 @@ int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blo
     free(bm);
     return -r;
   }
+  if ((r = pthread_mutex_init(&bm->wb_mu, NULL)) != 0) {
+    pthread_rwlock_destroy(&bm->lock);
+    free(bm->hash);
+    free(bm);
+    return -r;
+  }
+  if ((r = pthread_cond_init(&bm->wb_cv, NULL)) != 0) {
+    pthread_mutex_destroy(&bm->wb_mu);
+    pthread_rwlock_destroy(&bm->lock);
+    free(bm->hash);
+    free(bm);
+    return -r;
+  }
   *out = bm;
   return 0;
 }
@@ -160,8 +183,9 @@ static void hash_remove(struct pd_bm *bm, struct pd_block *b)
 
 /* Evicted blocks are kept for reuse, up to this many: a long run of new
  * blocks (a large provision) would otherwise allocate, page-fault and free
- * one 4 KiB buffer per block. */
-#define BM_SPARE_MAX 256
+ * one 4 KiB buffer per block. As many as the write-back thread may hold
+ * beyond the cache's size, which come back to the tail together. */
+#define BM_SPARE_MAX (256 + BM_WB_SLOTS * BM_EVICT_BATCH)
 
 static void block_free(struct pd_bm *bm, struct pd_block *b)
 {
@@ -221,7 +245,9 @@ static int cmp_block(const void *a, const void *b)
  * one that does not gets them copied into run_buf. */
 #define BM_RUN_MAX 256
 
-static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
+/* `mark`: mark the written blocks clean and count them (the caller holds
+ * the write side); the write-back thread leaves that to the reaper. */
+static int write_runs(struct pd_bm *bm, struct pd_block **v, size_t n, bool mark)
 {
   int r = 0;
   size_t i = 0;
@@ -249,7 +275,7 @@ static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
         memcpy(bm->run_buf + (k - i) * PD_BLOCK_SIZE, v[k]->data, PD_BLOCK_SIZE);
       r = pd_bdev_write(&bm->bdev, v[i]->nr, (uint32_t)(j - i), bm->run_buf);
     }
-    if (!r) {
+    if (!r && mark) {
       for (size_t k = i; k < j; k++)
         v[k]->dirty = false;
       bm->writes += j - i;
@@ -257,6 +283,119 @@ static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
     i = j;
   }
   return r;
+}
+
+static int write_sorted(struct pd_bm *bm, struct pd_block **v, size_t n)
+{
+  return write_runs(bm, v, n, true);
+}
+
+/* The write-back thread: writes the queued batches in order. It reads the
+ * blocks' data (as a cached reader may at the same time) and writes only
+ * the stamp (checksum and block number in the header, which no cached
+ * reader looks at); it touches no flag and no list. */
+static void *wb_main(void *arg)
+{
+  struct pd_bm *bm = arg;
+  pthread_mutex_lock(&bm->wb_mu);
+  for (;;) {
+    while (bm->wb_written == bm->wb_queued && !bm->wb_stop)
+      pthread_cond_wait(&bm->wb_cv, &bm->wb_mu);
+    if (bm->wb_written == bm->wb_queued)
+      break;
+    struct pd_bm_wb_batch *w = &bm->wb_batch[bm->wb_written % BM_WB_SLOTS];
+    pthread_mutex_unlock(&bm->wb_mu);
+    int r = write_runs(bm, w->v, w->n, false);
+    pthread_mutex_lock(&bm->wb_mu);
+    w->r = r;
+    bm->wb_written++;
+    pthread_cond_broadcast(&bm->wb_cv);
+  }
+  pthread_mutex_unlock(&bm->wb_mu);
+  return NULL;
+}
+
+static void lru_push_tail(struct pd_bm *bm, struct pd_block *b)
+{
+  b->prev = bm->lru.prev;
+  b->next = &bm->lru;
+  bm->lru.prev->next = b;
+  bm->lru.prev = b;
+}
+
+/* Take back the written batches (write side of `lock` and wb_mu held). */
+static void wb_reap_locked(struct pd_bm *bm)
+{
+  while (bm->wb_reaped < bm->wb_written) {
+    struct pd_bm_wb_batch *w = &bm->wb_batch[bm->wb_reaped % BM_WB_SLOTS];
+    for (size_t k = 0; k < w->n; k++) {
+      struct pd_block *b = w->v[k];
+      b->wb = false;
+      if (!w->r)
+        b->dirty = false;
+      lru_push_tail(bm, b);
+    }
+    if (!w->r)
+      bm->writes += w->n;
+    else if (!bm->io_error)
+      bm->io_error = w->r;
+    bm->nr_wb -= w->n;
+    bm->wb_reaped++;
+  }
+}
+
+static void wb_reap(struct pd_bm *bm)
+{
+  if (!bm->wb_started)
+    return;
+  pthread_mutex_lock(&bm->wb_mu);
+  wb_reap_locked(bm);
+  pthread_mutex_unlock(&bm->wb_mu);
+}
+
+/* Wait until every queued block is written, and take them back. */
+static void wb_drain(struct pd_bm *bm)
+{
+  if (!bm->wb_started)
+    return;
+  pthread_mutex_lock(&bm->wb_mu);
+  while (bm->wb_written < bm->wb_queued)
+    pthread_cond_wait(&bm->wb_cv, &bm->wb_mu);
+  wb_reap_locked(bm);
+  pthread_mutex_unlock(&bm->wb_mu);
+}
+
+/* Queue v[0..n) (sorted, dirty, unlocked) to the write-back thread, waiting
+ * for a slot when BM_WB_SLOTS batches are in flight. Nonzero when there is
+ * no thread (the caller writes them itself). */
+static int wb_queue(struct pd_bm *bm, struct pd_block **v, size_t n)
+{
+  if (!bm->wb_started) {
+    int e = pthread_create(&bm->wb_thread, NULL, wb_main, bm);
+    if (e)
+      return -e;
+    bm->wb_started = true;
+  }
+  pthread_mutex_lock(&bm->wb_mu);
+  while (bm->wb_queued - bm->wb_reaped == BM_WB_SLOTS) {
+    while (bm->wb_written == bm->wb_reaped)
+      pthread_cond_wait(&bm->wb_cv, &bm->wb_mu);
+    wb_reap_locked(bm);
+  }
+  struct pd_bm_wb_batch *w = &bm->wb_batch[bm->wb_queued % BM_WB_SLOTS];
+  memcpy(w->v, v, n * sizeof(*v));
+  w->n = n;
+  w->r = 0;
+  for (size_t k = 0; k < n; k++) {
+    v[k]->wb = true;
+    lru_unlink(v[k]);
+    v[k]->prev = v[k]->next = v[k];
+  }
+  bm->nr_wb += n;
+  bm->wb_queued++;
+  pthread_cond_broadcast(&bm->wb_cv);
+  pthread_mutex_unlock(&bm->wb_mu);
+  return 0;
 }
 
 static int write_out(struct pd_bm *bm, struct pd_block *b)
@@ -278,13 +417,15 @@ static int write_out(struct pd_bm *bm, struct pd_block *b)
  * are written a batch at a time, the oldest unlocked dirty blocks sorted so
  * neighbours go in one request: a transaction larger than the cache (a
  * large provision) then writes at the device's sequential rate instead of
- * one request per block. */
-#define BM_EVICT_BATCH 256
-
+ * one request per block. A device that takes an iovec has them written by
+ * the write-back thread instead: the cache then holds up to
+ * BM_WB_SLOTS * BM_EVICT_BATCH blocks more while they are in flight. */
 static void evict(struct pd_bm *bm)
 {
+  wb_reap(bm);
+  bool async = pd_bdev_has_writev(&bm->bdev) && !bm->io_error;
   struct pd_block *b = bm->lru.prev;
-  while (bm->nr_cached >= bm->max_cached && b != &bm->lru) {
+  while (bm->nr_cached - bm->nr_wb >= bm->max_cached && b != &bm->lru) {
     struct pd_block *prev = b->prev;
     if (!atomic_load_explicit(&b->readers, memory_order_acquire) && !b->writer) {
       /* No hit can set the bit while the write side is held, so each block
@@ -304,6 +445,11 @@ static void evict(struct pd_bm *bm)
               (x == b || x->nr != 0))
             v[n++] = x;
         qsort(v, n, sizeof(v[0]), cmp_block);
+        /* The superblock (copied whole by its readers) is written here. */
+        if (async && b->nr != 0 && !wb_queue(bm, v, n)) {
+          b = bm->lru.prev; /* the batch left the list, maybe with `prev` */
+          continue;
+        }
         int r = write_sorted(bm, v, n);
         if (r) {
           if (!bm->io_error)
@@ -354,6 +500,8 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
   }
   pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
+  if (b && b->wb)
+    wb_drain(bm); /* no writer while it is being written; back on the list */
   if (b) {
     if (b->writer || (write && atomic_load_explicit(&b->readers, memory_order_acquire))) {
       /* Only possible when the readers-XOR-writer contract is broken. */
@@ -443,6 +591,7 @@ void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
 {
   pthread_rwlock_wrlock(&bm->lock);
+  wb_drain(bm);
   int r = bm->io_error;
   bm->io_error = 0;
   size_t n = 0;
@@ -479,6 +628,7 @@ static bool write_back_now(struct pd_block *b)
 int pd_bm_write_back(struct pd_bm *bm)
 {
   pthread_rwlock_wrlock(&bm->lock);
+  wb_reap(bm); /* the queued blocks are on their way; no need to wait */
   size_t n = 0;
   for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
     if (write_back_now(b))
@@ -507,6 +657,8 @@ int pd_bm_write_block(struct pd_bm *bm, uint64_t nr)
 {
   pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
+  if (b && b->wb)
+    wb_drain(bm);
   int r = (b && b->dirty) ? write_out(bm, b) : 0;
   pthread_rwlock_unlock(&bm->lock);
   return r;
@@ -515,6 +667,7 @@ int pd_bm_write_block(struct pd_bm *bm, uint64_t nr)
 void pd_bm_drop_all(struct pd_bm *bm)
 {
   pthread_rwlock_wrlock(&bm->lock);
+  wb_drain(bm);
   while (bm->lru.next != &bm->lru) {
     assert(!bm->lru.next->readers && !bm->lru.next->writer);
     block_free(bm, bm->lru.next);
@@ -527,6 +680,8 @@ void pd_bm_forget(struct pd_bm *bm, uint64_t nr)
 {
   pthread_rwlock_wrlock(&bm->lock);
   struct pd_block *b = find(bm, nr);
+  if (b && b->wb)
+    wb_drain(bm);
   if (b && !atomic_load_explicit(&b->readers, memory_order_acquire) && !b->writer)
     block_free(bm, b);
   pthread_rwlock_unlock(&bm->lock);
@@ -537,6 +692,15 @@ void pd_bm_destroy(struct pd_bm *bm)
   if (!bm)
     return;
   pd_bm_drop_all(bm);
+  if (bm->wb_started) {
+    pthread_mutex_lock(&bm->wb_mu);
+    bm->wb_stop = true;
+    pthread_cond_broadcast(&bm->wb_cv);
+    pthread_mutex_unlock(&bm->wb_mu);
+    pthread_join(bm->wb_thread, NULL);
+  }
+  pthread_cond_destroy(&bm->wb_cv);
+  pthread_mutex_destroy(&bm->wb_mu);
   spare_drop(bm);
   free(bm->run_buf);
   pthread_rwlock_destroy(&bm->lock);

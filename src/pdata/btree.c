@@ -585,7 +585,11 @@ int pd_btree_remove_range(struct pd_btree *t, uint64_t root, uint64_t kb, uint64
       struct pd_block *cb;
       if ((r = read_node(t, cnr, &cb)))
         break;
-      memcpy(node->data, cb->data, PD_BLOCK_SIZE);
+      /* All but the stamp (checksum, block number), which the write
+       * stamps anew, and which the cache's write-back thread may be
+       * writing into `cb` right now. */
+      memcpy(node->data + NODE_FLAGS, cb->data + NODE_FLAGS, 4);
+      memcpy(node->data + NODE_NR, cb->data + NODE_NR, PD_BLOCK_SIZE - NODE_NR);
       pd_tm_unlock(t->tm, cb);
       if (pd_sm_get(t->tm->meta, cnr) > 1 && (r = inc_children(t, node->data)))
         break;

@@ -86,7 +86,20 @@ struct pd_block {
   atomic_bool referenced;       /* read since eviction last passed it (CLOCK) */
   bool writer;
   bool dirty;
+  bool wb;      /* queued to the write-back thread: not evicted, not written to */
   uint8_t type; /* enum pd_btype, used to stamp the block when written */
+};
+
+/* Dirty blocks evicted from the cache are stamped and written by a thread
+ * of the block manager while the evicting thread goes on; a batch at a time,
+ * at most BM_WB_SLOTS batches in flight. */
+#define BM_EVICT_BATCH 256
+#define BM_WB_SLOTS 4
+
+struct pd_bm_wb_batch {
+  struct pd_block *v[BM_EVICT_BATCH]; /* sorted by block number */
+  size_t n;
+  int r; /* the write's result */
 };
 
 struct pd_bm {
@@ -104,6 +117,18 @@ struct pd_bm {
   struct pd_block *spare; /* evicted blocks kept for reuse (chained by hnext) */
   size_t nr_spare;
   uint8_t *run_buf;       /* staging for multi-block writes */
+  /* The write-back thread (started on the first dirty eviction). `wb_mu`
+   * guards the counters and the batches' results; the blocks' flags are
+   * set and cleared by the threads holding the write side of `lock`, which
+   * the write-back thread never takes. Batch i is in slot i % BM_WB_SLOTS;
+   * [wb_reaped, wb_written) are written, [wb_written, wb_queued) queued. */
+  pthread_t wb_thread;
+  bool wb_started, wb_stop;
+  pthread_mutex_t wb_mu;
+  pthread_cond_t wb_cv;
+  uint64_t wb_queued, wb_written, wb_reaped;
+  size_t nr_wb; /* blocks queued or being written (under `lock`) */
+  struct pd_bm_wb_batch wb_batch[BM_WB_SLOTS];
   char why[200];          /* why the last block was refused (under lock) */
 };
 
@@ -117,7 +142,9 @@ int pd_bm_write(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block 
 /* Write-lock a block without reading it: contents zeroed. */
 int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out);
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b);
-/* Write every dirty block except block `skip` (UINT64_MAX: none). */
+/* Write every dirty block except block `skip` (UINT64_MAX: none), after
+ * waiting for the blocks queued to the write-back thread; fails with the
+ * first write error met since the last call, theirs included. */
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip);
 /* Write every dirty, unlocked block but the superblock now, in the open
  * transaction (as eviction does: they sit where the last commit has free

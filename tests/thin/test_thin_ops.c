@@ -1352,6 +1352,59 @@ START_TEST(provision_writeback_write_fails)
 }
 END_TEST
 
+/* A provision larger than the metadata cache: its evicted blocks are
+ * written by the block cache's write-back thread, and one of those writes
+ * failing (past the early write-back's first 32 MiB) fails the commit. */
+START_TEST(provision_evicted_write_fails)
+{
+  const char *dir = ts_test_dir;
+  const char *layers =
+      " \"data\": { \"type\": \"zero\", \"size\": \"256G\" },"
+      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
+      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"256G\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }";
+  char *j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
+      "%s",
+      layers);
+  ts_stack *s = ts_test_open(dir, j);
+  ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
+  close_and_check(s, dir);
+  free(j);
+  unsigned char sb0[4096], sb1[4096];
+  read_super(dir, sb0);
+  /* The 32 MiB written back early take 32 or more requests of at most
+   * 1 MiB; the 80th write comes from eviction. */
+  j = ts_test_fmt(
+      "{ \"version\": 1, \"layers\": {"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+      " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"write\","
+      "   \"errno\": \"EIO\", \"after\": 79, \"count\": 1 } ] },"
+      "%s",
+      layers);
+  s = ts_test_open(dir, j);
+  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
+  ck_assert_int_eq(ts_provision(v, 0, 256ull << 30), 0);
+  ck_assert_int_eq(ts_flush(v), -EIO);
+  ck_assert(pool_status(pool).failed);
+  ts_stack_close(s, NULL);
+  free(j);
+  read_super(dir, sb1);
+  ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "a failed commit wrote the superblock");
+  thin_check_clean(dir);
+  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
+                  "%s",
+                  layers);
+  s = ts_test_open(dir, j);
+  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
+  close_and_check(s, dir);
+  free(j);
+}
+END_TEST
+
 /* The periodic commit makes changes durable without a flush. */
 START_TEST(periodic_commit)
 {
@@ -1445,6 +1498,7 @@ int main(void)
   tcase_add_test(t, provision_writeback_flush_fails);
   tcase_add_test(t, provision_writes_back_before_commit);
   tcase_add_test(t, provision_writeback_write_fails);
+  tcase_add_test(t, provision_evicted_write_fails);
   tcase_add_test(t, periodic_commit);
   tcase_add_test(t, read_only_pool);
   suite_add_tcase(s, t);
