@@ -1299,41 +1299,42 @@ START_TEST(provision_writes_back_before_commit)
 }
 END_TEST
 
-/* A metadata write that fails during a large PROVISION (the blocks written
- * back before the commit) fails the commit after it: no superblock names
- * blocks that may not be on disk, the pool refuses changes, and the pool on
- * disk is the last commit. */
-START_TEST(provision_writeback_write_fails)
+/* Formats a pool of `size` on a zero data layer with metadata of
+ * `meta_size`, then reopens it with the (after+1)th metadata write failing
+ * and provisions the whole volume: the flush must fail, no superblock may
+ * name blocks that may not be on disk, the pool refuses changes, and the
+ * pool on disk is the last commit. */
+static void provision_write_fault(const char *size, const char *meta_size, uint64_t bytes,
+                                  unsigned after)
 {
   const char *dir = ts_test_dir;
-  const char *layers =
-      " \"data\": { \"type\": \"zero\", \"size\": \"8G\" },"
+  char *layers = ts_test_fmt(
+      " \"data\": { \"type\": \"zero\", \"size\": \"%s\" },"
       " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
       "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
-      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"8G\", \"create\": true } },"
-      " \"exports\": [\"v0\"] }";
-  char *j = ts_test_fmt(
-      "{ \"version\": 1, \"layers\": {"
-      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\", \"create\": true },"
-      "%s",
-      layers);
+      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"%s\", \"create\": true } },"
+      " \"exports\": [\"v0\"] }",
+      size, size);
+  char *j =
+      ts_test_fmt("{ \"version\": 1, \"layers\": {"
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"%s\","
+                  " \"create\": true },%s",
+                  meta_size, layers);
   ts_stack *s = ts_test_open(dir, j);
   ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
   close_and_check(s, dir);
   free(j);
   unsigned char sb0[4096], sb1[4096];
   read_super(dir, sb0);
-  /* Reopened, no metadata block is written before the PROVISION's. */
   j = ts_test_fmt(
       "{ \"version\": 1, \"layers\": {"
-      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\" },"
+      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"%s\" },"
       " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"write\","
-      "   \"errno\": \"EIO\", \"count\": 1 } ] },"
-      "%s",
-      layers);
+      "   \"errno\": \"EIO\", \"after\": %u, \"count\": 1 } ] },%s",
+      meta_size, after, layers);
   s = ts_test_open(dir, j);
   ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
-  ck_assert_int_eq(ts_provision(v, 0, 8ull << 30), 0);
+  ck_assert_int_eq(ts_provision(v, 0, bytes), 0);
   ck_assert_int_eq(ts_flush(v), -EIO);
   ck_assert(pool_status(pool).failed);
   ts_stack_close(s, NULL);
@@ -1342,66 +1343,28 @@ START_TEST(provision_writeback_write_fails)
   ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "a failed commit wrote the superblock");
   thin_check_clean(dir);
   j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"64M\" },"
-                  "%s",
-                  layers);
+                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"%s\" },%s",
+                  meta_size, layers);
   s = ts_test_open(dir, j);
   ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
   close_and_check(s, dir);
   free(j);
+  free(layers);
 }
+
+/* The first metadata write of a provision, one of the blocks written back
+ * before the commit, fails. */
+START_TEST(provision_writeback_write_fails) { provision_write_fault("8G", "64M", 8ull << 30, 0); }
 END_TEST
 
 /* A provision larger than the metadata cache: its evicted blocks are
  * written by the block cache's write-back thread, and one of those writes
- * failing (past the early write-back's first 32 MiB) fails the commit. */
+ * failing (past the early write-back's first 32 MiB, which take 32 or more
+ * requests of at most 1 MiB: the 80th write comes from eviction) fails the
+ * commit. */
 START_TEST(provision_evicted_write_fails)
 {
-  const char *dir = ts_test_dir;
-  const char *layers =
-      " \"data\": { \"type\": \"zero\", \"size\": \"256G\" },"
-      " \"pool\": { \"type\": \"thin-pool\", \"metadata\": \"meta\", \"data\": \"data\","
-      "   \"block_size\": \"64K\", \"create\": true, \"commit_interval\": 0 },"
-      " \"v0\": { \"type\": \"thin\", \"pool\": \"pool\", \"id\": 0, \"size\": \"256G\", \"create\": true } },"
-      " \"exports\": [\"v0\"] }";
-  char *j = ts_test_fmt(
-      "{ \"version\": 1, \"layers\": {"
-      " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\", \"create\": true },"
-      "%s",
-      layers);
-  ts_stack *s = ts_test_open(dir, j);
-  ck_assert_int_eq(ts_flush(node(s, "v0")), 0);
-  close_and_check(s, dir);
-  free(j);
-  unsigned char sb0[4096], sb1[4096];
-  read_super(dir, sb0);
-  /* The 32 MiB written back early take 32 or more requests of at most
-   * 1 MiB; the 80th write comes from eviction. */
-  j = ts_test_fmt(
-      "{ \"version\": 1, \"layers\": {"
-      " \"file\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
-      " \"meta\": { \"type\": \"fault\", \"child\": \"file\", \"rules\": [ { \"op\": \"write\","
-      "   \"errno\": \"EIO\", \"after\": 79, \"count\": 1 } ] },"
-      "%s",
-      layers);
-  s = ts_test_open(dir, j);
-  ts_dev *v = node(s, "v0"), *pool = node(s, "pool");
-  ck_assert_int_eq(ts_provision(v, 0, 256ull << 30), 0);
-  ck_assert_int_eq(ts_flush(v), -EIO);
-  ck_assert(pool_status(pool).failed);
-  ts_stack_close(s, NULL);
-  free(j);
-  read_super(dir, sb1);
-  ck_assert_msg(memcmp(sb0, sb1, sizeof sb0) == 0, "a failed commit wrote the superblock");
-  thin_check_clean(dir);
-  j = ts_test_fmt("{ \"version\": 1, \"layers\": {"
-                  " \"meta\": { \"type\": \"file\", \"path\": \"pool.meta\", \"size\": \"256M\" },"
-                  "%s",
-                  layers);
-  s = ts_test_open(dir, j);
-  ck_assert_uint_eq(mapped_blocks(node(s, "pool"), 0), 0);
-  close_and_check(s, dir);
-  free(j);
+  provision_write_fault("256G", "256M", 256ull << 30, 79);
 }
 END_TEST
 
