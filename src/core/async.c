@@ -269,8 +269,7 @@ static void async_done(void *arg, int result)
 static bool layer_has_async(const ts_dev *dev)
 {
   const ts_layer_type *t = dev->type;
-  return t->struct_size >= offsetof(ts_layer_type, submit_async) + sizeof t->submit_async &&
-         t->submit_async && t->thread_model != TS_THREAD_SERIALIZE;
+  return TS__LAYER_OP(t, submit_async) && t->thread_model != TS_THREAD_SERIALIZE;
 }
 
 /* Completer side --------------------------------------------------------- */

@@ -89,7 +89,7 @@ char *ts_stack_config_json(ts_stack *s, uint32_t flags)
     r = rewrite(n, n->type->params, obj, flags);
     /* Types built against an older header have no config slot. */
     const ts_layer_type *t = n->type;
-    if (!r && t->struct_size >= offsetof(ts_layer_type, config) + sizeof t->config && t->config)
+    if (!r && TS__LAYER_OP(t, config))
       r = t->config(n, obj);
   }
   char *out = r ? NULL : json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

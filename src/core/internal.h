@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 struct ts_node {
@@ -166,6 +167,11 @@ void ts__count_error(struct ts_node *n, uint32_t op);
  * the answer is then -EOPNOTSUPP. 0 or -errno, with ts_last_error() set on
  * a failure. Thread-safe as ts_submit() is. */
 int ts__copy_range(struct ts_node *n, uint64_t src, uint64_t dst, uint64_t len, uint32_t flags);
+
+/* Layer type t's optional hook `op`, or NULL where t was built against a
+ * header older than that slot (its struct_size ends before it). */
+#define TS__LAYER_OP(t, op)                                                                        \
+  ((t)->struct_size >= offsetof(ts_layer_type, op) + sizeof(t)->op ? (t)->op : NULL)
 
 /* async.c: where a request started through submit_async can complete on
  * the thread of the async context that started it (LOOP and EVENTFD modes),

@@ -335,8 +335,7 @@ int ts__submit_checked(struct ts_node *n, const ts_io *io)
 int ts__submit_async(struct ts_node *n, const ts_io *io, ts_io_done_fn done, void *arg)
 {
   const ts_layer_type *t = n->type;
-  if (t->struct_size < offsetof(ts_layer_type, submit_async) + sizeof t->submit_async ||
-      !t->submit_async || t->thread_model == TS_THREAD_SERIALIZE)
+  if (!TS__LAYER_OP(t, submit_async) || t->thread_model == TS_THREAD_SERIALIZE)
     return -EAGAIN;
   if (io->op != TS_OP_READ && io->op != TS_OP_WRITE && io->op != TS_OP_FLUSH)
     return -EAGAIN;
@@ -401,8 +400,7 @@ int ts__copy_range(struct ts_node *n, uint64_t src, uint64_t dst, uint64_t len, 
     return io_fail(-EINVAL, "copy on %s from offset %s to %s overlaps itself (length %s)", n->name,
                    fmt_off(a, sizeof a, src), fmt_off(b, sizeof b, dst), fmt_off(c, sizeof c, len));
   r = -EOPNOTSUPP;
-  if (t->struct_size >= offsetof(ts_layer_type, copy_range) + sizeof t->copy_range &&
-      t->copy_range) {
+  if (TS__LAYER_OP(t, copy_range)) {
     unsigned seq = last_seq;
     if (t->thread_model == TS_THREAD_SERIALIZE) {
       pthread_mutex_lock(&n->serial);
