@@ -588,39 +588,50 @@ void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
   pthread_rwlock_unlock(&bm->lock);
 }
 
+/* Write the cached blocks `pick` chooses, in ascending order so contiguous
+ * runs go in one request (write side held). */
+static int write_picked(struct pd_bm *bm, bool (*pick)(const struct pd_block *, uint64_t),
+                        uint64_t arg)
+{
+  size_t n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    n += pick(b, arg);
+  if (!n)
+    return 0;
+  struct pd_block **v = malloc(n * sizeof(*v));
+  if (!v)
+    return -ENOMEM;
+  n = 0;
+  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
+    if (pick(b, arg))
+      v[n++] = b;
+  qsort(v, n, sizeof(*v), cmp_block);
+  int r = write_sorted(bm, v, n);
+  free(v);
+  return r;
+}
+
+static bool dirty_but(const struct pd_block *b, uint64_t skip)
+{
+  return b->dirty && b->nr != skip;
+}
+
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
 {
   pthread_rwlock_wrlock(&bm->lock);
   wb_drain(bm);
   int r = bm->io_error;
   bm->io_error = 0;
-  size_t n = 0;
-  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
-    if (b->dirty && b->nr != skip)
-      n++;
-  struct pd_block **v = n ? malloc(n * sizeof(*v)) : NULL;
-  if (n && !v) {
-    pthread_rwlock_unlock(&bm->lock);
-    return -ENOMEM;
-  }
-  n = 0;
-  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
-    if (b->dirty && b->nr != skip)
-      v[n++] = b;
-  /* Ascending order, contiguous runs in one request (nothing dirty: no
-   * array, and qsort takes no NULL even for zero elements). */
-  if (n)
-    qsort(v, n, sizeof(*v), cmp_block);
   if (!r)
-    r = write_sorted(bm, v, n);
-  free(v);
+    r = write_picked(bm, dirty_but, skip);
   pthread_rwlock_unlock(&bm->lock);
   return r;
 }
 
 /* Dirty, unlocked, and not the superblock (written last, by the commit). */
-static bool write_back_now(struct pd_block *b)
+static bool write_back_now(const struct pd_block *b, uint64_t unused)
 {
+  (void)unused;
   return b->dirty && b->nr != 0 && !b->writer &&
          !atomic_load_explicit(&b->readers, memory_order_acquire);
 }
@@ -629,26 +640,11 @@ int pd_bm_write_back(struct pd_bm *bm)
 {
   pthread_rwlock_wrlock(&bm->lock);
   wb_reap(bm); /* the queued blocks are on their way; no need to wait */
-  size_t n = 0;
-  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
-    if (write_back_now(b))
-      n++;
-  struct pd_block **v = n ? malloc(n * sizeof(*v)) : NULL;
-  if (n && !v) {
-    pthread_rwlock_unlock(&bm->lock);
-    return -ENOMEM;
-  }
-  n = 0;
-  for (struct pd_block *b = bm->lru.next; b != &bm->lru; b = b->next)
-    if (write_back_now(b))
-      v[n++] = b;
-  if (n)
-    qsort(v, n, sizeof(*v), cmp_block);
-  /* As for an evicted block: a failed write fails the next commit. */
-  int r = write_sorted(bm, v, n);
-  if (r && !bm->io_error)
+  int r = write_picked(bm, write_back_now, 0);
+  /* As for an evicted block: a failed write fails the next commit (not a
+   * failed allocation: the commit writes those blocks itself). */
+  if (r && r != -ENOMEM && !bm->io_error)
     bm->io_error = r;
-  free(v);
   pthread_rwlock_unlock(&bm->lock);
   return r;
 }
