@@ -611,10 +611,7 @@ static int write_picked(struct pd_bm *bm, bool (*pick)(const struct pd_block *, 
   return r;
 }
 
-static bool dirty_but(const struct pd_block *b, uint64_t skip)
-{
-  return b->dirty && b->nr != skip;
-}
+static bool dirty_but(const struct pd_block *b, uint64_t skip) { return b->dirty && b->nr != skip; }
 
 int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip)
 {
