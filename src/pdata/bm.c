@@ -104,9 +104,15 @@ void pd_block_prepare(uint8_t *data, uint64_t nr, enum pd_btype t)
   ts__put32(data, pd_block_csum(data, pd_btype_salt(t)));
 }
 
+/* Fibonacci hashing: the product's top bits. Consecutive block numbers
+ * (what the allocator hands out, and so most of the cache) land in distinct
+ * buckets, and the next ones in empty buckets, so a new block's lookup
+ * (a miss) usually reads no block at all. Bits from the middle of the
+ * product put a 5,120-block range in 4,081 of 8,192 buckets and made the
+ * next block's miss walk 0.9 blocks on average. */
 static size_t hash_of(const struct pd_bm *bm, uint64_t nr)
 {
-  return (size_t)((nr * 0x9E3779B97F4A7C15ull) >> 20) & bm->hash_mask;
+  return (size_t)((nr * 0x9E3779B97F4A7C15ull) >> bm->hash_shift);
 }
 
 int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blocks,
@@ -120,15 +126,20 @@ int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blo
   bm->max_cached = cache_blocks ? cache_blocks : 4096;
   if (bm->max_cached < 16)
     bm->max_cached = 16;
-  size_t hs = 64;
-  while (hs < bm->max_cached * 2)
+  /* Sized for what the hash holds: the cache and the blocks queued to the
+   * write-back thread beyond it, at most half full. */
+  size_t hs = 64, held = (size_t)bm->max_cached + BM_WB_SLOTS * BM_EVICT_BATCH;
+  unsigned bits = 6;
+  while (hs < held * 2) {
     hs <<= 1;
+    bits++;
+  }
   bm->hash = calloc(hs, sizeof(*bm->hash));
   if (!bm->hash) {
     free(bm);
     return -ENOMEM;
   }
-  bm->hash_mask = hs - 1;
+  bm->hash_shift = 64 - bits;
   bm->lru.prev = bm->lru.next = &bm->lru;
   /* Writer-preferring: the read side is taken for every cached lookup, and
    * a miss must not wait behind an endless stream of them. */
@@ -507,6 +518,16 @@ static void fill_new(struct pd_block *b, enum fill f)
   else if (f == FILL_NODE)
     memset(b->data, 0, NODE_KEYS);
   b->zero_unused = f == FILL_NODE;
+}
+
+size_t pd_bm_chain_len(struct pd_bm *bm, uint64_t nr)
+{
+  size_t n = 0;
+  pthread_rwlock_rdlock(&bm->lock);
+  for (struct pd_block *b = bm->hash[hash_of(bm, nr)]; b; b = b->hnext)
+    n++;
+  pthread_rwlock_unlock(&bm->lock);
+  return n;
 }
 
 static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, enum fill fill,

@@ -110,7 +110,7 @@ struct pd_bm {
                             of a reader; write side: everything else); block
                             data follows the caller's readers-XOR-writer rule */
   struct pd_block **hash;
-  size_t hash_mask;
+  unsigned hash_shift; /* 64 - log2 of the bucket count */
   struct pd_block lru; /* sentinel */
   size_t nr_cached, max_cached;
   uint64_t reads, writes; /* statistics, blocks */
@@ -163,6 +163,9 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip);
 int pd_bm_write_back(struct pd_bm *bm);
 /* Write one cached dirty block now (the superblock, last). */
 int pd_bm_write_block(struct pd_bm *bm, uint64_t nr);
+/* How many cached blocks share the hash bucket of block nr (the blocks a
+ * lookup of nr walks when nr is not cached). */
+size_t pd_bm_chain_len(struct pd_bm *bm, uint64_t nr);
 /* Forget every cached block (abort). No block may be locked. */
 void pd_bm_drop_all(struct pd_bm *bm);
 /* Forget one cached block if present and unlocked (it was freed). */

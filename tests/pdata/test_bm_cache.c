@@ -130,6 +130,35 @@ START_TEST(new_node_unused_bytes_are_zero)
 }
 END_TEST
 
+/* A provision allocates its blocks in ascending order, so the cache holds
+ * runs of consecutive block numbers and looks up the next ones, which are
+ * not cached yet: each must sit alone in its bucket, and a lookup of the
+ * next ones must find an empty bucket rather than walk cached blocks. */
+START_TEST(consecutive_blocks_do_not_share_buckets)
+{
+  enum { BIG = 4096, BASE = 1000, FILE_BLOCKS = BASE + 3 * BIG };
+  char *big = ts_test_file("big");
+  struct pd_bdev bd;
+  struct pd_bm *m;
+  pdt_make_file(big, (uint64_t)FILE_BLOCKS * PD_BLOCK_SIZE);
+  pdt_open_bdev(&bd, big);
+  ck_assert_int_eq(pd_bm_create(&m, &bd, FILE_BLOCKS, BIG), 0);
+  for (uint64_t i = BASE; i < BASE + BIG; i++) {
+    struct pd_block *b;
+    ck_assert_int_eq(pd_bm_write_zero(m, i, PD_BT_RAW, &b), 0);
+    pd_bm_unlock(m, b);
+  }
+  for (uint64_t i = BASE; i < BASE + BIG; i++)
+    ck_assert_msg(pd_bm_chain_len(m, i) == 1, "block %llu shares its bucket with %zu others",
+                  (unsigned long long)i, pd_bm_chain_len(m, i) - 1);
+  for (uint64_t i = BASE + BIG; i < BASE + 2 * BIG; i++)
+    ck_assert_msg(pd_bm_chain_len(m, i) == 0, "a lookup of block %llu walks %zu cached blocks",
+                  (unsigned long long)i, pd_bm_chain_len(m, i));
+  pd_bm_destroy(m);
+  pd_bdev_close(&bd);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("bm_cache");
@@ -138,6 +167,7 @@ int main(void)
   tcase_add_test(tc, hit_block_gets_second_chance);
   tcase_add_test(tc, held_block_is_never_evicted);
   tcase_add_test(tc, new_node_unused_bytes_are_zero);
+  tcase_add_test(tc, consecutive_blocks_do_not_share_buckets);
   suite_add_tcase(s, tc);
   return ts_test_main(s);
 }
