@@ -104,9 +104,15 @@ void pd_block_prepare(uint8_t *data, uint64_t nr, enum pd_btype t)
   ts__put32(data, pd_block_csum(data, pd_btype_salt(t)));
 }
 
+/* Fibonacci hashing: the product's top bits. Consecutive block numbers
+ * (what the allocator hands out, and so most of the cache) land in distinct
+ * buckets, and the next ones in empty buckets, so a new block's lookup
+ * (a miss) usually reads no block at all. Bits from the middle of the
+ * product put a 5,120-block range in 4,081 of 8,192 buckets and made the
+ * next block's miss walk 0.9 blocks on average. */
 static size_t hash_of(const struct pd_bm *bm, uint64_t nr)
 {
-  return (size_t)((nr * 0x9E3779B97F4A7C15ull) >> 20) & bm->hash_mask;
+  return (size_t)((nr * 0x9E3779B97F4A7C15ull) >> bm->hash_shift);
 }
 
 int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blocks,
@@ -120,15 +126,20 @@ int pd_bm_create(struct pd_bm **out, const struct pd_bdev *bdev, uint64_t nr_blo
   bm->max_cached = cache_blocks ? cache_blocks : 4096;
   if (bm->max_cached < 16)
     bm->max_cached = 16;
-  size_t hs = 64;
-  while (hs < bm->max_cached * 2)
+  /* Sized for what the hash holds: the cache and the blocks queued to the
+   * write-back thread beyond it, at most half full. */
+  size_t hs = 64, held = (size_t)bm->max_cached + BM_WB_SLOTS * BM_EVICT_BATCH;
+  unsigned bits = 6;
+  while (hs < held * 2) {
     hs <<= 1;
+    bits++;
+  }
   bm->hash = calloc(hs, sizeof(*bm->hash));
   if (!bm->hash) {
     free(bm);
     return -ENOMEM;
   }
-  bm->hash_mask = hs - 1;
+  bm->hash_shift = 64 - bits;
   bm->lru.prev = bm->lru.next = &bm->lru;
   /* Writer-preferring: the read side is taken for every cached lookup, and
    * a miss must not wait behind an endless stream of them. */
@@ -472,7 +483,54 @@ static struct pd_block *find(struct pd_bm *bm, uint64_t nr)
   return NULL;
 }
 
-static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool zero,
+/* What a write lock of a block not read from disk starts from. */
+enum fill {
+  FILL_READ, /* read it (or the cached copy) */
+  FILL_ZERO, /* all zeroes */
+  FILL_ALL,  /* undefined: the caller writes every byte */
+  FILL_NODE, /* a B-tree node: header zeroed, the rest zeroed at unlock */
+};
+
+/* Zero the bytes of a new node that its entries do not use, as they were
+ * when every new block was zeroed whole: the keys and values past the
+ * count and the tail past the values. A header that is not a node's (the
+ * caller gave up before writing one) zeroes everything past it. */
+static void node_zero_unused(uint8_t *n)
+{
+  uint32_t flags = ts__le32(n + NODE_FLAGS), nr = pd_node_nr(n), maxe = pd_node_maxe(n),
+           vs = pd_node_vsize(n);
+  if ((flags != PD_NODE_LEAF && flags != PD_NODE_INTERNAL) || vs > PD_BLOCK_SIZE ||
+      maxe != pd_node_max_entries(vs) || nr > maxe) {
+    memset(n + NODE_KEYS, 0, PD_BLOCK_SIZE - NODE_KEYS);
+    return;
+  }
+  size_t end = NODE_KEYS + (size_t)maxe * (8 + vs);
+  memset(n + NODE_KEYS + 8 * (size_t)nr, 0, 8 * (size_t)(maxe - nr));
+  memset(pd_node_val(n, nr), 0, (size_t)vs * (maxe - nr));
+  memset(n + end, 0, PD_BLOCK_SIZE - end);
+}
+
+/* Start a write lock of a block not read from disk. */
+static void fill_new(struct pd_block *b, enum fill f)
+{
+  if (f == FILL_ZERO)
+    memset(b->data, 0, PD_BLOCK_SIZE);
+  else if (f == FILL_NODE)
+    memset(b->data, 0, NODE_KEYS);
+  b->zero_unused = f == FILL_NODE;
+}
+
+size_t pd_bm_chain_len(struct pd_bm *bm, uint64_t nr)
+{
+  size_t n = 0;
+  pthread_rwlock_rdlock(&bm->lock);
+  for (struct pd_block *b = bm->hash[hash_of(bm, nr)]; b; b = b->hnext)
+    n++;
+  pthread_rwlock_unlock(&bm->lock);
+  return n;
+}
+
+static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, enum fill fill,
                struct pd_block **out)
 {
   if (nr >= bm->nr_blocks)
@@ -511,8 +569,8 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     }
     lru_unlink(b);
     lru_push(bm, b);
-    if (zero) {
-      memset(b->data, 0, PD_BLOCK_SIZE);
+    if (fill != FILL_READ) {
+      fill_new(b, fill);
       b->type = (uint8_t)t;
     }
   } else {
@@ -524,8 +582,8 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
     }
     b->nr = nr;
     b->type = (uint8_t)t;
-    if (zero) {
-      memset(b->data, 0, PD_BLOCK_SIZE);
+    if (fill != FILL_READ) {
+      fill_new(b, fill);
     } else {
       int r = pd_bdev_read(&bm->bdev, nr, 1, b->data);
       if (!r)
@@ -558,17 +616,27 @@ static int get(struct pd_bm *bm, uint64_t nr, enum pd_btype t, bool write, bool 
 
 int pd_bm_read(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
 {
-  return get(bm, nr, t, false, false, out);
+  return get(bm, nr, t, false, FILL_READ, out);
 }
 
 int pd_bm_write(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
 {
-  return get(bm, nr, t, true, false, out);
+  return get(bm, nr, t, true, FILL_READ, out);
 }
 
 int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
 {
-  return get(bm, nr, t, true, true, out);
+  return get(bm, nr, t, true, FILL_ZERO, out);
+}
+
+int pd_bm_write_fill(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out)
+{
+  return get(bm, nr, t, true, FILL_ALL, out);
+}
+
+int pd_bm_write_node(struct pd_bm *bm, uint64_t nr, struct pd_block **out)
+{
+  return get(bm, nr, PD_BT_NODE, true, FILL_NODE, out);
 }
 
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
@@ -581,6 +649,10 @@ void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b)
     assert(was > 0);
     (void)was;
     return;
+  }
+  if (b->zero_unused) {
+    node_zero_unused(b->data);
+    b->zero_unused = false;
   }
   pthread_rwlock_wrlock(&bm->lock);
   b->writer = false;

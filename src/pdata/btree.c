@@ -441,9 +441,21 @@ static int merge_run(struct pd_btree *t, uint8_t *n, uint64_t k0, uint64_t count
     if (maxe - nr < m)
       m = maxe - nr;
     open_gap(n, j, (uint32_t)m);
-    for (uint32_t x = 0; x < m; x++) {
-      set_key(n, j + x, kcur + x);
-      gen_value(g, *processed + x, pd_node_val(n, j + x), vs);
+    uint8_t *kp = n + NODE_KEYS + 8 * (size_t)j, *vp = pd_node_val(n, j);
+    if (g->single) {
+      for (uint32_t x = 0; x < m; x++, kp += 8, vp += vs) {
+        ts__put64(kp, kcur + x);
+        memcpy(vp, g->single, vs);
+      }
+    } else {
+      /* 8-byte values: the pointers and the value are computed once, not
+       * from the node's header at every entry (the stores into the node
+       * may alias it). */
+      uint64_t v = g->vbase + *processed * g->vstep;
+      for (uint32_t x = 0; x < m; x++, kp += 8, vp += 8, v += g->vstep) {
+        ts__put64(kp, kcur + x);
+        ts__put64(vp, v);
+      }
     }
     *processed += m;
     *added += m;

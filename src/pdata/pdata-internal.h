@@ -87,6 +87,7 @@ struct pd_block {
   bool writer;
   bool dirty;
   bool wb;      /* queued to the write-back thread: not evicted, not written to */
+  bool zero_unused; /* a new node: its unused bytes are zeroed at unlock (holder only) */
   uint8_t type; /* enum pd_btype, used to stamp the block when written */
 };
 
@@ -109,7 +110,7 @@ struct pd_bm {
                             of a reader; write side: everything else); block
                             data follows the caller's readers-XOR-writer rule */
   struct pd_block **hash;
-  size_t hash_mask;
+  unsigned hash_shift; /* 64 - log2 of the bucket count */
   struct pd_block lru; /* sentinel */
   size_t nr_cached, max_cached;
   uint64_t reads, writes; /* statistics, blocks */
@@ -141,6 +142,15 @@ int pd_bm_read(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block *
 int pd_bm_write(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out);
 /* Write-lock a block without reading it: contents zeroed. */
 int pd_bm_write_zero(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out);
+/* Write-lock a block without reading it: contents undefined, the caller
+ * writes every byte before it unlocks (a copy of another block). */
+int pd_bm_write_fill(struct pd_bm *bm, uint64_t nr, enum pd_btype t, struct pd_block **out);
+/* Write-lock a new B-tree node without reading it: the header is zeroed
+ * for the caller to fill; what its entries leave unused (past the count,
+ * past the values) is zeroed when it unlocks, so it reaches the disk as a
+ * zeroed block written with the same entries would, without zeroing the
+ * 4 KiB a full leaf overwrites. */
+int pd_bm_write_node(struct pd_bm *bm, uint64_t nr, struct pd_block **out);
 void pd_bm_unlock(struct pd_bm *bm, struct pd_block *b);
 /* Write every dirty block except block `skip` (UINT64_MAX: none), after
  * waiting for the blocks queued to the write-back thread; fails with the
@@ -153,6 +163,9 @@ int pd_bm_flush_dirty(struct pd_bm *bm, uint64_t skip);
 int pd_bm_write_back(struct pd_bm *bm);
 /* Write one cached dirty block now (the superblock, last). */
 int pd_bm_write_block(struct pd_bm *bm, uint64_t nr);
+/* How many cached blocks share the hash bucket of block nr (the blocks a
+ * lookup of nr walks when nr is not cached). */
+size_t pd_bm_chain_len(struct pd_bm *bm, uint64_t nr);
 /* Forget every cached block (abort). No block may be locked. */
 void pd_bm_drop_all(struct pd_bm *bm);
 /* Forget one cached block if present and unlocked (it was freed). */

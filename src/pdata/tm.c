@@ -11,18 +11,28 @@ int pd_tm_read(struct pd_tm *tm, uint64_t b, enum pd_btype t, struct pd_block **
   return pd_bm_read(tm->bm, b, t, out);
 }
 
-int pd_tm_new_block(struct pd_tm *tm, enum pd_btype t, struct pd_block **out)
+/* `copy`: the caller overwrites the whole block. B-tree nodes are not
+ * zeroed whole: their writers fill the entries, the block manager the rest
+ * at unlock (a provision's leaves are full: 4 KiB zeroed for nothing). */
+static int new_block(struct pd_tm *tm, enum pd_btype t, bool copy, struct pd_block **out)
 {
   uint64_t b;
   int r = pd_sm_alloc(tm->meta, &b);
   if (r)
     return r;
-  r = pd_bm_write_zero(tm->bm, b, t, out);
+  r = copy              ? pd_bm_write_fill(tm->bm, b, t, out)
+      : t == PD_BT_NODE ? pd_bm_write_node(tm->bm, b, out)
+                        : pd_bm_write_zero(tm->bm, b, t, out);
   if (r) {
     pd_sm_dec(tm->meta, b, NULL);
     return r;
   }
   return 0;
+}
+
+int pd_tm_new_block(struct pd_tm *tm, enum pd_btype t, struct pd_block **out)
+{
+  return new_block(tm, t, false, out);
 }
 
 int pd_tm_shadow(struct pd_tm *tm, uint64_t b, enum pd_btype t, struct pd_block **out,
@@ -38,7 +48,7 @@ int pd_tm_shadow(struct pd_tm *tm, uint64_t b, enum pd_btype t, struct pd_block 
   int r = pd_bm_read(tm->bm, b, t, &src);
   if (r)
     return r;
-  r = pd_tm_new_block(tm, t, &dst);
+  r = new_block(tm, t, true, &dst);
   if (r) {
     pd_bm_unlock(tm->bm, src);
     return r;
