@@ -409,31 +409,45 @@ static void *data_flusher_main(void *arg)
   struct tp_pool *p = arg;
   pthread_mutex_lock(&p->df_mu);
   for (;;) {
-    while (!p->df_asked && !p->wb_asked && !p->df_stop)
+    while (!p->df_asked && !p->df_stop)
       pthread_cond_wait(&p->df_cv, &p->df_mu);
-    if (p->df_asked) {
-      p->df_asked = false;
-      pthread_mutex_unlock(&p->df_mu);
-      int r = ts_flush(p->data);
-      pthread_mutex_lock(&p->df_mu);
-      p->df_result = r;
-      p->df_done = true;
-      pthread_cond_broadcast(&p->df_cv);
-    } else if (p->wb_asked) {
-      p->wb_asked = false;
-      p->wb_busy = true;
-      pthread_mutex_unlock(&p->df_mu);
-      int r = ts_flush(p->meta);
-      pthread_mutex_lock(&p->df_mu);
-      /* A file reports a write-back error to one flush only: this one's
-       * must reach the commit. */
-      if (r && !p->wb_err)
-        p->wb_err = r;
-      p->wb_busy = false;
-      pthread_cond_broadcast(&p->df_cv);
-    } else {
+    if (!p->df_asked)
       break;
-    }
+    p->df_asked = false;
+    pthread_mutex_unlock(&p->df_mu);
+    int r = ts_flush(p->data);
+    pthread_mutex_lock(&p->df_mu);
+    p->df_result = r;
+    p->df_done = true;
+    pthread_cond_broadcast(&p->df_cv);
+  }
+  pthread_mutex_unlock(&p->df_mu);
+  return NULL;
+}
+
+/* The write-back flusher: ts_flush of the metadata layer during a large
+ * provision. Its own thread, because one such flush may still run when the
+ * commit starts, and the data flush must not queue behind it. */
+static void *wb_flusher_main(void *arg)
+{
+  struct tp_pool *p = arg;
+  pthread_mutex_lock(&p->df_mu);
+  for (;;) {
+    while (!p->wb_asked && !p->df_stop)
+      pthread_cond_wait(&p->df_cv, &p->df_mu);
+    if (!p->wb_asked)
+      break;
+    p->wb_asked = false;
+    p->wb_busy = true;
+    pthread_mutex_unlock(&p->df_mu);
+    int r = ts_flush(p->meta);
+    pthread_mutex_lock(&p->df_mu);
+    /* A file reports a write-back error to one flush only: this one's
+     * must reach the commit. */
+    if (r && !p->wb_err)
+      p->wb_err = r;
+    p->wb_busy = false;
+    pthread_cond_broadcast(&p->df_cv);
   }
   pthread_mutex_unlock(&p->df_mu);
   return NULL;
@@ -459,7 +473,7 @@ void tp_meta_writeback(struct tp_pool *p, bool write_back)
     (void)tmd_write_back(p->md); /* an error is kept for the commit */
     w = tmd_blocks_written(p->md);
   }
-  if (!p->data_flusher_running)
+  if (!p->wb_flusher_running)
     return;
   if (w - p->wb_mark < (early ? WRITEBACK_STEP : WRITEBACK_EARLY))
     return;
@@ -479,6 +493,17 @@ static void data_flush_start(struct tp_pool *p)
   p->df_asked = true;
   p->wb_asked = false; /* the commit flushes the metadata itself */
   pthread_cond_broadcast(&p->df_cv);
+  pthread_mutex_unlock(&p->df_mu);
+}
+
+/* Without the data flusher: the data is flushed already; data_flush_wait
+ * still waits for a write-back flush of the metadata. */
+static void data_flush_done(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->df_mu);
+  p->df_done = true;
+  p->df_result = 0;
+  p->wb_asked = false;
   pthread_mutex_unlock(&p->df_mu);
 }
 
@@ -522,13 +547,16 @@ static int commit_txn_locked(struct tp_pool *p, bool *freed)
     return ts_flush(p->data);
   bool beside = p->data_flusher_running;
   int r = 0;
-  if (beside)
+  if (beside) {
     data_flush_start(p);
-  else if ((r = ts_flush(p->data)))
-    return r;
+  } else {
+    if ((r = ts_flush(p->data)))
+      return r;
+    data_flush_done(p);
+  }
   pthread_rwlock_wrlock(&p->lock);
   int data_r = 0;
-  r = tmd_commit_beside(p->md, beside ? data_flush_wait : NULL, p);
+  r = tmd_commit_beside(p->md, data_flush_wait, p);
   if (beside && r && tmd_is_writable(p->md) && !wb_error(p))
     data_r = r; /* the data flush failed; the metadata did not */
   if (r == 0) {
@@ -680,13 +708,14 @@ static int seconds_param(ts_layer *l, const json_t *params, const char *key, dou
 
 static void pool_free(struct tp_pool *p)
 {
-  if (p->data_flusher_running) {
-    pthread_mutex_lock(&p->df_mu);
-    p->df_stop = true;
-    pthread_cond_broadcast(&p->df_cv);
-    pthread_mutex_unlock(&p->df_mu);
+  pthread_mutex_lock(&p->df_mu);
+  p->df_stop = true;
+  pthread_cond_broadcast(&p->df_cv);
+  pthread_mutex_unlock(&p->df_mu);
+  if (p->data_flusher_running)
     pthread_join(p->data_flusher, NULL);
-  }
+  if (p->wb_flusher_running)
+    pthread_join(p->wb_flusher, NULL);
   pthread_mutex_destroy(&p->df_mu);
   pthread_cond_destroy(&p->df_cv);
   if (p->md)
@@ -939,10 +968,13 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
     return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
   if ((r = load_metadata(p, pp.create, err)))
     goto fail;
-  /* Without the thread a commit flushes the data before the metadata, as
-   * safe and only slower. */
-  if (!p->read_only)
+  /* Without the threads a commit flushes the data before the metadata and
+   * a provision leaves its metadata's flush to the commit, as safe and only
+   * slower. */
+  if (!p->read_only) {
     p->data_flusher_running = pthread_create(&p->data_flusher, NULL, data_flusher_main, p) == 0;
+    p->wb_flusher_running = pthread_create(&p->wb_flusher, NULL, wb_flusher_main, p) == 0;
+  }
   if (!p->read_only && pp.ci > 0) {
     if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
       r = ts_layer_error(l, err, -EAGAIN, "commit_interval", "cannot start the commit thread");

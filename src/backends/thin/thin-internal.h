@@ -93,14 +93,15 @@ struct tp_pool {
   pthread_t committer;
   bool committer_running, ct_stop;
 
-  /* The data layer's flush of a commit runs on this thread while the
-   * commit writes the metadata (see commit_txn_locked); so does the
-   * metadata layer's flush that writes back, during a large provision,
-   * the blocks the cache evicted (tp_meta_writeback). */
+  /* The data layer's flush of a commit runs on data_flusher while the
+   * commit writes the metadata (see commit_txn_locked). The metadata
+   * layer's flushes that write back, during a large provision, the blocks
+   * already written (tp_meta_writeback) run on wb_flusher, so that a
+   * commit's data flush never waits behind one. Both under df_mu. */
   pthread_mutex_t df_mu;
   pthread_cond_t df_cv;
-  pthread_t data_flusher;
-  bool data_flusher_running, df_stop, df_asked, df_done;
+  pthread_t data_flusher, wb_flusher;
+  bool data_flusher_running, wb_flusher_running, df_stop, df_asked, df_done;
   int df_result;
   bool wb_asked, wb_busy;
   int wb_err;       /* a write-back flush failed: the commit must fail */
