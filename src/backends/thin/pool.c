@@ -465,7 +465,7 @@ static void *wb_flusher_main(void *arg)
 #define WRITEBACK_STEP 256
 #define WRITEBACK_EARLY 8192
 
-void tp_meta_writeback(struct tp_pool *p, bool write_back)
+void tp_meta_writeback(struct tp_pool *p, bool write_back, bool flush)
 {
   uint64_t w = tmd_blocks_written(p->md);
   bool early = w - p->wb_txn < WRITEBACK_EARLY;
@@ -473,7 +473,7 @@ void tp_meta_writeback(struct tp_pool *p, bool write_back)
     (void)tmd_write_back(p->md); /* an error is kept for the commit */
     w = tmd_blocks_written(p->md);
   }
-  if (!p->wb_flusher_running)
+  if (!flush || !p->wb_flusher_running)
     return;
   if (w - p->wb_mark < (early ? WRITEBACK_STEP : WRITEBACK_EARLY))
     return;

@@ -177,10 +177,10 @@ void tp_fast_end(struct tp_pool *p);
 /* Under `lock` exclusive, between the steps of a large change: with
  * `write_back`, while the open transaction is small, write its dirty
  * metadata blocks now (the caller has other work in flight to overlap
- * with); once enough blocks of it are written, flush the metadata layer in
- * the background, so the commit finds them on disk already instead of
- * writing and syncing them all at once. */
-void tp_meta_writeback(struct tp_pool *p, bool write_back);
+ * with); with `flush`, once enough blocks of it are written, flush the
+ * metadata layer in the background, so the commit finds them on disk
+ * already instead of writing and syncing them all at once. */
+void tp_meta_writeback(struct tp_pool *p, bool write_back, bool flush);
 /* Under `lock` exclusive: mark the metadata changed. */
 void tp_changed(struct tp_pool *p);
 /* With no lock held: raise the events noticed under the lock. */
