@@ -70,6 +70,7 @@ struct tp_pool {
   bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */
+  bool meta_reserved;       /* the metadata layer took a PROVISION of its size */
 
   pthread_rwlock_t txn, lock;
   pthread_mutex_t cell_mu;
