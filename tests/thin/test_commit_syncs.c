@@ -285,6 +285,34 @@ START_TEST(provision_flush_sync_count)
 }
 END_TEST
 
+/* A new pool's reserved metadata is written at the start (where its
+ * blocks are allocated), so that its first commits convert no unwritten
+ * extents there; past that it stays reserved, not written. */
+START_TEST(new_pool_metadata_start_written)
+{
+  ts_dev *v;
+  ts_stack *s = open_logged("64M", &v);
+  ts_dev *mf = ts_stack_node(s, "mf");
+  ts_extent_list l = { 0 };
+  ck_assert_int_eq(ts_block_status(mf, 0, 64u << 20, &l), 0);
+  uint64_t data = 0, reserved = 0;
+  for (size_t i = 0; i < l.n; i++) {
+    const ts_extent *e = &l.v[i];
+    if (e->offset < (16u << 20))
+      ck_assert_msg(e->flags == 0, "metadata [%llu, +%llu) has flags %u, not written data",
+                    (unsigned long long)e->offset, (unsigned long long)e->length, e->flags);
+    if (e->flags == 0)
+      data += e->length;
+    if (e->flags == TS_EXTENT_ZERO)
+      reserved += e->length;
+  }
+  ts_extent_list_free(&l);
+  ck_assert_uint_ge(data, 16u << 20);
+  ck_assert_uint_ge(reserved, 40u << 20);
+  close_and_check(s, ts_test_dir);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("commit_syncs");
@@ -294,6 +322,7 @@ int main(void)
   tcase_add_test(t, provision_flush_order);
   tcase_add_test(t, write_flush_syncs_data);
   tcase_add_test(t, provision_flush_sync_count);
+  tcase_add_test(t, new_pool_metadata_start_written);
   suite_add_tcase(s, t);
   return ts_test_main(s);
 }
