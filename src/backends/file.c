@@ -170,6 +170,7 @@ static int file_open(ts_layer *l, const json_t *params, ts_error *err)
   f->direct = direct;
   ts__fio_init(&f->io, fd, direct, (uint32_t)bs, true);
   f->io.clone_align = f->fs_block;
+  f->io.skip_clean_syncs = true; /* every change of the file goes through fileio */
   pthread_mutex_init(&f->ring_lock, NULL);
   f->path = path;
   ts_layer_set_priv(l, f);
@@ -291,6 +292,10 @@ static int file_status(ts_layer *l, json_t *out)
   json_object_set_new(out, "cloned_bytes", json_integer((json_int_t)atomic_load(&f->io.cloned)));
   json_object_set_new(out, "copy_file_range_bytes",
                       json_integer((json_int_t)atomic_load(&f->io.cfr_copied)));
+  /* FLUSH with nothing changed since the last fdatasync skips it. */
+  json_object_set_new(out, "fdatasyncs", json_integer((json_int_t)atomic_load(&f->io.syncs)));
+  json_object_set_new(out, "fdatasyncs_skipped",
+                      json_integer((json_int_t)atomic_load(&f->io.syncs_skipped)));
   json_object_set_new(out, "provision", json_string("fallocate(KEEP_SIZE)"));
   json_object_set_new(out, "discard", json_string("fallocate(PUNCH_HOLE)"));
   json_object_set_new(out, "write_zeroes", json_string("fallocate(ZERO_RANGE), PUNCH_HOLE with may_unmap"));
@@ -307,6 +312,7 @@ static int file_grow(ts_layer *l, uint64_t new_size, ts_error *err)
   if (ftruncate(f->io.fd, (off_t)new_size) != 0)
     return ts_layer_error(l, err, -errno, "size", "cannot grow %s to %llu bytes: %s", f->path,
                           (unsigned long long)new_size, strerror(errno));
+  ts__fio_changed(&f->io); /* the new size is durable after the next sync */
   f->size = new_size;
   return 0;
 }

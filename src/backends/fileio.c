@@ -33,6 +33,18 @@ void ts__fio_init(struct ts__fio *f, int fd, bool direct, uint32_t align, bool e
   atomic_init(&f->no_cfr, false);
   atomic_init(&f->cloned, 0);
   atomic_init(&f->cfr_copied, 0);
+  f->skip_clean_syncs = false;
+  /* The first flush after open always syncs: what the file holds when
+   * opened (created, truncated) may not be durable yet. */
+  atomic_init(&f->changes, 1);
+  atomic_init(&f->synced, 0);
+  atomic_init(&f->syncs, 0);
+  atomic_init(&f->syncs_skipped, 0);
+}
+
+void ts__fio_changed(struct ts__fio *f)
+{
+  atomic_fetch_add_explicit(&f->changes, 1, memory_order_release);
 }
 
 static bool iov_aligned(const struct iovec *iov, int iovcnt, uint32_t a)
@@ -205,8 +217,8 @@ static uint64_t bounce_run(const struct iov_pos *p, uint32_t a, uint64_t limit)
   return at < limit ? at : limit;
 }
 
-int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
-               uint64_t len, int rwf)
+static int fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
+                  uint64_t len, int rwf)
 {
   uint32_t a = f->align;
   if (!a || iov_aligned(iov, iovcnt, a))
@@ -251,6 +263,15 @@ int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcn
   return 0;
 }
 
+int ts__fio_rw(struct ts__fio *f, bool write, const struct iovec *iov, int iovcnt, uint64_t off,
+               uint64_t len, int rwf)
+{
+  int r = fio_rw(f, write, iov, iovcnt, off, len, rwf);
+  if (write)
+    ts__fio_changed(f);
+  return r;
+}
+
 /* An answer that means "this call does not work on this file", not "this
  * request failed". */
 static bool refused(int e)
@@ -258,7 +279,7 @@ static bool refused(int e)
   return e == EOPNOTSUPP || e == ENOTSUP || e == ENOTTY || e == EXDEV || e == EINVAL || e == ENOSYS;
 }
 
-int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bool clone_only)
+static int fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bool clone_only)
 {
   uint32_t a = f->clone_align;
   if (a && !(src % a) && !(dst % a) && !(len % a) &&
@@ -302,6 +323,13 @@ int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bo
   return 0;
 }
 
+int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bool clone_only)
+{
+  int r = fio_copy(f, src, dst, len, clone_only);
+  ts__fio_changed(f);
+  return r;
+}
+
 const char *ts__fio_copy_state(struct ts__fio *f)
 {
   if (f->clone_align && !atomic_load_explicit(&f->no_clone, memory_order_relaxed))
@@ -313,24 +341,39 @@ const char *ts__fio_copy_state(struct ts__fio *f)
 
 int ts__fio_sync(struct ts__fio *f)
 {
+  /* Every change counted up to c returned before the fdatasync begins, so
+   * that fdatasync covers them; later ones count past c. A failed one
+   * leaves `synced` behind, so the next flush tries again. */
+  uint64_t c = atomic_load_explicit(&f->changes, memory_order_acquire);
+  if (f->skip_clean_syncs && c == atomic_load_explicit(&f->synced, memory_order_acquire)) {
+    atomic_fetch_add_explicit(&f->syncs_skipped, 1, memory_order_relaxed);
+    return 0;
+  }
+  atomic_fetch_add_explicit(&f->syncs, 1, memory_order_relaxed);
   while (fdatasync(f->fd) != 0)
     if (errno != EINTR)
       return -errno;
+  uint64_t s = atomic_load_explicit(&f->synced, memory_order_relaxed);
+  while (s < c && !atomic_compare_exchange_weak_explicit(&f->synced, &s, c, memory_order_release,
+                                                         memory_order_relaxed))
+    ;
   return 0;
 }
 
 int ts__fio_fallocate(struct ts__fio *f, int mode, uint64_t off, uint64_t len)
 {
-  while (fallocate(f->fd, mode, (off_t)off, (off_t)len) != 0) {
-    if (errno == EINTR)
-      continue;
-    /* EOPNOTSUPP for a mode the file system or block device lacks, ENOSYS
-     * on kernels without fallocate: unsupported, not failed. */
-    if (errno == EOPNOTSUPP || errno == ENOTSUP || errno == ENOSYS)
-      return -EOPNOTSUPP;
-    return -errno;
-  }
-  return 0;
+  int r;
+  while ((r = fallocate(f->fd, mode, (off_t)off, (off_t)len)) != 0 && errno == EINTR)
+    ;
+  int e = errno;
+  ts__fio_changed(f);
+  if (!r)
+    return 0;
+  /* EOPNOTSUPP for a mode the file system or block device lacks, ENOSYS
+   * on kernels without fallocate: unsupported, not failed. */
+  if (e == EOPNOTSUPP || e == ENOTSUP || e == ENOSYS)
+    return -EOPNOTSUPP;
+  return -e;
 }
 
 /* What one SEEK_DATA answered during a walk: no data (not even cached
@@ -684,6 +727,8 @@ static void ring_complete(struct ring_req *q, int res, bool on_sink)
   } else {
     r = 0;
   }
+  if (io->op == TS_OP_WRITE)
+    ts__fio_changed(f); /* before the caller learns it is done */
   atomic_fetch_add_explicit(&f->ring_ops, 1, memory_order_relaxed);
   if (on_sink)
     atomic_fetch_add_explicit(&f->ring_ops_sink, 1, memory_order_relaxed);

@@ -38,6 +38,17 @@ struct ts__fio {
   _Atomic bool no_cfr;            /* the kernel refused copy_file_range here */
   _Atomic uint64_t cloned;        /* bytes copied by FICLONERANGE (status) */
   _Atomic uint64_t cfr_copied;    /* bytes copied by copy_file_range (status) */
+  /* With skip_clean_syncs, ts__fio_sync skips the fdatasync (and the device
+   * cache flush it costs) when nothing changed since the last one that
+   * succeeded: `changes` counts writes, fallocates and copies once they
+   * have returned (failed ones too), `synced` the count a successful
+   * fdatasync began after. Only for an owner whose every change of the file
+   * goes through these calls (the file layer; the kernel layer's ioctls
+   * do not). */
+  bool skip_clean_syncs;
+  _Atomic uint64_t changes;
+  _Atomic uint64_t synced;
+  _Atomic uint64_t syncs, syncs_skipped; /* fdatasyncs made and skipped (status) */
 };
 
 /* Set up `f` for `fd` (not taken over: the caller closes it). */
@@ -66,8 +77,11 @@ int ts__fio_copy(struct ts__fio *f, uint64_t src, uint64_t dst, uint64_t len, bo
  * "copy_file_range" or "none" (status). */
 const char *ts__fio_copy_state(struct ts__fio *f);
 
-/* fdatasync, restarted on EINTR. */
+/* fdatasync, restarted on EINTR; with skip_clean_syncs, 0 at once when no
+ * change returned since the last successful one began. Thread-safe. */
 int ts__fio_sync(struct ts__fio *f);
+/* Count a change of the file made outside these calls (ftruncate). */
+void ts__fio_changed(struct ts__fio *f);
 
 /* fallocate(mode); a mode the file system or kernel lacks answers
  * -EOPNOTSUPP, other failures -errno. */

@@ -409,31 +409,45 @@ static void *data_flusher_main(void *arg)
   struct tp_pool *p = arg;
   pthread_mutex_lock(&p->df_mu);
   for (;;) {
-    while (!p->df_asked && !p->wb_asked && !p->df_stop)
+    while (!p->df_asked && !p->df_stop)
       pthread_cond_wait(&p->df_cv, &p->df_mu);
-    if (p->df_asked) {
-      p->df_asked = false;
-      pthread_mutex_unlock(&p->df_mu);
-      int r = ts_flush(p->data);
-      pthread_mutex_lock(&p->df_mu);
-      p->df_result = r;
-      p->df_done = true;
-      pthread_cond_broadcast(&p->df_cv);
-    } else if (p->wb_asked) {
-      p->wb_asked = false;
-      p->wb_busy = true;
-      pthread_mutex_unlock(&p->df_mu);
-      int r = ts_flush(p->meta);
-      pthread_mutex_lock(&p->df_mu);
-      /* A file reports a write-back error to one flush only: this one's
-       * must reach the commit. */
-      if (r && !p->wb_err)
-        p->wb_err = r;
-      p->wb_busy = false;
-      pthread_cond_broadcast(&p->df_cv);
-    } else {
+    if (!p->df_asked)
       break;
-    }
+    p->df_asked = false;
+    pthread_mutex_unlock(&p->df_mu);
+    int r = ts_flush(p->data);
+    pthread_mutex_lock(&p->df_mu);
+    p->df_result = r;
+    p->df_done = true;
+    pthread_cond_broadcast(&p->df_cv);
+  }
+  pthread_mutex_unlock(&p->df_mu);
+  return NULL;
+}
+
+/* The write-back flusher: ts_flush of the metadata layer during a large
+ * provision. Its own thread, because one such flush may still run when the
+ * commit starts, and the data flush must not queue behind it. */
+static void *wb_flusher_main(void *arg)
+{
+  struct tp_pool *p = arg;
+  pthread_mutex_lock(&p->df_mu);
+  for (;;) {
+    while (!p->wb_asked && !p->df_stop)
+      pthread_cond_wait(&p->df_cv, &p->df_mu);
+    if (!p->wb_asked)
+      break;
+    p->wb_asked = false;
+    p->wb_busy = true;
+    pthread_mutex_unlock(&p->df_mu);
+    int r = ts_flush(p->meta);
+    pthread_mutex_lock(&p->df_mu);
+    /* A file reports a write-back error to one flush only: this one's
+     * must reach the commit. */
+    if (r && !p->wb_err)
+      p->wb_err = r;
+    p->wb_busy = false;
+    pthread_cond_broadcast(&p->df_cv);
   }
   pthread_mutex_unlock(&p->df_mu);
   return NULL;
@@ -451,7 +465,7 @@ static void *data_flusher_main(void *arg)
 #define WRITEBACK_STEP 256
 #define WRITEBACK_EARLY 8192
 
-void tp_meta_writeback(struct tp_pool *p, bool write_back)
+void tp_meta_writeback(struct tp_pool *p, bool write_back, bool flush)
 {
   uint64_t w = tmd_blocks_written(p->md);
   bool early = w - p->wb_txn < WRITEBACK_EARLY;
@@ -459,7 +473,7 @@ void tp_meta_writeback(struct tp_pool *p, bool write_back)
     (void)tmd_write_back(p->md); /* an error is kept for the commit */
     w = tmd_blocks_written(p->md);
   }
-  if (!p->data_flusher_running)
+  if (!flush || !p->wb_flusher_running)
     return;
   if (w - p->wb_mark < (early ? WRITEBACK_STEP : WRITEBACK_EARLY))
     return;
@@ -479,6 +493,17 @@ static void data_flush_start(struct tp_pool *p)
   p->df_asked = true;
   p->wb_asked = false; /* the commit flushes the metadata itself */
   pthread_cond_broadcast(&p->df_cv);
+  pthread_mutex_unlock(&p->df_mu);
+}
+
+/* Without the data flusher: the data is flushed already; data_flush_wait
+ * still waits for a write-back flush of the metadata. */
+static void data_flush_done(struct tp_pool *p)
+{
+  pthread_mutex_lock(&p->df_mu);
+  p->df_done = true;
+  p->df_result = 0;
+  p->wb_asked = false;
   pthread_mutex_unlock(&p->df_mu);
 }
 
@@ -522,13 +547,16 @@ static int commit_txn_locked(struct tp_pool *p, bool *freed)
     return ts_flush(p->data);
   bool beside = p->data_flusher_running;
   int r = 0;
-  if (beside)
+  if (beside) {
     data_flush_start(p);
-  else if ((r = ts_flush(p->data)))
-    return r;
+  } else {
+    if ((r = ts_flush(p->data)))
+      return r;
+    data_flush_done(p);
+  }
   pthread_rwlock_wrlock(&p->lock);
   int data_r = 0;
-  r = tmd_commit_beside(p->md, beside ? data_flush_wait : NULL, p);
+  r = tmd_commit_beside(p->md, data_flush_wait, p);
   if (beside && r && tmd_is_writable(p->md) && !wb_error(p))
     data_r = r; /* the data flush failed; the metadata did not */
   if (r == 0) {
@@ -680,13 +708,14 @@ static int seconds_param(ts_layer *l, const json_t *params, const char *key, dou
 
 static void pool_free(struct tp_pool *p)
 {
-  if (p->data_flusher_running) {
-    pthread_mutex_lock(&p->df_mu);
-    p->df_stop = true;
-    pthread_cond_broadcast(&p->df_cv);
-    pthread_mutex_unlock(&p->df_mu);
+  pthread_mutex_lock(&p->df_mu);
+  p->df_stop = true;
+  pthread_cond_broadcast(&p->df_cv);
+  pthread_mutex_unlock(&p->df_mu);
+  if (p->data_flusher_running)
     pthread_join(p->data_flusher, NULL);
-  }
+  if (p->wb_flusher_running)
+    pthread_join(p->wb_flusher, NULL);
   pthread_mutex_destroy(&p->df_mu);
   pthread_cond_destroy(&p->df_cv);
   if (p->md)
@@ -721,6 +750,31 @@ static int md_error(ts_layer *l, ts_error *err, int r, const char *key, const ch
  * place metadata can run out. -ENOSPC when the space is not there; a layer
  * that cannot provision (a device, a file system without fallocate) gets
  * an event instead, since its blocks may well exist already. */
+/* Metadata bytes a new pool writes with zeroes once it has reserved them:
+ * the metadata cache's size, the first ~50 GiB of 64K mappings. */
+#define META_PREWRITE (16ull << 20)
+
+/* A new pool's metadata blocks are allocated from the start of the device,
+ * and a reservation leaves unwritten extents there: the first write of
+ * each block then makes the commit's fdatasync convert its extent, a
+ * journal commit of its own after the data flush's (at 1-32 GiB a third to
+ * a half of the commit, docs/layers/thin.md "The commit's syncs"). Writing
+ * the start once, before the format's syncs, pays that when the pool is
+ * created; blocks freed later are reused where they are, written already.
+ * Only when formatting (the device holds no pool) and after a reservation:
+ * elsewhere the writes would allocate what the pool chose not to reserve. */
+static int prewrite_metadata(struct tp_pool *p, uint64_t bytes)
+{
+  if (bytes > META_PREWRITE)
+    bytes = META_PREWRITE;
+  int r = 0;
+  for (uint64_t off = 0; off < bytes && !r; off += TS_ZERO_BUF_SIZE) {
+    uint64_t n = bytes - off < TS_ZERO_BUF_SIZE ? bytes - off : TS_ZERO_BUF_SIZE;
+    r = ts_pwrite(p->meta, ts_zero_buffer(), (size_t)n, off, 0);
+  }
+  return r;
+}
+
 static int reserve_metadata(struct tp_pool *p, uint64_t bytes)
 {
   const ts_limits *ml = ts_dev_limits(p->meta);
@@ -733,6 +787,7 @@ static int reserve_metadata(struct tp_pool *p, uint64_t bytes)
                    ts_dev_name(p->meta));
     return 0;
   }
+  p->meta_reserved = r == 0;
   return r;
 }
 
@@ -848,6 +903,10 @@ static int format_pool(struct tp_pool *p, bool create, uint64_t nblocks,
     return ts_layer_error(l, err, r, "metadata",
                           "cannot reserve %llu bytes for the metadata on \"%s\": %s",
                           (unsigned long long)msize, ts_dev_name(p->meta), ts_strerror(r));
+  if (p->meta_reserved && (r = prewrite_metadata(p, msize)))
+    return ts_layer_error(l, err, r, "metadata",
+                          "cannot write zeroes to the metadata on \"%s\": %s", ts_dev_name(p->meta),
+                          ts_strerror(r));
   r = tmd_format(&p->bdev, (uint32_t)(p->bs / 512), nblocks, cfg, &p->md, err);
   if (r)
     return md_error(l, err, r, "metadata", "cannot format the pool metadata");
@@ -939,10 +998,13 @@ static int pool_open(ts_layer *l, const json_t *params, ts_error *err)
     return ts_layer_error(l, err, -ENOMEM, NULL, "out of memory");
   if ((r = load_metadata(p, pp.create, err)))
     goto fail;
-  /* Without the thread a commit flushes the data before the metadata, as
-   * safe and only slower. */
-  if (!p->read_only)
+  /* Without the threads a commit flushes the data before the metadata and
+   * a provision leaves its metadata's flush to the commit, as safe and only
+   * slower. */
+  if (!p->read_only) {
     p->data_flusher_running = pthread_create(&p->data_flusher, NULL, data_flusher_main, p) == 0;
+    p->wb_flusher_running = pthread_create(&p->wb_flusher, NULL, wb_flusher_main, p) == 0;
+  }
   if (!p->read_only && pp.ci > 0) {
     if (pthread_create(&p->committer, NULL, committer_main, p) != 0) {
       r = ts_layer_error(l, err, -EAGAIN, "commit_interval", "cannot start the commit thread");

@@ -70,6 +70,7 @@ struct tp_pool {
   bool config_read_only;    /* read_only in the config, not just the open mode */
   bool data_discard;        /* the data layer takes DISCARD */
   bool data_provision;      /* the data layer takes PROVISION */
+  bool meta_reserved;       /* the metadata layer took a PROVISION of its size */
 
   pthread_rwlock_t txn, lock;
   pthread_mutex_t cell_mu;
@@ -93,14 +94,15 @@ struct tp_pool {
   pthread_t committer;
   bool committer_running, ct_stop;
 
-  /* The data layer's flush of a commit runs on this thread while the
-   * commit writes the metadata (see commit_txn_locked); so does the
-   * metadata layer's flush that writes back, during a large provision,
-   * the blocks the cache evicted (tp_meta_writeback). */
+  /* The data layer's flush of a commit runs on data_flusher while the
+   * commit writes the metadata (see commit_txn_locked). The metadata
+   * layer's flushes that write back, during a large provision, the blocks
+   * already written (tp_meta_writeback) run on wb_flusher, so that a
+   * commit's data flush never waits behind one. Both under df_mu. */
   pthread_mutex_t df_mu;
   pthread_cond_t df_cv;
-  pthread_t data_flusher;
-  bool data_flusher_running, df_stop, df_asked, df_done;
+  pthread_t data_flusher, wb_flusher;
+  bool data_flusher_running, wb_flusher_running, df_stop, df_asked, df_done;
   int df_result;
   bool wb_asked, wb_busy;
   int wb_err;       /* a write-back flush failed: the commit must fail */
@@ -176,10 +178,10 @@ void tp_fast_end(struct tp_pool *p);
 /* Under `lock` exclusive, between the steps of a large change: with
  * `write_back`, while the open transaction is small, write its dirty
  * metadata blocks now (the caller has other work in flight to overlap
- * with); once enough blocks of it are written, flush the metadata layer in
- * the background, so the commit finds them on disk already instead of
- * writing and syncing them all at once. */
-void tp_meta_writeback(struct tp_pool *p, bool write_back);
+ * with); with `flush`, once enough blocks of it are written, flush the
+ * metadata layer in the background, so the commit finds them on disk
+ * already instead of writing and syncing them all at once. */
+void tp_meta_writeback(struct tp_pool *p, bool write_back, bool flush);
 /* Under `lock` exclusive: mark the metadata changed. */
 void tp_changed(struct tp_pool *p);
 /* With no lock held: raise the events noticed under the lock. */

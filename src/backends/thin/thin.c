@@ -1023,8 +1023,10 @@ static int provision_range(struct tp_vol *vol, uint64_t vb, uint64_t ve, bool ze
       }
       /* While the data layer is busy with later groups, this group's
        * metadata goes to the disk; otherwise the commit writes and syncs
-       * it all after the request, with nothing left to overlap. */
-      tp_meta_writeback(p, threaded && !r);
+       * it all after the request, with nothing left to overlap. After the
+       * request's last group no flush is asked: it would only run beside
+       * the commit's own, syncing the same blocks. */
+      tp_meta_writeback(p, threaded && !r, e < nr.n || cend < ve);
       pthread_rwlock_unlock(&p->lock);
     }
     if (threaded) {
