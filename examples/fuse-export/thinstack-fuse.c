@@ -326,9 +326,16 @@ static void *read_buf(size_t size)
   if (b->cap < size) {
     free(b->mem);
     b->cap = 0;
-    if (posix_memalign(&b->mem, 4096, size) != 0)
+    /* Large ones in 2 MiB transparent huge pages (where the kernel offers
+     * them), as the receive buffers (see serve): the kernel pins the pages
+     * of the reply one by one to copy it. */
+    size_t huge = 2u << 20, align = size >= huge / 8 ? huge : 4096;
+    size_t cap = (size + align - 1) & ~(align - 1);
+    if (posix_memalign(&b->mem, align, cap) != 0)
       return b->mem = NULL;
-    b->cap = size;
+    if (align == huge)
+      madvise(b->mem, cap, MADV_HUGEPAGE); /* a hint: 4K pages work too */
+    b->cap = cap;
   }
   return b->mem;
 }
@@ -776,7 +783,10 @@ static void *serve_worker(void *mem)
 /* Serve on `n` threads until the session ends. Returns 0 or -errno. */
 static int serve(unsigned n)
 {
-  size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (RECV_PAGES + 1) * page;
+  /* Each buffer's data lies in one 2 MiB transparent huge page where the
+   * kernel offers them: the kernel pins the buffer page by page to copy a
+   * WRITE into it, which on 4K pages cost more than the copy itself. */
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), huge = 2u << 20, len = 2 * huge;
   pthread_t *t = calloc(n, sizeof *t);
   char **mem = calloc(n, sizeof *mem);
   unsigned started = 0;
@@ -790,7 +800,9 @@ static int serve(unsigned n)
       break;
     }
     mem[started] = m;
-    r = -pthread_create(&t[started], NULL, serve_worker, (char *)m + page - WRITE_HEADERS);
+    char *data = (char *)(((uintptr_t)m + page + huge - 1) & ~(uintptr_t)(huge - 1));
+    madvise(data, huge, MADV_HUGEPAGE); /* a hint: 4K pages work too */
+    r = -pthread_create(&t[started], NULL, serve_worker, data - WRITE_HEADERS);
     if (r) {
       munmap(m, len);
       break;
